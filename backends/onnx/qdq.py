@@ -1,0 +1,123 @@
+"""Serialize `QuantSpec`s as standard QuantizeLinear/DequantizeLinear nodes (QDQ ONNX).
+
+For a constant (weight) value with spec S: the float initializer W is replaced by its integer codes
+``q = clamp(round(W / s) + z, qmin, qmax)`` in an int8/uint8 initializer, followed by
+``DequantizeLinear(q, s, z[, axis])``; consumers read the dequantized value.
+
+For an activation x with spec S: ``DequantizeLinear(Clip?(QuantizeLinear(x, s, z)), s, z)`` is inserted
+after x's producer and every consumer of x reads the result. QuantizeLinear saturates to the container
+(int8/uint8); when S has fewer than 8 bits an integer `Clip(qmin, qmax)` between Q and DQ restricts codes
+to the b-bit range, so b-bit quantization is simulated exactly inside an 8-bit container. Graph outputs
+keep the float value.
+
+The input model is not modified: `to_qdq` works on a copy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.ir import clone_model, quant_meta
+from qcompile.ir.quant_meta import QuantSpec
+
+__all__ = ["to_qdq", "MIN_OPSET"]
+
+MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
+
+
+def _container(spec: QuantSpec) -> np.dtype:
+    """The 8-bit container of the spec's codes."""
+    return np.dtype(np.int8) if spec.signed else np.dtype(np.uint8)
+
+
+def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    value.shape = ir.Shape(array.shape)
+    value.dtype = ir.DataType.from_numpy(array.dtype)
+    graph.register_initializer(value)
+    return value
+
+
+def _qparams(graph: ir.Graph, base: str, spec: QuantSpec) -> tuple[ir.Value, ir.Value]:
+    dtype = _container(spec)
+    scale = _constant(graph, f"{base}_scale", spec.scale.astype(np.float32))
+    zero_point = _constant(graph, f"{base}_zero_point", spec.zero_point.astype(dtype))
+    return scale, zero_point
+
+
+def _axis_attr(spec: QuantSpec) -> dict:
+    return {} if spec.axis is None else {"axis": spec.axis}
+
+
+def _quantize_weight(graph: ir.Graph, value: ir.Value, spec: QuantSpec) -> None:
+    dtype = _container(spec)
+    codes = spec.quantize(value.const_value.numpy()).astype(dtype)
+    base = value.name
+    quantized = _constant(graph, f"{base}_quantized", codes)
+    scale, zero_point = _qparams(graph, base, spec)
+    dq = ir.node("DequantizeLinear", [quantized, scale, zero_point], attributes=_axis_attr(spec), name=f"{base}_DequantizeLinear")
+    dq.outputs[0].name = f"{base}_dequantized"
+    dq.outputs[0].dtype = value.dtype or ir.DataType.FLOAT
+    dq.outputs[0].shape = value.shape
+    ir.convenience.replace_all_uses_with(value, dq.outputs[0])
+    graph.insert_before(graph.node(0), dq) if len(graph) else graph.append(dq)
+    if value.name in graph.initializers and not value.uses():
+        graph.initializers.pop(value.name)
+
+
+def _quantize_activation(graph: ir.Graph, value: ir.Value, spec: QuantSpec) -> None:
+    uses = list(value.uses())
+    if not uses:
+        return
+    dtype = _container(spec)
+    base = value.name
+    scale, zero_point = _qparams(graph, base, spec)
+    attrs = _axis_attr(spec)
+    q = ir.node("QuantizeLinear", [value, scale, zero_point], attributes=attrs, name=f"{base}_QuantizeLinear")
+    q.outputs[0].name = f"{base}_quantized"
+    q.outputs[0].dtype = ir.DataType.from_numpy(dtype)
+    nodes = [q]
+    codes = q.outputs[0]
+    if not spec.container_is_full:
+        lo = _constant(graph, f"{base}_qmin", np.array(spec.qmin, dtype=dtype))
+        hi = _constant(graph, f"{base}_qmax", np.array(spec.qmax, dtype=dtype))
+        clip = ir.node("Clip", [codes, lo, hi], name=f"{base}_Clip")
+        clip.outputs[0].name = f"{base}_clipped"
+        clip.outputs[0].dtype = codes.dtype
+        nodes.append(clip)
+        codes = clip.outputs[0]
+    dq = ir.node("DequantizeLinear", [codes, scale, zero_point], attributes=attrs, name=f"{base}_DequantizeLinear")
+    dq.outputs[0].name = f"{base}_dequantized"
+    dq.outputs[0].dtype = value.dtype or ir.DataType.FLOAT
+    dq.outputs[0].shape = value.shape
+    nodes.append(dq)
+    for use in uses:
+        use.node.replace_input_with(use.idx, dq.outputs[0])
+    producer = value.producer()
+    if producer is not None:
+        graph.insert_after(producer, nodes)
+    elif len(graph):
+        graph.insert_before(graph.node(0), nodes)
+
+
+def to_qdq(model: ir.Model) -> ir.Model:
+    """A copy of `model` with every `QuantSpec` written as QDQ nodes."""
+    specs = {v.name: quant_meta.get_quant(v) for v in quant_meta.quantized_values(model.graph)}
+    out = clone_model(model)
+    if not specs:
+        return out
+    if out.opset_imports.get("", 1) < MIN_OPSET:
+        out.opset_imports[""] = MIN_OPSET
+    graph = out.graph
+    values = {v.name: v for v in graph.inputs}
+    values.update(graph.initializers)
+    for node in graph:
+        values.update({v.name: v for v in node.outputs})
+    for name, spec in specs.items():
+        value = values[name]
+        if value.const_value is not None and name in graph.initializers:
+            _quantize_weight(graph, value, spec)
+        else:
+            _quantize_activation(graph, value, spec)
+    return out

@@ -1,0 +1,40 @@
+"""Uniform quantizer parameters from ranges.
+
+Asymmetric (activations), b bits, unsigned codes 0..2^b−1, range widened to contain 0 so that 0 is
+exactly representable:  ``s = (hi − lo) / (2^b − 1)``,  ``z = clamp(round(−lo / s), 0, 2^b − 1)``.
+
+Symmetric per-channel (weights), b bits: ``s_c = max|W_c| / (2^(b−1) − 1)``; codes lie in
+``[−(2^(b−1) − 1), 2^(b−1) − 1]`` (the −2^(b−1) code is left unused so the grid is symmetric). Stored
+either as signed codes with zero point 0 (int8 container) or shifted by 2^(b−1) into unsigned codes
+(uint8 container, zero point 2^(b−1)); both dequantize to exactly the same real values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qcompile.ir.quant_meta import QuantSpec
+
+__all__ = ["asymmetric_spec", "symmetric_per_channel_spec", "MIN_SCALE"]
+
+MIN_SCALE = 1e-12
+
+
+def asymmetric_spec(lo: float, hi: float, bits: int) -> QuantSpec:
+    """Per-tensor unsigned affine quantizer covering [min(lo, 0), max(hi, 0)]."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    levels = 2**bits - 1
+    scale = max((hi - lo) / levels, MIN_SCALE)
+    zero_point = int(np.clip(np.rint(-lo / scale), 0, levels))
+    return QuantSpec(bits=bits, signed=False, scale=np.float32(scale), zero_point=np.int32(zero_point))
+
+
+def symmetric_per_channel_spec(weight: np.ndarray, axis: int, bits: int, unsigned_container: bool) -> QuantSpec:
+    """Symmetric quantizer with one scale per slice of `weight` along `axis` (computed in float64)."""
+    axis = axis % weight.ndim
+    reduce_axes = tuple(a for a in range(weight.ndim) if a != axis)
+    absmax = np.max(np.abs(weight.astype(np.float64)), axis=reduce_axes)
+    scale = np.maximum(absmax / (2 ** (bits - 1) - 1), MIN_SCALE)
+    zero = 2 ** (bits - 1) if unsigned_container else 0
+    zero_point = np.full(scale.shape, zero, dtype=np.int32)
+    return QuantSpec(bits=bits, signed=not unsigned_container, scale=scale.astype(np.float32), zero_point=zero_point, axis=axis)

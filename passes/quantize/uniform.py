@@ -1,0 +1,102 @@
+"""Uniform quantization: choose a `QuantSpec` for every input of the quantizable ops.
+
+For each node of the chosen op types (default MatMul and Gemm) and each of its first two inputs:
+* a constant weight gets a symmetric per-channel b_w-bit quantizer along its output-channel axis
+  (MatMul B[..., K, N]: the last axis; Gemm B: axis 0 if transB else 1; a constant A: per tensor);
+* an activation gets an asymmetric per-tensor b_a-bit quantizer from its calibrated `TensorRange`.
+
+The pass only annotates values; `backends.onnx` writes the QDQ nodes. It approximates the float model,
+so it is LOSSY; it requires CALIBRATED and establishes QUANTIZED.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.errors import InputError
+from qcompile.ir import quant_meta
+from qcompile.ir.properties import Property
+from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
+from qcompile.pipeline.registry import register_pass
+from qcompile.passes.analysis.calibrate import DEFAULT_OP_TYPES, parse_op_types
+from qcompile.passes.quantize.params import asymmetric_spec, symmetric_per_channel_spec
+
+__all__ = ["QuantizeUniformPass", "weight_channel_axis"]
+
+WEIGHT_DTYPES = ("uint8", "int8")
+
+
+def weight_channel_axis(node: ir.Node, input_index: int, rank: int) -> int | None:
+    """Output-channel axis of constant input `input_index` of `node`, or None for per-tensor."""
+    if input_index != 1 or rank < 2:
+        return None
+    if node.op_type == "Gemm":
+        trans_b = node.attributes.get_int("transB", 0)
+        return 0 if trans_b else 1
+    return rank - 1
+
+
+@register_pass("quantize")
+class QuantizeUniformPass(Pass):
+    """Attach uniform quantizers: weights per-channel symmetric, activations per-tensor asymmetric."""
+
+    requires = frozenset({Property.CALIBRATED})
+    establishes = frozenset({Property.QUANTIZED})
+    numerics = Numerics.LOSSY
+
+    def __init__(
+        self,
+        weight_bits: int = 8,
+        act_bits: int = 8,
+        op_types: str | tuple[str, ...] = DEFAULT_OP_TYPES,
+        weight_dtype: str = "uint8",
+    ) -> None:
+        for label, bits in (("weight_bits", weight_bits), ("act_bits", act_bits)):
+            if not 2 <= int(bits) <= 8:
+                raise ValueError(f"{label} must be in 2..8, got {bits}")
+        if weight_dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"weight_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weight_dtype}")
+        self.weight_bits = int(weight_bits)
+        self.act_bits = int(act_bits)
+        self.op_types = parse_op_types(op_types)
+        self.weight_dtype = weight_dtype
+
+    def _weight_spec(self, node: ir.Node, index: int, value: ir.Value) -> quant_meta.QuantSpec:
+        array = value.const_value.numpy()
+        axis = weight_channel_axis(node, index, array.ndim)
+        unsigned = self.weight_dtype == "uint8"
+        if axis is None:
+            spec = symmetric_per_channel_spec(array.reshape(1, -1), axis=0, bits=self.weight_bits, unsigned_container=unsigned)
+            return quant_meta.QuantSpec(self.weight_bits, spec.signed, spec.scale[0], spec.zero_point[0])
+        return symmetric_per_channel_spec(array, axis=axis, bits=self.weight_bits, unsigned_container=unsigned)
+
+    def call(self, model: ir.Model) -> PassResult:
+        weights, activations, skipped = 0, 0, {}
+        initializers = model.graph.initializers
+        for node in model.graph:
+            if node.op_type not in self.op_types or node.domain not in ("", "ai.onnx"):
+                continue
+            for index, value in enumerate(node.inputs[:2]):
+                if value is None or quant_meta.get_quant(value) is not None:
+                    continue
+                if value.dtype not in (None, ir.DataType.FLOAT):
+                    skipped[node.name] = f"input {index} is {value.dtype}, not float32"
+                    continue
+                if value.const_value is not None:
+                    if value.name not in initializers:
+                        skipped[node.name] = f"constant input {index} is not an initializer"
+                        continue
+                    quant_meta.set_quant(value, self._weight_spec(node, index, value))
+                    weights += 1
+                    continue
+                tensor_range = quant_meta.get_range(value)
+                if tensor_range is None:
+                    skipped[node.name] = f"input {index} '{value.name}' has no calibrated range"
+                    continue
+                quant_meta.set_quant(value, asymmetric_spec(tensor_range.lo, tensor_range.hi, self.act_bits))
+                activations += 1
+        if weights == 0 and activations == 0 and not skipped:
+            raise InputError(f"pass 'quantize' found no {'/'.join(self.op_types)} node to quantize")
+        stats = {"weights": weights, "activations": activations, "skipped": skipped}
+        return PassResult(model, modified=weights + activations > 0, stats=stats)

@@ -1,0 +1,127 @@
+"""The `qcompile` command.
+
+    qcompile MODEL --passes LIST -o OUTDIR [--calib-samples N] [--eval-samples N] [--seed S]
+    qcompile passes            list every pass and recipe
+
+Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 internal failure or a pass that
+broke its declared numerics (one line; QCOMPILE_DEBUG=1 shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from qcompile.errors import InputError, PassFailure
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qcompile",
+        description="Quantize a transformer (ONNX file or zoo:NAME) with a pass list; write QDQ ONNX and a report.",
+        epilog="`qcompile passes` lists passes and recipes. Zoo models: zoo:dinov2-s, zoo:minilm-l6, zoo:tiny.",
+    )
+    parser.add_argument("model", help="an .onnx file, zoo:NAME, or the word 'passes'")
+    parser.add_argument("--passes", help="comma-separated passes/recipes, e.g. w8a8 or calibrate:observer=mse,quantize")
+    parser.add_argument("-o", "--output", type=Path, help="output directory (model.qdq.onnx, report.json)")
+    parser.add_argument("--calib-samples", type=int, default=32, help="calibration samples (default 32)")
+    parser.add_argument("--eval-samples", type=int, default=1000, help="evaluation samples (default 1000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for sample selection (default 0)")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
+    parser.add_argument("--plugin", action="append", default=[], type=Path, help="a Python file registering passes")
+    parser.add_argument("--no-baselines", action="store_true", help="skip ONNX Runtime's quantizers")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def _list_passes() -> None:
+    from qcompile.pipeline.registry import registered_passes, registered_recipes
+
+    print("passes:")
+    for name, cls in registered_passes().items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        requires = ",".join(sorted(map(str, cls.requires))) or "-"
+        establishes = ",".join(sorted(map(str, cls.establishes))) or "-"
+        invalidates = ",".join(sorted(map(str, cls.invalidates))) or "-"
+        print(f"  {name:<12} {doc}")
+        print(f"  {'':<12} numerics={cls.numerics} requires={requires} establishes={establishes} invalidates={invalidates}")
+    print("recipes:")
+    for name, recipe in registered_recipes().items():
+        steps = ",".join(str(s) for s in recipe.steps) or "(nothing)"
+        print(f"  {name:<12} {recipe.doc}\n  {'':<12} = {steps}")
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if not args.passes:
+        raise InputError("--passes is required (e.g. --passes w8a8; `qcompile passes` lists them)")
+    if args.output is None:
+        raise InputError("-o/--output OUTDIR is required")
+    if args.output.exists() and not args.output.is_dir():
+        raise InputError(f"output {args.output} exists and is not a directory")
+    for label, value, low in (("--calib-samples", args.calib_samples, 0), ("--eval-samples", args.eval_samples, 1), ("--threads", args.threads, 1)):
+        if value < low:
+            raise InputError(f"{label} must be at least {low}, got {value}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from qcompile.pipeline.registry import load_plugin
+
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    if args.model == "passes":
+        _list_passes()
+        return 0
+    _validate(args)
+    from qcompile.job import JobConfig, run_job
+    from qcompile.pipeline.registry import expand, parse_pass_list
+    from qcompile.report.table import print_report
+
+    expand(parse_pass_list(args.passes))  # reject unknown names before loading anything
+    config = JobConfig(
+        model=args.model,
+        passes=args.passes,
+        output_dir=args.output,
+        calib_samples=args.calib_samples,
+        eval_samples=args.eval_samples,
+        seed=args.seed,
+        threads=args.threads,
+        progress=not args.quiet,
+        baselines=not args.no_baselines,
+    )
+    report = run_job(config, log=(lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr)))
+    print_report(report)
+    print(f"wrote {args.output / 'model.qdq.onnx'} and {args.output / 'report.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    debug = os.environ.get("QCOMPILE_DEBUG") == "1"
+    try:
+        return _run(args)
+    except InputError as error:
+        print(f"qcompile: error: {error}", file=sys.stderr)
+        return 2
+    except PassFailure as error:
+        if debug:
+            traceback.print_exc()
+        print(f"qcompile: failed: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("qcompile: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # internal failure: one line unless debugging
+        if debug:
+            traceback.print_exc()
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"qcompile: internal error: {type(error).__name__}: {first} (QCOMPILE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Typed quantization facts attached to IR values.
+
+Two kinds of fact, each a dataclass stored in `Value.meta` under one key and read only through the
+accessors below:
+
+* `TensorRange` — what calibration observed for a value: the clipping range [lo, hi] chosen by an
+  observer, the raw min/max, and (optionally) the per-channel max|x| along the last axis.
+* `QuantSpec` — the uniform quantizer chosen for a value:
+  ``q = clamp(round(x / scale) + zero_point, qmin, qmax)``, ``x̂ = (q - zero_point) * scale``,
+  per tensor (`axis is None`) or per channel along `axis`. `bits` may be below the container's width
+  (int8/uint8 hold 2..8-bit codes); `qmin`/`qmax` are the b-bit limits, not the container's.
+
+Backends turn `QuantSpec`s into QuantizeLinear/DequantizeLinear nodes; passes never write QDQ nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from onnx_ir import Graph, Value
+
+__all__ = [
+    "TensorRange",
+    "QuantSpec",
+    "get_range",
+    "set_range",
+    "get_quant",
+    "set_quant",
+    "clear_quant",
+    "quantized_values",
+]
+
+_RANGE_KEY = "qcompile.range"
+_QUANT_KEY = "qcompile.quant"
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRange:
+    """Calibrated statistics of one activation."""
+
+    lo: float
+    hi: float
+    raw_min: float
+    raw_max: float
+    observer: str
+    samples: int
+    channel_absmax: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if not self.lo <= self.hi:
+            raise ValueError(f"range lo={self.lo} > hi={self.hi}")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+    """A uniform affine quantizer: scale/zero_point arrays of shape () or (C,) along `axis`."""
+
+    bits: int
+    signed: bool
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.bits <= 8:
+            raise ValueError(f"bits must be in 2..8 (int8/uint8 containers), got {self.bits}")
+        scale = np.asarray(self.scale, dtype=np.float32)
+        zero_point = np.asarray(self.zero_point, dtype=np.int32)
+        if scale.shape != zero_point.shape:
+            raise ValueError(f"scale shape {scale.shape} != zero point shape {zero_point.shape}")
+        if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            raise ValueError("scales must be finite and positive")
+        if np.any(zero_point < self.qmin) or np.any(zero_point > self.qmax):
+            raise ValueError(f"zero point outside [{self.qmin}, {self.qmax}]")
+        if (self.axis is None) != (scale.ndim == 0):
+            raise ValueError("per-tensor specs have scalar scales; per-channel specs need an axis")
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "zero_point", zero_point)
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+
+    @property
+    def container_is_full(self) -> bool:
+        """True when the b-bit code range is the whole int8/uint8 range (no clip node needed)."""
+        return self.bits == 8
+
+    def _broadcast(self, array: np.ndarray, ndim: int) -> np.ndarray:
+        if self.axis is None:
+            return array
+        shape = [1] * ndim
+        shape[self.axis] = -1
+        return array.reshape(shape)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """Integer codes of `x` (int32), computed in float64, round half to even as ONNX does."""
+        scale = self._broadcast(self.scale.astype(np.float64), x.ndim)
+        zero_point = self._broadcast(self.zero_point, x.ndim)
+        q = np.rint(np.asarray(x, dtype=np.float64) / scale) + zero_point
+        return np.clip(q, self.qmin, self.qmax).astype(np.int32)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        """Real values of integer codes, float32."""
+        scale = self._broadcast(self.scale, q.ndim)
+        zero_point = self._broadcast(self.zero_point, q.ndim)
+        return ((q.astype(np.int32) - zero_point) * scale).astype(np.float32)
+
+    def fake_quantize(self, x: np.ndarray) -> np.ndarray:
+        """dequantize(quantize(x))."""
+        return self.dequantize(self.quantize(x))
+
+
+def get_range(value: Value) -> TensorRange | None:
+    """The calibrated range of `value`, or None."""
+    return value.meta.get(_RANGE_KEY)
+
+
+def set_range(value: Value, tensor_range: TensorRange | None) -> None:
+    """Attach (or with None, remove) the calibrated range of `value`."""
+    if tensor_range is None:
+        value.meta.pop(_RANGE_KEY, None)
+    else:
+        value.meta[_RANGE_KEY] = tensor_range
+
+
+def get_quant(value: Value) -> QuantSpec | None:
+    """The quantizer chosen for `value`, or None."""
+    return value.meta.get(_QUANT_KEY)
+
+
+def set_quant(value: Value, spec: QuantSpec) -> None:
+    """Attach the quantizer chosen for `value`."""
+    value.meta[_QUANT_KEY] = spec
+
+
+def clear_quant(value: Value) -> None:
+    """Remove any quantizer from `value`."""
+    value.meta.pop(_QUANT_KEY, None)
+
+
+def quantized_values(graph: Graph) -> list[Value]:
+    """Every value of `graph` (inputs, initializers, node outputs) that carries a QuantSpec."""
+    seen: dict[int, Value] = {}
+    candidates = list(graph.inputs) + list(graph.initializers.values())
+    for node in graph:
+        candidates += list(node.outputs)
+    for value in candidates:
+        if get_quant(value) is not None:
+            seen[id(value)] = value
+    return list(seen.values())

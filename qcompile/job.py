@@ -1,0 +1,183 @@
+"""The main job: compile a model with a pass list, export it, and measure it against its peers.
+
+1. Load the model (a file or `zoo:NAME`) and keep a serialized copy of the float model.
+2. Run the passes (VerifyIR and CheckNumerics instrumented) with streamed calibration data.
+3. Export the QDQ model; build ONNX Runtime's own static and dynamic INT8 models on the same samples.
+4. Score the float model, qcompile's model and both ONNX Runtime models on the same evaluation samples.
+5. Time all four side by side in this process (medians, interleaved, `threads` intra-op threads).
+6. Write model.qdq.onnx and report.json into the output directory — staged in a hidden folder and moved
+   into place only when everything succeeded, so a failed run leaves no partial artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from qcompile import zoo
+from qcompile.ir import model_to_bytes
+from qcompile.pipeline.context import PipelineContext
+from qcompile.pipeline.run import run_passes
+from qcompile.report.latency import measure_latency
+
+__all__ = ["JobConfig", "run_job", "resolve_model"]
+
+
+@dataclasses.dataclass
+class JobConfig:
+    model: str
+    passes: str
+    output_dir: Path
+    calib_samples: int = 32
+    eval_samples: int = 1000
+    seed: int = 0
+    threads: int = 2
+    progress: bool = True
+    baselines: bool = True
+    latency_rounds: int = 15
+
+
+def resolve_model(source: str) -> zoo.ZooModel:
+    """`zoo:NAME` → the zoo entry; a path → the ONNX file on seeded random inputs."""
+    if source.startswith("zoo:"):
+        return zoo.get(source[4:])
+    from qcompile.frontends.onnx import load
+    from qcompile.zoo.generic import RandomInputTask
+
+    return RandomInputTask(load(source), source)
+
+
+def _session_runner(session):
+    output = session.get_outputs()[0].name
+
+    def run(feeds):
+        from qcompile.backends.onnx.runtime import run as ort_run
+
+        return ort_run(session, feeds, [output])[output]
+
+    return run
+
+
+def run_job(config: JobConfig, log=print) -> dict[str, Any]:
+    """Run the job and return the report (also written to `output_dir/report.json`)."""
+    from qcompile.backends.onnx import export, ort_baselines, runtime
+
+    entry = resolve_model(config.model)
+    model = entry.load()
+    float_bytes = model_to_bytes(model)
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".qcompile-staging-", dir=output_dir))
+    try:
+        calibration = entry.calibration(config.calib_samples, config.seed) if config.calib_samples > 0 else None
+        context = PipelineContext(calibration=calibration, seed=config.seed, progress=config.progress, threads=config.threads)
+        log(f"running passes: {config.passes}")
+        records = run_passes(model, config.passes, context=context)
+        artifact = export(model, staging / "model.qdq.onnx", fmt="qdq")
+
+        sessions = {
+            "ort_fp32": runtime.make_session(float_bytes, threads=config.threads),
+            "qcompile": runtime.make_session(str(artifact), threads=config.threads),
+        }
+        baseline_seconds: dict[str, float] = {}
+        if config.baselines and calibration is not None:
+            log("building ONNX Runtime baselines (quantize_static, quantize_dynamic)")
+            start = time.perf_counter()
+            static = ort_baselines.ort_quantize_static(model_from_bytes(float_bytes), calibration, staging / "ort_scratch")
+            baseline_seconds["ort_int8_static"] = time.perf_counter() - start
+            start = time.perf_counter()
+            dynamic = ort_baselines.ort_quantize_dynamic(model_from_bytes(float_bytes), staging / "ort_scratch")
+            baseline_seconds["ort_int8_dynamic"] = time.perf_counter() - start
+            sessions["ort_int8_static"] = runtime.make_session(static, threads=config.threads)
+            sessions["ort_int8_dynamic"] = runtime.make_session(dynamic, threads=config.threads)
+
+        log(f"evaluating {', '.join(sessions)} on {config.eval_samples} samples")
+        runners = {label: _session_runner(session) for label, session in sessions.items()}
+        scores = entry.evaluate(runners, config.eval_samples, config.seed, progress=config.progress)
+
+        feeds = entry.latency_feeds()
+        latency = measure_latency(
+            {label: (lambda s=session: runtime.run(s, feeds)) for label, session in sessions.items()},
+            rounds=config.latency_rounds,
+        )
+        report = build_report(config, entry, records, scores, latency, baseline_seconds, calibration)
+        (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+        for name in ("model.qdq.onnx", "report.json"):
+            os.replace(staging / name, output_dir / name)
+        return report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def model_from_bytes(data: bytes):
+    import onnx
+    import onnx_ir as ir
+
+    return ir.serde.deserialize_model(onnx.load_from_string(data))
+
+
+def _json_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _finite(value: float | None) -> float | None:
+    import math
+
+    if value is None:
+        return None
+    return value if math.isfinite(value) else (1e9 if value > 0 else -1e9)
+
+
+def build_report(config, entry, records, scores, latency, baseline_seconds, calibration) -> dict[str, Any]:
+    """Assemble report.json's dictionary (schema in docs/report.md)."""
+    metric = entry.metric_name
+    fp = scores["ort_fp32"][metric]
+    quantized = scores["qcompile"][metric]
+    calibrate = [r for r in records if r["name"] == "calibrate"]
+    per_pass = []
+    for record in records:
+        item = {k: record[k] for k in ("name", "numerics", "modified", "seconds")}
+        if "sqnr_db" in record:
+            item["sqnr_db"] = _finite(record["sqnr_db"])
+        elif "max_abs_err" in record:
+            item["max_abs_err"] = record["max_abs_err"]
+        item["stats"] = record.get("stats", {})
+        per_pass.append(item)
+    per_layer = next((r["per_layer"] for r in reversed(records) if r.get("per_layer")), [])
+    extra_metrics = {label: values for label, values in scores.items()}
+    return {
+        "model": config.model,
+        "passes": config.passes,
+        "metric": {
+            "name": metric,
+            "fp": fp,
+            "quantized": quantized,
+            "drop": fp - quantized,
+            **{label: scores[label][metric] for label in ("ort_int8_static", "ort_int8_dynamic") if label in scores},
+        },
+        "all_metrics": extra_metrics,
+        "latency_ms": {label: latency.get(label) for label in ("ort_fp32", "qcompile", "ort_int8_static", "ort_int8_dynamic")},
+        "latency_setup": {"threads": config.threads, "rounds": config.latency_rounds, "statistic": "median", "batch": 1},
+        "calibration": {
+            "samples": calibration.samples if calibration is not None else 0,
+            "peak_rss_mb": calibrate[-1]["stats"].get("peak_rss_mb") if calibrate else None,
+            "seconds": sum(r["seconds"] for r in calibrate),
+            "ort_static_seconds": baseline_seconds.get("ort_int8_static"),
+        },
+        "eval_samples": config.eval_samples,
+        "seed": config.seed,
+        "per_pass": per_pass,
+        "per_layer": [{"node": r["node"], "sqnr_db": _finite(r["sqnr_db"])} for r in per_layer],
+    }

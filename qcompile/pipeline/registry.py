@@ -1,0 +1,199 @@
+"""Passes and recipes by name, and the `--passes` mini-language.
+
+`--passes` is a comma-separated list of steps; a step is a name with optional `:key=value` options,
+e.g. `calibrate:observer=mse,quantize:weight_bits=4`. A name is a registered pass or a recipe (a named
+list of steps with default options); options given to a recipe go to every step of it that accepts them.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+from qcompile.errors import InputError
+from qcompile.pipeline.context import PipelineContext
+from qcompile.pipeline.pass_base import Numerics, Pass
+
+__all__ = [
+    "PassSpec",
+    "Recipe",
+    "register_pass",
+    "register_recipe",
+    "registered_passes",
+    "registered_recipes",
+    "parse_pass_list",
+    "expand",
+    "build_pass",
+    "load_plugin",
+    "load_builtin_passes",
+]
+
+_PASSES: dict[str, type[Pass]] = {}
+_RECIPES: dict[str, Recipe] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class PassSpec:
+    """One step: a registered name and its options."""
+
+    name: str
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __str__(self) -> str:
+        opts = "".join(f":{k}={v}" for k, v in self.options.items())
+        return f"{self.name}{opts}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A named list of steps with a one-line description."""
+
+    name: str
+    steps: tuple[PassSpec, ...]
+    doc: str
+
+
+def register_pass(name: str):
+    """Class decorator: make a `Pass` subclass runnable by `name` (CLI, recipes, Python)."""
+
+    def decorate(cls: type[Pass]) -> type[Pass]:
+        if not (isinstance(cls, type) and issubclass(cls, Pass)):
+            raise TypeError(f"@register_pass('{name}') needs a subclass of qcompile.Pass")
+        if not isinstance(cls.numerics, Numerics):
+            raise TypeError(f"pass '{name}' must declare numerics as a Numerics member")
+        if name in _PASSES and _PASSES[name] is not cls:
+            existing = _PASSES[name]
+            if (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
+                raise ValueError(f"a pass named '{name}' is already registered ({existing.__qualname__})")
+        if name in _RECIPES:
+            raise ValueError(f"'{name}' is already a recipe name")
+        cls.name = name
+        _PASSES[name] = cls
+        return cls
+
+    return decorate
+
+
+def register_recipe(name: str, steps: list[str | tuple[str, dict[str, Any]]], doc: str) -> Recipe:
+    """Register `name` as shorthand for `steps` (names, or (name, options) pairs)."""
+    if name in _PASSES:
+        raise ValueError(f"'{name}' is already a pass name")
+    specs = tuple(PassSpec(s) if isinstance(s, str) else PassSpec(s[0], dict(s[1])) for s in steps)
+    recipe = Recipe(name, specs, doc)
+    _RECIPES[name] = recipe
+    return recipe
+
+
+def registered_passes() -> dict[str, type[Pass]]:
+    load_builtin_passes()
+    return dict(sorted(_PASSES.items()))
+
+
+def registered_recipes() -> dict[str, Recipe]:
+    load_builtin_passes()
+    return dict(sorted(_RECIPES.items()))
+
+
+def load_builtin_passes() -> None:
+    """Import the pass library so its decorators register every built-in pass and recipe."""
+    importlib.import_module("qcompile.passes")
+
+
+def _parse_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_pass_list(text: str) -> list[PassSpec]:
+    """Parse the `--passes` string into steps (names are not resolved here)."""
+    specs = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            raise InputError(f"empty pass name in --passes '{text}'")
+        name, *option_texts = item.split(":")
+        options: dict[str, Any] = {}
+        for option in option_texts:
+            key, sep, value = option.partition("=")
+            if not sep or not key:
+                raise InputError(f"option '{option}' of pass '{name}' must be key=value")
+            options[key.strip()] = _parse_value(value.strip())
+        specs.append(PassSpec(name.strip(), options))
+    return specs
+
+
+def _accepted_options(cls: type[Pass]) -> set[str]:
+    params = inspect.signature(cls.__init__).parameters
+    return {p for p in params if p not in ("self", "context")}
+
+
+def expand(specs: list[PassSpec]) -> list[PassSpec]:
+    """Replace recipe names by their steps; reject unknown names."""
+    load_builtin_passes()
+    out: list[PassSpec] = []
+    for spec in specs:
+        if spec.name in _PASSES:
+            out.append(spec)
+        elif spec.name in _RECIPES:
+            recipe = _RECIPES[spec.name]
+            unused = set(spec.options)
+            for step in recipe.steps:
+                accepted = _accepted_options(_PASSES[step.name])
+                extra = {k: v for k, v in spec.options.items() if k in accepted}
+                unused -= set(extra)
+                out.append(PassSpec(step.name, {**step.options, **extra}))
+            if unused:
+                raise InputError(f"recipe '{spec.name}' has no step taking option(s) {', '.join(sorted(unused))}")
+        else:
+            known = ", ".join(sorted(_PASSES) + sorted(_RECIPES))
+            raise InputError(f"unknown pass or recipe '{spec.name}' (known: {known})")
+    return out
+
+
+def build_pass(spec: PassSpec, context: PipelineContext) -> Pass:
+    """Instantiate the pass of `spec`, handing it `context` if its constructor takes one."""
+    load_builtin_passes()
+    cls = _PASSES.get(spec.name)
+    if cls is None:
+        raise InputError(f"unknown pass '{spec.name}'")
+    accepted = _accepted_options(cls)
+    unknown = set(spec.options) - accepted
+    if unknown:
+        raise InputError(
+            f"pass '{spec.name}' has no option {', '.join(sorted(unknown))} (options: {', '.join(sorted(accepted)) or 'none'})"
+        )
+    kwargs = dict(spec.options)
+    if "context" in inspect.signature(cls.__init__).parameters:
+        kwargs["context"] = context
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"pass '{spec.name}': {error}") from None
+
+
+def load_plugin(path: str | Path) -> None:
+    """Import a user's Python file so that its `@register_pass` classes become available."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"plugin {path}: no such file")
+    module_name = f"qcompile_plugin_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise InputError(f"plugin {path}: not an importable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:
+        raise InputError(f"plugin {path} failed to import: {type(error).__name__}: {error}") from None

@@ -1,0 +1,43 @@
+"""`run_passes`: the one call that turns a `--passes` string into a checked, instrumented run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx_ir as ir
+
+from qcompile.pipeline.context import CalibrationData, PipelineContext
+from qcompile.pipeline.instruments import CheckNumerics, VerifyIR
+from qcompile.pipeline.manager import PassManager
+from qcompile.pipeline.registry import build_pass, expand, parse_pass_list
+
+__all__ = ["run_passes", "CHECK_SAMPLES"]
+
+CHECK_SAMPLES = 2  # samples of the first calibration batch used by CheckNumerics
+
+
+def run_passes(
+    model: ir.Model,
+    passes: str,
+    *,
+    calibration: CalibrationData | None = None,
+    context: PipelineContext | None = None,
+    check_numerics: bool = True,
+) -> list[dict[str, Any]]:
+    """Run the passes named in `passes` (the CLI's `--passes` syntax) on `model` in place.
+
+    Returns one record per pass (name, numerics, modified, seconds, stats, and the numeric check's
+    `max_abs_err` or `sqnr_db`/`per_layer`). VerifyIR always runs; CheckNumerics runs when there is
+    calibration data and `check_numerics` is set.
+    """
+    context = context or PipelineContext(calibration=calibration)
+    if calibration is not None:
+        context.calibration = calibration
+    specs = expand(parse_pass_list(passes)) if passes.strip() else []
+    pass_objects = [build_pass(spec, context) for spec in specs]
+    instruments: list = [VerifyIR()]
+    if check_numerics and context.calibration is not None:
+        instruments.append(CheckNumerics(context.calibration.first_batch(CHECK_SAMPLES), threads=context.threads))
+    manager = PassManager(pass_objects, instruments)
+    manager.run(model)
+    return manager.records

@@ -1,0 +1,61 @@
+"""Human-readable summary of a report: metric and latency side by side, then per-pass checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["print_report"]
+
+_LABELS = {
+    "ort_fp32": "ONNX Runtime FP32",
+    "qcompile": "qcompile",
+    "ort_int8_static": "ONNX Runtime INT8 static",
+    "ort_int8_dynamic": "ONNX Runtime INT8 dynamic",
+}
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_report(report: dict[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    metric = report["metric"]["name"]
+    table = Table(title=f"{report['model']}  --passes {report['passes']}")
+    table.add_column("model")
+    table.add_column(metric, justify="right")
+    table.add_column("drop", justify="right")
+    table.add_column("latency ms", justify="right")
+    table.add_column("vs FP32", justify="right")
+    fp_latency = report["latency_ms"].get("ort_fp32")
+    fp_metric = report["all_metrics"]["ort_fp32"][metric]
+    for label, name in _LABELS.items():
+        if label not in report["all_metrics"]:
+            continue
+        value = report["all_metrics"][label][metric]
+        latency = report["latency_ms"].get(label)
+        speedup = f"{fp_latency / latency:.2f}x" if latency and fp_latency else "-"
+        table.add_row(name, _fmt(value, 3 if metric == "cosine" else 2), _fmt(fp_metric - value), _fmt(latency), speedup)
+    console.print(table)
+    setup = report["latency_setup"]
+    calibration = report["calibration"]
+    console.print(
+        f"latency: median of {setup['rounds']} interleaved runs, batch {setup['batch']}, {setup['threads']} threads; "
+        f"calibration: {calibration['samples']} samples, peak RSS {_fmt(calibration['peak_rss_mb'], 0)} MB"
+    )
+    passes = Table(title="passes")
+    for column in ("pass", "numerics", "modified", "seconds", "check"):
+        passes.add_column(column)
+    for item in report["per_pass"]:
+        if "sqnr_db" in item:
+            check = f"SQNR {item['sqnr_db']:.1f} dB"
+        elif "max_abs_err" in item:
+            check = f"max |err| {item['max_abs_err']:.2g}"
+        else:
+            check = "-"
+        passes.add_row(item["name"], item["numerics"], str(item["modified"]), f"{item['seconds']:.2f}", check)
+    if report["per_pass"]:
+        console.print(passes)

@@ -1,0 +1,3 @@
+"""Evaluation data sets for the zoo models, read from locally installed files (never downloaded at run time)."""
+
+__all__: list[str] = []
