@@ -100,7 +100,7 @@ class CalibrateRangesPass(Pass):
                     raw_max=float(observer.max),
                     observer=self.observer,
                     samples=data.samples,
-                    channel_absmax=channels[value.name].value,
+                    channel_absmax=channels[value.name].value if value.name in channels else None,
                 ),
             )
         stats = {"values": len(values), "samples": data.samples, "observer": self.observer, "peak_rss_mb": peak.mb}

@@ -3,7 +3,10 @@
 For each node of the chosen op types (default MatMul and Gemm) and each of its first two inputs:
 * a constant weight gets a symmetric per-channel b_w-bit quantizer along its output-channel axis
   (MatMul B[..., K, N]: the last axis; Gemm B: axis 0 if transB else 1; a constant A: per tensor);
-* an activation gets an asymmetric per-tensor b_a-bit quantizer from its calibrated `TensorRange`.
+* an activation gets an asymmetric per-tensor b_a-bit quantizer from its calibrated `TensorRange`,
+  unless its producer's op type is listed in `keep_float` (e.g. `Softmax`: attention probabilities over
+  n tokens are mostly ≈1/n, below or near one step 1/(2^b − 1) of a uniform grid on [0, 1], so they
+  stay float until a log2 quantizer handles them; see docs/methods/uniform.md).
 
 The pass only annotates values; `backends.onnx` writes the QDQ nodes. It approximates the float model,
 so it is LOSSY; it requires CALIBRATED and establishes QUANTIZED.
@@ -51,6 +54,7 @@ class QuantizeUniformPass(Pass):
         act_bits: int = 8,
         op_types: str | tuple[str, ...] = DEFAULT_OP_TYPES,
         weight_dtype: str = "uint8",
+        keep_float: str | tuple[str, ...] = (),
     ) -> None:
         for label, bits in (("weight_bits", weight_bits), ("act_bits", act_bits)):
             if not 2 <= int(bits) <= 8:
@@ -61,6 +65,7 @@ class QuantizeUniformPass(Pass):
         self.act_bits = int(act_bits)
         self.op_types = parse_op_types(op_types)
         self.weight_dtype = weight_dtype
+        self.keep_float = parse_op_types(keep_float) if keep_float else ()
 
     def _weight_spec(self, node: ir.Node, index: int, value: ir.Value) -> quant_meta.QuantSpec:
         array = value.const_value.numpy()
@@ -72,7 +77,7 @@ class QuantizeUniformPass(Pass):
         return symmetric_per_channel_spec(array, axis=axis, bits=self.weight_bits, unsigned_container=unsigned)
 
     def call(self, model: ir.Model) -> PassResult:
-        weights, activations, skipped = 0, 0, {}
+        weights, activations, kept_float, skipped = 0, 0, 0, {}
         initializers = model.graph.initializers
         for node in model.graph:
             if node.op_type not in self.op_types or node.domain not in ("", "ai.onnx"):
@@ -90,6 +95,10 @@ class QuantizeUniformPass(Pass):
                     quant_meta.set_quant(value, self._weight_spec(node, index, value))
                     weights += 1
                     continue
+                producer = value.producer()
+                if producer is not None and producer.op_type in self.keep_float:
+                    kept_float += 1
+                    continue
                 tensor_range = quant_meta.get_range(value)
                 if tensor_range is None:
                     skipped[node.name] = f"input {index} '{value.name}' has no calibrated range"
@@ -98,5 +107,5 @@ class QuantizeUniformPass(Pass):
                 activations += 1
         if weights == 0 and activations == 0 and not skipped:
             raise InputError(f"pass 'quantize' found no {'/'.join(self.op_types)} node to quantize")
-        stats = {"weights": weights, "activations": activations, "skipped": skipped}
+        stats = {"weights": weights, "activations": activations, "kept_float": kept_float, "skipped": skipped}
         return PassResult(model, modified=weights + activations > 0, stats=stats)

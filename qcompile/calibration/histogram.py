@@ -109,10 +109,11 @@ class StreamingHistogram:
             num_bins: Number of bins; a power of two between 4 and 2**24.
 
         Raises:
+            TypeError: If `num_bins` is not an int.
             ValueError: If `num_bins` is not such a power of two.
         """
         if not isinstance(num_bins, (int, np.integer)) or isinstance(num_bins, bool):
-            raise ValueError(f"num_bins must be an int, got {num_bins!r}")
+            raise TypeError(f"num_bins must be an int, got {num_bins!r}")
         num_bins = int(num_bins)
         if num_bins < 4 or num_bins > 1 << 24 or num_bins & (num_bins - 1):
             raise ValueError(f"num_bins must be a power of two between 4 and 2**24, got {num_bins}")

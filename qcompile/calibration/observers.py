@@ -28,9 +28,11 @@ Observers:
   descent that search `hi` with `lo` fixed and `lo` with `hi` fixed, over the same shrink factors.
 * `EntropyObserver` (TensorRT KL calibration): on the histogram of `|x|`, for every candidate bin count
   `i >= L`, the reference `P` is the first `i` bins with the tail folded into bin `i - 1`; `Q` quantizes the
-  first `i` bins (tail not included) into `L` equal groups, each group's mass spread uniformly over its
-  non-empty bins; the threshold is the upper edge `i * w` minimising `KL(P || Q)` (candidates where `P > 0` but
-  `Q = 0`, i.e. the tail folds into an empty bin, have infinite divergence). `L = 2**(b-1)` levels for symmetric
+  first `i` bins (tail not included) into `L` groups of `i // L` bins (the last group takes the remainder),
+  each group's mass spread uniformly over its bins where `P > 0`; a bin where `P > 0` but `Q = 0` (the tail
+  folded into an empty group) gets `Q` count `KL_EPS`, as in the TensorRT/MXNet reference smoothing. The
+  threshold is the upper edge `i * w` minimising `KL(P || Q)` (the smallest on ties; candidates whose first
+  `i` bins are all empty are skipped). `L = 2**(b-1)` levels for symmetric
   and mixed-sign asymmetric tensors, whose range is `[-T, T]` intersected with `[min, max]`; `L = 2**b` for
   one-signed asymmetric tensors (all `>= 0` or all `<= 0`), whose range is `[0, T]` or `[-T, 0]`. With more
   levels than occupied bins (e.g. 16 bits) nothing is clipped.
@@ -50,6 +52,7 @@ from qcompile.calibration.histogram import StreamingHistogram, as_float_array, f
 from qcompile.errors import InputError
 
 __all__ = [
+    "KL_EPS",
     "MIN_RANGE_WIDTH",
     "OBSERVERS",
     "ChannelAbsMax",
@@ -213,7 +216,7 @@ class HistogramObserver(Observer):
         super().__init__(bits=bits, symmetric=symmetric)
         try:
             self._hist = StreamingHistogram(num_bins)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise InputError(f"{type(self).__name__}: {exc}") from None
 
     def update(self, x: np.ndarray) -> None:
@@ -242,9 +245,7 @@ class HistogramObserver(Observer):
 class PercentileObserver(HistogramObserver):
     """Clip to a percentile: `T = quantile_p(|x|)` (symmetric) or `[quantile_{1-p}(x), quantile_p(x)]`."""
 
-    def __init__(
-        self, bits: int = 8, symmetric: bool = False, percentile: float = 99.99, num_bins: int = 2048
-    ) -> None:
+    def __init__(self, bits: int = 8, symmetric: bool = False, percentile: float = 99.99, num_bins: int = 2048) -> None:
         """Create a percentile observer.
 
         Args:
@@ -331,9 +332,7 @@ class MseObserver(HistogramObserver):
     The search is described in the module docstring.
     """
 
-    def __init__(
-        self, bits: int = 8, symmetric: bool = False, num_bins: int = 2048, num_candidates: int = 200
-    ) -> None:
+    def __init__(self, bits: int = 8, symmetric: bool = False, num_bins: int = 2048, num_candidates: int = 200) -> None:
         """Create an MSE observer.
 
         Args:
@@ -421,46 +420,53 @@ class MseObserver(HistogramObserver):
         return lo, hi
 
 
+KL_EPS: float = 1e-4
+"""Count given to a bin of `Q` that is empty where `P` is not (the smoothing of the TensorRT/MXNet reference)."""
+
+
 def _kl_divergences(hist: np.ndarray, levels: int) -> np.ndarray:
     """TensorRT KL divergence for every candidate bin count `i` in `[levels, len(hist)]`.
 
     Args:
-        hist: Counts of `|x|` (float64), trimmed so that the last bin is non-empty; `len(hist) >= levels`.
+        hist: Counts of `|x|`, trimmed so that the last bin is non-empty; `len(hist) >= levels`.
         levels: Number of quantization levels `L`.
 
     Returns:
-        `kl[i - levels] = KL(P_i || Q_i)` (see the module docstring), `inf` where `Q_i` misses mass of `P_i`.
+        `kl[i - levels] = KL(P_i || Q_i)` as defined in the module docstring; `inf` where the first `i` bins
+        are all empty.
 
-    The sum splits per group: with `q_j = C_k / n_k` (group mass over its non-empty bins) and
-    `H_i = sum(hist[:i])`, `KL = (1/N) sum_j p_j log(p_j / q_j) + log(H_i / N)`. For a fixed group size
-    `m = i // L` the first `L - 1` groups do not depend on `i`, so only the last group, which ends at `i`, is
-    computed per candidate, from prefix sums.
+    The sum splits per group: with `q_j = C_k / n_k` (group mass over its bins where `P > 0`) and
+    `H_i = sum(q) = sum(hist[:i])`, `KL = (1/N) sum_{P_j > 0} p_j log(p_j / q_j) + log(H_i / N)`. For a fixed
+    group size `m = i // L` the first `L - 1` groups do not depend on `i`, so only the last group, which ends at
+    `i`, is computed per candidate, from prefix sums: `O(len(hist))` work in all instead of `O(len(hist)**2)`.
     """
     h = hist.astype(np.float64)
     size = h.size
     total = h.sum()
-    hlogh = np.where(h > 0, h * np.log(np.where(h > 0, h, 1.0)), 0.0)
+    positive = h > 0
+    hlogh = np.where(positive, h * np.log(np.where(positive, h, 1.0)), 0.0)
     cum_h = np.concatenate(([0.0], np.cumsum(h)))
-    cum_nz = np.concatenate(([0], np.cumsum(h > 0)))
+    cum_nz = np.concatenate(([0], np.cumsum(positive)))
     cum_hlogh = np.concatenate(([0.0], np.cumsum(hlogh)))
     out = np.full(size - levels + 1, np.inf)
     for m in range(1, size // levels + 1):
-        start = (levels - 1) * m
+        start = (levels - 1) * m  # first bin of the last group
         i = np.arange(levels * m, min(levels * m + levels - 1, size) + 1)
         groups = h[:start].reshape(levels - 1, m)
         g_sum = groups.sum(axis=1)
         g_nz = np.count_nonzero(groups, axis=1)
-        full = cum_hlogh[start] - np.sum(g_sum[g_sum > 0] * np.log(g_sum[g_sum > 0] / g_nz[g_sum > 0]))
-        c = cum_h[i] - cum_h[start]
-        n = cum_nz[i] - cum_nz[start]
-        log_q = np.log(np.where(c > 0, c, 1.0) / np.maximum(n, 1))
+        filled = g_sum > 0
+        full = cum_hlogh[start] - np.sum(g_sum[filled] * np.log(g_sum[filled] / g_nz[filled]))
         h_last = h[i - 1]
-        p_last = h_last + (total - cum_h[i])
+        p_last = h_last + (total - cum_h[i])  # tail folded into bin i - 1
+        c = cum_h[i] - cum_h[start]
+        n = cum_nz[i - 1] - cum_nz[start] + (p_last > 0)
+        log_q = np.log(np.where(c > 0, c, KL_EPS) / np.maximum(n, 1))
         log_p_last = np.log(np.where(p_last > 0, p_last, 1.0))
         last = (cum_hlogh[i - 1] - cum_hlogh[start]) - (c - h_last) * log_q + p_last * (log_p_last - log_q)
-        kl = (full + last) / total + np.log(np.where(cum_h[i] > 0, cum_h[i], 1.0) / total)
-        bad = ((h_last == 0) & (p_last > 0)) | (cum_h[i] == 0)
-        out[i - levels] = np.where(bad, np.inf, kl)
+        q_sum = cum_h[i] + np.where((c == 0) & (p_last > 0), KL_EPS, 0.0)
+        kl = (full + last) / total + np.log(q_sum / total)
+        out[i - levels] = np.where(cum_h[i] > 0, kl, np.inf)
     return out
 
 

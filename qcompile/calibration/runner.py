@@ -18,6 +18,14 @@ from qcompile.pipeline.context import CalibrationData
 __all__ = ["stream_statistics"]
 
 
+def _update_channels(tracker: ChannelAbsMax, array) -> bool:
+    """Update per-channel absmax; False when the array's last axis does not match earlier batches."""
+    if array.ndim == 0 or (tracker.num_channels is not None and array.shape[-1] != tracker.num_channels):
+        return False
+    tracker.update(array)
+    return True
+
+
 def stream_statistics(
     model: ir.Model,
     data: CalibrationData,
@@ -39,8 +47,8 @@ def stream_statistics(
             outputs = runtime.run(session, feeds, value_names)
             for name, array in outputs.items():
                 observers[name].update(array)
-                if channel_stats:
-                    channels[name].update(array)
+                if name in channels and not _update_channels(channels[name], array):
+                    del channels[name]  # the last axis varies (e.g. sequence length): no channel statistics
             bar.update(next(iter(feeds.values())).shape[0])
             del outputs
     return observers, channels

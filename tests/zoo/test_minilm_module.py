@@ -54,7 +54,8 @@ def test_padding_invariance(minilm: tuple[MiniLMEncoder, object]) -> None:
     model, tokenizer = minilm
     sentence = "a gripping , beautifully acted film ."
     alone = _embed(model, encode_batch(tokenizer, [sentence]))[0]
-    batch = encode_batch(tokenizer, [sentence, "a much longer sentence that forces the first one to be padded with many pad tokens ."])
+    longer = "a much longer sentence that forces the first one to be padded with many pad tokens ."
+    batch = encode_batch(tokenizer, [sentence, longer])
     assert batch["attention_mask"][0].min() == 0
     padded = _embed(model, batch)[0]
     np.testing.assert_allclose(padded, alone, rtol=0, atol=1e-5)

