@@ -77,11 +77,17 @@ def _run(args: argparse.Namespace) -> int:
         _list_passes()
         return 0
     _validate(args)
+    import onnx_ir as ir
+
     from qcompile.job import JobConfig, run_job
-    from qcompile.pipeline.registry import expand, parse_pass_list
+    from qcompile.pipeline.context import PipelineContext
+    from qcompile.pipeline.manager import check_order
+    from qcompile.pipeline.registry import build_pass, expand, parse_pass_list
     from qcompile.report.table import print_report
 
-    expand(parse_pass_list(args.passes))  # reject unknown names before loading anything
+    # Reject unknown names, bad options and a bad order before loading anything.
+    passes = [build_pass(spec, PipelineContext()) for spec in expand(parse_pass_list(args.passes))]
+    check_order(passes, ir.Model(ir.Graph([], [], nodes=[]), ir_version=9))  # a fresh model has no properties
     config = JobConfig(
         model=args.model,
         passes=args.passes,

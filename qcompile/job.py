@@ -74,8 +74,10 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
     model = entry.load()
     float_bytes = model_to_bytes(model)
     output_dir = Path(config.output_dir)
+    created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".qcompile-staging-", dir=output_dir))
+    succeeded = False
     try:
         calibration = entry.calibration(config.calib_samples, config.seed) if config.calib_samples > 0 else None
         context = PipelineContext(calibration=calibration, seed=config.seed, progress=config.progress, threads=config.threads)
@@ -112,9 +114,12 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
         for name in ("model.qdq.onnx", "report.json"):
             os.replace(staging / name, output_dir / name)
+        succeeded = True
         return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not succeeded and not any(output_dir.iterdir()):
+            output_dir.rmdir()  # a failed run leaves nothing behind
 
 
 def model_from_bytes(data: bytes):

@@ -61,7 +61,9 @@ class CalibrateRangesPass(Pass):
         bits: int = 8,
         op_types: str | tuple[str, ...] = DEFAULT_OP_TYPES,
         context: PipelineContext | None = None,
-        **observer_options,
+        percentile: float | None = None,
+        num_bins: int | None = None,
+        num_candidates: int | None = None,
     ) -> None:
         if observer not in OBSERVERS:
             raise ValueError(f"unknown observer '{observer}' (choose from {', '.join(OBSERVERS)})")
@@ -71,7 +73,10 @@ class CalibrateRangesPass(Pass):
         self.bits = int(bits)
         self.op_types = parse_op_types(op_types)
         self.context = context or PipelineContext()
-        self.observer_options = observer_options
+        # Observer options are explicit parameters so that `--passes calibrate:percentile=99.9` resolves them.
+        options = {"percentile": percentile, "num_bins": num_bins, "num_candidates": num_candidates}
+        self.observer_options = {k: v for k, v in options.items() if v is not None}
+        make_observer(self.observer, bits=self.bits, symmetric=False, **self.observer_options)  # validate early
 
     def call(self, model: ir.Model) -> PassResult:
         data = self.context.calibration

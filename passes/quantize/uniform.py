@@ -78,10 +78,12 @@ class QuantizeUniformPass(Pass):
 
     def call(self, model: ir.Model) -> PassResult:
         weights, activations, kept_float, skipped = 0, 0, 0, {}
+        nodes = 0
         initializers = model.graph.initializers
         for node in model.graph:
             if node.op_type not in self.op_types or node.domain not in ("", "ai.onnx"):
                 continue
+            nodes += 1
             for index, value in enumerate(node.inputs[:2]):
                 if value is None or quant_meta.get_quant(value) is not None:
                     continue
@@ -105,7 +107,7 @@ class QuantizeUniformPass(Pass):
                     continue
                 quant_meta.set_quant(value, asymmetric_spec(tensor_range.lo, tensor_range.hi, self.act_bits))
                 activations += 1
-        if weights == 0 and activations == 0 and not skipped:
+        if nodes == 0:  # (a second run over an already quantized model finds nodes but changes nothing)
             raise InputError(f"pass 'quantize' found no {'/'.join(self.op_types)} node to quantize")
         stats = {"weights": weights, "activations": activations, "kept_float": kept_float, "skipped": skipped}
         return PassResult(model, modified=weights + activations > 0, stats=stats)

@@ -8,6 +8,7 @@ the ONNX Runtime contrib domain); every node input is produced by a node, a grap
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -43,8 +44,15 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
         if not onnx.external_data_helper.uses_external_data(tensor):
             continue
         info = onnx.external_data_helper.ExternalDataInfo(tensor)
-        if not (path.parent / info.location).is_file():
+        data_file = path.parent / info.location
+        if not data_file.is_file():
             raise InputError(f"{path}: tensor '{tensor.name}' needs external data file '{info.location}', not found")
+        end = int(info.offset or 0) + int(info.length or 0)
+        if end > data_file.stat().st_size:
+            raise InputError(
+                f"{path}: tensor '{tensor.name}' needs {end} bytes of external data file '{info.location}', "
+                f"which has {data_file.stat().st_size} (truncated?)"
+            )
 
 
 def validate(model: ir.Model, source: str) -> None:
@@ -85,9 +93,15 @@ def load(path: str | os.PathLike) -> ir.Model:
     """Load and validate an ONNX model file (external data included) as an `ir.Model`."""
     path = Path(path)
     _check_external_data(_read_proto(path), path)
+    # onnx_ir logs a warning for each input nothing provides; `validate` reports the first as an InputError.
+    ir_logger = logging.getLogger("onnx_ir")
+    level = ir_logger.level
+    ir_logger.setLevel(logging.ERROR)
     try:
         model = ir.load(str(path))  # external data stays memory-mapped
     except Exception as error:  # onnx_ir raises assorted errors on malformed protos
         raise InputError(f"{path}: malformed ONNX model ({type(error).__name__}: {error})") from None
+    finally:
+        ir_logger.setLevel(level)
     validate(model, str(path))
     return model

@@ -32,6 +32,13 @@ def check_order(passes: Sequence[Pass], model: ir.Model) -> None:
                 sorted({p.pass_name for p in passes if set(missing) & {str(e) for e in p.establishes}})
             )
             hint = f" (established by: {providers}; put it earlier)" if providers else ""
+            if not providers:  # name the registered passes that would provide it
+                from qcompile.pipeline.registry import registered_passes
+
+                registered = ", ".join(
+                    name for name, cls in registered_passes().items() if set(missing) & {str(e) for e in cls.establishes}
+                )
+                hint = f" (established by: {registered}; add it before this pass)" if registered else ""
             raise InputError(
                 f"pass '{pass_.pass_name}' (step {index + 1}) requires {', '.join(missing)}, "
                 f"which no earlier pass establishes{hint}"

@@ -149,6 +149,8 @@ def expand(specs: list[PassSpec]) -> list[PassSpec]:
             recipe = _RECIPES[spec.name]
             unused = set(spec.options)
             for step in recipe.steps:
+                if step.name not in _PASSES:
+                    raise InputError(f"recipe '{spec.name}' has a step '{step.name}' that is not a registered pass")
                 accepted = _accepted_options(_PASSES[step.name])
                 extra = {k: v for k, v in spec.options.items() if k in accepted}
                 unused -= set(extra)

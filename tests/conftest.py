@@ -1,0 +1,51 @@
+"""Shared fixtures: the tiny synthetic encoder, an isolated cache directory, and a registry guard.
+
+VerifyIR needs no autouse fixture here: `run_passes` and `PassManager` users always run it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from qcompile.pipeline import registry
+from qcompile.testing.builders import TinyModel, tiny_encoder
+
+
+@pytest.fixture
+def tiny() -> TinyModel:
+    """A fresh seeded one-block encoder with 4 calibration batches of 4 samples and one evaluation batch."""
+    return tiny_encoder()
+
+
+@pytest.fixture
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point QCOMPILE_CACHE at a fresh temporary directory for the duration of the test."""
+    path = tmp_path / "qcompile-cache"
+    monkeypatch.setenv("QCOMPILE_CACHE", str(path))
+    return path
+
+
+@pytest.fixture
+def clean_registry() -> Iterator[None]:
+    """Let a test register passes, recipes or plugins; restore the registry (and sys.modules) afterwards.
+
+    The built-in passes are loaded first, so that restoring the snapshot never drops them (their module
+    stays imported, so they would not register again).
+    """
+    registry.load_builtin_passes()
+    passes, recipes = dict(registry._PASSES), dict(registry._RECIPES)
+    modules = set(sys.modules)
+    try:
+        yield
+    finally:
+        registry._PASSES.clear()
+        registry._PASSES.update(passes)
+        registry._RECIPES.clear()
+        registry._RECIPES.update(recipes)
+        for name in set(sys.modules) - modules:
+            if name.startswith("qcompile_plugin_"):
+                del sys.modules[name]

@@ -1,0 +1,104 @@
+"""Real models end to end (marked slow). `make test` runs them in a bounded form; QCOMPILE_FULL=1 runs
+the issue's acceptance sizes (1000 evaluation samples, the full 2000-image probe, 512-sample calibration).
+
+Bounded thresholds are looser than the acceptance ones only because fewer evaluation samples are noisier;
+each is stated next to its assertion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from qcompile.backends.onnx import runtime
+from qcompile.job import JobConfig, run_job
+from qcompile.pipeline.numerics import sqnr_db
+
+pytestmark = pytest.mark.slow
+FULL = os.environ.get("QCOMPILE_FULL") == "1"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A shared cache (probes) for this module unless the caller set QCOMPILE_CACHE (make test does)."""
+    if "QCOMPILE_CACHE" in os.environ:
+        yield
+        return
+    os.environ["QCOMPILE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    del os.environ["QCOMPILE_CACHE"]
+
+
+def _check_report_fields(report: dict) -> None:
+    for key in ("name", "fp", "quantized", "drop"):
+        assert report["metric"][key] is not None
+    for key in ("ort_fp32", "qcompile", "ort_int8_static", "ort_int8_dynamic"):
+        assert report["latency_ms"][key] > 0
+    assert report["calibration"]["samples"] > 0 and report["calibration"]["peak_rss_mb"] > 0
+    assert [p["name"] for p in report["per_pass"]] == ["calibrate", "quantize"]
+    assert "max_abs_err" in report["per_pass"][0] and "sqnr_db" in report["per_pass"][1]
+    assert report["per_layer"] and all(np.isfinite(layer["sqnr_db"]) for layer in report["per_layer"])
+
+
+def test_dinov2_w8a8_keeps_accuracy_and_beats_onnx_runtime_static(tmp_path, cache):
+    from qcompile.zoo.dinov2 import DinoV2Small
+
+    entry = DinoV2Small() if FULL else DinoV2Small(probe_train=200)
+    config = JobConfig(model=entry, passes="w8a8", output_dir=tmp_path, calib_samples=32 if FULL else 8,
+                       eval_samples=1000 if FULL else 48, progress=False, latency_rounds=3)
+    report = run_job(config, log=lambda _: None)
+    _check_report_fields(report)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.qdq.onnx", "report.json"]
+    metric = report["metric"]
+    # Acceptance: drop ≤ 1.0 point on 1000 images; bounded run (48 images, one image = 2.1 points): ≤ 4.2.
+    assert metric["drop"] <= (1.0 if FULL else 4.2)
+    if FULL:
+        assert metric["quantized"] >= metric["ort_int8_static"]
+    # The exported artifact runs in ONNX Runtime and stays close to the float features.
+    feeds = entry.calibration(4, seed=123).first_batch()
+    quantized = runtime.run(runtime.make_session(str(tmp_path / "model.qdq.onnx")), feeds)["cls"]
+    reference = runtime.run(runtime.make_session(entry.load()), feeds)["cls"]
+    assert sqnr_db(reference, quantized) > 20.0  # measured 26 dB; uniform-softmax W8A8 gives 19 dB
+
+
+def test_minilm_w8a8_keeps_accuracy(tmp_path, cache):
+    from qcompile.zoo.data.polarity import polarity_path
+
+    if not polarity_path().is_file():
+        pytest.skip(f"{polarity_path()} missing: run `make data`")
+    config = JobConfig(model="zoo:minilm-l6", passes="w8a8", output_dir=tmp_path, calib_samples=32,
+                       eval_samples=1000 if FULL else 300, progress=False, latency_rounds=3)
+    report = run_job(config, log=lambda _: None)
+    _check_report_fields(report)
+    # Acceptance: ≤ 1.0 point on 1000 sentences; bounded (300 sentences, one = 0.33 points): ≤ 2.0.
+    assert report["metric"]["drop"] <= (1.0 if FULL else 2.0)
+    assert report["all_metrics"]["qcompile"]["cosine"] > 0.97  # measured 0.988
+    if FULL:
+        assert report["metric"]["quantized"] >= report["metric"]["ort_int8_static"]
+
+
+_CALIBRATE_CHILD = """
+import json, sys
+from qcompile.zoo.dinov2 import DinoV2Small
+from qcompile.pipeline.context import PipelineContext
+from qcompile.pipeline.run import run_passes
+entry = DinoV2Small(); model = entry.load()
+records = run_passes(model, "calibrate", context=PipelineContext(calibration=entry.calibration(int(sys.argv[1]), seed=0), progress=False), check_numerics=False)
+print(json.dumps(records[0]["stats"]["peak_rss_mb"]))
+"""
+
+
+def test_calibration_peak_memory_does_not_grow_with_samples(cache):
+    large = 512 if FULL else 128
+
+    def peak(samples: int) -> float:
+        done = subprocess.run([sys.executable, "-c", _CALIBRATE_CHILD, str(samples)], capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    small_peak, large_peak = peak(16), peak(large)
+    assert large_peak <= 1.10 * small_peak, (small_peak, large_peak)

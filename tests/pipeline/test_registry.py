@@ -1,0 +1,231 @@
+"""Tests of the pass registry, recipes and the `--passes` mini-language."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from qcompile import (
+    Numerics,
+    Pass,
+    PassResult,
+    PipelineContext,
+    register_pass,
+    register_recipe,
+)
+from qcompile.errors import InputError
+from qcompile.pipeline.registry import (
+    PassSpec,
+    build_pass,
+    expand,
+    parse_pass_list,
+    registered_passes,
+    registered_recipes,
+)
+
+
+class _Nothing(Pass):
+    """Changes nothing."""
+
+    numerics = Numerics.EXACT
+
+    def call(self, model):
+        return PassResult(model, modified=False)
+
+
+def test_builtin_passes_and_uniform_recipes_are_registered() -> None:
+    assert {"calibrate", "quantize"} <= set(registered_passes())
+    assert {"fp", "w8a8", "w6a6", "w4a4"} <= set(registered_recipes())
+
+
+def test_register_pass_sets_the_name_and_makes_the_pass_findable(clean_registry) -> None:
+    @register_pass("test_nothing")
+    class Nothing(_Nothing):
+        pass
+
+    assert Nothing.name == "test_nothing" and Nothing().pass_name == "test_nothing"
+    assert registered_passes()["test_nothing"] is Nothing
+    assert expand(parse_pass_list("test_nothing")) == [PassSpec("test_nothing")]
+
+
+def test_registering_the_same_class_twice_is_harmless(clean_registry) -> None:
+    class Again(_Nothing):
+        pass
+
+    register_pass("test_again")(Again)
+    register_pass("test_again")(Again)
+    assert registered_passes()["test_again"] is Again
+
+
+@pytest.mark.parametrize("thing", [lambda model: model, object, int, "text"])
+def test_register_pass_rejects_what_is_not_a_pass_subclass(clean_registry, thing) -> None:
+    with pytest.raises(TypeError, match="subclass of qcompile.Pass"):
+        register_pass("test_not_a_pass")(thing)
+    assert "test_not_a_pass" not in registered_passes()
+
+
+def test_register_pass_rejects_numerics_that_are_not_a_numerics_member(clean_registry) -> None:
+    class Stringly(_Nothing):
+        numerics = "EXACT"
+
+    with pytest.raises(TypeError, match="numerics"):
+        register_pass("test_stringly")(Stringly)
+
+
+def test_a_second_pass_under_a_taken_name_is_rejected(clean_registry) -> None:
+    class First(_Nothing):
+        pass
+
+    class Second(_Nothing):
+        pass
+
+    register_pass("test_taken")(First)
+    with pytest.raises(ValueError, match="'test_taken' is already registered"):
+        register_pass("test_taken")(Second)
+    assert registered_passes()["test_taken"] is First
+
+
+def test_a_builtin_pass_name_cannot_be_taken(clean_registry) -> None:
+    class Impostor(_Nothing):
+        pass
+
+    with pytest.raises(ValueError, match="'calibrate' is already registered"):
+        register_pass("calibrate")(Impostor)
+
+
+def test_pass_and_recipe_names_do_not_collide(clean_registry) -> None:
+    class Clash(_Nothing):
+        pass
+
+    with pytest.raises(ValueError, match="already a recipe"):
+        register_pass("w8a8")(Clash)
+    with pytest.raises(ValueError, match="already a pass"):
+        register_recipe("quantize", ["calibrate"], "clash")
+
+
+def test_a_recipe_expands_to_its_steps_with_their_default_options() -> None:
+    steps = expand(parse_pass_list("w4a4"))
+    assert [s.name for s in steps] == ["calibrate", "quantize"]
+    assert steps[0].options == {"observer": "mse", "bits": 4}
+    assert steps[1].options == {"weight_bits": 4, "act_bits": 4, "keep_float": "Softmax"}
+
+
+def test_recipe_options_go_only_to_the_steps_that_accept_them() -> None:
+    steps = expand(parse_pass_list("w8a8:observer=percentile:weight_dtype=int8:act_bits=6"))
+    calibrate, quantize = steps
+    assert calibrate.options == {"observer": "percentile", "bits": 8}
+    assert quantize.options == {"weight_bits": 8, "act_bits": 6, "keep_float": "Softmax", "weight_dtype": "int8"}
+
+
+def test_a_recipe_option_several_steps_accept_goes_to_each() -> None:
+    calibrate, quantize = expand(parse_pass_list("w8a8:op_types=MatMul"))
+    assert calibrate.options["op_types"] == "MatMul" and quantize.options["op_types"] == "MatMul"
+
+
+def test_a_recipe_option_no_step_accepts_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="recipe 'w8a8' has no step taking option.* bogus, zzz"):
+        expand(parse_pass_list("w8a8:zzz=1:bogus=2"))
+
+
+def test_a_recipe_with_an_unregistered_step_is_an_input_error(clean_registry) -> None:
+    register_recipe("test_typo", ["calibrate", "quantise"], "has a typo")
+    with pytest.raises(InputError, match="recipe 'test_typo' has a step 'quantise' that is not a registered pass"):
+        expand(parse_pass_list("test_typo"))
+
+
+def test_the_empty_recipe_expands_to_nothing() -> None:
+    assert expand(parse_pass_list("fp")) == []
+
+
+def test_unknown_pass_error_lists_every_known_name() -> None:
+    with pytest.raises(InputError, match="unknown pass or recipe 'quantise'") as info:
+        expand(parse_pass_list("calibrate,quantise"))
+    message = str(info.value)
+    for name in list(registered_passes()) + list(registered_recipes()):
+        assert name in message
+
+
+def test_unknown_option_error_lists_the_options_the_pass_takes() -> None:
+    with pytest.raises(InputError, match="pass 'quantize' has no option bitz") as info:
+        build_pass(PassSpec("quantize", {"bitz": 4}), PipelineContext())
+    listed = str(info.value).split("(options: ")[1].rstrip(")").split(", ")
+    from qcompile.passes.quantize.uniform import QuantizeUniformPass
+
+    expected = [p for p in inspect.signature(QuantizeUniformPass.__init__).parameters if p != "self"]
+    assert sorted(listed) == sorted(expected) == sorted(["weight_bits", "act_bits", "op_types", "weight_dtype", "keep_float"])
+
+
+def test_calibrate_takes_observer_options_by_name() -> None:
+    pass_ = build_pass(PassSpec("calibrate", {"observer": "percentile", "percentile": 99.9, "num_bins": 512}), PipelineContext())
+    assert pass_.observer_options == {"percentile": 99.9, "num_bins": 512}
+
+
+def test_an_observer_option_the_observer_does_not_take_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="percentile.*'minmax'"):
+        build_pass(PassSpec("calibrate", {"observer": "minmax", "percentile": 99.9}), PipelineContext())
+
+
+def test_build_pass_hands_the_context_to_passes_that_take_one() -> None:
+    context = PipelineContext(seed=7)
+    assert build_pass(PassSpec("calibrate"), context).context is context
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        (PassSpec("quantize", {"weight_bits": 9}), "pass 'quantize': weight_bits must be in 2..8, got 9"),
+        (PassSpec("quantize", {"weight_dtype": "int4"}), "pass 'quantize': weight_dtype must be one of"),
+        (PassSpec("calibrate", {"observer": "magic"}), "pass 'calibrate': unknown observer 'magic'"),
+        (PassSpec("calibrate", {"bits": "eight"}), "pass 'calibrate': "),
+    ],
+)
+def test_bad_option_values_are_input_errors_naming_the_pass(spec: PassSpec, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        build_pass(spec, PipelineContext())
+
+
+def test_build_pass_rejects_an_unknown_name() -> None:
+    with pytest.raises(InputError, match="unknown pass 'nope'"):
+        build_pass(PassSpec("nope"), PipelineContext())
+
+
+def test_pass_lists_parse_names_and_typed_options() -> None:
+    specs = parse_pass_list("a:x=1:y=true,b")
+    assert specs == [PassSpec("a", {"x": 1, "y": True}), PassSpec("b", {})]
+    assert type(specs[0].options["x"]) is int and specs[0].options["y"] is True
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1.5", 1.5),
+        ("-3", -3),
+        ("1e-3", 1e-3),
+        ("False", False),
+        ("TRUE", True),
+        ("mse", "mse"),
+        ("MatMul+Gemm", "MatMul+Gemm"),
+        ("'quoted'", "quoted"),
+        ("None", None),
+    ],
+)
+def test_option_values_are_parsed_as_python_literals_or_kept_as_text(text: str, value) -> None:
+    (spec,) = parse_pass_list(f"p:k={text}")
+    assert spec.options == {"k": value} and type(spec.options["k"]) is type(value)
+
+
+def test_whitespace_around_items_names_and_options_is_ignored() -> None:
+    assert parse_pass_list(" a : k = 2 , b ") == [PassSpec("a", {"k": 2}), PassSpec("b")]
+
+
+@pytest.mark.parametrize(("text", "match"), [("a,,b", "empty pass name"), ("a,", "empty pass name"), ("", "empty pass name"), ("a:x", "option 'x' of pass 'a' must be key=value"), ("a:=1", "must be key=value"), ("a:x=1:", "must be key=value")])
+def test_malformed_pass_lists_are_input_errors(text: str, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        parse_pass_list(text)
+
+
+def test_a_pass_spec_prints_as_it_parses() -> None:
+    spec = PassSpec("calibrate", {"observer": "mse", "bits": 4})
+    assert str(spec) == "calibrate:observer=mse:bits=4"
+    assert parse_pass_list(str(spec)) == [spec]
