@@ -73,6 +73,8 @@ class QuantSpec:
             raise ValueError("scales must be finite and positive")
         if np.any(zero_point < self.qmin) or np.any(zero_point > self.qmax):
             raise ValueError(f"zero point outside [{self.qmin}, {self.qmax}]")
+        if scale.ndim > 1:
+            raise ValueError(f"scales must be a scalar or a vector, got shape {scale.shape}")
         if (self.axis is None) != (scale.ndim == 0):
             raise ValueError("per-tensor specs have scalar scales; per-channel specs need an axis")
         object.__setattr__(self, "scale", scale)

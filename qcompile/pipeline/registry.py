@@ -84,6 +84,8 @@ def register_recipe(name: str, steps: list[str | tuple[str, dict[str, Any]]], do
     """Register `name` as shorthand for `steps` (names, or (name, options) pairs)."""
     if name in _PASSES:
         raise ValueError(f"'{name}' is already a pass name")
+    if name in _RECIPES and _RECIPES[name].doc != doc:
+        raise ValueError(f"a recipe named '{name}' is already registered")
     specs = tuple(PassSpec(s) if isinstance(s, str) else PassSpec(s[0], dict(s[1])) for s in steps)
     recipe = Recipe(name, specs, doc)
     _RECIPES[name] = recipe
@@ -123,6 +125,8 @@ def parse_pass_list(text: str) -> list[PassSpec]:
         if not item:
             raise InputError(f"empty pass name in --passes '{text}'")
         name, *option_texts = item.split(":")
+        if not name.strip():
+            raise InputError(f"step '{item}' in --passes has options but no pass name")
         options: dict[str, Any] = {}
         for option in option_texts:
             key, sep, value = option.partition("=")

@@ -193,3 +193,8 @@ def test_quantized_values_lists_inputs_initializers_and_node_outputs_once(tiny) 
     found = quant_meta.quantized_values(graph)
 
     assert sorted(v.name for v in found) == sorted(v.name for v in chosen)
+
+
+def test_a_spec_with_matrix_scales_is_rejected():
+    with pytest.raises(ValueError, match="scalar or a vector"):
+        QuantSpec(bits=8, signed=True, scale=np.ones((2, 2), np.float32), zero_point=np.zeros((2, 2), np.int32), axis=0)

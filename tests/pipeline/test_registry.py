@@ -229,3 +229,17 @@ def test_a_pass_spec_prints_as_it_parses() -> None:
     spec = PassSpec("calibrate", {"observer": "mse", "bits": 4})
     assert str(spec) == "calibrate:observer=mse:bits=4"
     assert parse_pass_list(str(spec)) == [spec]
+
+
+def test_a_step_with_options_but_no_name_is_rejected_when_parsed():
+    with pytest.raises(InputError, match="no pass name"):
+        parse_pass_list(":x=1")
+
+
+def test_registering_a_different_recipe_under_an_existing_name_is_rejected(clean_registry):
+    from qcompile.pipeline.registry import register_recipe
+
+    register_recipe("my-recipe", ["calibrate"], "first")
+    register_recipe("my-recipe", ["calibrate"], "first")  # re-importing the same definition is fine
+    with pytest.raises(ValueError, match="already registered"):
+        register_recipe("my-recipe", ["quantize"], "second")
