@@ -51,8 +51,7 @@ def _axis_attr(spec: QuantSpec) -> dict:
 
 
 def _quantize_weight(graph: ir.Graph, value: ir.Value, spec: QuantSpec) -> None:
-    dtype = _container(spec)
-    codes = spec.quantize(value.const_value.numpy()).astype(dtype)
+    codes = spec.quantize(value.const_value.numpy()).astype(_container(spec))
     base = value.name
     quantized = _constant(graph, f"{base}_quantized", codes)
     scale, zero_point = _qparams(graph, base, spec)

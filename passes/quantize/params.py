@@ -29,12 +29,15 @@ def asymmetric_spec(lo: float, hi: float, bits: int) -> QuantSpec:
     return QuantSpec(bits=bits, signed=False, scale=np.float32(scale), zero_point=np.int32(zero_point))
 
 
-def symmetric_per_channel_spec(weight: np.ndarray, axis: int, bits: int, unsigned_container: bool) -> QuantSpec:
-    """Symmetric quantizer with one scale per slice of `weight` along `axis` (computed in float64)."""
-    axis = axis % weight.ndim
-    reduce_axes = tuple(a for a in range(weight.ndim) if a != axis)
-    absmax = np.max(np.abs(weight.astype(np.float64)), axis=reduce_axes)
+def symmetric_per_channel_spec(weight: np.ndarray, axis: int | None, bits: int, unsigned_container: bool) -> QuantSpec:
+    """Symmetric quantizer with one scale per slice of `weight` along `axis`, or one scale when `axis` is
+    None (computed in float64)."""
+    if axis is None:
+        absmax = np.max(np.abs(weight.astype(np.float64)), initial=0.0)
+    else:
+        axis = axis % weight.ndim
+        absmax = np.max(np.abs(weight.astype(np.float64)), axis=tuple(a for a in range(weight.ndim) if a != axis))
     scale = np.maximum(absmax / (2 ** (bits - 1) - 1), MIN_SCALE)
     zero = 2 ** (bits - 1) if unsigned_container else 0
-    zero_point = np.full(scale.shape, zero, dtype=np.int32)
-    return QuantSpec(bits=bits, signed=not unsigned_container, scale=scale.astype(np.float32), zero_point=zero_point, axis=axis)
+    zero_point = np.full(np.shape(scale), zero, dtype=np.int32)
+    return QuantSpec(bits=bits, signed=not unsigned_container, scale=np.asarray(scale, np.float32), zero_point=zero_point, axis=axis)

@@ -70,11 +70,7 @@ class QuantizeUniformPass(Pass):
     def _weight_spec(self, node: ir.Node, index: int, value: ir.Value) -> quant_meta.QuantSpec:
         array = value.const_value.numpy()
         axis = weight_channel_axis(node, index, array.ndim)
-        unsigned = self.weight_dtype == "uint8"
-        if axis is None:
-            spec = symmetric_per_channel_spec(array.reshape(1, -1), axis=0, bits=self.weight_bits, unsigned_container=unsigned)
-            return quant_meta.QuantSpec(self.weight_bits, spec.signed, spec.scale[0], spec.zero_point[0])
-        return symmetric_per_channel_spec(array, axis=axis, bits=self.weight_bits, unsigned_container=unsigned)
+        return symmetric_per_channel_spec(array, axis=axis, bits=self.weight_bits, unsigned_container=self.weight_dtype == "uint8")
 
     def call(self, model: ir.Model) -> PassResult:
         weights, activations, kept_float, skipped = 0, 0, 0, {}
