@@ -81,7 +81,8 @@ def main() -> int:
                     ),
                     log=lambda message: print(message, file=sys.stderr, flush=True),
                 )
-            (RESULTS / f"{model}_{recipe}.json").write_text(json.dumps(report, indent=2) + "\n")
+            slug = recipe.replace(":", "_").replace("=", "-")
+            (RESULTS / f"{model}_{slug}.json").write_text(json.dumps(report, indent=2) + "\n")
             rows.append(_row(report))
             print(rows[-1], flush=True)
     table = "\n".join([HEADER, *rows])
