@@ -2,7 +2,7 @@
 
 Writes benchmarks/results/<model>_<recipe>.json (the job's report) and benchmarks/results/zoo.md.
 ONNX Runtime's own quantizers are built and scored once per model (with the w8a8 run: they do not
-depend on the recipe). Latency: medians of interleaved runs in one process, batch 1, 2 threads.
+depend on the recipe). Latency: medians over alternating blocks of runs in one process, batch 1, 2 threads.
 It reports; it asserts nothing.
 
     python benchmarks/run_zoo.py [--models dinov2-s,minilm-l6] [--recipes fp,w8a8,w6a6,w4a4]
@@ -90,7 +90,7 @@ def main() -> int:
         "# Zoo benchmark\n\n"
         f"`python benchmarks/run_zoo.py --models {args.models} --recipes {args.recipes} --calib-samples {args.calib_samples}`"
         f" (eval samples {args.eval_samples}, seed {args.seed}) on {platform.processor() or platform.machine()}, "
-        "ONNX Runtime CPU, 2 intra-op threads, batch 1, median of 15 interleaved runs after 3 warm-ups.\n\n"
+        "ONNX Runtime CPU, 2 intra-op threads, batch 1, median of 15 runs in alternating blocks of 3 (each after a discarded run) after 3 warm-ups.\n\n"
         f"{table}\n"
     )
     (RESULTS / "zoo.md").write_text(text)

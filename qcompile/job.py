@@ -4,7 +4,7 @@
 2. Run the passes (VerifyIR and CheckNumerics instrumented) with streamed calibration data.
 3. Export the QDQ model; build ONNX Runtime's own static and dynamic INT8 models on the same samples.
 4. Score the float model, qcompile's model and both ONNX Runtime models on the same evaluation samples.
-5. Time all four side by side in this process (medians, interleaved, `threads` intra-op threads).
+5. Time all four side by side in this process (medians over alternating blocks, `threads` threads).
 6. Write model.qdq.onnx and report.json into the output directory — staged in a hidden folder and moved
    into place only when everything succeeded, so a failed run leaves no partial artifact.
 """

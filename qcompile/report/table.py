@@ -43,7 +43,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     setup = report["latency_setup"]
     calibration = report["calibration"]
     console.print(
-        f"latency: median of {setup['rounds']} interleaved runs, batch {setup['batch']}, {setup['threads']} threads; "
+        f"latency: median of {setup['rounds']} runs (alternating blocks of 3 per model), batch {setup['batch']}, {setup['threads']} threads; "
         f"calibration: {calibration['samples']} samples, peak RSS {_fmt(calibration['peak_rss_mb'], 0)} MB"
     )
     passes = Table(title="passes")
