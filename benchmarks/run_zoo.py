@@ -91,7 +91,7 @@ def main() -> int:
         f"`python benchmarks/run_zoo.py --models {args.models} --recipes {args.recipes} --calib-samples {args.calib_samples}`"
         f" (eval samples {args.eval_samples}, seed {args.seed}) on {platform.processor() or platform.machine()}, "
         "ONNX Runtime CPU, 2 intra-op threads, batch 1, median of 15 runs in alternating blocks of 3 (each after a discarded run) after 3 warm-ups.\n\n"
-        f"{table}\n"
+        f"{table}\n\nThe fp rows time two identical float models: their ratio shows this machine's latency noise.\n"
     )
     (RESULTS / "zoo.md").write_text(text)
     print(text)
