@@ -28,8 +28,14 @@ class TinyModel:
     feeds: dict[str, np.ndarray]
 
 
-def tiny_encoder_proto(dim: int = 32, heads: int = 2, hidden: int = 64, seed: int = 0, opset: int = 17) -> onnx.ModelProto:
-    """The encoder block as an ONNX ModelProto with dynamic batch and sequence dims."""
+def tiny_encoder_proto(
+    dim: int = 32, heads: int = 2, hidden: int = 64, seed: int = 0, opset: int = 17, decomposed_layernorm: bool = False
+) -> onnx.ModelProto:
+    """The encoder block as an ONNX ModelProto with dynamic batch and sequence dims.
+
+    `decomposed_layernorm` writes each LayerNorm as legacy exporters do:
+    ReduceMean → Sub → Pow → ReduceMean → Add(eps) → Sqrt → Div → Mul(γ) → Add(β).
+    """
     rng = np.random.default_rng(seed)
     head_dim = dim // heads
     inits, nodes = [], []
@@ -52,7 +58,24 @@ def tiny_encoder_proto(dim: int = 32, heads: int = 2, hidden: int = 64, seed: in
     def layernorm(prefix: str, x: str) -> str:
         gamma = const(f"{prefix}.weight", (1.0 + rng.normal(0, 0.1, dim)).astype(np.float32))
         beta = const(f"{prefix}.bias", rng.normal(0, 0.1, dim).astype(np.float32))
-        nodes.append(helper.make_node("LayerNormalization", [x, gamma, beta], [f"{prefix}.out"], name=prefix, axis=-1, epsilon=1e-5))
+        if not decomposed_layernorm:
+            nodes.append(helper.make_node("LayerNormalization", [x, gamma, beta], [f"{prefix}.out"], name=prefix, axis=-1, epsilon=1e-5))
+            return f"{prefix}.out"
+        const(f"{prefix}.two", np.array(2.0, dtype=np.float32))
+        const(f"{prefix}.eps", np.array(1e-5, dtype=np.float32))
+        steps = [
+            ("ReduceMean", [x], "mean", {"axes": [-1]}),
+            ("Sub", [x, f"{prefix}.mean"], "centered", {}),
+            ("Pow", [f"{prefix}.centered", f"{prefix}.two"], "sq", {}),
+            ("ReduceMean", [f"{prefix}.sq"], "var", {"axes": [-1]}),
+            ("Add", [f"{prefix}.var", f"{prefix}.eps"], "var_eps", {}),
+            ("Sqrt", [f"{prefix}.var_eps"], "std", {}),
+            ("Div", [f"{prefix}.centered", f"{prefix}.std"], "normed", {}),
+            ("Mul", [f"{prefix}.normed", gamma], "scaled", {}),
+            ("Add", [f"{prefix}.scaled", beta], "out", {}),
+        ]
+        for op, inputs, out, attrs in steps:
+            nodes.append(helper.make_node(op, inputs, [f"{prefix}.{out}"], name=f"{prefix}/{out}", **attrs))
         return f"{prefix}.out"
 
     def split_heads(name: str, x: str) -> str:
@@ -113,9 +136,9 @@ def tiny_inputs(batches: int, batch_size: int = 4, tokens: int = 8, dim: int = 3
     return out
 
 
-def tiny_encoder(seed: int = 0, batches: int = 4, batch_size: int = 4) -> TinyModel:
+def tiny_encoder(seed: int = 0, batches: int = 4, batch_size: int = 4, decomposed_layernorm: bool = False) -> TinyModel:
     """A fresh tiny encoder with its calibration data and one evaluation batch."""
-    model = ir.serde.deserialize_model(tiny_encoder_proto(seed=seed))
+    model = ir.serde.deserialize_model(tiny_encoder_proto(seed=seed, decomposed_layernorm=decomposed_layernorm))
     calibration = CalibrationData.from_list(tiny_inputs(batches, batch_size, seed=seed + 1))
     feeds = tiny_inputs(1, batch_size, seed=seed + 100)[0]
     return TinyModel(model, calibration, feeds)
