@@ -2,4 +2,4 @@
 
 from qcompile.passes.analysis import calibrate  # noqa: F401
 from qcompile.passes.quantize import recipes, uniform  # noqa: F401
-from qcompile.passes.transforms import smooth  # noqa: F401
+from qcompile.passes.transforms import noisy_bias, smooth  # noqa: F401
