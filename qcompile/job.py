@@ -163,7 +163,6 @@ def build_report(config, entry, records, scores, latency, baseline_seconds, cali
         item["stats"] = record.get("stats", {})
         per_pass.append(item)
     per_layer = next((r["per_layer"] for r in reversed(records) if r.get("per_layer")), [])
-    extra_metrics = {label: values for label, values in scores.items()}
     return {
         "model": config.model if isinstance(config.model, str) else f"zoo:{entry.name}",
         "passes": config.passes,
@@ -174,7 +173,7 @@ def build_report(config, entry, records, scores, latency, baseline_seconds, cali
             "drop": fp - quantized,
             **{label: scores[label][metric] for label in ("ort_int8_static", "ort_int8_dynamic") if label in scores},
         },
-        "all_metrics": extra_metrics,
+        "all_metrics": scores,
         "latency_ms": {label: latency.get(label) for label in ("ort_fp32", "qcompile", "ort_int8_static", "ort_int8_dynamic")},
         "latency_setup": {"threads": config.threads, "rounds": config.latency_rounds, "statistic": "median", "batch": 1},
         "calibration": {

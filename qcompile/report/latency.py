@@ -3,8 +3,8 @@
 Sessions are timed in rounds; in each round every session runs `block` times back to back and the
 first run of each block is discarded. ONNX Runtime's intra-op threads spin for a while after a run, so
 a session timed right after another one would otherwise share the cores with the previous session's
-spinning threads (measured: MiniLM FP32 at 33 ms when strictly interleaved with three other sessions
-against 13 ms alone). Rounds still alternate the sessions so slow machine phases hit all of them alike.
+spinning threads (seen as MiniLM FP32 timing far slower when strictly interleaved with three other
+sessions than alone; the fp rows of benchmarks/results/zoo.md show the remaining noise). Rounds still alternate the sessions so slow machine phases hit all of them alike.
 The figure is the median over all kept runs, in milliseconds.
 """
 
