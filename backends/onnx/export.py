@@ -1,6 +1,7 @@
 """Write a model as an ONNX file ONNX Runtime runs: `export(model, path, fmt="qdq")`.
 
-`qdq` writes every quantizer as QuantizeLinear/DequantizeLinear (see `qdq.py`); `float` writes the model
+`qdq` writes every uniform quantizer as QuantizeLinear/DequantizeLinear and every log√2 quantizer as the
+`qcompile` domain functions of `log_quant.py` (see `qdq.py`); `float` writes the model
 as it is. The file is written to a temporary name in the same directory and renamed into place, so a
 failed export never leaves a partial artifact. Models over 2 GB are written with external data.
 """

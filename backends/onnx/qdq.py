@@ -10,6 +10,13 @@ after x's producer and every consumer of x reads the result. QuantizeLinear satu
 to the b-bit range, so b-bit quantization is simulated exactly inside an 8-bit container. Graph outputs
 keep the float value.
 
+For an activation x with a log√2 spec (``kind="log_sqrt2"``, RepQ-ViT's post-Softmax quantizer), the pair is
+``qcompile.DequantizeLogSqrt2(qcompile.QuantizeLogSqrt2(x, Δ, qmax), Δ, qmax)`` instead: model-local
+functions (domain ``qcompile``, standard ops inside, see `log_quant`) added to the model, with Δ and
+qmax = 2^b − 1 as float32 scalar initializers ``{x}_delta`` / ``{x}_qmax``; the codes ``{x}_quantized`` are
+uint8 and consumers read ``{x}_dequantized`` as for uniform activations. Log√2 specs on constants (weights)
+are not supported: `to_qdq` raises ValueError.
+
 The input model is not modified: `to_qdq` works on a copy.
 """
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from qcompile.backends.onnx import log_quant
 from qcompile.ir import clone_model, quant_meta
 from qcompile.ir.quant_meta import QuantSpec
 
@@ -100,9 +108,37 @@ def _quantize_activation(graph: ir.Graph, value: ir.Value, spec: QuantSpec) -> N
         graph.insert_before(graph.node(0), nodes)
 
 
+def _quantize_log_activation(graph: ir.Graph, value: ir.Value, spec: QuantSpec) -> None:
+    uses = list(value.uses())
+    if not uses:
+        return
+    base = value.name
+    delta = _constant(graph, f"{base}_delta", spec.scale.astype(np.float32))
+    qmax = _constant(graph, f"{base}_qmax", np.array(spec.qmax, dtype=np.float32))
+    q = ir.node(log_quant.QUANTIZE, [value, delta, qmax], domain=log_quant.DOMAIN, name=f"{base}_{log_quant.QUANTIZE}")
+    q.outputs[0].name = f"{base}_quantized"
+    q.outputs[0].dtype = ir.DataType.UINT8
+    q.outputs[0].shape = value.shape
+    dq = ir.node(log_quant.DEQUANTIZE, [q.outputs[0], delta, qmax], domain=log_quant.DOMAIN, name=f"{base}_{log_quant.DEQUANTIZE}")
+    dq.outputs[0].name = f"{base}_dequantized"
+    dq.outputs[0].dtype = ir.DataType.FLOAT
+    dq.outputs[0].shape = value.shape
+    for use in uses:
+        use.node.replace_input_with(use.idx, dq.outputs[0])
+    producer = value.producer()
+    if producer is not None:
+        graph.insert_after(producer, [q, dq])
+    elif len(graph):
+        graph.insert_before(graph.node(0), [q, dq])
+
+
 def to_qdq(model: ir.Model) -> ir.Model:
-    """A copy of `model` with every `QuantSpec` written as QDQ nodes."""
-    specs = {v.name: quant_meta.get_quant(v) for v in quant_meta.quantized_values(model.graph)}
+    """A copy of `model` with every `QuantSpec` written as QDQ nodes (log√2 specs as `log_quant` functions)."""
+    quantized = quant_meta.quantized_values(model.graph)
+    specs = {v.name: quant_meta.get_quant(v) for v in quantized}
+    for value in quantized:
+        if specs[value.name].kind != "uniform" and value.const_value is not None:
+            raise ValueError(f"'{value.name}' is a constant with a {specs[value.name].kind} spec: only activations may be log√2-quantized")
     out = clone_model(model)
     if not specs:
         return out
@@ -115,7 +151,11 @@ def to_qdq(model: ir.Model) -> ir.Model:
         values.update({v.name: v for v in node.outputs})
     for name, spec in specs.items():
         value = values[name]
-        if value.const_value is not None and name in graph.initializers:
+        if spec.kind == "log_sqrt2":
+            if value.uses():
+                log_quant.add_log_functions(out)
+            _quantize_log_activation(graph, value, spec)
+        elif value.const_value is not None and name in graph.initializers:
             _quantize_weight(graph, value, spec)
         else:
             _quantize_activation(graph, value, spec)

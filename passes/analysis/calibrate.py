@@ -1,6 +1,7 @@
 """Calibrate activation ranges: stream calibration batches through the float model and record, for every
 activation that feeds a quantizable op, a `TensorRange` (observer's clipping range [lo, hi], raw min/max,
-per-channel max|x| along the last axis).
+per-channel max|x| along the last axis). A range marked `pinned` (chosen by a reparameterization such as
+`repq-ln`) is kept.
 
 The model's computation is untouched, so the pass is EXACT; it establishes CALIBRATED.
 """
@@ -93,7 +94,12 @@ class CalibrateRangesPass(Pass):
                 threads=self.context.threads,
                 progress=self.context.progress,
             )
+        pinned = 0
         for value in values:
+            existing = quant_meta.get_range(value)
+            if existing is not None and existing.pinned:
+                pinned += 1  # a reparameterization chose this range (e.g. repq-ln); keep it
+                continue
             observer = observers[value.name]
             lo, hi = observer.range()
             quant_meta.set_range(
@@ -108,5 +114,5 @@ class CalibrateRangesPass(Pass):
                     channel_absmax=channels[value.name].value if value.name in channels else None,
                 ),
             )
-        stats = {"values": len(values), "samples": data.samples, "observer": self.observer, "peak_rss_mb": peak.mb}
+        stats = {"values": len(values), "pinned_kept": pinned, "samples": data.samples, "observer": self.observer, "peak_rss_mb": peak.mb}
         return PassResult(model, modified=bool(values), stats=stats)

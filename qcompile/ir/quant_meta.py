@@ -5,12 +5,21 @@ accessors below:
 
 * `TensorRange` — what calibration observed for a value: the clipping range [lo, hi] chosen by an
   observer, the raw min/max, and (optionally) the per-channel max|x| along the last axis.
-* `QuantSpec` — the uniform quantizer chosen for a value:
-  ``q = clamp(round(x / scale) + zero_point, qmin, qmax)``, ``x̂ = (q - zero_point) * scale``,
-  per tensor (`axis is None`) or per channel along `axis`. `bits` may be below the container's width
-  (int8/uint8 hold 2..8-bit codes); `qmin`/`qmax` are the b-bit limits, not the container's.
+* `QuantSpec` — the quantizer chosen for a value, one of two kinds:
 
-Backends turn `QuantSpec`s into QuantizeLinear/DequantizeLinear nodes; passes never write QDQ nodes.
+  - ``kind="uniform"`` (the default): ``q = clamp(round(x / scale) + zero_point, qmin, qmax)``,
+    ``x̂ = (q - zero_point) * scale``, per tensor (`axis is None`) or per channel along `axis`.
+  - ``kind="log_sqrt2"``: RepQ-ViT's log√2 quantizer for post-Softmax activations (values in [0, 1]),
+    unsigned, per tensor, ``scale`` = Δ, ``zero_point`` = 0. Codes ``q = clamp(round(−2·log2(x / Δ)), 0,
+    2^b − 1)``; the top code 2^b − 1 means exactly 0 (x ≤ 0 maps to it), the others dequantize to
+    ``x̂ = Δ · 2^(−q/2)``, computed in the reparameterized form ``Δ · 2^(−ceil(q/2)) · (1 + (√2 − 1)·(q mod 2))``
+    (RepQ-ViT §3.3). See `QuantSpec` for the one deviation from RepQ-ViT's reference.
+
+  `bits` may be below the container's width (int8/uint8 hold 2..8-bit codes); `qmin`/`qmax` are the b-bit
+  limits, not the container's. Rounding is half to even, as ONNX Round/QuantizeLinear do.
+
+Backends turn uniform `QuantSpec`s into QuantizeLinear/DequantizeLinear nodes and log√2 ones into the
+model-local functions of `qcompile.backends.onnx.log_quant`; passes never write QDQ nodes.
 """
 
 from __future__ import annotations
@@ -29,10 +38,18 @@ __all__ = [
     "set_quant",
     "clear_quant",
     "quantized_values",
+    "QUANT_KINDS",
 ]
 
 _RANGE_KEY = "qcompile.range"
 _QUANT_KEY = "qcompile.quant"
+
+QUANT_KINDS = ("uniform", "log_sqrt2")
+
+# −2 / ln 2: −2·log2(r) is computed as ln(r) · (−2 / ln 2), the same two operations (Log, Mul) the ONNX
+# function `qcompile.QuantizeLogSqrt2` performs in float64, so the codes agree bit for bit.
+_NEG_TWO_OVER_LN2 = -2.0 / np.log(2.0)
+_SQRT2_MINUS_1 = np.sqrt(2.0) - 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +63,7 @@ class TensorRange:
     observer: str
     samples: int
     channel_absmax: np.ndarray | None = None
+    pinned: bool = False  # chosen by a reparameterization (e.g. repq-ln); later calibration keeps it
 
     def __post_init__(self) -> None:
         if not self.lo <= self.hi:
@@ -54,15 +72,34 @@ class TensorRange:
 
 @dataclasses.dataclass(frozen=True)
 class QuantSpec:
-    """A uniform affine quantizer: scale/zero_point arrays of shape () or (C,) along `axis`."""
+    """A quantizer: scale/zero_point arrays of shape () or (C,) along `axis`, and its `kind`.
+
+    ``kind="uniform"``: the affine quantizer ``q = clamp(round(x / s) + z, qmin, qmax)``,
+    ``x̂ = (q − z) · s``.
+
+    ``kind="log_sqrt2"`` (RepQ-ViT's log√2 quantizer for post-Softmax activations): unsigned, per tensor,
+    ``scale`` is Δ and ``zero_point`` must be 0. With ``qmax = 2^b − 1``::
+
+        q  = clamp(round(−2·log2(x / Δ)), 0, qmax)      (x ≤ 0, or NaN: q = qmax)
+        x̂  = Δ · 2^(−ceil(q/2)) · (1 + (√2 − 1)·(q mod 2))  = Δ · 2^(−q/2)   for q < qmax
+        x̂  = 0                                              for q = qmax
+
+    Deviation from RepQ-ViT's reference: it sends values whose unclamped code is ≥ 2^b to 0, which needs a
+    code outside b bits. Here the top b-bit code 2^b − 1 is reserved for zero instead, so the nonzero
+    levels are q ∈ [0, 2^b − 2]: one level fewer at the bottom (Δ·2^(−(2^b − 1)/2) is flushed to zero).
+    Values above Δ get q = 0 (x̂ = Δ).
+    """
 
     bits: int
     signed: bool
     scale: np.ndarray
     zero_point: np.ndarray
     axis: int | None = None
+    kind: str = "uniform"
 
     def __post_init__(self) -> None:
+        if self.kind not in QUANT_KINDS:
+            raise ValueError(f"kind must be one of {QUANT_KINDS}, got {self.kind!r}")
         if not 2 <= self.bits <= 8:
             raise ValueError(f"bits must be in 2..8 (int8/uint8 containers), got {self.bits}")
         scale = np.asarray(self.scale, dtype=np.float32)
@@ -77,6 +114,13 @@ class QuantSpec:
             raise ValueError(f"scales must be a scalar or a vector, got shape {scale.shape}")
         if (self.axis is None) != (scale.ndim == 0):
             raise ValueError("per-tensor specs have scalar scales; per-channel specs need an axis")
+        if self.kind == "log_sqrt2":
+            if self.signed:
+                raise ValueError("a log_sqrt2 quantizer is unsigned (signed=False)")
+            if self.axis is not None:
+                raise ValueError("a log_sqrt2 quantizer is per tensor (axis None, scalar scale Δ)")
+            if np.any(zero_point != 0):
+                raise ValueError("a log_sqrt2 quantizer has zero_point 0")
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "zero_point", zero_point)
 
@@ -102,6 +146,8 @@ class QuantSpec:
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """Integer codes of `x` (int32), computed in float64, round half to even as ONNX does."""
+        if self.kind == "log_sqrt2":
+            return self._log_quantize(x)
         scale = self._broadcast(self.scale.astype(np.float64), x.ndim)
         zero_point = self._broadcast(self.zero_point, x.ndim)
         q = np.rint(np.asarray(x, dtype=np.float64) / scale) + zero_point
@@ -109,6 +155,8 @@ class QuantSpec:
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
         """Real values of integer codes, float32."""
+        if self.kind == "log_sqrt2":
+            return self._log_dequantize(q)
         scale = self._broadcast(self.scale, q.ndim)
         zero_point = self._broadcast(self.zero_point, q.ndim)
         return ((q.astype(np.int32) - zero_point) * scale).astype(np.float32)
@@ -116,6 +164,22 @@ class QuantSpec:
     def fake_quantize(self, x: np.ndarray) -> np.ndarray:
         """dequantize(quantize(x))."""
         return self.dequantize(self.quantize(x))
+
+    def _log_quantize(self, x: np.ndarray) -> np.ndarray:
+        # Op for op what `QuantizeLogSqrt2` does in float64: Div, Greater, Where, Log, Mul, Round, Clip, Where.
+        r = np.asarray(x, dtype=np.float64) / np.float64(self.scale)
+        positive = r > 0
+        t = np.log(np.where(positive, r, 1.0)) * _NEG_TWO_OVER_LN2
+        q = np.clip(np.rint(t), 0, self.qmax)
+        return np.where(positive, q, self.qmax).astype(np.int32)
+
+    def _log_dequantize(self, q: np.ndarray) -> np.ndarray:
+        # Op for op what `DequantizeLogSqrt2` does in float64: Ceil, 2·ceil − q (= q mod 2), Pow, Mul, Where.
+        q = np.asarray(q).astype(np.float64)
+        e = np.ceil(q / 2.0)
+        odd = (e + e) - q
+        y = (np.float64(self.scale) * np.power(2.0, -e)) * (1.0 + _SQRT2_MINUS_1 * odd)
+        return np.where(q < self.qmax, y, 0.0).astype(np.float32)
 
 
 def get_range(value: Value) -> TensorRange | None:

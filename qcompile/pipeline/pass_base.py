@@ -8,6 +8,10 @@ A pass is a class with four class attributes and a `call(model) -> PassResult`:
 * `numerics`    — `EXACT` (outputs unchanged up to float rounding), `EXACT_IN_REALS` (an equivalence in
   real arithmetic: outputs unchanged up to float32 reassociation), or `LOSSY` (approximates).
 
+Optionally `target_bits_option` names a constructor option holding the activation bit width the pass
+tunes for (e.g. RepQ-ViT's per-channel search); a step that does not set it inherits the `act_bits` of the
+next quantizing step of the pass list (see `registry.expand`).
+
 `Pass` sits on `onnx_ir.passes.InPlacePass`: it mutates and returns the same model object, so it also
 composes with onnx_ir's own `Sequential`. Because `requires` is a property set here rather than
 onnx_ir's precondition method, `__call__` is redefined to check properties instead.
@@ -56,6 +60,7 @@ class Pass(ir.passes.InPlacePass):
     establishes: ClassVar[frozenset[Property]] = frozenset()
     invalidates: ClassVar[frozenset[Property]] = frozenset()
     numerics: ClassVar[Numerics] = Numerics.EXACT
+    target_bits_option: ClassVar[str | None] = None
 
     @property
     def pass_name(self) -> str:

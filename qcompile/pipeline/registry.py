@@ -3,6 +3,14 @@
 `--passes` is a comma-separated list of steps; a step is a name with optional `:key=value` options,
 e.g. `calibrate:observer=mse,quantize:weight_bits=4`. A name is a registered pass or a recipe (a named
 list of steps with default options); options given to a recipe go to every step of it that accepts them.
+
+Two expansion rules connect transform recipes to the quantization that follows them:
+
+* a step whose pass declares `target_bits_option` (e.g. `repq-ln`'s `act_bits`) and was not given it
+  inherits the `act_bits` of the next quantizing step (one that establishes QUANTIZED), so
+  `repq,w4a4` tunes RepQ-ViT's search for 4 bits;
+* a recipe may name a `completes_with` recipe, appended when the whole list has no quantizing step:
+  `repq` alone means `repq,w8a8`.
 """
 
 from __future__ import annotations
@@ -57,6 +65,7 @@ class Recipe:
     name: str
     steps: tuple[PassSpec, ...]
     doc: str
+    completes_with: str | None = None
 
 
 def register_pass(name: str):
@@ -80,14 +89,17 @@ def register_pass(name: str):
     return decorate
 
 
-def register_recipe(name: str, steps: list[str | tuple[str, dict[str, Any]]], doc: str) -> Recipe:
-    """Register `name` as shorthand for `steps` (names, or (name, options) pairs)."""
+def register_recipe(
+    name: str, steps: list[str | tuple[str, dict[str, Any]]], doc: str, completes_with: str | None = None
+) -> Recipe:
+    """Register `name` as shorthand for `steps` (names, or (name, options) pairs); `completes_with` names
+    the recipe appended when a pass list using `name` has no quantizing step."""
     if name in _PASSES:
         raise ValueError(f"'{name}' is already a pass name")
     if name in _RECIPES and _RECIPES[name].doc != doc:
         raise ValueError(f"a recipe named '{name}' is already registered")
     specs = tuple(PassSpec(s) if isinstance(s, str) else PassSpec(s[0], dict(s[1])) for s in steps)
-    recipe = Recipe(name, specs, doc)
+    recipe = Recipe(name, specs, doc, completes_with)
     _RECIPES[name] = recipe
     return recipe
 
@@ -142,10 +154,10 @@ def _accepted_options(cls: type[Pass]) -> set[str]:
     return {p for p in params if p not in ("self", "context")}
 
 
-def expand(specs: list[PassSpec]) -> list[PassSpec]:
-    """Replace recipe names by their steps; reject unknown names."""
-    load_builtin_passes()
+def _expand_names(specs: list[PassSpec]) -> tuple[list[PassSpec], list[str]]:
+    """Recipes replaced by their steps, and the `completes_with` tails of the recipes used."""
     out: list[PassSpec] = []
+    tails: list[str] = []
     for spec in specs:
         if spec.name in _PASSES:
             out.append(spec)
@@ -161,9 +173,43 @@ def expand(specs: list[PassSpec]) -> list[PassSpec]:
                 out.append(PassSpec(step.name, {**step.options, **extra}))
             if unused:
                 raise InputError(f"recipe '{spec.name}' has no step taking option(s) {', '.join(sorted(unused))}")
+            if recipe.completes_with and recipe.completes_with not in tails:
+                tails.append(recipe.completes_with)
         else:
             known = ", ".join(sorted(_PASSES) + sorted(_RECIPES))
             raise InputError(f"unknown pass or recipe '{spec.name}' (known: {known})")
+    return out, tails
+
+
+def _quantizes(spec: PassSpec) -> bool:
+    from qcompile.ir.properties import Property
+
+    return Property.QUANTIZED in _PASSES[spec.name].establishes
+
+
+def _act_bits(spec: PassSpec) -> Any:
+    if "act_bits" in spec.options:
+        return spec.options["act_bits"]
+    parameter = inspect.signature(_PASSES[spec.name].__init__).parameters.get("act_bits")
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def expand(specs: list[PassSpec]) -> list[PassSpec]:
+    """Replace recipe names by their steps (appending `completes_with` tails when nothing quantizes), fill
+    inherited target bit widths, and reject unknown names."""
+    load_builtin_passes()
+    out, tails = _expand_names(specs)
+    if tails and not any(_quantizes(s) for s in out):
+        for tail in tails:
+            more, _ = _expand_names([PassSpec(tail)])
+            out += more
+    for index, spec in enumerate(out):
+        option = _PASSES[spec.name].target_bits_option
+        if option is None or option in spec.options:
+            continue
+        later = [_act_bits(s) for s in out[index + 1 :] if _quantizes(s)]
+        if later and later[0] is not None:
+            out[index] = PassSpec(spec.name, {**spec.options, option: later[0]})
     return out
 
 

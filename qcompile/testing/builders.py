@@ -29,9 +29,19 @@ class TinyModel:
 
 
 def tiny_encoder_proto(
-    dim: int = 32, heads: int = 2, hidden: int = 64, seed: int = 0, opset: int = 17, decomposed_layernorm: bool = False
+    dim: int = 32,
+    heads: int = 2,
+    hidden: int = 64,
+    seed: int = 0,
+    opset: int = 17,
+    decomposed_layernorm: bool = False,
+    final_norm: bool = False,
+    layer_scale: bool = False,
 ) -> onnx.ModelProto:
     """The encoder block as an ONNX ModelProto with dynamic batch and sequence dims.
+
+    `final_norm` ends the residual stream with a LayerNorm `ln_f` (as ViTs do) and `layer_scale` multiplies
+    both branch outputs by a per-channel λ before the residual adds (DINOv2's LayerScale).
 
     `decomposed_layernorm` writes each LayerNorm as legacy exporters do:
     ReduceMean → Sub → Pow → ReduceMean → Add(eps) → Sqrt → Div → Mul(γ) → Add(β).
@@ -102,6 +112,9 @@ def tiny_encoder_proto(
     nodes.append(helper.make_node("Transpose", ["ctx.h"], ["ctx.t"], name="ctx/Transpose", perm=[0, 2, 1, 3]))
     nodes.append(helper.make_node("Reshape", ["ctx.t", "merge_shape"], ["ctx"], name="ctx/Reshape"))
     o = linear("o_proj", "ctx", dim, dim)
+    if layer_scale:
+        nodes.append(helper.make_node("Mul", [o, const("ls1", rng.uniform(0.1, 1.0, dim).astype(np.float32))], ["o.ls"], name="ls1/Mul"))
+        o = "o.ls"
     nodes.append(helper.make_node("Add", ["x", o], ["res1"], name="res1"))
     h2 = layernorm("ln2", "res1")
     f1 = linear("fc1", h2, dim, hidden)
@@ -111,7 +124,14 @@ def tiny_encoder_proto(
     nodes.append(helper.make_node("Mul", [f1, "gelu.a"], ["gelu.m"], name="gelu/Mul"))
     nodes.append(helper.make_node("Mul", ["gelu.m", "half"], ["gelu"], name="gelu/Half"))
     f2 = linear("fc2", "gelu", hidden, dim)
-    nodes.append(helper.make_node("Add", ["res1", f2], ["y"], name="res2"))
+    if layer_scale:
+        nodes.append(helper.make_node("Mul", [f2, const("ls2", rng.uniform(0.1, 1.0, dim).astype(np.float32))], ["f2.ls"], name="ls2/Mul"))
+        f2 = "f2.ls"
+    if final_norm:
+        nodes.append(helper.make_node("Add", ["res1", f2], ["res2"], name="res2"))
+        nodes.append(helper.make_node("Identity", [layernorm("ln_f", "res2")], ["y"], name="y/Identity"))
+    else:
+        nodes.append(helper.make_node("Add", ["res1", f2], ["y"], name="res2"))
 
     graph = helper.make_graph(
         nodes,
@@ -136,9 +156,17 @@ def tiny_inputs(batches: int, batch_size: int = 4, tokens: int = 8, dim: int = 3
     return out
 
 
-def tiny_encoder(seed: int = 0, batches: int = 4, batch_size: int = 4, decomposed_layernorm: bool = False) -> TinyModel:
+def tiny_encoder(
+    seed: int = 0,
+    batches: int = 4,
+    batch_size: int = 4,
+    decomposed_layernorm: bool = False,
+    final_norm: bool = False,
+    layer_scale: bool = False,
+) -> TinyModel:
     """A fresh tiny encoder with its calibration data and one evaluation batch."""
-    model = ir.serde.deserialize_model(tiny_encoder_proto(seed=seed, decomposed_layernorm=decomposed_layernorm))
+    proto = tiny_encoder_proto(seed=seed, decomposed_layernorm=decomposed_layernorm, final_norm=final_norm, layer_scale=layer_scale)
+    model = ir.serde.deserialize_model(proto)
     calibration = CalibrationData.from_list(tiny_inputs(batches, batch_size, seed=seed + 1))
     feeds = tiny_inputs(1, batch_size, seed=seed + 100)[0]
     return TinyModel(model, calibration, feeds)

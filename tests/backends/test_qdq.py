@@ -240,3 +240,106 @@ def test_a_shared_weight_is_dequantized_once_for_all_consumers(weight, x) -> Non
     assert [n.op_type for n in qdq.graph].count("DequantizeLinear") == 1 and "w" not in qdq.graph.initializers
     expected = 2 * (x.astype(np.float64) @ fake_quant_weight(weight, scale, 8))
     np.testing.assert_allclose(_run_unoptimized(qdq, {"x": x})["y"], expected, rtol=0, atol=1e-5)
+
+
+# --- log√2 activations (RepQ-ViT post-Softmax quantizer) ----------------------------------------------
+
+
+def _log_spec(bits: int, delta: float) -> QuantSpec:
+    return QuantSpec(bits, False, np.float32(delta), np.int32(0), None, kind="log_sqrt2")
+
+
+def _softmax_model(weight: np.ndarray, softmax_is_output: bool = False) -> ir.Model:
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", N])]
+    if softmax_is_output:
+        outputs.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", K]))
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["p"], axis=-1, name="softmax"), helper.make_node("MatMul", ["p", "w"], ["y"], name="mm")],
+        "softmax_mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
+        outputs,
+        [numpy_helper.from_array(weight, "w")],
+    )
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]))
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x.astype(np.float64) - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_a_log_sqrt2_activation_becomes_the_qcompile_function_pair(weight, x) -> None:
+    model = _softmax_model(weight)
+    spec = _log_spec(4, 0.2)
+    quant_meta.set_quant(_value(model, "p"), spec)
+    w_spec, w_scale = _weight_spec(weight, 8, unsigned=False)
+    quant_meta.set_quant(_value(model, "w"), w_spec)
+
+    qdq = to_qdq(model)
+
+    verify_model(qdq)
+    onnx.checker.check_model(ir.serde.serialize_model(qdq), full_check=True)
+    assert [(n.domain, n.op_type) for n in qdq.graph] == [
+        ("", "DequantizeLinear"), ("", "Softmax"), ("qcompile", "QuantizeLogSqrt2"), ("qcompile", "DequantizeLogSqrt2"), ("", "MatMul"),
+    ]
+    assert qdq.opset_imports == {"": 14, "qcompile": 1}
+    assert {name for _, name, _ in qdq.functions} == {"QuantizeLogSqrt2", "DequantizeLogSqrt2"}
+    quantize, dequantize = qdq.graph.node(2), qdq.graph.node(3)
+    assert quantize.inputs[0].name == "p" and quantize.outputs[0].dtype == ir.DataType.UINT8
+    assert dequantize.inputs[0] is quantize.outputs[0]
+    assert qdq.graph.initializers["p_delta"].const_value.numpy() == np.float32(0.2)
+    assert qdq.graph.initializers["p_qmax"].const_value.numpy() == np.float32(15)
+    assert qdq.graph.node(4).inputs[0] is dequantize.outputs[0]
+
+    actual = _run_unoptimized(qdq, {"x": x})["y"]
+    p = _softmax(x).astype(np.float32)
+    expected = spec.fake_quantize(p).astype(np.float64) @ fake_quant_weight(weight, w_scale, 8)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5)
+
+
+def test_a_log_sqrt2_graph_output_stays_float(weight, x) -> None:
+    model = _softmax_model(weight, softmax_is_output=True)
+    spec = _log_spec(3, 0.5)
+    quant_meta.set_quant(_value(model, "p"), spec)
+
+    out = _run_unoptimized(to_qdq(model), {"x": x})
+
+    np.testing.assert_allclose(out["p"], _softmax(x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out["y"], spec.fake_quantize(out["p"]).astype(np.float64) @ weight, rtol=0, atol=1e-5)
+
+
+def test_two_log_sqrt2_activations_share_one_pair_of_functions(weight, x) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["x"], ["p"], axis=-1, name="sm1"), helper.make_node("Softmax", ["p"], ["p2"], axis=-1, name="sm2"),
+         helper.make_node("MatMul", ["p2", "w"], ["y"], name="mm")],
+        "two_softmax",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", N])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]))
+    first, second = _log_spec(4, 0.3), _log_spec(6, 0.1)
+    quant_meta.set_quant(_value(model, "p"), first)
+    quant_meta.set_quant(_value(model, "p2"), second)
+
+    qdq = to_qdq(model)
+
+    assert len(qdq.functions) == 2
+    assert [n.op_type for n in qdq.graph].count("QuantizeLogSqrt2") == 2
+    p2 = _softmax(first.fake_quantize(_softmax(x).astype(np.float32)))
+    expected = second.fake_quantize(p2.astype(np.float32)).astype(np.float64) @ weight
+    np.testing.assert_allclose(_run_unoptimized(qdq, {"x": x})["y"], expected, rtol=0, atol=1e-5)
+
+
+def test_a_log_sqrt2_spec_on_a_constant_is_rejected(weight) -> None:
+    model = _matmul_model(np.abs(weight))
+    quant_meta.set_quant(_value(model, "w"), _log_spec(4, 1.0))
+    with pytest.raises(ValueError, match="constant"):
+        to_qdq(model)
+
+
+def test_a_model_with_only_uniform_specs_gets_no_functions(weight) -> None:
+    model = _matmul_model(weight)
+    quant_meta.set_quant(_value(model, "x"), QuantSpec(8, False, np.float32(0.1), np.int32(3)))
+    qdq = to_qdq(model)
+    assert not qdq.functions and "qcompile" not in qdq.opset_imports

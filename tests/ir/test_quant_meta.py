@@ -198,3 +198,102 @@ def test_quantized_values_lists_inputs_initializers_and_node_outputs_once(tiny) 
 def test_a_spec_with_matrix_scales_is_rejected():
     with pytest.raises(ValueError, match="scalar or a vector"):
         QuantSpec(bits=8, signed=True, scale=np.ones((2, 2), np.float32), zero_point=np.zeros((2, 2), np.int32), axis=0)
+
+
+# --- log√2 quantizer (RepQ-ViT, post-Softmax) -------------------------------------------------------
+
+
+def _log_spec(bits: int = 4, delta: float = 1.0) -> QuantSpec:
+    return QuantSpec(bits, False, np.float32(delta), np.int32(0), None, kind="log_sqrt2")
+
+
+def test_uniform_is_the_default_kind_and_positional_construction_is_unchanged() -> None:
+    spec = QuantSpec(8, False, np.float32(0.1), np.int32(3), None)
+    assert spec.kind == "uniform"
+    np.testing.assert_array_equal(spec.quantize(np.array([0.0, 0.1, 100.0])), [3, 4, 255])
+
+
+def test_log_sqrt2_codes_and_values_on_hand_checked_points() -> None:
+    spec = _log_spec(bits=4, delta=1.0)
+    cases = [  # x, code, x̂
+        (1.0, 0, 1.0),
+        (0.5, 2, 0.5),
+        (2**-0.5, 1, np.sqrt(0.5)),
+        (0.0, 15, 0.0),  # zero takes the reserved top code
+        (2**-7.5, 15, 0.0),  # unclamped −2·log2 x = 15 ≥ 2^b − 1: flushed to zero (the documented deviation)
+        (2**-7, 14, 2**-7),  # the smallest nonzero level
+        (2**-6.5, 13, 2**-6.5),
+        (0.3, 3, 2**-1.5),  # −2·log2 0.3 = 3.47
+        (3.0, 0, 1.0),  # above Δ: q = 0, x̂ = Δ
+        (-0.25, 15, 0.0),  # negative inputs are zero as well
+    ]
+    x = np.array([c[0] for c in cases], dtype=np.float32)
+    codes = spec.quantize(x)
+    values = spec.dequantize(codes)
+    assert codes.dtype == np.int32 and values.dtype == np.float32
+    np.testing.assert_array_equal(codes, [c[1] for c in cases])
+    np.testing.assert_allclose(values, [c[2] for c in cases], rtol=1e-7, atol=0)
+    np.testing.assert_array_equal(spec.fake_quantize(x), values)
+    assert spec.dequantize(np.array([0]))[0] == 1.0 and spec.dequantize(np.array([15]))[0] == 0.0
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
+@pytest.mark.parametrize("delta", [1.0, 0.37, 2.0**-5])
+def test_log_sqrt2_levels_are_delta_times_powers_of_root_half_and_the_top_code_is_zero(bits: int, delta: float) -> None:
+    spec = _log_spec(bits, delta)
+    q = np.arange(2**bits)
+    values = spec.dequantize(q)
+    expected = np.float64(np.float32(delta)) * np.exp2(-q / 2.0)
+    expected[-1] = 0.0
+    # Compared after the float32 cast (the deepest 8-bit levels are float32 subnormals).
+    np.testing.assert_allclose(values, expected.astype(np.float32), rtol=1e-7, atol=0)
+    # Every nonzero level is its own code (quantize ∘ dequantize is the identity below the zero code).
+    np.testing.assert_array_equal(spec.quantize(values), q)
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_log_sqrt2_codes_are_the_nearest_level_in_the_log_domain(bits: int) -> None:
+    rng = np.random.default_rng(3)
+    delta = 0.6
+    x = np.concatenate([rng.uniform(0, 1, 2000), np.exp2(-rng.uniform(0, 2**bits / 2 + 2, 2000)), [0.0, 1.0, 5.0]])
+    spec = _log_spec(bits, delta)
+    codes = spec.quantize(x)
+    qmax = 2**bits - 1
+    with np.errstate(divide="ignore"):
+        unclamped = np.round(-2 * np.log2(x / np.float64(np.float32(delta))))  # brief's formula, written out
+    expected = np.where(unclamped >= qmax, qmax, np.maximum(unclamped, 0))
+    np.testing.assert_array_equal(codes, expected)
+    assert codes.min() == 0 and codes.max() == qmax
+
+
+def test_log_sqrt2_quantize_accepts_float64_input() -> None:
+    spec = _log_spec(4, 0.5)
+    x = np.array([0.5, 0.25, 0.0, 1.0], dtype=np.float64)
+    np.testing.assert_array_equal(spec.quantize(x), [0, 2, 15, 0])
+    np.testing.assert_array_equal(spec.fake_quantize(x), np.array([0.5, 0.25, 0.0, 0.5], np.float32))
+
+
+def test_log_sqrt2_spec_must_be_unsigned() -> None:
+    with pytest.raises(ValueError, match="unsigned"):
+        QuantSpec(4, True, np.float32(1.0), np.int32(0), None, kind="log_sqrt2")
+
+
+def test_log_sqrt2_spec_must_be_per_tensor() -> None:
+    with pytest.raises(ValueError, match="per tensor"):
+        QuantSpec(4, False, np.ones(3, np.float32), np.zeros(3, np.int32), 0, kind="log_sqrt2")
+
+
+def test_log_sqrt2_spec_must_have_a_zero_zero_point() -> None:
+    with pytest.raises(ValueError, match="zero_point 0"):
+        QuantSpec(4, False, np.float32(1.0), np.int32(2), None, kind="log_sqrt2")
+
+
+@pytest.mark.parametrize("delta", [0.0, -1.0, np.inf])
+def test_log_sqrt2_spec_needs_a_positive_finite_delta(delta: float) -> None:
+    with pytest.raises(ValueError, match="finite and positive"):
+        QuantSpec(4, False, np.float32(delta), np.int32(0), None, kind="log_sqrt2")
+
+
+def test_an_unknown_kind_is_rejected() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        QuantSpec(8, False, np.float32(1.0), np.int32(0), None, kind="log2")

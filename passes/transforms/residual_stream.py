@@ -1,0 +1,208 @@
+"""The residual stream of a transformer as exporters write it: norms, residual adds, writers, origin.
+
+* A **norm** is a fused `LayerNormalization` over the last axis, or the decomposed form
+  `Add(Mul(Div(Sub(x, ReduceMean x), Sqrt(Add(ReduceMean(Pow(Sub, 2)), eps))), γ), β)`.
+* A **writer** is a linear branch added to the stream: `MatMul(h, W[K, d]) → Add(b)` optionally followed by a
+  per-channel `Mul(λ)` (DINOv2's LayerScale), each value used once.
+* A **residual add** is `Add(trunk, writer)` whose output feeds a norm.
+* The **stream** (pre-LN only) is found by walking back from every norm input through residual adds to
+  the trunk: the stream values, the writers, and one **origin** (the embedding output) where the walk
+  stops. It is pre-LN when no stream value is a norm output and every use of a stream value is a norm
+  or a residual add; otherwise `find_stream` says why not (post-LN BERT feeds the LN output back into the
+  stream, so its norms cannot become weightless RMS norms).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_ir as ir
+
+__all__ = ["Norm", "Writer", "Stream", "find_norms", "find_writers", "find_stream"]
+
+
+@dataclasses.dataclass
+class Norm:
+    """A LayerNorm: input x, output y = n ⊙ γ + β. Decomposed parts are kept to rewrite it in place."""
+
+    name: str
+    input: ir.Value
+    output: ir.Value
+    gamma: ir.Value
+    beta: ir.Value | None
+    fused: ir.Node | None = None
+    sub: ir.Node | None = None  # decomposed: Sub(x, ReduceMean x)
+    div: ir.Node | None = None  # decomposed: n = Div(Sub, Sqrt(...))
+    mul: ir.Node | None = None  # decomposed: n ⊙ γ
+
+    def input_uses(self) -> list[ir.Node]:
+        """The nodes of this norm that read its input."""
+        if self.fused is not None:
+            return [self.fused]
+        return [self.sub, self.sub.inputs[1].producer()]
+
+
+@dataclasses.dataclass
+class Writer:
+    matmul: ir.Node
+    weight: ir.Value
+    bias: ir.Value
+    scale_mul: ir.Node | None  # LayerScale Mul(·, λ)
+    scale: ir.Value | None
+    output: ir.Value  # what the residual add reads
+
+
+@dataclasses.dataclass
+class Stream:
+    origin: ir.Value
+    values: list[ir.Value]
+    writers: list[Writer]
+    norms: list[Norm]
+    width: int
+
+
+def _const_vector(value: ir.Value | None) -> bool:
+    return value is not None and value.const_value is not None and len(value.const_value.shape) == 1
+
+
+def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
+    node = value.producer() if value is not None else None
+    return node if node is not None and node.op_type == op_type else None
+
+
+def _other(node: ir.Node, value: ir.Value) -> ir.Value:
+    return node.inputs[1] if node.inputs[0] is value else node.inputs[0]
+
+
+def _decomposed(add: ir.Node) -> Norm | None:
+    for mul_value in add.inputs:
+        mul = _producer(mul_value, "Mul")
+        beta = _other(add, mul_value) if mul is not None else None
+        if mul is None or not _const_vector(beta) or len(mul_value.uses()) != 1:
+            continue
+        for div_value in mul.inputs:
+            div = _producer(div_value, "Div")
+            gamma = _other(mul, div_value) if div is not None else None
+            if div is None or not _const_vector(gamma):
+                continue
+            sub = _producer(div.inputs[0], "Sub")
+            mean = _producer(sub.inputs[1], "ReduceMean") if sub is not None else None
+            if mean is not None and mean.inputs[0] is sub.inputs[0] and _producer(div.inputs[1], "Sqrt") is not None:
+                return Norm(add.name, sub.inputs[0], add.outputs[0], gamma, beta, sub=sub, div=div, mul=mul)
+    return None
+
+
+def find_norms(graph: ir.Graph) -> list[Norm]:
+    """Every LayerNorm (fused over the last axis, or decomposed) of `graph`, in graph order."""
+    norms = []
+    for node in graph:
+        if node.op_type == "LayerNormalization" and node.domain in ("", "ai.onnx"):
+            rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
+            axis = node.attributes.get_int("axis", -1)
+            if (axis == -1 or (rank is not None and axis == rank - 1)) and _const_vector(node.inputs[1]):
+                beta = node.inputs[2] if len(node.inputs) > 2 else None
+                norms.append(Norm(node.name, node.inputs[0], node.outputs[0], node.inputs[1], beta, fused=node))
+        elif node.op_type == "Add":
+            norm = _decomposed(node)
+            if norm is not None:
+                norms.append(norm)
+    return norms
+
+
+def _writer(value: ir.Value) -> Writer | None:
+    """The linear branch producing `value`, if it is one."""
+    if value is None or len(value.uses()) != 1:
+        return None
+    scale_mul, scale = None, None
+    node = value.producer()
+    if node is not None and node.op_type == "Mul":
+        for inner in node.inputs:
+            if inner is not None and inner.const_value is None and _const_vector(_other(node, inner)):
+                scale_mul, scale, value = node, _other(node, inner), inner
+                break
+        else:
+            return None
+        if len(value.uses()) != 1 or len(scale.uses()) != 1:
+            return None
+        node = value.producer()
+    if node is None or node.op_type != "Add":
+        return None
+    for mm_value in node.inputs:
+        matmul = _producer(mm_value, "MatMul")
+        bias = _other(node, mm_value) if matmul is not None else None
+        if matmul is None or not _const_vector(bias) or len(mm_value.uses()) != 1 or len(bias.uses()) != 1:
+            continue
+        weight = matmul.inputs[1]
+        if weight is None or weight.const_value is None or len(weight.const_value.shape) != 2 or len(weight.uses()) != 1:
+            return None
+        if weight.const_value.shape[1] != bias.const_value.shape[0]:
+            return None
+        return Writer(matmul, weight, bias, scale_mul, scale, scale_mul.outputs[0] if scale_mul else node.outputs[0])
+    return None
+
+
+def _residual_add(value: ir.Value | None, norm_inputs: set[int]) -> tuple[ir.Value, Writer] | None:
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "Add" or id(value) not in norm_inputs:
+        return None
+    if any(v is None or v.const_value is not None for v in node.inputs):
+        return None
+    writers = [(_other(node, v), _writer(v)) for v in node.inputs]
+    found = [(trunk, w) for trunk, w in writers if w is not None]
+    return found[0] if len(found) == 1 else None
+
+
+def find_writers(graph: ir.Graph) -> list[Writer]:
+    """Writers of every residual add that feeds a norm (pre-LN or post-LN)."""
+    inputs = {id(n.input) for n in find_norms(graph)}
+    writers = []
+    for norm in find_norms(graph):
+        found = _residual_add(norm.input, inputs)
+        if found is not None:
+            writers.append(found[1])
+    return writers
+
+
+def find_stream(graph: ir.Graph) -> Stream | str:
+    """The pre-LN residual stream of `graph`, or the reason there is none."""
+    norms = find_norms(graph)
+    if not norms:
+        return "no LayerNorm found"
+    norm_inputs = {id(n.input) for n in norms}
+    norm_outputs = {id(n.output) for n in norms}
+    values: dict[int, ir.Value] = {}
+    writers: dict[int, Writer] = {}
+    origins: dict[int, ir.Value] = {}
+    for norm in norms:
+        value = norm.input
+        while id(value) not in values:
+            values[id(value)] = value
+            found = _residual_add(value, norm_inputs) or _residual_add(value, {id(value)})
+            if found is None:
+                origins[id(value)] = value
+                break
+            value, writer = found
+            writers[id(writer.matmul)] = writer
+    if any(i in norm_outputs for i in values):
+        return "post-LN: a normalization output is part of the residual stream"
+    if len(origins) != 1:
+        return f"the residual stream has {len(origins)} origins, expected one embedding output"
+    allowed = {id(node) for norm in norms for node in norm.input_uses()}
+    allowed |= {id(v.producer()) for v in values.values() if v.producer() is not None}
+    for value in values.values():
+        for use in value.uses():
+            if id(use.node) not in allowed:
+                return f"stream value '{value.name}' is also read by '{use.node.name}' ({use.node.op_type})"
+    widths = {w.weight.const_value.shape[1] for w in writers.values()} | {n.gamma.const_value.shape[0] for n in norms}
+    if len(widths) != 1:
+        return f"inconsistent residual widths {sorted(widths)}"
+    origin = next(iter(origins.values()))
+    outputs = {id(v) for v in graph.outputs}
+    if any(id(v) in outputs for v in values.values()):
+        return "a residual stream value is a graph output"
+    return Stream(origin, list(values.values()), list(writers.values()), norms, widths.pop())
+
+
+def as_float64(value: ir.Value) -> np.ndarray:
+    return value.const_value.numpy().astype(np.float64)

@@ -1,0 +1,249 @@
+"""QuaRot-style rotation (Ashkboos et al. 2024; METHODS.md §7.1), float64 weight math, EXACT_IN_REALS.
+
+Let d be the residual width, C = I − 11ᵀ/d (mean removal) and Q = diag(s)·(A ⊗ B) an orthogonal
+randomized Hadamard (random signs s; A ⊗ B = H_d/√d as Kronecker factors, `math.hadamard`; a random
+orthogonal A where no Hadamard of order a exists, reported in the stats).
+
+1. **Residual rotation** (pre-LN models, `residual_stream.find_stream`). Every writer's LayerScale λ is
+   folded first (W ← W diag λ, b ← b ⊙ λ); then the stream becomes x' = x C Q:
+   * the origin (embedding) gets online ops x0' = ((x0 − mean x0) ⊙ s)(A ⊗ B) (Sub, Mul, KroneckerRotate);
+   * every writer: W ← W C Q, b ← b C Q (centred outputs keep the stream mean-free);
+   * every norm becomes weightless RMS: n' = x' / √(mean(x'²) + ε). Because x C has zero mean and Q
+     preserves norms, n' = LN₀(x) Q with LN₀ the affine-free LayerNorm;
+   * a norm whose consumers are all biased linears absorbs γ, β and Qᵀ: W ← Qᵀ diag(γ) W, b ← b + β W;
+     any other norm (the final one) un-rotates online: y = (n' (A ⊗ B)ᵀ) ⊙ (s ⊙ γ) + β.
+2. **Online Hadamards** on the input h of every writer (attention output before the output projection,
+   MLP hidden before FC2), pre-LN or post-LN: h' = h (A_h ⊗ B_h) online, W ← (A_h ⊗ B_h)ᵀ W. These cannot
+   be folded (a nonlinearity or the attention sits before them); they spread the input's outliers over
+   all channels. QuaRot fuses the per-head half of the attention transform into v_proj and keeps only the
+   cross-head part online; here the whole transform runs online, which needs no knowledge of the head
+   layout (docs/methods/rotate.md).
+
+Every step is orthogonal algebra, so outputs match in real arithmetic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.errors import InputError
+from qcompile.ir import quant_meta
+from qcompile.ir.online_ops import insert_kronecker_rotate
+from qcompile.ir.properties import Property, get_properties
+from qcompile.math.hadamard import Rotation, online_rotation
+from qcompile.passes.transforms.norm_sites import find_norm_sites
+from qcompile.passes.transforms.repq_layernorm import linear_bias
+from qcompile.passes.transforms.residual_stream import Norm, Stream, Writer, as_float64, find_stream, find_writers
+from qcompile.pipeline.context import PipelineContext
+from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
+from qcompile.pipeline.registry import register_pass
+
+__all__ = ["RotatePass"]
+
+
+def _store(value: ir.Value, array: np.ndarray) -> None:
+    value.const_value = ir.tensor(array.astype(np.float32), name=value.name)
+    value.shape = ir.Shape(array.shape)
+
+
+def _constant(model: ir.Model, name: str, array: np.ndarray) -> ir.Value:
+    while name in model.graph.initializers:
+        name += "_"
+    value = ir.Value(name=name, const_value=ir.tensor(np.asarray(array, dtype=np.float32), name=name))
+    value.dtype, value.shape = ir.DataType.FLOAT, ir.Shape(np.shape(array))
+    model.graph.register_initializer(value)
+    return value
+
+
+def _add_node(model: ir.Model, after: ir.Node | None, op: str, inputs: list[ir.Value], name: str, like: ir.Value, **attrs) -> ir.Value:
+    node = ir.node(op, inputs, attributes=attrs or None, name=name)
+    node.outputs[0].name = f"{name}_output"
+    node.outputs[0].dtype = like.dtype or ir.DataType.FLOAT
+    node.outputs[0].shape = like.shape
+    if after is not None:
+        model.graph.insert_after(after, node)
+    else:
+        model.graph.insert_before(model.graph.node(0), node)
+    return node.outputs[0]
+
+
+def _reduce_mean(model: ir.Model, after: ir.Node | None, x: ir.Value, name: str) -> ir.Value:
+    if model.opset_imports.get("", 1) >= 18:
+        axes = _constant(model, f"{name}_axes", np.array([-1]))
+        axes.const_value = ir.tensor(np.array([-1], dtype=np.int64), name=axes.name)
+        axes.dtype = ir.DataType.INT64
+        return _add_node(model, after, "ReduceMean", [x, axes], name, x, keepdims=1)
+    return _add_node(model, after, "ReduceMean", [x], name, x, axes=[-1], keepdims=1)
+
+
+def _remove_dead(model: ir.Model, nodes: list[ir.Node]) -> None:
+    for node in nodes:
+        if node is not None and node.graph is model.graph and not any(o.uses() for o in node.outputs):
+            model.graph.remove(node, safe=True)
+
+
+def _fold_writer_scale(model: ir.Model, writer: Writer) -> None:
+    """W ← W diag λ, b ← b ⊙ λ; drop the LayerScale Mul."""
+    if writer.scale_mul is None:
+        return
+    scale = as_float64(writer.scale)
+    _store(writer.weight, as_float64(writer.weight) * scale)
+    _store(writer.bias, as_float64(writer.bias) * scale)
+    add_output = next(v for v in writer.scale_mul.inputs if v is not writer.scale)
+    ir.convenience.replace_all_uses_with(writer.scale_mul.outputs[0], add_output)
+    _remove_dead(model, [writer.scale_mul])
+    writer.output, writer.scale_mul, writer.scale = add_output, None, None
+
+
+def _to_rms(model: ir.Model, norm: Norm) -> tuple[ir.Value, ir.Node]:
+    """Drop the mean subtraction; returns the normalized value n' and its producer."""
+    if norm.fused is not None:
+        node = norm.fused
+        x = node.inputs[0]
+        eps = node.attributes.get_float("epsilon", 1e-5)
+        square = _add_node(model, node, "Mul", [x, x], f"{norm.name}_rms_square", x)
+        mean = _reduce_mean(model, square.producer(), square, f"{norm.name}_rms_mean")
+        shifted = _add_node(model, mean.producer(), "Add", [mean, _constant(model, f"{norm.name}_eps", np.float32(eps))], f"{norm.name}_rms_eps", mean)
+        root = _add_node(model, shifted.producer(), "Sqrt", [shifted], f"{norm.name}_rms_sqrt", mean)
+        normalized = _add_node(model, root.producer(), "Div", [x, root], f"{norm.name}_rms_div", x)
+        return normalized, normalized.producer()
+    mean_node = norm.sub.inputs[1].producer()
+    ir.convenience.replace_all_uses_with(norm.sub.outputs[0], norm.sub.inputs[0])
+    _remove_dead(model, [norm.sub, mean_node])
+    return norm.div.outputs[0], norm.div
+
+
+def _apply_affine(model: ir.Model, norm: Norm, value: ir.Value, after: ir.Node, gamma: np.ndarray, beta: np.ndarray | None) -> ir.Value:
+    out = _add_node(model, after, "Mul", [value, _constant(model, f"{norm.name}_gamma_rotated", gamma)], f"{norm.name}_gamma", value)
+    if beta is not None:
+        out = _add_node(model, out.producer(), "Add", [out, _constant(model, f"{norm.name}_beta", beta)], f"{norm.name}_beta_add", value)
+    return out
+
+
+class _Rotator:
+    def __init__(self, model: ir.Model, stream: Stream, seed: int) -> None:
+        self.model = model
+        self.stream = stream
+        self.rotation = online_rotation(stream.width, seed)
+        self.signs = np.random.default_rng(seed + 1).choice([-1.0, 1.0], size=stream.width)
+        self.q = self.signs[:, None] * self.rotation.dense()  # Q = diag(s)(A ⊗ B)
+        center = np.eye(stream.width) - 1.0 / stream.width
+        self.cq = center @ self.q
+
+    def rotate_origin(self) -> None:
+        origin = self.stream.origin
+        uses = list(origin.uses())
+        mean = _reduce_mean(self.model, origin.producer(), origin, "rotate_origin_mean")
+        centered = _add_node(self.model, mean.producer(), "Sub", [origin, mean], "rotate_origin_center", origin)
+        signed = _add_node(self.model, centered.producer(), "Mul", [centered, _constant(self.model, "rotate_signs", self.signs)], "rotate_origin_signs", origin)
+        rotated = insert_kronecker_rotate(self.model, signed, self.rotation, "rotate_origin", "rotate_residual")
+        for use in uses:
+            use.node.replace_input_with(use.idx, rotated)
+
+    def rotate_writer(self, writer: Writer) -> None:
+        _fold_writer_scale(self.model, writer)
+        _store(writer.weight, as_float64(writer.weight) @ self.cq)
+        _store(writer.bias, as_float64(writer.bias) @ self.cq)
+
+    def rotate_norm(self, norm: Norm, sites: dict[int, list]) -> str:
+        normalized, producer = _to_rms(self.model, norm)
+        gamma = as_float64(norm.gamma)
+        beta = as_float64(norm.beta) if norm.beta is not None else None
+        readers = sites.get(id(norm.output))
+        if readers is not None:
+            for linear, bias in readers:
+                weight = linear.array().astype(np.float64)
+                rows = weight if linear.in_axis == 0 else weight.T
+                if beta is not None:
+                    _store(bias, as_float64(bias) + beta @ rows)
+                rows = self.q.T @ (gamma[:, None] * rows)
+                _store(linear.weight, rows if linear.in_axis == 0 else rows.T)
+            ir.convenience.replace_all_uses_with(norm.output, normalized)
+            _remove_dead(self.model, [norm.output.producer(), norm.mul, norm.fused])
+            return "folded"
+        back = Rotation(self.rotation.a.T, self.rotation.b.T, self.rotation.kind, self.rotation.size)
+        unrotated = insert_kronecker_rotate(self.model, normalized, back, f"{norm.name}_unrotate", "rotate_residual_inverse")
+        out = _apply_affine(self.model, norm, unrotated, unrotated.producer(), self.signs * gamma, beta)
+        ir.convenience.replace_all_uses_with(norm.output, out)
+        _remove_dead(self.model, [norm.output.producer(), norm.mul, norm.fused])
+        del producer
+        return "unrotated online"
+
+
+def _drop_unused_initializers(model: ir.Model) -> None:
+    outputs = {id(v) for v in model.graph.outputs}
+    for name, value in list(model.graph.initializers.items()):
+        if not value.uses() and id(value) not in outputs and value not in model.graph.inputs:
+            model.graph.initializers.pop(name)
+
+
+def _norm_readers(model: ir.Model) -> tuple[dict[int, list], dict[str, str]]:
+    """{id(norm output): [(linear, bias)]} for norms whose consumers are all biased linears."""
+    sites, skipped = find_norm_sites(model.graph)
+    readers = {}
+    for site in sites:
+        biases = [linear_bias(linear) for linear in site.linears]
+        reasons = [b for b in biases if isinstance(b, str)]
+        if reasons:
+            skipped[site.name] = reasons[0]
+        else:
+            readers[id(site.output)] = list(zip(site.linears, biases))
+    return readers, skipped
+
+
+@register_pass("rotate")
+class RotatePass(Pass):
+    """Randomized Hadamard rotation of the residual stream plus online Hadamards before writer linears."""
+
+    establishes = frozenset({Property.ROTATED})
+    invalidates = frozenset({Property.CALIBRATED})
+    numerics = Numerics.EXACT_IN_REALS
+
+    def __init__(self, residual: bool = True, online: bool = True, context: PipelineContext | None = None) -> None:
+        self.residual = bool(residual)
+        self.online = bool(online)
+        self.context = context or PipelineContext()
+
+    def call(self, model: ir.Model) -> PassResult:
+        if Property.ROTATED in get_properties(model):
+            return PassResult(model, modified=False, stats={"reason": "already rotated"})
+        if any(quant_meta.get_quant(v) is not None for v in quant_meta.quantized_values(model.graph)):
+            raise InputError("pass 'rotate' must run before quantization")
+        seed = self.context.seed
+        writers = find_writers(model.graph)
+        stats: dict = {"residual": "off", "online": []}
+        if self.residual:
+            stream = find_stream(model.graph)
+            if isinstance(stream, str):
+                stats["residual"] = f"skipped: {stream}"
+            else:
+                readers, skipped = _norm_readers(model)
+                rotator = _Rotator(model, stream, seed)
+                rotator.rotate_origin()
+                for writer in stream.writers:
+                    rotator.rotate_writer(writer)
+                norms = {norm.name: rotator.rotate_norm(norm, readers) for norm in stream.norms}
+                stats["residual"] = {
+                    "width": stream.width,
+                    "rotation": rotator.rotation.kind,
+                    "factors": [rotator.rotation.a.shape[0], rotator.rotation.b.shape[0]],
+                    "writers": len(stream.writers),
+                    "norms": norms,
+                    "skipped_readers": skipped,
+                }
+        if self.online:
+            for writer in writers:
+                stats["online"].append(self._online(model, writer, seed))
+        _drop_unused_initializers(model)
+        modified = isinstance(stats["residual"], dict) or bool(stats["online"])
+        return PassResult(model, modified=modified, stats=stats)
+
+    def _online(self, model: ir.Model, writer: Writer, seed: int) -> dict:
+        x = writer.matmul.inputs[0]
+        size = writer.weight.const_value.shape[0]
+        rotation = online_rotation(size, seed + 2)
+        rotated = insert_kronecker_rotate(model, x, rotation, writer.matmul.name or x.name, f"rotate_online_{size}")
+        writer.matmul.replace_input_with(0, rotated)
+        _store(writer.weight, rotation.dense().T @ as_float64(writer.weight))
+        return {"linear": writer.matmul.name, "size": size, "rotation": rotation.kind, "factors": [rotation.a.shape[0], rotation.b.shape[0]]}

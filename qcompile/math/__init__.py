@@ -1,0 +1,1 @@
+"""Numerical building blocks (Hadamard and orthogonal rotations) used by the compiler passes."""
