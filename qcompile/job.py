@@ -160,6 +160,7 @@ def build_report(config, entry, records, scores, latency, baseline_seconds, cali
             item["sqnr_db"] = _finite(record["sqnr_db"])
         elif "max_abs_err" in record:
             item["max_abs_err"] = record["max_abs_err"]
+            item["max_rel_err"] = record.get("max_rel_err")
         item["stats"] = record.get("stats", {})
         per_pass.append(item)
     per_layer = next((r["per_layer"] for r in reversed(records) if r.get("per_layer")), [])

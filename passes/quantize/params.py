@@ -7,6 +7,10 @@ Symmetric per-channel (weights), b bits: ``s_c = max|W_c| / (2^(b−1) − 1)``;
 ``[−(2^(b−1) − 1), 2^(b−1) − 1]`` (the −2^(b−1) code is left unused so the grid is symmetric). Stored
 either as signed codes with zero point 0 (int8 container) or shifted by 2^(b−1) into unsigned codes
 (uint8 container, zero point 2^(b−1)); both dequantize to exactly the same real values.
+
+With `search="mse"` each channel's clipping threshold is T_c = r·max|W_c|, r from the grid 1.00, 0.99, …,
+0.20 (QuaRot's `w_clip` grid), choosing per channel the r with the smallest Σ (W_c − Q(W_c))² (float64).
+At 4 bits clipping the few largest weights of a row buys a finer grid for all the others.
 """
 
 from __future__ import annotations
@@ -29,14 +33,43 @@ def asymmetric_spec(lo: float, hi: float, bits: int) -> QuantSpec:
     return QuantSpec(bits=bits, signed=False, scale=np.float32(scale), zero_point=np.int32(zero_point))
 
 
-def symmetric_per_channel_spec(weight: np.ndarray, axis: int | None, bits: int, unsigned_container: bool) -> QuantSpec:
+CLIP_RATIOS = tuple(np.round(np.arange(1.0, 0.195, -0.01), 2))
+SEARCHES = ("minmax", "mse")
+
+
+def _mse_absmax(weight: np.ndarray, reduce_axes: tuple[int, ...], absmax: np.ndarray, bits: int) -> np.ndarray:
+    """Per-slice clipping threshold r·max|W| minimizing the squared rounding + clipping error."""
+    top = 2 ** (bits - 1) - 1
+    best, best_error = absmax, None
+    for ratio in CLIP_RATIOS:
+        threshold = np.maximum(absmax * ratio, MIN_SCALE)
+        step = np.expand_dims(threshold / top, reduce_axes) if reduce_axes else threshold / top
+        error = np.sum((weight - np.clip(np.rint(weight / step), -top, top) * step) ** 2, axis=reduce_axes)
+        if best_error is None:
+            best, best_error = threshold, error
+            continue
+        better = error < best_error
+        best, best_error = np.where(better, threshold, best), np.where(better, error, best_error)
+    return best
+
+
+def symmetric_per_channel_spec(
+    weight: np.ndarray, axis: int | None, bits: int, unsigned_container: bool, search: str = "minmax"
+) -> QuantSpec:
     """Symmetric quantizer with one scale per slice of `weight` along `axis`, or one scale when `axis` is
-    None (computed in float64)."""
+    None (computed in float64); `search` = "minmax" or "mse" (clipping search, see above)."""
+    if search not in SEARCHES:
+        raise ValueError(f"weight search must be one of {', '.join(SEARCHES)}, got {search}")
+    weight64 = weight.astype(np.float64)
     if axis is None:
-        absmax = np.max(np.abs(weight.astype(np.float64)), initial=0.0)
+        reduce_axes = tuple(range(weight.ndim))
+        absmax = np.max(np.abs(weight64), initial=0.0)
     else:
         axis = axis % weight.ndim
-        absmax = np.max(np.abs(weight.astype(np.float64)), axis=tuple(a for a in range(weight.ndim) if a != axis))
+        reduce_axes = tuple(a for a in range(weight.ndim) if a != axis)
+        absmax = np.max(np.abs(weight64), axis=reduce_axes)
+    if search == "mse":
+        absmax = _mse_absmax(weight64, reduce_axes if axis is not None else (), np.asarray(absmax), bits)
     scale = np.maximum(absmax / (2 ** (bits - 1) - 1), MIN_SCALE)
     zero = 2 ** (bits - 1) if unsigned_container else 0
     zero_point = np.full(np.shape(scale), zero, dtype=np.int32)

@@ -2,7 +2,8 @@
 
 For each node of the chosen op types (default MatMul and Gemm) and each of its first two inputs:
 * a constant weight gets a symmetric per-channel b_w-bit quantizer along its output-channel axis
-  (MatMul B[..., K, N]: the last axis; Gemm B: axis 0 if transB else 1; a constant A: per tensor);
+  (MatMul B[..., K, N]: the last axis; Gemm B: axis 0 if transB else 1; a constant A: per tensor),
+  its threshold max|W_c| or, with `weight_search=mse`, the per-channel MSE-best clipped one (params.py);
 * an activation gets an asymmetric per-tensor b_a-bit quantizer from its calibrated `TensorRange`,
   unless its producer's op type is listed in `keep_float` (e.g. `Softmax`: attention probabilities over
   n tokens are mostly ≈1/n, below or near one step 1/(2^b − 1) of a uniform grid on [0, 1], so they
@@ -23,7 +24,7 @@ from qcompile.ir.properties import Property
 from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
 from qcompile.pipeline.registry import register_pass
 from qcompile.passes.analysis.calibrate import DEFAULT_OP_TYPES, parse_op_types
-from qcompile.passes.quantize.params import asymmetric_spec, symmetric_per_channel_spec
+from qcompile.passes.quantize.params import SEARCHES, asymmetric_spec, symmetric_per_channel_spec
 
 __all__ = ["QuantizeUniformPass", "weight_channel_axis"]
 
@@ -55,6 +56,7 @@ class QuantizeUniformPass(Pass):
         op_types: str | tuple[str, ...] = DEFAULT_OP_TYPES,
         weight_dtype: str = "uint8",
         keep_float: str | tuple[str, ...] = (),
+        weight_search: str = "minmax",
     ) -> None:
         for label, bits in (("weight_bits", weight_bits), ("act_bits", act_bits)):
             if not 2 <= int(bits) <= 8:
@@ -66,11 +68,16 @@ class QuantizeUniformPass(Pass):
         self.op_types = parse_op_types(op_types)
         self.weight_dtype = weight_dtype
         self.keep_float = parse_op_types(keep_float) if keep_float else ()
+        if weight_search not in SEARCHES:
+            raise ValueError(f"weight_search must be one of {', '.join(SEARCHES)}, got {weight_search}")
+        self.weight_search = weight_search
 
     def _weight_spec(self, node: ir.Node, index: int, value: ir.Value) -> quant_meta.QuantSpec:
         array = value.const_value.numpy()
         axis = weight_channel_axis(node, index, array.ndim)
-        return symmetric_per_channel_spec(array, axis=axis, bits=self.weight_bits, unsigned_container=self.weight_dtype == "uint8")
+        return symmetric_per_channel_spec(
+            array, axis=axis, bits=self.weight_bits, unsigned_container=self.weight_dtype == "uint8", search=self.weight_search
+        )
 
     def call(self, model: ir.Model) -> PassResult:
         weights, activations, kept_float, skipped = 0, 0, 0, {}

@@ -55,6 +55,7 @@ class AddNoisyBiasPass(Pass):
     requires = frozenset({Property.CALIBRATED})
     invalidates = frozenset({Property.CALIBRATED})  # the quantized inputs are now x + N
     numerics = Numerics.EXACT_IN_REALS
+    target_bits_option = "bits"  # the noise spans one step of the following quantizer
 
     def __init__(self, bits: int = 8, context: PipelineContext | None = None) -> None:
         if not 2 <= int(bits) <= 8:

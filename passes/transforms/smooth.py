@@ -11,6 +11,12 @@ weights, which per-channel weight quantizers absorb. max|W_j| is taken over all 
 
 Only norm → linear sites are smoothed (LN → QKV, LN → FC1), as in the reference code; the rest are
 reported in `stats["skipped"]` with the reason.
+
+Per-site α search (`smooth-scales:alpha=search`): for each site, a bounded uniform sample of X's rows
+(`calibration.samplers.RowSampler`) is smoothed with every α of `ALPHA_GRID`, and the α minimizing the
+relative error of the site's linear outputs under b-bit fake quantization,
+Σ_i ‖X W_i − Q_a(X/s) Q_w(diag(s) W_i)‖² / Σ_i ‖X W_i‖² (Q_a per-tensor asymmetric min/max, Q_w
+per-channel symmetric), is kept. b is inherited from the following quantize step (`bits`).
 """
 
 from __future__ import annotations
@@ -18,16 +24,20 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from qcompile.calibration.runner import stream_statistics
+from qcompile.calibration.samplers import RowSampler
 from qcompile.errors import InputError
 from qcompile.ir import quant_meta
 from qcompile.ir.properties import Property
 from qcompile.passes.transforms.norm_sites import NormSite, find_norm_sites
+from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
 from qcompile.pipeline.registry import register_pass, register_recipe
 
-__all__ = ["FoldSmoothScalesPass", "smooth_scales"]
+__all__ = ["FoldSmoothScalesPass", "smooth_scales", "site_loss"]
 
 MIN_SCALE = 1e-5
+ALPHA_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def smooth_scales(act_absmax: np.ndarray, weight_absmax: np.ndarray, alpha: float) -> np.ndarray:
@@ -35,6 +45,27 @@ def smooth_scales(act_absmax: np.ndarray, weight_absmax: np.ndarray, alpha: floa
     act = np.maximum(act_absmax.astype(np.float64), MIN_SCALE)
     weight = np.maximum(weight_absmax.astype(np.float64), MIN_SCALE)
     return np.maximum(act**alpha / weight ** (1.0 - alpha), MIN_SCALE)
+
+
+def _fake_quant_rows(x: np.ndarray, bits: int) -> np.ndarray:
+    levels = 2**bits - 1
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    step = max((hi - lo) / levels, 1e-12)
+    zero = np.rint(-lo / step)
+    return (np.clip(np.rint(x / step) + zero, 0, levels) - zero) * step
+
+
+def _fake_quant_weight(w: np.ndarray, bits: int) -> np.ndarray:
+    top = 2 ** (bits - 1) - 1
+    step = np.maximum(np.abs(w).max(axis=0, keepdims=True) / top, 1e-12)
+    return np.clip(np.rint(w / step), -top, top) * step
+
+
+def site_loss(x: np.ndarray, weights: list[np.ndarray], scales: np.ndarray, bits: int) -> float:
+    """Relative output error of the smoothed site under b-bit fake quantization (weights as [K, N])."""
+    xq = _fake_quant_rows(x / scales, bits)
+    error = sum(float(np.sum((x @ w - xq @ _fake_quant_weight(scales[:, None] * w, bits)) ** 2)) for w in weights)
+    return error / max(sum(float(np.sum((x @ w) ** 2)) for w in weights), 1e-30)
 
 
 @register_pass("smooth-scales")
@@ -45,14 +76,43 @@ class FoldSmoothScalesPass(Pass):
     establishes = frozenset({Property.SMOOTHED})
     invalidates = frozenset({Property.CALIBRATED})  # the norm outputs change scale
     numerics = Numerics.EXACT_IN_REALS
+    target_bits_option = "bits"
 
-    def __init__(self, alpha: float = 0.5) -> None:
-        alpha = float(alpha)
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    def __init__(self, alpha: float | str = 0.5, bits: int = 8, max_rows: int = 2048, context: PipelineContext | None = None) -> None:
+        if alpha != "search":
+            try:
+                alpha = float(alpha)
+            except (TypeError, ValueError):
+                raise ValueError(f"alpha must be a number in [0, 1] or 'search', got {alpha!r}") from None
+            if not 0.0 <= alpha <= 1.0:
+                raise ValueError(f"alpha must be in [0, 1] or 'search', got {alpha}")
+        if not 2 <= int(bits) <= 8:
+            raise ValueError(f"bits must be in 2..8, got {bits}")
         self.alpha = alpha
+        self.bits = int(bits)
+        self.max_rows = int(max_rows)
+        self.context = context or PipelineContext()
 
-    def _scales(self, site: NormSite) -> np.ndarray | str:
+    def _search(self, model: ir.Model, sites: list[NormSite]) -> dict[str, float]:
+        """The per-site α of ALPHA_GRID with the smallest quantized-output error."""
+        data = self.context.calibration
+        if data is None:
+            raise InputError("smooth-scales:alpha=search needs calibration data (none was given)")
+        samplers, _ = stream_statistics(
+            model, data, [s.output.name for s in sites], lambda _: RowSampler(self.max_rows, self.context.seed),
+            channel_stats=False, threads=self.context.threads, progress=self.context.progress,
+        )
+        chosen = {}
+        for site in sites:
+            x = samplers[site.output.name].sample().astype(np.float64)
+            weights = [l.array().astype(np.float64) if l.in_axis == 0 else l.array().astype(np.float64).T for l in site.linears]
+            absmax = np.abs(x).max(axis=0)
+            wmax = np.max([l.rows_absmax() for l in site.linears], axis=0)
+            losses = {a: site_loss(x, weights, smooth_scales(absmax, wmax, a), self.bits) for a in ALPHA_GRID}
+            chosen[site.name] = min(losses, key=losses.get)
+        return chosen
+
+    def _scales(self, site: NormSite, alpha: float) -> np.ndarray | str:
         tensor_range = quant_meta.get_range(site.output)
         if tensor_range is None or tensor_range.channel_absmax is None:
             return "no per-channel calibration statistics for the norm output"
@@ -60,15 +120,16 @@ class FoldSmoothScalesPass(Pass):
         if act.shape != site.gamma.const_value.shape:
             return f"calibrated channels {act.shape} do not match γ {site.gamma.const_value.shape}"
         weight = np.max([linear.rows_absmax() for linear in site.linears], axis=0)
-        return smooth_scales(act, weight, self.alpha)
+        return smooth_scales(act, weight, alpha)
 
     def call(self, model: ir.Model) -> PassResult:
         sites, skipped = find_norm_sites(model.graph)
+        alphas = self._search(model, sites) if self.alpha == "search" and sites else {s.name: self.alpha for s in sites}
         folded, ratios = 0, []
         for site in sites:
             if any(quant_meta.get_quant(v) is not None for v in [site.output, *(l.weight for l in site.linears)]):
                 raise InputError(f"pass 'smooth-scales' must run before quantization (site '{site.name}' is quantized)")
-            scales = self._scales(site)
+            scales = self._scales(site, alphas[site.name])
             if isinstance(scales, str):
                 skipped[site.name] = scales
                 continue
@@ -78,7 +139,8 @@ class FoldSmoothScalesPass(Pass):
             quant_meta.set_range(site.output, None)  # stale now
             ratios.append(float(scales.max() / scales.min()))
             folded += 1
-        stats = {"folded": folded, "skipped": skipped, "alpha": self.alpha, "max_scale_spread": max(ratios, default=1.0)}
+        alpha_stat = alphas if self.alpha == "search" else self.alpha
+        stats = {"folded": folded, "skipped": skipped, "alpha": alpha_stat, "max_scale_spread": max(ratios, default=1.0)}
         return PassResult(model, modified=folded > 0, stats=stats)
 
 

@@ -72,12 +72,13 @@ def _ensure_function(model: ir.Model) -> None:
 
 
 def _initializer(model: ir.Model, name: str, array: np.ndarray) -> ir.Value:
+    array = np.asarray(array, dtype=np.float32)
     existing = model.graph.initializers.get(name)
     if existing is not None and np.array_equal(existing.const_value.numpy(), array):
         return existing
     while name in model.graph.initializers:
         name += "_"
-    value = ir.Value(name=name, const_value=ir.tensor(array.astype(np.float32), name=name))
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
     value.dtype, value.shape = ir.DataType.FLOAT, ir.Shape(array.shape)
     model.graph.register_initializer(value)
     return value
@@ -98,6 +99,8 @@ def insert_kronecker_rotate(model: ir.Model, x: ir.Value, rotation: Rotation, na
     producer = x.producer()
     if producer is not None:
         model.graph.insert_after(producer, node)
-    else:
+    elif len(model.graph):
         model.graph.insert_before(model.graph.node(0), node)
+    else:
+        model.graph.append(node)
     return node.outputs[0]

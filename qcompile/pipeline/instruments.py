@@ -105,11 +105,12 @@ class CheckNumerics:
             ]
             return
         rtol, atol = TOLERANCES[pass_.numerics.value]
-        worst = 0.0
+        worst, worst_relative = 0.0, 0.0
         for name, ref in reference.items():
             test = outputs[name]
             error = max_abs_error(ref, test) if ref.shape == test.shape else float("inf")
             worst = max(worst, error)
+            worst_relative = max(worst_relative, error / max(float(np.max(np.abs(ref), initial=0.0)), 1e-30))
             if not within_tolerance(ref, test, rtol, atol):
                 raise PassFailure(
                     f"pass '{pass_.pass_name}' is declared {pass_.numerics} but changed output '{name}' by "
@@ -117,3 +118,4 @@ class CheckNumerics:
                     f"allowed rtol={rtol:g}, atol={atol:g})"
                 )
         record["max_abs_err"] = worst
+        record["max_rel_err"] = worst_relative  # relative to max |reference|, the scale the tolerance uses

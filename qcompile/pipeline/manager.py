@@ -25,8 +25,14 @@ __all__ = ["PassManager", "check_order"]
 def check_order(passes: Sequence[Pass], model: ir.Model) -> None:
     """Raise `InputError` if some pass would run without a property it requires."""
     properties = set(get_properties(model))
+    invalidated_by: dict[str, str] = {}
     for index, pass_ in enumerate(passes):
         missing = sorted(str(p) for p in pass_.requires - properties)
+        if missing and missing[0] in invalidated_by:
+            raise InputError(
+                f"pass '{pass_.pass_name}' (step {index + 1}) requires {missing[0]}, which the earlier pass "
+                f"'{invalidated_by[missing[0]]}' invalidates; run the pass that establishes it again after that pass"
+            )
         if missing:
             providers = ", ".join(
                 sorted({p.pass_name for p in passes if set(missing) & {str(e) for e in p.establishes}})
@@ -43,6 +49,7 @@ def check_order(passes: Sequence[Pass], model: ir.Model) -> None:
                 f"pass '{pass_.pass_name}' (step {index + 1}) requires {', '.join(missing)}, "
                 f"which no earlier pass establishes{hint}"
             )
+        invalidated_by.update({str(p): pass_.pass_name for p in pass_.invalidates & properties})
         properties = (properties - pass_.invalidates) | pass_.establishes
 
 

@@ -53,7 +53,8 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         if "sqnr_db" in item:
             check = f"SQNR {item['sqnr_db']:.1f} dB"
         elif "max_abs_err" in item:
-            check = f"max |err| {item['max_abs_err']:.2g}"
+            relative = item.get("max_rel_err")
+            check = f"max |err| {item['max_abs_err']:.2g}" + ("" if relative is None else f" ({relative:.2g} of max |out|)")
         else:
             check = "-"
         passes.add_row(item["name"], item["numerics"], str(item["modified"]), f"{item['seconds']:.2f}", check)

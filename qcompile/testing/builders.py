@@ -170,3 +170,40 @@ def tiny_encoder(
     calibration = CalibrationData.from_list(tiny_inputs(batches, batch_size, seed=seed + 1))
     feeds = tiny_inputs(1, batch_size, seed=seed + 100)[0]
     return TinyModel(model, calibration, feeds)
+
+
+def post_ln_proto(dim: int = 32, seed: int = 0) -> onnx.ModelProto:
+    """BERT-style post-LN: x → a1 = x + lin1(x) → ln1 → a2 = ln1 + lin2(ln1) → ln2 → y."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+
+    def array(name, values):
+        inits.append(numpy_helper.from_array(np.asarray(values, dtype=np.float32), name))
+        return name
+
+    def linear(prefix, x):
+        w = array(f"{prefix}.weight", rng.normal(0, dim**-0.5, (dim, dim)))
+        b = array(f"{prefix}.bias", rng.normal(0, 0.02, dim))
+        nodes.append(helper.make_node("MatMul", [x, w], [f"{prefix}.mm"], name=f"{prefix}/MatMul"))
+        nodes.append(helper.make_node("Add", [f"{prefix}.mm", b], [f"{prefix}.out"], name=f"{prefix}/Add"))
+        return f"{prefix}.out"
+
+    def layernorm(prefix, x, out):
+        gamma = array(f"{prefix}.weight", 1.0 + rng.normal(0, 0.1, dim))
+        beta = array(f"{prefix}.bias", rng.normal(0, 0.1, dim))
+        nodes.append(helper.make_node("LayerNormalization", [x, gamma, beta], [out], name=prefix, axis=-1, epsilon=1e-5))
+
+    nodes.append(helper.make_node("Add", ["x", linear("lin1", "x")], ["a1"], name="add1"))
+    layernorm("ln1", "a1", "h1")
+    nodes.append(helper.make_node("Add", ["h1", linear("lin2", "h1")], ["a2"], name="add2"))
+    layernorm("ln2", "a2", "y")
+    graph = helper.make_graph(
+        nodes,
+        "post_ln",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "tokens", dim])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model

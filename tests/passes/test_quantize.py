@@ -241,3 +241,31 @@ def test_sqnr_of_the_uniform_recipes_falls_with_the_bit_width() -> None:
     assert sqnr["w8a8"] > sqnr["w6a6"] > sqnr["w4a4"] > 0, sqnr
     # Each 2 bits fewer costs several dB (ideal uniform quantization: about 12 dB).
     assert sqnr["w8a8"] - sqnr["w6a6"] > 3 and sqnr["w6a6"] - sqnr["w4a4"] > 3, sqnr
+
+
+def test_weight_mse_search_picks_per_channel_thresholds_no_worse_than_minmax() -> None:
+    from qcompile.passes.quantize.params import CLIP_RATIOS, symmetric_per_channel_spec
+
+    rng = np.random.default_rng(3)
+    weight = rng.standard_t(3, size=(64, 16)).astype(np.float32)
+    minmax = symmetric_per_channel_spec(weight, axis=1, bits=4, unsigned_container=False, search="minmax")
+    mse = symmetric_per_channel_spec(weight, axis=1, bits=4, unsigned_container=False, search="mse")
+    err_minmax = ((minmax.fake_quantize(weight) - weight) ** 2).sum(axis=0)
+    err_mse = ((mse.fake_quantize(weight) - weight) ** 2).sum(axis=0)
+    assert np.all(err_mse <= err_minmax + 1e-6)
+    assert err_mse.sum() < 0.9 * err_minmax.sum()  # heavy-tailed rows: clipping pays at 4 bits
+    # each threshold is one of the grid's ratios of the channel's max |w|
+    ratios = mse.scale.astype(np.float64) * 7 / np.abs(weight.astype(np.float64)).max(axis=0)
+    assert np.all(np.min(np.abs(ratios[:, None] - np.array(CLIP_RATIOS)[None, :]), axis=1) < 1e-5)
+    # exhaustive check of the choice for one channel
+    column = weight[:, 0].astype(np.float64)
+    errors = []
+    for ratio in CLIP_RATIOS:
+        step = max(ratio * np.abs(column).max(), 1e-12) / 7
+        errors.append(np.sum((column - np.clip(np.rint(column / step), -7, 7) * step) ** 2))
+    assert abs(ratios[0] - CLIP_RATIOS[int(np.argmin(errors))]) < 1e-5
+
+
+def test_unknown_weight_search_is_rejected() -> None:
+    with pytest.raises(ValueError, match="weight_search"):
+        QuantizeUniformPass(weight_search="kl")

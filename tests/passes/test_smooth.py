@@ -107,3 +107,44 @@ def test_smoothing_raises_the_w8a8_output_sqnr_on_outlier_inputs():
         return sqnr_db(reference, _run(qdq.to_qdq(tiny.model), tiny.feeds))
 
     assert w8a8_sqnr("smooth,w8a8") > w8a8_sqnr("w8a8")
+
+
+def test_alpha_search_picks_the_grid_alpha_with_the_smallest_site_loss() -> None:
+    from qcompile.calibration.runner import stream_statistics
+    from qcompile.calibration.samplers import RowSampler
+    from qcompile.passes.transforms.norm_sites import find_norm_sites
+    from qcompile.passes.transforms.smooth import ALPHA_GRID, site_loss, smooth_scales
+
+    tiny = tiny_encoder(seed=5)
+    records = run_passes(tiny.model, "smooth:alpha=search,w4a4", calibration=tiny.calibration)
+    chosen = records[1]["stats"]["alpha"]
+    assert set(chosen) == {"ln1", "ln2"} and all(a in ALPHA_GRID for a in chosen.values())
+    # recompute the losses independently on a fresh copy with the same sampler seed
+    fresh = tiny_encoder(seed=5)
+    sites, _ = find_norm_sites(fresh.model.graph)
+    samplers, _ = stream_statistics(
+        fresh.model, fresh.calibration, [s.output.name for s in sites], lambda _: RowSampler(2048, 0), channel_stats=False, progress=False
+    )
+    for site in sites:
+        x = samplers[site.output.name].sample().astype(np.float64)
+        weights = [l.array().astype(np.float64) for l in site.linears]
+        wmax = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
+        losses = [site_loss(x, weights, smooth_scales(np.abs(x).max(axis=0), wmax, a), 4) for a in ALPHA_GRID]
+        assert chosen[site.name] == ALPHA_GRID[int(np.argmin(losses))]
+    assert records[1]["max_rel_err"] < 1e-4
+
+
+def test_alpha_search_needs_calibration_data() -> None:
+    from qcompile.passes.transforms.smooth import FoldSmoothScalesPass
+
+    tiny = tiny_encoder()
+    run_passes(tiny.model, "calibrate", calibration=tiny.calibration)
+    with pytest.raises(qcompile.errors.InputError, match="calibration"):
+        FoldSmoothScalesPass(alpha="search").call(tiny.model)  # no context: no calibration data
+
+
+def test_alpha_must_be_a_number_or_search() -> None:
+    from qcompile.passes.transforms.smooth import FoldSmoothScalesPass
+
+    with pytest.raises(ValueError, match="search"):
+        FoldSmoothScalesPass(alpha="auto")

@@ -187,3 +187,12 @@ def test_an_input_error_raised_by_a_pass_propagates_unchanged(tiny) -> None:
 
     with pytest.raises(InputError, match="^the model has no attention$"):
         PassManager([Complain()]).run(tiny.model)
+
+
+def test_a_property_invalidated_earlier_is_named_in_the_order_error() -> None:
+    from qcompile.pipeline.context import PipelineContext
+    from qcompile.pipeline.registry import build_pass, expand, parse_pass_list
+
+    passes = [build_pass(s, PipelineContext()) for s in expand(parse_pass_list("calibrate,repq-ln,quantize"))]
+    with pytest.raises(InputError, match=r"'quantize' \(step 3\) requires CALIBRATED, which the earlier pass 'repq-ln' invalidates"):
+        check_order(passes, tiny_encoder().model)

@@ -153,7 +153,9 @@ def test_unknown_option_error_lists_the_options_the_pass_takes() -> None:
     from qcompile.passes.quantize.uniform import QuantizeUniformPass
 
     expected = [p for p in inspect.signature(QuantizeUniformPass.__init__).parameters if p != "self"]
-    assert sorted(listed) == sorted(expected) == sorted(["weight_bits", "act_bits", "op_types", "weight_dtype", "keep_float"])
+    assert sorted(listed) == sorted(expected) == sorted(
+        ["weight_bits", "act_bits", "op_types", "weight_dtype", "keep_float", "weight_search"]
+    )
 
 
 def test_calibrate_takes_observer_options_by_name() -> None:
@@ -243,3 +245,148 @@ def test_registering_a_different_recipe_under_an_existing_name_is_rejected(clean
     register_recipe("my-recipe", ["calibrate"], "first")  # re-importing the same definition is fine
     with pytest.raises(ValueError, match="already registered"):
         register_recipe("my-recipe", ["quantize"], "second")
+
+
+# ----------------------------------------------------------- target-bit inheritance and recipe completion
+
+
+def _register_bit_passes() -> None:
+    """Throwaway passes (registered under `clean_registry`): a transform tuned for a bit width, given under
+    `act_bits` or `bits`; a quantizing pass with its own act_bits default (5); a quantizing pass without
+    act_bits; and a non-quantizing pass."""
+    from qcompile.ir.properties import Property
+
+    @register_pass("test_tb_target")
+    class Target(_Nothing):
+        target_bits_option = "act_bits"
+
+        def __init__(self, act_bits: int = 8) -> None:
+            self.act_bits = act_bits
+
+    @register_pass("test_tb_bits")
+    class TargetBits(_Nothing):
+        target_bits_option = "bits"
+
+        def __init__(self, bits: int = 8, act_bits: int = 3) -> None:
+            self.bits, self.act_bits = bits, act_bits
+
+    @register_pass("test_tb_quant5")
+    class Quant5(_Nothing):
+        establishes = frozenset({Property.QUANTIZED})
+
+        def __init__(self, act_bits: int = 5) -> None:
+            self.act_bits = act_bits
+
+    @register_pass("test_tb_quant_nobits")
+    class QuantNoBits(_Nothing):
+        establishes = frozenset({Property.QUANTIZED})
+
+    @register_pass("test_tb_plain")
+    class Plain(_Nothing):
+        pass
+
+
+def _options(text: str) -> list[tuple[str, dict]]:
+    return [(s.name, s.options) for s in expand(parse_pass_list(text))]
+
+
+@pytest.mark.parametrize(
+    ("text", "inherited"),
+    [
+        ("test_tb_target,quantize:act_bits=4", {"act_bits": 4}),  # the next quantizing step's act_bits
+        ("test_tb_target,quantize", {"act_bits": 8}),  # quantize's default act_bits
+        ("test_tb_target,quantize:weight_bits=4", {"act_bits": 8}),  # weight bits are not activation bits
+        ("test_tb_target,test_tb_quant5", {"act_bits": 5}),  # that pass's own default
+        ("test_tb_target,w6a6", {"act_bits": 6}),  # through a recipe's quantize step
+        ("test_tb_target,calibrate:bits=4,test_tb_plain,quantize:act_bits=3", {"act_bits": 3}),  # skips non-quantizing steps
+        ("test_tb_target,quantize:act_bits=4,quantize:act_bits=6", {"act_bits": 4}),  # the NEXT one, not a later one
+        ("quantize:act_bits=4,test_tb_target,quantize:act_bits=6", {"act_bits": 6}),  # not an earlier one
+        ("test_tb_target", {}),  # nothing follows
+        ("test_tb_target,calibrate:bits=4", {}),  # calibrate does not quantize
+        ("quantize:act_bits=4,test_tb_target", {}),  # only an earlier quantizing step
+        ("test_tb_target,test_tb_quant_nobits,quantize:act_bits=4", {}),  # the next quantizing step has no act_bits
+        ("test_tb_target:act_bits=2,quantize:act_bits=4", {"act_bits": 2}),  # an explicit option wins
+    ],
+)
+def test_a_target_bits_pass_inherits_the_act_bits_of_the_next_quantizing_step(clean_registry, text, inherited) -> None:
+    _register_bit_passes()
+    steps = _options(text)
+    (target,) = [options for name, options in steps if name == "test_tb_target"]
+    assert target == inherited
+    # the other steps are untouched
+    assert [(n, o) for n, o in steps if n != "test_tb_target"] == [
+        (s.name, s.options) for s in expand([s for s in parse_pass_list(text) if s.name != "test_tb_target"])
+    ]
+
+
+def test_the_target_option_is_the_one_the_pass_names(clean_registry) -> None:
+    _register_bit_passes()
+    # `bits` receives the next step's act_bits; the pass's own act_bits option is not touched
+    assert _options("test_tb_bits,quantize:act_bits=4")[0] == ("test_tb_bits", {"bits": 4})
+    assert _options("test_tb_bits:bits=7,quantize:act_bits=4")[0] == ("test_tb_bits", {"bits": 7})
+    assert _options("test_tb_bits:act_bits=2,quantize:act_bits=4")[0] == ("test_tb_bits", {"act_bits": 2, "bits": 4})
+
+
+def test_each_target_pass_inherits_from_its_own_next_quantizing_step(clean_registry) -> None:
+    _register_bit_passes()
+    steps = _options("test_tb_target,quantize:act_bits=4,test_tb_target,test_tb_bits,quantize:act_bits=6")
+    assert steps[0] == ("test_tb_target", {"act_bits": 4})
+    assert steps[2] == ("test_tb_target", {"act_bits": 6})
+    assert steps[3] == ("test_tb_bits", {"bits": 6})
+
+
+def test_a_recipe_option_counts_as_explicit_for_its_target_steps(clean_registry) -> None:
+    _register_bit_passes()
+    register_recipe("test_tb_recipe", ["test_tb_target", "test_tb_plain"], "a target step and a plain one")
+    assert _options("test_tb_recipe,w4a4")[0] == ("test_tb_target", {"act_bits": 4})
+    assert _options("test_tb_recipe:act_bits=2,w4a4")[0] == ("test_tb_target", {"act_bits": 2})
+    # a default option written into the recipe's step is explicit too
+    register_recipe("test_tb_recipe_fixed", [("test_tb_target", {"act_bits": 6})], "a fixed target")
+    assert _options("test_tb_recipe_fixed,w4a4")[0] == ("test_tb_target", {"act_bits": 6})
+
+
+def test_completes_with_appends_its_tail_only_when_nothing_quantizes(clean_registry) -> None:
+    _register_bit_passes()
+    register_recipe("test_cw", ["test_tb_target", "test_tb_plain"], "completes with w8a8", completes_with="w8a8")
+    w8a8 = [(s.name, s.options) for s in expand(parse_pass_list("w8a8"))]
+    # alone: the tail is appended, and the target inherits from it
+    assert _options("test_cw") == [("test_tb_target", {"act_bits": 8}), ("test_tb_plain", {}), *w8a8]
+    # with non-quantizing steps around it: still appended, at the very end
+    assert _options("calibrate,test_cw,test_tb_plain") == [
+        ("calibrate", {}),
+        ("test_tb_target", {"act_bits": 8}),
+        ("test_tb_plain", {}),
+        ("test_tb_plain", {}),
+        *w8a8,
+    ]
+    # a quantizing step anywhere (a recipe, a bare pass, a plugin pass, before or after): no tail
+    w4a4 = [(s.name, s.options) for s in expand(parse_pass_list("w4a4"))]
+    assert _options("test_cw,w4a4") == [("test_tb_target", {"act_bits": 4}), ("test_tb_plain", {}), *w4a4]
+    assert _options("test_cw,quantize") == [("test_tb_target", {"act_bits": 8}), ("test_tb_plain", {}), ("quantize", {})]
+    assert _options("test_cw,test_tb_quant5") == [("test_tb_target", {"act_bits": 5}), ("test_tb_plain", {}), ("test_tb_quant5", {})]
+    assert _options("w4a4,test_cw") == [*w4a4, ("test_tb_target", {}), ("test_tb_plain", {})]
+    # the same recipe twice: one tail
+    assert _options("test_cw,test_cw") == [("test_tb_target", {"act_bits": 8}), ("test_tb_plain", {})] * 2 + w8a8
+
+
+def test_the_tail_is_expanded_before_bits_are_inherited(clean_registry) -> None:
+    _register_bit_passes()
+    register_recipe("test_cw4", ["test_tb_target"], "completes with w4a4", completes_with="w4a4")
+    steps = _options("test_cw4")
+    assert steps[0] == ("test_tb_target", {"act_bits": 4})
+    assert [name for name, _ in steps] == ["test_tb_target", "calibrate", "quantize"]
+
+
+def test_a_bare_pass_has_no_completion(clean_registry) -> None:
+    _register_bit_passes()
+    register_recipe("test_cw_only", ["test_tb_target"], "completes with w8a8", completes_with="w8a8")
+    assert _options("test_tb_target") == [("test_tb_target", {})]
+    assert _options("repq-ln") == [("repq-ln", {})]
+
+
+def test_a_completion_naming_an_unknown_recipe_is_an_input_error(clean_registry) -> None:
+    _register_bit_passes()
+    register_recipe("test_cw_typo", ["test_tb_plain"], "completes with a typo", completes_with="w8a9")
+    with pytest.raises(InputError, match="unknown pass or recipe 'w8a9'"):
+        expand(parse_pass_list("test_cw_typo"))
+    assert _options("test_cw_typo,w8a8")[0] == ("test_tb_plain", {})  # unused when something quantizes
