@@ -237,3 +237,28 @@ def test_the_reported_quantized_metric_is_the_written_artifacts_score(tiny_run) 
     )
 
     assert scores["artifact"]["cosine"] == pytest.approx(report["metric"]["quantized"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    "passes, expected_passes",
+    [
+        ("repq", ["repq-ln", "log-softmax", "calibrate", "quantize"]),
+        ("smooth,rotate,w4a4", ["calibrate", "smooth-scales", "rotate", "calibrate", "quantize"]),
+    ],
+)
+def test_outlier_recipes_run_from_the_cli_and_report_each_equivalence_error(
+    tmp_path: Path, isolated_cache: Path, capsys, passes: str, expected_passes: list[str]
+) -> None:
+    out = tmp_path / "out"
+    code, _, err = _main(["zoo:tiny", "--passes", passes, "-o", str(out), "--no-baselines", *TINY_RUN], capsys)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert [p["name"] for p in report["per_pass"]] == expected_passes
+    for item in report["per_pass"]:
+        if item["numerics"] == "EXACT_IN_REALS" and item["modified"]:
+            assert 0.0 <= item["max_rel_err"] < 1e-4
+    if passes == "repq":  # the softmax outputs are written with the qcompile log√2 functions
+        import onnx
+
+        model = onnx.load(out / "model.qdq.onnx")
+        assert {f.name for f in model.functions} >= {"QuantizeLogSqrt2", "DequantizeLogSqrt2"}
