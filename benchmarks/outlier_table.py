@@ -64,7 +64,11 @@ def table(model: str, metric: str, rows: list[dict]) -> str:
         "|---|---|---|---|---|",
     ]
     for row in rows:
-        eq = ", ".join(f"{c['pass']} {c['max_rel_err']:.1e}" for c in row["checks"] if c["numerics"] == "EXACT_IN_REALS")
+        eq = ", ".join(
+            f"{c['pass']} {c['max_rel_err']:.1e}" if "max_rel_err" in c else f"{c['pass']} (no change)"
+            for c in row["checks"]
+            if c["numerics"] == "EXACT_IN_REALS"
+        )
         sqnr = [c["sqnr_db"] for c in row["checks"] if c["pass"] == "quantize" and "sqnr_db" in c]
         lines.append(
             f"| `{row['passes']}` | {row['score']:.2f} | {fp - row['score']:+.2f} | {eq or '-'} | {f'{sqnr[-1]:.1f}' if sqnr else '-'} |"
