@@ -142,9 +142,10 @@ def _writer(value: ir.Value) -> Writer | None:
     return None
 
 
-def _residual_add(value: ir.Value | None, norm_inputs: set[int]) -> tuple[ir.Value, Writer] | None:
+def _residual_add(value: ir.Value | None) -> tuple[ir.Value, Writer] | None:
+    """(trunk, writer) when `value` is Add(trunk, writer), else None."""
     node = value.producer() if value is not None else None
-    if node is None or node.op_type != "Add" or id(value) not in norm_inputs:
+    if node is None or node.op_type != "Add":
         return None
     if any(v is None or v.const_value is not None for v in node.inputs):
         return None
@@ -155,10 +156,9 @@ def _residual_add(value: ir.Value | None, norm_inputs: set[int]) -> tuple[ir.Val
 
 def find_writers(graph: ir.Graph) -> list[Writer]:
     """Writers of every residual add that feeds a norm (pre-LN or post-LN)."""
-    inputs = {id(n.input) for n in find_norms(graph)}
     writers = []
     for norm in find_norms(graph):
-        found = _residual_add(norm.input, inputs)
+        found = _residual_add(norm.input)
         if found is not None:
             writers.append(found[1])
     return writers
@@ -169,7 +169,6 @@ def find_stream(graph: ir.Graph) -> Stream | str:
     norms = find_norms(graph)
     if not norms:
         return "no LayerNorm found"
-    norm_inputs = {id(n.input) for n in norms}
     norm_outputs = {id(n.output) for n in norms}
     values: dict[int, ir.Value] = {}
     writers: dict[int, Writer] = {}
@@ -178,7 +177,7 @@ def find_stream(graph: ir.Graph) -> Stream | str:
         value = norm.input
         while id(value) not in values:
             values[id(value)] = value
-            found = _residual_add(value, norm_inputs) or _residual_add(value, {id(value)})
+            found = _residual_add(value)
             if found is None:
                 origins[id(value)] = value
                 break

@@ -96,8 +96,8 @@ def _fold_writer_scale(model: ir.Model, writer: Writer) -> None:
     writer.output, writer.scale_mul, writer.scale = add_output, None, None
 
 
-def _to_rms(model: ir.Model, norm: Norm) -> tuple[ir.Value, ir.Node]:
-    """Drop the mean subtraction; returns the normalized value n' and its producer."""
+def _to_rms(model: ir.Model, norm: Norm) -> ir.Value:
+    """Drop the mean subtraction; returns the normalized value n'."""
     if norm.fused is not None:
         node = norm.fused
         x = node.inputs[0]
@@ -106,12 +106,11 @@ def _to_rms(model: ir.Model, norm: Norm) -> tuple[ir.Value, ir.Node]:
         mean = _reduce_mean(model, square.producer(), square, f"{norm.name}_rms_mean")
         shifted = _add_node(model, mean.producer(), "Add", [mean, _constant(model, f"{norm.name}_eps", np.float32(eps))], f"{norm.name}_rms_eps", mean)
         root = _add_node(model, shifted.producer(), "Sqrt", [shifted], f"{norm.name}_rms_sqrt", mean)
-        normalized = _add_node(model, root.producer(), "Div", [x, root], f"{norm.name}_rms_div", x)
-        return normalized, normalized.producer()
+        return _add_node(model, root.producer(), "Div", [x, root], f"{norm.name}_rms_div", x)
     mean_node = norm.sub.inputs[1].producer()
     ir.convenience.replace_all_uses_with(norm.sub.outputs[0], norm.sub.inputs[0])
     _remove_dead(model, [norm.sub, mean_node])
-    return norm.div.outputs[0], norm.div
+    return norm.div.outputs[0]
 
 
 def _apply_affine(model: ir.Model, norm: Norm, value: ir.Value, after: ir.Node, gamma: np.ndarray, beta: np.ndarray | None) -> ir.Value:
@@ -147,7 +146,7 @@ class _Rotator:
         _store(writer.bias, as_float64(writer.bias) @ self.cq)
 
     def rotate_norm(self, norm: Norm, sites: dict[int, list]) -> str:
-        normalized, producer = _to_rms(self.model, norm)
+        normalized = _to_rms(self.model, norm)
         gamma = as_float64(norm.gamma)
         beta = as_float64(norm.beta) if norm.beta is not None else None
         readers = sites.get(id(norm.output))
@@ -167,7 +166,6 @@ class _Rotator:
         out = _apply_affine(self.model, norm, unrotated, unrotated.producer(), self.signs * gamma, beta)
         ir.convenience.replace_all_uses_with(norm.output, out)
         _remove_dead(self.model, [norm.output.producer(), norm.mul, norm.fused])
-        del producer
         return "unrotated online"
 
 
