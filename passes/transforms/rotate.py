@@ -19,7 +19,15 @@ orthogonal A where no Hadamard of order a exists, reported in the stats).
    cross-head part online; here the whole transform runs online, which needs no knowledge of the head
    layout (docs/methods/rotate.md).
 
-Every step is orthogonal algebra, so outputs match in real arithmetic.
+3. **Attention score sites** (`attention_sites`, `qk_rotation`; options `qk`, `drop_key_bias`): a per-head
+   randomized Hadamard folded into the query and key projections (QuaRot's R3 without an online op, since
+   there is no RoPE between projection and scores), and the key bias dropped (it shifts each query row of
+   the scores by a constant, which softmax ignores).
+
+The online Hadamards of step 2 carry random row signs on both Kronecker factors (`online_rotation(...,
+signed=True)`): a plain Hadamard maps a nonzero-mean input (a GELU output) to one outlier channel.
+
+Every step is orthogonal algebra or a softmax invariance, so outputs match in real arithmetic.
 """
 
 from __future__ import annotations
@@ -32,7 +40,9 @@ from qcompile.ir import quant_meta
 from qcompile.ir.online_ops import insert_kronecker_rotate
 from qcompile.ir.properties import Property, get_properties
 from qcompile.math.hadamard import Rotation, online_rotation
+from qcompile.passes.transforms.attention_sites import find_qk_sites
 from qcompile.passes.transforms.norm_sites import find_norm_sites
+from qcompile.passes.transforms.qk_rotation import drop_key_bias, rotate_heads
 from qcompile.passes.transforms.repq_layernorm import linear_bias
 from qcompile.passes.transforms.residual_stream import Norm, Stream, Writer, as_float64, find_stream, find_writers
 from qcompile.pipeline.context import PipelineContext
@@ -198,9 +208,18 @@ class RotatePass(Pass):
     invalidates = frozenset({Property.CALIBRATED})
     numerics = Numerics.EXACT_IN_REALS
 
-    def __init__(self, residual: bool = True, online: bool = True, context: PipelineContext | None = None) -> None:
+    def __init__(
+        self,
+        residual: bool = True,
+        online: bool = True,
+        qk: bool = True,
+        drop_key_bias: bool = True,
+        context: PipelineContext | None = None,
+    ) -> None:
         self.residual = bool(residual)
         self.online = bool(online)
+        self.qk = bool(qk)
+        self.drop_key_bias = bool(drop_key_bias)
         self.context = context or PipelineContext()
 
     def call(self, model: ir.Model) -> PassResult:
@@ -210,7 +229,11 @@ class RotatePass(Pass):
             raise InputError("pass 'rotate' must run before quantization")
         seed = self.context.seed
         writers = find_writers(model.graph)
-        stats: dict = {"residual": "off", "online": []}
+        stats: dict = {"residual": "off", "online": [], "qk": "off", "key_bias_dropped": 0}
+        sites, skipped_sites = find_qk_sites(model) if self.qk or self.drop_key_bias else ([], {})
+        if self.qk:
+            kinds = [rotate_heads(site, seed + 3) for site in sites]
+            stats["qk"] = {"sites": len(sites), "heads": sorted({(s.heads, s.head_dim) for s in sites}), "rotation": sorted(set(kinds)), "skipped": skipped_sites}
         if self.residual:
             stream = find_stream(model.graph)
             if isinstance(stream, str):
@@ -233,14 +256,16 @@ class RotatePass(Pass):
         if self.online:
             for writer in writers:
                 stats["online"].append(self._online(model, writer, seed))
+        if self.drop_key_bias:  # last: the residual fold may still add β·W_k into the key bias
+            stats["key_bias_dropped"] = sum(drop_key_bias(model, site) for site in sites)
         _drop_unused_initializers(model)
-        modified = isinstance(stats["residual"], dict) or bool(stats["online"])
+        modified = isinstance(stats["residual"], dict) or bool(stats["online"]) or isinstance(stats["qk"], dict) or stats["key_bias_dropped"] > 0
         return PassResult(model, modified=modified, stats=stats)
 
     def _online(self, model: ir.Model, writer: Writer, seed: int) -> dict:
         x = writer.matmul.inputs[0]
         size = writer.weight.const_value.shape[0]
-        rotation = online_rotation(size, seed + 2)
+        rotation = online_rotation(size, seed + 2, signed=True)
         rotated = insert_kronecker_rotate(model, x, rotation, writer.matmul.name or x.name, f"rotate_online_{size}")
         writer.matmul.replace_input_with(0, rotated)
         _store(writer.weight, rotation.dense().T @ as_float64(writer.weight))

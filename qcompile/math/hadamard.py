@@ -123,15 +123,27 @@ class Rotation:
         return np.kron(self.a, self.b)
 
 
-def online_rotation(n: int, seed: int = 0) -> Rotation:
+def online_rotation(n: int, seed: int = 0, signed: bool = False) -> Rotation:
     """Orthonormal factors for the online transform: normalized Sylvester H_b ⊗ (normalized H_a, or a seeded
-    random orthogonal a×a when no Hadamard of order a exists)."""
+    random orthogonal a×a when no Hadamard of order a exists).
+
+    With `signed`, the rows of both factors get seeded random signs: diag(s_a)A ⊗ diag(s_b)B =
+    diag(s_a ⊗ s_b)(A ⊗ B), a randomized Hadamard that costs nothing extra online. Without signs a
+    Hadamard maps the all-ones direction onto its first column, so an input with a nonzero mean (a GELU
+    output) gets one outlier channel of size √n·mean; the signs spread that mean over all channels."""
     a, b = kronecker_factors(n)
     hb = hadamard_matrix(b) / math.sqrt(b)
     ha = hadamard_matrix(a)
+    kind = "hadamard"
     if ha is None:
-        return Rotation(random_orthogonal(a, seed), hb, "random-orthogonal", n)
-    return Rotation(ha / math.sqrt(a), hb, "hadamard", n)
+        ha, kind = random_orthogonal(a, seed), "random-orthogonal"
+    else:
+        ha = ha / math.sqrt(a)
+    if signed:
+        rng = np.random.default_rng(seed)
+        ha = rng.choice([-1.0, 1.0], size=a)[:, None] * ha
+        hb = rng.choice([-1.0, 1.0], size=b)[:, None] * hb
+    return Rotation(ha, hb, kind, n)
 
 
 def random_hadamard(n: int, seed: int) -> tuple[np.ndarray, str]:

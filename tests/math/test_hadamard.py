@@ -93,3 +93,27 @@ def test_random_orthogonal():
     assert q.shape == (17, 17) and _orth_err(q) < 1e-12
     assert np.array_equal(q, random_orthogonal(17, seed=0))
     assert not np.allclose(q, random_orthogonal(17, seed=1))
+
+
+@pytest.mark.parametrize("n", [64, 384, 1536, 20])
+def test_signed_online_rotation_is_a_sign_randomized_kronecker_hadamard(n):
+    """diag(s_a)A ⊗ diag(s_b)B = diag(s_a ⊗ s_b)(A ⊗ B): orthogonal, seeded, same column space as unsigned."""
+    plain, signed = online_rotation(n, seed=3), online_rotation(n, seed=3, signed=True)
+    dense = signed.dense()
+    np.testing.assert_allclose(dense @ dense.T, np.eye(n), atol=1e-12)
+    np.testing.assert_array_equal(dense, online_rotation(n, seed=3, signed=True).dense())
+    row_signs = dense[:, 0] / plain.dense()[:, 0]
+    np.testing.assert_allclose(np.abs(row_signs), 1.0)
+    np.testing.assert_allclose(dense, row_signs[:, None] * plain.dense(), atol=1e-12)
+    assert not np.array_equal(dense, online_rotation(n, seed=4, signed=True).dense())
+
+
+def test_signed_online_rotation_spreads_a_mean_that_a_plain_hadamard_concentrates():
+    """A constant input (a GELU output's mean) lands on one channel of a plain Hadamard; signs spread it."""
+    n = 1536
+    ones = np.ones(n)
+    plain = ones @ online_rotation(n, seed=0).dense()
+    signed = ones @ online_rotation(n, seed=0, signed=True).dense()
+    assert np.count_nonzero(np.abs(plain) > 1e-9) == 12  # (1ᵀA) ⊗ (√b e₀): 12 of 1536 channels carry it
+    assert np.abs(plain).max() > 0.8 * np.sqrt(n)
+    assert np.abs(signed).max() < 0.25 * np.sqrt(n)

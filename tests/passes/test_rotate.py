@@ -222,7 +222,7 @@ def test_rotated_weights_are_orthogonal_transforms_of_the_originals(layer_scale)
     proto = tiny_encoder_proto(final_norm=True, layer_scale=layer_scale)
     w = _inits(proto)
     tiny = tiny_encoder(final_norm=True, layer_scale=layer_scale)
-    run_passes(tiny.model, "rotate", calibration=tiny.calibration, check_numerics=False)
+    run_passes(tiny.model, "rotate:qk=false:drop_key_bias=false", calibration=tiny.calibration, check_numerics=False)
     model = tiny.model
 
     for norm, readers in (("ln1", ("q_proj", "k_proj", "v_proj")), ("ln2", ("fc1",))):
@@ -376,8 +376,9 @@ def test_residual_false_only_inserts_online_rotations():
     tiny = tiny_encoder(final_norm=True, layer_scale=True)
     original = _inits(tiny_encoder_proto(final_norm=True, layer_scale=True))
     expected = _y(tiny.model, tiny.feeds)
-    (record,) = run_passes(tiny.model, "rotate:residual=false", calibration=tiny.calibration)
+    (record,) = run_passes(tiny.model, "rotate:residual=false:qk=false:drop_key_bias=false", calibration=tiny.calibration)
     assert record["stats"]["residual"] == "off" and len(record["stats"]["online"]) == 2
+    assert record["stats"]["qk"] == "off" and record["stats"]["key_bias_dropped"] == 0
     model = tiny.model
     assert [n.name for n in model.graph if n.op_type == "LayerNormalization"] == ["ln1", "ln2", "ln_f"]
     assert {n.name for n in model.graph if n.name in ("ls1/Mul", "ls2/Mul")} == {"ls1/Mul", "ls2/Mul"}
