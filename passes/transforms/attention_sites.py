@@ -23,6 +23,8 @@ import dataclasses
 import onnx
 import onnx_ir as ir
 
+from qcompile.ir import const_array
+
 __all__ = ["Projection", "QKSite", "find_qk_sites", "static_shapes"]
 
 Dim = int | str | None
@@ -65,13 +67,8 @@ def static_shapes(model: ir.Model) -> dict[str, tuple[Dim, ...]]:
 
 def _scalar_constant(value: ir.Value | None) -> bool:
     """An initializer or `Constant` node output holding one element."""
-    if value is None:
-        return False
-    tensor = value.const_value
-    producer = value.producer()
-    if tensor is None and producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
-        tensor = producer.attributes["value"].as_tensor()
-    return tensor is not None and tensor.size == 1
+    array = const_array(value)
+    return array is not None and array.size == 1
 
 
 def _scalar_operand(node: ir.Node) -> ir.Value | None:
@@ -148,8 +145,8 @@ def _trace(value: ir.Value, axis: int, shapes: dict[str, tuple[Dim, ...]]) -> tu
             if perm is None or axis >= len(perm):
                 return f"'{node.name}' has no usable perm"
             axis, value = perm[axis], node.inputs[0]
-        elif node.op_type in ("Mul", "Div") and _scalar_operand(node) is not None:
-            value = _scalar_operand(node)
+        elif node.op_type in ("Mul", "Div") and (operand := _scalar_operand(node)) is not None:
+            value = operand
         elif node.op_type == "Reshape" and split is None:
             source, target = shapes.get(node.inputs[0].name), shapes.get(value.name)
             if source is None or target is None or len(target) != len(source) + 1 or axis != len(target) - 1:

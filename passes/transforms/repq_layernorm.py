@@ -30,7 +30,7 @@ from qcompile.calibration.runner import stream_statistics
 from qcompile.calibration.samplers import RowSampler
 from qcompile.calibration.search import uniform_search
 from qcompile.errors import InputError
-from qcompile.ir import quant_meta
+from qcompile.ir import quant_meta, replace_const
 from qcompile.ir.properties import Property
 from qcompile.passes.transforms.norm_sites import Linear, NormSite, find_norm_sites
 from qcompile.pipeline.context import PipelineContext
@@ -65,11 +65,6 @@ def reparameterization(samples: np.ndarray, bits: int) -> tuple[np.ndarray, np.n
     s_mean = float(np.mean(s))
     z_mean = float(np.clip(np.rint(np.mean(z)), 0, params.levels))
     return s / s_mean, s * (z - z_mean), s_mean, z_mean
-
-
-def _set(value: ir.Value, array: np.ndarray) -> None:
-    dtype = value.const_value.numpy().dtype
-    value.const_value = ir.tensor(np.asarray(array).astype(dtype), name=value.name)
 
 
 def _ensure_beta(model: ir.Model, site: NormSite) -> ir.Value:
@@ -139,12 +134,12 @@ class RepqLayerNormPass(Pass):
             samples = samplers[site.output.name].sample()
             r1, shift, s_mean, z_mean = reparameterization(samples, self.act_bits)
             beta = _ensure_beta(model, site)
-            _set(site.gamma, site.gamma.const_value.numpy().astype(np.float64) / r1)
-            _set(beta, (beta.const_value.numpy().astype(np.float64) + shift) / r1)
+            replace_const(site.gamma, site.gamma.const_value.numpy().astype(np.float64) / r1)
+            replace_const(beta, (beta.const_value.numpy().astype(np.float64) + shift) / r1)
             for linear, bias in zip(site.linears, biases):
                 weight = linear.array().astype(np.float64)
                 rows = weight if linear.in_axis == 0 else weight.T
-                _set(bias, bias.const_value.numpy().astype(np.float64) - shift @ rows)
+                replace_const(bias, bias.const_value.numpy().astype(np.float64) - shift @ rows)
                 linear.scale_input_channels(r1)
             moved = (samples.astype(np.float64) + shift) / r1
             levels = 2**self.act_bits - 1

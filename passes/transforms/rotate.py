@@ -36,7 +36,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.errors import InputError
-from qcompile.ir import quant_meta
+from qcompile.ir import quant_meta, replace_const
 from qcompile.ir.online_ops import insert_kronecker_rotate
 from qcompile.ir.properties import Property, get_properties
 from qcompile.math.hadamard import Rotation, online_rotation
@@ -50,11 +50,6 @@ from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
 from qcompile.pipeline.registry import register_pass
 
 __all__ = ["RotatePass"]
-
-
-def _store(value: ir.Value, array: np.ndarray) -> None:
-    value.const_value = ir.tensor(array.astype(np.float32), name=value.name)
-    value.shape = ir.Shape(array.shape)
 
 
 def _constant(model: ir.Model, name: str, array: np.ndarray) -> ir.Value:
@@ -98,8 +93,8 @@ def _fold_writer_scale(model: ir.Model, writer: Writer) -> None:
     if writer.scale_mul is None:
         return
     scale = as_float64(writer.scale)
-    _store(writer.weight, as_float64(writer.weight) * scale)
-    _store(writer.bias, as_float64(writer.bias) * scale)
+    replace_const(writer.weight, as_float64(writer.weight) * scale)
+    replace_const(writer.bias, as_float64(writer.bias) * scale)
     add_output = next(v for v in writer.scale_mul.inputs if v is not writer.scale)
     ir.convenience.replace_all_uses_with(writer.scale_mul.outputs[0], add_output)
     _remove_dead(model, [writer.scale_mul])
@@ -152,8 +147,8 @@ class _Rotator:
 
     def rotate_writer(self, writer: Writer) -> None:
         _fold_writer_scale(self.model, writer)
-        _store(writer.weight, as_float64(writer.weight) @ self.cq)
-        _store(writer.bias, as_float64(writer.bias) @ self.cq)
+        replace_const(writer.weight, as_float64(writer.weight) @ self.cq)
+        replace_const(writer.bias, as_float64(writer.bias) @ self.cq)
 
     def rotate_norm(self, norm: Norm, sites: dict[int, list]) -> str:
         normalized = _to_rms(self.model, norm)
@@ -165,9 +160,9 @@ class _Rotator:
                 weight = linear.array().astype(np.float64)
                 rows = weight if linear.in_axis == 0 else weight.T
                 if beta is not None:
-                    _store(bias, as_float64(bias) + beta @ rows)
+                    replace_const(bias, as_float64(bias) + beta @ rows)
                 rows = self.q.T @ (gamma[:, None] * rows)
-                _store(linear.weight, rows if linear.in_axis == 0 else rows.T)
+                replace_const(linear.weight, rows if linear.in_axis == 0 else rows.T)
             ir.convenience.replace_all_uses_with(norm.output, normalized)
             _remove_dead(self.model, [norm.output.producer(), norm.mul, norm.fused])
             return "folded"
@@ -268,5 +263,5 @@ class RotatePass(Pass):
         rotation = online_rotation(size, seed + 2, signed=True)
         rotated = insert_kronecker_rotate(model, x, rotation, writer.matmul.name or x.name, f"rotate_online_{size}")
         writer.matmul.replace_input_with(0, rotated)
-        _store(writer.weight, rotation.dense().T @ as_float64(writer.weight))
+        replace_const(writer.weight, rotation.dense().T @ as_float64(writer.weight))
         return {"linear": writer.matmul.name, "size": size, "rotation": rotation.kind, "factors": [rotation.a.shape[0], rotation.b.shape[0]]}

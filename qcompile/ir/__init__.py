@@ -7,6 +7,7 @@ serialization for ONNX Runtime, constant lookup) so pass code imports one place.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir import DataType, Graph, Model, Node, Tensor, Value, tensor
@@ -23,6 +24,7 @@ __all__ = [
     "clone_model",
     "model_to_bytes",
     "const_array",
+    "replace_const",
     "producer_op",
 ]
 
@@ -43,6 +45,14 @@ def const_array(value: Value | None):
         return None
     tensor_ = ir.convenience.get_const_tensor(value)
     return None if tensor_ is None else tensor_.numpy()
+
+
+def replace_const(value: Value, array) -> None:
+    """Give the initializer `value` new contents `array`, cast to its current dtype (rewrites compute in
+    float64 and store in the model's precision)."""
+    dtype = value.const_value.numpy().dtype
+    value.const_value = ir.tensor(np.asarray(array).astype(dtype), name=value.name)
+    value.shape = ir.Shape(np.shape(array))
 
 
 def producer_op(value: Value) -> str | None:
