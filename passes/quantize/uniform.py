@@ -4,6 +4,9 @@ For each node of the chosen op types (default MatMul and Gemm) and each of its f
 * a constant weight gets a symmetric per-channel b_w-bit quantizer along its output-channel axis
   (MatMul B[..., K, N]: the last axis; Gemm B: axis 0 if transB else 1; a constant A: per tensor),
   its threshold max|W_c| or, with `weight_search=mse`, the per-channel MSE-best clipped one (params.py);
+  with `weight_search=gptq` the MSE-clipped grid is kept and the weight is rounded onto it by GPTQ
+  (gptq.py) using H = Σ xᵀx of the linear's input, streamed over the calibration data; the initializer
+  then holds the rounded values Ŵ = codes·s exactly, so QDQ export recovers the same codes;
 * an activation gets an asymmetric per-tensor b_a-bit quantizer from its calibrated `TensorRange`,
   unless its producer's op type is listed in `keep_float` (e.g. `Softmax`: attention probabilities over
   n tokens are mostly ≈1/n, below or near one step 1/(2^b − 1) of a uniform grid on [0, 1], so they
@@ -24,11 +27,14 @@ from qcompile.ir.properties import Property
 from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
 from qcompile.pipeline.registry import register_pass
 from qcompile.passes.analysis.calibrate import DEFAULT_OP_TYPES, parse_op_types
+from qcompile.passes.quantize.gptq_weights import gptq_round_weights
 from qcompile.passes.quantize.params import SEARCHES, asymmetric_spec, symmetric_per_channel_spec
+from qcompile.pipeline.context import PipelineContext
 
 __all__ = ["QuantizeUniformPass", "weight_channel_axis"]
 
 WEIGHT_DTYPES = ("uint8", "int8")
+WEIGHT_SEARCHES = (*SEARCHES, "gptq")
 
 
 def weight_channel_axis(node: ir.Node, input_index: int, rank: int) -> int | None:
@@ -57,6 +63,7 @@ class QuantizeUniformPass(Pass):
         weight_dtype: str = "uint8",
         keep_float: str | tuple[str, ...] = (),
         weight_search: str = "minmax",
+        context: PipelineContext | None = None,
     ) -> None:
         for label, bits in (("weight_bits", weight_bits), ("act_bits", act_bits)):
             if not 2 <= int(bits) <= 8:
@@ -68,20 +75,23 @@ class QuantizeUniformPass(Pass):
         self.op_types = parse_op_types(op_types)
         self.weight_dtype = weight_dtype
         self.keep_float = parse_op_types(keep_float) if keep_float else ()
-        if weight_search not in SEARCHES:
-            raise ValueError(f"weight_search must be one of {', '.join(SEARCHES)}, got {weight_search}")
+        if weight_search not in WEIGHT_SEARCHES:
+            raise ValueError(f"weight_search must be one of {', '.join(WEIGHT_SEARCHES)}, got {weight_search}")
         self.weight_search = weight_search
+        self.context = context or PipelineContext()
 
     def _weight_spec(self, node: ir.Node, index: int, value: ir.Value) -> quant_meta.QuantSpec:
         array = value.const_value.numpy()
         axis = weight_channel_axis(node, index, array.ndim)
+        search = "mse" if self.weight_search == "gptq" else self.weight_search
         return symmetric_per_channel_spec(
-            array, axis=axis, bits=self.weight_bits, unsigned_container=self.weight_dtype == "uint8", search=self.weight_search
+            array, axis=axis, bits=self.weight_bits, unsigned_container=self.weight_dtype == "uint8", search=search
         )
 
     def call(self, model: ir.Model) -> PassResult:
         weights, activations, kept_float, skipped = 0, 0, 0, {}
         nodes = 0
+        weight_sites: list[tuple[ir.Node, int, ir.Value]] = []
         initializers = model.graph.initializers
         for node in model.graph:
             if node.op_type not in self.op_types or node.domain not in ("", "ai.onnx"):
@@ -98,6 +108,7 @@ class QuantizeUniformPass(Pass):
                         skipped[node.name] = f"constant input {index} is not an initializer"
                         continue
                     quant_meta.set_quant(value, self._weight_spec(node, index, value))
+                    weight_sites.append((node, index, value))
                     weights += 1
                     continue
                 producer = value.producer()
@@ -113,4 +124,8 @@ class QuantizeUniformPass(Pass):
         if nodes == 0:  # (a second run over an already quantized model finds nodes but changes nothing)
             raise InputError(f"pass 'quantize' found no {'/'.join(self.op_types)} node to quantize")
         stats = {"weights": weights, "activations": activations, "kept_float": kept_float, "skipped": skipped}
+        if self.weight_search == "gptq" and weight_sites:
+            if self.context.calibration is None:
+                raise InputError("quantize with weight_search=gptq needs calibration data (none was given)")
+            stats["gptq"] = gptq_round_weights(model, weight_sites, self.weight_bits, self.context)
         return PassResult(model, modified=weights + activations > 0, stats=stats)

@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["Linear", "NormSite", "find_norm_sites"]
+__all__ = ["Linear", "NormSite", "find_norm_sites", "norm_linears"]
 
 
 @dataclasses.dataclass
@@ -153,3 +153,13 @@ def find_norm_sites(graph: ir.Graph) -> tuple[list[NormSite], dict[str, str]]:
             continue
         sites.append(NormSite(name, output, gamma, beta, linears))
     return sites, skipped
+
+
+def norm_linears(output: ir.Value, channels: int) -> list[Linear] | str:
+    """The linears among the consumers of `output` (others, e.g. a residual Add, are ignored), or why none
+    can be rewritten: no linear reads it, or one of them has a shared/non-constant/mis-shaped weight."""
+    linears = [_linear(use, channels) for use in output.uses() if use.node.op_type in ("MatMul", "Gemm")]
+    reasons = [r for r in linears if isinstance(r, str)]
+    if reasons:
+        return reasons[0]
+    return linears or "no linear reads the norm output"

@@ -19,6 +19,11 @@ orthogonal A where no Hadamard of order a exists, reported in the stats).
    cross-head part online; here the whole transform runs online, which needs no knowledge of the head
    layout (docs/methods/rotate.md).
 
+   **Norm outputs of a post-LN model** (option `norm_online`, used only when step 1 did not apply): a
+   norm output y also feeds the residual, so nothing can be folded into γ, β; the linears reading y get
+   y' = y (A ⊗ B) online instead, W ← (A ⊗ B)ᵀ W, and the residual keeps y. This spreads the outlier
+   channels γ gives LayerNorm outputs (BERT) over all channels of the Q/K/V and FC1 inputs.
+
 3. **Attention score sites** (`attention_sites`, `qk_rotation`; options `qk`, `drop_key_bias`): a per-head
    randomized Hadamard folded into the query and key projections (QuaRot's R3 without an online op, since
    there is no RoPE between projection and scores), and the key bias dropped (it shifts each query row of
@@ -41,10 +46,10 @@ from qcompile.ir.online_ops import insert_kronecker_rotate
 from qcompile.ir.properties import Property, get_properties
 from qcompile.math.hadamard import Rotation, online_rotation
 from qcompile.passes.transforms.attention_sites import find_qk_sites
-from qcompile.passes.transforms.norm_sites import find_norm_sites
+from qcompile.passes.transforms.norm_sites import find_norm_sites, norm_linears
 from qcompile.passes.transforms.qk_rotation import drop_key_bias, rotate_heads
 from qcompile.passes.transforms.repq_layernorm import linear_bias
-from qcompile.passes.transforms.residual_stream import Norm, Stream, Writer, as_float64, find_stream, find_writers
+from qcompile.passes.transforms.residual_stream import Norm, Stream, Writer, as_float64, find_norms, find_stream, find_writers
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
 from qcompile.pipeline.registry import register_pass
@@ -209,12 +214,14 @@ class RotatePass(Pass):
         online: bool = True,
         qk: bool = True,
         drop_key_bias: bool = True,
+        norm_online: bool = True,
         context: PipelineContext | None = None,
     ) -> None:
         self.residual = bool(residual)
         self.online = bool(online)
         self.qk = bool(qk)
         self.drop_key_bias = bool(drop_key_bias)
+        self.norm_online = bool(norm_online)
         self.context = context or PipelineContext()
 
     def call(self, model: ir.Model) -> PassResult:
@@ -224,7 +231,7 @@ class RotatePass(Pass):
             raise InputError("pass 'rotate' must run before quantization")
         seed = self.context.seed
         writers = find_writers(model.graph)
-        stats: dict = {"residual": "off", "online": [], "qk": "off", "key_bias_dropped": 0}
+        stats: dict = {"residual": "off", "online": [], "norm_online": [], "qk": "off", "key_bias_dropped": 0}
         sites, skipped_sites = find_qk_sites(model) if self.qk or self.drop_key_bias else ([], {})
         if self.qk:
             kinds = [rotate_heads(site, seed + 3) for site in sites]
@@ -248,20 +255,40 @@ class RotatePass(Pass):
                     "norms": norms,
                     "skipped_readers": skipped,
                 }
+        if self.norm_online and not isinstance(stats["residual"], dict):
+            stats["norm_online"] = [self._norm_online(model, norm, seed) for norm in find_norms(model.graph)]
         if self.online:
             for writer in writers:
                 stats["online"].append(self._online(model, writer, seed))
         if self.drop_key_bias:  # last: the residual fold may still add β·W_k into the key bias
             stats["key_bias_dropped"] = sum(drop_key_bias(model, site) for site in sites)
         _drop_unused_initializers(model)
-        modified = isinstance(stats["residual"], dict) or bool(stats["online"]) or isinstance(stats["qk"], dict) or stats["key_bias_dropped"] > 0
+        modified = isinstance(stats["residual"], dict) or bool(stats["online"]) or any(isinstance(n, dict) for n in stats["norm_online"]) or isinstance(stats["qk"], dict) or stats["key_bias_dropped"] > 0
         return PassResult(model, modified=modified, stats=stats)
 
     def _online(self, model: ir.Model, writer: Writer, seed: int) -> dict:
         x = writer.matmul.inputs[0]
+        producer = x.producer()
+        if producer is not None and producer.domain == "qcompile" and producer.op_type == "KroneckerRotate":
+            return {"linear": writer.matmul.name, "skipped": "input already rotated online (norm_online)"}
         size = writer.weight.const_value.shape[0]
         rotation = online_rotation(size, seed + 2, signed=True)
         rotated = insert_kronecker_rotate(model, x, rotation, writer.matmul.name or x.name, f"rotate_online_{size}")
         writer.matmul.replace_input_with(0, rotated)
         replace_const(writer.weight, rotation.dense().T @ as_float64(writer.weight))
         return {"linear": writer.matmul.name, "size": size, "rotation": rotation.kind, "factors": [rotation.a.shape[0], rotation.b.shape[0]]}
+
+    def _norm_online(self, model: ir.Model, norm: Norm, seed: int) -> dict | str:
+        """y' = y R online for the linears reading norm output y, W ← Rᵀ W; other consumers keep y."""
+        linears = norm_linears(norm.output, norm.gamma.const_value.shape[0])
+        if isinstance(linears, str):
+            return f"{norm.name}: {linears}"
+        size = norm.gamma.const_value.shape[0]
+        rotation = online_rotation(size, seed + 4, signed=True)
+        rotated = insert_kronecker_rotate(model, norm.output, rotation, norm.name, f"rotate_norm_online_{size}")
+        dense = rotation.dense()
+        for linear in linears:
+            linear.node.replace_input_with(0, rotated)
+            weight = as_float64(linear.weight)
+            replace_const(linear.weight, dense.T @ weight if linear.in_axis == 0 else weight @ dense)
+        return {"norm": norm.name, "linears": [linear.node.name for linear in linears], "size": size, "rotation": rotation.kind}

@@ -14,8 +14,8 @@ from qcompile.pipeline.run import run_passes
 from qcompile.testing.builders import tiny_encoder, tiny_encoder_proto
 
 RTOL = 1e-5  # max |y_after − y_before| ≤ RTOL · max |y_before| (float32 end to end)
-QK_ONLY = "rotate:residual=false:online=false:drop_key_bias=false"
-BIAS_ONLY = "rotate:residual=false:online=false:qk=false"
+QK_ONLY = "rotate:residual=false:online=false:norm_online=false:drop_key_bias=false"
+BIAS_ONLY = "rotate:residual=false:online=false:norm_online=false:qk=false"
 
 
 def _y(model, feeds):

@@ -314,7 +314,12 @@ def test_post_ln_skips_the_residual_and_still_rotates_the_writer_inputs():
 
     residual = record["stats"]["residual"]
     assert isinstance(residual, str) and residual.startswith("skipped") and "post-LN" in residual
+    # lin2 reads ln1's output: norm_online rotates it once, the writer rule does not rotate it again
     assert [o["linear"] for o in record["stats"]["online"]] == ["lin1/MatMul", "lin2/MatMul"]
+    assert "skipped" not in record["stats"]["online"][0] and "already rotated" in record["stats"]["online"][1]["skipped"]
+    norm_online = record["stats"]["norm_online"]
+    assert norm_online[0] == {"norm": "ln1", "linears": ["lin2/MatMul"], "size": 32, "rotation": "hadamard"}
+    assert norm_online[1] == "ln2: no linear reads the norm output"
     assert record["modified"] and record["max_rel_err"] < 1e-4
     _assert_equivalent(expected, _y(model, feeds))
 
@@ -335,10 +340,48 @@ def test_post_ln_skips_the_residual_and_still_rotates_the_writer_inputs():
     assert {v.name for v in _node(model, "add2").inputs} == {"h1", "lin2.out"}
 
 
+def test_post_ln_norm_online_spreads_a_gamma_outlier_channel_over_the_linear_input():
+    proto = post_ln_proto()
+    for init in proto.graph.initializer:
+        if init.name == "ln1.weight":
+            gamma = numpy_helper.to_array(init).copy()
+            gamma[3] = 40.0  # one LayerNorm output channel 40× the others, as γ makes them in BERT
+            init.CopyFrom(numpy_helper.from_array(gamma, init.name))
+    calibration, feeds = _calibration(32, seed=2)
+    before = ir.serde.deserialize_model(proto)
+    expected = _run(before, feeds, ("y", "h1"))
+    model = ir.serde.deserialize_model(proto)
+    (record,) = run_passes(model, "rotate", calibration=calibration)
+    _assert_equivalent(expected["y"], _y(model, feeds))
+    assert record["max_rel_err"] < 1e-4
+
+    rotated = _node(model, "lin2/MatMul").inputs[0]
+    assert _is_rotate(rotated) and rotated.producer().inputs[0].name == "h1"
+    after = _run(model, feeds, (rotated.name,))[rotated.name]
+
+    def peak_to_median(a):
+        channel_max = np.abs(a).reshape(-1, 32).max(axis=0)
+        return channel_max.max() / np.median(channel_max)
+
+    assert peak_to_median(expected["h1"]) > 10.0 and peak_to_median(after) < 3.0
+    # the residual add still reads the unrotated norm output
+    assert {v.name for v in _node(model, "add2").inputs} == {"h1", "lin2.out"}
+
+
+def test_norm_online_false_leaves_post_ln_norm_outputs_alone():
+    model = ir.serde.deserialize_model(post_ln_proto())
+    calibration, _ = _calibration(32, seed=1)
+    (record,) = run_passes(model, "rotate:norm_online=false", calibration=calibration)
+    assert record["stats"]["norm_online"] == []
+    assert _node(model, "lin2/MatMul").inputs[0].name != "h1"  # the writer rule rotates it instead
+    assert _node(model, "lin2/MatMul").inputs[0].producer().inputs[0].name == "h1"
+    assert len(_rotates(model)) == 2
+
+
 def test_online_rotations_of_one_size_use_the_same_factors():
     model = ir.serde.deserialize_model(post_ln_proto())
     calibration, _ = _calibration(32, seed=1)
-    run_passes(model, "rotate", calibration=calibration, check_numerics=False)
+    run_passes(model, "rotate:norm_online=false", calibration=calibration, check_numerics=False)
     first, second = _rotates(model)
     for a, b in zip(_factors(first), _factors(second)):
         np.testing.assert_array_equal(a, b)
@@ -347,7 +390,7 @@ def test_online_rotations_of_one_size_use_the_same_factors():
 def test_online_rotations_of_one_size_share_their_factor_initializers():
     model = ir.serde.deserialize_model(post_ln_proto())
     calibration, _ = _calibration(32, seed=1)
-    run_passes(model, "rotate", calibration=calibration, check_numerics=False)
+    run_passes(model, "rotate:norm_online=false", calibration=calibration, check_numerics=False)
     first, second = _rotates(model)
     assert first.inputs[1] is second.inputs[1] and first.inputs[2] is second.inputs[2]
 
@@ -376,7 +419,7 @@ def test_residual_false_only_inserts_online_rotations():
     tiny = tiny_encoder(final_norm=True, layer_scale=True)
     original = _inits(tiny_encoder_proto(final_norm=True, layer_scale=True))
     expected = _y(tiny.model, tiny.feeds)
-    (record,) = run_passes(tiny.model, "rotate:residual=false:qk=false:drop_key_bias=false", calibration=tiny.calibration)
+    (record,) = run_passes(tiny.model, "rotate:residual=false:norm_online=false:qk=false:drop_key_bias=false", calibration=tiny.calibration)
     assert record["stats"]["residual"] == "off" and len(record["stats"]["online"]) == 2
     assert record["stats"]["qk"] == "off" and record["stats"]["key_bias_dropped"] == 0
     model = tiny.model
