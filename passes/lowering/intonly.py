@@ -1,0 +1,152 @@
+"""`intonly`: lower a quantized model to integer-only ops (issue 4; the linear layers so far).
+
+The pass walks the float graph in order and rewrites it into a new node list (`Emitter`) in which every
+tensor between the input quantizers and the output dequantizers is an integer:
+
+* a graph input with a uniform QuantSpec becomes QuantizeLinear(x, S, z) (the input quantizer);
+* a quantized linear (`linear_rule`) becomes `IntLinear` on codes at the input's QuantSpec, which a
+  `Requantize` produces from whatever integer form the input had (`int_value.requantize_to`);
+* a graph output becomes Cast(float)·S (− z) (the output dequantizer).
+
+Any other op stops the pass with an error naming the node and op: nothing is left running in float
+silently. Rules for attention, softmax, GELU, LayerNorm and residual adds are the next steps of issue 4
+(docs/methods/intonly.md). The pass is LOSSY against the float model; the integer graph it writes is
+checked bit for bit against `qcompile.intops.reference` in tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.errors import InputError
+from qcompile.ir import quant_meta
+from qcompile.ir.properties import Property
+from qcompile.passes.lowering.emitter import Emitter
+from qcompile.passes.lowering.int_value import IntValue, requantize_to
+from qcompile.passes.lowering.linear_rule import lower_linear, match_linear
+from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
+from qcompile.pipeline.registry import register_pass
+
+__all__ = ["IntOnlyPass", "float_values"]
+
+FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
+
+ROLE_KEY = "qcompile.role"
+OUTPUT_DEQUANTIZER = "output_dequantizer"
+
+
+def float_values(model: ir.Model) -> list[str]:
+    """Names of float tensors computed between the input quantizers and the output dequantizers: float
+    outputs of every node not tagged (metadata_props, kept in the saved file) as an output dequantizer."""
+    return [
+        value.name
+        for node in model.graph
+        if node.metadata_props.get(ROLE_KEY) != OUTPUT_DEQUANTIZER
+        for value in node.outputs
+        if value.dtype in FLOAT_TYPES
+    ]
+
+
+class _Lowering:
+    def __init__(self, model: ir.Model) -> None:
+        self.model = model
+        self.emit = Emitter(model)
+        self.ints: dict[int, IntValue] = {}
+        self.consumed: set[int] = set()
+
+    def input_codes(self, value: ir.Value) -> IntValue:
+        """The integer form of a graph input: its QuantSpec applied by QuantizeLinear."""
+        spec = quant_meta.get_quant(value)
+        if spec is None or spec.kind != "uniform" or spec.axis is not None:
+            raise InputError(f"pass 'intonly' needs a per-tensor uniform quantizer on graph input '{value.name}'")
+        dtype = ir.DataType.INT8 if spec.signed else ir.DataType.UINT8
+        container_dtype = np.int8 if spec.signed else np.uint8
+        scale = self.emit.const(f"{value.name}_scale", np.float32(spec.scale))
+        zero = self.emit.const(f"{value.name}_zero_point", container_dtype(spec.zero_point))
+        codes = self.emit.node("QuantizeLinear", [value, scale, zero], f"{value.name}_q", dtype)
+        if not spec.container_is_full:
+            low = self.emit.const(f"{value.name}_qmin", container_dtype(spec.qmin))
+            high = self.emit.const(f"{value.name}_qmax", container_dtype(spec.qmax))
+            codes = self.emit.node("Clip", [codes, low, high], f"{value.name}_qc", dtype)
+        return IntValue(codes, np.float64(spec.scale), int(spec.zero_point), spec.qmin, spec.qmax)
+
+    def integer(self, value: ir.Value) -> IntValue:
+        if id(value) not in self.ints:
+            if value.producer() is None and value.const_value is None:
+                self.ints[id(value)] = self.input_codes(value)
+            else:
+                raise InputError(f"pass 'intonly' has no integer form of '{value.name}'")
+        return self.ints[id(value)]
+
+    def at_spec(self, value: ir.Value, spec: quant_meta.QuantSpec, name: str) -> IntValue:
+        """`value`'s codes at its activation QuantSpec (requantized unless already there)."""
+        source = self.integer(value)
+        same = not source.per_channel and float(source.scale) == float(spec.scale) and source.zero_point == int(spec.zero_point)
+        if same and spec.qmin <= source.lo and source.hi <= spec.qmax:
+            return source
+        return requantize_to(self.emit, source, np.float64(spec.scale), int(spec.zero_point), spec.qmin, spec.qmax, name)
+
+    def lower_node(self, node: ir.Node) -> None:
+        match = match_linear(node)
+        if match is not None:
+            name = node.name or match.output.name
+            spec = quant_meta.get_quant(match.x)
+            if spec is None or spec.kind != "uniform" or spec.axis is not None:
+                raise InputError(f"pass 'intonly': input '{match.x.name}' of linear '{name}' has no per-tensor uniform quantizer")
+            x = self.at_spec(match.x, spec, f"{name}_x")
+            self.ints[id(match.output)] = lower_linear(match, x, self.emit, name)
+            self.consumed.update(id(n) for n in match.nodes)
+            return
+        raise InputError(f"pass 'intonly' cannot lower node '{node.name}' ({node.op_type}): no integer rule for it yet")
+
+    def dequantize_output(self, value: ir.Value) -> ir.Value:
+        """Cast(float) [− z] · S, each node tagged as the output dequantizer."""
+        source = self.integer(value)
+        start = len(self.emit.nodes)
+        out = self.emit.cast(source.value, ir.DataType.FLOAT, f"{value.name}_float")
+        if source.zero_point:
+            out = self.emit.node("Sub", [out, self.emit.const(f"{value.name}_zp", np.float32(source.zero_point))], f"{value.name}_centred", ir.DataType.FLOAT)
+        out = self.emit.node("Mul", [out, self.emit.const(f"{value.name}_out_scale", np.asarray(source.scale, np.float32))], f"{value.name}_dq", ir.DataType.FLOAT)
+        for node in self.emit.nodes[start:]:
+            node.metadata_props[ROLE_KEY] = OUTPUT_DEQUANTIZER
+        return out
+
+    def run(self) -> dict:
+        graph = self.model.graph
+        for node in list(graph):
+            if id(node) not in self.consumed:
+                self.lower_node(node)
+        new_outputs = []
+        for output in graph.outputs:
+            dequantized = self.dequantize_output(output)
+            new_outputs.append((output, dequantized))
+        for node in reversed(list(graph)):
+            graph.remove(node, safe=False)
+        graph.extend(self.emit.nodes)
+        for index, (old, new) in enumerate(new_outputs):
+            new.shape = old.shape
+            name = old.name
+            old.name = f"{name}_float_model"
+            new.name = name
+            graph.outputs[index] = new
+        for name, value in list(graph.initializers.items()):
+            if not value.uses():
+                graph.initializers.pop(name)
+        kernels = sorted({n.op_type for n in self.emit.nodes if n.domain == "qcompile"})
+        return {"nodes": len(self.emit.nodes), "kernels": kernels}
+
+
+@register_pass("intonly")
+class IntOnlyPass(Pass):
+    """Lower the quantized graph to integer-only ops (`qcompile` kernels); fails on any op it cannot lower."""
+
+    requires = frozenset({Property.QUANTIZED})
+    establishes = frozenset({Property.INTEGER_ONLY})
+    numerics = Numerics.LOSSY
+
+    def call(self, model: ir.Model) -> PassResult:
+        stats = _Lowering(model).run()
+        stats["float_values"] = float_values(model)
+        return PassResult(model, modified=True, stats=stats)
