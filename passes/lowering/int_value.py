@@ -1,16 +1,23 @@
 """How the lowering represents a float value in integers, and how it moves between representations.
 
-An `IntValue` stands for a float tensor v: an integer tensor q with v ≈ (q − z)·s, where s is a float64
-scalar or a vector along the last axis (per-channel, e.g. an IntLinear accumulator at S_x·S_w[n]) and z
-an integer zero point (0 except for asymmetric activation codes). `lo`/`hi` bound q.
+An `IntValue` stands for a float tensor v: an integer tensor q with
 
-`requantize_to` moves q to a target scale s_t, zero point z_t and range [lo_t, hi_t] with the dyadic
-multiplier of s/s_t (per channel if s is a vector):
+    v ≈ (q − z)·s + o
 
-    q_t = clamp(Requantize(q − z; m, e), lo_t − z_t, hi_t − z_t) + z_t
+where s is a float64 scalar or a vector along the last axis (per channel: an IntLinear accumulator at
+S_x·S_w[n], or a LayerNorm output at γ·√C/2^30, which may be negative), z an integer zero point (0 except
+for asymmetric activation codes) and o an optional real offset per channel (a LayerNorm's β) kept out of
+the integers until the next requantization. `lo`/`hi` bound q.
 
-so the only rounding is the one in `Requantize`. Integer dtypes only; the target container is the
-smallest of uint8/int8/int16/int32 that holds [lo_t, hi_t].
+`requantize_to` moves v to a target per-tensor scale s_t, zero point z_t and range [lo_t, hi_t]. With
+r = s/s_t written as sign(r)·m/2^e (dyadic, per channel if s is a vector):
+
+    q_t = clamp(Requantize(sign(r)·(q − z); m, e) + round(o/s_t) + z_t, lo_t, hi_t)
+
+The sign is an integer ±1 multiply, so negative scales cost nothing in precision; the only rounding is
+the one in `Requantize` (half up) plus the constant offset's (half to even, at compile time). Without an
+offset the clamp is folded into `Requantize`. The target container is the smallest of
+uint8/int8/int16/int32 that holds [lo_t, hi_t].
 """
 
 from __future__ import annotations
@@ -26,18 +33,26 @@ from qcompile.passes.lowering.emitter import Emitter
 
 __all__ = ["IntValue", "container", "requantize_to"]
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 @dataclasses.dataclass
 class IntValue:
     value: ir.Value
-    scale: np.ndarray  # float64, shape () or (C,) along the last axis
+    scale: np.ndarray  # float64, shape () or (C,) along the last axis; entries may be negative
     zero_point: int
     lo: int
     hi: int
+    offset: np.ndarray | None = None  # float64, shape () or (C,): real value added after scaling
 
     @property
     def per_channel(self) -> bool:
         return np.ndim(self.scale) > 0
+
+    @property
+    def plain(self) -> bool:
+        """Per-tensor, positive scale, no offset: shape ops and kernels may read q directly."""
+        return not self.per_channel and float(self.scale) > 0 and self.offset is None
 
 
 def container(lo: int, hi: int) -> ir.DataType:
@@ -54,15 +69,26 @@ def container(lo: int, hi: int) -> ir.DataType:
 
 
 def requantize_to(emit: Emitter, source: IntValue, scale, zero_point: int, lo: int, hi: int, name: str) -> IntValue:
-    """`source` at a new per-tensor (or per-channel) scale, zero point and range."""
-    scale = np.asarray(scale, dtype=np.float64)
+    """`source` at a new per-tensor scale, zero point and range."""
+    scale = float(scale)
     q = emit.cast(source.value, ir.DataType.INT32, f"{name}_i32")
     if source.zero_point:
         q = emit.node("Sub", [q, emit.const(f"{name}_zin", np.int32(source.zero_point))], f"{name}_centred", ir.DataType.INT32)
-    m, e = dyadic_multiplier(np.asarray(source.scale, np.float64) / scale)
-    bounds = [emit.const(f"{name}_lo", np.int64(lo - zero_point)), emit.const(f"{name}_hi", np.int64(hi - zero_point))]
-    out = emit.kernel(Requantize, [q, emit.const(f"{name}_m", m), emit.const(f"{name}_e", e), *bounds], f"{name}_rq")
-    if zero_point:
-        out = emit.node("Add", [out, emit.const(f"{name}_zout", np.int64(zero_point))], f"{name}_shifted", ir.DataType.INT64)
+    ratio = np.asarray(source.scale, np.float64) / scale
+    if np.any(ratio < 0):
+        q = emit.node("Mul", [q, emit.const(f"{name}_sign", np.where(ratio < 0, -1, 1).astype(np.int32))], f"{name}_signed", ir.DataType.INT32)
+    m, e = dyadic_multiplier(np.abs(ratio))
+    m_value, e_value = emit.const(f"{name}_m", m), emit.const(f"{name}_e", e)
+    if source.offset is None:
+        bounds = [emit.const(f"{name}_lo", np.int64(lo - zero_point)), emit.const(f"{name}_hi", np.int64(hi - zero_point))]
+        out = emit.kernel(Requantize, [q, m_value, e_value, *bounds], f"{name}_rq")
+        if zero_point:
+            out = emit.node("Add", [out, emit.const(f"{name}_zout", np.int64(zero_point))], f"{name}_shifted", ir.DataType.INT64)
+    else:
+        wide = [emit.const(f"{name}_wide_lo", np.int64(INT64_MIN)), emit.const(f"{name}_wide_hi", np.int64(INT64_MAX))]
+        out = emit.kernel(Requantize, [q, m_value, e_value, *wide], f"{name}_rq")
+        shift = np.rint(np.asarray(source.offset, np.float64) / scale).astype(np.int64) + zero_point
+        out = emit.node("Add", [out, emit.const(f"{name}_offset", shift)], f"{name}_offset_added", ir.DataType.INT64)
+        out = emit.node("Clip", [out, emit.const(f"{name}_lo", np.int64(lo)), emit.const(f"{name}_hi", np.int64(hi))], f"{name}_clipped", ir.DataType.INT64)
     out = emit.cast(out, container(lo, hi), name)
-    return IntValue(out, scale, zero_point, lo, hi)
+    return IntValue(out, np.float64(scale), zero_point, lo, hi)

@@ -83,7 +83,7 @@ class _Lowering:
     def at_spec(self, value: ir.Value, spec: quant_meta.QuantSpec, name: str) -> IntValue:
         """`value`'s codes at its activation QuantSpec (requantized unless already there)."""
         source = self.integer(value)
-        same = not source.per_channel and float(source.scale) == float(spec.scale) and source.zero_point == int(spec.zero_point)
+        same = source.plain and float(source.scale) == float(spec.scale) and source.zero_point == int(spec.zero_point)
         if same and spec.qmin <= source.lo and source.hi <= spec.qmax:
             return source
         return requantize_to(self.emit, source, np.float64(spec.scale), int(spec.zero_point), spec.qmin, spec.qmax, name)
