@@ -16,15 +16,20 @@ checked bit for bit against `qcompile.intops.reference` in tests.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common
 
 from qcompile.errors import InputError
-from qcompile.ir import quant_meta
+from qcompile.ir import const_array, quant_meta
 from qcompile.ir.properties import Property
 from qcompile.passes.lowering.emitter import Emitter
 from qcompile.passes.lowering.int_value import IntValue, requantize_to
+from qcompile.passes.lowering.act_matmul_rule import lower_act_matmul
 from qcompile.passes.lowering.linear_rule import lower_linear, match_linear
+from qcompile.passes.lowering.shape_rule import downstream_spec, is_data_movement, scalar_factor
 from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
 from qcompile.pipeline.registry import register_pass
 
@@ -99,7 +104,62 @@ class _Lowering:
             self.ints[id(match.output)] = lower_linear(match, x, self.emit, name)
             self.consumed.update(id(n) for n in match.nodes)
             return
+        if is_data_movement(node):
+            self.lower_data_movement(node)
+            return
+        scalar = scalar_factor(node)
+        if scalar is not None:
+            source = self.integer(scalar[0])
+            offset = None if source.offset is None else source.offset * scalar[1]
+            self.ints[id(node.outputs[0])] = dataclasses.replace(source, scale=source.scale * scalar[1], offset=offset)
+            return
+        if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and all(const_array(v) is None for v in node.inputs):
+            self.lower_act_matmul(node)
+            return
+        if not any(v.dtype in FLOAT_TYPES or v.dtype is None for v in node.outputs):
+            self.lower_integer_node(node)
+            return
         raise InputError(f"pass 'intonly' cannot lower node '{node.name}' ({node.op_type}): no integer rule for it yet")
+
+    def operand(self, value: ir.Value, name: str) -> IntValue:
+        """A plain integer form of `value`: at its QuantSpec if it has one, else as lowered."""
+        spec = quant_meta.get_quant(value)
+        if spec is not None and spec.kind == "uniform" and spec.axis is None:
+            return self.at_spec(value, spec, name)
+        source = self.integer(value)
+        if not source.plain:
+            raise InputError(f"pass 'intonly' needs a per-tensor quantizer on '{value.name}'")
+        return source
+
+    def lower_data_movement(self, node: ir.Node) -> None:
+        name = node.name or node.outputs[0].name
+        source = self.integer(node.inputs[0])
+        if not source.plain:
+            spec = downstream_spec(node.inputs[0])
+            if spec is None:
+                raise InputError(f"pass 'intonly' cannot move per-channel '{node.inputs[0].name}' through '{name}' ({node.op_type}): no per-tensor quantizer downstream")
+            source = requantize_to(self.emit, source, np.float64(spec.scale), int(spec.zero_point), spec.qmin, spec.qmax, f"{name}_in")
+        attributes = {key: attr.value for key, attr in node.attributes.items()}
+        out = self.emit.node(node.op_type, [source.value, *node.inputs[1:]], f"{node.outputs[0].name}_q", source.value.dtype, **attributes)
+        self.ints[id(node.outputs[0])] = dataclasses.replace(source, value=out)
+
+    def lower_act_matmul(self, node: ir.Node) -> None:
+        name = node.name or node.outputs[0].name
+        a, b = self.operand(node.inputs[0], f"{name}_a"), self.operand(node.inputs[1], f"{name}_b")
+        depth = node.inputs[0].shape[-1] if node.inputs[0].shape is not None else None
+        if not isinstance(depth, int):
+            raise InputError(f"pass 'intonly' needs the static reduction size of '{name}' (MatMul)")
+        self.ints[id(node.outputs[0])] = lower_act_matmul(self.emit, a, b, depth, name)
+
+    def lower_integer_node(self, node: ir.Node) -> None:
+        """A node computing no float tensor (shape arithmetic): moved as it is, float inputs read as integers
+        (Shape of the integer tensor is the same shape)."""
+        if node.op_type != "Shape" and any(v is not None and v.dtype in FLOAT_TYPES for v in node.inputs):
+            raise InputError(f"pass 'intonly' cannot lower node '{node.name}' ({node.op_type}): it reads a float tensor")
+        for index, value in enumerate(node.inputs):
+            if value is not None and value.dtype in FLOAT_TYPES:
+                node.replace_input_with(index, self.integer(value).value)
+        self.emit.nodes.append(node)
 
     def dequantize_output(self, value: ir.Value) -> ir.Value:
         """Cast(float) [− z] · S, each node tagged as the output dequantizer."""
@@ -123,7 +183,7 @@ class _Lowering:
             dequantized = self.dequantize_output(output)
             new_outputs.append((output, dequantized))
         for node in reversed(list(graph)):
-            graph.remove(node, safe=False)
+            graph.remove(node, safe=False)  # nodes moved into the integer graph are re-added below
         graph.extend(self.emit.nodes)
         for index, (old, new) in enumerate(new_outputs):
             new.shape = old.shape
@@ -147,6 +207,7 @@ class IntOnlyPass(Pass):
     numerics = Numerics.LOSSY
 
     def call(self, model: ir.Model) -> PassResult:
+        ir.passes.common.ShapeInferencePass()(model)  # dtypes decide what is float; unknown counts as float
         stats = _Lowering(model).run()
         stats["float_values"] = float_values(model)
         return PassResult(model, modified=True, stats=stats)

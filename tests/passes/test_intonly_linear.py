@@ -106,3 +106,51 @@ def test_a_graph_input_without_a_quantizer_is_a_clear_error() -> None:
 def test_intonly_requires_a_quantized_model() -> None:
     with pytest.raises(Exception, match="QUANTIZED"):
         IntOnlyPass()(_mlp())
+
+
+def _scores_model(dim: int = 16, heads: int = 2, seed: int = 3) -> ir.Model:
+    """x → q, k projections → head split (Reshape, Transpose) → q·kᵀ · 1/√d: the attention score path."""
+    rng = np.random.default_rng(seed)
+    d = dim // heads
+    inits = [
+        numpy_helper.from_array(rng.normal(0, dim**-0.5, (dim, dim)).astype(np.float32), "wq"),
+        numpy_helper.from_array(rng.normal(0, dim**-0.5, (dim, dim)).astype(np.float32), "wk"),
+        numpy_helper.from_array(np.array([0, 0, heads, d], np.int64), "split"),
+        numpy_helper.from_array(np.array(d**-0.5, np.float32), "inv_sqrt_d"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "wq"], ["q"], name="q_proj"),
+        helper.make_node("MatMul", ["x", "wk"], ["k"], name="k_proj"),
+        helper.make_node("Reshape", ["q", "split"], ["q4"], name="q_split"),
+        helper.make_node("Transpose", ["q4"], ["qh"], name="q_heads", perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["k", "split"], ["k4"], name="k_split"),
+        helper.make_node("Transpose", ["k4"], ["kt"], name="k_heads", perm=[0, 2, 3, 1]),
+        helper.make_node("MatMul", ["qh", "kt"], ["raw"], name="qk"),
+        helper.make_node("Mul", ["raw", "inv_sqrt_d"], ["scores"], name="scale"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "scores",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, dim])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", heads, 5, 5])],
+        inits,
+    )
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+def test_attention_scores_lower_through_head_split_and_scale() -> None:
+    rng = np.random.default_rng(4)
+    data = qcompile.CalibrationData.from_list([{"x": rng.normal(0, 1, (8, 5, 16)).astype(np.float32)} for _ in range(2)])
+    x = rng.normal(0, 1, (4, 5, 16)).astype(np.float32)
+    reference = runtime.run(runtime.make_session(_scores_model()), {"x": x})["scores"]
+    model = _scores_model()
+    qcompile.run_passes(model, "w8a8", context=PipelineContext(calibration=data, progress=False))
+    fake_quant = runtime.run(runtime.make_session(qdq.to_qdq(model)), {"x": x})["scores"]
+    IntOnlyPass()(model)
+    ops = [n.op_type for n in model.graph]
+    assert ops.count("IntLinear") == 2 and ops.count("MatMul") == 1
+    assert ops.count("Mul") == 1  # the output dequantizer; 1/√d is folded into the scale
+    assert float_values(model) == []
+    integer = runtime.run(runtime.make_session(model), {"x": x})["scores"]
+    np.testing.assert_array_equal(run_reference(ir.serde.serialize_model(model), {"x": x})["scores"], integer)
+    assert sqnr_db(fake_quant, integer) > 35.0 and abs(sqnr_db(reference, integer) - sqnr_db(reference, fake_quant)) < 1.0

@@ -1,0 +1,39 @@
+"""Lower MatMul of two activations (attention scores Q·Kᵀ, context P·V) to an integer matmul.
+
+With a ≈ (a_q − z_a)·s_a and b ≈ (b_q − z_b)·s_b (per-tensor):
+
+    a·b ≈ s_a·s_b · (a_q − z_a)·(b_q − z_b)
+
+computed as Cast(int32) − z, then an int32 MatMul (or int64 when K·max|a_q − z_a|·max|b_q − z_b| could
+reach 2^31). Each input is read at its activation QuantSpec when it has one (requantized if needed), or
+as it is when it is already a plain integer value (softmax output codes, which `quantize` keeps float).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.passes.lowering.int_value import IntValue
+
+__all__ = ["lower_act_matmul"]
+
+INT32_MAX = 2**31 - 1
+
+
+def _centred(emit, x: IntValue, dtype: ir.DataType, name: str) -> ir.Value:
+    q = emit.cast(x.value, dtype, f"{name}_wide")
+    if x.zero_point:
+        zero = np.asarray(x.zero_point, dtype=dtype.numpy())
+        q = emit.node("Sub", [q, emit.const(f"{name}_zp", zero)], f"{name}_centred", dtype)
+    return q
+
+
+def lower_act_matmul(emit, a: IntValue, b: IntValue, depth: int, name: str) -> IntValue:
+    """Integer product of plain integer values `a` [..., M, K] and `b` [..., K, N]."""
+    bound_a = max(abs(a.lo - a.zero_point), abs(a.hi - a.zero_point))
+    bound_b = max(abs(b.lo - b.zero_point), abs(b.hi - b.zero_point))
+    bound = depth * bound_a * bound_b
+    dtype = ir.DataType.INT32 if bound <= INT32_MAX else ir.DataType.INT64
+    product = emit.node("MatMul", [_centred(emit, a, dtype, f"{name}_a"), _centred(emit, b, dtype, f"{name}_b")], f"{name}_acc", dtype)
+    return IntValue(product, np.float64(float(a.scale) * float(b.scale)), 0, -bound, bound)
