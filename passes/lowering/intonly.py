@@ -30,6 +30,7 @@ from qcompile.passes.lowering.int_value import IntValue, requantize_to
 from qcompile.passes.lowering.act_matmul_rule import lower_act_matmul
 from qcompile.passes.lowering.linear_rule import lower_linear, match_linear
 from qcompile.passes.lowering.shape_rule import downstream_spec, is_data_movement, scalar_factor
+from qcompile.passes.lowering.softmax_rule import SOFTMAX_VARIANTS, lower_softmax
 from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
 from qcompile.pipeline.registry import register_pass
 
@@ -55,8 +56,10 @@ def float_values(model: ir.Model) -> list[str]:
 
 
 class _Lowering:
-    def __init__(self, model: ir.Model) -> None:
+    def __init__(self, model: ir.Model, softmax: str = "ibert", softmax_bits: int = 16) -> None:
         self.model = model
+        self.softmax = softmax
+        self.softmax_bits = softmax_bits
         self.emit = Emitter(model)
         self.ints: dict[int, IntValue] = {}
         self.consumed: set[int] = set()
@@ -113,6 +116,9 @@ class _Lowering:
             offset = None if source.offset is None else source.offset * scalar[1]
             self.ints[id(node.outputs[0])] = dataclasses.replace(source, scale=source.scale * scalar[1], offset=offset)
             return
+        if node.op_type == "Softmax" and node.domain in ("", "ai.onnx"):
+            self.lower_softmax(node)
+            return
         if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and all(const_array(v) is None for v in node.inputs):
             self.lower_act_matmul(node)
             return
@@ -150,6 +156,19 @@ class _Lowering:
         if not isinstance(depth, int):
             raise InputError(f"pass 'intonly' needs the static reduction size of '{name}' (MatMul)")
         self.ints[id(node.outputs[0])] = lower_act_matmul(self.emit, a, b, depth, name)
+
+    def lower_softmax(self, node: ir.Node) -> None:
+        name = node.name or node.outputs[0].name
+        x = node.inputs[0]
+        rank = len(x.shape) if x.shape is not None else None
+        axis = node.attributes.get_int("axis", -1)
+        length = x.shape[-1] if x.shape is not None else None
+        if not (axis == -1 or (rank is not None and axis == rank - 1)) or not isinstance(length, int):
+            raise InputError(f"pass 'intonly' lowers Softmax over a static last axis only ('{name}')")
+        source = self.integer(x)
+        if not source.plain:
+            raise InputError(f"pass 'intonly' needs a per-tensor scale on the input of '{name}' (Softmax)")
+        self.ints[id(node.outputs[0])] = lower_softmax(self.emit, source, length, self.softmax, self.softmax_bits, name)
 
     def lower_integer_node(self, node: ir.Node) -> None:
         """A node computing no float tensor (shape arithmetic): moved as it is, float inputs read as integers
@@ -206,8 +225,16 @@ class IntOnlyPass(Pass):
     establishes = frozenset({Property.INTEGER_ONLY})
     numerics = Numerics.LOSSY
 
+    def __init__(self, softmax: str = "ibert", softmax_bits: int = 16) -> None:
+        if softmax not in SOFTMAX_VARIANTS:
+            raise ValueError(f"softmax must be one of {', '.join(SOFTMAX_VARIANTS)}, got {softmax}")
+        if not 8 <= int(softmax_bits) <= 16:
+            raise ValueError(f"softmax_bits must be in 8..16, got {softmax_bits}")
+        self.softmax = softmax
+        self.softmax_bits = int(softmax_bits)
+
     def call(self, model: ir.Model) -> PassResult:
         ir.passes.common.ShapeInferencePass()(model)  # dtypes decide what is float; unknown counts as float
-        stats = _Lowering(model).run()
+        stats = _Lowering(model, self.softmax, self.softmax_bits).run()
         stats["float_values"] = float_values(model)
         return PassResult(model, modified=True, stats=stats)

@@ -1,0 +1,60 @@
+"""Lower Softmax over the last axis to `IBertSoftmax` or `Shiftmax`.
+
+The input (an int32 accumulator a at scale S) is first brought to a fixed 16-bit grid below the row
+maximum, which needs no calibration because exp ignores everything more than `WINDOW` = 20 below the
+maximum (e^−20 ≈ 2e−9):
+
+    d   = a − max_row(a) ≤ 0                                   (int32)
+    d16 = clamp(Requantize(d; S/S16), −32767, 0),  S16 = 20/32767
+
+then the kernel runs on d16 (its own max subtraction is then a no-op) and returns probabilities p with
+real value p/2^b (IBertSoftmax) or p/2^(b−1) (Shiftmax). The output keeps `bits` = 16 by default: a
+uniform 8-bit grid on [0, 1] cannot represent attention probabilities ≈ 1/n for n in the hundreds
+(docs/methods/uniform.md). Shiftmax's clamp n is chosen so that the row sum stays below 2^31:
+n = min(15, ⌊log2((2^31 − 1) / (L·|x0|))⌋) for rows of L values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.intops.dyadic import dyadic_multiplier
+from qcompile.intops.ibert_softmax import IBertSoftmax, ibert_softmax_params
+from qcompile.intops.int_exp import exp_x0
+from qcompile.intops.requantize import Requantize
+from qcompile.intops.shiftmax import Shiftmax
+from qcompile.passes.lowering.int_value import IntValue
+
+__all__ = ["SOFTMAX_VARIANTS", "WINDOW", "lower_softmax"]
+
+SOFTMAX_VARIANTS = ("ibert", "shiftmax")
+WINDOW = 20.0
+GRID = 2**15 - 1
+
+
+def lower_softmax(emit, x: IntValue, row_length: int, variant: str, bits: int, name: str) -> IntValue:
+    """Probabilities of the plain integer value `x` over its last axis."""
+    if variant not in SOFTMAX_VARIANTS:
+        raise ValueError(f"softmax variant must be one of {', '.join(SOFTMAX_VARIANTS)}, got {variant}")
+    q = emit.cast(x.value, ir.DataType.INT32, f"{name}_i32")
+    top = emit.node("ReduceMax", [q, emit.const(f"{name}_axes", np.array([-1], np.int64))], f"{name}_rowmax", ir.DataType.INT32, keepdims=1)
+    d = emit.node("Sub", [q, top], f"{name}_below_max", ir.DataType.INT32)
+    grid_scale = WINDOW / GRID
+    m, e = dyadic_multiplier(float(x.scale) / grid_scale)
+    params = [emit.const(f"{name}_m", m), emit.const(f"{name}_e", e), emit.const(f"{name}_lo", np.int64(-GRID)), emit.const(f"{name}_hi", np.int64(0))]
+    d16 = emit.cast(emit.kernel(Requantize, [d, *params], f"{name}_d16"), ir.DataType.INT32, f"{name}_d16_i32")
+    if variant == "ibert":
+        x0, b_int, c_int, n = ibert_softmax_params(grid_scale)
+        constants = [x0, b_int, c_int, n, bits]
+        kernel, out_scale, top_code = IBertSoftmax, 2.0**-bits, 2**bits
+    else:
+        x0 = exp_x0(grid_scale)
+        n = min(15, int(math.floor(math.log2((2**31 - 1) / (row_length * -x0)))))
+        constants = [x0, n, bits]
+        kernel, out_scale, top_code = Shiftmax, 2.0 ** -(bits - 1), 2 ** (bits - 1) - 1
+    inputs = [d16] + [emit.const(f"{name}_k{i}", np.int64(c)) for i, c in enumerate(constants)]
+    probs = emit.kernel(kernel, inputs, f"{name}_probs")
+    return IntValue(probs, np.float64(out_scale), 0, 0, top_code)
