@@ -52,6 +52,23 @@ def _quantized(model: ir.Model, seed: int = 1) -> tuple[ir.Model, np.ndarray]:
     return model, rng.normal(0, 1, (64, 32)).astype(np.float32)
 
 
+def _lower_and_run(build, shape: tuple[int, ...], seed: int, **options) -> tuple[np.ndarray, np.ndarray, np.ndarray, ir.Model, dict]:
+    """(float, QDQ, integer outputs on held-out inputs, the lowered model, the pass stats) after w8a8 and
+    intonly; asserts the integer model is bit-exact against the reference interpreter."""
+    rng = np.random.default_rng(seed)
+    data = qcompile.CalibrationData.from_list([{"x": rng.normal(0, 1, (8, *shape)).astype(np.float32)} for _ in range(2)])
+    x = rng.normal(0, 1, (4, *shape)).astype(np.float32)
+    (name,) = [o.name for o in build().graph.outputs]
+    reference = runtime.run(runtime.make_session(build()), {"x": x})[name]
+    model = build()
+    qcompile.run_passes(model, "w8a8", context=PipelineContext(calibration=data, progress=False))
+    fake_quant = runtime.run(runtime.make_session(qdq.to_qdq(model)), {"x": x})[name]
+    result = IntOnlyPass(**options)(model)
+    integer = runtime.run(runtime.make_session(model), {"x": x})[name]
+    np.testing.assert_array_equal(run_reference(ir.serde.serialize_model(model), {"x": x})[name], integer)
+    return reference, fake_quant, integer, model, result.stats
+
+
 def test_linears_lower_to_integer_kernels_with_no_float_in_between() -> None:
     model, _ = _quantized(_mlp())
     result = IntOnlyPass()(model)
@@ -139,20 +156,11 @@ def _scores_model(dim: int = 16, heads: int = 2, seed: int = 3) -> ir.Model:
 
 
 def test_attention_scores_lower_through_head_split_and_scale() -> None:
-    rng = np.random.default_rng(4)
-    data = qcompile.CalibrationData.from_list([{"x": rng.normal(0, 1, (8, 5, 16)).astype(np.float32)} for _ in range(2)])
-    x = rng.normal(0, 1, (4, 5, 16)).astype(np.float32)
-    reference = runtime.run(runtime.make_session(_scores_model()), {"x": x})["scores"]
-    model = _scores_model()
-    qcompile.run_passes(model, "w8a8", context=PipelineContext(calibration=data, progress=False))
-    fake_quant = runtime.run(runtime.make_session(qdq.to_qdq(model)), {"x": x})["scores"]
-    IntOnlyPass()(model)
+    reference, fake_quant, integer, model, _ = _lower_and_run(_scores_model, (5, 16), seed=4)
     ops = [n.op_type for n in model.graph]
     assert ops.count("IntLinear") == 2 and ops.count("MatMul") == 1
     assert ops.count("Mul") == 1  # the output dequantizer; 1/√d is folded into the scale
     assert float_values(model) == []
-    integer = runtime.run(runtime.make_session(model), {"x": x})["scores"]
-    np.testing.assert_array_equal(run_reference(ir.serde.serialize_model(model), {"x": x})["scores"], integer)
     assert sqnr_db(fake_quant, integer) > 35.0 and abs(sqnr_db(reference, integer) - sqnr_db(reference, fake_quant)) < 1.0
 
 
@@ -196,18 +204,9 @@ def _attention_model(dim: int = 16, heads: int = 2, tokens: int = 6, seed: int =
 
 @pytest.mark.parametrize("variant", ["ibert", "shiftmax"])
 def test_attention_with_softmax_lowers_bit_exact_and_close_to_qdq(variant: str) -> None:
-    rng = np.random.default_rng(6)
-    data = qcompile.CalibrationData.from_list([{"x": rng.normal(0, 1, (8, 6, 16)).astype(np.float32)} for _ in range(2)])
-    x = rng.normal(0, 1, (4, 6, 16)).astype(np.float32)
-    reference = runtime.run(runtime.make_session(_attention_model()), {"x": x})["y"]
-    model = _attention_model()
-    qcompile.run_passes(model, "w8a8", context=PipelineContext(calibration=data, progress=False))
-    fake_quant = runtime.run(runtime.make_session(qdq.to_qdq(model)), {"x": x})["y"]
-    result = IntOnlyPass(softmax=variant)(model)
+    reference, fake_quant, integer, model, stats = _lower_and_run(_attention_model, (6, 16), seed=6, softmax=variant)
     expected_kernel = "IBertSoftmax" if variant == "ibert" else "Shiftmax"
-    assert expected_kernel in result.stats["kernels"] and float_values(model) == []
-    integer = runtime.run(runtime.make_session(model), {"x": x})["y"]
-    np.testing.assert_array_equal(run_reference(ir.serde.serialize_model(model), {"x": x})["y"], integer)
+    assert expected_kernel in stats["kernels"] and float_values(model) == []
     # QDQ keeps the softmax in float. I-BERT's integer softmax costs nothing measurable here (33.3 dB both);
     # Shiftmax's linear 2^t approximation costs ~9 dB (24.7 dB measured)
     if variant == "ibert":
