@@ -28,6 +28,7 @@ from qcompile.ir.properties import Property
 from qcompile.passes.lowering.emitter import Emitter
 from qcompile.passes.lowering.int_value import IntValue, requantize_to
 from qcompile.passes.lowering.act_matmul_rule import lower_act_matmul
+from qcompile.passes.lowering.gelu_rule import GELU_VARIANTS, lower_gelu, match_gelu
 from qcompile.passes.lowering.linear_rule import lower_linear, match_linear
 from qcompile.passes.lowering.shape_rule import downstream_spec, is_data_movement, scalar_factor
 from qcompile.passes.lowering.softmax_rule import SOFTMAX_VARIANTS, lower_softmax
@@ -56,8 +57,9 @@ def float_values(model: ir.Model) -> list[str]:
 
 
 class _Lowering:
-    def __init__(self, model: ir.Model, softmax: str = "ibert", softmax_bits: int = 16) -> None:
+    def __init__(self, model: ir.Model, softmax: str = "ibert", softmax_bits: int = 16, gelu: str = "ibert") -> None:
         self.model = model
+        self.gelu = gelu
         self.softmax = softmax
         self.softmax_bits = softmax_bits
         self.emit = Emitter(model)
@@ -106,6 +108,12 @@ class _Lowering:
             x = self.at_spec(match.x, spec, f"{name}_x")
             self.ints[id(match.output)] = lower_linear(match, x, self.emit, name)
             self.consumed.update(id(n) for n in match.nodes)
+            return
+        gelu = match_gelu(node)
+        if gelu is not None:
+            name = node.name or gelu.output.name
+            self.ints[id(gelu.output)] = lower_gelu(self.emit, gelu, self.integer(gelu.x), self.gelu, name)
+            self.consumed.update(id(n) for n in gelu.nodes)
             return
         if is_data_movement(node):
             self.lower_data_movement(node)
@@ -225,7 +233,10 @@ class IntOnlyPass(Pass):
     establishes = frozenset({Property.INTEGER_ONLY})
     numerics = Numerics.LOSSY
 
-    def __init__(self, softmax: str = "ibert", softmax_bits: int = 16) -> None:
+    def __init__(self, softmax: str = "ibert", softmax_bits: int = 16, gelu: str = "ibert") -> None:
+        if gelu not in GELU_VARIANTS:
+            raise ValueError(f"gelu must be one of {', '.join(GELU_VARIANTS)}, got {gelu}")
+        self.gelu = gelu
         if softmax not in SOFTMAX_VARIANTS:
             raise ValueError(f"softmax must be one of {', '.join(SOFTMAX_VARIANTS)}, got {softmax}")
         if not 8 <= int(softmax_bits) <= 16:
@@ -235,6 +246,6 @@ class IntOnlyPass(Pass):
 
     def call(self, model: ir.Model) -> PassResult:
         ir.passes.common.ShapeInferencePass()(model)  # dtypes decide what is float; unknown counts as float
-        stats = _Lowering(model, self.softmax, self.softmax_bits).run()
+        stats = _Lowering(model, self.softmax, self.softmax_bits, self.gelu).run()
         stats["float_values"] = float_values(model)
         return PassResult(model, modified=True, stats=stats)

@@ -10,13 +10,11 @@ maximum (e^−20 ≈ 2e−9):
 then the kernel runs on d16 (its own max subtraction is then a no-op) and returns probabilities p with
 real value p/2^b (IBertSoftmax) or p/2^(b−1) (Shiftmax). The output keeps `bits` = 16 by default: a
 uniform 8-bit grid on [0, 1] cannot represent attention probabilities ≈ 1/n for n in the hundreds
-(docs/methods/uniform.md). Shiftmax's clamp n is chosen so that the row sum stays below 2^31:
-n = min(15, ⌊log2((2^31 − 1) / (L·|x0|))⌋) for rows of L values.
+(docs/methods/uniform.md). Shiftmax uses I-ViT's clamp n = 15; its row sum L·|x0|·2^15 stays far below
+the 2^62 of its normalization for any realistic row length L.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import onnx_ir as ir
@@ -33,6 +31,7 @@ __all__ = ["SOFTMAX_VARIANTS", "WINDOW", "lower_softmax"]
 SOFTMAX_VARIANTS = ("ibert", "shiftmax")
 WINDOW = 20.0
 GRID = 2**15 - 1
+SHIFTMAX_N = 15
 
 
 def lower_softmax(emit, x: IntValue, row_length: int, variant: str, bits: int, name: str) -> IntValue:
@@ -52,9 +51,10 @@ def lower_softmax(emit, x: IntValue, row_length: int, variant: str, bits: int, n
         kernel, out_scale, top_code = IBertSoftmax, 2.0**-bits, 2**bits
     else:
         x0 = exp_x0(grid_scale)
-        n = min(15, int(math.floor(math.log2((2**31 - 1) / (row_length * -x0)))))
-        constants = [x0, n, bits]
-        kernel, out_scale, top_code = Shiftmax, 2.0 ** -(bits - 1), 2 ** (bits - 1) - 1
+        if row_length * -x0 * 2**SHIFTMAX_N >= 2**62:
+            raise ValueError(f"Shiftmax rows of {row_length} values overflow its int64 normalization")
+        constants = [x0, SHIFTMAX_N, bits]
+        kernel, out_scale, top_code = Shiftmax, 2.0 ** -(bits - 1), 2 ** (bits - 1)
     inputs = [d16] + [emit.const(f"{name}_k{i}", np.int64(c)) for i, c in enumerate(constants)]
     probs = emit.kernel(kernel, inputs, f"{name}_probs")
     return IntValue(probs, np.float64(out_scale), 0, 0, top_code)

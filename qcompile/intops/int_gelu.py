@@ -37,14 +37,14 @@ ERF_A, ERF_B, ERF_K = -0.2888, -1.769, 1.4142
 POLY_BITS = 16
 
 
-def int_gelu_params(scale: float, n: int | None = None) -> tuple[int, int, int, int, float]:
+def int_gelu_params(scale: float, n: int | None = None, poly_bits: int = POLY_BITS) -> tuple[int, int, int, int, float]:
     """(b_int, c_int, one, n, output scale) for input scale S (float64, as the I-BERT code); n chosen
-    so that y keeps `POLY_BITS` significant bits unless given."""
+    so that y keeps `poly_bits` significant bits unless given."""
     s = float(scale) / ERF_K
     b_int = math.floor(ERF_B / s)
     c_int = math.floor((1.0 / ERF_A) / s**2)
     if n is None:
-        n = max(0, abs(c_int).bit_length() - POLY_BITS)
+        n = max(0, abs(c_int).bit_length() - poly_bits)
     poly_scale = ERF_A * s**2 * 2.0**n
     one = math.floor(1.0 / poly_scale)
     return b_int, c_int, one, n, float(scale) * poly_scale / 2.0

@@ -52,8 +52,8 @@ def _shift_gelu_exact(row: list[int], x0: int, n: int, bits: int) -> list[int]:
     out = []
     for value in row:
         e1, e0 = _exp_exact(value - m, x0, n), _exp_exact(-m, x0, n)
-        factor = (2**31 - 1) // min(e1 + e0, 2**31 - 1)
-        out.append(value * (e1 * factor // 2 ** (32 - bits)))
+        factor = 2**62 // (e1 + e0)
+        out.append(value * (e1 * factor // 2 ** (63 - bits)))
     return out
 
 
