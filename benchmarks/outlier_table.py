@@ -21,6 +21,7 @@ from pathlib import Path
 
 from qcompile import zoo
 from qcompile.backends.onnx import qdq, runtime
+from qcompile.errors import InputError
 from qcompile.job import _session_runner
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.run import run_passes
@@ -64,6 +65,9 @@ def table(model: str, metric: str, rows: list[dict]) -> str:
         "|---|---|---|---|---|",
     ]
     for row in rows:
+        if row.get("error"):
+            lines.append(f"| `{row['passes']}` | - | - | failed: {row['error']} | - |")
+            continue
         eq = ", ".join(
             f"{c['pass']} {c['max_rel_err']:.1e}" if "max_rel_err" in c else f"{c['pass']} (no change)"
             for c in row["checks"]
@@ -95,7 +99,12 @@ def main() -> int:
         entry = zoo.get(name)
         sessions, rows = {}, []
         for passes in lists:
-            model, records, seconds = compile_one(entry, passes, args.calib_samples, args.seed)
+            try:
+                model, records, seconds = compile_one(entry, passes, args.calib_samples, args.seed)
+            except InputError as error:  # an invalid pass list is reported in the table, not fatal
+                print(f"[{name}] {passes}: {error}", file=sys.stderr, flush=True)
+                rows.append({"passes": passes, "error": str(error), "checks": []})
+                continue
             print(f"[{name}] {passes}: compiled in {seconds:.0f} s", file=sys.stderr, flush=True)
             sessions[passes] = runtime.make_session(qdq.to_qdq(model), threads=2)
             rows.append({"passes": passes, "compile_seconds": seconds, "checks": checks(records)})
@@ -103,7 +112,7 @@ def main() -> int:
         scores = entry.evaluate(runners, eval_samples[name], args.seed, progress=True)
         metric = entry.metric_name
         for row in rows:
-            row["score"] = scores[row["passes"]][metric]
+            row["score"] = scores[row["passes"]][metric] if "error" not in row else None
         result = {
             "model": f"zoo:{name}",
             "metric": metric,
