@@ -30,7 +30,12 @@ from qcompile.passes.lowering.int_value import IntValue, requantize_to
 from qcompile.passes.lowering.act_matmul_rule import lower_act_matmul
 from qcompile.passes.lowering.gelu_rule import GELU_VARIANTS, lower_gelu, match_gelu
 from qcompile.passes.lowering.linear_rule import lower_linear, match_linear
-from qcompile.passes.lowering.shape_rule import downstream_spec, is_data_movement, scalar_factor
+from qcompile.passes.lowering.norm_rule import lower_norm, norm_nodes
+from qcompile.passes.lowering.ranges import RESIDUAL_GRID, calibrate_scales, is_residual_add, values_needing_ranges
+from qcompile.passes.lowering.residual_rule import lower_residual_add
+from qcompile.passes.lowering.shape_rule import channel_factor, downstream_spec, is_data_movement, keeps_channels, scalar_factor
+from qcompile.passes.transforms.residual_stream import find_norms
+from qcompile.pipeline.context import PipelineContext
 from qcompile.passes.lowering.softmax_rule import SOFTMAX_VARIANTS, lower_softmax
 from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
 from qcompile.pipeline.registry import register_pass
@@ -42,24 +47,28 @@ FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.Da
 
 ROLE_KEY = "qcompile.role"
 OUTPUT_DEQUANTIZER = "output_dequantizer"
+INPUT_QUANTIZER = "input_quantizer"
+MAX_DYNAMIC_LENGTH = 2**16  # overflow bounds assume at most this many values along a dynamic axis
 
 
 def float_values(model: ir.Model) -> list[str]:
     """Names of float tensors computed between the input quantizers and the output dequantizers: float
-    outputs of every node not tagged (metadata_props, kept in the saved file) as an output dequantizer."""
+    outputs of every node not tagged (metadata_props, kept in the saved file) as one of them."""
     return [
         value.name
         for node in model.graph
-        if node.metadata_props.get(ROLE_KEY) != OUTPUT_DEQUANTIZER
+        if node.metadata_props.get(ROLE_KEY) not in (OUTPUT_DEQUANTIZER, INPUT_QUANTIZER)
         for value in node.outputs
         if value.dtype in FLOAT_TYPES
     ]
 
 
 class _Lowering:
-    def __init__(self, model: ir.Model, softmax: str = "ibert", softmax_bits: int = 16, gelu: str = "ibert") -> None:
+    def __init__(self, model: ir.Model, scales: dict[str, float], softmax: str = "ibert", softmax_bits: int = 16, gelu: str = "ibert") -> None:
         self.model = model
+        self.scales = scales
         self.gelu = gelu
+        self.norms = {id(n): norm for norm in find_norms(model.graph) for n in norm_nodes(norm)}
         self.softmax = softmax
         self.softmax_bits = softmax_bits
         self.emit = Emitter(model)
@@ -67,8 +76,11 @@ class _Lowering:
         self.consumed: set[int] = set()
 
     def input_codes(self, value: ir.Value) -> IntValue:
-        """The integer form of a graph input: its QuantSpec applied by QuantizeLinear."""
+        """The integer form of a graph input: its QuantSpec applied by QuantizeLinear, or the calibrated
+        symmetric int16 grid (Div, Round, Clip, Cast) when it feeds non-linear ops."""
         spec = quant_meta.get_quant(value)
+        if spec is None and value.name in self.scales:
+            return self.input_int16(value, self.scales[value.name])
         if spec is None or spec.kind != "uniform" or spec.axis is not None:
             raise InputError(f"pass 'intonly' needs a per-tensor uniform quantizer on graph input '{value.name}'")
         dtype = ir.DataType.INT8 if spec.signed else ir.DataType.UINT8
@@ -81,6 +93,17 @@ class _Lowering:
             high = self.emit.const(f"{value.name}_qmax", container_dtype(spec.qmax))
             codes = self.emit.node("Clip", [codes, low, high], f"{value.name}_qc", dtype)
         return IntValue(codes, np.float64(spec.scale), int(spec.zero_point), spec.qmin, spec.qmax)
+
+    def input_int16(self, value: ir.Value, scale: float) -> IntValue:
+        start = len(self.emit.nodes)
+        divided = self.emit.node("Div", [value, self.emit.const(f"{value.name}_grid", np.float32(scale))], f"{value.name}_over_s", ir.DataType.FLOAT)
+        rounded = self.emit.node("Round", [divided], f"{value.name}_round", ir.DataType.FLOAT)
+        bounds = [self.emit.const(f"{value.name}_lo", np.float32(-RESIDUAL_GRID)), self.emit.const(f"{value.name}_hi", np.float32(RESIDUAL_GRID))]
+        clipped = self.emit.node("Clip", [rounded, *bounds], f"{value.name}_clip", ir.DataType.FLOAT)
+        codes = self.emit.cast(clipped, ir.DataType.INT16, f"{value.name}_q16")
+        for node in self.emit.nodes[start:]:
+            node.metadata_props[ROLE_KEY] = INPUT_QUANTIZER
+        return IntValue(codes, np.float64(scale), 0, -RESIDUAL_GRID, RESIDUAL_GRID)
 
     def integer(self, value: ir.Value) -> IntValue:
         if id(value) not in self.ints:
@@ -108,6 +131,26 @@ class _Lowering:
             x = self.at_spec(match.x, spec, f"{name}_x")
             self.ints[id(match.output)] = lower_linear(match, x, self.emit, name)
             self.consumed.update(id(n) for n in match.nodes)
+            return
+        if id(node) in self.norms:
+            norm = self.norms[id(node)]
+            source = self.integer(norm.input)
+            if not source.plain:
+                raise InputError(f"pass 'intonly' needs a per-tensor residual grid on the input of '{norm.name}' (LayerNorm)")
+            self.ints[id(norm.output)] = lower_norm(self.emit, norm, source, norm.name)
+            self.consumed.update(id(n) for n in norm_nodes(norm))
+            return
+        if is_residual_add(node):
+            name = node.name or node.outputs[0].name
+            a, b = self.integer(node.inputs[0]), self.integer(node.inputs[1])
+            self.ints[id(node.outputs[0])] = lower_residual_add(self.emit, a, b, self.scales[node.outputs[0].name], name)
+            return
+        channels = node.outputs[0].shape[-1] if node.outputs[0].shape is not None and len(node.outputs[0].shape) else None
+        factor = channel_factor(node, channels if isinstance(channels, int) else None)
+        if factor is not None and scalar_factor(node) is None:
+            source = self.integer(factor[0])
+            offset = None if source.offset is None else source.offset * factor[1]
+            self.ints[id(node.outputs[0])] = dataclasses.replace(source, scale=source.scale * factor[1], offset=offset)
             return
         gelu = match_gelu(node)
         if gelu is not None:
@@ -148,7 +191,7 @@ class _Lowering:
     def lower_data_movement(self, node: ir.Node) -> None:
         name = node.name or node.outputs[0].name
         source = self.integer(node.inputs[0])
-        if not source.plain:
+        if not source.plain and not keeps_channels(node):
             spec = downstream_spec(node.inputs[0])
             if spec is None:
                 raise InputError(f"pass 'intonly' cannot move per-channel '{node.inputs[0].name}' through '{name}' ({node.op_type}): no per-tensor quantizer downstream")
@@ -161,8 +204,7 @@ class _Lowering:
         name = node.name or node.outputs[0].name
         a, b = self.operand(node.inputs[0], f"{name}_a"), self.operand(node.inputs[1], f"{name}_b")
         depth = node.inputs[0].shape[-1] if node.inputs[0].shape is not None else None
-        if not isinstance(depth, int):
-            raise InputError(f"pass 'intonly' needs the static reduction size of '{name}' (MatMul)")
+        depth = depth if isinstance(depth, int) else MAX_DYNAMIC_LENGTH
         self.ints[id(node.outputs[0])] = lower_act_matmul(self.emit, a, b, depth, name)
 
     def lower_softmax(self, node: ir.Node) -> None:
@@ -171,8 +213,9 @@ class _Lowering:
         rank = len(x.shape) if x.shape is not None else None
         axis = node.attributes.get_int("axis", -1)
         length = x.shape[-1] if x.shape is not None else None
-        if not (axis == -1 or (rank is not None and axis == rank - 1)) or not isinstance(length, int):
-            raise InputError(f"pass 'intonly' lowers Softmax over a static last axis only ('{name}')")
+        if not (axis == -1 or (rank is not None and axis == rank - 1)):
+            raise InputError(f"pass 'intonly' lowers Softmax over the last axis only ('{name}')")
+        length = length if isinstance(length, int) else MAX_DYNAMIC_LENGTH
         source = self.integer(x)
         if not source.plain:
             raise InputError(f"pass 'intonly' needs a per-tensor scale on the input of '{name}' (Softmax)")
@@ -196,6 +239,8 @@ class _Lowering:
         if source.zero_point:
             out = self.emit.node("Sub", [out, self.emit.const(f"{value.name}_zp", np.float32(source.zero_point))], f"{value.name}_centred", ir.DataType.FLOAT)
         out = self.emit.node("Mul", [out, self.emit.const(f"{value.name}_out_scale", np.asarray(source.scale, np.float32))], f"{value.name}_dq", ir.DataType.FLOAT)
+        if source.offset is not None:
+            out = self.emit.node("Add", [out, self.emit.const(f"{value.name}_out_offset", np.asarray(source.offset, np.float32))], f"{value.name}_dq_offset", ir.DataType.FLOAT)
         for node in self.emit.nodes[start:]:
             node.metadata_props[ROLE_KEY] = OUTPUT_DEQUANTIZER
         return out
@@ -233,7 +278,8 @@ class IntOnlyPass(Pass):
     establishes = frozenset({Property.INTEGER_ONLY})
     numerics = Numerics.LOSSY
 
-    def __init__(self, softmax: str = "ibert", softmax_bits: int = 16, gelu: str = "ibert") -> None:
+    def __init__(self, softmax: str = "ibert", softmax_bits: int = 16, gelu: str = "ibert", context: PipelineContext | None = None) -> None:
+        self.context = context or PipelineContext()
         if gelu not in GELU_VARIANTS:
             raise ValueError(f"gelu must be one of {', '.join(GELU_VARIANTS)}, got {gelu}")
         self.gelu = gelu
@@ -246,6 +292,7 @@ class IntOnlyPass(Pass):
 
     def call(self, model: ir.Model) -> PassResult:
         ir.passes.common.ShapeInferencePass()(model)  # dtypes decide what is float; unknown counts as float
-        stats = _Lowering(model, self.softmax, self.softmax_bits, self.gelu).run()
+        scales = calibrate_scales(model, values_needing_ranges(model), self.context)
+        stats = _Lowering(model, scales, self.softmax, self.softmax_bits, self.gelu).run()
         stats["float_values"] = float_values(model)
         return PassResult(model, modified=True, stats=stats)

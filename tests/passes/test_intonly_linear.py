@@ -114,10 +114,13 @@ def test_an_op_without_an_integer_rule_is_named() -> None:
 
 
 def test_a_graph_input_without_a_quantizer_is_a_clear_error() -> None:
-    model, _ = _quantized(_mlp())
+    model, x = _quantized(_mlp())
     quant_meta.clear_quant(model.graph.inputs[0])
-    with pytest.raises(InputError, match="input 'x' of linear 'fc1' has no per-tensor uniform quantizer"):
+    with pytest.raises(InputError, match="needs calibration data for the residual stream"):
         IntOnlyPass()(model)
+    context = PipelineContext(calibration=qcompile.CalibrationData.from_list([{"x": x}]), progress=False)
+    with pytest.raises(InputError, match="input 'x' of linear 'fc1' has no per-tensor uniform quantizer"):
+        IntOnlyPass(context=context)(model)
 
 
 def test_intonly_requires_a_quantized_model() -> None:

@@ -1,0 +1,49 @@
+"""Lower a residual Add of two computed tensors to `IntAdd` on the int16 grid calibrated for its sum.
+
+Each branch b ≈ sign_b·|s_b|·(q_b − z_b) + o_b (per tensor or per channel, `IntValue`) is centred and
+sign-flipped in int32, then `IntAdd` rounds each branch to the output grid S with its own dyadic
+multiplier |s_b|/S (I-ViT's requant-add); branch offsets (a LayerNorm's β in a post-LN block) are added
+as round(o/S) before the clamp to ±32767.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.intops.dyadic import dyadic_multiplier
+from qcompile.intops.int_linear import IntAdd
+from qcompile.passes.lowering.int_value import IntValue, container
+from qcompile.passes.lowering.ranges import RESIDUAL_GRID
+
+__all__ = ["lower_residual_add"]
+
+
+def _branch(emit, x: IntValue, scale: float, name: str) -> tuple[ir.Value, ir.Value, ir.Value, np.ndarray]:
+    """(centred signed int32 q, m, e, offset codes) of one branch for the output grid `scale`."""
+    q = emit.cast(x.value, ir.DataType.INT32, f"{name}_i32")
+    if x.zero_point:
+        q = emit.node("Sub", [q, emit.const(f"{name}_zp", np.int32(x.zero_point))], f"{name}_centred", ir.DataType.INT32)
+    ratio = np.asarray(x.scale, np.float64) / scale
+    if np.any(ratio < 0):
+        q = emit.node("Mul", [q, emit.const(f"{name}_sign", np.where(ratio < 0, -1, 1).astype(np.int32))], f"{name}_signed", ir.DataType.INT32)
+    m, e = dyadic_multiplier(np.abs(ratio))
+    offset = np.zeros(()) if x.offset is None else np.rint(np.asarray(x.offset, np.float64) / scale)
+    return q, emit.const(f"{name}_m", m), emit.const(f"{name}_e", e), offset.astype(np.int64)
+
+
+def lower_residual_add(emit, a: IntValue, b: IntValue, scale: float, name: str) -> IntValue:
+    qa, ma, ea, oa = _branch(emit, a, scale, f"{name}_a")
+    qb, mb, eb, ob = _branch(emit, b, scale, f"{name}_b")
+    offset = oa + ob
+    if np.any(offset != 0):
+        wide = [emit.const(f"{name}_wide_lo", np.int64(-(2**63))), emit.const(f"{name}_wide_hi", np.int64(2**63 - 1))]
+        total = emit.kernel(IntAdd, [qa, qb, ma, ea, mb, eb, *wide], f"{name}_sum")
+        total = emit.node("Add", [total, emit.const(f"{name}_offset", offset)], f"{name}_offset_added", ir.DataType.INT64)
+        bounds = [emit.const(f"{name}_lo", np.int64(-RESIDUAL_GRID)), emit.const(f"{name}_hi", np.int64(RESIDUAL_GRID))]
+        total = emit.node("Clip", [total, *bounds], f"{name}_clipped", ir.DataType.INT64)
+    else:
+        bounds = [emit.const(f"{name}_lo", np.int64(-RESIDUAL_GRID)), emit.const(f"{name}_hi", np.int64(RESIDUAL_GRID))]
+        total = emit.kernel(IntAdd, [qa, qb, ma, ea, mb, eb, *bounds], f"{name}_sum")
+    out = emit.cast(total, container(-RESIDUAL_GRID, RESIDUAL_GRID), name)
+    return IntValue(out, np.float64(scale), 0, -RESIDUAL_GRID, RESIDUAL_GRID)
