@@ -31,7 +31,7 @@ from qcompile.intops.dyadic import dyadic_multiplier
 from qcompile.intops.requantize import Requantize
 from qcompile.passes.lowering.emitter import Emitter
 
-__all__ = ["IntValue", "container", "requantize_to"]
+__all__ = ["IntValue", "container", "signed_multiplier", "requantize_to"]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -68,9 +68,9 @@ def container(lo: int, hi: int) -> ir.DataType:
     return ir.DataType.INT64
 
 
-def requantize_to(emit: Emitter, source: IntValue, scale, zero_point: int, lo: int, hi: int, name: str) -> IntValue:
-    """`source` at a new per-tensor scale, zero point and range."""
-    scale = float(scale)
+def signed_multiplier(emit: Emitter, source: IntValue, scale: float, name: str) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """(sign(r)·(q − z) as int32, m, e) with |r| = |s/scale| ≈ m/2^e: what `Requantize` needs to put
+    `source` on the grid `scale` (zero point removed, negative scales turned into an integer sign flip)."""
     q = emit.cast(source.value, ir.DataType.INT32, f"{name}_i32")
     if source.zero_point:
         q = emit.node("Sub", [q, emit.const(f"{name}_zin", np.int32(source.zero_point))], f"{name}_centred", ir.DataType.INT32)
@@ -78,7 +78,13 @@ def requantize_to(emit: Emitter, source: IntValue, scale, zero_point: int, lo: i
     if np.any(ratio < 0):
         q = emit.node("Mul", [q, emit.const(f"{name}_sign", np.where(ratio < 0, -1, 1).astype(np.int32))], f"{name}_signed", ir.DataType.INT32)
     m, e = dyadic_multiplier(np.abs(ratio))
-    m_value, e_value = emit.const(f"{name}_m", m), emit.const(f"{name}_e", e)
+    return q, emit.const(f"{name}_m", m), emit.const(f"{name}_e", e)
+
+
+def requantize_to(emit: Emitter, source: IntValue, scale, zero_point: int, lo: int, hi: int, name: str) -> IntValue:
+    """`source` at a new per-tensor scale, zero point and range."""
+    scale = float(scale)
+    q, m_value, e_value = signed_multiplier(emit, source, scale, name)
     if source.offset is None:
         bounds = [emit.const(f"{name}_lo", np.int64(lo - zero_point)), emit.const(f"{name}_hi", np.int64(hi - zero_point))]
         out = emit.kernel(Requantize, [q, m_value, e_value, *bounds], f"{name}_rq")

@@ -11,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcompile.intops.dyadic import dyadic_multiplier
 from qcompile.intops.int_linear import IntAdd
-from qcompile.passes.lowering.int_value import IntValue, container
+from qcompile.passes.lowering.int_value import IntValue, container, signed_multiplier
 from qcompile.passes.lowering.ranges import RESIDUAL_GRID
 
 __all__ = ["lower_residual_add"]
@@ -21,15 +20,9 @@ __all__ = ["lower_residual_add"]
 
 def _branch(emit, x: IntValue, scale: float, name: str) -> tuple[ir.Value, ir.Value, ir.Value, np.ndarray]:
     """(centred signed int32 q, m, e, offset codes) of one branch for the output grid `scale`."""
-    q = emit.cast(x.value, ir.DataType.INT32, f"{name}_i32")
-    if x.zero_point:
-        q = emit.node("Sub", [q, emit.const(f"{name}_zp", np.int32(x.zero_point))], f"{name}_centred", ir.DataType.INT32)
-    ratio = np.asarray(x.scale, np.float64) / scale
-    if np.any(ratio < 0):
-        q = emit.node("Mul", [q, emit.const(f"{name}_sign", np.where(ratio < 0, -1, 1).astype(np.int32))], f"{name}_signed", ir.DataType.INT32)
-    m, e = dyadic_multiplier(np.abs(ratio))
+    q, m, e = signed_multiplier(emit, x, scale, name)
     offset = np.zeros(()) if x.offset is None else np.rint(np.asarray(x.offset, np.float64) / scale)
-    return q, emit.const(f"{name}_m", m), emit.const(f"{name}_e", e), offset.astype(np.int64)
+    return q, m, e, offset.astype(np.int64)
 
 
 def lower_residual_add(emit, a: IntValue, b: IntValue, scale: float, name: str) -> IntValue:
