@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", help="an .onnx file, zoo:NAME, or the word 'passes'")
     parser.add_argument("--passes", help="comma-separated passes/recipes, e.g. w8a8 or calibrate:observer=mse,quantize")
-    parser.add_argument("-o", "--output", type=Path, help="output directory (model.qdq.onnx, report.json)")
+    parser.add_argument("-o", "--output", type=Path, help="output directory (model.qdq.onnx, or model.int.onnx after intonly; report.json)")
     parser.add_argument("--calib-samples", type=int, default=32, help="calibration samples (default 32)")
     parser.add_argument("--eval-samples", type=int, default=1000, help="evaluation samples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed for sample selection (default 0)")
@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     report = run_job(config, log=(lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr)))
     print_report(report)
-    print(f"wrote {args.output / 'model.qdq.onnx'} and {args.output / 'report.json'}")
+    print(f"wrote {args.output / report['artifact']} and {args.output / 'report.json'}")
     return 0
 
 

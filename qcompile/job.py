@@ -5,7 +5,7 @@
 3. Export the QDQ model; build ONNX Runtime's own static and dynamic INT8 models on the same samples.
 4. Score the float model, qcompile's model and both ONNX Runtime models on the same evaluation samples.
 5. Time all four side by side in this process (medians over alternating blocks, `threads` threads).
-6. Write model.qdq.onnx and report.json into the output directory — staged in a hidden folder and moved
+6. Write model.qdq.onnx (model.int.onnx after `intonly`) and report.json into the output directory — staged in a hidden folder and moved
    into place only when everything succeeded, so a failed run leaves no partial artifact.
 """
 
@@ -22,6 +22,7 @@ from typing import Any
 
 from qcompile import zoo
 from qcompile.ir import model_to_bytes
+from qcompile.ir.properties import Property, get_properties
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.run import run_passes
 from qcompile.report.latency import measure_latency
@@ -83,7 +84,9 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         context = PipelineContext(calibration=calibration, seed=config.seed, progress=config.progress, threads=config.threads)
         log(f"running passes: {config.passes}")
         records = run_passes(model, config.passes, context=context)
-        artifact = export(model, staging / "model.qdq.onnx", fmt="qdq")
+        integer = Property.INTEGER_ONLY in get_properties(model)
+        artifact_name = "model.int.onnx" if integer else "model.qdq.onnx"
+        artifact = export(model, staging / artifact_name, fmt="int" if integer else "qdq")
 
         sessions = {
             "ort_fp32": runtime.make_session(float_bytes, threads=config.threads),
@@ -111,8 +114,9 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
             rounds=config.latency_rounds,
         )
         report = build_report(config, entry, records, scores, latency, baseline_seconds, calibration)
+        report["artifact"] = artifact_name
         (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-        for name in ("model.qdq.onnx", "report.json"):
+        for name in (artifact_name, "report.json"):
             os.replace(staging / name, output_dir / name)
         succeeded = True
         return report

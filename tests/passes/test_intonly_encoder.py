@@ -38,3 +38,28 @@ def test_tiny_encoder_lowers_to_integers(options) -> None:
     np.testing.assert_array_equal(run_reference(ir.serde.serialize_model(model), tiny.feeds)["y"], integer)
     # the integer model adds integer LayerNorm/softmax/GELU and an int16 residual grid to QDQ's error
     assert sqnr_db(reference, integer) > sqnr_db(reference, fake_quant) - 3.0, (sqnr_db(reference, integer), sqnr_db(reference, fake_quant))
+
+
+def test_cli_writes_the_integer_artifact(tmp_path) -> None:
+    import json
+
+    from qcompile.cli import main
+
+    out = tmp_path / "out"
+    code = main(["zoo:tiny", "--passes", "w8a8,intonly", "-o", str(out), "--calib-samples", "8", "--eval-samples", "16", "--quiet", "--no-baselines"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["model.int.onnx", "report.json"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["artifact"] == "model.int.onnx"
+    assert report["per_pass"][-1]["name"] == "intonly" and report["per_pass"][-1]["stats"]["float_values"] == []
+    model = ir.load(out / "model.int.onnx")
+    assert float_values(model) == []  # the check on the saved file, through the metadata_props tags
+
+
+def test_export_int_refuses_a_model_that_was_not_lowered(tmp_path) -> None:
+    from qcompile.backends.onnx import export
+    from qcompile.errors import InputError
+
+    with pytest.raises(InputError, match="'intonly'"):
+        export(tiny_encoder().model, tmp_path / "m.onnx", fmt="int")
+    assert not (tmp_path / "m.onnx").exists()
