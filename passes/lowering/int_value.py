@@ -50,6 +50,11 @@ class IntValue:
         return np.ndim(self.scale) > 0
 
     @property
+    def movable(self) -> bool:
+        """Scale and offset are scalars: data movement may rearrange q freely."""
+        return not self.per_channel and (self.offset is None or np.size(self.offset) == 1)
+
+    @property
     def plain(self) -> bool:
         """Per-tensor, positive scale, no offset: shape ops and kernels may read q directly."""
         return not self.per_channel and float(self.scale) > 0 and self.offset is None

@@ -33,7 +33,8 @@ from qcompile.passes.lowering.linear_rule import lower_linear, match_linear
 from qcompile.passes.lowering.norm_rule import lower_norm, norm_nodes
 from qcompile.passes.lowering.ranges import RESIDUAL_GRID, calibrate_scales, is_residual_add, values_needing_ranges
 from qcompile.passes.lowering.residual_rule import lower_residual_add
-from qcompile.passes.lowering.shape_rule import channel_factor, downstream_spec, is_data_movement, keeps_channels, scalar_factor
+from qcompile.passes.lowering.affine_rule import lower_affine
+from qcompile.passes.lowering.shape_rule import downstream_spec, is_data_movement, keeps_channels
 from qcompile.passes.transforms.residual_stream import find_norms
 from qcompile.pipeline.context import PipelineContext
 from qcompile.passes.lowering.softmax_rule import SOFTMAX_VARIANTS, lower_softmax
@@ -107,11 +108,20 @@ class _Lowering:
 
     def integer(self, value: ir.Value) -> IntValue:
         if id(value) not in self.ints:
-            if value.producer() is None and value.const_value is None:
+            constant = const_array(value)
+            if constant is not None and constant.dtype.kind == "f":
+                self.ints[id(value)] = self.constant_int16(value, constant)
+            elif value.producer() is None and value.const_value is None:
                 self.ints[id(value)] = self.input_codes(value)
             else:
                 raise InputError(f"pass 'intonly' has no integer form of '{value.name}'")
         return self.ints[id(value)]
+
+    def constant_int16(self, value: ir.Value, array: np.ndarray) -> IntValue:
+        """A float constant (an embedding table) on a symmetric int16 grid."""
+        scale = max(float(np.abs(array).max(initial=0.0)), 1e-12) / RESIDUAL_GRID
+        codes = np.clip(np.rint(array.astype(np.float64) / scale), -RESIDUAL_GRID, RESIDUAL_GRID).astype(np.int16)
+        return IntValue(self.emit.const(f"{value.name}_q16", codes), np.float64(scale), 0, -RESIDUAL_GRID, RESIDUAL_GRID)
 
     def at_spec(self, value: ir.Value, spec: quant_meta.QuantSpec, name: str) -> IntValue:
         """`value`'s codes at its activation QuantSpec (requantized unless already there)."""
@@ -134,10 +144,12 @@ class _Lowering:
             return
         if id(node) in self.norms:
             norm = self.norms[id(node)]
+            name = norm.name or norm.output.name
             source = self.integer(norm.input)
-            if not source.plain:
-                raise InputError(f"pass 'intonly' needs a per-tensor residual grid on the input of '{norm.name}' (LayerNorm)")
-            self.ints[id(norm.output)] = lower_norm(self.emit, norm, source, norm.name)
+            if not source.plain or source.zero_point:
+                grid = self.scales[norm.input.name]
+                source = requantize_to(self.emit, source, grid, 0, -RESIDUAL_GRID, RESIDUAL_GRID, f"{name}_in")
+            self.ints[id(norm.output)] = lower_norm(self.emit, norm, source, name)
             self.consumed.update(id(n) for n in norm_nodes(norm))
             return
         if is_residual_add(node):
@@ -145,14 +157,12 @@ class _Lowering:
             a, b = self.integer(node.inputs[0]), self.integer(node.inputs[1])
             self.ints[id(node.outputs[0])] = lower_residual_add(self.emit, a, b, self.scales[node.outputs[0].name], name)
             return
-        channels = node.outputs[0].shape[-1] if node.outputs[0].shape is not None and len(node.outputs[0].shape) else None
-        factor = channel_factor(node, channels if isinstance(channels, int) else None)
-        if factor is not None and scalar_factor(node) is None:
-            source = self.integer(factor[0])
-            offset = None if source.offset is None else source.offset * factor[1]
-            self.ints[id(node.outputs[0])] = dataclasses.replace(source, scale=source.scale * factor[1], offset=offset)
-            return
         gelu = match_gelu(node)
+        if gelu is None:
+            affine = lower_affine(node, self.integer)
+            if affine is not None:
+                self.ints[id(node.outputs[0])] = affine
+                return
         if gelu is not None:
             name = node.name or gelu.output.name
             self.ints[id(gelu.output)] = lower_gelu(self.emit, gelu, self.integer(gelu.x), self.gelu, name)
@@ -160,12 +170,6 @@ class _Lowering:
             return
         if is_data_movement(node):
             self.lower_data_movement(node)
-            return
-        scalar = scalar_factor(node)
-        if scalar is not None:
-            source = self.integer(scalar[0])
-            offset = None if source.offset is None else source.offset * scalar[1]
-            self.ints[id(node.outputs[0])] = dataclasses.replace(source, scale=source.scale * scalar[1], offset=offset)
             return
         if node.op_type == "Softmax" and node.domain in ("", "ai.onnx"):
             self.lower_softmax(node)
@@ -191,7 +195,7 @@ class _Lowering:
     def lower_data_movement(self, node: ir.Node) -> None:
         name = node.name or node.outputs[0].name
         source = self.integer(node.inputs[0])
-        if not source.plain and not keeps_channels(node):
+        if not source.movable and not keeps_channels(node):
             spec = downstream_spec(node.inputs[0])
             if spec is None:
                 raise InputError(f"pass 'intonly' cannot move per-channel '{node.inputs[0].name}' through '{name}' ({node.op_type}): no per-tensor quantizer downstream")

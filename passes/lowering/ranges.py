@@ -1,5 +1,6 @@
 """Calibrated scales for the values whose integer grid no QuantSpec fixes: graph inputs that feed
-non-linear ops, and the sums of residual adds.
+non-linear ops, the sums of residual adds, and LayerNorm inputs (which may arrive with an offset, e.g.
+embeddings plus a constant, and must be re-gridded before the integer LayerNorm).
 
 One streaming pass of the float model over the calibration data (min/max observers, `calibration.runner`)
 gives max|v|; the value then lives on a symmetric int16 grid S = max|v| / 32767 (the residual stream is
@@ -14,6 +15,7 @@ from qcompile.calibration.observers import make_observer
 from qcompile.calibration.runner import stream_statistics
 from qcompile.errors import InputError
 from qcompile.ir import const_array, quant_meta
+from qcompile.passes.transforms.residual_stream import find_norms
 from qcompile.pipeline.context import PipelineContext
 
 __all__ = ["RESIDUAL_GRID", "is_residual_add", "values_needing_ranges", "calibrate_scales"]
@@ -27,10 +29,15 @@ def is_residual_add(node: ir.Node) -> bool:
 
 
 def values_needing_ranges(model: ir.Model) -> list[ir.Value]:
-    """Graph inputs without a QuantSpec and outputs of adds of two computed tensors, in graph order."""
+    """Float graph inputs without a QuantSpec, outputs of adds of two computed tensors and LayerNorm
+    inputs, each once, in graph order."""
     wanted = [v for v in model.graph.inputs if quant_meta.get_quant(v) is None and v.dtype in (None, ir.DataType.FLOAT)]
     wanted += [node.outputs[0] for node in model.graph if is_residual_add(node)]
-    return wanted
+    wanted += [norm.input for norm in find_norms(model.graph)]
+    unique: dict[int, ir.Value] = {}
+    for value in wanted:
+        unique.setdefault(id(value), value)
+    return list(unique.values())
 
 
 def calibrate_scales(model: ir.Model, values: list[ir.Value], context: PipelineContext) -> dict[str, float]:
