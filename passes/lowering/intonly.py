@@ -34,6 +34,7 @@ from qcompile.passes.lowering.norm_rule import lower_norm, norm_nodes
 from qcompile.passes.lowering.ranges import RESIDUAL_GRID, calibrate_scales, is_residual_add, values_needing_ranges
 from qcompile.passes.lowering.residual_rule import lower_residual_add
 from qcompile.passes.lowering.affine_rule import lower_affine
+from qcompile.passes.lowering.conv_rule import is_patch_conv, lower_patch_conv
 from qcompile.passes.lowering.shape_rule import downstream_spec, is_data_movement, keeps_channels
 from qcompile.passes.transforms.residual_stream import find_norms
 from qcompile.pipeline.context import PipelineContext
@@ -151,6 +152,10 @@ class _Lowering:
                 source = requantize_to(self.emit, source, grid, 0, -RESIDUAL_GRID, RESIDUAL_GRID, f"{name}_in")
             self.ints[id(norm.output)] = lower_norm(self.emit, norm, source, name)
             self.consumed.update(id(n) for n in norm_nodes(norm))
+            return
+        if is_patch_conv(node):
+            name = node.name or node.outputs[0].name
+            self.ints[id(node.outputs[0])] = lower_patch_conv(self.emit, node, self.integer(node.inputs[0]), self.scales[node.outputs[0].name], name)
             return
         if is_residual_add(node):
             name = node.name or node.outputs[0].name

@@ -1,6 +1,7 @@
 """Calibrated scales for the values whose integer grid no QuantSpec fixes: graph inputs that feed
 non-linear ops, the sums of residual adds, and LayerNorm inputs (which may arrive with an offset, e.g.
-embeddings plus a constant, and must be re-gridded before the integer LayerNorm).
+embeddings plus a constant, and must be re-gridded before the integer LayerNorm), and convolution
+outputs (the patch embedding's accumulator is re-gridded before its layout changes).
 
 One streaming pass of the float model over the calibration data (min/max observers, `calibration.runner`)
 gives max|v|; the value then lives on a symmetric int16 grid S = max|v| / 32767 (the residual stream is
@@ -29,11 +30,12 @@ def is_residual_add(node: ir.Node) -> bool:
 
 
 def values_needing_ranges(model: ir.Model) -> list[ir.Value]:
-    """Float graph inputs without a QuantSpec, outputs of adds of two computed tensors and LayerNorm
-    inputs, each once, in graph order."""
+    """Float graph inputs without a QuantSpec, outputs of adds of two computed tensors, LayerNorm
+    inputs and Conv outputs, each once, in graph order."""
     wanted = [v for v in model.graph.inputs if quant_meta.get_quant(v) is None and v.dtype in (None, ir.DataType.FLOAT)]
     wanted += [node.outputs[0] for node in model.graph if is_residual_add(node)]
     wanted += [norm.input for norm in find_norms(model.graph)]
+    wanted += [node.outputs[0] for node in model.graph if node.op_type == "Conv"]
     unique: dict[int, ir.Value] = {}
     for value in wanted:
         unique.setdefault(id(value), value)
