@@ -1,7 +1,8 @@
 """Lower GELU — the Erf chain exporters write, or the `Gelu` op — to `IntGELU` (I-BERT) or `ShiftGELU`.
 
-Matched: x·0.5·(1 + erf(x/√2)) as Mul(x, 1/√2) or Div(x, √2) → Erf → Add(1) → Mul with x → Mul(0.5),
-the 0.5 applied before or after (either operand order); or Gelu(x) with approximate = "none".
+Matched: x·0.5·(1 + erf(x/√2)) as Mul(x, 1/√2) or Div(x, √2) → Erf → Add(1), then the products with x
+and 0.5 in any of three orders — (x·(1 + erf))·0.5, (0.5·x)·(1 + erf), x·(0.5·(1 + erf)) (the torch
+exporter's) — either operand order; or Gelu(x) with approximate = "none".
 
 The input (an accumulator, usually per channel) is requantized to int16 at S16 = max(T, 4)/32767, where
 T is the top of the range of the output's QuantSpec (the next linear's input quantizer): GELU(x) = x
@@ -84,6 +85,11 @@ def match_gelu(node: ir.Node) -> GeluMatch | None:
         return None
     factor_in = _other(product, add.outputs[0])
     nodes = [scaled, node, add, product]
+    if _const(factor_in) == 0.5:  # 0.5·(1 + erf) first, then x·(…)
+        outer = _only_use(product.outputs[0], "Mul")
+        if outer is None or _other(outer, product.outputs[0]) is not x:
+            return None
+        return GeluMatch([*nodes, outer], x, outer.outputs[0])
     if factor_in is x:
         half = _only_use(product.outputs[0], "Mul")
         if half is None or _const(_other(half, product.outputs[0])) != 0.5:

@@ -244,6 +244,8 @@ def _gelu_mlp(form: str, dim: int = 16, hidden: int = 32, seed: int = 7) -> ir.M
         nodes += [scale, helper.make_node("Erf", ["s"], ["e"], name="gelu_erf"), helper.make_node("Add", ["one", "e"], ["a"], name="gelu_add")]
         if form == "half_first":
             nodes += [helper.make_node("Mul", ["h", "half"], ["hh"], name="gelu_half"), helper.make_node("Mul", ["hh", "a"], ["g"], name="gelu_mul")]
+        elif form == "torch":
+            nodes += [helper.make_node("Mul", ["half", "a"], ["ha"], name="gelu_half"), helper.make_node("Mul", ["h", "ha"], ["g"], name="gelu_mul")]
         else:
             nodes += [helper.make_node("Mul", ["a", "h"], ["m"], name="gelu_mul"), helper.make_node("Mul", ["m", "half"], ["g"], name="gelu_half")]
     nodes += [helper.make_node("MatMul", ["g", "w2"], ["y0"], name="fc2"), helper.make_node("Add", ["y0", "b2"], ["y"], name="fc2_bias")]
@@ -258,7 +260,7 @@ def _gelu_mlp(form: str, dim: int = 16, hidden: int = 32, seed: int = 7) -> ir.M
     return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
 
 
-@pytest.mark.parametrize("form", ["mul", "div", "half_first", "gelu_op"])
+@pytest.mark.parametrize("form", ["mul", "div", "half_first", "torch", "gelu_op"])
 @pytest.mark.parametrize("variant", ["ibert", "shiftgelu"])
 def test_gelu_forms_lower_bit_exact_and_close_to_qdq(form: str, variant: str) -> None:
     reference, fake_quant, integer, model, stats = _lower_and_run(lambda: _gelu_mlp(form), (16,), seed=8, gelu=variant)
