@@ -30,6 +30,7 @@ from qcompile.passes.lowering.int_value import IntValue, requantize_to
 from qcompile.passes.lowering.act_matmul_rule import lower_act_matmul
 from qcompile.passes.lowering.gelu_rule import GELU_VARIANTS, lower_gelu, match_gelu
 from qcompile.passes.lowering.linear_rule import lower_linear, match_linear
+from qcompile.passes.lowering.mask_rule import lower_masked_scores, mask_keep_code
 from qcompile.passes.lowering.norm_rule import lower_norm, norm_nodes
 from qcompile.passes.lowering.ranges import RESIDUAL_GRID, calibrate_scales, is_residual_add, values_needing_ranges
 from qcompile.passes.lowering.residual_rule import lower_residual_add
@@ -160,6 +161,10 @@ class _Lowering:
         if is_residual_add(node):
             name = node.name or node.outputs[0].name
             a, b = self.integer(node.inputs[0]), self.integer(node.inputs[1])
+            masked = self.masked_scores(node, a, b, name)
+            if masked is not None:
+                self.ints[id(node.outputs[0])] = masked
+                return
             self.ints[id(node.outputs[0])] = lower_residual_add(self.emit, a, b, self.scales[node.outputs[0].name], name)
             return
         gelu = match_gelu(node)
@@ -186,6 +191,17 @@ class _Lowering:
             self.lower_integer_node(node)
             return
         raise InputError(f"pass 'intonly' cannot lower node '{node.name}' ({node.op_type}): no integer rule for it yet")
+
+    def masked_scores(self, node: ir.Node, a: IntValue, b: IntValue, name: str) -> IntValue | None:
+        """Scores plus an additive attention mask, when the sum feeds only a Softmax (`mask_rule`)."""
+        uses = list(node.outputs[0].uses())
+        if len(uses) != 1 or uses[0].node.op_type != "Softmax":
+            return None
+        for scores, mask in ((a, b), (b, a)):
+            keep = mask_keep_code(mask)
+            if keep is not None and scores.plain:
+                return lower_masked_scores(self.emit, scores, mask, keep, name)
+        return None
 
     def operand(self, value: ir.Value, name: str) -> IntValue:
         """A plain integer form of `value`: at its QuantSpec if it has one, else as lowered."""

@@ -75,3 +75,68 @@ def test_embeddings_and_mask_lower_to_integers() -> None:
     # the mask bias is exact: (1 − m)·(−100) from the integer mask, with no rounding anywhere
     np.testing.assert_array_equal(integer["bias"], reference["bias"])
     assert sqnr_db(reference["y"], integer["y"]) > 30.0
+
+
+def _masked_attention(dim: int = 8, tokens: int = 6, penalty: float = -10000.0, seed: int = 2) -> ir.Model:
+    """softmax(q·kᵀ + (1 − mask)·penalty)·v on one head, q = k = v = x·W (BERT's additive mask)."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, dim**-0.5, (dim, dim)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+        numpy_helper.from_array(np.array(penalty, np.float32), "penalty"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+    ]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Transpose", ["h"], ["ht"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["h", "ht"], ["scores"]),
+        helper.make_node("Cast", ["mask"], ["mask_f"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["one", "mask_f"], ["inverted"]),
+        helper.make_node("Mul", ["inverted", "penalty"], ["bias"]),
+        helper.make_node("Unsqueeze", ["bias", "axis1"], ["bias3"]),
+        helper.make_node("Add", ["scores", "bias3"], ["masked"], name="mask_add"),
+        helper.make_node("Softmax", ["masked"], ["probs"], axis=-1),
+        helper.make_node("MatMul", ["probs", "h"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "masked_attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", tokens, dim]), helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", tokens])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", tokens, dim])],
+        inits,
+    )
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+def _masked_feeds(rng, batch: int = 4, tokens: int = 6) -> dict[str, np.ndarray]:
+    mask = np.ones((batch, tokens), np.int64)
+    for row in range(batch):
+        mask[row, rng.integers(2, tokens + 1) :] = 0  # padded tails
+    return {"x": rng.normal(0, 1, (batch, tokens, 8)).astype(np.float32), "mask": mask}
+
+
+def test_an_additive_attention_mask_becomes_an_integer_penalty() -> None:
+    rng = np.random.default_rng(3)
+    data = qcompile.CalibrationData.from_list([_masked_feeds(rng) for _ in range(3)])
+    feeds = _masked_feeds(rng)
+    reference = runtime.run(runtime.make_session(_masked_attention()), feeds)["y"]
+    model = _masked_attention()
+    context = PipelineContext(calibration=data, progress=False)
+    qcompile.run_passes(model, "w8a8", context=context)
+    IntOnlyPass(context=context)(model)
+    ops = [n.op_type for n in model.graph]
+    assert "Where" in ops and "IntAdd" not in ops and float_values(model) == []
+    integer = runtime.run(runtime.make_session(model), feeds)["y"]
+    np.testing.assert_array_equal(run_reference(ir.serde.serialize_model(model), feeds)["y"], integer)
+    assert sqnr_db(reference, integer) > 33.0  # 35.5 dB, as the QDQ model with a float softmax
+
+
+def test_a_mask_with_a_small_penalty_is_an_ordinary_add() -> None:
+    rng = np.random.default_rng(4)
+    data = qcompile.CalibrationData.from_list([_masked_feeds(rng) for _ in range(2)])
+    model = _masked_attention(penalty=-3.0)  # a soft bias, not a mask: added on its calibrated grid
+    context = PipelineContext(calibration=data, progress=False)
+    qcompile.run_passes(model, "w8a8", context=context)
+    IntOnlyPass(context=context)(model)
+    ops = [n.op_type for n in model.graph]
+    assert "Where" not in ops and "IntAdd" in ops
