@@ -17,6 +17,7 @@ checked bit for bit against `qcompile.intops.reference` in tests.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import onnx_ir as ir
@@ -32,7 +33,8 @@ from qcompile.passes.lowering.gelu_rule import GELU_VARIANTS, lower_gelu, match_
 from qcompile.passes.lowering.linear_rule import lower_linear, match_linear
 from qcompile.passes.lowering.mask_rule import lower_masked_scores, mask_keep_code
 from qcompile.passes.lowering.norm_rule import lower_norm, norm_nodes
-from qcompile.passes.lowering.ranges import RESIDUAL_GRID, calibrate_scales, is_residual_add, values_needing_ranges
+from qcompile.passes.lowering.ranges import RESIDUAL_GRID, calibrate_scales, is_residual_add, is_two_computed, values_needing_ranges
+from qcompile.passes.lowering.reduce_rule import lower_clip, lower_divide, lower_product, lower_reduce_l2, lower_reduce_sum, reduced_count
 from qcompile.passes.lowering.residual_rule import lower_residual_add
 from qcompile.passes.lowering.affine_rule import lower_affine
 from qcompile.passes.lowering.conv_rule import is_patch_conv, lower_patch_conv
@@ -170,6 +172,9 @@ class _Lowering:
         gelu = match_gelu(node)
         if gelu is None:
             affine = lower_affine(node, self.integer)
+            bounds = getattr(self.scales, "bounds", {}).get(node.outputs[0].name)
+            if affine is not None and node.op_type == "Cast" and bounds is not None:
+                affine = dataclasses.replace(affine, lo=math.floor(bounds[0]), hi=math.ceil(bounds[1]))  # e.g. a 0/1 mask
             if affine is not None:
                 self.ints[id(node.outputs[0])] = affine
                 return
@@ -180,6 +185,8 @@ class _Lowering:
             return
         if is_data_movement(node):
             self.lower_data_movement(node)
+            return
+        if self.lower_reduction(node):
             return
         if node.op_type == "Softmax" and node.domain in ("", "ai.onnx"):
             self.lower_softmax(node)
@@ -202,6 +209,40 @@ class _Lowering:
             if keep is not None and scores.plain:
                 return lower_masked_scores(self.emit, scores, mask, keep, name)
         return None
+
+    def plain(self, value: ir.Value, name: str) -> IntValue:
+        """`value` as a plain integer (per tensor, positive scale, no offset or zero point), re-gridded on
+        its calibrated int16 grid if it is not one already."""
+        source = self.integer(value)
+        if source.plain and not source.zero_point:
+            return source
+        if value.name not in self.scales:
+            raise InputError(f"pass 'intonly' has no calibrated grid for '{value.name}'")
+        return requantize_to(self.emit, source, self.scales[value.name], 0, -RESIDUAL_GRID, RESIDUAL_GRID, f"{name}_grid")
+
+    def lower_reduction(self, node: ir.Node) -> bool:
+        """Pooling and normalization ops (`reduce_rule`); False if `node` is none of them."""
+        if node.domain not in ("", "ai.onnx"):
+            return False
+        name = node.name or node.outputs[0].name
+        out = id(node.outputs[0])
+        if node.op_type in ("Mul", "Div") and is_two_computed(node):
+            a, b = self.plain(node.inputs[0], f"{name}_a"), self.plain(node.inputs[1], f"{name}_b")
+            if node.op_type == "Mul":
+                self.ints[out] = lower_product(self.emit, a, b, name)
+            else:
+                bounds = getattr(self.scales, "bounds", {}).get(node.outputs[0].name)
+                out_max = None if bounds is None else max(abs(bounds[0]), abs(bounds[1]))
+                self.ints[out] = lower_divide(self.emit, a, b, name, out_max)
+        elif node.op_type == "ReduceSum":
+            self.ints[out] = lower_reduce_sum(self.emit, node, self.plain(node.inputs[0], name), reduced_count(node, MAX_DYNAMIC_LENGTH), name)
+        elif node.op_type == "ReduceL2":
+            self.ints[out] = lower_reduce_l2(self.emit, node, self.plain(node.inputs[0], name), reduced_count(node, MAX_DYNAMIC_LENGTH), name)
+        elif node.op_type == "Clip" and node.inputs[0].dtype == ir.DataType.FLOAT:
+            self.ints[out] = lower_clip(self.emit, node, self.plain(node.inputs[0], name), name)
+        else:
+            return False
+        return True
 
     def operand(self, value: ir.Value, name: str) -> IntValue:
         """A plain integer form of `value`: at its QuantSpec if it has one, else as lowered."""

@@ -140,3 +140,53 @@ def test_a_mask_with_a_small_penalty_is_an_ordinary_add() -> None:
     IntOnlyPass(context=context)(model)
     ops = [n.op_type for n in model.graph]
     assert "Where" not in ops and "IntAdd" in ops
+
+
+def _pooling_model(dim: int = 8) -> ir.Model:
+    """sentence-transformers' tail: masked mean over tokens, then L2 normalization (as exported)."""
+    inits = [
+        numpy_helper.from_array(np.array([-1], np.int64), "last"),
+        numpy_helper.from_array(np.array([1], np.int64), "tokens_axis"),
+        numpy_helper.from_array(np.array(1e-9, np.float32), "tiny"),
+        numpy_helper.from_array(np.array(1e-12, np.float32), "tinier"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["mask"], ["mask_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask_f", "last"], ["mask3"]),
+        helper.make_node("Mul", ["x", "mask3"], ["kept"]),
+        helper.make_node("ReduceSum", ["kept", "tokens_axis"], ["total"], keepdims=0),
+        helper.make_node("ReduceSum", ["mask3", "tokens_axis"], ["count"], keepdims=0),
+        helper.make_node("Clip", ["count", "tiny"], ["count_safe"]),
+        helper.make_node("Div", ["total", "count_safe"], ["mean"]),
+        helper.make_node("ReduceL2", ["mean", "last"], ["norm"], keepdims=1),
+        helper.make_node("Clip", ["norm", "tinier"], ["norm_safe"]),
+        helper.make_node("Div", ["mean", "norm_safe"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "pooling",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", dim]), helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "tokens"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dim])],
+        inits,
+    )
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    from qcompile.ir.properties import Property, set_properties
+
+    set_properties(model, {Property.QUANTIZED})  # nothing to quantize here: no linear layers
+    return model
+
+
+def test_masked_mean_pooling_and_l2_normalization_lower_to_integers() -> None:
+    rng = np.random.default_rng(5)
+    data = qcompile.CalibrationData.from_list([_masked_feeds(rng) for _ in range(3)])
+    feeds = _masked_feeds(rng)
+    reference = runtime.run(runtime.make_session(_pooling_model()), feeds)["y"]
+    model = _pooling_model()
+    IntOnlyPass(context=PipelineContext(calibration=data, progress=False))(model)
+    ops = [n.op_type for n in model.graph]
+    assert "IntSqrt" in ops and "ReduceL2" not in ops and float_values(model) == []
+    integer = runtime.run(runtime.make_session(model), feeds)["y"]
+    np.testing.assert_array_equal(run_reference(ir.serde.serialize_model(model), feeds)["y"], integer)
+    # unit vectors from an int16 input grid: each component within 1e-3
+    assert np.abs(integer - reference).max() < 1e-3
+    assert np.allclose(np.linalg.norm(integer, axis=-1), 1.0, atol=2e-3)
