@@ -8,6 +8,7 @@ With v ≈ (q − z)·s + o:
     v·c, c·v       → scale s·c, offset o·c  (c a scalar, or a vector along the last axis: LayerScale λ)
     v / c          → scale s/c, offset o/c  (c a nonzero scalar)
     Cast(int → float) of an integer tensor q  → IntValue(q, scale 1)   (e.g. an attention mask)
+    Cast(float → float)                        → v unchanged           (legacy exports cast the image)
 
 The new scale and offset are applied at the next requantization (`requantize_to`), where the sign of s
 becomes an integer ±1 multiply and round(o/S) a constant add, so none of these ops costs a rounding.
@@ -55,6 +56,8 @@ def lower_affine(node: ir.Node, integer) -> IntValue | None:
     `integer(value)` returns the IntValue of a computed input."""
     if node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
         return None
+    if node.op_type == "Cast" and node.inputs[0] is not None and node.inputs[0].dtype == ir.DataType.FLOAT:
+        return integer(node.inputs[0]) if node.attributes.get_int("to", 0) == int(ir.DataType.FLOAT) else None
     if node.op_type == "Cast" and node.inputs[0] is not None and node.inputs[0].dtype in INTEGER_TYPES:
         if node.attributes.get_int("to", 0) != int(ir.DataType.FLOAT):
             return None
@@ -66,8 +69,10 @@ def lower_affine(node: ir.Node, integer) -> IntValue | None:
     ca, cb = const_array(a), const_array(b)
     if (ca is None) == (cb is None):
         return None  # two computed inputs (a residual add, a product) or two constants
-    constant = (ca if ca is not None else cb).astype(np.float64)
     computed = b if ca is not None else a
+    if computed.dtype != ir.DataType.FLOAT:
+        return None  # integer shape arithmetic, moved as it is
+    constant = (ca if ca is not None else cb).astype(np.float64)
     source = integer(computed)
     if node.op_type == "Add":
         return _shift(source, constant)

@@ -27,6 +27,7 @@ from qcompile.errors import InputError
 from qcompile.ir import const_array, quant_meta
 from qcompile.ir.properties import Property
 from qcompile.passes.lowering.emitter import Emitter
+from qcompile.passes.lowering.fold_shape_constants import fold_shape_constants
 from qcompile.passes.lowering.int_value import IntValue, requantize_to
 from qcompile.passes.lowering.act_matmul_rule import lower_act_matmul
 from qcompile.passes.lowering.gelu_rule import GELU_VARIANTS, lower_gelu, match_gelu
@@ -130,12 +131,14 @@ class _Lowering:
     def at_spec(self, value: ir.Value, spec: quant_meta.QuantSpec, name: str) -> IntValue:
         """`value`'s codes at its activation QuantSpec (requantized unless already there)."""
         source = self.integer(value)
-        same = source.plain and float(source.scale) == float(spec.scale) and source.zero_point == int(spec.zero_point)
+        same = source.plain and math.isclose(float(source.scale), float(spec.scale), rel_tol=1e-9) and source.zero_point == int(spec.zero_point)
         if same and spec.qmin <= source.lo and source.hi <= spec.qmax:
             return source
         return requantize_to(self.emit, source, np.float64(spec.scale), int(spec.zero_point), spec.qmin, spec.qmax, name)
 
     def lower_node(self, node: ir.Node) -> None:
+        if node.op_type == "Constant" and node.outputs[0].dtype in FLOAT_TYPES:
+            return  # float constants are read by the rules (scales, offsets, int16 tables), never emitted
         match = match_linear(node)
         if match is not None:
             name = node.name or match.output.name
@@ -159,6 +162,9 @@ class _Lowering:
         if is_patch_conv(node):
             name = node.name or node.outputs[0].name
             self.ints[id(node.outputs[0])] = lower_patch_conv(self.emit, node, self.integer(node.inputs[0]), self.scales[node.outputs[0].name], name)
+            return
+        if node.op_type == "Concat" and node.domain in ("", "ai.onnx") and node.outputs[0].dtype == ir.DataType.FLOAT:
+            self.lower_concat(node)
             return
         if is_residual_add(node):
             name = node.name or node.outputs[0].name
@@ -198,6 +204,19 @@ class _Lowering:
             self.lower_integer_node(node)
             return
         raise InputError(f"pass 'intonly' cannot lower node '{node.name}' ({node.op_type}): no integer rule for it yet")
+
+    def lower_concat(self, node: ir.Node) -> None:
+        """Concat of float tensors: every part requantized to the output's calibrated int16 grid."""
+        name = node.name or node.outputs[0].name
+        grid = self.scales[node.outputs[0].name]
+        parts = []
+        for index, value in enumerate(node.inputs):
+            source = self.integer(value)
+            if not (source.plain and not source.zero_point and float(source.scale) == grid):
+                source = requantize_to(self.emit, source, grid, 0, -RESIDUAL_GRID, RESIDUAL_GRID, f"{name}_part{index}")
+            parts.append(self.emit.cast(source.value, ir.DataType.INT16, f"{name}_part{index}_i16"))
+        out = self.emit.node("Concat", parts, f"{node.outputs[0].name}_q", ir.DataType.INT16, axis=node.attributes.get_int("axis", 0))
+        self.ints[id(node.outputs[0])] = IntValue(out, np.float64(grid), 0, -RESIDUAL_GRID, RESIDUAL_GRID)
 
     def masked_scores(self, node: ir.Node, a: IntValue, b: IntValue, name: str) -> IntValue | None:
         """Scores plus an additive attention mask, when the sum feeds only a Softmax (`mask_rule`)."""
@@ -258,10 +277,11 @@ class _Lowering:
         name = node.name or node.outputs[0].name
         source = self.integer(node.inputs[0])
         if not source.movable and not keeps_channels(node):
-            spec = downstream_spec(node.inputs[0])
-            if spec is None:
+            found = downstream_spec(node.inputs[0])
+            if found is None:
                 raise InputError(f"pass 'intonly' cannot move per-channel '{node.inputs[0].name}' through '{name}' ({node.op_type}): no per-tensor quantizer downstream")
-            source = requantize_to(self.emit, source, np.float64(spec.scale), int(spec.zero_point), spec.qmin, spec.qmax, f"{name}_in")
+            spec, factor = found
+            source = requantize_to(self.emit, source, float(spec.scale) / factor, int(spec.zero_point), spec.qmin, spec.qmax, f"{name}_in")
         attributes = {key: attr.value for key, attr in node.attributes.items()}
         out = self.emit.node(node.op_type, [source.value, *node.inputs[1:]], f"{node.outputs[0].name}_q", source.value.dtype, **attributes)
         self.ints[id(node.outputs[0])] = dataclasses.replace(source, value=out)
@@ -358,7 +378,9 @@ class IntOnlyPass(Pass):
 
     def call(self, model: ir.Model) -> PassResult:
         ir.passes.common.ShapeInferencePass()(model)  # dtypes decide what is float; unknown counts as float
+        folded = fold_shape_constants(model)
         scales = calibrate_scales(model, values_needing_ranges(model), self.context)
         stats = _Lowering(model, scales, self.softmax, self.softmax_bits, self.gelu).run()
+        stats["folded_shape_constants"] = folded
         stats["float_values"] = float_values(model)
         return PassResult(model, modified=True, stats=stats)

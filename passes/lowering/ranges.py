@@ -1,7 +1,8 @@
 """Calibrated scales for the values whose integer grid no QuantSpec fixes: graph inputs that feed
 non-linear ops, the sums of residual adds, and LayerNorm inputs (which may arrive with an offset, e.g.
-embeddings plus a constant, and must be re-gridded before the integer LayerNorm), and convolution
-outputs (the patch embedding's accumulator is re-gridded before its layout changes).
+embeddings plus a constant, and must be re-gridded before the integer LayerNorm), convolution
+outputs (the patch embedding's accumulator is re-gridded before its layout changes) and Concat outputs
+(the CLS token and the patch tokens meet on one grid).
 
 One streaming pass of the float model over the calibration data (min/max observers, `calibration.runner`)
 gives max|v|; the value then lives on a symmetric int16 grid S = max|v| / 32767 (the residual stream is
@@ -41,7 +42,7 @@ def values_needing_ranges(model: ir.Model) -> list[ir.Value]:
     wanted = [v for v in model.graph.inputs if quant_meta.get_quant(v) is None and v.dtype in (None, ir.DataType.FLOAT)]
     wanted += [node.outputs[0] for node in model.graph if is_residual_add(node)]
     wanted += [norm.input for norm in find_norms(model.graph)]
-    wanted += [node.outputs[0] for node in model.graph if node.op_type == "Conv"]
+    wanted += [node.outputs[0] for node in model.graph if node.op_type in ("Conv", "Concat") and node.outputs[0].dtype in (None, ir.DataType.FLOAT)]
     wanted += [node.outputs[0] for node in model.graph if node.op_type == "Cast" and node.inputs[0] is not None and node.inputs[0].dtype not in (None, ir.DataType.FLOAT)]
     wanted += [node.outputs[0] for node in model.graph if node.op_type == "Div" and is_two_computed(node)]
     in_gelu = {id(n) for node in model.graph if (match := match_gelu(node)) is not None for n in match.nodes}

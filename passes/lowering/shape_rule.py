@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from qcompile.ir import quant_meta
+from qcompile.ir import const_array, quant_meta
 
 __all__ = ["DATA_MOVEMENT", "is_data_movement", "keeps_channels", "downstream_spec"]
 
@@ -40,13 +40,37 @@ def keeps_channels(node: ir.Node) -> bool:
     return False
 
 
-def downstream_spec(value: ir.Value) -> quant_meta.QuantSpec | None:
-    """The uniform per-tensor QuantSpec at the end of `value`'s single-use chain of data-movement ops."""
+def _positive_scalar(node: ir.Node, value: ir.Value) -> float | None:
+    """c for Mul(value, c), Mul(c, value) or Div(value, 1/c) with a positive scalar constant c."""
+    if node.op_type not in ("Mul", "Div") or len(node.inputs) != 2:
+        return None
+    other = node.inputs[1] if node.inputs[0] is value else node.inputs[0]
+    if node.op_type == "Div" and node.inputs[0] is not value:
+        return None
+    array = const_array(other)
+    if array is None or array.size != 1 or float(array.reshape(())) <= 0:
+        return None
+    c = float(array.reshape(()))
+    return c if node.op_type == "Mul" else 1.0 / c
+
+
+def downstream_spec(value: ir.Value) -> tuple[quant_meta.QuantSpec, float] | None:
+    """The uniform per-tensor QuantSpec at the end of `value`'s single-use chain of data-movement ops and
+    positive scalar multiplies (DINOv2 scales q and k by d^−1/4 after the head split), with the product c
+    of those multipliers: `value` belongs on the grid spec.scale / c. Uses by Shape nodes do not count
+    (they read the shape, not the data)."""
+    factor = 1.0
     while True:
         spec = quant_meta.get_quant(value)
         if spec is not None:
-            return spec if spec.kind == "uniform" and spec.axis is None else None
-        uses = list(value.uses())
-        if len(uses) != 1 or uses[0].idx != 0 or not is_data_movement(uses[0].node):
+            return (spec, factor) if spec.kind == "uniform" and spec.axis is None else None
+        uses = [u for u in value.uses() if u.node.op_type != "Shape"]  # exporters read shapes to build Reshape targets
+        if len(uses) != 1:
             return None
-        value = uses[0].node.outputs[0]
+        node = uses[0].node
+        c = _positive_scalar(node, value)
+        if c is not None:
+            factor *= c
+        elif uses[0].idx != 0 or not is_data_movement(node):
+            return None
+        value = node.outputs[0]
