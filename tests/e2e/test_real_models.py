@@ -166,3 +166,26 @@ def test_gptq_beats_round_to_nearest_on_rotated_minilm_at_4_bits(cache):
         out = runtime.run(runtime.make_session(qdq.to_qdq(model)), held_out)
         sqnr[search] = min(sqnr_db(reference[k], out[k]) for k in reference)
     assert sqnr["gptq"] > sqnr["minmax"] + 1.0, sqnr
+
+
+@pytest.mark.parametrize("name", ["dinov2-s", "minilm-l6"])
+def test_intonly_lowers_the_zoo_models_bit_exactly(name, cache):
+    """Issue 4: w8a8,intonly leaves no float tensor between the quantizers of the real models, and ONNX
+    Runtime's run of the integer graph equals the NumPy reference interpreter bit for bit on real inputs."""
+    import onnx_ir as ir
+
+    from qcompile import zoo
+    from qcompile.intops.reference import run_reference
+    from qcompile.passes.lowering.intonly import float_values
+    from qcompile.pipeline.context import PipelineContext
+    from qcompile.pipeline.run import run_passes
+
+    entry = zoo.get(name)
+    model = entry.load()
+    records = run_passes(model, "w8a8,intonly", context=PipelineContext(calibration=entry.calibration(8, 0), seed=0, progress=False))
+    assert records[-1]["stats"]["float_values"] == [] and float_values(model) == []
+    feeds = {k: v[:2] for k, v in entry.calibration(2, seed=1).first_batch().items()}
+    expected = runtime.run(runtime.make_session(model), feeds)
+    actual = run_reference(ir.serde.serialize_model(model), feeds)
+    for output, array in expected.items():
+        np.testing.assert_array_equal(actual[output], array)
