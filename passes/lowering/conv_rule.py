@@ -8,9 +8,9 @@ For x [B, C, H, W] and W [O, C, k, k] with H = h·k, W = w·k:
     y       = patches · W' + b,   W' = reshape(W, [O, C·k·k])ᵀ
 
 and y is put back in the convolution's layout [B, O, h, w] (Transpose, Reshape) so the exporter's own
-flatten/transpose that follow still apply. The integer path: x's calibrated int16 codes are requantized
-to a symmetric int8 grid (S8 = max|x|/127; int16 × int8 products over C·k·k = 588 terms could reach 2^31),
-W' gets symmetric per-output-channel 8-bit codes, the accumulator is requantized to its calibrated int16
+flatten/transpose that follow still apply. The integer path: x's calibrated 22-bit codes are requantized
+to a symmetric int8 grid (S8 = max|x|/127; wider codes × int8 products over C·k·k = 588 terms could pass 2^31),
+W' gets symmetric per-output-channel 8-bit codes, the accumulator is requantized to its calibrated 22-bit
 grid (per tensor, because the channel axis moves) before the layout change.
 """
 

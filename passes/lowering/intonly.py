@@ -28,7 +28,7 @@ from qcompile.ir import const_array, quant_meta
 from qcompile.ir.properties import Property
 from qcompile.passes.lowering.emitter import Emitter
 from qcompile.passes.lowering.fold_shape_constants import fold_shape_constants
-from qcompile.passes.lowering.int_value import IntValue, requantize_to
+from qcompile.passes.lowering.int_value import IntValue, container, requantize_to
 from qcompile.passes.lowering.act_matmul_rule import lower_act_matmul
 from qcompile.passes.lowering.gelu_rule import GELU_VARIANTS, lower_gelu, match_gelu
 from qcompile.passes.lowering.linear_rule import lower_linear, match_linear
@@ -54,6 +54,7 @@ FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.Da
 ROLE_KEY = "qcompile.role"
 OUTPUT_DEQUANTIZER = "output_dequantizer"
 INPUT_QUANTIZER = "input_quantizer"
+CONSTANT_GRID = 2**15 - 1
 MAX_DYNAMIC_LENGTH = 2**16  # overflow bounds assume at most this many values along a dynamic axis
 
 
@@ -83,10 +84,10 @@ class _Lowering:
 
     def input_codes(self, value: ir.Value) -> IntValue:
         """The integer form of a graph input: its QuantSpec applied by QuantizeLinear, or the calibrated
-        symmetric int16 grid (Div, Round, Clip, Cast) when it feeds non-linear ops."""
+        symmetric 22-bit grid (Div, Round, Clip, Cast) when it feeds non-linear ops."""
         spec = quant_meta.get_quant(value)
         if spec is None and value.name in self.scales:
-            return self.input_int16(value, self.scales[value.name])
+            return self.input_grid(value, self.scales[value.name])
         if spec is None or spec.kind != "uniform" or spec.axis is not None:
             raise InputError(f"pass 'intonly' needs a per-tensor uniform quantizer on graph input '{value.name}'")
         dtype = ir.DataType.INT8 if spec.signed else ir.DataType.UINT8
@@ -100,13 +101,13 @@ class _Lowering:
             codes = self.emit.node("Clip", [codes, low, high], f"{value.name}_qc", dtype)
         return IntValue(codes, np.float64(spec.scale), int(spec.zero_point), spec.qmin, spec.qmax)
 
-    def input_int16(self, value: ir.Value, scale: float) -> IntValue:
+    def input_grid(self, value: ir.Value, scale: float) -> IntValue:
         start = len(self.emit.nodes)
         divided = self.emit.node("Div", [value, self.emit.const(f"{value.name}_grid", np.float32(scale))], f"{value.name}_over_s", ir.DataType.FLOAT)
         rounded = self.emit.node("Round", [divided], f"{value.name}_round", ir.DataType.FLOAT)
         bounds = [self.emit.const(f"{value.name}_lo", np.float32(-RESIDUAL_GRID)), self.emit.const(f"{value.name}_hi", np.float32(RESIDUAL_GRID))]
         clipped = self.emit.node("Clip", [rounded, *bounds], f"{value.name}_clip", ir.DataType.FLOAT)
-        codes = self.emit.cast(clipped, ir.DataType.INT16, f"{value.name}_q16")
+        codes = self.emit.cast(clipped, container(-RESIDUAL_GRID, RESIDUAL_GRID), f"{value.name}_q")
         for node in self.emit.nodes[start:]:
             node.metadata_props[ROLE_KEY] = INPUT_QUANTIZER
         return IntValue(codes, np.float64(scale), 0, -RESIDUAL_GRID, RESIDUAL_GRID)
@@ -123,10 +124,11 @@ class _Lowering:
         return self.ints[id(value)]
 
     def constant_int16(self, value: ir.Value, array: np.ndarray) -> IntValue:
-        """A float constant (an embedding table) on a symmetric int16 grid."""
-        scale = max(float(np.abs(array).max(initial=0.0)), 1e-12) / RESIDUAL_GRID
-        codes = np.clip(np.rint(array.astype(np.float64) / scale), -RESIDUAL_GRID, RESIDUAL_GRID).astype(np.int16)
-        return IntValue(self.emit.const(f"{value.name}_q16", codes), np.float64(scale), 0, -RESIDUAL_GRID, RESIDUAL_GRID)
+        """A float constant (an embedding table) on its own symmetric int16 grid (half the memory of the
+        22-bit residual grid; it is requantized where it joins the stream)."""
+        scale = max(float(np.abs(array).max(initial=0.0)), 1e-12) / CONSTANT_GRID
+        codes = np.clip(np.rint(array.astype(np.float64) / scale), -CONSTANT_GRID, CONSTANT_GRID).astype(np.int16)
+        return IntValue(self.emit.const(f"{value.name}_q16", codes), np.float64(scale), 0, -CONSTANT_GRID, CONSTANT_GRID)
 
     def at_spec(self, value: ir.Value, spec: quant_meta.QuantSpec, name: str) -> IntValue:
         """`value`'s codes at its activation QuantSpec (requantized unless already there)."""
@@ -206,16 +208,17 @@ class _Lowering:
         raise InputError(f"pass 'intonly' cannot lower node '{node.name}' ({node.op_type}): no integer rule for it yet")
 
     def lower_concat(self, node: ir.Node) -> None:
-        """Concat of float tensors: every part requantized to the output's calibrated int16 grid."""
+        """Concat of float tensors: every part requantized to the output's calibrated grid."""
         name = node.name or node.outputs[0].name
         grid = self.scales[node.outputs[0].name]
+        dtype = container(-RESIDUAL_GRID, RESIDUAL_GRID)
         parts = []
         for index, value in enumerate(node.inputs):
             source = self.integer(value)
             if not (source.plain and not source.zero_point and float(source.scale) == grid):
                 source = requantize_to(self.emit, source, grid, 0, -RESIDUAL_GRID, RESIDUAL_GRID, f"{name}_part{index}")
-            parts.append(self.emit.cast(source.value, ir.DataType.INT16, f"{name}_part{index}_i16"))
-        out = self.emit.node("Concat", parts, f"{node.outputs[0].name}_q", ir.DataType.INT16, axis=node.attributes.get_int("axis", 0))
+            parts.append(self.emit.cast(source.value, dtype, f"{name}_part{index}_cast"))
+        out = self.emit.node("Concat", parts, f"{node.outputs[0].name}_q", dtype, axis=node.attributes.get_int("axis", 0))
         self.ints[id(node.outputs[0])] = IntValue(out, np.float64(grid), 0, -RESIDUAL_GRID, RESIDUAL_GRID)
 
     def masked_scores(self, node: ir.Node, a: IntValue, b: IntValue, name: str) -> IntValue | None:
@@ -231,7 +234,7 @@ class _Lowering:
 
     def plain(self, value: ir.Value, name: str) -> IntValue:
         """`value` as a plain integer (per tensor, positive scale, no offset or zero point), re-gridded on
-        its calibrated int16 grid if it is not one already."""
+        its calibrated grid if it is not one already."""
         source = self.integer(value)
         if source.plain and not source.zero_point:
             return source

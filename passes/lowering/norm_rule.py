@@ -1,7 +1,7 @@
 """Lower LayerNorm (fused `LayerNormalization` over the last axis, or the decomposed chain
 ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div/Mul/Add legacy exporters write) to `ILayerNorm`.
 
-The input (the int16 residual stream, plain per-tensor) is normalized in integers,
+The input (the 22-bit residual stream, plain per-tensor) is normalized in integers,
 n_int = ILayerNorm(x) with n ≈ n_int·√C/2^30, and the affine stays symbolic: the result is the IntValue
 with per-channel scale γ·√C/2^30 (signed) and offset β, which the next `requantize_to` (a linear's
 input quantizer, a residual add) applies in one dyadic multiply. LayerNorm's ε is not modelled, as in

@@ -5,8 +5,11 @@ outputs (the patch embedding's accumulator is re-gridded before its layout chang
 (the CLS token and the patch tokens meet on one grid).
 
 One streaming pass of the float model over the calibration data (min/max observers, `calibration.runner`)
-gives max|v|; the value then lives on a symmetric int16 grid S = max|v| / 32767 (the residual stream is
-int16, as in I-ViT). Values outside the calibrated range saturate.
+gives max|v|; the value then lives on a symmetric 22-bit grid S = max|v| / (2^21 − 1), in int32. I-ViT
+keeps the residual stream in int16; I-BERT requantizes LayerNorm inputs to 22 bits, and that is what the
+zoo models need: DINOv2's residual stream carries massive activations (hundreds, against ~1 for most
+tokens), so an int16 grid sized for them leaves normal tokens a few dozen levels before the integer
+LayerNorm. Values outside the calibrated range saturate.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from qcompile.pipeline.context import PipelineContext
 
 __all__ = ["RESIDUAL_GRID", "Ranges", "is_two_computed", "is_residual_add", "values_needing_ranges", "calibrate_scales"]
 
-RESIDUAL_GRID = 2**15 - 1
+RESIDUAL_GRID = 2**21 - 1
 
 
 def is_two_computed(node: ir.Node) -> bool:

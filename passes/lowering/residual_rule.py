@@ -1,9 +1,9 @@
-"""Lower a residual Add of two computed tensors to `IntAdd` on the int16 grid calibrated for its sum.
+"""Lower a residual Add of two computed tensors to `IntAdd` on the 22-bit grid calibrated for its sum.
 
 Each branch b ≈ sign_b·|s_b|·(q_b − z_b) + o_b (per tensor or per channel, `IntValue`) is centred and
 sign-flipped in int32, then `IntAdd` rounds each branch to the output grid S with its own dyadic
 multiplier |s_b|/S (I-ViT's requant-add); branch offsets (a LayerNorm's β in a post-LN block) are added
-as round(o/S) before the clamp to ±32767.
+as round(o/S) before the clamp to ±(2^21 − 1).
 """
 
 from __future__ import annotations
