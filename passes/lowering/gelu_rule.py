@@ -24,12 +24,12 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.intops.int_exp import exp_x0
-from qcompile.intops.int_gelu import IntGELU, int_gelu_params
-from qcompile.intops.shiftgelu import GELU_SIGMOID_SLOPE, ShiftGELU
+from qcompile.intops.int_gelu import IntGELU, int_gelu, int_gelu_params
+from qcompile.intops.shiftgelu import GELU_SIGMOID_SLOPE, ShiftGELU, shift_gelu
 from qcompile.ir import const_array, quant_meta
 from qcompile.passes.lowering.int_value import IntValue, requantize_to
 
-__all__ = ["GELU_VARIANTS", "GeluMatch", "match_gelu", "lower_gelu"]
+__all__ = ["GELU_VARIANTS", "GeluMatch", "match_gelu", "grid_scale", "kernel_constants", "simulate", "lower_gelu"]
 
 GELU_VARIANTS = ("ibert", "shiftgelu")
 GRID = 2**15 - 1
@@ -104,22 +104,37 @@ def match_gelu(node: ir.Node) -> GeluMatch | None:
     return GeluMatch(nodes, x, output)
 
 
-def lower_gelu(emit, match: GeluMatch, source: IntValue, variant: str, name: str) -> IntValue:
-    if variant not in GELU_VARIANTS:
-        raise ValueError(f"GELU variant must be one of {', '.join(GELU_VARIANTS)}, got {variant}")
+def grid_scale(match: GeluMatch) -> float:
+    """S16 = max(4, top of the output's quantizer) / 32767, the input grid."""
     spec = quant_meta.get_quant(match.output)
     top = 4.0 if spec is None else max(4.0, float((spec.qmax - spec.zero_point) * spec.scale))
-    grid_scale = top / GRID
-    x = requantize_to(emit, source, grid_scale, 0, -GRID, GRID, f"{name}_in16")
-    x32 = emit.cast(x.value, ir.DataType.INT32, f"{name}_in32")
+    return top / GRID
+
+
+def kernel_constants(variant: str, scale: float) -> tuple[object, list[int], float, int]:
+    """(kernel, its int64 constants after the input, output scale, bound of |output|) on input grid `scale`."""
+    if variant not in GELU_VARIANTS:
+        raise ValueError(f"GELU variant must be one of {', '.join(GELU_VARIANTS)}, got {variant}")
     if variant == "ibert":
-        b_int, c_int, one, n, out_scale = int_gelu_params(grid_scale, poly_bits=14)
-        constants, kernel = [b_int, c_int, one, n], IntGELU
-        bound = GRID * (abs(c_int) // 2**n + abs(one) + 2)
-    else:
-        x0 = exp_x0(GELU_SIGMOID_SLOPE * grid_scale)
-        constants, kernel = [x0, SHIFTGELU_N, SIGMOID_BITS], ShiftGELU
-        out_scale, bound = grid_scale / 2 ** (SIGMOID_BITS - 1), GRID * 2 ** (SIGMOID_BITS - 1)
+        b_int, c_int, one, n, out_scale = int_gelu_params(scale, poly_bits=14)
+        return IntGELU, [b_int, c_int, one, n], out_scale, GRID * (abs(c_int) // 2**n + abs(one) + 2)
+    x0 = exp_x0(GELU_SIGMOID_SLOPE * scale)
+    return ShiftGELU, [x0, SHIFTGELU_N, SIGMOID_BITS], scale / 2 ** (SIGMOID_BITS - 1), GRID * 2 ** (SIGMOID_BITS - 1)
+
+
+def simulate(variant: str, x: np.ndarray, scale: float) -> np.ndarray:
+    """The variant's GELU of float x on the grid `scale` (NumPy references), for choosing variants."""
+    _, constants, out_scale, _ = kernel_constants(variant, scale)
+    q = np.clip(np.floor(x.astype(np.float64) / scale + 0.5), -GRID, GRID).astype(np.int32)
+    reference = int_gelu if variant == "ibert" else shift_gelu
+    return reference(q, *constants) * out_scale
+
+
+def lower_gelu(emit, match: GeluMatch, source: IntValue, variant: str, name: str) -> IntValue:
+    scale = grid_scale(match)
+    kernel, constants, out_scale, bound = kernel_constants(variant, scale)
+    x = requantize_to(emit, source, scale, 0, -GRID, GRID, f"{name}_in16")
+    x32 = emit.cast(x.value, ir.DataType.INT32, f"{name}_in32")
     inputs = [x32] + [emit.const(f"{name}_k{i}", np.int64(c)) for i, c in enumerate(constants)]
     out = emit.kernel(kernel, inputs, f"{name}_gelu")
     return IntValue(out, np.float64(out_scale), 0, -bound, bound)

@@ -43,6 +43,7 @@ from qcompile.passes.lowering.shape_rule import downstream_spec, is_data_movemen
 from qcompile.passes.transforms.residual_stream import find_norms
 from qcompile.pipeline.context import PipelineContext
 from qcompile.passes.lowering.softmax_rule import SOFTMAX_VARIANTS, lower_softmax
+from qcompile.passes.lowering.variant_choice import choose_variants
 from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
 from qcompile.pipeline.registry import register_pass
 
@@ -71,8 +72,9 @@ def float_values(model: ir.Model) -> list[str]:
 
 
 class _Lowering:
-    def __init__(self, model: ir.Model, scales: dict[str, float], softmax: str = "ibert", softmax_bits: int = 16, gelu: str = "ibert") -> None:
+    def __init__(self, model: ir.Model, scales: dict[str, float], softmax: str = "ibert", softmax_bits: int = 16, gelu: str = "ibert", choices: dict | None = None) -> None:
         self.model = model
+        self.choices = choices or {"softmax": {}, "gelu": {}}
         self.scales = scales
         self.gelu = gelu
         self.norms = {id(n): norm for norm in find_norms(model.graph) for n in norm_nodes(norm)}
@@ -188,7 +190,8 @@ class _Lowering:
                 return
         if gelu is not None:
             name = node.name or gelu.output.name
-            self.ints[id(gelu.output)] = lower_gelu(self.emit, gelu, self.integer(gelu.x), self.gelu, name)
+            variant = self.choices["gelu"].get(gelu.output.name, {}).get("choice", self.gelu)
+            self.ints[id(gelu.output)] = lower_gelu(self.emit, gelu, self.integer(gelu.x), variant, name)
             self.consumed.update(id(n) for n in gelu.nodes)
             return
         if is_data_movement(node):
@@ -308,7 +311,8 @@ class _Lowering:
         source = self.integer(x)
         if not source.plain:
             raise InputError(f"pass 'intonly' needs a per-tensor scale on the input of '{name}' (Softmax)")
-        self.ints[id(node.outputs[0])] = lower_softmax(self.emit, source, length, self.softmax, self.softmax_bits, name)
+        variant = self.choices["softmax"].get(node.outputs[0].name, {}).get("choice", self.softmax)
+        self.ints[id(node.outputs[0])] = lower_softmax(self.emit, source, length, variant, self.softmax_bits, name)
 
     def lower_integer_node(self, node: ir.Node) -> None:
         """A node computing no float tensor (shape arithmetic): moved as it is, float inputs read as integers
@@ -367,23 +371,30 @@ class IntOnlyPass(Pass):
     establishes = frozenset({Property.INTEGER_ONLY})
     numerics = Numerics.LOSSY
 
-    def __init__(self, softmax: str = "ibert", softmax_bits: int = 16, gelu: str = "ibert", context: PipelineContext | None = None) -> None:
+    def __init__(self, softmax: str = "auto", softmax_bits: int = 16, gelu: str = "auto", context: PipelineContext | None = None) -> None:
         self.context = context or PipelineContext()
-        if gelu not in GELU_VARIANTS:
-            raise ValueError(f"gelu must be one of {', '.join(GELU_VARIANTS)}, got {gelu}")
-        self.gelu = gelu
-        if softmax not in SOFTMAX_VARIANTS:
-            raise ValueError(f"softmax must be one of {', '.join(SOFTMAX_VARIANTS)}, got {softmax}")
+        if gelu not in (*GELU_VARIANTS, "auto"):
+            raise ValueError(f"gelu must be one of {', '.join(GELU_VARIANTS)}, auto; got {gelu}")
+        if softmax not in (*SOFTMAX_VARIANTS, "auto"):
+            raise ValueError(f"softmax must be one of {', '.join(SOFTMAX_VARIANTS)}, auto; got {softmax}")
         if not 8 <= int(softmax_bits) <= 16:
             raise ValueError(f"softmax_bits must be in 8..16, got {softmax_bits}")
-        self.softmax = softmax
+        self.softmax, self.gelu = softmax, gelu
         self.softmax_bits = int(softmax_bits)
 
     def call(self, model: ir.Model) -> PassResult:
         ir.passes.common.ShapeInferencePass()(model)  # dtypes decide what is float; unknown counts as float
         folded = fold_shape_constants(model)
         scales = calibrate_scales(model, values_needing_ranges(model), self.context)
-        stats = _Lowering(model, scales, self.softmax, self.softmax_bits, self.gelu).run()
+        softmax_nodes = [n for n in model.graph if n.op_type == "Softmax" and n.domain in ("", "ai.onnx")] if self.softmax == "auto" else []
+        gelus = [m for n in model.graph if (m := match_gelu(n)) is not None] if self.gelu == "auto" else []
+        choices = choose_variants(model, self.context, softmax_nodes, gelus, self.softmax_bits)
+        # without calibration data "auto" means I-BERT's kernels (the more accurate ones on the tests' sites)
+        softmax = "ibert" if self.softmax == "auto" else self.softmax
+        gelu = "ibert" if self.gelu == "auto" else self.gelu
+        stats = _Lowering(model, scales, softmax, self.softmax_bits, gelu, choices).run()
+        stats["variants"] = {kind: {site: c["choice"] for site, c in sites.items()} for kind, sites in choices.items()}
+        stats["variant_mse"] = {kind: {site: c["mse"] for site, c in sites.items()} for kind, sites in choices.items()}
         stats["folded_shape_constants"] = folded
         stats["float_values"] = float_values(model)
         return PassResult(model, modified=True, stats=stats)

@@ -20,13 +20,13 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.intops.dyadic import dyadic_multiplier
-from qcompile.intops.ibert_softmax import IBertSoftmax, ibert_softmax_params
+from qcompile.intops.ibert_softmax import IBertSoftmax, ibert_softmax, ibert_softmax_params
 from qcompile.intops.int_exp import exp_x0
 from qcompile.intops.requantize import Requantize
-from qcompile.intops.shiftmax import Shiftmax
+from qcompile.intops.shiftmax import Shiftmax, shiftmax
 from qcompile.passes.lowering.int_value import IntValue
 
-__all__ = ["SOFTMAX_VARIANTS", "WINDOW", "lower_softmax"]
+__all__ = ["SOFTMAX_VARIANTS", "WINDOW", "kernel_constants", "simulate", "lower_softmax"]
 
 SOFTMAX_VARIANTS = ("ibert", "shiftmax")
 WINDOW = 20.0
@@ -34,27 +34,39 @@ GRID = 2**15 - 1
 SHIFTMAX_N = 15
 
 
-def lower_softmax(emit, x: IntValue, row_length: int, variant: str, bits: int, name: str) -> IntValue:
-    """Probabilities of the plain integer value `x` over its last axis."""
+def kernel_constants(variant: str, bits: int, row_length: int) -> tuple[object, list[int], float, int]:
+    """(kernel, its int64 constants after the input, output scale, top code) of a variant on the window grid."""
     if variant not in SOFTMAX_VARIANTS:
         raise ValueError(f"softmax variant must be one of {', '.join(SOFTMAX_VARIANTS)}, got {variant}")
+    grid_scale = WINDOW / GRID
+    if variant == "ibert":
+        x0, b_int, c_int, n = ibert_softmax_params(grid_scale)
+        return IBertSoftmax, [x0, b_int, c_int, n, bits], 2.0**-bits, 2**bits
+    x0 = exp_x0(grid_scale)
+    if row_length * -x0 * 2**SHIFTMAX_N >= 2**62:
+        raise ValueError(f"Shiftmax rows of {row_length} values overflow its int64 normalization")
+    return Shiftmax, [x0, SHIFTMAX_N, bits], 2.0 ** -(bits - 1), 2 ** (bits - 1)
+
+
+def simulate(variant: str, scores: np.ndarray, bits: int) -> np.ndarray:
+    """The variant's probabilities for float scores (window grid rounded half up, then the kernel's NumPy
+    reference), to compare variants on calibration data before lowering."""
+    _, constants, out_scale, _ = kernel_constants(variant, bits, scores.shape[-1])
+    d = scores.astype(np.float64) - scores.max(axis=-1, keepdims=True)
+    d16 = np.clip(np.floor(d / (WINDOW / GRID) + 0.5), -GRID, 0).astype(np.int32)
+    reference = ibert_softmax if variant == "ibert" else shiftmax
+    return reference(d16, *constants) * out_scale
+
+
+def lower_softmax(emit, x: IntValue, row_length: int, variant: str, bits: int, name: str) -> IntValue:
+    """Probabilities of the plain integer value `x` over its last axis."""
+    kernel, constants, out_scale, top_code = kernel_constants(variant, bits, row_length)
     q = emit.cast(x.value, ir.DataType.INT32, f"{name}_i32")
     top = emit.node("ReduceMax", [q, emit.const(f"{name}_axes", np.array([-1], np.int64))], f"{name}_rowmax", ir.DataType.INT32, keepdims=1)
     d = emit.node("Sub", [q, top], f"{name}_below_max", ir.DataType.INT32)
-    grid_scale = WINDOW / GRID
-    m, e = dyadic_multiplier(float(x.scale) / grid_scale)
+    m, e = dyadic_multiplier(float(x.scale) / (WINDOW / GRID))
     params = [emit.const(f"{name}_m", m), emit.const(f"{name}_e", e), emit.const(f"{name}_lo", np.int64(-GRID)), emit.const(f"{name}_hi", np.int64(0))]
     d16 = emit.cast(emit.kernel(Requantize, [d, *params], f"{name}_d16"), ir.DataType.INT32, f"{name}_d16_i32")
-    if variant == "ibert":
-        x0, b_int, c_int, n = ibert_softmax_params(grid_scale)
-        constants = [x0, b_int, c_int, n, bits]
-        kernel, out_scale, top_code = IBertSoftmax, 2.0**-bits, 2**bits
-    else:
-        x0 = exp_x0(grid_scale)
-        if row_length * -x0 * 2**SHIFTMAX_N >= 2**62:
-            raise ValueError(f"Shiftmax rows of {row_length} values overflow its int64 normalization")
-        constants = [x0, SHIFTMAX_N, bits]
-        kernel, out_scale, top_code = Shiftmax, 2.0 ** -(bits - 1), 2 ** (bits - 1)
     inputs = [d16] + [emit.const(f"{name}_k{i}", np.int64(c)) for i, c in enumerate(constants)]
     probs = emit.kernel(kernel, inputs, f"{name}_probs")
     return IntValue(probs, np.float64(out_scale), 0, 0, top_code)

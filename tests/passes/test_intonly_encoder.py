@@ -63,3 +63,23 @@ def test_export_int_refuses_a_model_that_was_not_lowered(tmp_path) -> None:
     with pytest.raises(InputError, match="'intonly'"):
         export(tiny_encoder().model, tmp_path / "m.onnx", fmt="int")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_auto_picks_each_sites_variant_by_measured_error_and_reports_it() -> None:
+    tiny = tiny_encoder()
+    context = PipelineContext(calibration=tiny.calibration, progress=False)
+    qcompile.run_passes(tiny.model, "w8a8", context=context)
+    stats = IntOnlyPass(context=context)(tiny.model).stats
+    assert set(stats["variants"]) == {"softmax", "gelu"}
+    assert len(stats["variants"]["softmax"]) == 1 and len(stats["variants"]["gelu"]) == 1
+    kernels = {n.op_type for n in tiny.model.graph}
+    for kind, names in (("softmax", {"ibert": "IBertSoftmax", "shiftmax": "Shiftmax"}), ("gelu", {"ibert": "IntGELU", "shiftgelu": "ShiftGELU"})):
+        (site, choice), = stats["variants"][kind].items()
+        errors = stats["variant_mse"][kind][site]
+        assert choice == min(errors, key=errors.get) and set(errors) == set(names)
+        assert names[choice] in kernels and all(names[other] not in kernels for other in names if other != choice)
+
+
+def test_unknown_gelu_variant_is_rejected() -> None:
+    with pytest.raises(ValueError, match="gelu must be one of"):
+        IntOnlyPass(gelu="tanh")
