@@ -1,17 +1,21 @@
-"""`intonly`: lower a quantized model to integer-only ops (issue 4; the linear layers so far).
+"""`intonly`: lower a quantized model to integer-only ops (issue 4; docs/methods/intonly.md).
 
 The pass walks the float graph in order and rewrites it into a new node list (`Emitter`) in which every
-tensor between the input quantizers and the output dequantizers is an integer:
+tensor between the input quantizers and the output dequantizers is an integer. Each float value gets an
+integer form (`IntValue`: codes q with v ≈ (q − z)·s + o) chosen by the rule that lowers its producer:
 
-* a graph input with a uniform QuantSpec becomes QuantizeLinear(x, S, z) (the input quantizer);
-* a quantized linear (`linear_rule`) becomes `IntLinear` on codes at the input's QuantSpec, which a
-  `Requantize` produces from whatever integer form the input had (`int_value.requantize_to`);
-* a graph output becomes Cast(float)·S (− z) (the output dequantizer).
+* graph inputs: QuantizeLinear at their QuantSpec, or a calibrated 22-bit grid (tagged input quantizer);
+* linears → `IntLinear`; activation × activation MatMul → int32/int64 MatMul; patch Conv → patchify;
+* Softmax → `IBertSoftmax` | `Shiftmax`; GELU → `IntGELU` | `ShiftGELU` (chosen per site by measured
+  error, `variant_choice`); LayerNorm → `ILayerNorm`; residual adds → `IntAdd`;
+* data movement, Concat, constant adds/multiplies (scale and offset bookkeeping), attention masks,
+  pooling and L2 normalization;
+* graph outputs: Cast(float)·S (+ o) (tagged output dequantizer).
 
-Any other op stops the pass with an error naming the node and op: nothing is left running in float
-silently. Rules for attention, softmax, GELU, LayerNorm and residual adds are the next steps of issue 4
-(docs/methods/intonly.md). The pass is LOSSY against the float model; the integer graph it writes is
-checked bit for bit against `qcompile.intops.reference` in tests.
+Before lowering, shape-only float values are folded to constants and the grids no QuantSpec fixes are
+calibrated (`ranges`). Any op without a rule stops the pass with an error naming the node and op:
+nothing is left running in float silently. The pass is LOSSY against the float model; the integer graph
+is checked bit for bit against `qcompile.intops.reference` in tests.
 """
 
 from __future__ import annotations
@@ -26,24 +30,24 @@ import onnx_ir.passes.common
 from qcompile.errors import InputError
 from qcompile.ir import const_array, quant_meta
 from qcompile.ir.properties import Property
+from qcompile.passes.lowering.act_matmul_rule import lower_act_matmul
+from qcompile.passes.lowering.affine_rule import lower_affine
+from qcompile.passes.lowering.conv_rule import is_patch_conv, lower_patch_conv
 from qcompile.passes.lowering.emitter import Emitter
 from qcompile.passes.lowering.fold_shape_constants import fold_shape_constants
-from qcompile.passes.lowering.int_value import IntValue, container, requantize_to
-from qcompile.passes.lowering.act_matmul_rule import lower_act_matmul
 from qcompile.passes.lowering.gelu_rule import GELU_VARIANTS, lower_gelu, match_gelu
+from qcompile.passes.lowering.int_value import IntValue, container, requantize_to
 from qcompile.passes.lowering.linear_rule import lower_linear, match_linear
 from qcompile.passes.lowering.mask_rule import lower_masked_scores, mask_keep_code
 from qcompile.passes.lowering.norm_rule import lower_norm, norm_nodes
-from qcompile.passes.lowering.ranges import RESIDUAL_GRID, calibrate_scales, is_residual_add, is_two_computed, values_needing_ranges
+from qcompile.passes.lowering.ranges import RESIDUAL_GRID, Ranges, calibrate_scales, is_residual_add, is_two_computed, values_needing_ranges
 from qcompile.passes.lowering.reduce_rule import lower_clip, lower_divide, lower_product, lower_reduce_l2, lower_reduce_sum, reduced_count
 from qcompile.passes.lowering.residual_rule import lower_residual_add
-from qcompile.passes.lowering.affine_rule import lower_affine
-from qcompile.passes.lowering.conv_rule import is_patch_conv, lower_patch_conv
 from qcompile.passes.lowering.shape_rule import downstream_spec, is_data_movement, keeps_channels
-from qcompile.passes.transforms.residual_stream import find_norms
-from qcompile.pipeline.context import PipelineContext
 from qcompile.passes.lowering.softmax_rule import SOFTMAX_VARIANTS, lower_softmax
 from qcompile.passes.lowering.variant_choice import choose_variants
+from qcompile.passes.transforms.residual_stream import find_norms
+from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
 from qcompile.pipeline.registry import register_pass
 
@@ -72,14 +76,15 @@ def float_values(model: ir.Model) -> list[str]:
 
 
 class _Lowering:
-    def __init__(self, model: ir.Model, scales: dict[str, float], softmax: str = "ibert", softmax_bits: int = 16, gelu: str = "ibert", choices: dict | None = None) -> None:
+    def __init__(self, model: ir.Model, scales: Ranges, softmax: str, softmax_bits: int, gelu: str, choices: dict) -> None:
         self.model = model
-        self.choices = choices or {"softmax": {}, "gelu": {}}
         self.scales = scales
-        self.gelu = gelu
-        self.norms = {id(n): norm for norm in find_norms(model.graph) for n in norm_nodes(norm)}
-        self.softmax = softmax
-        self.softmax_bits = softmax_bits
+        self.softmax, self.softmax_bits, self.gelu = softmax, softmax_bits, gelu
+        self.choices = choices
+        self.norms = {}
+        for norm in find_norms(model.graph):
+            nodes = norm_nodes(norm)
+            self.norms.update({id(n): (norm, nodes) for n in nodes})
         self.emit = Emitter(model)
         self.ints: dict[int, IntValue] = {}
         self.consumed: set[int] = set()
@@ -132,13 +137,26 @@ class _Lowering:
         codes = np.clip(np.rint(array.astype(np.float64) / scale), -CONSTANT_GRID, CONSTANT_GRID).astype(np.int16)
         return IntValue(self.emit.const(f"{value.name}_q16", codes), np.float64(scale), 0, -CONSTANT_GRID, CONSTANT_GRID)
 
-    def at_spec(self, value: ir.Value, spec: quant_meta.QuantSpec, name: str) -> IntValue:
-        """`value`'s codes at its activation QuantSpec (requantized unless already there)."""
-        source = self.integer(value)
-        same = source.plain and math.isclose(float(source.scale), float(spec.scale), rel_tol=1e-9) and source.zero_point == int(spec.zero_point)
-        if same and spec.qmin <= source.lo and source.hi <= spec.qmax:
+    def regrid(self, source: IntValue, scale: float, zero_point: int, lo: int, hi: int, name: str) -> IntValue:
+        """`source` on the grid (scale, zero point, [lo, hi]); unchanged if it is already there."""
+        same = source.plain and math.isclose(float(source.scale), float(scale), rel_tol=1e-9) and source.zero_point == zero_point
+        if same and lo <= source.lo and source.hi <= hi:
             return source
-        return requantize_to(self.emit, source, np.float64(spec.scale), int(spec.zero_point), spec.qmin, spec.qmax, name)
+        return requantize_to(self.emit, source, scale, zero_point, lo, hi, name)
+
+    def at_spec(self, value: ir.Value, spec: quant_meta.QuantSpec, name: str) -> IntValue:
+        """`value`'s codes at its activation QuantSpec."""
+        return self.regrid(self.integer(value), float(spec.scale), int(spec.zero_point), spec.qmin, spec.qmax, name)
+
+    def on_grid(self, value: ir.Value, name: str) -> IntValue:
+        """`value` as a plain integer (per tensor, positive scale, no offset or zero point): as it is, or
+        re-gridded on its calibrated residual grid."""
+        source = self.integer(value)
+        if source.plain and not source.zero_point:
+            return source
+        if value.name not in self.scales:
+            raise InputError(f"pass 'intonly' has no calibrated grid for '{value.name}'")
+        return requantize_to(self.emit, source, self.scales[value.name], 0, -RESIDUAL_GRID, RESIDUAL_GRID, f"{name}_grid")
 
     def lower_node(self, node: ir.Node) -> None:
         if node.op_type == "Constant" and node.outputs[0].dtype in FLOAT_TYPES:
@@ -154,14 +172,10 @@ class _Lowering:
             self.consumed.update(id(n) for n in match.nodes)
             return
         if id(node) in self.norms:
-            norm = self.norms[id(node)]
+            norm, nodes = self.norms[id(node)]
             name = norm.name or norm.output.name
-            source = self.integer(norm.input)
-            if not source.plain or source.zero_point:
-                grid = self.scales[norm.input.name]
-                source = requantize_to(self.emit, source, grid, 0, -RESIDUAL_GRID, RESIDUAL_GRID, f"{name}_in")
-            self.ints[id(norm.output)] = lower_norm(self.emit, norm, source, name)
-            self.consumed.update(id(n) for n in norm_nodes(norm))
+            self.ints[id(norm.output)] = lower_norm(self.emit, norm, self.on_grid(norm.input, name), name)
+            self.consumed.update(id(n) for n in nodes)
             return
         if is_patch_conv(node):
             name = node.name or node.outputs[0].name
@@ -180,19 +194,17 @@ class _Lowering:
             self.ints[id(node.outputs[0])] = lower_residual_add(self.emit, a, b, self.scales[node.outputs[0].name], name)
             return
         gelu = match_gelu(node)
-        if gelu is None:
-            affine = lower_affine(node, self.integer)
-            bounds = getattr(self.scales, "bounds", {}).get(node.outputs[0].name)
-            if affine is not None and node.op_type == "Cast" and bounds is not None:
-                affine = dataclasses.replace(affine, lo=math.floor(bounds[0]), hi=math.ceil(bounds[1]))  # e.g. a 0/1 mask
-            if affine is not None:
-                self.ints[id(node.outputs[0])] = affine
-                return
         if gelu is not None:
-            name = node.name or gelu.output.name
             variant = self.choices["gelu"].get(gelu.output.name, {}).get("choice", self.gelu)
-            self.ints[id(gelu.output)] = lower_gelu(self.emit, gelu, self.integer(gelu.x), variant, name)
+            self.ints[id(gelu.output)] = lower_gelu(self.emit, gelu, self.integer(gelu.x), variant, node.name or gelu.output.name)
             self.consumed.update(id(n) for n in gelu.nodes)
+            return
+        affine = lower_affine(node, self.integer)
+        if affine is not None:
+            bounds = self.scales.bounds.get(node.outputs[0].name)
+            if node.op_type == "Cast" and bounds is not None:  # an integer input's calibrated range (a 0/1 mask)
+                affine = dataclasses.replace(affine, lo=math.floor(bounds[0]), hi=math.ceil(bounds[1]))
+            self.ints[id(node.outputs[0])] = affine
             return
         if is_data_movement(node):
             self.lower_data_movement(node)
@@ -217,9 +229,7 @@ class _Lowering:
         dtype = container(-RESIDUAL_GRID, RESIDUAL_GRID)
         parts = []
         for index, value in enumerate(node.inputs):
-            source = self.integer(value)
-            if not (source.plain and not source.zero_point and float(source.scale) == grid):
-                source = requantize_to(self.emit, source, grid, 0, -RESIDUAL_GRID, RESIDUAL_GRID, f"{name}_part{index}")
+            source = self.regrid(self.integer(value), grid, 0, -RESIDUAL_GRID, RESIDUAL_GRID, f"{name}_part{index}")
             parts.append(self.emit.cast(source.value, dtype, f"{name}_part{index}_cast"))
         out = self.emit.node("Concat", parts, f"{node.outputs[0].name}_q", dtype, axis=node.attributes.get_int("axis", 0))
         self.ints[id(node.outputs[0])] = IntValue(out, np.float64(grid), 0, -RESIDUAL_GRID, RESIDUAL_GRID)
@@ -235,16 +245,6 @@ class _Lowering:
                 return lower_masked_scores(self.emit, scores, mask, keep, name)
         return None
 
-    def plain(self, value: ir.Value, name: str) -> IntValue:
-        """`value` as a plain integer (per tensor, positive scale, no offset or zero point), re-gridded on
-        its calibrated grid if it is not one already."""
-        source = self.integer(value)
-        if source.plain and not source.zero_point:
-            return source
-        if value.name not in self.scales:
-            raise InputError(f"pass 'intonly' has no calibrated grid for '{value.name}'")
-        return requantize_to(self.emit, source, self.scales[value.name], 0, -RESIDUAL_GRID, RESIDUAL_GRID, f"{name}_grid")
-
     def lower_reduction(self, node: ir.Node) -> bool:
         """Pooling and normalization ops (`reduce_rule`); False if `node` is none of them."""
         if node.domain not in ("", "ai.onnx"):
@@ -252,19 +252,19 @@ class _Lowering:
         name = node.name or node.outputs[0].name
         out = id(node.outputs[0])
         if node.op_type in ("Mul", "Div") and is_two_computed(node):
-            a, b = self.plain(node.inputs[0], f"{name}_a"), self.plain(node.inputs[1], f"{name}_b")
+            a, b = self.on_grid(node.inputs[0], f"{name}_a"), self.on_grid(node.inputs[1], f"{name}_b")
             if node.op_type == "Mul":
                 self.ints[out] = lower_product(self.emit, a, b, name)
             else:
-                bounds = getattr(self.scales, "bounds", {}).get(node.outputs[0].name)
+                bounds = self.scales.bounds.get(node.outputs[0].name)
                 out_max = None if bounds is None else max(abs(bounds[0]), abs(bounds[1]))
                 self.ints[out] = lower_divide(self.emit, a, b, name, out_max)
         elif node.op_type == "ReduceSum":
-            self.ints[out] = lower_reduce_sum(self.emit, node, self.plain(node.inputs[0], name), reduced_count(node, MAX_DYNAMIC_LENGTH), name)
+            self.ints[out] = lower_reduce_sum(self.emit, node, self.on_grid(node.inputs[0], name), reduced_count(node, MAX_DYNAMIC_LENGTH), name)
         elif node.op_type == "ReduceL2":
-            self.ints[out] = lower_reduce_l2(self.emit, node, self.plain(node.inputs[0], name), reduced_count(node, MAX_DYNAMIC_LENGTH), name)
+            self.ints[out] = lower_reduce_l2(self.emit, node, self.on_grid(node.inputs[0], name), reduced_count(node, MAX_DYNAMIC_LENGTH), name)
         elif node.op_type == "Clip" and node.inputs[0].dtype == ir.DataType.FLOAT:
-            self.ints[out] = lower_clip(self.emit, node, self.plain(node.inputs[0], name), name)
+            self.ints[out] = lower_clip(self.emit, node, self.on_grid(node.inputs[0], name), name)
         else:
             return False
         return True

@@ -54,3 +54,11 @@ def test_small_variances_converge(values) -> None:
 def test_out_of_range_is_rejected() -> None:
     with pytest.raises(ValueError, match="int_sqrt"):
         int_sqrt(np.array([-1]))
+
+
+def test_the_onnx_body_unrolls_exactly_the_reference_step_count() -> None:
+    # the body is written out step by step (onnxscript has no fixed-count loop without Loop); keep it in
+    # step with STEPS, which the NumPy reference uses
+    from qcompile.intops.isqrt import STEPS
+
+    assert sum(node.op_type == "Min" for node in IntSqrt.to_function_proto().node) == STEPS
