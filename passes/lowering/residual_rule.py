@@ -3,7 +3,9 @@
 Each branch b ≈ sign_b·|s_b|·(q_b − z_b) + o_b (per tensor or per channel, `IntValue`) is centred and
 sign-flipped in int32, then `IntAdd` rounds each branch to the output grid S with its own dyadic
 multiplier |s_b|/S (I-ViT's requant-add); branch offsets (a LayerNorm's β in a post-LN block) are added
-as round(o/S) before the clamp to ±(2^21 − 1).
+as round(o/S) before the clamp to ±(2^21 − 1). Rounding o on its own biases a channel by up to half a
+step, which on the 22-bit grid is 2^−22 of the range (unlike the 8-bit targets of `requantize_to`, which
+round the offset with each element).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ def _branch(emit, x: IntValue, scale: float, name: str) -> tuple[ir.Value, ir.Va
     """(centred signed int32 q, m, e, offset codes) of one branch for the output grid `scale`."""
     q, m, e = signed_multiplier(emit, x, scale, name)
     offset = np.zeros(()) if x.offset is None else np.rint(np.asarray(x.offset, np.float64) / scale)
-    return q, m, e, offset.astype(np.int64)
+    return q, emit.const(f"{name}_m", m), emit.const(f"{name}_e", e), offset.astype(np.int64)
 
 
 def lower_residual_add(emit, a: IntValue, b: IntValue, scale: float, name: str) -> IntValue:

@@ -50,7 +50,7 @@ def IntLinear(x: INT8, w: INT8, bias: INT32) -> INT32:
 
 def int_add(a: np.ndarray, b: np.ndarray, m_a, e_a, m_b, e_b, lo: int, hi: int) -> np.ndarray:
     """NumPy reference (int64 result)."""
-    total = requantize(a, m_a, e_a, INT64_MIN, INT64_MAX) + requantize(b, m_b, e_b, INT64_MIN, INT64_MAX)
+    total = requantize(a, m_a, e_a, 0, INT64_MIN, INT64_MAX) + requantize(b, m_b, e_b, 0, INT64_MIN, INT64_MAX)
     return np.clip(total, lo, hi)
 
 
@@ -58,4 +58,5 @@ def int_add(a: np.ndarray, b: np.ndarray, m_a, e_a, m_b, e_b, lo: int, hi: int) 
 def IntAdd(a: INT32, b: INT32, m_a: INT64, e_a: INT64, m_b: INT64, e_b: INT64, lo: INT64, hi: INT64) -> INT64:
     low = op.Constant(value_int=-9223372036854775808)
     high = op.Constant(value_int=9223372036854775807)
-    return op.Clip(op.Add(Requantize(a, m_a, e_a, low, high), Requantize(b, m_b, e_b, low, high)), lo, hi)
+    zero = op.Constant(value_int=0)
+    return op.Clip(op.Add(Requantize(a, m_a, e_a, zero, low, high), Requantize(b, m_b, e_b, zero, low, high)), lo, hi)

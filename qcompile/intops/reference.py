@@ -25,7 +25,7 @@ def _scalar(value) -> int:
 
 
 REFERENCES = {
-    "Requantize": lambda x, m, e, lo, hi: requantize.requantize(x.astype(np.int32), m, e, _scalar(lo), _scalar(hi)),
+    "Requantize": lambda x, m, e, b, lo, hi: requantize.requantize(x.astype(np.int32), m, e, b, _scalar(lo), _scalar(hi)),
     "IntExpShift": lambda d, x0, n: int_exp.int_exp_shift(d, _scalar(x0), _scalar(n)),
     "Shiftmax": lambda x, x0, n, bits: shiftmax.shiftmax(x, _scalar(x0), _scalar(n), _scalar(bits)),
     "ShiftGELU": lambda x, x0, n, bits: shiftgelu.shift_gelu(x, _scalar(x0), _scalar(n), _scalar(bits)),

@@ -187,6 +187,12 @@ def _quantizes(spec: PassSpec) -> bool:
     return Property.QUANTIZED in _PASSES[spec.name].establishes
 
 
+def _needs_quantized(spec: PassSpec) -> bool:
+    from qcompile.ir.properties import Property
+
+    return Property.QUANTIZED in _PASSES[spec.name].requires
+
+
 def _act_bits(spec: PassSpec) -> Any:
     if "act_bits" in spec.options:
         return spec.options["act_bits"]
@@ -195,14 +201,20 @@ def _act_bits(spec: PassSpec) -> Any:
 
 
 def expand(specs: list[PassSpec]) -> list[PassSpec]:
-    """Replace recipe names by their steps (appending `completes_with` tails when nothing quantizes), fill
+    """Replace recipe names by their steps (adding `completes_with` tails when nothing quantizes, before the
+    first step that requires a quantized model), fill
     inherited target bit widths, and reject unknown names."""
     load_builtin_passes()
     out, tails = _expand_names(specs)
     if tails and not any(_quantizes(s) for s in out):
+        # the tail goes before the first step that needs a quantized model (`repq,intonly` lowers the
+        # w8a8 model), else at the end
+        needs = [i for i, s in enumerate(out) if _needs_quantized(s)]
+        at = needs[0] if needs else len(out)
         for tail in tails:
             more, _ = _expand_names([PassSpec(tail)])
-            out += more
+            out[at:at] = more
+            at += len(more)
     for index, spec in enumerate(out):
         option = _PASSES[spec.name].target_bits_option
         if option is None or option in spec.options:

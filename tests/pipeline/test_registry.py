@@ -369,6 +369,21 @@ def test_completes_with_appends_its_tail_only_when_nothing_quantizes(clean_regis
     assert _options("test_cw,test_cw") == [("test_tb_target", {"act_bits": 8}), ("test_tb_plain", {})] * 2 + w8a8
 
 
+def test_the_tail_goes_before_the_first_step_that_needs_a_quantized_model(clean_registry) -> None:
+    _register_bit_passes()
+    register_recipe("test_cw_lower", ["test_tb_target"], "completes with w8a8", completes_with="w8a8")
+    w8a8 = [(s.name, s.options) for s in expand(parse_pass_list("w8a8"))]
+    # intonly requires QUANTIZED: `repq,intonly` means repq, its w8a8 tail, then the lowering
+    assert _options("test_cw_lower,test_tb_plain,intonly") == [
+        ("test_tb_target", {"act_bits": 8}),
+        ("test_tb_plain", {}),
+        *w8a8,
+        ("intonly", {}),
+    ]
+    steps = [s.name for s in expand(parse_pass_list("repq,intonly"))]
+    assert steps == ["repq-ln", "log-softmax", "calibrate", "quantize", "intonly"]
+
+
 def test_the_tail_is_expanded_before_bits_are_inherited(clean_registry) -> None:
     _register_bit_passes()
     register_recipe("test_cw4", ["test_tb_target"], "completes with w4a4", completes_with="w4a4")
