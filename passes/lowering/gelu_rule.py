@@ -1,4 +1,5 @@
-"""Lower GELU — the Erf chain exporters write, or the `Gelu` op — to `IntGELU` (I-BERT) or `ShiftGELU`.
+"""Lower GELU — the Erf chain exporters write, or the `Gelu` op — to a `Lookup` table, `IntGELU` (I-BERT)
+or `ShiftGELU` (I-ViT).
 
 Matched: x·0.5·(1 + erf(x/√2)) as Mul(x, 1/√2) or Div(x, √2) → Erf → Add(1), then the products with x
 and 0.5 in any of three orders — (x·(1 + erf))·0.5, (0.5·x)·(1 + erf), x·(0.5·(1 + erf)) (the torch
@@ -8,6 +9,16 @@ The input (an accumulator, usually per channel) is requantized to int16 at S16 =
 T is the top of the range of the output's QuantSpec (the next linear's input quantizer): GELU(x) = x
 above 4 to 1e-4, and below −4 it is 0 to 1e-4, so clamping x to ±max(T, 4) changes nothing the output
 quantizer could see. No calibration is needed.
+
+Variant "table": the exact GELU of every code k ∈ [−32767, 32767] of that grid, quantized at the
+output's QuantSpec (s, z: the next linear's input quantizer), round(GELU(k·S16)/s) + z clamped, is a
+constant table and `Lookup` reads it, so the output is the next linear's codes with no further
+requantization, and its only error is the one the QDQ model has too (plus the 16-bit input grid's).
+Without an output QuantSpec the table holds int16 codes on a symmetric grid of max|GELU|. I-BERT's and
+I-ViT's approximations err systematically (the same error at the same input on every token): measured on
+DINOv2's GELU inputs they are 25–30 dB against the exact GELU, below the 30–36 dB of the 8-bit output
+quantizer, and each FC2 turns their per-channel mean into a bias of the residual stream
+(docs/methods/intonly.md).
 
 IntGELU keeps 14 significant bits in its polynomial (`poly_bits`) so that |x·(y + one)| < 2^30 fits the
 int32 requantization that follows; its output scale is negative (I-BERT's a < 0), which the next
@@ -25,13 +36,14 @@ import onnx_ir as ir
 
 from qcompile.intops.int_exp import exp_x0
 from qcompile.intops.int_gelu import IntGELU, int_gelu, int_gelu_params
+from qcompile.intops.lookup import Lookup, lookup
 from qcompile.intops.shiftgelu import GELU_SIGMOID_SLOPE, ShiftGELU, shift_gelu
 from qcompile.ir import const_array, quant_meta
-from qcompile.passes.lowering.int_value import IntValue, requantize_to
+from qcompile.passes.lowering.int_value import IntValue, container, requantize_to
 
-__all__ = ["GELU_VARIANTS", "GeluMatch", "match_gelu", "grid_scale", "kernel_constants", "simulate", "lower_gelu"]
+__all__ = ["GELU_VARIANTS", "GeluMatch", "match_gelu", "grid_scale", "exact_gelu", "gelu_table", "kernel_constants", "simulate", "lower_gelu"]
 
-GELU_VARIANTS = ("ibert", "shiftgelu")
+GELU_VARIANTS = ("table", "ibert", "shiftgelu")
 GRID = 2**15 - 1
 SIGMOID_BITS = 8
 SHIFTGELU_N = 23
@@ -111,10 +123,32 @@ def grid_scale(match: GeluMatch) -> float:
     return top / GRID
 
 
+def exact_gelu(x: np.ndarray) -> np.ndarray:
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def _output_spec(match: GeluMatch) -> quant_meta.QuantSpec | None:
+    spec = quant_meta.get_quant(match.output)
+    return spec if spec is not None and spec.kind == "uniform" and spec.axis is None else None
+
+
+def gelu_table(scale: float, spec: quant_meta.QuantSpec | None) -> tuple[np.ndarray, float, int, int, int]:
+    """(table over codes −32767..32767 of the input grid `scale`, output scale, zero point, lo, hi)."""
+    real = exact_gelu(np.arange(-GRID, GRID + 1, dtype=np.float64) * scale)
+    if spec is None:
+        out_scale, zero, lo, hi = float(np.max(np.abs(real))) / GRID, 0, -GRID, GRID
+    else:
+        out_scale, zero, lo, hi = float(spec.scale), int(spec.zero_point), int(spec.qmin), int(spec.qmax)
+    codes = np.clip(np.rint(real / out_scale) + zero, lo, hi)
+    return codes.astype(container(lo, hi).numpy()), out_scale, zero, lo, hi
+
+
 def kernel_constants(variant: str, scale: float) -> tuple[object, list[int], float, int]:
-    """(kernel, its int64 constants after the input, output scale, bound of |output|) on input grid `scale`."""
-    if variant not in GELU_VARIANTS:
-        raise ValueError(f"GELU variant must be one of {', '.join(GELU_VARIANTS)}, got {variant}")
+    """(kernel, its int64 constants after the input, output scale, bound of |output|) of an approximation
+    variant ("ibert" or "shiftgelu") on input grid `scale`."""
+    if variant not in GELU_VARIANTS or variant == "table":
+        raise ValueError(f"GELU approximation must be one of ibert, shiftgelu, got {variant}")
     if variant == "ibert":
         b_int, c_int, one, n, out_scale = int_gelu_params(scale, poly_bits=14)
         return IntGELU, [b_int, c_int, one, n], out_scale, GRID * (abs(c_int) // 2**n + abs(one) + 2)
@@ -122,19 +156,33 @@ def kernel_constants(variant: str, scale: float) -> tuple[object, list[int], flo
     return ShiftGELU, [x0, SHIFTGELU_N, SIGMOID_BITS], scale / 2 ** (SIGMOID_BITS - 1), GRID * 2 ** (SIGMOID_BITS - 1)
 
 
-def simulate(variant: str, x: np.ndarray, scale: float) -> np.ndarray:
-    """The variant's GELU of float x on the grid `scale` (NumPy references), for choosing variants."""
-    _, constants, out_scale, _ = kernel_constants(variant, scale)
+def simulate(variant: str, x: np.ndarray, match: GeluMatch) -> np.ndarray:
+    """What the lowered GELU of float x computes, dequantized: the variant on the 16-bit grid (NumPy
+    references), then the output quantizer the next linear applies, for choosing variants."""
+    scale = grid_scale(match)
+    spec = _output_spec(match)
     q = np.clip(np.floor(x.astype(np.float64) / scale + 0.5), -GRID, GRID).astype(np.int32)
+    if variant == "table":
+        table, out_scale, zero, _, _ = gelu_table(scale, spec)
+        return (lookup(q, table, -GRID).astype(np.float64) - zero) * out_scale
+    _, constants, out_scale, _ = kernel_constants(variant, scale)
     reference = int_gelu if variant == "ibert" else shift_gelu
-    return reference(q, *constants) * out_scale
+    out = reference(q, *constants) * out_scale
+    if spec is None:
+        return out
+    return (np.clip(np.floor(out / spec.scale + 0.5) + spec.zero_point, spec.qmin, spec.qmax) - spec.zero_point) * spec.scale
 
 
 def lower_gelu(emit, match: GeluMatch, source: IntValue, variant: str, name: str) -> IntValue:
     scale = grid_scale(match)
-    kernel, constants, out_scale, bound = kernel_constants(variant, scale)
     x = requantize_to(emit, source, scale, 0, -GRID, GRID, f"{name}_in16")
     x32 = emit.cast(x.value, ir.DataType.INT32, f"{name}_in32")
+    if variant == "table":
+        table, out_scale, zero, lo, hi = gelu_table(scale, _output_spec(match))
+        inputs = [x32, emit.const(f"{name}_table", table), emit.const(f"{name}_first", np.int32(-GRID))]
+        out = emit.kernel(Lookup, inputs, f"{name}_gelu", ir.DataType.from_numpy(table.dtype))
+        return IntValue(out, np.float64(out_scale), zero, lo, hi)
+    kernel, constants, out_scale, bound = kernel_constants(variant, scale)
     inputs = [x32] + [emit.const(f"{name}_k{i}", np.int64(c)) for i, c in enumerate(constants)]
     out = emit.kernel(kernel, inputs, f"{name}_gelu")
     return IntValue(out, np.float64(out_scale), 0, -bound, bound)

@@ -389,9 +389,10 @@ class IntOnlyPass(Pass):
         softmax_nodes = [n for n in model.graph if n.op_type == "Softmax" and n.domain in ("", "ai.onnx")] if self.softmax == "auto" else []
         gelus = [m for n in model.graph if (m := match_gelu(n)) is not None] if self.gelu == "auto" else []
         choices = choose_variants(model, self.context, softmax_nodes, gelus, self.softmax_bits)
-        # without calibration data "auto" means I-BERT's kernels (the more accurate ones on the tests' sites)
+        # without calibration data "auto" means I-BERT's softmax and the GELU table (the more accurate ones
+        # on every site measured, docs/methods/intonly.md)
         softmax = "ibert" if self.softmax == "auto" else self.softmax
-        gelu = "ibert" if self.gelu == "auto" else self.gelu
+        gelu = "table" if self.gelu == "auto" else self.gelu
         stats = _Lowering(model, scales, softmax, self.softmax_bits, gelu, choices).run()
         stats["variants"] = {kind: {site: c["choice"] for site, c in sites.items()} for kind, sites in choices.items()}
         stats["variant_mse"] = {kind: {site: c["mse"] for site, c in sites.items()} for kind, sites in choices.items()}

@@ -10,8 +10,6 @@ against the float op is kept. The choices and errors go into the pass stats.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import onnx_ir as ir
 
@@ -24,11 +22,6 @@ __all__ = ["choose_variants"]
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def _gelu(x: np.ndarray) -> np.ndarray:
-    erf = np.vectorize(math.erf, otypes=[np.float64])
-    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
 
 
 def choose_variants(model: ir.Model, context: PipelineContext, softmax_nodes: list[ir.Node], gelu_matches: list, bits: int, max_values: int = 200_000) -> dict:
@@ -51,8 +44,7 @@ def choose_variants(model: ir.Model, context: PipelineContext, softmax_nodes: li
     for match in gelu_matches:
         x = values[match.x.name].astype(np.float64)
         rows = x.reshape(-1, x.shape[-1])[: max(1, max_values // x.shape[-1])]
-        reference = _gelu(rows)
-        scale = gelu_rule.grid_scale(match)
-        errors = {v: float(np.mean((gelu_rule.simulate(v, rows, scale) - reference) ** 2)) for v in gelu_rule.GELU_VARIANTS}
+        reference = gelu_rule.exact_gelu(rows)
+        errors = {v: float(np.mean((gelu_rule.simulate(v, rows, match) - reference) ** 2)) for v in gelu_rule.GELU_VARIANTS}
         choices["gelu"][match.output.name] = {"choice": min(errors, key=errors.get), "mse": errors}
     return choices

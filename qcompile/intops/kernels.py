@@ -11,6 +11,7 @@ from qcompile.intops.int_exp import IntExpShift
 from qcompile.intops.int_gelu import IntGELU
 from qcompile.intops.int_linear import IntAdd, IntLinear
 from qcompile.intops.isqrt import IntSqrt
+from qcompile.intops.lookup import Lookup
 from qcompile.intops.requantize import Requantize
 from qcompile.intops.shiftgelu import ShiftGELU
 from qcompile.intops.shiftmax import Shiftmax
@@ -19,7 +20,7 @@ __all__ = ["KERNELS", "add_kernel"]
 
 KERNELS = {
     kernel.to_function_proto().name: kernel
-    for kernel in (Requantize, IntLinear, IntAdd, IntExpShift, Shiftmax, IBertSoftmax, ShiftGELU, IntGELU, IntSqrt, ILayerNorm)
+    for kernel in (Requantize, IntLinear, IntAdd, IntExpShift, Shiftmax, IBertSoftmax, ShiftGELU, IntGELU, IntSqrt, ILayerNorm, Lookup)
 }
 
 

@@ -14,7 +14,7 @@ import onnx
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from qcompile.intops import ibert_softmax, ilayernorm, int_exp, int_gelu, int_linear, isqrt, requantize, shiftgelu, shiftmax
+from qcompile.intops import ibert_softmax, ilayernorm, int_exp, int_gelu, int_linear, isqrt, lookup, requantize, shiftgelu, shiftmax
 from qcompile.intops.domain import DOMAIN
 
 __all__ = ["REFERENCES", "reference_evaluator", "run_reference"]
@@ -34,6 +34,7 @@ REFERENCES = {
     "ILayerNorm": lambda x, shift: ilayernorm.i_layernorm(x, _scalar(shift)),
     "IBertSoftmax": lambda x, x0, b, c, n, bits: ibert_softmax.ibert_softmax(x, _scalar(x0), _scalar(b), _scalar(c), _scalar(n), _scalar(bits)),
     "IntLinear": lambda x, w, bias: int_linear.int_linear(x, w, bias).astype(np.int32),
+    "Lookup": lambda x, table, first: lookup.lookup(x, table, _scalar(first)),
     "IntAdd": lambda a, b, ma, ea, mb, eb, lo, hi: int_linear.int_add(a.astype(np.int32), b.astype(np.int32), ma, ea, mb, eb, _scalar(lo), _scalar(hi)),
 }
 
