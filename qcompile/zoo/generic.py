@@ -25,20 +25,21 @@ class RandomInputTask(ZooModel):
     metric_name = "cosine"
 
     def __init__(self, model: ir.Model, source: str, dynamic_size: int = 1) -> None:
-        self._model = model
+        self._proto = ir.serde.serialize_model(model)  # load() hands out a fresh copy: passes mutate models
+        self._inputs = list(self.load().graph.inputs)  # a private copy, never handed out
         self.name = source
         self.description = f"{source} on seeded random inputs"
         self.dynamic_size = dynamic_size
-        for value in model.graph.inputs:
+        for value in self._inputs:
             if value.dtype not in _FLOAT and value.dtype not in _INT:
                 raise InputError(f"{source}: input '{value.name}' has type {value.dtype}; random inputs support float and int")
 
     def load(self) -> ir.Model:
-        return self._model
+        return ir.serde.deserialize_model(self._proto)
 
     def _feeds(self, rng: np.random.Generator, batch: int) -> Feeds:
         feeds = {}
-        for value in self._model.graph.inputs:
+        for value in self._inputs:
             dims = [d if isinstance(d, int) else self.dynamic_size for d in (value.shape or [])]
             if dims:
                 dims[0] = batch if not isinstance(value.shape[0], int) else dims[0]
