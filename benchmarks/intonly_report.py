@@ -9,8 +9,12 @@ benchmarks/results/intonly_report.md:
 2. output SQNR against the float model, QDQ (`w8a8`) and `w8a8,intonly`, for the tiny encoder variants
    and the zoo models (calibration on `--calib-samples`, measured on a held-out batch, seed 1), and for
    DINOv2 with the residual grid at 16 and at 22 bits;
-3. MiniLM per stage: intermediates exposed as graph outputs before lowering, so the integer model
-   returns them dequantized, each compared with QDQ against float (where the embedding loses accuracy).
+3. the GELU and softmax variants on the zoo models' own inputs (float model, first calibration batch):
+   per site, SQNR against the exact op of what the lowered graph computes (the variant on its 16-bit
+   grid, then the output quantizer of the next linear), against the 8-bit quantizer alone (QDQ's error),
+   and the share of the error energy that is a per-channel bias (the same on every token);
+4. MiniLM per stage: intermediates exposed as graph outputs before lowering, so the integer model
+   returns them dequantized, each compared with QDQ against float.
 
     python benchmarks/intonly_report.py [--calib-samples 8]
 """
@@ -34,6 +38,8 @@ from qcompile.intops.ibert_softmax import ibert_softmax, ibert_softmax_params
 from qcompile.intops.int_exp import exp_x0, int_exp_shift
 from qcompile.intops.shiftgelu import GELU_SIGMOID_SLOPE, shift_gelu
 from qcompile.intops.shiftmax import shiftmax
+from qcompile.ir import quant_meta
+from qcompile.passes.lowering import gelu_rule, softmax_rule
 from qcompile.passes.lowering.intonly import IntOnlyPass
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.numerics import sqnr_db
@@ -131,6 +137,59 @@ def model_section(calib_samples: int) -> list[str]:
     return [*lines, "", f"Zoo models: {calib_samples} calibration samples, measured on 16 held-out samples (seed 1).", ""]
 
 
+def _bias_share(reference: np.ndarray, approx: np.ndarray) -> float:
+    error = (approx - reference).reshape(-1, reference.shape[-1])
+    return float((error.mean(axis=0) ** 2).sum() * len(error) / max((error**2).sum(), 1e-30))
+
+
+def _spread(values: list[float], digits: int = 1) -> str:
+    return f"{min(values):.{digits}f} / {float(np.median(values)):.{digits}f} / {max(values):.{digits}f}"
+
+
+def site_section(calib_samples: int) -> list[str]:
+    lines = [
+        "## GELU and softmax variants on the zoo models' inputs",
+        "",
+        "Per site: the float model's input on the first calibration batch (at most 2000 rows), SQNR in dB against",
+        "the exact op (min / median / max over the sites). GELU: what the lowered graph computes, the variant",
+        "then the next linear's 8-bit input quantizer; `q8(exact)` is that quantizer alone, QDQ's error. Bias",
+        "share: the part of the error energy that is the same on every token (per-channel mean), which the",
+        "next linear turns into a bias of the residual stream.",
+        "",
+        "| model | op | sites | variant | SQNR dB | bias share |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in ("dinov2-s", "minilm-l6"):
+        entry = zoo.get(name)
+        model = entry.load()
+        context = PipelineContext(calibration=entry.calibration(calib_samples, 0), progress=False)
+        run_passes(model, "w8a8", context=context)
+        gelus = [m for n in model.graph if (m := gelu_rule.match_gelu(n)) is not None]
+        softmaxes = [n for n in model.graph if n.op_type == "Softmax"]
+        names = [m.x.name for m in gelus] + [n.inputs[0].name for n in softmaxes]
+        values = runtime.run(runtime.make_session(runtime.with_outputs(model, names)), entry.calibration(calib_samples, 0).first_batch(), names)
+        rows = {}
+        for match in gelus:
+            x = values[match.x.name].astype(np.float64).reshape(-1, values[match.x.name].shape[-1])[:2000]
+            exact = gelu_rule.exact_gelu(x)
+            spec = quant_meta.get_quant(match.output)
+            q8 = (np.clip(np.rint(exact / spec.scale) + spec.zero_point, spec.qmin, spec.qmax) - spec.zero_point) * spec.scale
+            for variant, approx in [("q8(exact)", q8)] + [(v, gelu_rule.simulate(v, x, match)) for v in gelu_rule.GELU_VARIANTS]:
+                rows.setdefault(("GELU", variant), []).append((sqnr_db(exact, approx), _bias_share(exact, approx)))
+        for node in softmaxes:
+            scores = values[node.inputs[0].name].astype(np.float64)
+            scores = scores.reshape(-1, scores.shape[-1])[:2000]
+            exact = np.exp(scores - scores.max(-1, keepdims=True))
+            exact /= exact.sum(-1, keepdims=True)
+            for variant in softmax_rule.SOFTMAX_VARIANTS:
+                approx = softmax_rule.simulate(variant, scores, 16)
+                rows.setdefault(("softmax", variant), []).append((sqnr_db(exact, approx), _bias_share(exact, approx)))
+        for (op, variant), measured in rows.items():
+            db, bias = zip(*measured)
+            lines.append(f"| zoo:{name} | {op} | {len(measured)} | {variant} | {_spread(db)} | {_spread(bias, 2)} |")
+    return [*lines, ""]
+
+
 def minilm_stages(calib_samples: int) -> list[str]:
     entry = zoo.get("minilm-l6")
     names = ["layer_norm_12", "mul_783", "sum_1", "div", "sentence_embedding"]
@@ -156,7 +215,7 @@ def main() -> int:
     parser.add_argument("--calib-samples", type=int, default=8)
     args = parser.parse_args()
     lines = [f"Produced by `python benchmarks/intonly_report.py --calib-samples {args.calib_samples}`.", ""]
-    lines += kernel_section() + model_section(args.calib_samples) + minilm_stages(args.calib_samples)
+    lines += kernel_section() + model_section(args.calib_samples) + site_section(args.calib_samples) + minilm_stages(args.calib_samples)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "intonly_report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -51,7 +51,7 @@ from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
 from qcompile.pipeline.registry import register_pass
 
-__all__ = ["IntOnlyPass", "float_values"]
+__all__ = ["IntOnlyPass", "float_values", "float_ops"]
 
 FLOAT_TYPES = (ir.DataType.FLOAT, ir.DataType.DOUBLE, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
@@ -63,16 +63,20 @@ CONSTANT_GRID = 2**15 - 1
 MAX_DYNAMIC_LENGTH = 2**16  # overflow bounds assume at most this many values along a dynamic axis
 
 
+def _computes_float(node: ir.Node) -> bool:
+    return node.metadata_props.get(ROLE_KEY) not in (OUTPUT_DEQUANTIZER, INPUT_QUANTIZER) and any(v.dtype in FLOAT_TYPES for v in node.outputs)
+
+
+def float_ops(model: ir.Model) -> list[str]:
+    """'name (op)' of every node computing a float tensor between the input quantizers and the output
+    dequantizers (report.json's list of float ops remaining; empty after `intonly`)."""
+    return [f"{node.name} ({node.op_type})" for node in model.graph if _computes_float(node)]
+
+
 def float_values(model: ir.Model) -> list[str]:
     """Names of float tensors computed between the input quantizers and the output dequantizers: float
     outputs of every node not tagged (metadata_props, kept in the saved file) as one of them."""
-    return [
-        value.name
-        for node in model.graph
-        if node.metadata_props.get(ROLE_KEY) not in (OUTPUT_DEQUANTIZER, INPUT_QUANTIZER)
-        for value in node.outputs
-        if value.dtype in FLOAT_TYPES
-    ]
+    return [value.name for node in model.graph if _computes_float(node) for value in node.outputs if value.dtype in FLOAT_TYPES]
 
 
 class _Lowering:
@@ -88,6 +92,7 @@ class _Lowering:
         self.emit = Emitter(model)
         self.ints: dict[int, IntValue] = {}
         self.consumed: set[int] = set()
+        self.replaced: dict[str, str] = {}  # value → its non-uniform QuantSpec the kernel's own grid replaced
 
     def input_codes(self, value: ir.Value) -> IntValue:
         """The integer form of a graph input: its QuantSpec applied by QuantizeLinear, or the calibrated
@@ -274,6 +279,10 @@ class _Lowering:
         spec = quant_meta.get_quant(value)
         if spec is not None and spec.kind == "uniform" and spec.axis is None:
             return self.at_spec(value, spec, name)
+        if spec is not None:
+            # e.g. RepQ-ViT's log√2 quantizer on attention probabilities: the integer softmax's own
+            # 16-bit uniform grid is finer than it, and is used as it is (reported in the stats)
+            self.replaced[value.name] = spec.kind if spec.axis is None else f"{spec.kind} per axis {spec.axis}"
         source = self.integer(value)
         if not source.plain:
             raise InputError(f"pass 'intonly' needs a per-tensor quantizer on '{value.name}'")
@@ -360,7 +369,7 @@ class _Lowering:
             if not value.uses():
                 graph.initializers.pop(name)
         kernels = sorted({n.op_type for n in self.emit.nodes if n.domain == "qcompile"})
-        return {"nodes": len(self.emit.nodes), "kernels": kernels}
+        return {"nodes": len(self.emit.nodes), "kernels": kernels, "replaced_quantizers": self.replaced}
 
 
 @register_pass("intonly")
@@ -398,4 +407,5 @@ class IntOnlyPass(Pass):
         stats["variant_mse"] = {kind: {site: c["mse"] for site, c in sites.items()} for kind, sites in choices.items()}
         stats["folded_shape_constants"] = folded
         stats["float_values"] = float_values(model)
+        stats["float_ops"] = float_ops(model)
         return PassResult(model, modified=True, stats=stats)

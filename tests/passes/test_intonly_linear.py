@@ -14,7 +14,7 @@ from qcompile.backends.onnx import qdq, runtime
 from qcompile.errors import InputError
 from qcompile.intops.reference import run_reference
 from qcompile.ir import quant_meta
-from qcompile.passes.lowering.intonly import IntOnlyPass, float_values
+from qcompile.passes.lowering.intonly import IntOnlyPass, float_ops, float_values
 from qcompile.pipeline.numerics import sqnr_db
 
 
@@ -84,6 +84,7 @@ def test_linears_lower_to_integer_kernels_with_no_float_in_between() -> None:
     mul = next(n for n in reloaded.graph if n.op_type == "Mul")
     del mul.metadata_props["qcompile.role"]
     assert float_values(reloaded) == [mul.outputs[0].name]
+    assert float_ops(reloaded) == [f"{mul.name} (Mul)"]
 
 
 def test_onnx_runtime_matches_the_reference_interpreter_bit_for_bit() -> None:
