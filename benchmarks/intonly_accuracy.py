@@ -2,12 +2,14 @@
 scored side by side on the same evaluation samples. Reports; asserts nothing.
 
 Rows per model: the float model; `w8a8` as QDQ; `w8a8,intonly` with the default (per-site measured)
-kernel choice and with all-I-BERT / all-I-ViT kernels forced; `repq` as QDQ and `repq,intonly`. Every
+kernel choice, and (models in --forced-kernels) with all-I-BERT / all-I-ViT kernels forced; `repq` as
+QDQ and `repq,intonly`. Each model's results replace its entry in the saved JSON. Every
 integer model is checked for float tensors between its input quantizers and output dequantizers.
 Writes benchmarks/results/intonly_accuracy.md and .json.
 
     python benchmarks/intonly_accuracy.py [--models dinov2-s,minilm-l6] [--calib-samples 32]
-                                          [--eval-samples dinov2-s=500,minilm-l6=1000]
+                                          [--eval-samples dinov2-s=500,minilm-l6=1000] [--forced-kernels minilm-l6]
+    python benchmarks/intonly_accuracy.py --render-only     # rewrite the .md from the saved .json
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = [
     ("w8a8", "QDQ"),
     ("w8a8,intonly", "integer, kernels chosen per site (default)"),
-    ("w8a8,intonly:gelu=ibert:softmax=ibert", "integer, I-BERT kernels everywhere"),
-    ("w8a8,intonly:gelu=shiftgelu:softmax=shiftmax", "integer, I-ViT kernels everywhere"),
     ("repq", "QDQ"),
     ("repq,intonly", "integer, kernels chosen per site (default)"),
+]
+FORCED_ROWS = [
+    ("w8a8,intonly:gelu=ibert:softmax=ibert", "integer, I-BERT kernels everywhere"),
+    ("w8a8,intonly:gelu=shiftgelu:softmax=shiftmax", "integer, I-ViT kernels everywhere"),
 ]
 
 
@@ -61,48 +65,66 @@ def _runner(session):
     return lambda feeds: session.run([name], feeds)[0]
 
 
+def _render(results: dict) -> list[str]:
+    lines = [
+        "# Integer-only accuracy",
+        "",
+        "Seed 0; every row of a model scored on the same samples in one pass. Produced per model by:",
+        "",
+        *(f"    {result['command']}" for result in results.values()),
+        "",
+        "| model | passes | artifact | metric | FP | score | drop | other metrics | float ops | GELU / softmax kernels |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        metric, scores = result["metric"], result["scores"]
+        fp = scores["fp"][metric]
+        for passes, info in result["rows"].items():
+            score = scores[passes][metric]
+            others = ", ".join(f"{k} {v:.4f}" for k, v in scores[passes].items() if k != metric) or "-"
+            floats = "-" if "float_values" not in info else str(len(info["float_values"]))
+            variants = "-" if "variants" not in info else " / ".join(", ".join(f"{v}×{n}" for v, n in info["variants"][k].items()) or "forced" for k in ("gelu", "softmax"))
+            lines.append(f"| zoo:{name} | `{passes}` | {info['label']} | {metric} | {fp:.2f} | {score:.2f} | {fp - score:+.2f} | {others} | {floats} | {variants} |")
+    samples = ", ".join(f"{name}: {result['eval_samples']}" for name, result in results.items())
+    return [*lines, "", f"Evaluation samples: {samples}. drop = FP − score (positive is worse); other metrics: cosine of the",
+            "output embedding to the float model's (minilm-l6). 'forced' = the variant given in the pass options;",
+            "float ops = nodes computing a float tensor between the input quantizers and the output dequantizers."]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="dinov2-s,minilm-l6")
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--eval-samples", type=_eval_samples, default=_eval_samples("dinov2-s=500,minilm-l6=1000"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--forced-kernels", default="minilm-l6", help="models that also get the all-I-BERT and all-I-ViT rows")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the .md from the saved .json")
     args = parser.parse_args()
-    lines = [
-        "# Integer-only accuracy",
-        "",
-        f"`python benchmarks/intonly_accuracy.py --models {args.models} --calib-samples {args.calib_samples}` "
-        f"(eval samples {args.eval_samples}, seed 0; every row scored on the same samples in one pass).",
-        "",
-        "| model | passes | artifact | metric | FP | score | drop | float tensors | GELU / softmax kernels |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    results = {}
-    for name in args.models.split(","):
-        entry = zoo.get(name)
-        runners = {"fp": _runner(runtime.make_session(entry.load(), threads=args.threads))}
-        infos = {}
-        for passes, label in ROWS:
-            print(f"== zoo:{name} {passes}", file=sys.stderr, flush=True)
-            start = time.perf_counter()
-            data, info = _build(entry, passes, args.calib_samples, args.threads)
-            info.update(label=label, build_seconds=time.perf_counter() - start)
-            infos[passes] = info
-            runners[passes] = _runner(runtime.make_session(data, threads=args.threads))
-        scores = entry.evaluate(runners, args.eval_samples.get(name, 500), 0, progress=True)
-        metric = entry.metric_name
-        fp = scores["fp"][metric]
-        for passes, info in infos.items():
-            score = scores[passes][metric]
-            floats = "-" if "float_values" not in info else str(len(info["float_values"]))
-            variants = "-" if "variants" not in info else " / ".join(", ".join(f"{v}×{n}" for v, n in info["variants"][k].items()) or "forced" for k in ("gelu", "softmax"))
-            lines.append(f"| zoo:{name} | `{passes}` | {info['label']} | {metric} | {fp:.2f} | {score:.2f} | {fp - score:+.2f} | {floats} | {variants} |")
-            print(lines[-1], flush=True)
-        results[name] = {"metric": metric, "eval_samples": args.eval_samples.get(name, 500), "scores": scores, "rows": infos}
-    lines += ["", "drop = FP − score (positive is worse). 'forced' = the variant given in the pass options."]
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    saved = RESULTS / "intonly_accuracy.json"
+    results = json.loads(saved.read_text()) if saved.exists() else {}  # one entry per model, each run replaces its models
+    if not args.render_only:
+        for name in args.models.split(","):
+            command = (
+                f"python benchmarks/intonly_accuracy.py --models {name} --calib-samples {args.calib_samples} "
+                f"--eval-samples {name}={args.eval_samples.get(name, 500)} --forced-kernels {name if name in args.forced_kernels.split(',') else 'none'}"
+            )
+            rows = ROWS[:2] + (FORCED_ROWS if name in args.forced_kernels.split(",") else []) + ROWS[2:]
+            entry = zoo.get(name)
+            runners = {"fp": _runner(runtime.make_session(entry.load(), threads=args.threads))}
+            infos = {}
+            for passes, label in rows:
+                print(f"== zoo:{name} {passes}", file=sys.stderr, flush=True)
+                start = time.perf_counter()
+                data, info = _build(entry, passes, args.calib_samples, args.threads)
+                info.update(label=label, build_seconds=time.perf_counter() - start)
+                infos[passes] = info
+                runners[passes] = _runner(runtime.make_session(data, threads=args.threads))
+            scores = entry.evaluate(runners, args.eval_samples.get(name, 500), 0, progress=True)
+            results[name] = {"command": command, "metric": entry.metric_name, "eval_samples": args.eval_samples.get(name, 500), "scores": scores, "rows": infos}
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(results, indent=2) + "\n")
+    lines = _render(results)
     (RESULTS / "intonly_accuracy.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "intonly_accuracy.json").write_text(json.dumps(results, indent=2) + "\n")
     print("\n".join(lines))
     return 0
 
