@@ -169,12 +169,14 @@ def test_gptq_beats_round_to_nearest_on_rotated_minilm_at_4_bits(cache):
 
 
 @pytest.mark.parametrize("name", ["dinov2-s", "minilm-l6"])
-def test_intonly_lowers_the_zoo_models_bit_exactly(name, cache):
-    """Issue 4: w8a8,intonly leaves no float tensor between the quantizers of the real models, and ONNX
-    Runtime's run of the integer graph equals the NumPy reference interpreter bit for bit on real inputs."""
+def test_intonly_lowers_the_zoo_models_bit_exactly(name, cache, tmp_path):
+    """Issue 4: the saved model.int.onnx of w8a8,intonly has no float tensor between the quantizers of the
+    real models, and ONNX Runtime's run of it equals the NumPy reference interpreter bit for bit on real
+    inputs."""
     import onnx_ir as ir
 
     from qcompile import zoo
+    from qcompile.backends.onnx.export import export
     from qcompile.intops.reference import run_reference
     from qcompile.passes.lowering.intonly import float_values
     from qcompile.pipeline.context import PipelineContext
@@ -183,7 +185,9 @@ def test_intonly_lowers_the_zoo_models_bit_exactly(name, cache):
     entry = zoo.get(name)
     model = entry.load()
     records = run_passes(model, "w8a8,intonly", context=PipelineContext(calibration=entry.calibration(8, 0), seed=0, progress=False))
-    assert records[-1]["stats"]["float_values"] == [] and float_values(model) == []
+    assert records[-1]["stats"]["float_values"] == [] and records[-1]["stats"]["float_ops"] == []
+    model = ir.load(export(model, tmp_path / "model.int.onnx", fmt="int"))
+    assert float_values(model) == []  # on the saved file, through its metadata_props tags
     feeds = {k: v[:2] for k, v in entry.calibration(2, seed=1).first_batch().items()}
     expected = runtime.run(runtime.make_session(model), feeds)
     actual = run_reference(ir.serde.serialize_model(model), feeds)

@@ -28,8 +28,8 @@ def _exact_row(row: list[int], shift: int) -> list[int]:
     mean = (2 * sum(row) + channels) // (2 * channels)
     y = [v - mean for v in row]
     sigma = max(math.isqrt(sum((v // 2**shift) ** 2 for v in y)), 1) * 2**shift
-    factor = 2**31 // sigma
-    return [v * factor // 2 for v in y]
+    factor = 2**61 // sigma
+    return [v * factor // 2**31 for v in y]
 
 
 def _run(x: np.ndarray, shift: int) -> np.ndarray:
