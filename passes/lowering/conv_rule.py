@@ -9,10 +9,7 @@ For x [B, C, H, W] and W [O, C, k, k] with H = h·k, W = w·k:
 
 and y is put back in the convolution's layout [B, O, h, w] (Transpose, Reshape) so the exporter's own
 flatten/transpose that follow still apply. The integer path: x's calibrated 22-bit codes are requantized
-to the widest symmetric grid ±L whose products with int8 weights over C·k·k terms stay below 2^30
-(`patch_input_levels`: L = 8191, 14 bits, for DINOv2's 3·14·14 = 588; a symmetric int8 grid over the
-normalized image is coarser than its 8-bit pixels, per channel; the patch GEMM is small, so the wider
-operand costs little),
+to a symmetric int8 grid (S8 = max|x|/127; wider codes × int8 products over C·k·k = 588 terms could pass 2^31),
 W' gets symmetric per-output-channel 8-bit codes, the accumulator is requantized to its calibrated 22-bit
 grid (per tensor, because the channel axis moves) before the layout change.
 """
@@ -22,7 +19,6 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcompile.errors import InputError
 from qcompile.ir import const_array
 from qcompile.passes.lowering.int_value import IntValue, requantize_to
 from qcompile.passes.lowering.linear_rule import LinearMatch, lower_linear
@@ -57,16 +53,6 @@ def is_patch_conv(node: ir.Node) -> bool:
     )
 
 
-def patch_input_levels(depth: int) -> int:
-    """The widest symmetric input grid ±L (L = 2^(b−1) − 1, b ≤ 16) whose products with int8 weights,
-    summed over `depth` = C·k·k terms, stay below 2^30 (half of int32, leaving room for the bias)."""
-    for bits in range(16, 7, -1):
-        levels = 2 ** (bits - 1) - 1
-        if levels * 127 * depth < 2**30:
-            return levels
-    raise InputError(f"a patch convolution summing {depth} terms could overflow its int32 accumulator even with int8 inputs")
-
-
 def lower_patch_conv(emit, node: ir.Node, x: IntValue, out_scale: float, name: str) -> IntValue:
     weight = const_array(node.inputs[1]).astype(np.float64)
     bias = const_array(node.inputs[2]).astype(np.float64) if len(node.inputs) > 2 and node.inputs[2] is not None else None
@@ -74,15 +60,14 @@ def lower_patch_conv(emit, node: ir.Node, x: IntValue, out_scale: float, name: s
     _, _, height, width = (int(d) if isinstance(d, int) else 0 for d in node.inputs[0].shape)
     h, w = height // kh, width // kw
     top = max(abs(x.lo), abs(x.hi)) * float(x.scale)
-    levels = patch_input_levels(channels * kh * kw)
-    x8 = requantize_to(emit, x, top / levels, 0, -levels, levels, f"{name}_x8")
+    x8 = requantize_to(emit, x, top / 127, 0, -127, 127, f"{name}_x8")
     grid = emit.node("Reshape", [x8.value, emit.const(f"{name}_grid", np.array([0, channels, h, kh, w, kw], np.int64))], f"{name}_grid", x8.value.dtype)
     moved = emit.node("Transpose", [grid], f"{name}_moved", x8.value.dtype, perm=[0, 2, 4, 1, 3, 5])
     patches = emit.node("Reshape", [moved, emit.const(f"{name}_rows", np.array([0, h * w, channels * kh * kw], np.int64))], f"{name}_patches", x8.value.dtype)
     matrix = weight.reshape(out_channels, -1).T.astype(np.float32)  # [C·k·k, O]
     spec = symmetric_per_channel_spec(matrix, axis=1, bits=8, unsigned_container=False)
     match = LinearMatch([node], node.inputs[0], matrix, False, spec, bias, node.outputs[0])
-    acc = lower_linear(match, IntValue(patches, x8.scale, 0, -levels, levels), emit, name)
+    acc = lower_linear(match, IntValue(patches, x8.scale, 0, -127, 127), emit, name)
     y16 = requantize_to(emit, acc, out_scale, 0, -RESIDUAL_GRID, RESIDUAL_GRID, f"{name}_y16")
     channels_first = emit.node("Transpose", [y16.value], f"{name}_channels_first", y16.value.dtype, perm=[0, 2, 1])
     image = emit.node("Reshape", [channels_first, emit.const(f"{name}_image", np.array([0, out_channels, h, w], np.int64))], f"{name}_image", y16.value.dtype)
