@@ -16,7 +16,7 @@ r = s/s_t written as sign(r)·m/2^e (dyadic, per channel if s is a vector):
 
 The sign is an integer ±1 multiply, so negative scales cost nothing in precision. The offset and zero
 point enter inside the one rounding: adding round(o/s_t) after it would give every element of a channel
-the same rounding error (a per-channel bias; on MiniLM it was half the lowering's error energy). When
+the same rounding error, a per-channel bias that the next linear carries into every token. When
 |q − z|·m + |b| could reach 2^63, m and e lose low bits together until it cannot. The target container
 is the smallest of uint8/int8/int16/int32 that holds [lo_t, hi_t].
 """

@@ -26,12 +26,18 @@ from qcompile.intops.requantize import Requantize
 from qcompile.intops.shiftmax import Shiftmax, shiftmax
 from qcompile.passes.lowering.int_value import IntValue
 
-__all__ = ["SOFTMAX_VARIANTS", "WINDOW", "kernel_constants", "simulate", "lower_softmax"]
+__all__ = ["SOFTMAX_VARIANTS", "WINDOW", "exact_softmax", "kernel_constants", "simulate", "lower_softmax"]
 
 SOFTMAX_VARIANTS = ("ibert", "shiftmax")
 WINDOW = 20.0
 GRID = 2**15 - 1
 SHIFTMAX_N = 15
+
+
+def exact_softmax(x: np.ndarray) -> np.ndarray:
+    """Float64 softmax over the last axis, what the variants are measured against."""
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def kernel_constants(variant: str, bits: int, row_length: int) -> tuple[object, list[int], float, int]:

@@ -19,11 +19,6 @@ from qcompile.pipeline.context import PipelineContext
 __all__ = ["choose_variants"]
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def choose_variants(model: ir.Model, context: PipelineContext, softmax_nodes: list[ir.Node], gelu_matches: list, bits: int, max_values: int = 200_000) -> dict:
     """{"softmax": {output name: {"choice", "mse"}}, "gelu": {…}} measured on the first calibration
     batch; at most `max_values` values per site are used (whole rows)."""
@@ -38,7 +33,7 @@ def choose_variants(model: ir.Model, context: PipelineContext, softmax_nodes: li
     for node in softmax_nodes:
         scores = values[node.inputs[0].name].astype(np.float64)
         rows = scores.reshape(-1, scores.shape[-1])[: max(1, max_values // scores.shape[-1])]
-        reference = _softmax(rows)
+        reference = softmax_rule.exact_softmax(rows)
         errors = {v: float(np.mean((softmax_rule.simulate(v, rows, bits) - reference) ** 2)) for v in softmax_rule.SOFTMAX_VARIANTS}
         choices["softmax"][node.outputs[0].name] = {"choice": min(errors, key=errors.get), "mse": errors}
     for match in gelu_matches:

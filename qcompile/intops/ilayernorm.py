@@ -20,9 +20,8 @@ fits int64.
 
 The factor is I-BERT's ⌊2^31/σ⌋ scaled by 2^30: on a 22-bit residual stream σ reaches 2^21–2^26 on
 DINOv2's massive-activation tokens, where ⌊2^31/σ⌋ is only 32–1024 and rounds the whole token's scale by
-up to 3%; ⌊2^61/σ⌋ keeps ≥ 35 bits. (On eight held-out DINOv2 images the two worst output SQNRs at 22
-bits went from 20.3 and 18.4 dB to 28.0 and 23.0 dB; per-image SQNR on DINOv2 also moves by several dB
-under much smaller perturbations, so the reason for the change is the bound, not that measurement.)
+up to 3%; ⌊2^61/σ⌋ keeps ≥ 35 bits. The 16- against 22-bit residual grid comparison in
+benchmarks/results/intonly_report.md is the measurement that depends on it.
 """
 
 from __future__ import annotations

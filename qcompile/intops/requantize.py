@@ -6,7 +6,7 @@ x int32; m, e int64 (`dyadic.dyadic_multiplier`, scalars for per-tensor, vectors
 axis for per-channel); b an int64 addend in units of 2^−e output steps (scalar or per channel): a real
 offset o on the output grid enters as b = round(o·2^e), so it is rounded together with x·m, once. Adding
 it after the shift instead, as round(o), would bias every element of a channel by the same up to half a
-step; on MiniLM that per-channel bias was half the lowering's error energy (docs/methods/intonly.md). An
+step, which mean pooling keeps while it averages independent errors away (docs/methods/intonly.md). An
 output zero point z is b = z·2^e. lo/hi the output range (e.g. −128..127, or −2^15..2^15−1 for the int16
 residual stream). The sum is formed in int64: |x·m| < 2^31·2^31 = 2^62, and the caller keeps
 |x·m| + |b| + 2^(e−1) below 2^63 (`int_value.requantize_to` checks it from the input bounds; the
