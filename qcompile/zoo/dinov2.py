@@ -27,6 +27,7 @@ from qcompile.zoo.base import Runner, ZooModel
 from qcompile.zoo.cache import cache_dir
 from qcompile.zoo.data.fashion_mnist import load_split, vit_preprocess
 from qcompile.zoo.linear_probe import LinearProbe, fit_probe
+from qcompile.zoo.paired import PairedTally
 
 __all__ = ["DinoV2Small", "BACKBONE_OUTPUT", "PROBE_TRAIN"]
 
@@ -121,13 +122,12 @@ class DinoV2Small(ZooModel):
         probe = self._probe(reference, progress)
         images, labels = load_split("test")
         chosen = np.sort(np.random.default_rng(seed).choice(len(images), size=min(samples, len(images)), replace=False))
-        correct = {label: 0 for label in runners}
+        tally = PairedTally(runners)
         for start in tqdm(range(0, len(chosen), EVAL_BATCH), desc="evaluate", disable=not progress, leave=False):
             index = chosen[start : start + EVAL_BATCH]
             feeds = {INPUT_NAME: vit_preprocess(images[index])}
-            for label, runner in runners.items():
-                correct[label] += int(np.sum(probe.predict(runner(feeds).astype(np.float64)) == labels[index]))
-        return {label: {"top1": 100.0 * count / len(chosen)} for label, count in correct.items()}
+            tally.add({label: probe.predict(runner(feeds).astype(np.float64)) == labels[index] for label, runner in runners.items()})
+        return {label: {"top1": 100.0 * tally.correct[label] / len(chosen), **tally.changes(label)} for label in runners}
 
     def latency_feeds(self) -> Feeds:
         images, _ = load_split("test")

@@ -22,6 +22,7 @@ from qcompile.zoo.base import Runner, ZooModel
 from qcompile.zoo.cache import cache_dir
 from qcompile.zoo.data.polarity import load_polarity
 from qcompile.zoo.linear_probe import LinearProbe, fit_probe
+from qcompile.zoo.paired import PairedTally
 
 __all__ = ["MiniLML6"]
 
@@ -97,19 +98,19 @@ class MiniLML6(ZooModel):
         probe = self._probe(runners[reference_label], progress)
         sentences, labels, eval_half, _ = self._split()
         chosen = np.random.default_rng(seed).choice(eval_half, size=min(samples, len(eval_half)), replace=False)
-        correct = {label: 0 for label in runners}
+        tally = PairedTally(runners)
         cosine = {label: 0.0 for label in runners}
         for start in tqdm(range(0, len(chosen), BATCH), desc="evaluate", disable=not progress, leave=False):
             index = chosen[start : start + BATCH]
             feeds = self._tokenize([sentences[i] for i in index])
             outputs = {label: runner(feeds).astype(np.float64) for label, runner in runners.items()}
             reference = outputs[reference_label]
+            tally.add({label: probe.predict(out) == labels[index] for label, out in outputs.items()})
             for label, out in outputs.items():
-                correct[label] += int(np.sum(probe.predict(out) == labels[index]))
                 norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(out, axis=1)
                 cosine[label] += float(np.sum(np.sum(reference * out, axis=1) / np.maximum(norms, 1e-12)))
         n = len(chosen)
-        return {label: {"accuracy": 100.0 * correct[label] / n, "cosine": cosine[label] / n} for label in runners}
+        return {label: {"accuracy": 100.0 * tally.correct[label] / n, "cosine": cosine[label] / n, **tally.changes(label)} for label in runners}
 
     def latency_feeds(self) -> Feeds:
         sentences, _, eval_half, _ = self._split()
