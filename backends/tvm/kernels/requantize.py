@@ -1,0 +1,36 @@
+"""`qcompile.Requantize` as a TE compute:
+
+    y = clamp((x·m + b + r) >> e, lo, hi),    r = 2^(e−1) if e > 0 else 0
+
+x int32 [..., C]; m, e, b int64 scalars (shape ()) or per channel ([C], along the last axis). The sum is
+int64 (the lowering keeps |x·m| + |b| + r < 2^63, `qcompile.intops.requantize`), and `>>` of a signed
+int64 is LLVM's `ashr` / CUDA's arithmetic shift: floor division by 2^e, the reference's rounding half
+up. Used on its own and as the epilogue fused into the integer GEMM.
+"""
+
+from __future__ import annotations
+
+__all__ = ["requantize_expr", "requantize_te"]
+
+
+def _at(param, index):
+    return param[()] if len(param.shape) == 0 else param[index[-1]]
+
+
+def requantize_expr(value, index, m, e, b, lo: int, hi: int, out_dtype: str):
+    """The requantized element for an int32 (or int64) expression `value` at `index` (b=None: no offset)."""
+    from tvm import tirx
+
+    shift = _at(e, index)
+    rounding = tirx.if_then_else(shift > 0, tirx.shift_left(tirx.const(1, "int64"), shift - 1), tirx.const(0, "int64"))
+    offset = _at(b, index) if b is not None else tirx.const(0, "int64")
+    total = value.astype("int64") * _at(m, index) + offset + rounding
+    shifted = tirx.shift_right(total, shift)
+    return tirx.max(tirx.min(shifted, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype(out_dtype)
+
+
+def requantize_te(x, m, e, b, lo: int, hi: int, out_dtype: str = "int8"):
+    """TE tensor of x requantized to `out_dtype` codes in [lo, hi]."""
+    from tvm import te
+
+    return te.compute(x.shape, lambda *i: requantize_expr(x[i], i, m, e, b, lo, hi, out_dtype), name="requantize")

@@ -1,0 +1,35 @@
+"""`qcompile.IBertSoftmax` as TE computes over the last axis (int64 inside; constants compile-time).
+
+    d = max(I − max_row I, 30·x0),  q = ⌊d/x0⌋,  r = d − q·x0,
+    e = ((r·(r + b_int) + c_int) << n) >> q,  f = ⌊2^62 / Σ_row e⌋,  out = (e·f) >> (62 − b_out)
+
+exactly `qcompile.intops.ibert_softmax` (floordiv by the negative x0 is TIR floordiv, the reference's
+`//`). Stages: the row max, e per element, the row sum and factor, the output; e is recomputed in the
+output stage rather than stored, so a row schedule reads the scores twice and writes once.
+"""
+
+from __future__ import annotations
+
+from qcompile.intops.ibert_softmax import MAX_HALVINGS
+
+__all__ = ["ibert_softmax_te"]
+
+
+def ibert_softmax_te(x, x0: int, b_int: int, c_int: int, n: int, out_bits: int):
+    from tvm import te, tirx
+
+    *rows, length = (int(dim) for dim in x.shape)
+    const = lambda value: tirx.const(value, "int64")  # noqa: E731
+    k = te.reduce_axis((0, length), "k")
+    row_max = te.compute(rows, lambda *r: te.max(x[(*r, k)].astype("int64"), axis=k), name="sm_max")
+
+    def exp(index):
+        d = tirx.max(x[index].astype("int64") - row_max[index[:-1]], const(MAX_HALVINGS * x0))
+        q = tirx.floordiv(d, const(x0))
+        r = d - q * const(x0)
+        return tirx.shift_right(tirx.shift_left(r * (r + const(b_int)) + const(c_int), const(n)), q)
+
+    k2 = te.reduce_axis((0, length), "k2")
+    total = te.compute(rows, lambda *r: te.sum(exp((*r, k2)), axis=k2), name="sm_sum")
+    factor = te.compute(rows, lambda *r: tirx.floordiv(tirx.shift_left(const(1), const(62)), total[r]), name="sm_factor")
+    return te.compute(x.shape, lambda *i: tirx.shift_right(exp(i) * factor[i[:-1]], const(62 - out_bits)), name="ibert_softmax")

@@ -1,0 +1,80 @@
+"""TVM int16-pair GEMM (`int_gemm`): == NumPy int_linear bit for bit for full-range uint8/int8 codes
+(where a saturating vpmaddubsw kernel is wrong), ragged shapes, fused requantize epilogue; the emitted
+code uses vpmaddwd."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qcompile.backends.tvm.kernels.int_gemm import int_gemm_func, pack_weight, schedule_int_gemm
+from qcompile.backends.tvm.kernels.requantize import requantize_expr
+from qcompile.backends.tvm.target import host_target, cpu_features
+from qcompile.intops.int_linear import int_linear
+from qcompile.intops.requantize import requantize
+
+pytestmark = pytest.mark.skipif("avx2" not in cpu_features(host_target(1)), reason="the int16-pair GEMM needs AVX2")
+
+
+def _operands(m: int, k: int, n: int, signed: bool, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(-128, 128, (m, k)) if signed else rng.integers(0, 256, (m, k))
+    w = rng.integers(-127, 128, (k, n))
+    a[0] = -128 if signed else 255  # a full-range row against ±127 columns: the saturating-kernel trap
+    w[:, 0], w[:, 1 % n] = 127, -127
+    bias = rng.integers(-(2**20), 2**20, n)
+    return a, w, bias
+
+
+def _build_and_run(func, schedule_args, inputs, out_shape, out_dtype):
+    import tvm
+
+    lib = tvm.tirx.build(schedule_int_gemm(func, **schedule_args), target=host_target(threads=2))
+    out = tvm.runtime.tensor(np.zeros(out_shape, out_dtype))
+    lib["main"](*(tvm.runtime.tensor(np.array(x, order="C")) for x in inputs), out)
+    return out.numpy(), lib
+
+
+def _padded(a, w, bias):
+    wp = pack_weight(w)
+    k2, n8 = wp.shape[1] * 2, wp.shape[0] * 8
+    ap = np.zeros((a.shape[0], k2), np.int16)
+    ap[:, : a.shape[1]] = a
+    bp = np.zeros(n8, np.int32)
+    bp[: len(bias)] = bias
+    return ap, wp, bp
+
+
+@pytest.mark.parametrize("m, k, n", [(197, 384, 64), (5, 7, 13), (1, 2, 8), (13, 768, 24)])
+@pytest.mark.parametrize("signed", [False, True], ids=["uint8", "int8"])
+def test_gemm_equals_the_reference(m, k, n, signed) -> None:
+    a, w, bias = _operands(m, k, n, signed)
+    got, _ = _build_and_run(int_gemm_func(m, k, n), {}, _padded(a, w, bias), (m, n), "int32")
+    np.testing.assert_array_equal(got, int_linear(a, w, bias))
+
+
+def test_pack_weight_layout() -> None:
+    w = np.arange(3 * 10).reshape(3, 10)
+    wp = pack_weight(w)
+    assert wp.shape == (2, 2, 8, 2) and wp.dtype == np.int16
+    for k in range(4):
+        for n in range(16):
+            assert wp[n // 8, k // 2, n % 8, k % 2] == (w[k, n] if k < 3 and n < 10 else 0)
+
+
+def test_fused_requantize_epilogue_and_vpmaddwd_in_the_assembly() -> None:
+    from tvm import te
+
+    m, k, n = 20, 96, 16
+    a, w, bias = _operands(m, k, n, signed=False, seed=1)
+    rng = np.random.default_rng(2)
+    mult = rng.integers(2**30, 2**31, n).astype(np.int64)
+    shift = rng.integers(20, 30, n).astype(np.int64)
+    offset = rng.integers(-(2**25), 2**25, n).astype(np.int64)
+    params = [te.placeholder((n,), "int64", name=name) for name in ("m", "e", "b")]
+    epilogue = (params, lambda acc, index: requantize_expr(acc, index, *params, -128, 127, "int8"))
+    inputs = (*_padded(a, w, bias), mult, shift, offset)
+    got, lib = _build_and_run(int_gemm_func(m, k, n, epilogue=epilogue), {}, inputs, (m, n), "int8")
+    expected = requantize(int_linear(a, w, bias).astype(np.int32), mult, shift, offset, -128, 127)
+    np.testing.assert_array_equal(got, expected)
+    assert "vpmaddwd" in lib.inspect_source("asm")

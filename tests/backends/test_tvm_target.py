@@ -1,0 +1,40 @@
+"""TVM targets: the host CPU detected (not hard-coded), CUDA with a host, one-line errors for bad names."""
+
+from __future__ import annotations
+
+import pytest
+
+from qcompile.backends.tvm.target import cpu_features, cuda_target, host_target, parse_target
+
+
+def test_host_target_names_the_detected_cpu_and_threads() -> None:
+    from tvm.target import codegen
+
+    target = host_target(threads=2)
+    assert target.kind.name == "llvm"
+    assert str(target.attrs["mcpu"]) == codegen.llvm_get_system_cpu()
+    assert int(target.attrs["num-cores"]) == 2
+    assert str(target.attrs["mtriple"]).endswith("linux-gnu") and "conda" not in str(target.attrs["mtriple"])
+
+
+def test_cpu_features_list_the_vector_extensions() -> None:
+    features = cpu_features(host_target(threads=1))
+    assert "sse2" in features  # every x86-64 CPU; the kernels branch on avx2 / avxvnni / avx512vnni
+
+
+def test_parse_target_kinds() -> None:
+    assert parse_target("llvm", threads=1).kind.name == "llvm"
+    cuda = parse_target("cuda:sm_80", threads=1)
+    assert cuda.kind.name == "cuda" and str(cuda.attrs["arch"]) == "sm_80" and cuda.host.kind.name == "llvm"
+    assert str(parse_target("cuda", threads=1).attrs["arch"]) == "sm_90"
+
+
+@pytest.mark.parametrize("text", ["llvm -mcpu=native", "vulkan", "cuda:90", "llvm:znver3"])
+def test_parse_target_rejects_unknown_names(text) -> None:
+    with pytest.raises(ValueError, match="target|arch"):
+        parse_target(text, threads=1)
+
+
+def test_cuda_target_rejects_a_malformed_arch() -> None:
+    with pytest.raises(ValueError, match="sm_90"):
+        cuda_target("ampere")
