@@ -55,7 +55,7 @@ def _element_type(name: str, producers: dict[str, onnx.NodeProto], declared: dic
     return None
 
 
-def _rewrite(nodes, declared: dict[str, int], prefix: str) -> tuple[list[onnx.NodeProto], int]:
+def _rewrite(nodes, declared: dict[str, int]) -> tuple[list[onnx.NodeProto], int]:
     producers = {out: node for node in nodes for out in node.output}
     rewritten, count = [], 0
     for index, node in enumerate(nodes):
@@ -66,7 +66,7 @@ def _rewrite(nodes, declared: dict[str, int], prefix: str) -> tuple[list[onnx.No
         if dtype not in INTEGER_TYPES:
             rewritten.append(node)
             continue
-        tag = f"{prefix}f64mm{index}"
+        tag = f"f64mm{index}"
         a, b = f"{tag}_a", f"{tag}_b"
         rewritten += [
             helper.make_node("Cast", [node.input[0]], [a], to=onnx.TensorProto.DOUBLE, name=f"{tag}_cast_a"),
@@ -84,11 +84,11 @@ def float64_matmul_twin(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     Returns the copy and the number of MatMuls rewritten."""
     twin = onnx.ModelProto()
     twin.CopyFrom(model)
-    nodes, total = _rewrite(list(twin.graph.node), _declared_types(model), "")
+    nodes, total = _rewrite(list(twin.graph.node), _declared_types(model))
     del twin.graph.node[:]
     twin.graph.node.extend(nodes)
     for function in twin.functions:
-        nodes, count = _rewrite(list(function.node), {}, "")
+        nodes, count = _rewrite(list(function.node), {})
         del function.node[:]
         function.node.extend(nodes)
         total += count

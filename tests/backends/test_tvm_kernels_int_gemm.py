@@ -78,3 +78,8 @@ def test_fused_requantize_epilogue_and_vpmaddwd_in_the_assembly() -> None:
     expected = requantize(int_linear(a, w, bias).astype(np.int32), mult, shift, offset, -128, 127)
     np.testing.assert_array_equal(got, expected)
     assert "vpmaddwd" in lib.inspect_source("asm")
+
+
+def test_schedule_refuses_rows_that_do_not_divide_the_padded_m() -> None:
+    with pytest.raises(ValueError, match="rows=5"):
+        schedule_int_gemm(int_gemm_func(7, 8, 8, rows=6), rows=5)  # M padded to 12

@@ -115,6 +115,8 @@ def schedule_int_gemm(func, rows: int = 6, col_blocks: int = 2):
     i, j, k = sch.get_loops(block)
     n8 = int(sch.get(j).extent)
     blocks = col_blocks if (n8 // LANES) % col_blocks == 0 else 1
+    if int(sch.get(i).extent) % rows:
+        raise ValueError(f"schedule rows={rows} must divide the padded M of int_gemm_func (built with another `rows`)")
     io, ii = sch.split(i, [None, rows])
     jo, jb, ji = sch.split(j, [None, blocks, LANES])
     ko, ki = sch.split(k, [None, PAIR])
