@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--plugin", action="append", default=[], type=Path, help="a Python file registering passes")
     parser.add_argument("--no-baselines", action="store_true", help="skip ONNX Runtime's quantizers")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--target", help="also compile the integer model with TVM: llvm (this CPU), cuda or cuda:sm_XX (needs intonly)")
+    parser.add_argument(
+        "--input-shape", action="append", default=[], metavar="NAME=DxD..", help="static input shape for --target (default: the latency sample's)"
+    )
     return parser
 
 
@@ -63,9 +67,32 @@ def _validate(args: argparse.Namespace) -> None:
         raise InputError("-o/--output OUTDIR is required")
     if args.output.exists() and not args.output.is_dir():
         raise InputError(f"output {args.output} exists and is not a directory")
+    if args.target is not None:
+        kind, _, arch = args.target.partition(":")
+        if kind not in ("llvm", "cuda") or (kind == "llvm" and arch) or (arch and not (arch.startswith("sm_") and arch[3:].isdigit())):
+            raise InputError(f"--target must be llvm, cuda or cuda:sm_XX, got {args.target!r}")
+        if "intonly" not in args.passes:
+            raise InputError("--target compiles the integer-only model: add intonly to --passes (e.g. --passes w8a8,intonly)")
+    elif args.input_shape:
+        raise InputError("--input-shape is for --target")
+    _input_shapes(args.input_shape)
     for label, value, low in (("--calib-samples", args.calib_samples, 0), ("--eval-samples", args.eval_samples, 1), ("--threads", args.threads, 1)):
         if value < low:
             raise InputError(f"{label} must be at least {low}, got {value}")
+
+
+def _input_shapes(texts: list[str]) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for text in texts:
+        name, _, dims = text.partition("=")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            shape = ()
+        if not name or not shape or any(d < 1 for d in shape):
+            raise InputError(f"--input-shape takes NAME=DxDx.. with positive dims, got {text!r}")
+        shapes[name] = shape
+    return shapes
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -98,10 +125,14 @@ def _run(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=not args.quiet,
         baselines=not args.no_baselines,
+        target=args.target,
+        input_shapes=_input_shapes(args.input_shape),
     )
     report = run_job(config, log=(lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr)))
     print_report(report)
-    print(f"wrote {args.output / report['artifact']} and {args.output / 'report.json'}")
+    written = [report["artifact"], *report.get("tvm", {}).get("files", []), "report.json"]
+    paths = [str(args.output / name) for name in written]
+    print(f"wrote {', '.join(paths[:-1])} and {paths[-1]}")
     return 0
 
 

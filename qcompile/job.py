@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from qcompile import zoo
+from qcompile.errors import InputError
 from qcompile.ir import model_to_bytes
 from qcompile.ir.properties import Property, get_properties
 from qcompile.pipeline.context import PipelineContext
@@ -42,6 +43,8 @@ class JobConfig:
     progress: bool = True
     baselines: bool = True
     latency_rounds: int = 15
+    target: str | None = None
+    input_shapes: dict[str, tuple[int, ...]] | None = None
 
 
 def resolve_model(source: str | zoo.ZooModel) -> zoo.ZooModel:
@@ -92,6 +95,11 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
             "ort_fp32": runtime.make_session(float_bytes, threads=config.threads),
             "qcompile": runtime.make_session(str(artifact), threads=config.threads),
         }
+        tvm_model, tvm_report = None, None
+        if config.target:
+            if not integer:
+                raise InputError(f"--target {config.target} needs the integer-only model: add intonly to the passes")
+            tvm_model, tvm_report = _compile_tvm(config, entry, artifact, staging, sessions["qcompile"], log)
         baseline_seconds: dict[str, float] = {}
         if config.baselines and calibration is not None:
             log("building ONNX Runtime baselines (quantize_static, quantize_dynamic)")
@@ -109,14 +117,18 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         scores = entry.evaluate(runners, config.eval_samples, config.seed, progress=config.progress)
 
         feeds = entry.latency_feeds()
-        latency = measure_latency(
-            {label: (lambda s=session: runtime.run(s, feeds)) for label, session in sessions.items()},
-            rounds=config.latency_rounds,
-        )
+        runners = {label: (lambda s=session: runtime.run(s, feeds)) for label, session in sessions.items()}
+        if tvm_model is not None:
+            prepared = tvm_model.prepare(feeds)
+            runners["tvm_int"] = lambda: tvm_model.run_prepared(prepared)
+        latency = measure_latency(runners, rounds=config.latency_rounds)
         report = build_report(config, entry, records, scores, latency, baseline_seconds, calibration)
         report["artifact"] = artifact_name
+        if tvm_report is not None:
+            report["tvm"] = tvm_report
+            report["target"] = tvm_report["target"]
         (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-        for name in (artifact_name, "report.json"):
+        for name in (artifact_name, *(tvm_report or {}).get("files", []), "report.json"):
             os.replace(staging / name, output_dir / name)
         succeeded = True
         return report
@@ -124,6 +136,39 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         shutil.rmtree(staging, ignore_errors=True)
         if created and not succeeded and not any(output_dir.iterdir()):
             output_dir.rmdir()  # a failed run leaves nothing behind
+
+
+def _compile_tvm(config: JobConfig, entry, artifact: Path, staging: Path, int_session, log):
+    """Compile model.int.onnx with TVM into the staging folder; on a CPU target load it and check it
+    bit for bit against ONNX Runtime on the latency sample. Returns (loaded model or None, report)."""
+    import numpy as np
+    import onnx
+
+    from qcompile.backends.onnx import runtime
+    from qcompile.backends.tvm import artifact as tvm_artifact
+
+    feeds = entry.latency_feeds()
+    shapes = {name: tuple(np.shape(value)) for name, value in feeds.items()}
+    shapes.update(config.input_shapes or {})
+    log(f"compiling the integer model with TVM for {config.target} (inputs {shapes})")
+    compiled = tvm_artifact.compile_int_model(onnx.load(str(artifact)), config.target, shapes, threads=config.threads)
+    files = [path.name for path in tvm_artifact.save(compiled, staging)]
+    report = {"target": compiled.metadata["target"], "cpu": compiled.metadata["cpu"], "build_seconds": compiled.seconds, "files": files, "inputs": compiled.metadata["inputs"]}
+    if compiled.metadata["kind"] != "llvm":
+        report["bit_exact_vs_onnx"] = None
+        report["not_run"] = "a CUDA library is built here but runs only on a GPU machine"
+        return None, report
+    model = tvm_artifact.load(staging, threads=config.threads)
+    if all(list(np.shape(feeds[s["name"]])) == s["shape"] for s in compiled.metadata["inputs"]):
+        expected = runtime.run(int_session, feeds)
+        got = model.run(feeds)
+        report["bit_exact_vs_onnx"] = all(np.array_equal(got[name], expected[name]) for name in got)
+        if not report["bit_exact_vs_onnx"]:
+            raise RuntimeError("the TVM library's outputs differ from ONNX Runtime's on model.int.onnx (a backend bug)")
+        return model, report
+    report["bit_exact_vs_onnx"] = None
+    report["not_run"] = "--input-shape differs from the latency sample's shape: not checked or timed here"
+    return None, report
 
 
 def model_from_bytes(data: bytes):
@@ -179,7 +224,9 @@ def build_report(config, entry, records, scores, latency, baseline_seconds, cali
             **{label: scores[label][metric] for label in ("ort_int8_static", "ort_int8_dynamic") if label in scores},
         },
         "all_metrics": scores,
-        "latency_ms": {label: latency.get(label) for label in ("ort_fp32", "qcompile", "ort_int8_static", "ort_int8_dynamic")},
+        "latency_ms": {
+            label: latency.get(label) for label in ("ort_fp32", "qcompile", "ort_int8_static", "ort_int8_dynamic", "tvm_int") if label != "tvm_int" or label in latency
+        },
         "latency_setup": {"threads": config.threads, "rounds": config.latency_rounds, "statistic": "median", "batch": 1},
         "calibration": {
             "samples": calibration.samples if calibration is not None else 0,

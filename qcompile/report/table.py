@@ -17,6 +17,10 @@ _LABELS = {
 }
 
 
+def _kind(tvm: dict[str, Any]) -> str:
+    return "cuda" if "cuda" in tvm["target"] else "llvm"
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -39,6 +43,13 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         latency = report["latency_ms"].get(label)
         speedup = f"{fp_latency / latency:.2f}x" if latency and fp_latency else "-"
         table.add_row(name, _fmt(value, 3 if metric == "cosine" else 2), _fmt(fp_metric - value), _fmt(latency), speedup)
+    tvm = report.get("tvm")
+    if tvm is not None:  # bit-exact with qcompile's ONNX model (checked), so the same score
+        value = report["all_metrics"]["qcompile"][metric] if tvm.get("bit_exact_vs_onnx") else None
+        latency = report["latency_ms"].get("tvm_int")
+        speedup = f"{fp_latency / latency:.2f}x" if latency and fp_latency else "-"
+        drop = None if value is None else fp_metric - value
+        table.add_row(f"qcompile TVM {_kind(tvm)}", _fmt(value, 3 if metric == "cosine" else 2), _fmt(drop), _fmt(latency), speedup)
     console.print(table)
     setup = report["latency_setup"]
     calibration = report["calibration"]

@@ -38,3 +38,15 @@ def test_parse_target_rejects_unknown_names(text) -> None:
 def test_cuda_target_rejects_a_malformed_arch() -> None:
     with pytest.raises(ValueError, match="sm_90"):
         cuda_target("ampere")
+
+
+def test_host_target_does_not_contract_float_multiply_add() -> None:
+    """a·b + c must round twice, as ONNX Runtime does (the input quantizer and output dequantization)."""
+    import tvm
+    from tvm import te
+
+    x = te.placeholder((64,), "float32", name="x")
+    y = te.compute((64,), lambda i: x[i] * 0.37 + 0.5, name="y")
+    func = te.create_prim_func([x, y])
+    assert "vfmadd" not in tvm.tirx.build(func, target=host_target(1)).inspect_source("asm")
+    assert "vfmadd" in tvm.tirx.build(func, target=host_target(1, fma=True)).inspect_source("asm")

@@ -15,8 +15,8 @@ pair of A: the tensor intrinsic `qcompile_s16_dot_8x2` (C[0:8] += A[0:2] · Wp[.
 Schedule: a register tile of `rows` × (8·`col_blocks`) int32 accumulators (the defaults, 6 × 16, keep 12
 ymm accumulators live), k innermost in steps of 2, the tile loops fused and parallel over cores, the
 accumulator initialized with the bias and written back through the fused epilogue. M is padded to a
-multiple of `rows` by a copy of A inside the kernel (M·K int16, small next to the GEMM); rows past M are
-zeros and are not written out.
+multiple of `rows` (and K to a multiple of 2) by a copy of A inside the kernel, which also widens A's
+8-bit codes to int16 (M·K elements, small next to the GEMM); rows past M are zeros and are not written out.
 """
 
 from __future__ import annotations
@@ -77,18 +77,24 @@ def _register() -> None:
     _REGISTERED = True
 
 
-def int_gemm_func(m: int, k: int, n: int, rows: int = 6, epilogue=None, out_dtype: str = "int32"):
-    """PrimFunc main(A int16 [m, K2], Wp int16 packed, bias int32 [N8], *epilogue params, out [m, n]).
+def int_gemm_func(m: int, k: int, n: int, rows: int = 6, epilogue=None, out_dtype: str = "int32", a_dtype: str = "int16"):
+    """PrimFunc main(A a_dtype [m, k], Wp int16 packed, bias int32 [N8], *epilogue params, out [m, n]).
 
     `epilogue` = (params, f): te placeholders and f(acc_expr, (i, j)) → out expression (e.g. requantize)."""
     from tvm import te, tirx
 
     k2, n8 = -(-k // PAIR) * PAIR, -(-n // LANES) * LANES
     mp = -(-m // rows) * rows
-    a = te.placeholder((m, k2), "int16", name="A")
+    a = te.placeholder((m, k), a_dtype, name="A")
     wp = te.placeholder((n8 // LANES, k2 // PAIR, LANES, PAIR), "int16", name="Wp")
     bias = te.placeholder((n8,), "int32", name="bias")
-    a_padded = te.compute((mp, k2), lambda i, kk: tirx.if_then_else(i < m, a[tirx.min(i, m - 1), kk], tirx.const(0, "int16")), name="A_padded")
+    a_padded = te.compute(
+        (mp, k2),
+        lambda i, kk: tirx.if_then_else(
+            tirx.all(i < m, kk < k), a[tirx.min(i, m - 1), tirx.min(kk, k - 1)].astype("int16"), tirx.const(0, "int16")
+        ),
+        name="A_padded",
+    )
     r = te.reduce_axis((0, k2), "k")
     acc = te.compute(
         (mp, n8),

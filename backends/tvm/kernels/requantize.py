@@ -2,7 +2,8 @@
 
     y = clamp((x·m + b + r) >> e, lo, hi),    r = 2^(e−1) if e > 0 else 0
 
-x int32 [..., C]; m, e, b int64 scalars (shape ()) or per channel ([C], along the last axis). The sum is
+x int32 [..., C]; m, e, b int64 arrays that broadcast against x as in NumPy: scalars (shape ()), per
+channel along the last axis ([C]) or along another one ([C, 1, 1]). The sum is
 int64 (the lowering keeps |x·m| + |b| + r < 2^63, `qcompile.intops.requantize`), and `>>` of a signed
 int64 is LLVM's `ashr` / CUDA's arithmetic shift: floor division by 2^e, the reference's rounding half
 up. Used on its own and as the epilogue fused into the integer GEMM.
@@ -14,7 +15,10 @@ __all__ = ["requantize_expr", "requantize_te"]
 
 
 def _at(param, index):
-    return param[()] if len(param.shape) == 0 else param[index[-1]]
+    """param[index] under NumPy broadcasting: param's dims align with index's last ones; size-1 dims read 0."""
+    dims = [int(d) for d in param.shape]
+    lead = len(index) - len(dims)
+    return param[tuple(0 if size == 1 else index[lead + j] for j, size in enumerate(dims))] if dims else param[()]
 
 
 def requantize_expr(value, index, m, e, b, lo: int, hi: int, out_dtype: str):

@@ -1,0 +1,157 @@
+"""Relax converters for the `qcompile` integer functions: each node becomes one TE kernel.
+
+A converter gets the Relax expressions of the node's inputs (initializers arrive as `relax.Constant`)
+and emits a `call_tir` to a TE compute of `backends.tvm.kernels` through `BlockBuilder.emit_te`, or, for
+the GEMM, to a PrimFunc that is already scheduled (packed int16 weights, vpmaddwd register tiles, fused
+requantize epilogue). Parameters that the kernels need at compile time (bounds, shifts, the softmax and
+GELU constants) must be constants of the graph; a node whose parameters are computed at run time is
+refused with a clear error. Output dtypes are the ONNX functions' (int64 for most, int32 for IntLinear),
+so the graph's own Casts after them keep their meaning; Relax fuses those Casts into the kernel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qcompile.backends.tvm.kernels import elementwise, exp_family, int_gemm, layernorm, requantize, softmax
+from qcompile.backends.tvm.lowering.fuse import FUSED_LINEAR
+
+__all__ = ["converters", "LoweringError"]
+
+SCHEDULED = "tirx.is_scheduled"  # dlight leaves PrimFuncs with this attribute alone
+OPAQUE = 8  # relax OpPatternKind kOpaque: FuseOps does not fuse the scheduled GEMM with its neighbours
+ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 4: "uint16", 12: "uint32"}
+
+
+class LoweringError(ValueError):
+    """A node the TVM lowering cannot compile (names the node and the reason)."""
+
+
+def _array(expr, what: str) -> np.ndarray:
+    from tvm.ir.expr import Constant
+
+    if not isinstance(expr, Constant):
+        raise LoweringError(f"{what} must be a constant of the graph for the TVM backend (it is computed at run time)")
+    return expr.value.numpy()
+
+
+def _int(expr, what: str) -> int:
+    value = _array(expr, what)
+    if value.size != 1:
+        raise LoweringError(f"{what} must be a scalar, got shape {value.shape}")
+    return int(value.reshape(()))
+
+
+def _shape(expr) -> tuple[int, ...]:
+    return tuple(int(d) for d in expr.ty.shape)
+
+
+def _dtype(expr) -> str:
+    return str(expr.ty.dtype)
+
+
+def _converter(name: str, impl):
+    """An importer converter class named `name` whose _impl_v1 is impl(bb, inputs, attr)."""
+    from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
+
+    return type(name, (OnnxOpConverter,), {"_impl_v1": classmethod(lambda cls, bb, inputs, attr, params: impl(bb, inputs, attr))})
+
+
+def _int64(expr, what: str):
+    """The constant `expr` as an int64 Relax constant (the kernels compute in int64)."""
+    from tvm import relax
+
+    return relax.const(_array(expr, what).astype(np.int64), "int64")  # relax.const narrows int64 without a dtype
+
+
+def _requantize(bb, inputs, attr):
+    x, *params, lo, hi = inputs
+    m, e, b = (_int64(value, f"Requantize's {what}") for value, what in zip(params, "meb"))
+    return bb.emit_te(requantize.requantize_te, x, m, e, b, _int(lo, "Requantize's lo"), _int(hi, "Requantize's hi"), "int64", primfunc_name_hint="requantize")
+
+
+def _int_add(bb, inputs, attr):
+    a, b, *params, lo, hi = inputs
+    if _shape(a) != _shape(b):
+        raise LoweringError(f"IntAdd of shapes {_shape(a)} and {_shape(b)}: the TVM kernel adds equal shapes only")
+    m_a, e_a, m_b, e_b = (_int64(value, f"IntAdd's {what}") for value, what in zip(params, ("m_a", "e_a", "m_b", "e_b")))
+    return bb.emit_te(elementwise.int_add_te, a, b, m_a, e_a, m_b, e_b, _int(lo, "IntAdd's lo"), _int(hi, "IntAdd's hi"), "int64", primfunc_name_hint="int_add")
+
+
+def _lookup(bb, inputs, attr):
+    x, table, first = inputs
+    _array(table, "Lookup's table")
+    return bb.emit_te(elementwise.lookup_te, x, table, _int(first, "Lookup's first"), primfunc_name_hint="lookup")
+
+
+def _constant_kernel(name: str, compute, constants: tuple[str, ...]):
+    """A converter for x → compute(x, *ints) whose other inputs are the scalar constants `constants`."""
+
+    def impl(bb, inputs, attr):
+        x, *params = inputs
+        values = [_int(p, f"{name}'s {what}") for p, what in zip(params, constants)]
+        return bb.emit_te(compute, x, *values, primfunc_name_hint=name.lower())
+
+    return impl
+
+
+def _linear(bb, x, w, bias, epilogue_inputs, out_dtype):
+    """call_tir of the scheduled GEMM on x [..., K] (reshaped to 2-D), with the requantize epilogue."""
+    from tvm import relax, te
+
+    weight = _array(w, "IntLinear's weight")
+    k, n = weight.shape
+    *lead, k_x = _shape(x)
+    if k_x != k:
+        raise LoweringError(f"IntLinear: x has {k_x} features, the weight {k}")
+    m = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    bias_codes = _array(bias, "IntLinear's bias").astype(np.int32).reshape(-1)
+    packed = int_gemm.pack_weight(weight)
+    padded_bias = np.zeros(packed.shape[0] * int_gemm.LANES, np.int32)
+    padded_bias[:n] = bias_codes
+    epilogue, extra = None, []
+    if epilogue_inputs is not None:
+        mult, shift, offset, lo, hi = epilogue_inputs
+        arrays = [_array(v, f"the requantize {name} after IntLinear") for v, name in ((mult, "m"), (shift, "e"), (offset, "b"))]
+        params = [te.placeholder(a.shape, "int64", name=name) for a, name in zip(arrays, ("m", "e", "b"))]
+        low, high = _int(lo, "Requantize's lo"), _int(hi, "Requantize's hi")
+        epilogue = (params, lambda value, index: requantize.requantize_expr(value, index, *params, low, high, out_dtype))
+        extra = [relax.const(a.astype(np.int64), "int64") for a in arrays]
+    func = int_gemm.int_gemm_func(m, k, n, epilogue=epilogue, out_dtype=out_dtype, a_dtype=_dtype(x))
+    scheduled = int_gemm.schedule_int_gemm(func)["main"].without_attr("global_symbol").with_attr({SCHEDULED: True, "op_pattern": OPAQUE})
+    gv = bb.add_func(scheduled, "int_gemm")
+    rows = bb.emit(relax.op.reshape(x, (m, k)))
+    out = bb.emit(
+        relax.call_tir(gv, [rows, relax.const(packed, "int16"), relax.const(padded_bias, "int32"), *extra], relax.TensorType((m, n), out_dtype))
+    )
+    return bb.emit(relax.op.reshape(out, (*lead, n)))
+
+
+def _int_linear(bb, inputs, attr):
+    x, w, bias = inputs
+    return _linear(bb, x, w, bias, None, "int32")
+
+
+def _int_linear_requantize(bb, inputs, attr):
+    x, w, bias, *epilogue = inputs
+    return _linear(bb, x, w, bias, epilogue, ONNX_DTYPES[int(attr["to"])] if "to" in attr else "int64")
+
+
+def converters() -> dict[str, type]:
+    """{op_type: importer converter class} for every `qcompile` function and the fused GEMM."""
+    table = {
+        "Requantize": _requantize,
+        "IntAdd": _int_add,
+        "Lookup": _lookup,
+        "ILayerNorm": _constant_kernel("ILayerNorm", layernorm.ilayernorm_te, ("shift",)),
+        "IBertSoftmax": _constant_kernel("IBertSoftmax", softmax.ibert_softmax_te, ("x0", "b_int", "c_int", "n", "out_bits")),
+        "Shiftmax": _constant_kernel("Shiftmax", exp_family.shiftmax_te, ("x0", "n", "out_bits")),
+        "ShiftGELU": _constant_kernel("ShiftGELU", exp_family.shift_gelu_te, ("x0", "n", "sigmoid_bits")),
+        "IntGELU": _constant_kernel("IntGELU", exp_family.int_gelu_te, ("b_int", "c_int", "one", "n")),
+        "IntExpShift": _constant_kernel("IntExpShift", exp_family.int_exp_shift_te, ("x0", "n")),
+        "IntSqrt": _constant_kernel("IntSqrt", layernorm.int_sqrt_te, ()),
+        "IntLinear": _int_linear,
+        FUSED_LINEAR: _int_linear_requantize,
+    }
+    return {name: _converter(f"QCompile{name}", impl) for name, impl in table.items()}
+

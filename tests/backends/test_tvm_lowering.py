@@ -1,0 +1,89 @@
+"""The TVM lowering end to end: integer-only tiny encoders (every softmax and GELU variant, fused and
+decomposed LayerNorm) compiled with TVM give ONNX Runtime's outputs of model.int.onnx bit for bit, and
+the NumPy reference interpreter's; the GEMM epilogue fusion and the static-shape preparation."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+import qcompile
+from qcompile import PipelineContext
+from qcompile.backends.onnx import runtime
+from qcompile.backends.tvm.artifact import compile_int_model
+from qcompile.backends.tvm.lowering.fuse import FUSED_LINEAR, fuse_linear_epilogues
+from qcompile.backends.tvm.prepare import static_model
+from qcompile.intops.reference import run_reference
+from qcompile.passes.lowering.intonly import IntOnlyPass
+from qcompile.testing.builders import tiny_encoder, tiny_inputs
+
+
+def _int_model(softmax: str = "auto", gelu: str = "auto", **options):
+    tiny = tiny_encoder(**options)
+    context = PipelineContext(calibration=tiny.calibration, progress=False)
+    qcompile.run_passes(tiny.model, "w8a8", context=context)
+    IntOnlyPass(softmax=softmax, gelu=gelu, context=context)(tiny.model)
+    return ir.serde.serialize_model(tiny.model), tiny.feeds
+
+
+def _run_tvm(proto, feeds):
+    import tvm
+    from tvm import relax
+
+    compiled = compile_int_model(proto, "llvm", {name: value.shape for name, value in feeds.items()}, threads=2)
+    vm = relax.VirtualMachine(compiled.executable, tvm.cpu())
+    return vm["main"](*(tvm.runtime.tensor(value) for value in feeds.values())).numpy()
+
+
+@pytest.mark.parametrize(
+    "softmax, gelu, options",
+    [
+        ("ibert", "table", {}),
+        ("shiftmax", "shiftgelu", {"decomposed_layernorm": True}),
+        ("ibert", "ibert", {"layer_scale": True, "final_norm": True}),
+    ],
+    ids=["ibert+table", "shiftmax+shiftgelu+decomposed", "ibert+ibertgelu+layerscale"],
+)
+def test_tvm_equals_onnx_runtime_and_the_reference(softmax, gelu, options) -> None:
+    proto, feeds = _int_model(softmax, gelu, **options)
+    kernels = {n.op_type for n in proto.graph.node if n.domain == "qcompile"}
+    assert {"IntLinear", "Requantize", "ILayerNorm", "IntAdd"} <= kernels
+    expected = runtime.run(runtime.make_session(proto.SerializeToString()), feeds)["y"]
+    np.testing.assert_array_equal(run_reference(proto, feeds)["y"], expected)
+    for seed_feeds in (feeds, tiny_inputs(1, len(feeds["x"]), seed=7)[0]):
+        expected = runtime.run(runtime.make_session(proto.SerializeToString()), seed_feeds)["y"]
+        np.testing.assert_array_equal(_run_tvm(proto, seed_feeds), expected)
+
+
+def test_linear_epilogues_fuse_into_the_gemm() -> None:
+    proto, feeds = _int_model()
+    model = static_model(proto, {"x": feeds["x"].shape})
+    linears = [n for n in model.graph if n.op_type == "IntLinear"]
+    requantized = [n for n in linears if [u.node.op_type for u in n.outputs[0].uses()] == ["Requantize"]]
+    assert 0 < len(requantized) < len(linears)  # the others feed an IntAdd residual as int32
+    assert fuse_linear_epilogues(model) == len(requantized)
+    fused = [n for n in model.graph if n.op_type == FUSED_LINEAR]
+    assert len(fused) == len(requantized) and sum(n.op_type == "IntLinear" for n in model.graph) == len(linears) - len(requantized)
+    assert all(len(n.inputs) == 8 and "to" in n.attributes for n in fused)
+    assert not any(n.op_type == "Requantize" and n.inputs[0].producer() in requantized for n in model.graph)
+
+
+def test_an_intermediate_graph_output_is_not_fused_away() -> None:
+    proto, feeds = _int_model()
+    model = static_model(proto, {"x": feeds["x"].shape})
+    linear = next(n for n in model.graph if [u.node.op_type for u in n.outputs[0].uses()] == ["Requantize"])
+    model.graph.outputs.append(linear.outputs[0])
+    fuse_linear_epilogues(model)
+    assert linear in list(model.graph) and linear.outputs[0].uses()[0].node.op_type == "Requantize"
+
+
+def test_static_model_folds_shape_arithmetic_and_checks_shapes() -> None:
+    proto, feeds = _int_model()
+    model = static_model(proto, {"x": feeds["x"].shape})
+    assert [int(d) for d in model.graph.inputs[0].shape] == list(feeds["x"].shape)
+    assert not {"Shape", "Unsqueeze", "Concat"} & {n.op_type for n in model.graph}
+    with pytest.raises(ValueError, match="no model input named"):
+        static_model(proto, {"nope": (1, 2)})
+    with pytest.raises(ValueError, match="does not fit"):
+        static_model(proto, {"x": (1, 8, 31)})
