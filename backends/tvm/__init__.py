@@ -7,6 +7,14 @@
 
 from __future__ import annotations
 
+import os
+
+# TVM's thread pool pins its workers *and the calling thread* to cores by default; every thread the
+# process creates afterwards (ONNX Runtime's pool, the baselines timed next to TVM) inherits the pinned
+# affinity and shares one core: measured 3.6× slower ORT MatMulInteger in the same process. Unpinned,
+# before TVM creates its pool (it reads the variable then); a user's explicit setting wins.
+os.environ.setdefault("TVM_BIND_THREADS", "0")
+
 __all__ = ["load", "compile_int_model", "save"]
 
 

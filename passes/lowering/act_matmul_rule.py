@@ -7,6 +7,8 @@ With a ≈ (a_q − z_a)·s_a and b ≈ (b_q − z_b)·s_b (per-tensor):
 computed as Cast(int32) − z, then an int32 MatMul (or int64 when K·max|a_q − z_a|·max|b_q − z_b| could
 reach 2^31). Each input is read at its activation QuantSpec when it has one (requantized if needed), or
 as it is when it is already a plain integer value (softmax output codes, which `quantize` keeps float).
+The node records max|a| and max|b| in its metadata (`OPERAND_BOUNDS`), so a backend can prove that
+narrower arithmetic is exact (the TVM backend's int16-pair kernel) without re-deriving the ranges.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import onnx_ir as ir
 
 from qcompile.passes.lowering.int_value import IntValue
 
-__all__ = ["lower_act_matmul"]
+__all__ = ["lower_act_matmul", "OPERAND_BOUNDS"]
 
 INT32_MAX = 2**31 - 1
+OPERAND_BOUNDS = "qcompile.operand_bounds"  # "max|a|,max|b|" on the MatMul node: backends pick exact narrow kernels
 
 
 def _centred(emit, x: IntValue, dtype: ir.DataType, name: str) -> ir.Value:
@@ -36,4 +39,5 @@ def lower_act_matmul(emit, a: IntValue, b: IntValue, depth: int, name: str) -> I
     bound = depth * bound_a * bound_b
     dtype = ir.DataType.INT32 if bound <= INT32_MAX else ir.DataType.INT64
     product = emit.node("MatMul", [_centred(emit, a, dtype, f"{name}_a"), _centred(emit, b, dtype, f"{name}_b")], f"{name}_acc", dtype)
+    product.producer().metadata_props[OPERAND_BOUNDS] = f"{bound_a},{bound_b}"
     return IntValue(product, np.float64(float(a.scale) * float(b.scale)), 0, -bound, bound)

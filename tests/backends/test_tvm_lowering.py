@@ -12,7 +12,7 @@ import qcompile
 from qcompile import PipelineContext
 from qcompile.backends.onnx import runtime
 from qcompile.backends.tvm.artifact import compile_int_model
-from qcompile.backends.tvm.lowering.fuse import FUSED_LINEAR, fuse_linear_epilogues
+from qcompile.backends.tvm.lowering.fuse import BOUNDED_MATMUL, FUSED_LINEAR, fuse_linear_epilogues, mark_bounded_matmuls
 from qcompile.backends.tvm.prepare import static_model
 from qcompile.intops.reference import run_reference
 from qcompile.passes.lowering.intonly import IntOnlyPass
@@ -87,3 +87,13 @@ def test_static_model_folds_shape_arithmetic_and_checks_shapes() -> None:
         static_model(proto, {"nope": (1, 2)})
     with pytest.raises(ValueError, match="does not fit"):
         static_model(proto, {"x": (1, 8, 31)})
+
+
+def test_attention_matmuls_carry_their_bounds_to_the_backend() -> None:
+    proto, feeds = _int_model(softmax="ibert")
+    model = static_model(proto, {"x": feeds["x"].shape})
+    matmuls = [n for n in model.graph if n.op_type == "MatMul"]
+    assert len(matmuls) == 2  # Q·Kᵀ and P·V
+    assert mark_bounded_matmuls(model) == 2
+    bounds = sorted((n.attributes["bound_a"].as_int(), n.attributes["bound_b"].as_int()) for n in model.graph if n.op_type == BOUNDED_MATMUL)
+    assert bounds[0][0] <= 255 and bounds[-1][0] == 2**16  # centred 8-bit codes; 16-bit probabilities

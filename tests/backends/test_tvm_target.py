@@ -50,3 +50,15 @@ def test_host_target_does_not_contract_float_multiply_add() -> None:
     func = te.create_prim_func([x, y])
     assert "vfmadd" not in tvm.tirx.build(func, target=host_target(1)).inspect_source("asm")
     assert "vfmadd" in tvm.tirx.build(func, target=host_target(1, fma=True)).inspect_source("asm")
+
+
+def test_tvm_thread_pool_leaves_the_process_affinity_alone() -> None:
+    """A pinned pool would squeeze ONNX Runtime's threads, created later in the process, onto one core."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, qcompile.backends.tvm, tvm; before = os.sched_getaffinity(0); tvm.get_global_func('runtime.config_threadpool')(0, 2); print(before == os.sched_getaffinity(0))"
+    env = {k: v for k, v in os.environ.items() if k != "TVM_BIND_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip().splitlines()[-1] == "True"

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["pack_weight", "int_gemm_func", "schedule_int_gemm", "INTRINSIC"]
+__all__ = ["pack_weight", "int_gemm_func", "schedule_int_gemm", "tile_and_tensorize", "register_intrinsic", "INTRINSIC"]
 
 INTRINSIC = "qcompile_s16_dot_8x2"
 LANES, PAIR = 8, 2
@@ -39,7 +39,8 @@ def pack_weight(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(kp // PAIR, PAIR, np_ // LANES, LANES).transpose(2, 0, 3, 1))
 
 
-def _register() -> None:
+def register_intrinsic() -> None:
+    """Register the `qcompile_s16_dot_8x2` tensor intrinsic with TVM (once per process)."""
     global _REGISTERED
     if _REGISTERED:
         return
@@ -106,33 +107,42 @@ def int_gemm_func(m: int, k: int, n: int, rows: int = 6, epilogue=None, out_dtyp
     return te.create_prim_func([a, wp, bias, *params, out])
 
 
+def tile_and_tensorize(sch, block, rows: int, col_blocks: int, panels_outside: bool) -> None:
+    """The register tile of a GEMM block over loops (*batch, i, j, k): i split by `rows`, j by
+    `col_blocks` × 8 lanes, k by pairs; accumulators in a local buffer written back per tile; the
+    vpmaddwd intrinsic on the innermost 8 × 2; batch and tile loops fused and parallel. With
+    `panels_outside` the column tiles are the outer loop (a W panel stays in L1 while all rows pass)."""
+    register_intrinsic()
+    local = sch.cache_write(block, 0, "local")
+    *batch, i, j, k = sch.get_loops(block)
+    n8 = int(sch.get(j).extent)
+    blocks = col_blocks if (n8 // LANES) % col_blocks == 0 else 1
+    io, ii = sch.split(i, [None, rows])
+    jo, jb, ji = sch.split(j, [None, blocks, LANES])
+    ko, ki = sch.split(k, [None, PAIR])
+    outer = [jo, io] if panels_outside else [io, jo]
+    sch.reorder(*batch, *outer, ko, ii, jb, ji, ki)
+    sch.reverse_compute_at(local, outer[-1])
+    sch.vectorize(sch.get_loops(local)[-1])
+    sch.parallel(sch.fuse(*batch, *outer) if panels_outside else sch.fuse(*batch, io))
+    init = sch.decompose_reduction(block, ko)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(ji, INTRINSIC)
+    sch.unroll(ii)
+    sch.unroll(jb)
+
+
 def schedule_int_gemm(func, rows: int = 6, col_blocks: int = 2):
     """Register-tiled, vpmaddwd-tensorized, parallel schedule of `int_gemm_func`'s PrimFunc."""
     from tvm import s_tir
 
-    _register()
     sch = s_tir.Schedule(func)
     block = sch.get_sblock("acc")
     pad = sch.get_sblock("A_padded")
     pad_rows, pad_cols = sch.get_loops(pad)
     sch.parallel(pad_rows)
     sch.vectorize(sch.split(pad_cols, [None, 16])[1])
-    local = sch.cache_write(block, 0, "local")
-    i, j, k = sch.get_loops(block)
-    n8 = int(sch.get(j).extent)
-    blocks = col_blocks if (n8 // LANES) % col_blocks == 0 else 1
-    if int(sch.get(i).extent) % rows:
+    if int(sch.get(sch.get_loops(block)[0]).extent) % rows:
         raise ValueError(f"schedule rows={rows} must divide the padded M of int_gemm_func (built with another `rows`)")
-    io, ii = sch.split(i, [None, rows])
-    jo, jb, ji = sch.split(j, [None, blocks, LANES])
-    ko, ki = sch.split(k, [None, PAIR])
-    sch.reorder(io, jo, ko, ii, jb, ji, ki)
-    sch.reverse_compute_at(local, jo)
-    sch.vectorize(sch.get_loops(local)[-1])
-    sch.parallel(sch.fuse(io, jo))
-    init = sch.decompose_reduction(block, ko)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(ji, INTRINSIC)
-    sch.unroll(ii)
-    sch.unroll(jb)
+    tile_and_tensorize(sch, block, rows, col_blocks, panels_outside=True)
     return sch.mod

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from qcompile.backends.tvm.kernels import elementwise, exp_family, int_gemm, layernorm, requantize, softmax
-from qcompile.backends.tvm.lowering.fuse import FUSED_LINEAR
+from qcompile.backends.tvm.kernels import elementwise, exp_family, int_batch_matmul, int_gemm, layernorm, requantize, softmax
+from qcompile.backends.tvm.lowering.fuse import BOUNDED_MATMUL, FUSED_LINEAR
 
 __all__ = ["converters", "LoweringError"]
 
@@ -137,6 +137,26 @@ def _int_linear_requantize(bb, inputs, attr):
     return _linear(bb, x, w, bias, epilogue, ONNX_DTYPES[int(attr["to"])] if "to" in attr else "int64")
 
 
+def _bounded_matmul(bb, inputs, attr):
+    """`qcompile.tvm.IntMatMul` (an activation × activation MatMul with recorded operand bounds) on the
+    int16-pair batched kernel when the bounds make it exact; TVM's generic matmul otherwise."""
+    from tvm import relax
+
+    a, b = inputs
+    (*lead, m, k), (*lead_b, _, n) = _shape(a), _shape(b)
+    dtype = _dtype(a)
+    bound_a, bound_b = int(attr["bound_a"]), int(attr["bound_b"])
+    if lead != lead_b or _dtype(b) != dtype or not int_batch_matmul.fits(k, bound_a, bound_b):
+        return bb.emit(relax.op.matmul(a, b))
+    batch = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    func = int_batch_matmul.schedule_int_batch_matmul(int_batch_matmul.int_batch_matmul_func(batch, m, k, n, dtype, bound_a))
+    gv = bb.add_func(func["main"].without_attr("global_symbol").with_attr({SCHEDULED: True, "op_pattern": OPAQUE}), "int_batch_matmul")
+    a3 = bb.emit(relax.op.reshape(a, (batch, m, k)))
+    b3 = bb.emit(relax.op.reshape(b, (batch, k, n)))
+    out = bb.emit(relax.call_tir(gv, [a3, b3], relax.TensorType((batch, m, n), dtype)))
+    return bb.emit(relax.op.reshape(out, (*lead, m, n)))
+
+
 def converters() -> dict[str, type]:
     """{op_type: importer converter class} for every `qcompile` function and the fused GEMM."""
     table = {
@@ -152,6 +172,7 @@ def converters() -> dict[str, type]:
         "IntSqrt": _constant_kernel("IntSqrt", layernorm.int_sqrt_te, ()),
         "IntLinear": _int_linear,
         FUSED_LINEAR: _int_linear_requantize,
+        BOUNDED_MATMUL: _bounded_matmul,
     }
     return {name: _converter(f"QCompile{name}", impl) for name, impl in table.items()}
 

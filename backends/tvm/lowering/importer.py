@@ -15,7 +15,7 @@ import onnx
 import onnx_ir as ir
 
 from qcompile.backends.tvm.lowering import converters
-from qcompile.backends.tvm.lowering.fuse import fuse_linear_epilogues
+from qcompile.backends.tvm.lowering.fuse import fuse_linear_epilogues, mark_bounded_matmuls
 
 __all__ = ["to_relax"]
 
@@ -25,8 +25,9 @@ def _with_qcompile_converters():
     from tvm.relax.frontend.onnx import onnx_frontend
 
     standard = onnx_frontend._get_convert_map
+    table = standard()
     extra = converters.converters()
-    clash = set(extra) & set(standard())
+    clash = set(extra) & set(table)
     if clash:
         raise RuntimeError(f"qcompile converters shadow TVM's ONNX converters: {sorted(clash)}")
     onnx_frontend._get_convert_map = lambda: {**standard(), **extra}
@@ -43,6 +44,7 @@ def to_relax(model: ir.Model):
     from tvm.relax.frontend.onnx import from_onnx
 
     fuse_linear_epilogues(model)
+    mark_bounded_matmuls(model)
     proto = ir.serde.serialize_model(model)
     del proto.functions[:]  # the qcompile bodies are replaced by kernels; the importer ignores functions
     shapes = {v.name: [int(d) for d in v.shape] for v in model.graph.inputs}

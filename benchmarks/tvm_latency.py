@@ -1,0 +1,227 @@
+"""Latency of the TVM integer-only library against its peers, per zoo model, in one process:
+
+    TVM integer-only (qcompile `--passes repq,intonly --target llvm`)
+    ONNX Runtime FP32 · ONNX Runtime INT8 quantize_static (QDQ, reduce_range) · quantize_dynamic
+    PyTorch FP32 (models with a PyTorch module: minilm-l6; DINOv2 ships as ONNX only)
+    TVM FP32: the float ONNX model through the same importer and schedule rules (no float GEMM
+    rule exists, so its matmuls run unscheduled — stated, not hidden)
+
+Batch 1 on the model's latency sample (`latency_feeds`), `--threads` threads everywhere (TVM's pool
+unpinned, see backends/tvm/__init__.py), medians of `--rounds` runs taken in alternating blocks after
+warm-up (`qcompile.report.latency.measure_latency`, as the CLI's report). Before timing, the TVM
+library's outputs are checked bit for bit against ONNX Runtime's on model.int.onnx, on the latency
+sample and `--check-samples` evaluation inputs of the same shape; the run stops if they differ. Also
+reports the build time of each TVM library. Reports; asserts nothing. Writes
+benchmarks/results/tvm_latency.{md,json} (each model's entry replaced).
+
+    python benchmarks/tvm_latency.py [--models dinov2-s,minilm-l6] [--threads 2] [--rounds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import qcompile.backends.tvm  # noqa: F401  (unpins TVM's thread pool before anything creates it)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PASSES = "repq,intonly"
+
+
+def _torch_runner(name: str, feeds: dict, threads: int):
+    if name != "minilm-l6":
+        return None
+    import torch
+
+    from qcompile.zoo.minilm_module import load_minilm
+
+    torch.set_num_threads(threads)
+    module, _ = load_minilm()
+    module.eval()
+    ids, mask = torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])
+
+    def run():
+        with torch.inference_mode():
+            return module(ids, mask)
+
+    return run
+
+
+def _check_feeds(entry, name: str, feeds: dict, samples: int) -> list[dict]:
+    """The latency sample plus evaluation inputs of the same shape (DINOv2 images; MiniLM: only the
+    latency sentence has its exact token count, so sentences are cut or padded to it)."""
+    checks = [feeds]
+    if name == "dinov2-s":
+        from qcompile.zoo.dinov2 import INPUT_NAME, load_split, vit_preprocess
+
+        images, _ = load_split("test")
+        checks += [{INPUT_NAME: vit_preprocess(images[i : i + 1])} for i in range(1, samples + 1)]
+    elif name == "minilm-l6":
+        length = feeds["input_ids"].shape[1]
+        sentences, _, eval_half, _ = entry._split()
+        for index in eval_half[1 : samples + 1]:
+            tokens = entry._tokenize([sentences[index]])
+            ids = np.zeros((1, length), np.int64)
+            mask = np.zeros((1, length), np.int64)
+            used = min(length, tokens["input_ids"].shape[1])
+            ids[0, :used], mask[0, :used] = tokens["input_ids"][0, :used], tokens["attention_mask"][0, :used]
+            checks.append({"input_ids": ids, "attention_mask": mask})
+    return checks
+
+
+def _tvm_fp32(float_bytes: bytes, feeds: dict, threads: int):
+    import onnx
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from qcompile.backends.tvm.build import compile_relax
+    from qcompile.backends.tvm.prepare import static_model
+    from qcompile.backends.tvm.target import host_target
+
+    static = static_model(onnx.load_from_string(float_bytes), {k: v.shape for k, v in feeds.items()})
+    import onnx_ir as ir
+
+    proto = ir.serde.serialize_model(static)
+    start = time.perf_counter()
+    mod = from_onnx(proto, shape_dict={v.name: list(v.shape) for v in static.graph.inputs}, dtype_dict={v.name: str(v.dtype.numpy()) for v in static.graph.inputs})
+    executable = compile_relax(mod, host_target(threads, fma=True))
+    seconds = time.perf_counter() - start
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    tensors = [tvm.runtime.tensor(feeds[v.name]) for v in static.graph.inputs]
+    return (lambda: vm["main"](*tensors)), seconds
+
+
+def measure(name: str, threads: int, rounds: int, calib_samples: int, check_samples: int, tvm_fp32: bool, log) -> dict:
+    import onnx
+
+    from qcompile import zoo
+    from qcompile.backends.onnx import export, ort_baselines, runtime
+    from qcompile.backends.tvm import artifact
+    from qcompile.ir import model_to_bytes
+    from qcompile.pipeline.context import PipelineContext
+    from qcompile.pipeline.run import run_passes
+    from qcompile.report.latency import measure_latency
+
+    entry = zoo.get(name)
+    model = entry.load()
+    float_bytes = model_to_bytes(model)
+    calibration = entry.calibration(calib_samples, 0)
+    log(f"{name}: {PASSES}")
+    run_passes(model, PASSES, context=PipelineContext(calibration=calibration, progress=False, threads=threads))
+    scratch = Path(tempfile.mkdtemp(prefix="tvm-latency-"))
+    int_path = export(model, scratch / "model.int.onnx", fmt="int")
+    feeds = entry.latency_feeds()
+    log(f"{name}: compiling with TVM")
+    compiled = artifact.compile_int_model(onnx.load(str(int_path)), "llvm", {k: v.shape for k, v in feeds.items()}, threads=threads)
+    artifact.save(compiled, scratch)
+    library = artifact.load(scratch, threads=threads)
+    int_session = runtime.make_session(str(int_path), threads=threads)
+    checks = _check_feeds(entry, name, feeds, check_samples)
+    for sample in checks:
+        expected, got = runtime.run(int_session, sample), library.run(sample)
+        if any(not np.array_equal(got[k], expected[k]) for k in expected):
+            raise SystemExit(f"{name}: the TVM library differs from ONNX Runtime on model.int.onnx; not timing it")
+    log(f"{name}: bit-exact on {len(checks)} inputs; building ONNX Runtime baselines")
+    sessions = {
+        "ort_fp32": runtime.make_session(float_bytes, threads=threads),
+        "ort_int8_static": runtime.make_session(ort_baselines.ort_quantize_static(onnx_model(float_bytes), calibration, scratch / "ort"), threads=threads),
+        "ort_int8_dynamic": runtime.make_session(ort_baselines.ort_quantize_dynamic(onnx_model(float_bytes), scratch / "ort"), threads=threads),
+    }
+    prepared = library.prepare(feeds)
+    runners = {"tvm_int": lambda: library.run_prepared(prepared)}
+    runners.update({label: (lambda s=session: runtime.run(s, feeds)) for label, session in sessions.items()})
+    torch_run = _torch_runner(name, feeds, threads)
+    if torch_run is not None:
+        runners["pytorch_fp32"] = torch_run
+    fp32_build = None
+    if tvm_fp32:
+        log(f"{name}: compiling the float model with TVM")
+        runners["tvm_fp32"], fp32_build = _tvm_fp32(float_bytes, feeds, threads)
+    log(f"{name}: timing {', '.join(runners)}")
+    latency = measure_latency(runners, rounds=rounds)
+    fastest_int8 = min(latency["ort_int8_static"], latency["ort_int8_dynamic"])
+    return {
+        "model": name,
+        "passes": PASSES,
+        "input_shapes": {k: list(v.shape) for k, v in feeds.items()},
+        "threads": threads,
+        "rounds": rounds,
+        "latency_ms": latency,
+        "tvm_int_over_ort_fp32": latency["tvm_int"] / latency["ort_fp32"],
+        "tvm_int_over_fastest_ort_int8": latency["tvm_int"] / fastest_int8,
+        "bit_exact_inputs": len(checks),
+        "tvm_int_build_seconds": compiled.seconds,
+        "tvm_fp32_build_seconds": fp32_build,
+        "target": compiled.metadata["target"],
+        "library_mb": (scratch / artifact.LIBRARY).stat().st_size / 1e6,
+        "command": "python benchmarks/tvm_latency.py " + " ".join(sys.argv[1:]),
+    }
+
+
+def onnx_model(data: bytes):
+    import onnx_ir as ir
+
+    return ir.from_proto(__import__("onnx").load_from_string(data))
+
+
+LABELS = [
+    ("tvm_int", "qcompile TVM integer-only"),
+    ("ort_fp32", "ONNX Runtime FP32"),
+    ("ort_int8_static", "ONNX Runtime INT8 static"),
+    ("ort_int8_dynamic", "ONNX Runtime INT8 dynamic"),
+    ("pytorch_fp32", "PyTorch FP32"),
+    ("tvm_fp32", "TVM FP32 (same rules; float matmuls unscheduled)"),
+]
+
+
+def render(results: dict) -> list[str]:
+    lines = ["# TVM integer-only latency", "", f"CPU: {platform.processor() or platform.machine()}; produced by", ""]
+    lines += [f"    {r['command']}" for r in results.values()]
+    lines += ["", "| model | input | runtime | ms (median) | vs ORT FP32 |", "|---|---|---|---|---|"]
+    for r in results.values():
+        base = r["latency_ms"]["ort_fp32"]
+        shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in r["input_shapes"].items())
+        for label, text in LABELS:
+            value = r["latency_ms"].get(label)
+            cell = "n/a" if value is None else f"{value:.2f}"
+            ratio = "-" if value is None else f"{value / base:.2f}×"
+            lines.append(f"| {r['model']} | {shapes} | {text} | {cell} | {ratio} |")
+    lines += ["", "| model | TVM int / ORT FP32 (goal ≤ 0.5) | TVM int / faster ORT INT8 (goal ≤ 0.8) | bit-exact inputs | TVM int build s | library MB |", "|---|---|---|---|---|---|"]
+    for r in results.values():
+        lines.append(
+            f"| {r['model']} | {r['tvm_int_over_ort_fp32']:.2f} | {r['tvm_int_over_fastest_ort_int8']:.2f} | {r['bit_exact_inputs']} | {r['tvm_int_build_seconds']:.1f} | {r['library_mb']:.0f} |"
+        )
+    first = next(iter(results.values()))
+    lines += ["", f"Batch 1, {first['threads']} threads, medians of {first['rounds']} runs in alternating blocks after warm-up; target `{first['target']}`."]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="dinov2-s,minilm-l6")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--calib-samples", type=int, default=32)
+    parser.add_argument("--check-samples", type=int, default=8)
+    parser.add_argument("--no-tvm-fp32", action="store_true", help="skip the (slow) float TVM build")
+    args = parser.parse_args()
+    path = RESULTS / "tvm_latency.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    for name in args.models.split(","):
+        results[name] = measure(name, args.threads, args.rounds, args.calib_samples, args.check_samples, not args.no_tvm_fp32, lambda m: print(m, file=sys.stderr))
+        path.write_text(json.dumps(results, indent=2) + "\n")
+    text = "\n".join(render(results)) + "\n"
+    (RESULTS / "tvm_latency.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
