@@ -184,7 +184,7 @@ LABELS = [
 
 def render(results: dict) -> list[str]:
     lines = ["# TVM integer-only latency", "", f"CPU: {platform.processor() or platform.machine()}; produced by", ""]
-    lines += [f"    {r['command']}" for r in results.values()]
+    lines += [f"    {command}" for command in dict.fromkeys(r["command"] for r in results.values())]
     lines += ["", "| model | input | runtime | ms (median) | vs ORT FP32 |", "|---|---|---|---|---|"]
     for r in results.values():
         base = r["latency_ms"]["ort_fp32"]
