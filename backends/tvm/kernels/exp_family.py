@@ -46,13 +46,11 @@ def shiftmax_te(x, x0: int, n: int, out_bits: int):
     k = te.reduce_axis((0, length), "k")
     row_max = te.compute(rows, lambda *r: te.max(x[(*r, k)].astype("int64"), axis=k), name="shiftmax_max")
 
-    def exp(index):
-        return int_exp_expr(x[index].astype("int64") - row_max[index[:-1]], x0, n)
-
+    e = te.compute(x.shape, lambda *i: int_exp_expr(x[i].astype("int64") - row_max[i[:-1]], x0, n), name="shiftmax_exp")
     k2 = te.reduce_axis((0, length), "k2")
-    total = te.compute(rows, lambda *r: te.sum(exp((*r, k2)), axis=k2), name="shiftmax_sum")
+    total = te.compute(rows, lambda *r: te.sum(e[(*r, k2)], axis=k2), name="shiftmax_sum")
     factor = te.compute(rows, lambda *r: tirx.floordiv(tirx.shift_left(_c(1), _c(62)), total[r]), name="shiftmax_factor")
-    return te.compute(x.shape, lambda *i: tirx.shift_right(exp(i) * factor[i[:-1]], _c(63 - out_bits)), name="shiftmax")
+    return te.compute(x.shape, lambda *i: tirx.shift_right(e[i] * factor[i[:-1]], _c(63 - out_bits)), name="shiftmax")
 
 
 def shift_gelu_te(x, x0: int, n: int, sigmoid_bits: int):
