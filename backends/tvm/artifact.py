@@ -59,7 +59,7 @@ def compile_int_model(
         "inputs": _signature(static.graph.inputs),
         "outputs": _signature(static.graph.outputs),
     }
-    executable = compile_relax(to_relax(static), tvm_target)
+    executable = compile_relax(to_relax(static, tvm_target.kind.name), tvm_target)
     return Compiled(executable, metadata, time.perf_counter() - start)
 
 

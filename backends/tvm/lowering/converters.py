@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from qcompile.backends.tvm.kernels import elementwise, exp_family, int_batch_matmul, int_gemm, layernorm, requantize, softmax
+from qcompile.backends.tvm.kernels import elementwise, exp_family, int_batch_matmul, int_gemm, int_gemm_gpu, layernorm, requantize, softmax
 from qcompile.backends.tvm.lowering.fuse import BOUNDED_MATMUL, FUSED_LINEAR
 
 __all__ = ["converters", "LoweringError"]
@@ -95,9 +95,24 @@ def _constant_kernel(name: str, compute, constants: tuple[str, ...]):
     return impl
 
 
+def _requantize_epilogue(epilogue_inputs, out_dtype):
+    """(epilogue for the GEMM PrimFuncs, its Relax constant arguments) of a fused Requantize (m, e, b,
+    lo, hi), or (None, []) without one."""
+    from tvm import relax, te
+
+    if epilogue_inputs is None:
+        return None, []
+    mult, shift, offset, lo, hi = epilogue_inputs
+    arrays = [_array(v, f"the requantize {name} after IntLinear") for v, name in ((mult, "m"), (shift, "e"), (offset, "b"))]
+    params = [te.placeholder(a.shape, "int64", name=name) for a, name in zip(arrays, ("m", "e", "b"))]
+    low, high = _int(lo, "Requantize's lo"), _int(hi, "Requantize's hi")
+    epilogue = (params, lambda value, index: requantize.requantize_expr(value, index, *params, low, high, out_dtype))
+    return epilogue, [relax.const(a.astype(np.int64), "int64") for a in arrays]
+
+
 def _linear(bb, x, w, bias, epilogue_inputs, out_dtype):
     """call_tir of the scheduled GEMM on x [..., K] (reshaped to 2-D), with the requantize epilogue."""
-    from tvm import relax, te
+    from tvm import relax
 
     weight = _array(w, "IntLinear's weight")
     k, n = weight.shape
@@ -109,14 +124,7 @@ def _linear(bb, x, w, bias, epilogue_inputs, out_dtype):
     packed = int_gemm.pack_weight(weight)
     padded_bias = np.zeros(packed.shape[0] * int_gemm.LANES, np.int32)
     padded_bias[:n] = bias_codes
-    epilogue, extra = None, []
-    if epilogue_inputs is not None:
-        mult, shift, offset, lo, hi = epilogue_inputs
-        arrays = [_array(v, f"the requantize {name} after IntLinear") for v, name in ((mult, "m"), (shift, "e"), (offset, "b"))]
-        params = [te.placeholder(a.shape, "int64", name=name) for a, name in zip(arrays, ("m", "e", "b"))]
-        low, high = _int(lo, "Requantize's lo"), _int(hi, "Requantize's hi")
-        epilogue = (params, lambda value, index: requantize.requantize_expr(value, index, *params, low, high, out_dtype))
-        extra = [relax.const(a.astype(np.int64), "int64") for a in arrays]
+    epilogue, extra = _requantize_epilogue(epilogue_inputs, out_dtype)
     func = int_gemm.int_gemm_func(m, k, n, epilogue=epilogue, out_dtype=out_dtype, a_dtype=_dtype(x))
     scheduled = int_gemm.schedule_int_gemm(func)["main"].without_attr("global_symbol").with_attr({SCHEDULED: True, "op_pattern": OPAQUE})
     gv = bb.add_func(scheduled, "int_gemm")
@@ -127,22 +135,57 @@ def _linear(bb, x, w, bias, epilogue_inputs, out_dtype):
     return bb.emit(relax.op.reshape(out, (*lead, n)))
 
 
-def _int_linear(bb, inputs, attr):
-    x, w, bias = inputs
-    return _linear(bb, x, w, bias, None, "int32")
+def _linear_gpu(bb, x, w, bias, epilogue_inputs, out_dtype):
+    """The CUDA GEMM (`int_gemm_gpu`): __dp4a on int8 operands, uint8 activations shifted by 128."""
+    from tvm import relax
+
+    weight = _array(w, "IntLinear's weight")
+    k, n = weight.shape
+    *lead, _ = _shape(x)
+    m = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    if weight.min() < -128 or weight.max() > 127:
+        raise LoweringError("IntLinear's weight codes do not fit int8")
+    packed = int_gemm_gpu.pack_weight_t(weight)
+    bias_codes = np.zeros(packed.shape[0], np.int32)
+    bias_codes[:n] = int_gemm_gpu.shifted_bias(weight, _array(bias, "IntLinear's bias").reshape(-1), _dtype(x))
+    epilogue, extra = _requantize_epilogue(epilogue_inputs, out_dtype)
+    func = int_gemm_gpu.schedule_dp4a_gemm(int_gemm_gpu.dp4a_gemm_func(m, k, n, _dtype(x), epilogue, out_dtype))
+    gv = bb.add_func(func["main"].without_attr("global_symbol").with_attr({SCHEDULED: True, "op_pattern": OPAQUE}), "dp4a_gemm")
+    rows = bb.emit(relax.op.reshape(x, (m, k)))
+    out = bb.emit(relax.call_tir(gv, [rows, relax.const(packed, "int8"), relax.const(bias_codes, "int32"), *extra], relax.TensorType((m, n), out_dtype)))
+    return bb.emit(relax.op.reshape(out, (*lead, n)))
 
 
-def _int_linear_requantize(bb, inputs, attr):
-    x, w, bias, *epilogue = inputs
-    return _linear(bb, x, w, bias, epilogue, ONNX_DTYPES[int(attr["to"])] if "to" in attr else "int64")
+def _int_linear(kind: str):
+    def impl(bb, inputs, attr):
+        x, w, bias = inputs
+        return (_linear_gpu if kind == "cuda" else _linear)(bb, x, w, bias, None, "int32")
+
+    return impl
 
 
-def _bounded_matmul(bb, inputs, attr):
+def _int_linear_requantize(kind: str):
+    def impl(bb, inputs, attr):
+        x, w, bias, *epilogue = inputs
+        out_dtype = ONNX_DTYPES[int(attr["to"])] if "to" in attr else "int64"
+        return (_linear_gpu if kind == "cuda" else _linear)(bb, x, w, bias, epilogue, out_dtype)
+
+    return impl
+
+
+def _bounded_matmul(kind: str):
+    return lambda bb, inputs, attr: _bounded_matmul_impl(bb, inputs, attr, kind)
+
+
+def _bounded_matmul_impl(bb, inputs, attr, kind):
     """`qcompile.tvm.IntMatMul` (an activation × activation MatMul with recorded operand bounds) on the
-    int16-pair batched kernel when the bounds make it exact; TVM's generic matmul otherwise."""
+    int16-pair batched kernel when the bounds make it exact on a CPU; TVM's generic matmul otherwise
+    (and on CUDA, where dlight's Matmul rule schedules it)."""
     from tvm import relax
 
     a, b = inputs
+    if kind == "cuda":
+        return bb.emit(relax.op.matmul(a, b))
     (*lead, m, k), (*lead_b, _, n) = _shape(a), _shape(b)
     dtype = _dtype(a)
     bound_a, bound_b = int(attr["bound_a"]), int(attr["bound_b"])
@@ -157,8 +200,9 @@ def _bounded_matmul(bb, inputs, attr):
     return bb.emit(relax.op.reshape(out, (*lead, m, n)))
 
 
-def converters() -> dict[str, type]:
-    """{op_type: importer converter class} for every `qcompile` function and the fused GEMM."""
+def converters(kind: str = "llvm") -> dict[str, type]:
+    """{op_type: importer converter class} for every `qcompile` function and the fused GEMM, for a
+    target of `kind` ('llvm' or 'cuda')."""
     table = {
         "Requantize": _requantize,
         "IntAdd": _int_add,
@@ -170,9 +214,9 @@ def converters() -> dict[str, type]:
         "IntGELU": _constant_kernel("IntGELU", exp_family.int_gelu_te, ("b_int", "c_int", "one", "n")),
         "IntExpShift": _constant_kernel("IntExpShift", exp_family.int_exp_shift_te, ("x0", "n")),
         "IntSqrt": _constant_kernel("IntSqrt", layernorm.int_sqrt_te, ()),
-        "IntLinear": _int_linear,
-        FUSED_LINEAR: _int_linear_requantize,
-        BOUNDED_MATMUL: _bounded_matmul,
+        "IntLinear": _int_linear(kind),
+        FUSED_LINEAR: _int_linear_requantize(kind),
+        BOUNDED_MATMUL: _bounded_matmul(kind),
     }
     return {name: _converter(f"QCompile{name}", impl) for name, impl in table.items()}
 

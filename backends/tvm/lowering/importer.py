@@ -21,12 +21,12 @@ __all__ = ["to_relax"]
 
 
 @contextlib.contextmanager
-def _with_qcompile_converters():
+def _with_qcompile_converters(kind: str):
     from tvm.relax.frontend.onnx import onnx_frontend
 
     standard = onnx_frontend._get_convert_map
     table = standard()
-    extra = converters.converters()
+    extra = converters.converters(kind)
     clash = set(extra) & set(table)
     if clash:
         raise RuntimeError(f"qcompile converters shadow TVM's ONNX converters: {sorted(clash)}")
@@ -37,8 +37,9 @@ def _with_qcompile_converters():
         onnx_frontend._get_convert_map = standard
 
 
-def to_relax(model: ir.Model):
-    """The Relax IRModule of a static-shape integer-only model (fuses linear epilogues in `model`)."""
+def to_relax(model: ir.Model, kind: str = "llvm"):
+    """The Relax IRModule of a static-shape integer-only model for a target of `kind` ('llvm' or
+    'cuda'; fuses linear epilogues in `model`)."""
     import warnings
 
     from tvm.relax.frontend.onnx import from_onnx
@@ -49,6 +50,6 @@ def to_relax(model: ir.Model):
     del proto.functions[:]  # the qcompile bodies are replaced by kernels; the importer ignores functions
     shapes = {v.name: [int(d) for d in v.shape] for v in model.graph.inputs}
     dtypes = {v.name: str(v.dtype.numpy()) for v in model.graph.inputs}
-    with _with_qcompile_converters(), warnings.catch_warnings():
+    with _with_qcompile_converters(kind), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # onnx.checker complains about the private fused-op domain
         return from_onnx(proto, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
