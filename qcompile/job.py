@@ -72,6 +72,9 @@ def _session_runner(session):
 
 def run_job(config: JobConfig, log=print) -> dict[str, Any]:
     """Run the job and return the report (also written to `output_dir/report.json`)."""
+    if config.target:
+        os.environ.setdefault("TVM_NUM_THREADS", str(config.threads))  # TVM's pool size is fixed at first use
+        os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")  # idle TVM workers must not steal ORT's cores while it is timed
     from qcompile.backends.onnx import export, ort_baselines, runtime
 
     entry = resolve_model(config.model)
@@ -153,12 +156,21 @@ def _compile_tvm(config: JobConfig, entry, artifact: Path, staging: Path, int_se
     log(f"compiling the integer model with TVM for {config.target} (inputs {shapes})")
     compiled = tvm_artifact.compile_int_model(onnx.load(str(artifact)), config.target, shapes, threads=config.threads)
     files = [path.name for path in tvm_artifact.save(compiled, staging)]
-    report = {"target": compiled.metadata["target"], "cpu": compiled.metadata["cpu"], "build_seconds": compiled.seconds, "files": files, "inputs": compiled.metadata["inputs"]}
+    from qcompile.backends.tvm import pool_threads
+
+    report = {
+        "target": compiled.metadata["target"],
+        "cpu": compiled.metadata["cpu"],
+        "build_seconds": compiled.seconds,
+        "files": files,
+        "inputs": compiled.metadata["inputs"],
+        "threads": pool_threads(),
+    }
     if compiled.metadata["kind"] != "llvm":
         report["bit_exact_vs_onnx"] = None
         report["not_run"] = "a CUDA library is built here but runs only on a GPU machine"
         return None, report
-    model = tvm_artifact.load(staging, threads=config.threads)
+    model = tvm_artifact.load(staging)
     if all(list(np.shape(feeds[s["name"]])) == s["shape"] for s in compiled.metadata["inputs"]):
         expected = runtime.run(int_session, feeds)
         got = model.run(feeds)

@@ -75,7 +75,7 @@ def save(compiled: Compiled, directory: Path) -> list[Path]:
 class TvmModel:
     """A loaded artifact: `run({name: array}) → {name: array}` on the device it was built for."""
 
-    def __init__(self, directory: Path, threads: int | None = None) -> None:
+    def __init__(self, directory: Path) -> None:
         import tvm
         from tvm import relax
         from tvm.target import codegen
@@ -91,8 +91,6 @@ class TvmModel:
             raise ValueError(f"{meta_path}: format {self.metadata.get('format')!r}, expected {FORMAT!r}")
         if self.metadata["kind"] == "llvm" and self.metadata["cpu"] != str(codegen.llvm_get_system_cpu()):
             raise RuntimeError(f"{directory} was built for CPU {self.metadata['cpu']}; this CPU is {codegen.llvm_get_system_cpu()}")
-        if threads:
-            tvm.get_global_func("runtime.config_threadpool")(0, int(threads))
         self.device = tvm.cuda(0) if self.metadata["kind"] == "cuda" else tvm.cpu(0)
         self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(directory / LIBRARY)), self.device)
         self._tvm = tvm
@@ -122,6 +120,7 @@ class TvmModel:
         return {spec["name"]: r.numpy() for spec, r in zip(self.metadata["outputs"], results)}
 
 
-def load(path: str | Path, threads: int | None = None) -> TvmModel:
-    """Load an artifact directory (or its model.so)."""
-    return TvmModel(Path(path), threads)
+def load(path: str | Path) -> TvmModel:
+    """Load an artifact directory (or its model.so). It runs on TVM's thread pool, whose size is fixed
+    at first use: TVM_NUM_THREADS (`qcompile.backends.tvm` defaults it to every available core)."""
+    return TvmModel(Path(path))

@@ -38,7 +38,7 @@ def test_saved_library_loads_and_equals_onnx_runtime(saved) -> None:
     meta = json.loads((directory / "model.tvm.json").read_text())
     assert meta["kind"] == "llvm" and meta["cpu"] and '"mcpu":"' + meta["cpu"] + '"' in meta["target"].replace(" ", "")
     assert meta["inputs"] == [{"name": "x", "shape": list(feeds["x"].shape), "dtype": "float32"}]
-    model = qtvm.load(directory / "model.so", threads=1)
+    model = qtvm.load(directory / "model.so")
     expected = runtime.run(runtime.make_session(proto.SerializeToString()), feeds)["y"]
     np.testing.assert_array_equal(model.run(feeds)["y"], expected)
 

@@ -62,3 +62,15 @@ def test_tvm_thread_pool_leaves_the_process_affinity_alone() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TVM_BIND_THREADS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.strip().splitlines()[-1] == "True"
+
+
+def test_tvm_pool_runs_on_every_available_core() -> None:
+    """TVM's own default sizes the pool from its idea of physical cores (1 on a 2-vCPU VM)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, qcompile.backends.tvm as q; print(q.pool_threads() == len(os.sched_getaffinity(0)))"
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.strip().splitlines()[-1] == "True"

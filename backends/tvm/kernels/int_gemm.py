@@ -107,11 +107,13 @@ def int_gemm_func(m: int, k: int, n: int, rows: int = 6, epilogue=None, out_dtyp
     return te.create_prim_func([a, wp, bias, *params, out])
 
 
-def tile_and_tensorize(sch, block, rows: int, col_blocks: int, panels_outside: bool) -> None:
+def tile_and_tensorize(sch, block, rows: int, col_blocks: int, panels_outside: bool, consumer=None) -> None:
     """The register tile of a GEMM block over loops (*batch, i, j, k): i split by `rows`, j by
     `col_blocks` × 8 lanes, k by pairs; accumulators in a local buffer written back per tile; the
     vpmaddwd intrinsic on the innermost 8 × 2; batch and tile loops fused and parallel. With
-    `panels_outside` the column tiles are the outer loop (a W panel stays in L1 while all rows pass)."""
+    `panels_outside` the column tiles are the outer loop (a W panel stays in L1 while all rows pass).
+    `consumer` (the output/epilogue block) is computed per tile, right after the tile's accumulators
+    are final, instead of in a separate serial pass over the whole int32 result."""
     register_intrinsic()
     local = sch.cache_write(block, 0, "local")
     *batch, i, j, k = sch.get_loops(block)
@@ -124,6 +126,8 @@ def tile_and_tensorize(sch, block, rows: int, col_blocks: int, panels_outside: b
     sch.reorder(*batch, *outer, ko, ii, jb, ji, ki)
     sch.reverse_compute_at(local, outer[-1])
     sch.vectorize(sch.get_loops(local)[-1])
+    if consumer is not None:
+        sch.reverse_compute_at(consumer, outer[-1])
     sch.parallel(sch.fuse(*batch, *outer) if panels_outside else sch.fuse(*batch, io))
     init = sch.decompose_reduction(block, ko)
     sch.vectorize(sch.get_loops(init)[-1])
@@ -144,5 +148,5 @@ def schedule_int_gemm(func, rows: int = 6, col_blocks: int = 2):
     sch.vectorize(sch.split(pad_cols, [None, 16])[1])
     if int(sch.get(sch.get_loops(block)[0]).extent) % rows:
         raise ValueError(f"schedule rows={rows} must divide the padded M of int_gemm_func (built with another `rows`)")
-    tile_and_tensorize(sch, block, rows, col_blocks, panels_outside=True)
+    tile_and_tensorize(sch, block, rows, col_blocks, panels_outside=True, consumer=sch.get_sblock("out"))
     return sch.mod
