@@ -406,6 +406,9 @@ class IntOnlyPass(Pass):
         stats["variants"] = {kind: {site: c["choice"] for site, c in sites.items()} for kind, sites in choices.items()}
         stats["variant_mse"] = {kind: {site: c["mse"] for site, c in sites.items()} for kind, sites in choices.items()}
         stats["folded_shape_constants"] = folded
+        before = len(model.graph.initializers)
+        ir.passes.common.RemoveUnusedNodesPass()(model)  # the float weights replaced by integer codes
+        stats["removed_initializers"] = before - len(model.graph.initializers)
         stats["float_values"] = float_values(model)
         stats["float_ops"] = float_ops(model)
         return PassResult(model, modified=True, stats=stats)

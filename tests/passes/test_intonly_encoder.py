@@ -101,3 +101,14 @@ def test_repq_then_intonly_lowers_and_reports_the_log_quantizer_it_replaces() ->
     # the 16-bit integer probabilities are finer than the 8-bit log√2 codes they replace (measured 32.8 dB
     # against QDQ's 30.2 dB): the lowering must not lose more than its other kernels cost
     assert sqnr_db(reference, integer) > sqnr_db(reference, fake_quant) - 1.0, (sqnr_db(reference, integer), sqnr_db(reference, fake_quant))
+
+
+def test_the_float_weights_replaced_by_integer_codes_leave_the_model() -> None:
+    tiny = tiny_encoder()
+    context = PipelineContext(calibration=tiny.calibration, progress=False)
+    qcompile.run_passes(tiny.model, "w8a8", context=context)
+    floats_before = sum(v.dtype == ir.DataType.FLOAT for v in tiny.model.graph.initializers.values())
+    stats = IntOnlyPass(context=context)(tiny.model).stats
+    read = {id(v) for node in tiny.model.graph for v in node.inputs if v is not None}
+    assert stats["removed_initializers"] >= 4 and floats_before >= 4  # at least the linears' float weights
+    assert all(id(v) in read for v in tiny.model.graph.initializers.values())
