@@ -372,6 +372,18 @@ class _Lowering:
         return {"nodes": len(self.emit.nodes), "kernels": kernels, "replaced_quantizers": self.replaced}
 
 
+def _drop_unread_initializers(model: ir.Model) -> int:
+    """Remove the initializers no node of the graph (or its subgraphs) reads — the float weights the
+    integer codes replaced. Their values still list the replaced nodes as users (detached, not
+    destroyed), so `RemoveUnusedNodesPass` keeps them; liveness is judged from the graph's nodes."""
+    live = {id(node) for node in ir.traversal.RecursiveGraphIterator(model.graph)}
+    outputs = {id(v) for v in model.graph.outputs} | {id(v) for v in model.graph.inputs}
+    dead = [name for name, value in model.graph.initializers.items() if id(value) not in outputs and not any(id(use.node) in live for use in value.uses())]
+    for name in dead:
+        del model.graph.initializers[name]
+    return len(dead)
+
+
 @register_pass("intonly")
 class IntOnlyPass(Pass):
     """Lower the quantized graph to integer-only ops (`qcompile` kernels); fails on any op it cannot lower."""
@@ -406,9 +418,7 @@ class IntOnlyPass(Pass):
         stats["variants"] = {kind: {site: c["choice"] for site, c in sites.items()} for kind, sites in choices.items()}
         stats["variant_mse"] = {kind: {site: c["mse"] for site, c in sites.items()} for kind, sites in choices.items()}
         stats["folded_shape_constants"] = folded
-        before = len(model.graph.initializers)
-        ir.passes.common.RemoveUnusedNodesPass()(model)  # the float weights replaced by integer codes
-        stats["removed_initializers"] = before - len(model.graph.initializers)
+        stats["removed_initializers"] = _drop_unread_initializers(model)
         stats["float_values"] = float_values(model)
         stats["float_ops"] = float_ops(model)
         return PassResult(model, modified=True, stats=stats)
