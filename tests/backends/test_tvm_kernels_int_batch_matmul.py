@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qcompile.backends.tvm.kernels.int_batch_matmul import fits, int_batch_matmul_func, schedule_int_batch_matmul
 from qcompile.backends.tvm.target import cpu_features, host_target
@@ -44,3 +46,14 @@ def test_fits_refuses_overflowing_bounds() -> None:
     assert not fits(64, 255, 2**15)  # B does not fit int16
     assert not fits(2**16, 255, 255)  # 65536·255·255 ≥ 2^31
     assert not fits(4, 2**24, 255)  # the high limb no longer fits int16
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    batch=st.integers(1, 3), m=st.integers(1, 13), k=st.integers(1, 30), n=st.integers(1, 20),
+    wide=st.booleans(), seed=st.integers(0, 2**16),
+)
+def test_batch_matmul_property(batch, m, k, n, wide, seed) -> None:
+    bound_a, dtype = (2**16, "int64") if wide else (255, "int32")
+    got, expected, _ = _run(batch, m, k, n, dtype, bound_a, 255, seed)
+    np.testing.assert_array_equal(got, expected)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qcompile.backends.tvm.kernels.int_gemm import int_gemm_func, pack_weight, schedule_int_gemm
 from qcompile.backends.tvm.kernels.requantize import requantize_expr
@@ -83,3 +85,13 @@ def test_fused_requantize_epilogue_and_vpmaddwd_in_the_assembly() -> None:
 def test_schedule_refuses_rows_that_do_not_divide_the_padded_m() -> None:
     with pytest.raises(ValueError, match="rows=5"):
         schedule_int_gemm(int_gemm_func(7, 8, 8, rows=6), rows=5)  # M padded to 12
+
+
+@settings(max_examples=8, deadline=None)
+@given(m=st.integers(1, 20), k=st.integers(1, 40), n=st.integers(1, 40), signed=st.booleans(), seed=st.integers(0, 2**16))
+def test_gemm_property_any_shape_and_codes(m, k, n, signed, seed) -> None:
+    a, w, bias = _operands(m, k, n, signed, seed)
+    codes = "int8" if signed else "uint8"
+    _, wp, bp = _padded(a, w, bias)
+    got, _ = _build_and_run(int_gemm_func(m, k, n, a_dtype=codes), {}, (a.astype(codes), wp, bp), (m, n), "int32")
+    np.testing.assert_array_equal(got, int_linear(a, w, bias))
