@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-__all__ = ["FORMAT", "LIBRARY", "METADATA", "Compiled", "TvmModel", "compile_int_model", "save", "load"]
+__all__ = ["FORMAT", "LIBRARY", "METADATA", "Compiled", "TvmModel", "kernel_flavour", "compile_int_model", "save", "load"]
 
 FORMAT = "qcompile-tvm/1"
 LIBRARY, METADATA = "model.so", "model.tvm.json"
@@ -35,6 +35,15 @@ class Compiled:
 
 def _signature(values) -> list[dict]:
     return [{"name": v.name, "shape": [int(d) for d in v.shape], "dtype": str(v.dtype.numpy())} for v in values]
+
+
+def kernel_flavour(target) -> str:
+    """'cuda'; 'llvm' for a CPU with AVX2 (the vpmaddwd GEMMs); 'generic' for any other CPU."""
+    from qcompile.backends.tvm.target import cpu_features
+
+    if target.kind.name == "cuda":
+        return "cuda"
+    return "llvm" if "avx2" in cpu_features(target) else "generic"
 
 
 def compile_int_model(
@@ -55,11 +64,12 @@ def compile_int_model(
         "format": FORMAT,
         "target": str(tvm_target),
         "kind": tvm_target.kind.name,
+        "kernels": kernel_flavour(tvm_target),
         "cpu": str(codegen.llvm_get_system_cpu()),
         "inputs": _signature(static.graph.inputs),
         "outputs": _signature(static.graph.outputs),
     }
-    executable = compile_relax(to_relax(static, tvm_target.kind.name), tvm_target)
+    executable = compile_relax(to_relax(static, kernel_flavour(tvm_target)), tvm_target)
     return Compiled(executable, metadata, time.perf_counter() - start)
 
 

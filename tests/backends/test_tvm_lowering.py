@@ -97,3 +97,21 @@ def test_attention_matmuls_carry_their_bounds_to_the_backend() -> None:
     assert mark_bounded_matmuls(model) == 2
     bounds = sorted((n.attributes["bound_a"].as_int(), n.attributes["bound_b"].as_int()) for n in model.graph if n.op_type == BOUNDED_MATMUL)
     assert bounds[0][0] <= 255 and bounds[-1][0] == 2**16  # centred 8-bit codes; 16-bit probabilities
+
+
+def test_cpus_without_avx2_get_correct_generic_kernels() -> None:
+    """The 'generic' flavour (chosen when the CPU lacks AVX2: no vpmaddwd) is unscheduled but exact."""
+    import tvm
+    from tvm import relax
+
+    from qcompile.backends.tvm.build import compile_relax
+    from qcompile.backends.tvm.lowering.importer import to_relax
+    from qcompile.backends.tvm.target import host_target
+
+    proto, feeds = _int_model()
+    mod = to_relax(static_model(proto, {"x": feeds["x"].shape}), "generic")
+    names = {gv.name_hint.rstrip("0123456789") for gv in mod.functions}
+    assert "int_gemm_generic" in names and "int_gemm" not in names and "int_batch_matmul" not in names  # no AVX2 intrinsic kernels
+    vm = relax.VirtualMachine(compile_relax(mod, host_target(2)), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(feeds["x"])).numpy()
+    np.testing.assert_array_equal(got, runtime.run(runtime.make_session(proto.SerializeToString()), feeds)["y"])

@@ -135,8 +135,9 @@ def _linear(bb, x, w, bias, epilogue_inputs, out_dtype):
     return bb.emit(relax.op.reshape(out, (*lead, n)))
 
 
-def _linear_gpu(bb, x, w, bias, epilogue_inputs, out_dtype):
-    """The CUDA GEMM (`int_gemm_gpu`): __dp4a on int8 operands, uint8 activations shifted by 128."""
+def _linear_gpu(bb, x, w, bias, epilogue_inputs, out_dtype, schedule: bool = True):
+    """The CUDA GEMM (`int_gemm_gpu`): __dp4a on int8 operands, uint8 activations shifted by 128.
+    schedule=False: the same computation unscheduled, for CPUs without AVX2 (correct, slow)."""
     from tvm import relax
 
     weight = _array(w, "IntLinear's weight")
@@ -149,17 +150,28 @@ def _linear_gpu(bb, x, w, bias, epilogue_inputs, out_dtype):
     bias_codes = np.zeros(packed.shape[0], np.int32)
     bias_codes[:n] = int_gemm_gpu.shifted_bias(weight, _array(bias, "IntLinear's bias").reshape(-1), _dtype(x))
     epilogue, extra = _requantize_epilogue(epilogue_inputs, out_dtype)
-    func = int_gemm_gpu.schedule_dp4a_gemm(int_gemm_gpu.dp4a_gemm_func(m, k, n, _dtype(x), epilogue, out_dtype))
-    gv = bb.add_func(func["main"].without_attr("global_symbol").with_attr({SCHEDULED: True, "op_pattern": OPAQUE}), "dp4a_gemm")
+    func = int_gemm_gpu.dp4a_gemm_func(m, k, n, _dtype(x), epilogue, out_dtype)
+    if schedule:
+        func = int_gemm_gpu.schedule_dp4a_gemm(func)["main"].with_attr({SCHEDULED: True})
+    gv = bb.add_func(func.without_attr("global_symbol").with_attr({"op_pattern": OPAQUE}), "dp4a_gemm" if schedule else "int_gemm_generic")
     rows = bb.emit(relax.op.reshape(x, (m, k)))
     out = bb.emit(relax.call_tir(gv, [rows, relax.const(packed, "int8"), relax.const(bias_codes, "int32"), *extra], relax.TensorType((m, n), out_dtype)))
     return bb.emit(relax.op.reshape(out, (*lead, n)))
 
 
+def _linear_for(kind: str):
+    """The GEMM lowering for a kernel flavour: 'llvm' (AVX2), 'cuda', 'generic' (a CPU without AVX2)."""
+    if kind == "cuda":
+        return _linear_gpu
+    if kind == "generic":
+        return lambda *args: _linear_gpu(*args, schedule=False)
+    return _linear
+
+
 def _int_linear(kind: str):
     def impl(bb, inputs, attr):
         x, w, bias = inputs
-        return (_linear_gpu if kind == "cuda" else _linear)(bb, x, w, bias, None, "int32")
+        return _linear_for(kind)(bb, x, w, bias, None, "int32")
 
     return impl
 
@@ -168,7 +180,7 @@ def _int_linear_requantize(kind: str):
     def impl(bb, inputs, attr):
         x, w, bias, *epilogue = inputs
         out_dtype = ONNX_DTYPES[int(attr["to"])] if "to" in attr else "int64"
-        return (_linear_gpu if kind == "cuda" else _linear)(bb, x, w, bias, epilogue, out_dtype)
+        return _linear_for(kind)(bb, x, w, bias, epilogue, out_dtype)
 
     return impl
 
@@ -184,7 +196,7 @@ def _bounded_matmul_impl(bb, inputs, attr, kind):
     from tvm import relax
 
     a, b = inputs
-    if kind == "cuda":
+    if kind != "llvm":  # CUDA, or a CPU without AVX2
         return bb.emit(relax.op.matmul(a, b))
     (*lead, m, k), (*lead_b, _, n) = _shape(a), _shape(b)
     dtype = _dtype(a)
@@ -201,8 +213,8 @@ def _bounded_matmul_impl(bb, inputs, attr, kind):
 
 
 def converters(kind: str = "llvm") -> dict[str, type]:
-    """{op_type: importer converter class} for every `qcompile` function and the fused GEMM, for a
-    target of `kind` ('llvm' or 'cuda')."""
+    """{op_type: importer converter class} for every `qcompile` function and the fused GEMM, for kernels
+    of flavour `kind`: 'llvm' (x86 with AVX2), 'cuda', or 'generic' (any other CPU: unscheduled GEMMs)."""
     table = {
         "Requantize": _requantize,
         "IntAdd": _int_add,
