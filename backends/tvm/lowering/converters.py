@@ -110,6 +110,20 @@ def _requantize_epilogue(epilogue_inputs, out_dtype):
     return epilogue, [relax.const(a.astype(np.int64), "int64") for a in arrays]
 
 
+def _ibert_softmax(bb, inputs, attr):
+    """IBertSoftmax with e looked up in a build-time table of the reference's values when it is small."""
+    from tvm import relax
+
+    x, *params = inputs
+    names = ("x0", "b_int", "c_int", "n", "out_bits")
+    x0, b_int, c_int, n, out_bits = (_int(p, f"IBertSoftmax's {name}") for p, name in zip(params, names))
+    table = softmax.exp_table(x0, b_int, c_int, n)
+    if table is None:
+        return bb.emit_te(softmax.ibert_softmax_te, x, x0, b_int, c_int, n, out_bits, primfunc_name_hint="ibertsoftmax")
+    compute = lambda xs, ts: softmax.ibert_softmax_te(xs, x0, b_int, c_int, n, out_bits, table=ts)  # noqa: E731
+    return bb.emit_te(compute, x, relax.const(table, "int64"), primfunc_name_hint="ibertsoftmax")
+
+
 def _linear(bb, x, w, bias, epilogue_inputs, out_dtype):
     """call_tir of the scheduled GEMM on x [..., K] (reshaped to 2-D), with the requantize epilogue."""
     from tvm import relax
@@ -220,7 +234,7 @@ def converters(kind: str = "llvm") -> dict[str, type]:
         "IntAdd": _int_add,
         "Lookup": _lookup,
         "ILayerNorm": _constant_kernel("ILayerNorm", layernorm.ilayernorm_te, ("shift",)),
-        "IBertSoftmax": _constant_kernel("IBertSoftmax", softmax.ibert_softmax_te, ("x0", "b_int", "c_int", "n", "out_bits")),
+        "IBertSoftmax": _ibert_softmax,
         "Shiftmax": _constant_kernel("Shiftmax", exp_family.shiftmax_te, ("x0", "n", "out_bits")),
         "ShiftGELU": _constant_kernel("ShiftGELU", exp_family.shift_gelu_te, ("x0", "n", "sigmoid_bits")),
         "IntGELU": _constant_kernel("IntGELU", exp_family.int_gelu_te, ("b_int", "c_int", "one", "n")),
