@@ -24,7 +24,7 @@ ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "
 
 
 class LoweringError(ValueError):
-    """A node the TVM lowering cannot compile (names the node and the reason)."""
+    """A node the TVM lowering cannot compile (names the op and the reason)."""
 
 
 def _array(expr, what: str) -> np.ndarray:
