@@ -44,6 +44,7 @@ def _ort_session(op: str, k: int, n: int, threads: int, weight: np.ndarray):
 
 
 def _median_seconds(run, number: int, repeat: int) -> float:
+    time.sleep(0.5)  # the previous runtime's idle workers (ORT's and TVM's both spin) go to sleep first
     run()
     times = []
     for _ in range(repeat):
@@ -57,11 +58,11 @@ def _median_seconds(run, number: int, repeat: int) -> float:
 def _tvm_gemm(m: int, k: int, n: int, threads: int, rows: int, col_blocks: int):
     import tvm
 
-    from qcompile.backends.tvm.kernels.int_gemm import int_gemm_func, pack_weight, schedule_int_gemm
+    from qcompile.backends.tvm.kernels.int_gemm import int_gemm_func, schedule_int_gemm
     from qcompile.backends.tvm.target import host_target
 
     lib = tvm.tirx.build(schedule_int_gemm(int_gemm_func(m, k, n, rows=rows, a_dtype="uint8"), rows=rows, col_blocks=col_blocks), target=host_target(threads))
-    return lib, pack_weight
+    return lib
 
 
 def main() -> None:
@@ -74,21 +75,19 @@ def main() -> None:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
-    import os
-
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # TVM's pool size is fixed at its first use
     import tvm
 
-    import qcompile.backends.tvm as qtvm  # unpins the pool
+    import qcompile.backends.tvm as qtvm
+    from qcompile.backends.tvm.kernels.int_gemm import pack_weight
 
-
+    qtvm.configure_pool(args.threads)  # before TVM's pool exists: its size is fixed at first use
     rng = np.random.default_rng(0)
     results = []
     for m, k, n in SHAPES:
         a = rng.integers(0, 256, (m, k)).astype(np.uint8)
         w = rng.integers(-127, 128, (k, n)).astype(np.int8)
-        lib, pack = _tvm_gemm(m, k, n, args.threads, args.rows, args.col_blocks)
-        wp = pack(w)
+        lib = _tvm_gemm(m, k, n, args.threads, args.rows, args.col_blocks)
+        wp = pack_weight(w)
         bias = np.zeros(wp.shape[0] * 8, np.int32)
         out = tvm.runtime.tensor(np.zeros((m, n), np.int32))
         tvm_args = [tvm.runtime.tensor(a), tvm.runtime.tensor(wp), tvm.runtime.tensor(bias), out]
@@ -114,10 +113,10 @@ def main() -> None:
     m, n = args.rows, 8 * args.col_blocks
     seconds_at = {}
     for k in (256, 1024):
-        lib, pack = _tvm_gemm(m, k, n, 1, args.rows, args.col_blocks)
+        lib = _tvm_gemm(m, k, n, 1, args.rows, args.col_blocks)
         tile_args = [
             tvm.runtime.tensor(rng.integers(0, 256, (m, k)).astype(np.uint8)),
-            tvm.runtime.tensor(pack(rng.integers(-127, 128, (k, n)))),
+            tvm.runtime.tensor(pack_weight(rng.integers(-127, 128, (k, n)))),
             tvm.runtime.tensor(np.zeros(n, np.int32)),
             tvm.runtime.tensor(np.zeros((m, n), np.int32)),
         ]

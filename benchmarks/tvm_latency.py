@@ -78,22 +78,19 @@ def _check_feeds(entry, name: str, feeds: dict, samples: int) -> list[dict]:
 
 
 def _tvm_fp32(float_bytes: bytes, feeds: dict, threads: int):
+    """The float model through the same importer, pipeline and rules (FMA on: nothing to match bit for bit)."""
     import onnx
     import tvm
     from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
 
     from qcompile.backends.tvm.build import compile_relax
+    from qcompile.backends.tvm.lowering.importer import to_relax
     from qcompile.backends.tvm.prepare import static_model
     from qcompile.backends.tvm.target import host_target
 
     static = static_model(onnx.load_from_string(float_bytes), {k: v.shape for k, v in feeds.items()})
-    import onnx_ir as ir
-
-    proto = ir.serde.serialize_model(static)
     start = time.perf_counter()
-    mod = from_onnx(proto, shape_dict={v.name: list(v.shape) for v in static.graph.inputs}, dtype_dict={v.name: str(v.dtype.numpy()) for v in static.graph.inputs})
-    executable = compile_relax(mod, host_target(threads, fma=True))
+    executable = compile_relax(to_relax(static), host_target(threads, fma=True))
     seconds = time.perf_counter() - start
     vm = relax.VirtualMachine(executable, tvm.cpu())
     tensors = [tvm.runtime.tensor(feeds[v.name]) for v in static.graph.inputs]
@@ -107,6 +104,7 @@ def measure(name: str, threads: int, rounds: int, calib_samples: int, check_samp
     from qcompile.backends.onnx import export, ort_baselines, runtime
     from qcompile.backends.tvm import artifact
     from qcompile.ir import model_to_bytes
+    from qcompile.job import model_from_bytes
     from qcompile.pipeline.context import PipelineContext
     from qcompile.pipeline.run import run_passes
     from qcompile.report.latency import measure_latency
@@ -133,8 +131,8 @@ def measure(name: str, threads: int, rounds: int, calib_samples: int, check_samp
     log(f"{name}: bit-exact on {len(checks)} inputs; building ONNX Runtime baselines")
     sessions = {
         "ort_fp32": runtime.make_session(float_bytes, threads=threads),
-        "ort_int8_static": runtime.make_session(ort_baselines.ort_quantize_static(onnx_model(float_bytes), calibration, scratch / "ort"), threads=threads),
-        "ort_int8_dynamic": runtime.make_session(ort_baselines.ort_quantize_dynamic(onnx_model(float_bytes), scratch / "ort"), threads=threads),
+        "ort_int8_static": runtime.make_session(ort_baselines.ort_quantize_static(model_from_bytes(float_bytes), calibration, scratch / "ort"), threads=threads),
+        "ort_int8_dynamic": runtime.make_session(ort_baselines.ort_quantize_dynamic(model_from_bytes(float_bytes), scratch / "ort"), threads=threads),
     }
     prepared = library.prepare(feeds)
     runners = {"tvm_int": lambda: library.run_prepared(prepared)}
@@ -166,12 +164,6 @@ def measure(name: str, threads: int, rounds: int, calib_samples: int, check_samp
         "library_mb": (scratch / artifact.LIBRARY).stat().st_size / 1e6,
         "command": "python benchmarks/tvm_latency.py " + " ".join(sys.argv[1:]),
     }
-
-
-def onnx_model(data: bytes):
-    import onnx_ir as ir
-
-    return ir.from_proto(__import__("onnx").load_from_string(data))
 
 
 LABELS = [
@@ -217,8 +209,6 @@ def render(results: dict) -> list[str]:
 
 
 def main() -> None:
-    import os
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="dinov2-s,minilm-l6")
     parser.add_argument("--threads", type=int, default=2)
@@ -230,12 +220,10 @@ def main() -> None:
         "--tvm-spin", action="store_true", help="leave TVM's workers spinning between kernels (TVM's default; results saved as 'MODEL, TVM pool spinning')"
     )
     args = parser.parse_args()
-    os.environ["TVM_NUM_THREADS"] = str(args.threads)  # before TVM's pool exists (fixed at first use)
-    # TVM's idle workers spin after each parallel region and steal the cores from the runtime timed next
-    # (measured: ORT FP32 on DINOv2 133 ms next to a spinning pool); they sleep at once instead, TVM
-    # paying its own wake-ups
-    if not args.tvm_spin:
-        os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
+    # before TVM's pool exists (fixed at first use). Idle TVM workers spin after each parallel region and
+    # steal the cores from the runtime timed next; unless --tvm-spin they sleep at once, TVM paying its
+    # own wake-ups
+    qcompile.backends.tvm.configure_pool(args.threads, spin=args.tvm_spin)
     path = RESULTS / "tvm_latency.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     for name in args.models.split(","):

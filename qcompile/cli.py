@@ -68,11 +68,12 @@ def _validate(args: argparse.Namespace) -> None:
     if args.output.exists() and not args.output.is_dir():
         raise InputError(f"output {args.output} exists and is not a directory")
     if args.target is not None:
-        kind, _, arch = args.target.partition(":")
-        if kind not in ("llvm", "cuda") or (kind == "llvm" and arch) or (arch and not (arch.startswith("sm_") and arch[3:].isdigit())):
-            raise InputError(f"--target must be llvm, cuda or cuda:sm_XX, got {args.target!r}")
-        if "intonly" not in args.passes:
-            raise InputError("--target compiles the integer-only model: add intonly to --passes (e.g. --passes w8a8,intonly)")
+        from qcompile.backends.tvm.target import split_target
+
+        try:
+            split_target(args.target)
+        except ValueError:
+            raise InputError(f"--target must be llvm, cuda or cuda:sm_XX, got {args.target!r}") from None
     elif args.input_shape:
         raise InputError("--input-shape is for --target")
     _input_shapes(args.input_shape)
@@ -107,6 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     import onnx_ir as ir
 
     from qcompile.job import JobConfig, run_job
+    from qcompile.ir.properties import Property
     from qcompile.pipeline.context import PipelineContext
     from qcompile.pipeline.manager import check_order
     from qcompile.pipeline.registry import build_pass, expand, parse_pass_list
@@ -115,6 +117,8 @@ def _run(args: argparse.Namespace) -> int:
     # Reject unknown names, bad options and a bad order before loading anything.
     passes = [build_pass(spec, PipelineContext()) for spec in expand(parse_pass_list(args.passes))]
     check_order(passes, ir.Model(ir.Graph([], [], nodes=[]), ir_version=9))  # a fresh model has no properties
+    if args.target is not None and not any(Property.INTEGER_ONLY in p.establishes for p in passes):
+        raise InputError("--target compiles the integer-only model: add intonly to --passes (e.g. --passes w8a8,intonly)")
     config = JobConfig(
         model=args.model,
         passes=args.passes,

@@ -73,8 +73,9 @@ def _session_runner(session):
 def run_job(config: JobConfig, log=print) -> dict[str, Any]:
     """Run the job and return the report (also written to `output_dir/report.json`)."""
     if config.target:
-        os.environ.setdefault("TVM_NUM_THREADS", str(config.threads))  # TVM's pool size is fixed at first use
-        os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")  # idle TVM workers must not steal ORT's cores while it is timed
+        from qcompile.backends.tvm import configure_pool
+
+        configure_pool(config.threads, spin=False)  # idle TVM workers must not steal ORT's cores while it is timed
     from qcompile.backends.onnx import export, ort_baselines, runtime
 
     entry = resolve_model(config.model)
@@ -102,7 +103,7 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         if config.target:
             if not integer:
                 raise InputError(f"--target {config.target} needs the integer-only model: add intonly to the passes")
-            tvm_model, tvm_report = _compile_tvm(config, entry, artifact, staging, sessions["qcompile"], log)
+            tvm_model, tvm_report = _compile_tvm(config, entry.latency_feeds(), artifact, staging, sessions["qcompile"], log)
         baseline_seconds: dict[str, float] = {}
         if config.baselines and calibration is not None:
             log("building ONNX Runtime baselines (quantize_static, quantize_dynamic)")
@@ -141,7 +142,7 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
             output_dir.rmdir()  # a failed run leaves nothing behind
 
 
-def _compile_tvm(config: JobConfig, entry, artifact: Path, staging: Path, int_session, log):
+def _compile_tvm(config: JobConfig, feeds: dict, artifact: Path, staging: Path, int_session, log):
     """Compile model.int.onnx with TVM into the staging folder; on a CPU target load it and check it
     bit for bit against ONNX Runtime on the latency sample. Returns (loaded model or None, report)."""
     import numpy as np
@@ -149,15 +150,13 @@ def _compile_tvm(config: JobConfig, entry, artifact: Path, staging: Path, int_se
 
     from qcompile.backends.onnx import runtime
     from qcompile.backends.tvm import artifact as tvm_artifact
+    from qcompile.backends.tvm import pool_threads
 
-    feeds = entry.latency_feeds()
     shapes = {name: tuple(np.shape(value)) for name, value in feeds.items()}
     shapes.update(config.input_shapes or {})
     log(f"compiling the integer model with TVM for {config.target} (inputs {shapes})")
     compiled = tvm_artifact.compile_int_model(onnx.load(str(artifact)), config.target, shapes, threads=config.threads)
     files = [path.name for path in tvm_artifact.save(compiled, staging)]
-    from qcompile.backends.tvm import pool_threads
-
     report = {
         "target": compiled.metadata["target"],
         "cpu": compiled.metadata["cpu"],

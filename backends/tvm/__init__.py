@@ -9,17 +9,28 @@ from __future__ import annotations
 
 import os
 
+_SET_BY_USER = {name for name in ("TVM_BIND_THREADS", "TVM_NUM_THREADS", "TVM_THREAD_POOL_SPIN_COUNT") if name in os.environ}
+
 # TVM's thread pool pins its workers *and the calling thread* to cores by default; every thread the
 # process creates afterwards (ONNX Runtime's pool, the baselines timed next to TVM) inherits the pinned
-# affinity and shares one core: measured 3.6× slower ORT MatMulInteger in the same process. Unpinned,
-# before TVM creates its pool (it reads the variable then); a user's explicit setting wins.
+# affinity and shares one core. Unpinned, before TVM creates its pool (it reads the variable then).
 os.environ.setdefault("TVM_BIND_THREADS", "0")
-# TVM sizes its pool once, at first use, from TVM_NUM_THREADS, else from what it takes for the physical
-# core count — 1 on this 2-vCPU machine, where every TVM kernel silently ran on one core (GEMM 125 vs
-# 257 GOP/s); `runtime.config_threadpool` does not resize it. Default: every core this process may use.
+# TVM sizes its pool once, at first use, from TVM_NUM_THREADS, else from its idea of the physical core
+# count — 1 on the 2-vCPU development machine, where every TVM kernel silently ran on one core;
+# `runtime.config_threadpool` does not resize it. Default: every core this process may use.
 os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
-__all__ = ["load", "compile_int_model", "save", "pool_threads"]
+
+def configure_pool(threads: int, spin: bool = True) -> None:
+    """Pool size and idle spinning for this process, unless the user set them in the environment.
+    Effective only before TVM's pool exists (its first parallel kernel); `pool_threads()` tells."""
+    if "TVM_NUM_THREADS" not in _SET_BY_USER:
+        os.environ["TVM_NUM_THREADS"] = str(int(threads))
+    if not spin and "TVM_THREAD_POOL_SPIN_COUNT" not in _SET_BY_USER:
+        os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
+
+
+__all__ = ["load", "compile_int_model", "save", "pool_threads", "configure_pool"]
 
 
 def pool_threads() -> int:

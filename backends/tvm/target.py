@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["host_target", "cuda_target", "parse_target", "cpu_features", "TARGET_KINDS"]
+__all__ = ["host_target", "cuda_target", "split_target", "parse_target", "cpu_features", "TARGET_KINDS"]
 
 TARGET_KINDS = ("llvm", "cuda")
 DEFAULT_CUDA_ARCH = "sm_90"
@@ -50,14 +50,21 @@ def cuda_target(arch: str = DEFAULT_CUDA_ARCH, threads: int | None = None):
     return Target({"kind": "cuda", "arch": arch}, host=host_target(threads))
 
 
-def parse_target(text: str, threads: int | None = None):
-    """'llvm' → the host CPU; 'cuda' or 'cuda:sm_80' → CUDA. Anything else is a ValueError."""
+def split_target(text: str) -> tuple[str, str | None]:
+    """'llvm' → ('llvm', None); 'cuda' / 'cuda:sm_80' → ('cuda', arch). Anything else is a ValueError.
+    Imports no TVM, so the CLI checks its --target before any work."""
     kind, _, arch = text.partition(":")
     if kind == "llvm" and not arch:
-        return host_target(threads)
-    if kind == "cuda":
-        return cuda_target(arch or DEFAULT_CUDA_ARCH, threads)
+        return kind, None
+    if kind == "cuda" and (not arch or (arch.startswith("sm_") and arch[3:].isdigit())):
+        return kind, arch or DEFAULT_CUDA_ARCH
     raise ValueError(f"unknown target {text!r}; expected one of: llvm, cuda, cuda:sm_XX")
+
+
+def parse_target(text: str, threads: int | None = None):
+    """The TVM target for `split_target`'s text."""
+    kind, arch = split_target(text)
+    return host_target(threads) if kind == "llvm" else cuda_target(arch, threads)
 
 
 def cpu_features(target) -> frozenset[str]:

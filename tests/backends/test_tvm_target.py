@@ -74,3 +74,17 @@ def test_tvm_pool_runs_on_every_available_core() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.strip().splitlines()[-1] == "True"
+
+
+@pytest.mark.parametrize("user_setting, expected", [(None, 1), ("2", 2)], ids=["ours", "user's"])
+def test_configure_pool_sizes_the_pool_unless_the_user_did(user_setting, expected) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = "import qcompile.backends.tvm as q; q.configure_pool(1); print(q.pool_threads())"
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    if user_setting is not None:
+        env["TVM_NUM_THREADS"] = user_setting
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert int(out.strip().splitlines()[-1]) == expected

@@ -47,33 +47,32 @@ def register_intrinsic() -> None:
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
-    @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (2,), "int16", offset_factor=1)
-        B = T.match_buffer(b, (8, 2), "int16", offset_factor=1)
-        C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-            T.writes(C[0:8])
-            for i in T.serial(0, 8):
-                for k in T.serial(0, 2):
-                    with T.sblock("update"):
-                        vi, vk = T.axis.remap("SR", [i, k])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+    def definition(native: bool):
+        """The intrinsic's semantics (native=False, what tensorize matches) or its AVX2 body."""
 
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (2,), "int16", offset_factor=1)
-        B = T.match_buffer(b, (8, 2), "int16", offset_factor=1)
-        C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope="local")
-        with T.sblock("root"):
-            T.reads(C[0:8], A[0:2], B[0:8, 0:2])
-            T.writes(C[0:8])
-            pair = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), 8), dtype="int16x16")
-            C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pair, B.vload([0, 0], dtype="int16x16"), dtype="int32x8"
-            )
+        @T.prim_func(s_tir=True)
+        def func(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (2,), "int16", offset_factor=1)
+            B = T.match_buffer(b, (8, 2), "int16", offset_factor=1)
+            C = T.match_buffer(c, (8,), "int32", offset_factor=1, scope="local")
+            with T.sblock("root"):
+                T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+                T.writes(C[0:8])
+                if native:
+                    pair = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), 8), dtype="int16x16")
+                    C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pair, B.vload([0, 0], dtype="int16x16"), dtype="int32x8"
+                    )
+                else:
+                    for i in T.serial(0, 8):
+                        for k in T.serial(0, 2):
+                            with T.sblock("update"):
+                                vi, vk = T.axis.remap("SR", [i, k])
+                                C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
+        return func
+
+    desc, impl = definition(False), definition(True)
     TensorIntrin.register(INTRINSIC, desc, impl, override=True)
     _REGISTERED = True
 

@@ -47,13 +47,7 @@ def mark_bounded_matmuls(model: ir.Model) -> int:
         replacement = ir.Node(
             FUSED_DOMAIN, BOUNDED_MATMUL, list(node.inputs), [ir.AttrInt64("bound_a", bound_a), ir.AttrInt64("bound_b", bound_b)], num_outputs=1, name=node.name
         )
-        model.graph.insert_before(node, replacement)
-        output = node.outputs[0]
-        replacement.outputs[0].shape, replacement.outputs[0].type = output.shape, output.type
-        ir.convenience.replace_all_uses_with(output, replacement.outputs[0], replace_graph_outputs=True)
-        name = output.name
-        model.graph.remove(node, safe=True)
-        replacement.outputs[0].name = name
+        ir.convenience.replace_nodes_and_values(model.graph, node, [node], [replacement], node.outputs, replacement.outputs)
         marked += 1
     model.opset_imports.setdefault(FUSED_DOMAIN, 1)
     return marked
@@ -73,13 +67,8 @@ def fuse_linear_epilogues(model: ir.Model) -> int:
         node = ir.Node(
             FUSED_DOMAIN, FUSED_LINEAR, [*linear.inputs, *requant.inputs[1:]], attributes, num_outputs=1, name=linear.name
         )
-        graph.insert_before(linear, node)
-        output = last.outputs[0]
-        node.outputs[0].name, node.outputs[0].shape, node.outputs[0].type = None, output.shape, output.type
-        ir.convenience.replace_all_uses_with(output, node.outputs[0], replace_graph_outputs=True)
-        name = output.name
-        graph.remove([n for n in (linear, requant, cast) if n is not None], safe=True)
-        node.outputs[0].name = name
+        chain = [n for n in (linear, requant, cast) if n is not None]
+        ir.convenience.replace_nodes_and_values(graph, last, chain, [node], last.outputs, node.outputs)
         fused += 1
     model.opset_imports.setdefault(FUSED_DOMAIN, 1)
     return fused
