@@ -7,8 +7,10 @@ With a ≈ (a_q − z_a)·s_a and b ≈ (b_q − z_b)·s_b (per-tensor):
 computed as Cast(int32) − z, then an int32 MatMul (or int64 when K·max|a_q − z_a|·max|b_q − z_b| could
 reach 2^31). Each input is read at its activation QuantSpec when it has one (requantized if needed), or
 as it is when it is already a plain integer value (softmax output codes, which `quantize` keeps float).
-The node records max|a| and max|b| in its metadata (`OPERAND_BOUNDS`), so a backend can prove that
-narrower arithmetic is exact (the TVM backend's int16-pair kernel) without re-deriving the ranges.
+The node records max|a| and max|b| in its metadata (`OPERAND_BOUNDS`), the centred ranges
+[lo_a, hi_a] and [lo_b, hi_b] (`OPERAND_RANGES`) and, when a's rows have a known bound on Σ_k |a|
+(softmax probabilities sum to at most their top code), that bound (`ROW_SUM_A`), so a backend can
+prove that narrower arithmetic is exact (the TVM backend's int16-pair kernels) without re-deriving them.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import onnx_ir as ir
 
 from qcompile.passes.lowering.int_value import IntValue
 
-__all__ = ["lower_act_matmul", "OPERAND_BOUNDS"]
+__all__ = ["lower_act_matmul", "OPERAND_BOUNDS", "OPERAND_RANGES", "ROW_SUM_A"]
 
 INT32_MAX = 2**31 - 1
 OPERAND_BOUNDS = "qcompile.operand_bounds"  # "max|a|,max|b|" on the MatMul node: backends pick exact narrow kernels
+OPERAND_RANGES = "qcompile.operand_ranges"  # "lo_a,hi_a,lo_b,hi_b" of the centred operands
+ROW_SUM_A = "qcompile.row_sum_a"  # bound on Σ_k |a[..., i, k]|, only when known
 
 
 def _centred(emit, x: IntValue, dtype: ir.DataType, name: str) -> ir.Value:
@@ -39,5 +43,9 @@ def lower_act_matmul(emit, a: IntValue, b: IntValue, depth: int, name: str) -> I
     bound = depth * bound_a * bound_b
     dtype = ir.DataType.INT32 if bound <= INT32_MAX else ir.DataType.INT64
     product = emit.node("MatMul", [_centred(emit, a, dtype, f"{name}_a"), _centred(emit, b, dtype, f"{name}_b")], f"{name}_acc", dtype)
-    product.producer().metadata_props[OPERAND_BOUNDS] = f"{bound_a},{bound_b}"
+    metadata = product.producer().metadata_props
+    metadata[OPERAND_BOUNDS] = f"{bound_a},{bound_b}"
+    metadata[OPERAND_RANGES] = f"{a.lo - a.zero_point},{a.hi - a.zero_point},{b.lo - b.zero_point},{b.hi - b.zero_point}"
+    if a.row_sum is not None:
+        metadata[ROW_SUM_A] = str(a.row_sum)
     return IntValue(product, np.float64(float(a.scale) * float(b.scale)), 0, -bound, bound)

@@ -45,6 +45,7 @@ class IntValue:
     lo: int
     hi: int
     offset: np.ndarray | None = None  # float64, shape () or (C,): real value added after scaling
+    row_sum: int | None = None  # a bound on Σ|q − z| over the last axis, when one is known (softmax rows)
 
     @property
     def per_channel(self) -> bool:

@@ -299,7 +299,7 @@ class _Lowering:
             source = requantize_to(self.emit, source, float(spec.scale) / factor, int(spec.zero_point), spec.qmin, spec.qmax, f"{name}_in")
         attributes = {key: attr.value for key, attr in node.attributes.items()}
         out = self.emit.node(node.op_type, [source.value, *node.inputs[1:]], f"{node.outputs[0].name}_q", source.value.dtype, **attributes)
-        self.ints[id(node.outputs[0])] = dataclasses.replace(source, value=out)
+        self.ints[id(node.outputs[0])] = dataclasses.replace(source, value=out, row_sum=None)  # rows may move
 
     def lower_act_matmul(self, node: ir.Node) -> None:
         name = node.name or node.outputs[0].name

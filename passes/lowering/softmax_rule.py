@@ -12,6 +12,10 @@ real value p/2^b (IBertSoftmax) or p/2^(b−1) (Shiftmax). The output keeps `bit
 uniform 8-bit grid on [0, 1] cannot represent attention probabilities ≈ 1/n for n in the hundreds
 (docs/methods/uniform.md). Shiftmax uses I-ViT's clamp n = 15; its row sum L·|x0|·2^15 stays far below
 the 2^62 of its normalization for any realistic row length L.
+
+Row sums: both kernels end with out = ⌊e·f / 2^s⌋, f = ⌊2^62 / Σe⌋, e ≥ 0, and 2^(62 − s) is the top
+code, so Σ out ≤ ⌊f·Σe / 2^s⌋ ≤ 2^(62 − s): a row of probabilities sums to at most the top code. The
+returned value records it (`IntValue.row_sum`); a backend uses it to prove narrow P·V kernels exact.
 """
 
 from __future__ import annotations
@@ -75,4 +79,4 @@ def lower_softmax(emit, x: IntValue, row_length: int, variant: str, bits: int, n
     d16 = emit.cast(emit.kernel(Requantize, [d, *params], f"{name}_d16"), ir.DataType.INT32, f"{name}_d16_i32")
     inputs = [d16] + [emit.const(f"{name}_k{i}", np.int64(c)) for i, c in enumerate(constants)]
     probs = emit.kernel(kernel, inputs, f"{name}_probs")
-    return IntValue(probs, np.float64(out_scale), 0, 0, top_code)
+    return IntValue(probs, np.float64(out_scale), 0, 0, top_code, row_sum=top_code)

@@ -31,7 +31,7 @@ def test_ibert_softmax_matches_the_reference(scale, out_bits, lookup) -> None:
         assert 30 * abs(params[0]) + 1 > MAX_TABLE
         pytest.skip("this scale's table exceeds MAX_TABLE: the converter keeps the arithmetic")
     if lookup:
-        ts = te.placeholder(table.shape, "int64", name="table")
+        ts = te.placeholder(table.shape, str(table.dtype), name="table")
         func, inputs = te.create_prim_func([xs, ts, ibert_softmax_te(xs, *params, out_bits, table=ts)]), [x, table]
     else:
         func, inputs = te.create_prim_func([xs, ibert_softmax_te(xs, *params, out_bits)]), [x]

@@ -12,7 +12,7 @@ import qcompile
 from qcompile import PipelineContext
 from qcompile.backends.onnx import runtime
 from qcompile.backends.tvm.artifact import compile_int_model
-from qcompile.backends.tvm.lowering.fuse import BOUNDED_MATMUL, FUSED_LINEAR, fuse_linear_epilogues, mark_bounded_matmuls
+from qcompile.backends.tvm.lowering.fuse import BOUNDED_MATMUL, FUSED_LINEAR, SCORES_SOFTMAX, fuse_linear_epilogues, fuse_score_softmax, mark_bounded_matmuls
 from qcompile.backends.tvm.prepare import static_model
 from qcompile.intops.reference import run_reference
 from qcompile.passes.lowering.intonly import IntOnlyPass
@@ -97,6 +97,29 @@ def test_attention_matmuls_carry_their_bounds_to_the_backend() -> None:
     assert mark_bounded_matmuls(model) == 2
     bounds = sorted((n.attributes["bound_a"].as_int(), n.attributes["bound_b"].as_int()) for n in model.graph if n.op_type == BOUNDED_MATMUL)
     assert bounds[0][0] <= 255 and bounds[-1][0] == 2**16  # centred 8-bit codes; 16-bit probabilities
+    scores, context = sorted((n for n in model.graph if n.op_type == BOUNDED_MATMUL), key=lambda n: n.attributes["bound_a"].as_int())
+    assert scores.attributes["row_sum_a"].as_int() == -1 and scores.attributes["lo_a"].as_int() < 0  # Q·Kᵀ: no row sum known
+    assert [context.attributes[a].as_int() for a in ("lo_a", "hi_a", "row_sum_a")] == [0, 2**16, 2**16]  # softmax rows
+
+
+@pytest.mark.parametrize("softmax", ["ibert", "shiftmax"])
+def test_softmax_row_chain_fuses_into_one_node(softmax) -> None:
+    proto, feeds = _int_model(softmax=softmax)
+    model = static_model(proto, {"x": feeds["x"].shape})
+    kernel = "IBertSoftmax" if softmax == "ibert" else "Shiftmax"
+    assert fuse_score_softmax(model) == 1
+    ops = [n.op_type for n in model.graph]
+    assert SCORES_SOFTMAX in ops and not {kernel, "ReduceMax"} & set(ops)
+    fused = next(n for n in model.graph if n.op_type == SCORES_SOFTMAX)
+    assert fused.attributes["kernel"].as_string() == kernel and fused.inputs[0].dtype == ir.DataType.INT32
+
+
+def test_a_softmax_chain_with_an_observed_intermediate_stays_unfused() -> None:
+    proto, feeds = _int_model(softmax="ibert")
+    model = static_model(proto, {"x": feeds["x"].shape})
+    grid = next(n for n in model.graph if n.op_type == "Requantize" and n.outputs[0].uses()[0].node.op_type == "Cast" and "d16" in n.outputs[0].name)
+    model.graph.outputs.append(grid.outputs[0])
+    assert fuse_score_softmax(model) == 0 and any(n.op_type == "IBertSoftmax" for n in model.graph)
 
 
 def test_cpus_without_avx2_get_correct_generic_kernels() -> None:

@@ -2,56 +2,95 @@
 
     C[b, i, j] = Σ_k A[b, i, k]·B[b, k, j]          (int32 or int64, the ONNX MatMul's dtype)
 
-The operands are run-time values with bounds |A| ≤ bound_a, |B| ≤ 2^15 − 1 that the integer lowering
-proved and recorded on the node. They go through the int16-pair `vpmaddwd` tile of `int_gemm`:
+The operands are run-time values whose ranges the integer lowering proved and recorded on the node:
+A in [lo_a, hi_a], |B| ≤ bound_b ≤ 2^15 − 1, optionally Σ_k |A[b, i, k]| ≤ row_sum_a. They go through
+the int16-pair `vpmaddwd` tile of `int_gemm` (B packed per call to int16 [b, N/8, K/2, 8, 2], A widened
+to int16 rows padded to a multiple of `rows`; pads are zeros, which add nothing). `plan` picks how A
+becomes int16, cheapest first:
 
-* B is packed per call to int16 [b, N/8, K/2, 8, 2] (B_packed), A widened to int16 rows padded to a
-  multiple of `rows` (A_padded); both pads are zeros, which add nothing.
-* If bound_a > 2^15 − 1 (softmax probabilities reach 2^16), A is split into limbs A = 2^8·A_hi + A_lo
-  with A_hi = A >> 8 and A_lo = A & 255 (exact for either sign), stacked as twice the rows, and the two
-  int32 products are recombined as (C_hi << 8) + C_lo in the output dtype.
+* plain: A already fits int16.
+* offset: hi_a − lo_a ≤ 2^16 − 1. With o = lo_a + 2^15, A − o fits int16 and
+      C = Σ_k (A − o)·B + o·Σ_k B[b, k, j]
+  (the column sums are O(K·N) per batch, next to the O(M·K·N) product). Softmax probabilities in
+  [0, 2^15] (Shiftmax) take this path.
+* offset with one hot entry: hi_a − lo_a = 2^16 exactly (IBertSoftmax's [0, 2^16]). The single value
+  hi_a = o + 2^15 does not fit; it is clipped to o + 2^15 − 1 and corrected by adding B[b, k*, j] for
+  the entry k* that held it. One correction per row suffices when row_sum_a < 2·|hi_a| (two such
+  entries would already exceed the row sum): softmax rows sum to at most their top code, so a row that
+  reaches 2^16 has no other nonzero entry. hot[b, i] = the largest such k, or −1.
+* limbs: otherwise, if |A| ≤ bound_a with bound_a >> 8 < 2^15: A = 2^8·A_hi + A_lo (A_hi = A >> 8,
+  A_lo = A & 255, exact for either sign) stacked as twice the rows, recombined as (C_hi << 8) + C_lo.
+  Twice the multiply-adds: what the offset paths avoid for P·V.
 
-Each int32 accumulator is exact when K·max|limb|·bound_b < 2^31, which `fits` checks; the converter
-falls back to TVM's generic matmul otherwise. Schedule: `int_gemm`'s register tile with the batch and
+The int32 accumulators are exact when K·max|A'|·bound_b < 2^31 (A' the int16 operand, ≤ 2^15 after the
+offset); the corrections and the recombination are computed in int64 and cast to the output dtype, which
+holds the true product by the lowering's own bound. `plan` returns None when no path is exact, and the
+converter falls back to TVM's generic matmul. Schedule: `int_gemm`'s register tile with the batch and
 row tiles fused and parallel over the cores.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from qcompile.backends.tvm.kernels.int_gemm import LANES, PAIR, tile_and_tensorize
 
-__all__ = ["fits", "int_batch_matmul_func", "schedule_int_batch_matmul"]
+__all__ = ["Plan", "plan", "fits", "int_batch_matmul_func", "schedule_int_batch_matmul"]
 
-INT16_MAX, INT32_MAX = 2**15 - 1, 2**31 - 1
+INT16_MIN, INT16_MAX, INT32_MAX = -(2**15), 2**15 - 1, 2**31 - 1
 LIMB_BITS = 8
 
 
-def _limbs(bound_a: int) -> bool:
-    return bound_a > INT16_MAX
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How A becomes the int16 operand: mode 'plain', 'offset' (A − offset, `hot` if one entry per row
+    may sit at offset + 2^15) or 'limbs'."""
+
+    mode: str
+    offset: int = 0
+    hot: bool = False
 
 
-def fits(k: int, bound_a: int, bound_b: int) -> bool:
-    """Whether the int16-pair kernel is exact for these bounds."""
-    if bound_b > INT16_MAX:
-        return False
-    high = (bound_a >> LIMB_BITS) + 1 if _limbs(bound_a) else bound_a
-    if high > INT16_MAX:
-        return False
-    widest = max(high, (1 << LIMB_BITS) - 1) if _limbs(bound_a) else high
+def _accumulates(k: int, widest: int, bound_b: int) -> bool:
     return -(-k // PAIR) * PAIR * widest * bound_b <= INT32_MAX
 
 
-def int_batch_matmul_func(batch: int, m: int, k: int, n: int, dtype: str, bound_a: int, rows: int = 6):
+def plan(k: int, bound_b: int, lo_a: int, hi_a: int, row_sum_a: int | None = None) -> Plan | None:
+    """The cheapest exact way to run A [.., k] in [lo_a, hi_a] against |B| ≤ bound_b, or None."""
+    if bound_b > INT16_MAX or lo_a > hi_a:
+        return None
+    if INT16_MIN <= lo_a and hi_a <= INT16_MAX:
+        return Plan("plain") if _accumulates(k, max(-lo_a, hi_a), bound_b) else None
+    offset = lo_a - INT16_MIN
+    if _accumulates(k, 2**15, bound_b):
+        if hi_a - offset <= INT16_MAX:
+            return Plan("offset", offset)
+        if hi_a - offset == INT16_MAX + 1 and row_sum_a is not None and 0 <= row_sum_a < 2 * abs(hi_a):
+            return Plan("offset", offset, hot=True)
+    bound_a = max(-lo_a, hi_a)
+    high = (bound_a >> LIMB_BITS) + 1
+    if high <= INT16_MAX and _accumulates(k, max(high, (1 << LIMB_BITS) - 1), bound_b):
+        return Plan("limbs")
+    return None
+
+
+def fits(k: int, bound_a: int, bound_b: int) -> bool:
+    """Whether some int16-pair path is exact for |A| ≤ bound_a, |B| ≤ bound_b."""
+    return plan(k, bound_b, -bound_a, bound_a) is not None
+
+
+def int_batch_matmul_func(batch: int, m: int, k: int, n: int, dtype: str, how: Plan, rows: int = 6):
     """PrimFunc main(A [batch, m, k], B [batch, k, n], C [batch, m, n]), all of `dtype`."""
     from tvm import te, tirx
 
-    split = _limbs(bound_a)
+    split = how.mode == "limbs"
     k2, n8 = -(-k // PAIR) * PAIR, -(-n // LANES) * LANES
     mp = -(-m // rows) * rows
     stacked = 2 * mp if split else mp
     a = te.placeholder((batch, m, k), dtype, name="A")
     b = te.placeholder((batch, k, n), dtype, name="B")
     zero = tirx.const(0, "int16")
+    wide = lambda value: value.astype("int64")  # noqa: E731
 
     def a_value(g, i, r):
         row = tirx.min(i % mp, m - 1) if split else tirx.min(i, m - 1)
@@ -59,6 +98,8 @@ def int_batch_matmul_func(batch: int, m: int, k: int, n: int, dtype: str, bound_
         if split:
             shift = tirx.const(LIMB_BITS, dtype)
             value = tirx.if_then_else(i < mp, tirx.shift_right(value, shift), tirx.bitwise_and(value, tirx.const((1 << LIMB_BITS) - 1, dtype)))
+        elif how.mode == "offset":
+            value = tirx.min(wide(value) - tirx.const(how.offset, "int64"), tirx.const(INT16_MAX, "int64"))
         valid = tirx.all((i % mp if split else i) < m, r < k)
         return tirx.if_then_else(valid, value.astype("int16"), zero)
 
@@ -79,21 +120,35 @@ def int_batch_matmul_func(batch: int, m: int, k: int, n: int, dtype: str, bound_
         name="acc",
     )
     if split:
-        out = te.compute(
-            (batch, m, n),
-            lambda g, i, j: tirx.shift_left(acc[g, i, j].astype(dtype), tirx.const(LIMB_BITS, dtype)) + acc[g, mp + i, j].astype(dtype),
-            name="out",
-        )
-    else:
-        out = te.compute((batch, m, n), lambda g, i, j: acc[g, i, j].astype(dtype), name="out")
-    return te.create_prim_func([a, b, out])
+        out = te.compute((batch, m, n), lambda g, i, j: ((wide(acc[g, i, j]) << LIMB_BITS) + wide(acc[g, mp + i, j])).astype(dtype), name="out")
+        return te.create_prim_func([a, b, out])
+    if how.mode == "plain":
+        return te.create_prim_func([a, b, te.compute((batch, m, n), lambda g, i, j: acc[g, i, j].astype(dtype), name="out")])
+    kc = te.reduce_axis((0, k), "kc")
+    colsum = te.compute((batch, n), lambda g, j: te.sum(wide(b[g, kc, j]), axis=kc), name="colsum")
+    hot = None
+    if how.hot:
+        kh = te.reduce_axis((0, k), "kh")
+        top = tirx.const(how.offset + INT16_MAX, "int64")
+        hot = te.compute((batch, m), lambda g, i: te.max(tirx.if_then_else(wide(a[g, i, kh]) > top, kh, -1), axis=kh), name="hot")
+
+    def total(g, i, j):
+        value = wide(acc[g, i, j]) + tirx.const(how.offset, "int64") * colsum[g, j]
+        if hot is not None:
+            value = value + tirx.if_then_else(hot[g, i] >= 0, wide(b[g, tirx.max(hot[g, i], 0), j]), tirx.const(0, "int64"))
+        return value.astype(dtype)
+
+    return te.create_prim_func([a, b, te.compute((batch, m, n), total, name="out")])
 
 
 def schedule_int_batch_matmul(func, rows: int = 6, col_blocks: int = 2):
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
-    for name in ("A_padded", "B_packed"):
+    present = {sch.get(block).name_hint for block in sch.get_child_blocks(sch.get_sblock("root"))}
+    for name in ("A_padded", "B_packed", "colsum", "hot"):
+        if name not in present:
+            continue
         loops = sch.get_loops(sch.get_sblock(name))
         sch.parallel(sch.fuse(loops[0], loops[1]))
     tile_and_tensorize(sch, sch.get_sblock("acc"), rows, col_blocks, panels_outside=False)
@@ -101,3 +156,4 @@ def schedule_int_batch_matmul(func, rows: int = 6, col_blocks: int = 2):
     g, i, j = sch.get_loops(out)
     sch.parallel(sch.fuse(g, i))
     return sch.mod
+

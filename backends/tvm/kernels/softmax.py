@@ -18,7 +18,8 @@ MAX_TABLE = 1 << 16  # entries (512 KB of int64); larger tables fall back to the
 
 
 def exp_table(x0: int, b_int: int, c_int: int, n: int):
-    """e for every d in [30·x0, 0] (index d − 30·x0), by the reference's own formula; None if too large."""
+    """e for every d in [30·x0, 0] (index d − 30·x0), by the reference's own formula; None if too large.
+    int32 when every entry fits (half the cache footprint), else int64; the kernel widens it to int64."""
     import numpy as np
 
     low = MAX_HALVINGS * x0
@@ -27,7 +28,8 @@ def exp_table(x0: int, b_int: int, c_int: int, n: int):
     d = np.arange(low, 1, dtype=np.int64)
     q = d // x0
     r = d - q * x0
-    return ((r * (r + b_int) + c_int) << n) >> q
+    e = ((r * (r + b_int) + c_int) << n) >> q
+    return e.astype(np.int32) if e.max(initial=0) < 2**31 and e.min(initial=0) >= -(2**31) else e
 
 
 def ibert_softmax_te(x, x0: int, b_int: int, c_int: int, n: int, out_bits: int, table=None):
@@ -43,7 +45,7 @@ def ibert_softmax_te(x, x0: int, b_int: int, c_int: int, n: int, out_bits: int, 
     def exp(index):
         d = tirx.max(x[index].astype("int64") - row_max[index[:-1]], const(MAX_HALVINGS * x0))
         if table is not None:
-            return table[d - const(MAX_HALVINGS * x0)]
+            return table[d - const(MAX_HALVINGS * x0)].astype("int64")
         q = tirx.floordiv(d, const(x0))
         r = d - q * const(x0)
         return tirx.shift_right(tirx.shift_left(r * (r + const(b_int)) + const(c_int), const(n)), q)

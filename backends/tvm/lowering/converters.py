@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from qcompile.backends.tvm.kernels import elementwise, exp_family, int_batch_matmul, int_gemm, int_gemm_gpu, layernorm, requantize, softmax
-from qcompile.backends.tvm.lowering.fuse import BOUNDED_MATMUL, FUSED_LINEAR
+from qcompile.backends.tvm.kernels import elementwise, exp_family, int_batch_matmul, int_gemm, int_gemm_gpu, layernorm, requantize, scores_softmax, softmax
+from qcompile.backends.tvm.lowering.fuse import BOUNDED_MATMUL, FUSED_LINEAR, SCORES_SOFTMAX
 
 __all__ = ["converters", "LoweringError"]
 
@@ -84,6 +84,30 @@ def _lookup(bb, inputs, attr):
     return bb.emit_te(elementwise.lookup_te, x, table, _int(first, "Lookup's first"), primfunc_name_hint="lookup")
 
 
+def _scores_softmax(bb, inputs, attr):
+    """`qcompile.tvm.ScoresSoftmax`: the softmax row chain as one row-scheduled kernel, the Requantize's
+    scalars compiled in; IBertSoftmax keeps its exp table when the table is small."""
+    from tvm import relax, te
+
+    x, *params = inputs
+    kernel = attr["kernel"].decode() if isinstance(attr["kernel"], bytes) else str(attr["kernel"])
+    grid = [_int(p, f"ScoresSoftmax's {name}") for p, name in zip(params[:5], ("m", "e", "b", "lo", "hi"))]
+    constants = [_int(p, f"{kernel}'s constant") for p in params[5:]]
+    table = softmax.exp_table(*constants[:4]) if kernel == "IBertSoftmax" else None
+    shape, dtype = _shape(x), _dtype(x)
+    xs = te.placeholder(shape, dtype, name="scores")
+    if kernel == "IBertSoftmax":
+        ts = te.placeholder(table.shape, str(table.dtype), name="exp_table") if table is not None else None
+        out = scores_softmax.scores_softmax_te(xs, *grid, softmax.ibert_softmax_te, *constants, table=ts)
+        args, tensors = ([xs, ts, out], [x, relax.const(table, str(table.dtype))]) if table is not None else ([xs, out], [x])
+    else:
+        out = scores_softmax.scores_softmax_te(xs, *grid, exp_family.shiftmax_te, *constants)
+        args, tensors = [xs, out], [x]
+    func = scores_softmax.schedule_rows(te.create_prim_func(args))["main"].without_attr("global_symbol").with_attr({SCHEDULED: True, "op_pattern": OPAQUE})
+    gv = bb.add_func(func, "scores_softmax")
+    return bb.emit(relax.call_tir(gv, tensors, relax.TensorType(shape, str(out.dtype))))
+
+
 def _constant_kernel(name: str, compute, constants: tuple[str, ...]):
     """A converter for x → compute(x, *ints) whose other inputs are the scalar constants `constants`."""
 
@@ -121,7 +145,7 @@ def _ibert_softmax(bb, inputs, attr):
     if table is None:
         return bb.emit_te(softmax.ibert_softmax_te, x, x0, b_int, c_int, n, out_bits, primfunc_name_hint="ibertsoftmax")
     compute = lambda xs, ts: softmax.ibert_softmax_te(xs, x0, b_int, c_int, n, out_bits, table=ts)  # noqa: E731
-    return bb.emit_te(compute, x, relax.const(table, "int64"), primfunc_name_hint="ibertsoftmax")
+    return bb.emit_te(compute, x, relax.const(table, str(table.dtype)), primfunc_name_hint="ibertsoftmax")
 
 
 def _linear(bb, x, w, bias, epilogue_inputs, out_dtype):
@@ -215,10 +239,13 @@ def _bounded_matmul_impl(bb, inputs, attr, kind):
     (*lead, m, k), (*lead_b, _, n) = _shape(a), _shape(b)
     dtype = _dtype(a)
     bound_a, bound_b = int(attr["bound_a"]), int(attr["bound_b"])
-    if lead != lead_b or _dtype(b) != dtype or not int_batch_matmul.fits(k, bound_a, bound_b):
+    lo_a, hi_a = int(attr.get("lo_a", -bound_a)), int(attr.get("hi_a", bound_a))
+    row_sum_a = int(attr.get("row_sum_a", -1))
+    how = int_batch_matmul.plan(k, bound_b, lo_a, hi_a, row_sum_a if row_sum_a >= 0 else None)
+    if lead != lead_b or _dtype(b) != dtype or how is None:
         return bb.emit(relax.op.matmul(a, b))
     batch = int(np.prod(lead, dtype=np.int64)) if lead else 1
-    func = int_batch_matmul.schedule_int_batch_matmul(int_batch_matmul.int_batch_matmul_func(batch, m, k, n, dtype, bound_a))
+    func = int_batch_matmul.schedule_int_batch_matmul(int_batch_matmul.int_batch_matmul_func(batch, m, k, n, dtype, how))
     gv = bb.add_func(func["main"].without_attr("global_symbol").with_attr({SCHEDULED: True, "op_pattern": OPAQUE}), "int_batch_matmul")
     a3 = bb.emit(relax.op.reshape(a, (batch, m, k)))
     b3 = bb.emit(relax.op.reshape(b, (batch, k, n)))
@@ -243,6 +270,7 @@ def converters(kind: str = "llvm") -> dict[str, type]:
         "IntLinear": _int_linear(kind),
         FUSED_LINEAR: _int_linear_requantize(kind),
         BOUNDED_MATMUL: _bounded_matmul(kind),
+        SCORES_SOFTMAX: _scores_softmax,
     }
     return {name: _converter(f"QCompile{name}", impl) for name, impl in table.items()}
 

@@ -9,8 +9,16 @@ is the GEMM with its requantize epilogue (`kernels/int_gemm.py`): the int32 accu
 memory. The chain is fused only when each intermediate value has that single consumer and is not a
 graph output; the node lives in a private domain that only the TVM importer understands. EXACT.
 
+The softmax lowering's row chain becomes one `qcompile.tvm.ScoresSoftmax` node (CPU targets):
+
+    K(Cast(Requantize(Sub(x, ReduceMax(x, [-1], keepdims=1)), m, e, b, lo, hi), int32), *c)
+        = ScoresSoftmax(x, m, e, b, lo, hi, *c; kernel=K)       K = IBertSoftmax or Shiftmax
+
+with scalar constant m, e, b, lo, hi (`kernels/scores_softmax.py` runs it row by row). EXACT.
+
 MatMuls that carry the lowering's operand bounds become `qcompile.tvm.IntMatMul` (the attributes carry
-the bounds into the converter, which sees attributes but not metadata). EXACT.
+the bounds — max|a|, max|b|, a's range lo_a..hi_a and a's row-sum bound, −1 when unknown — into the
+converter, which sees attributes but not metadata). EXACT.
 """
 
 from __future__ import annotations
@@ -19,11 +27,13 @@ import onnx_ir as ir
 
 from qcompile.intops.domain import DOMAIN
 
-__all__ = ["fuse_linear_epilogues", "mark_bounded_matmuls", "FUSED_DOMAIN", "FUSED_LINEAR", "BOUNDED_MATMUL"]
+__all__ = ["fuse_linear_epilogues", "mark_bounded_matmuls", "fuse_score_softmax", "FUSED_DOMAIN", "FUSED_LINEAR", "BOUNDED_MATMUL", "SCORES_SOFTMAX"]
 
 FUSED_DOMAIN = "qcompile.tvm"
 FUSED_LINEAR = "IntLinearRequantize"
 BOUNDED_MATMUL = "IntMatMul"
+SCORES_SOFTMAX = "ScoresSoftmax"
+SOFTMAX_KERNELS = ("IBertSoftmax", "Shiftmax")
 
 
 def _sole_consumer(value: ir.Value, graph: ir.Graph, op_type: str, domain: str) -> ir.Node | None:
@@ -35,18 +45,20 @@ def _sole_consumer(value: ir.Value, graph: ir.Graph, op_type: str, domain: str) 
 
 def mark_bounded_matmuls(model: ir.Model) -> int:
     """Integer MatMuls whose operand bounds the lowering recorded (`OPERAND_BOUNDS` metadata) become
-    `qcompile.tvm.IntMatMul` nodes with attributes bound_a, bound_b; returns how many."""
-    from qcompile.passes.lowering.act_matmul_rule import OPERAND_BOUNDS
+    `qcompile.tvm.IntMatMul` nodes with attributes bound_a, bound_b, lo_a, hi_a, row_sum_a; returns how many."""
+    from qcompile.passes.lowering.act_matmul_rule import OPERAND_BOUNDS, OPERAND_RANGES, ROW_SUM_A
 
     marked = 0
     for node in list(model.graph):
-        text = node.metadata_props.get(OPERAND_BOUNDS) if node.op_type == "MatMul" and node.domain == "" else None
+        metadata = node.metadata_props
+        text = metadata.get(OPERAND_BOUNDS) if node.op_type == "MatMul" and node.domain == "" else None
         if text is None:
             continue
         bound_a, bound_b = (int(part) for part in text.split(","))
-        replacement = ir.Node(
-            FUSED_DOMAIN, BOUNDED_MATMUL, list(node.inputs), [ir.AttrInt64("bound_a", bound_a), ir.AttrInt64("bound_b", bound_b)], num_outputs=1, name=node.name
-        )
+        lo_a, hi_a = (int(part) for part in metadata[OPERAND_RANGES].split(",")[:2]) if OPERAND_RANGES in metadata else (-bound_a, bound_a)
+        row_sum_a = int(metadata.get(ROW_SUM_A, -1))
+        attributes = [ir.AttrInt64(name, value) for name, value in (("bound_a", bound_a), ("bound_b", bound_b), ("lo_a", lo_a), ("hi_a", hi_a), ("row_sum_a", row_sum_a))]
+        replacement = ir.Node(FUSED_DOMAIN, BOUNDED_MATMUL, list(node.inputs), attributes, num_outputs=1, name=node.name)
         ir.convenience.replace_nodes_and_values(model.graph, node, [node], [replacement], node.outputs, replacement.outputs)
         marked += 1
     model.opset_imports.setdefault(FUSED_DOMAIN, 1)
@@ -69,6 +81,57 @@ def fuse_linear_epilogues(model: ir.Model) -> int:
         )
         chain = [n for n in (linear, requant, cast) if n is not None]
         ir.convenience.replace_nodes_and_values(graph, last, chain, [node], last.outputs, node.outputs)
+        fused += 1
+    model.opset_imports.setdefault(FUSED_DOMAIN, 1)
+    return fused
+
+
+def _scalar_constant(value: ir.Value | None) -> bool:
+    constant = value.const_value if value is not None else None
+    return constant is not None and constant.numpy().size == 1
+
+
+def _producer(value: ir.Value, op_type: str, domain: str, graph: ir.Graph) -> ir.Node | None:
+    """The node computing `value` if it is op_type/domain and `value` feeds only one node."""
+    node = value.producer()
+    if node is None or node.op_type != op_type or node.domain != domain or node.graph is not graph:
+        return None
+    return node if len(value.uses()) == 1 and not value.is_graph_output() else None
+
+
+def _row_max_of(node: ir.Node | None, x: ir.Value) -> bool:
+    """Whether `node` is ReduceMax(x) over the last axis with keepdims=1."""
+    if node is None or node.inputs[0] is not x or node.attributes.get_int("keepdims", 1) != 1:
+        return False
+    axes = node.inputs[1].const_value if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    rank = len(x.shape) if x.shape is not None else None
+    if axes is None or rank is None:
+        return False
+    return [int(a) % rank for a in axes.numpy().reshape(-1)] == [rank - 1]
+
+
+def fuse_score_softmax(model: ir.Model) -> int:
+    """Rewrite the softmax row chains in place; returns how many were fused."""
+    graph = model.graph
+    fused = 0
+    for kernel in [n for n in graph if n.op_type in SOFTMAX_KERNELS and n.domain == DOMAIN]:
+        cast = _producer(kernel.inputs[0], "Cast", "", graph)
+        if cast is None or cast.attributes["to"].as_int() != ir.DataType.INT32:
+            continue
+        requant = _producer(cast.inputs[0], "Requantize", DOMAIN, graph)
+        if requant is None or not all(_scalar_constant(v) for v in requant.inputs[1:]):
+            continue
+        sub = _producer(requant.inputs[0], "Sub", "", graph)
+        if sub is None or sub.inputs[0].dtype != ir.DataType.INT32:
+            continue
+        scores = sub.inputs[0]
+        row_max = _producer(sub.inputs[1], "ReduceMax", "", graph)
+        if not _row_max_of(row_max, scores):
+            continue
+        attributes = [ir.AttrString("kernel", kernel.op_type)]
+        node = ir.Node(FUSED_DOMAIN, SCORES_SOFTMAX, [scores, *requant.inputs[1:], *kernel.inputs[1:]], attributes, num_outputs=1, name=kernel.name)
+        chain = [row_max, sub, requant, cast, kernel]
+        ir.convenience.replace_nodes_and_values(graph, kernel, chain, [node], kernel.outputs, node.outputs)
         fused += 1
     model.opset_imports.setdefault(FUSED_DOMAIN, 1)
     return fused

@@ -15,7 +15,7 @@ import onnx
 import onnx_ir as ir
 
 from qcompile.backends.tvm.lowering import converters
-from qcompile.backends.tvm.lowering.fuse import fuse_linear_epilogues, mark_bounded_matmuls
+from qcompile.backends.tvm.lowering.fuse import fuse_linear_epilogues, fuse_score_softmax, mark_bounded_matmuls
 
 __all__ = ["to_relax"]
 
@@ -39,13 +39,15 @@ def _with_qcompile_converters(kind: str):
 
 def to_relax(model: ir.Model, kind: str = "llvm"):
     """The Relax IRModule of a static-shape integer-only model for a target of `kind` ('llvm' or
-    'cuda'; fuses linear epilogues in `model`)."""
+    'cuda'; fuses linear epilogues and, on CPUs, softmax row chains in `model`)."""
     import warnings
 
     from tvm.relax.frontend.onnx import from_onnx
 
     fuse_linear_epilogues(model)
     mark_bounded_matmuls(model)
+    if kind != "cuda":  # the fused softmax kernel has a CPU row schedule; CUDA keeps dlight's rules
+        fuse_score_softmax(model)
     proto = ir.serde.serialize_model(model)
     del proto.functions[:]  # the qcompile bodies are replaced by kernels; the importer ignores functions
     shapes = {v.name: [int(d) for d in v.shape] for v in model.graph.inputs}
