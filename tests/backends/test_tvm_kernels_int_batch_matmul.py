@@ -28,15 +28,17 @@ def _softmax_rows(rng, shape, top: int, one_hot_rows: int) -> np.ndarray:
     return p
 
 
-def _run(a: np.ndarray, b: np.ndarray, how: Plan):
+def _run(a: np.ndarray, b: np.ndarray, how: Plan, dtype: str | None = None, zp_a: int = 0, zp_b: int = 0):
     import tvm
 
     batch, m, k = a.shape
     n = b.shape[2]
-    lib = tvm.tirx.build(schedule_int_batch_matmul(int_batch_matmul_func(batch, m, k, n, str(a.dtype), how)), target=host_target(2))
-    out = tvm.runtime.tensor(np.zeros((batch, m, n), a.dtype))
+    dtype = dtype or str(a.dtype)
+    func = int_batch_matmul_func(batch, m, k, n, dtype, how, a_dtype=str(a.dtype), b_dtype=str(b.dtype), zp_a=zp_a, zp_b=zp_b)
+    lib = tvm.tirx.build(schedule_int_batch_matmul(func), target=host_target(2))
+    out = tvm.runtime.tensor(np.zeros((batch, m, n), dtype))
     lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), out)
-    return out.numpy(), a.astype(np.int64) @ b.astype(np.int64), lib
+    return out.numpy(), (a.astype(np.int64) - zp_a) @ (b.astype(np.int64) - zp_b), lib
 
 
 def _symmetric(batch, m, k, n, dtype, bound_a, bound_b, seed=0):
@@ -70,6 +72,21 @@ def test_softmax_probabilities_through_the_offset(top, hot) -> None:
     how = plan(257, 128, 0, top, row_sum_a=top)
     assert how == Plan("offset", 2**15, hot=hot)
     got, expected, _ = _run(a, b.astype(np.int64), how)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("a_dtype, zp_a, b_dtype, zp_b", [("uint8", 131, "uint8", 7), ("int8", -3, "uint8", 255), ("int64", 0, "int8", 0)])
+def test_narrow_codes_are_centred_while_packing(a_dtype, zp_a, b_dtype, zp_b) -> None:
+    """Q·Kᵀ as the lowering leaves it: uint8/int8 codes with zero points, product in int32."""
+    rng = np.random.default_rng(4)
+    info_a, info_b = np.iinfo(a_dtype), np.iinfo(b_dtype)
+    a = rng.integers(max(info_a.min, -255), min(info_a.max, 255) + 1, (6, 37, 64)).astype(a_dtype)
+    b = rng.integers(info_b.min, info_b.max + 1, (6, 64, 45)).astype(b_dtype)
+    lo_a, hi_a = int(a.min()) - zp_a, int(a.max()) - zp_a
+    bound_b = max(abs(int(info_b.min) - zp_b), abs(int(info_b.max) - zp_b))
+    how = plan(64, bound_b, lo_a, hi_a)
+    assert how.mode == "plain"
+    got, expected, _ = _run(a, b, how, dtype="int32", zp_a=zp_a, zp_b=zp_b)
     np.testing.assert_array_equal(got, expected)
 
 

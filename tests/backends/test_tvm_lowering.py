@@ -99,6 +99,10 @@ def test_attention_matmuls_carry_their_bounds_to_the_backend() -> None:
     assert bounds[0][0] <= 255 and bounds[-1][0] == 2**16  # centred 8-bit codes; 16-bit probabilities
     scores, context = sorted((n for n in model.graph if n.op_type == BOUNDED_MATMUL), key=lambda n: n.attributes["bound_a"].as_int())
     assert scores.attributes["row_sum_a"].as_int() == -1 and scores.attributes["lo_a"].as_int() < 0  # Q·Kᵀ: no row sum known
+    narrow = (ir.DataType.UINT8, ir.DataType.INT8)
+    assert all(v.dtype in narrow for v in scores.inputs) and context.inputs[1].dtype in narrow  # centring absorbed
+    assert scores.attributes["to"].as_int() == ir.DataType.INT32 and context.attributes["zp_a"].as_int() == 0
+    assert not any(n.op_type == "Sub" and n.inputs[0].producer() is not None and n.inputs[0].producer().op_type == "Cast" for n in model.graph)
     assert [context.attributes[a].as_int() for a in ("lo_a", "hi_a", "row_sum_a")] == [0, 2**16, 2**16]  # softmax rows
 
 

@@ -2,7 +2,9 @@
 
     C[b, i, j] = Σ_k A[b, i, k]·B[b, k, j]          (int32 or int64, the ONNX MatMul's dtype)
 
-The operands are run-time values whose ranges the integer lowering proved and recorded on the node:
+The operands may arrive as narrow codes with zero points, (A − zp_a)·(B − zp_b), centred while they
+are packed (the attention transposes then move bytes, not int32). Their centred values have ranges
+the integer lowering proved and recorded on the node:
 A in [lo_a, hi_a], |B| ≤ bound_b ≤ 2^15 − 1, optionally Σ_k |A[b, i, k]| ≤ row_sum_a. They go through
 the int16-pair `vpmaddwd` tile of `int_gemm` (B packed per call to int16 [b, N/8, K/2, 8, 2], A widened
 to int16 rows padded to a multiple of `rows`; pads are zeros, which add nothing). `plan` picks how A
@@ -79,16 +81,22 @@ def fits(k: int, bound_a: int, bound_b: int) -> bool:
     return plan(k, bound_b, -bound_a, bound_a) is not None
 
 
-def int_batch_matmul_func(batch: int, m: int, k: int, n: int, dtype: str, how: Plan, rows: int = 6):
-    """PrimFunc main(A [batch, m, k], B [batch, k, n], C [batch, m, n]), all of `dtype`."""
+def int_batch_matmul_func(
+    batch: int, m: int, k: int, n: int, dtype: str, how: Plan, rows: int = 6, a_dtype: str | None = None, b_dtype: str | None = None, zp_a: int = 0, zp_b: int = 0
+):
+    """PrimFunc main(A [batch, m, k], B [batch, k, n], C [batch, m, n]) computing (A − zp_a)·(B − zp_b) in
+    `dtype`; A and B are of a_dtype/b_dtype (default `dtype`): narrow codes are centred while packing.
+    The plan's ranges are those of the centred operands."""
     from tvm import te, tirx
 
     split = how.mode == "limbs"
     k2, n8 = -(-k // PAIR) * PAIR, -(-n // LANES) * LANES
     mp = -(-m // rows) * rows
     stacked = 2 * mp if split else mp
-    a = te.placeholder((batch, m, k), dtype, name="A")
-    b = te.placeholder((batch, k, n), dtype, name="B")
+    raw_a = te.placeholder((batch, m, k), a_dtype or dtype, name="A")
+    raw_b = te.placeholder((batch, k, n), b_dtype or dtype, name="B")
+    a = _Centred(raw_a, zp_a, dtype)
+    b = _Centred(raw_b, zp_b, dtype)
     zero = tirx.const(0, "int16")
     wide = lambda value: value.astype("int64")  # noqa: E731
 
@@ -121,9 +129,9 @@ def int_batch_matmul_func(batch: int, m: int, k: int, n: int, dtype: str, how: P
     )
     if split:
         out = te.compute((batch, m, n), lambda g, i, j: ((wide(acc[g, i, j]) << LIMB_BITS) + wide(acc[g, mp + i, j])).astype(dtype), name="out")
-        return te.create_prim_func([a, b, out])
+        return te.create_prim_func([raw_a, raw_b, out])
     if how.mode == "plain":
-        return te.create_prim_func([a, b, te.compute((batch, m, n), lambda g, i, j: acc[g, i, j].astype(dtype), name="out")])
+        return te.create_prim_func([raw_a, raw_b, te.compute((batch, m, n), lambda g, i, j: acc[g, i, j].astype(dtype), name="out")])
     kc = te.reduce_axis((0, k), "kc")
     colsum = te.compute((batch, n), lambda g, j: te.sum(wide(b[g, kc, j]), axis=kc), name="colsum")
     hot = None
@@ -138,7 +146,21 @@ def int_batch_matmul_func(batch: int, m: int, k: int, n: int, dtype: str, how: P
             value = value + tirx.if_then_else(hot[g, i] >= 0, wide(b[g, tirx.max(hot[g, i], 0), j]), tirx.const(0, "int64"))
         return value.astype(dtype)
 
-    return te.create_prim_func([a, b, te.compute((batch, m, n), total, name="out")])
+    return te.create_prim_func([raw_a, raw_b, te.compute((batch, m, n), total, name="out")])
+
+
+class _Centred:
+    """x[index] read as (x − zp) in `dtype` (the identity when x is already `dtype` with zp = 0)."""
+
+    def __init__(self, tensor, zp: int, dtype: str):
+        self.tensor, self.zp, self.dtype = tensor, zp, dtype
+
+    def __getitem__(self, index):
+        from tvm import tirx
+
+        value = self.tensor[index]
+        value = value if str(value.dtype) == self.dtype else value.astype(self.dtype)
+        return value - tirx.const(self.zp, self.dtype) if self.zp else value
 
 
 def schedule_int_batch_matmul(func, rows: int = 6, col_blocks: int = 2):

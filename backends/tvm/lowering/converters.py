@@ -127,11 +127,11 @@ def _requantize_epilogue(epilogue_inputs, out_dtype):
     if epilogue_inputs is None:
         return None, []
     mult, shift, offset, lo, hi = epilogue_inputs
-    arrays = [_array(v, f"the requantize {name} after IntLinear") for v, name in ((mult, "m"), (shift, "e"), (offset, "b"))]
-    params = [te.placeholder(a.shape, "int64", name=name) for a, name in zip(arrays, ("m", "e", "b"))]
+    arrays = requantize.fold_rounding(*(_array(v, f"the requantize {name} after IntLinear") for v, name in ((mult, "m"), (shift, "e"), (offset, "b"))))
+    params = [te.placeholder(a.shape, str(a.dtype), name=name) for a, name in zip(arrays, ("m", "e", "b"))]
     low, high = _int(lo, "Requantize's lo"), _int(hi, "Requantize's hi")
-    epilogue = (params, lambda value, index: requantize.requantize_expr(value, index, *params, low, high, out_dtype))
-    return epilogue, [relax.const(a.astype(np.int64), "int64") for a in arrays]
+    epilogue = (params, lambda value, index: requantize.requantize_expr(value, index, *params, low, high, out_dtype, rounding_in_b=True))
+    return epilogue, [relax.const(a, str(a.dtype)) for a in arrays]
 
 
 def _ibert_softmax(bb, inputs, attr):
@@ -228,24 +228,30 @@ def _bounded_matmul(kind: str):
 
 
 def _bounded_matmul_impl(bb, inputs, attr, kind):
-    """`qcompile.tvm.IntMatMul` (an activation × activation MatMul with recorded operand bounds) on the
-    int16-pair batched kernel when the bounds make it exact on a CPU; TVM's generic matmul otherwise
-    (and on CUDA, where dlight's Matmul rule schedules it)."""
+    """`qcompile.tvm.IntMatMul` (an activation × activation MatMul with recorded operand bounds; operands
+    with zp_a/zp_b are narrow codes centred here) on the int16-pair batched kernel when the bounds make
+    it exact on a CPU; TVM's generic matmul on the centred operands otherwise (and on CUDA, where
+    dlight's Matmul rule schedules it)."""
     from tvm import relax
 
     a, b = inputs
-    if kind != "llvm":  # CUDA, or a CPU without AVX2
-        return bb.emit(relax.op.matmul(a, b))
+    dtype = ONNX_DTYPES[int(attr["to"])] if "to" in attr else _dtype(a)
+    zp_a, zp_b = int(attr.get("zp_a", 0)), int(attr.get("zp_b", 0))
     (*lead, m, k), (*lead_b, _, n) = _shape(a), _shape(b)
-    dtype = _dtype(a)
     bound_a, bound_b = int(attr["bound_a"]), int(attr["bound_b"])
     lo_a, hi_a = int(attr.get("lo_a", -bound_a)), int(attr.get("hi_a", bound_a))
     row_sum_a = int(attr.get("row_sum_a", -1))
     how = int_batch_matmul.plan(k, bound_b, lo_a, hi_a, row_sum_a if row_sum_a >= 0 else None)
-    if lead != lead_b or _dtype(b) != dtype or how is None:
-        return bb.emit(relax.op.matmul(a, b))
+    if kind != "llvm" or lead != lead_b or how is None:  # CUDA, a CPU without AVX2, or no exact int16 path
+
+        def centred(x, zp):
+            x = bb.emit(relax.op.astype(x, dtype)) if _dtype(x) != dtype else x
+            return bb.emit(relax.op.subtract(x, relax.const(np.array(zp, dtype), dtype))) if zp else x
+
+        return bb.emit(relax.op.matmul(centred(a, zp_a), centred(b, zp_b)))
     batch = int(np.prod(lead, dtype=np.int64)) if lead else 1
-    func = int_batch_matmul.schedule_int_batch_matmul(int_batch_matmul.int_batch_matmul_func(batch, m, k, n, dtype, how))
+    func = int_batch_matmul.int_batch_matmul_func(batch, m, k, n, dtype, how, a_dtype=_dtype(a), b_dtype=_dtype(b), zp_a=zp_a, zp_b=zp_b)
+    func = int_batch_matmul.schedule_int_batch_matmul(func)
     gv = bb.add_func(func["main"].without_attr("global_symbol").with_attr({SCHEDULED: True, "op_pattern": OPAQUE}), "int_batch_matmul")
     a3 = bb.emit(relax.op.reshape(a, (batch, m, k)))
     b3 = bb.emit(relax.op.reshape(b, (batch, k, n)))

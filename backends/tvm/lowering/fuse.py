@@ -18,7 +18,11 @@ with scalar constant m, e, b, lo, hi (`kernels/scores_softmax.py` runs it row by
 
 MatMuls that carry the lowering's operand bounds become `qcompile.tvm.IntMatMul` (the attributes carry
 the bounds — max|a|, max|b|, a's range lo_a..hi_a and a's row-sum bound, −1 when unknown — into the
-converter, which sees attributes but not metadata). EXACT.
+converter, which sees attributes but not metadata):
+
+    MatMul(Sub(Cast(x_a), z_a), Sub(Cast(x_b), z_b)) = IntMatMul(x_a, x_b; zp_a=z_a, zp_b=z_b, to)
+
+so the 8-bit codes, not their int32 centred copies, are what the attention transposes move. EXACT.
 """
 
 from __future__ import annotations
@@ -43,9 +47,23 @@ def _sole_consumer(value: ir.Value, graph: ir.Graph, op_type: str, domain: str) 
     return user if user.op_type == op_type and user.domain == domain and user.graph is graph else None
 
 
+def _uncentred(value: ir.Value, graph: ir.Graph) -> tuple[ir.Value, int, list[ir.Node]]:
+    """(x, z, [Sub, Cast]) when `value` = Sub(Cast(x), z) with a scalar constant z and single-use links
+    (the lowering's centring of 8-bit codes), else (value, 0, [])."""
+    sub = _producer(value, "Sub", "", graph)
+    if sub is None or not _scalar_constant(sub.inputs[1]):
+        return value, 0, []
+    cast = _producer(sub.inputs[0], "Cast", "", graph)
+    if cast is None or cast.inputs[0].dtype not in (ir.DataType.UINT8, ir.DataType.INT8, ir.DataType.INT16, ir.DataType.UINT16):
+        return value, 0, []
+    return cast.inputs[0], int(sub.inputs[1].const_value.numpy().reshape(())), [sub, cast]
+
+
 def mark_bounded_matmuls(model: ir.Model) -> int:
     """Integer MatMuls whose operand bounds the lowering recorded (`OPERAND_BOUNDS` metadata) become
-    `qcompile.tvm.IntMatMul` nodes with attributes bound_a, bound_b, lo_a, hi_a, row_sum_a; returns how many."""
+    `qcompile.tvm.IntMatMul` nodes with attributes bound_a, bound_b, lo_a, hi_a, row_sum_a; an operand
+    the lowering centred as Sub(Cast(x), z) is taken as the narrow x with attribute zp_a/zp_b = z (the
+    kernel centres it while packing), `to` the product's dtype; returns how many."""
     from qcompile.passes.lowering.act_matmul_rule import OPERAND_BOUNDS, OPERAND_RANGES, ROW_SUM_A
 
     marked = 0
@@ -57,9 +75,11 @@ def mark_bounded_matmuls(model: ir.Model) -> int:
         bound_a, bound_b = (int(part) for part in text.split(","))
         lo_a, hi_a = (int(part) for part in metadata[OPERAND_RANGES].split(",")[:2]) if OPERAND_RANGES in metadata else (-bound_a, bound_a)
         row_sum_a = int(metadata.get(ROW_SUM_A, -1))
-        attributes = [ir.AttrInt64(name, value) for name, value in (("bound_a", bound_a), ("bound_b", bound_b), ("lo_a", lo_a), ("hi_a", hi_a), ("row_sum_a", row_sum_a))]
-        replacement = ir.Node(FUSED_DOMAIN, BOUNDED_MATMUL, list(node.inputs), attributes, num_outputs=1, name=node.name)
-        ir.convenience.replace_nodes_and_values(model.graph, node, [node], [replacement], node.outputs, replacement.outputs)
+        (a, zp_a, absorbed_a), (b, zp_b, absorbed_b) = (_uncentred(v, model.graph) for v in node.inputs)
+        values = (("bound_a", bound_a), ("bound_b", bound_b), ("lo_a", lo_a), ("hi_a", hi_a), ("row_sum_a", row_sum_a), ("zp_a", zp_a), ("zp_b", zp_b), ("to", node.outputs[0].dtype.value))
+        attributes = [ir.AttrInt64(name, value) for name, value in values]
+        replacement = ir.Node(FUSED_DOMAIN, BOUNDED_MATMUL, [a, b], attributes, num_outputs=1, name=node.name)
+        ir.convenience.replace_nodes_and_values(model.graph, node, [node, *absorbed_a, *absorbed_b], [replacement], node.outputs, replacement.outputs)
         marked += 1
     model.opset_imports.setdefault(FUSED_DOMAIN, 1)
     return marked
