@@ -7,8 +7,8 @@
     rule exists, so its matmuls run unscheduled — stated, not hidden)
 
 Batch 1 on the model's latency sample (`latency_feeds`), `--threads` threads everywhere (TVM's pool
-sized and unpinned, see backends/tvm/__init__.py, and not spinning between kernels, so it does not
-steal cores from the runtime timed next), medians of `--rounds` runs taken in alternating blocks after
+sized and unpinned, see backends/tvm/__init__.py; its idle workers spin only `BRIEF_SPIN` yields,
+asleep within a millisecond, so they do not steal cores from the runtime timed next), medians of `--rounds` runs taken in alternating blocks after
 warm-up (`qcompile.report.latency.measure_latency`, as the CLI's report). Before timing, the TVM
 library's outputs are checked bit for bit against ONNX Runtime's on model.int.onnx, on the latency
 sample and `--check-samples` evaluation inputs of the same shape; the run stops if they differ. Also
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 import qcompile.backends.tvm  # noqa: F401  (unpins and sizes TVM's thread pool before anything creates it)
+from qcompile.backends.tvm import BRIEF_SPIN
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PASSES = "repq,intonly"
@@ -201,9 +202,10 @@ def render(results: dict) -> list[str]:
     lines += [
         "",
         f"Batch 1, {first['threads']} threads, medians of {first['rounds']} runs in alternating blocks after warm-up; target `{first['target']}`.",
-        "Rows without a mark: TVM's idle workers sleep at once (TVM_THREAD_POOL_SPIN_COUNT=0), so they cannot slow the runtime timed",
-        "next, and TVM pays a wake-up per parallel kernel; '(TVM pool spinning)' rows keep TVM's default spinning, which speeds TVM",
-        "and can slow the ONNX Runtime runs that follow it in the same process.",
+        f"Rows without a mark: TVM's idle workers spin {BRIEF_SPIN} yields and then sleep (asleep within a millisecond of a run's end:",
+        "benchmarks/tvm_spin.py), so they catch the next kernel of the same run but cannot slow the runtime timed next;",
+        "'(TVM pool spinning)' rows keep TVM's default spinning (tens of ms after every kernel), which can slow the ONNX Runtime runs",
+        "that follow it in the same process.",
     ]
     return lines
 
@@ -220,10 +222,9 @@ def main() -> None:
         "--tvm-spin", action="store_true", help="leave TVM's workers spinning between kernels (TVM's default; results saved as 'MODEL, TVM pool spinning')"
     )
     args = parser.parse_args()
-    # before TVM's pool exists (fixed at first use). Idle TVM workers spin after each parallel region and
-    # steal the cores from the runtime timed next; unless --tvm-spin they sleep at once, TVM paying its
-    # own wake-ups
-    qcompile.backends.tvm.configure_pool(args.threads, spin=args.tvm_spin)
+    # before TVM's pool exists (fixed at first use). TVM's default spinning after each parallel region
+    # steals the cores from the runtime timed next; unless --tvm-spin, idle workers spin only briefly
+    qcompile.backends.tvm.configure_pool(args.threads, spin_count=None if args.tvm_spin else BRIEF_SPIN)
     path = RESULTS / "tvm_latency.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     for name in args.models.split(","):

@@ -73,9 +73,9 @@ def _session_runner(session):
 def run_job(config: JobConfig, log=print) -> dict[str, Any]:
     """Run the job and return the report (also written to `output_dir/report.json`)."""
     if config.target:
-        from qcompile.backends.tvm import configure_pool
+        from qcompile.backends.tvm import BRIEF_SPIN, configure_pool
 
-        configure_pool(config.threads, spin=False)  # idle TVM workers must not steal ORT's cores while it is timed
+        configure_pool(config.threads, spin_count=BRIEF_SPIN)  # idle TVM workers sleep before ORT is timed
     from qcompile.backends.onnx import export, ort_baselines, runtime
 
     entry = resolve_model(config.model)

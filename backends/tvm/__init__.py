@@ -21,16 +21,26 @@ os.environ.setdefault("TVM_BIND_THREADS", "0")
 os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 
-def configure_pool(threads: int, spin: bool = True) -> None:
+# An idle worker calls sched_yield this many times before it sleeps: long enough to catch the next
+# kernel of the same run (no wake-up per parallel kernel), short enough that the workers are asleep
+# within a millisecond of the run's end, so they cannot slow another runtime timed afterwards.
+# benchmarks/results/tvm_spin.md (DINOv2-S): 70.2–71.6 ms at 0, 67.6–68.2 ms at 500; 0.3 ms of CPU
+# burned in the 50 ms after a run, against 50 ms with TVM's default spinning.
+BRIEF_SPIN = 500
+
+
+def configure_pool(threads: int, spin_count: int | None = None) -> None:
     """Pool size and idle spinning for this process, unless the user set them in the environment.
+    spin_count: None keeps TVM's default (workers spin for tens of milliseconds after each kernel),
+    0 sleeps at once (a wake-up per parallel kernel), `BRIEF_SPIN` what the job and benchmark use.
     Effective only before TVM's pool exists (its first parallel kernel); `pool_threads()` tells."""
     if "TVM_NUM_THREADS" not in _SET_BY_USER:
         os.environ["TVM_NUM_THREADS"] = str(int(threads))
-    if not spin and "TVM_THREAD_POOL_SPIN_COUNT" not in _SET_BY_USER:
-        os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = "0"
+    if spin_count is not None and "TVM_THREAD_POOL_SPIN_COUNT" not in _SET_BY_USER:
+        os.environ["TVM_THREAD_POOL_SPIN_COUNT"] = str(int(spin_count))
 
 
-__all__ = ["load", "compile_int_model", "save", "pool_threads", "configure_pool"]
+__all__ = ["load", "compile_int_model", "save", "pool_threads", "configure_pool", "BRIEF_SPIN"]
 
 
 def pool_threads() -> int:

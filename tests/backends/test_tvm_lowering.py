@@ -116,6 +116,17 @@ def test_softmax_row_chain_fuses_into_one_node(softmax) -> None:
     assert SCORES_SOFTMAX in ops and not {kernel, "ReduceMax"} & set(ops)
     fused = next(n for n in model.graph if n.op_type == SCORES_SOFTMAX)
     assert fused.attributes["kernel"].as_string() == kernel and fused.inputs[0].dtype == ir.DataType.INT32
+    assert "to" not in fused.attributes  # its reader is still a plain MatMul
+
+
+def test_probabilities_travel_as_int32_into_a_bounded_matmul() -> None:
+    proto, feeds = _int_model(softmax="ibert")
+    model = static_model(proto, {"x": feeds["x"].shape})
+    mark_bounded_matmuls(model)
+    assert fuse_score_softmax(model) == 1
+    fused = next(n for n in model.graph if n.op_type == SCORES_SOFTMAX)
+    assert fused.attributes["to"].as_int() == ir.DataType.INT32
+    assert fused.outputs[0].uses()[0].node.op_type == BOUNDED_MATMUL
 
 
 def test_a_softmax_chain_with_an_observed_intermediate_stays_unfused() -> None:

@@ -103,6 +103,10 @@ def _scores_softmax(bb, inputs, attr):
     else:
         out = scores_softmax.scores_softmax_te(xs, *grid, exp_family.shiftmax_te, *constants)
         args, tensors = [xs, out], [x]
+    if "to" in attr:  # the probabilities' reader takes them narrower (fuse.py proved they fit)
+        narrow = ONNX_DTYPES[int(attr["to"])]
+        wide_out = args[-1]
+        args[-1] = out = te.compute(shape, lambda *i: wide_out[i].astype(narrow), name="probabilities")
     func = scores_softmax.schedule_rows(te.create_prim_func(args))["main"].without_attr("global_symbol").with_attr({SCHEDULED: True, "op_pattern": OPAQUE})
     gv = bb.add_func(func, "scores_softmax")
     return bb.emit(relax.call_tir(gv, tensors, relax.TensorType(shape, str(out.dtype))))

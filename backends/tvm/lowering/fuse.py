@@ -14,7 +14,9 @@ The softmax lowering's row chain becomes one `qcompile.tvm.ScoresSoftmax` node (
     K(Cast(Requantize(Sub(x, ReduceMax(x, [-1], keepdims=1)), m, e, b, lo, hi), int32), *c)
         = ScoresSoftmax(x, m, e, b, lo, hi, *c; kernel=K)       K = IBertSoftmax or Shiftmax
 
-with scalar constant m, e, b, lo, hi (`kernels/scores_softmax.py` runs it row by row). EXACT.
+with scalar constant m, e, b, lo, hi (`kernels/scores_softmax.py` runs it row by row); when its only
+reader is an IntMatMul whose recorded range for it fits int32 (attention's P·V), it outputs int32
+(attribute `to`): the same values in half the bytes. EXACT.
 
 MatMuls that carry the lowering's operand bounds become `qcompile.tvm.IntMatMul` (the attributes carry
 the bounds — max|a|, max|b|, a's range lo_a..hi_a and a's row-sum bound, −1 when unknown — into the
@@ -130,6 +132,17 @@ def _row_max_of(node: ir.Node | None, x: ir.Value) -> bool:
     return [int(a) % rank for a in axes.numpy().reshape(-1)] == [rank - 1]
 
 
+def _read_by_a_bounded_matmul_in_int32(value: ir.Value) -> bool:
+    """Whether `value`'s one reader is an IntMatMul taking it as A, uncentred, with a range inside int32:
+    the probabilities (int64 in the ONNX function) can then travel as int32, half the bytes."""
+    if value.is_graph_output() or len(value.uses()) != 1:
+        return False
+    user, index = value.uses()[0].node, value.uses()[0].idx
+    if user.op_type != BOUNDED_MATMUL or user.domain != FUSED_DOMAIN or index != 0 or user.attributes.get_int("zp_a", 0) != 0:
+        return False
+    return -(2**31) <= user.attributes.get_int("lo_a", -(2**63)) and user.attributes.get_int("hi_a", 2**63 - 1) < 2**31
+
+
 def fuse_score_softmax(model: ir.Model) -> int:
     """Rewrite the softmax row chains in place; returns how many were fused."""
     graph = model.graph
@@ -149,6 +162,8 @@ def fuse_score_softmax(model: ir.Model) -> int:
         if not _row_max_of(row_max, scores):
             continue
         attributes = [ir.AttrString("kernel", kernel.op_type)]
+        if _read_by_a_bounded_matmul_in_int32(kernel.outputs[0]):
+            attributes.append(ir.AttrInt64("to", ir.DataType.INT32.value))
         node = ir.Node(FUSED_DOMAIN, SCORES_SOFTMAX, [scores, *requant.inputs[1:], *kernel.inputs[1:]], attributes, num_outputs=1, name=kernel.name)
         chain = [row_max, sub, requant, cast, kernel]
         ir.convenience.replace_nodes_and_values(graph, kernel, chain, [node], kernel.outputs, node.outputs)
