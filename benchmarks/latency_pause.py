@@ -4,7 +4,8 @@
 Each session's intra-op threads spin for a while after a run; a session timed right after another one
 shares the cores with those spinning threads, and dropping the first run of each block does not hide it
 when runs are short (MiniLM at 36 tokens: a few ms). With a long enough pause every session times as it
-does alone. Medians of 8 rounds of blocks of 4 runs (first dropped), 2 threads. Reports; asserts nothing.
+does alone. `measure_latency` with each pause: medians of 8 rounds of blocks of 4 runs (first dropped,
+3 warm-ups), 2 threads. Reports; asserts nothing.
 Writes benchmarks/results/latency_pause.md.
 
     python benchmarks/latency_pause.py [--model minilm-l6] [--pauses 0,0.02,0.1,0.5]
@@ -13,9 +14,7 @@ Writes benchmarks/results/latency_pause.md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
@@ -32,6 +31,7 @@ def main() -> None:
     from qcompile.backends.onnx import ort_baselines, runtime
     from qcompile.ir import model_to_bytes
     from qcompile.job import model_from_bytes
+    from qcompile.report.latency import measure_latency
 
     entry = zoo.get(args.model)
     float_bytes = model_to_bytes(entry.load())
@@ -42,21 +42,11 @@ def main() -> None:
         "ORT INT8 static": runtime.make_session(ort_baselines.ort_quantize_static(model_from_bytes(float_bytes), entry.calibration(32, 0), scratch / "s"), threads=args.threads),
         "ORT INT8 dynamic": runtime.make_session(ort_baselines.ort_quantize_dynamic(model_from_bytes(float_bytes), scratch / "d"), threads=args.threads),
     }
+    runners = {label: (lambda session=session: runtime.run(session, feeds)) for label, session in sessions.items()}
     rows = []
     for pause in (float(p) for p in args.pauses.split(",")):
-        samples: dict[str, list[float]] = {label: [] for label in sessions}
-        for session in sessions.values():
-            for _ in range(3):
-                runtime.run(session, feeds)
-        for _ in range(8):
-            for label, session in sessions.items():
-                time.sleep(pause)
-                for index in range(4):
-                    start = time.perf_counter()
-                    runtime.run(session, feeds)
-                    if index:
-                        samples[label].append((time.perf_counter() - start) * 1e3)
-        rows.append(f"| {pause * 1e3:.0f} | " + " | ".join(f"{statistics.median(v):.2f}" for v in samples.values()) + " |")
+        latency = measure_latency(runners, rounds=24, block=4, pause=pause)  # 8 rounds of blocks of 4
+        rows.append(f"| {pause * 1e3:.0f} | " + " | ".join(f"{latency[label]:.2f}" for label in sessions) + " |")
         print(rows[-1], flush=True)
     lines = [
         "# Latency of alternating sessions vs the pause before each block",

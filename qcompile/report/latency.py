@@ -5,10 +5,10 @@ Sessions are timed in rounds; in each round every session runs `block` times bac
 and TVM's with its default) spin for a while after a run, so a session timed right after another one
 would otherwise share the cores with the previous session's spinning threads. Dropping the first run
 is not enough for short runs: benchmarks/results/latency_pause.md (`benchmarks/latency_pause.py`)
-times MiniLM (36 tokens, 2 threads) ORT FP32 / INT8 static / INT8 dynamic at 13.6 / 11.5 / 14.8 ms back
-to back, 8.0 / 5.9 / 5.3 ms with 100 ms pauses and 7.2 / 5.1 / 4.6 ms with 500 ms pauses. The default
-pause is 200 ms. Rounds still alternate the sessions so slow machine phases hit all of them alike. The figure
-is the median over all kept runs, in milliseconds.
+times MiniLM (36 tokens, 2 threads) ORT FP32 / INT8 static / INT8 dynamic at 15.2 / 9.1 / 8.8 ms back
+to back, 8.0 / 8.0 / 7.1 ms with 20 ms pauses, 7.1 / 5.0 / 4.6 ms with 100 ms pauses and 7.1 / 4.9 / 4.7
+ms with 500 ms pauses. The default pause is 200 ms. Rounds still alternate the sessions so slow
+machine phases hit all of them alike. The figure is the median over all kept runs, in milliseconds.
 """
 
 from __future__ import annotations

@@ -21,13 +21,14 @@ multiple of `rows` (and K to a multiple of 2) by a copy of A inside the kernel, 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 __all__ = ["pack_weight", "int_gemm_func", "schedule_int_gemm", "tile_and_tensorize", "register_intrinsic", "INTRINSIC"]
 
 INTRINSIC = "qcompile_s16_dot_8x2"
 LANES, PAIR = 8, 2
-_REGISTERED = False
 
 
 def pack_weight(weight: np.ndarray) -> np.ndarray:
@@ -39,11 +40,9 @@ def pack_weight(weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(kp // PAIR, PAIR, np_ // LANES, LANES).transpose(2, 0, 3, 1))
 
 
+@functools.cache
 def register_intrinsic() -> None:
     """Register the `qcompile_s16_dot_8x2` tensor intrinsic with TVM (once per process)."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
@@ -74,7 +73,6 @@ def register_intrinsic() -> None:
 
     desc, impl = definition(False), definition(True)
     TensorIntrin.register(INTRINSIC, desc, impl, override=True)
-    _REGISTERED = True
 
 
 def int_gemm_func(m: int, k: int, n: int, rows: int = 6, epilogue=None, out_dtype: str = "int32", a_dtype: str = "int16"):

@@ -14,22 +14,21 @@ registers, k staged through shared memory 16 at a time, dp4a on the innermost 4;
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 __all__ = ["pack_weight_t", "shifted_bias", "dp4a_gemm_func", "schedule_dp4a_gemm", "register_dp4a", "DP4A"]
 
 TILE, THREADS, K_STEP, DOT = 64, 16, 16, 4
 DP4A = "qcompile_dp4a_s8s8s32"
-_REGISTERED = False
 
 
+@functools.cache
 def register_dp4a() -> None:
     """Register the `__dp4a` tensor intrinsic: C[0] += Σ_{t<4} A[t]·B[t], int8 → int32 (once per process).
 
     Our own instead of tvm.s_tir.tensor_intrin's: importing that package takes about a minute."""
-    global _REGISTERED
-    if _REGISTERED:
-        return
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
@@ -54,7 +53,6 @@ def register_dp4a() -> None:
 
     desc, impl = definition(False), definition(True)
     TensorIntrin.register(DP4A, desc, impl, override=True)
-    _REGISTERED = True
 
 
 def pack_weight_t(weight: np.ndarray) -> np.ndarray:

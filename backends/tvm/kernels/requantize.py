@@ -3,7 +3,7 @@
     y = clamp((x·m + b + r) >> e, lo, hi),    r = 2^(e−1) if e > 0 else 0
 
 x int32 [..., C]; m, e, b int64 arrays that broadcast against x as in NumPy: scalars (shape ()), per
-channel along the last axis ([C]) or along another one ([C, 1, 1]). The sum is
+channel along the last axis ([C]) or along another one ([C, 1, 1]), or Python ints compiled in. The sum is
 int64 (the lowering keeps |x·m| + |b| + r < 2^63, `qcompile.intops.requantize`), and `>>` of a signed
 int64 is LLVM's `ashr` / CUDA's arithmetic shift: floor division by 2^e, the reference's rounding half
 up. Used on its own and as the epilogue fused into the integer GEMM.
@@ -15,7 +15,12 @@ __all__ = ["requantize_expr", "requantize_te", "fold_rounding"]
 
 
 def _at(param, index):
-    """param[index] under NumPy broadcasting: param's dims align with index's last ones; size-1 dims read 0."""
+    """param[index] under NumPy broadcasting: param's dims align with index's last ones; size-1 dims read 0.
+    A Python int is a compile-time constant (int64 immediate)."""
+    if isinstance(param, int):
+        from tvm import tirx
+
+        return tirx.const(param, "int64")
     dims = [int(d) for d in param.shape]
     lead = len(index) - len(dims)
     return param[tuple(0 if size == 1 else index[lead + j] for j, size in enumerate(dims))] if dims else param[()]
@@ -29,7 +34,10 @@ def requantize_expr(value, index, m, e, b, lo: int, hi: int, out_dtype: str, rou
     from tvm import tirx
 
     shift = _at(e, index)
-    rounding = tirx.const(0, "int64") if rounding_in_b else tirx.if_then_else(shift > 0, tirx.shift_left(tirx.const(1, "int64"), shift - 1), tirx.const(0, "int64"))
+    if rounding_in_b or isinstance(e, int):  # folded at build time, or a compile-time shift
+        rounding = tirx.const(0 if rounding_in_b or e <= 0 else 1 << (e - 1), "int64")
+    else:
+        rounding = tirx.if_then_else(shift > 0, tirx.shift_left(tirx.const(1, "int64"), shift - 1), tirx.const(0, "int64"))
     offset = _at(b, index) if b is not None else tirx.const(0, "int64")
     total = value.astype("int64") * _at(m, index).astype("int64") + offset + rounding
     shifted = tirx.shift_right(total, shift)

@@ -22,20 +22,14 @@ __all__ = ["scores_grid_te", "scores_softmax_te", "schedule_rows"]
 
 def scores_grid_te(x, m: int, e: int, b: int, lo: int, hi: int):
     """d16 (int32) of int32 scores x [..., L]: x below its row maximum, requantized onto the grid."""
-    from tvm import te, tirx
+    from tvm import te
+
+    from qcompile.backends.tvm.kernels.requantize import requantize_expr
 
     *rows, length = (int(dim) for dim in x.shape)
     k = te.reduce_axis((0, length), "k")
     row_max = te.compute(rows, lambda *r: te.max(x[(*r, k)], axis=k), name="scores_max")
-    const = lambda value: tirx.const(value, "int64")  # noqa: E731
-    rounding = 1 << (e - 1) if e > 0 else 0
-
-    def grid(*i):
-        below = (x[i] - row_max[i[:-1]]).astype("int64")
-        value = tirx.shift_right(below * const(m) + const(b + rounding), const(e))
-        return tirx.max(tirx.min(value, const(hi)), const(lo)).astype("int32")
-
-    return te.compute(x.shape, grid, name="scores_grid")
+    return te.compute(x.shape, lambda *i: requantize_expr(x[i] - row_max[i[:-1]], i, m, e, b, lo, hi, "int32"), name="scores_grid")
 
 
 def scores_softmax_te(x, m: int, e: int, b: int, lo: int, hi: int, kernel, *args, **kwargs):

@@ -49,14 +49,28 @@ def _sole_consumer(value: ir.Value, graph: ir.Graph, op_type: str, domain: str) 
     return user if user.op_type == op_type and user.domain == domain and user.graph is graph else None
 
 
-def _uncentred(value: ir.Value, graph: ir.Graph) -> tuple[ir.Value, int, list[ir.Node]]:
+def _scalar_constant(value: ir.Value | None) -> bool:
+    constant = value.const_value if value is not None else None
+    return constant is not None and constant.numpy().size == 1
+
+
+def _producer(value: ir.Value, op_type: str, domain: str, graph: ir.Graph) -> ir.Node | None:
+    """The node computing `value` if it is op_type/domain and `value` feeds only one node."""
+    node = value.producer()
+    if node is None or node.op_type != op_type or node.domain != domain or node.graph is not graph:
+        return None
+    return node if len(value.uses()) == 1 and not value.is_graph_output() else None
+
+
+def _uncentred(value: ir.Value, graph: ir.Graph, dtype: ir.DataType) -> tuple[ir.Value, int, list[ir.Node]]:
     """(x, z, [Sub, Cast]) when `value` = Sub(Cast(x), z) with a scalar constant z and single-use links
-    (the lowering's centring of 8-bit codes), else (value, 0, [])."""
+    in `dtype` (the lowering's centring of 8-bit codes, in the product's dtype), else (value, 0, [])."""
     sub = _producer(value, "Sub", "", graph)
     if sub is None or not _scalar_constant(sub.inputs[1]):
         return value, 0, []
     cast = _producer(sub.inputs[0], "Cast", "", graph)
-    if cast is None or cast.inputs[0].dtype not in (ir.DataType.UINT8, ir.DataType.INT8, ir.DataType.INT16, ir.DataType.UINT16):
+    narrow = (ir.DataType.UINT8, ir.DataType.INT8, ir.DataType.INT16, ir.DataType.UINT16)
+    if cast is None or cast.inputs[0].dtype not in narrow or cast.outputs[0].dtype != dtype:
         return value, 0, []
     return cast.inputs[0], int(sub.inputs[1].const_value.numpy().reshape(())), [sub, cast]
 
@@ -77,7 +91,7 @@ def mark_bounded_matmuls(model: ir.Model) -> int:
         bound_a, bound_b = (int(part) for part in text.split(","))
         lo_a, hi_a = (int(part) for part in metadata[OPERAND_RANGES].split(",")[:2]) if OPERAND_RANGES in metadata else (-bound_a, bound_a)
         row_sum_a = int(metadata.get(ROW_SUM_A, -1))
-        (a, zp_a, absorbed_a), (b, zp_b, absorbed_b) = (_uncentred(v, model.graph) for v in node.inputs)
+        (a, zp_a, absorbed_a), (b, zp_b, absorbed_b) = (_uncentred(v, model.graph, node.outputs[0].dtype) for v in node.inputs)
         values = (("bound_a", bound_a), ("bound_b", bound_b), ("lo_a", lo_a), ("hi_a", hi_a), ("row_sum_a", row_sum_a), ("zp_a", zp_a), ("zp_b", zp_b), ("to", node.outputs[0].dtype.value))
         attributes = [ir.AttrInt64(name, value) for name, value in values]
         replacement = ir.Node(FUSED_DOMAIN, BOUNDED_MATMUL, [a, b], attributes, num_outputs=1, name=node.name)
@@ -106,19 +120,6 @@ def fuse_linear_epilogues(model: ir.Model) -> int:
         fused += 1
     model.opset_imports.setdefault(FUSED_DOMAIN, 1)
     return fused
-
-
-def _scalar_constant(value: ir.Value | None) -> bool:
-    constant = value.const_value if value is not None else None
-    return constant is not None and constant.numpy().size == 1
-
-
-def _producer(value: ir.Value, op_type: str, domain: str, graph: ir.Graph) -> ir.Node | None:
-    """The node computing `value` if it is op_type/domain and `value` feeds only one node."""
-    node = value.producer()
-    if node is None or node.op_type != op_type or node.domain != domain or node.graph is not graph:
-        return None
-    return node if len(value.uses()) == 1 and not value.is_graph_output() else None
 
 
 def _row_max_of(node: ir.Node | None, x: ir.Value) -> bool:
