@@ -1,26 +1,32 @@
-"""The TVM int8 GEMM kernel alone, in GOP/s, on DINOv2-S's linear-layer shapes (M = 257 tokens):
-qcompile's exact int16-pair vpmaddwd kernel (fused requantize epilogue off) against ONNX Runtime's
-MatMulInteger (u8×s8, weights in [-127, 127]; its AVX2 kernel saturates int16 pair sums, so it is
-timed, not trusted) and ONNX Runtime's FP32 MatMul, side by side in one process, `--threads` threads,
-medians of `--repeat` timings of `--number` runs after a warm-up. GOP = 2·M·K·N.
+"""The TVM int8 GEMM kernels alone, in GOP/s, on DINOv2-S's linear-layer shapes (M = 257 tokens) and
+MiniLM-L6's (M = 36): each exact kernel this CPU runs — the int16-pair vpmaddwd kernel (AVX2; on VNNI
+CPUs LLVM folds it into vpdpwssd) and the vpdpbusd kernel (AVX512-VNNI / AVX-VNNI), fused requantize
+epilogue off — against ONNX Runtime's MatMulInteger (u8×s8, weights in [-127, 127]; its AVX2 kernel
+saturates int16 pair sums, so it is timed and checked, not trusted) and ONNX Runtime's FP32 MatMul,
+side by side in one process, `--threads` threads, medians of `--repeat` timings of `--number` runs
+after a warm-up. GOP = 2·M·K·N. Writes benchmarks/results/tvm_gemm.{md,json}.
 
-    python benchmarks/tvm_gemm.py [--threads 2] [--rows 6] [--col-blocks 2] [--json out.json]
+    python benchmarks/tvm_gemm.py [--threads 2] [--number 20] [--repeat 7]
 
-The CPU's peak for this instruction mix (vpmaddwd + vpaddd per 16 multiply-adds) is measured, not
-assumed: one register tile (M = rows, N = 8·col_blocks, operands in L1) on one core at K = 256 and K = 1024;
-the time difference cancels the per-call cost and gives the inner loop's rate, times the thread count.
+Each kernel's peak is measured, not assumed: one register tile of that kernel (operands in L1, one
+parallel task, so one core) at K = 256 and K = 1024; the time difference cancels the per-call cost and
+gives the inner loop's rate, times the thread count.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
-SHAPES = [(257, 384, 1152), (257, 384, 384), (257, 384, 1536), (257, 1536, 384)]  # qkv, proj, fc1, fc2
+SHAPES = [(257, 384, 1152), (257, 384, 384), (257, 384, 1536), (257, 1536, 384), (36, 384, 384), (36, 384, 1536), (36, 1536, 384)]  # DINOv2-S; MiniLM-L6
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _ort_session(op: str, k: int, n: int, threads: int, weight: np.ndarray):
@@ -55,86 +61,124 @@ def _median_seconds(run, number: int, repeat: int) -> float:
     return statistics.median(times)
 
 
-def _tvm_gemm(m: int, k: int, n: int, threads: int, rows: int, col_blocks: int):
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """One exact TVM GEMM: how to build it for (m, k, n) and pack its weight, and its register tile."""
+
+    label: str
+    build: Callable  # (m, k, n, threads) -> runtime module
+    pack: Callable  # (weight [K, N] int8) -> packed weight
+    bias_lanes: int
+    tile: tuple[int, int]  # (rows, columns) of one register tile
+
+
+def _kernels(features) -> list[Kernel]:
     import tvm
 
-    from qcompile.backends.tvm.kernels.int_gemm import int_gemm_func, schedule_int_gemm
+    from qcompile.backends.tvm.kernels import int_gemm, int_gemm_vnni
     from qcompile.backends.tvm.target import host_target
 
-    lib = tvm.tirx.build(schedule_int_gemm(int_gemm_func(m, k, n, rows=rows, a_dtype="uint8"), rows=rows, col_blocks=col_blocks), target=host_target(threads))
-    return lib
+    def pairs(m, k, n, threads):
+        return tvm.tirx.build(int_gemm.schedule_int_gemm(int_gemm.int_gemm_func(m, k, n, a_dtype="uint8")), target=host_target(threads))
+
+    kernels = [Kernel("int16 pairs (vpmaddwd)", pairs, int_gemm.pack_weight, int_gemm.LANES, (6, 16))]
+    lanes = int_gemm_vnni.vnni_lanes(features)
+    if lanes:
+        rows, blocks = int_gemm_vnni.TILES[lanes]
+
+        def vnni(m, k, n, threads):
+            return tvm.tirx.build(int_gemm_vnni.schedule_vnni_gemm(int_gemm_vnni.vnni_gemm_func(m, k, n, lanes), lanes), target=host_target(threads))
+
+        label = f"vpdpbusd ({'zmm' if lanes == 16 else 'ymm'})"
+        kernels.append(Kernel(label, vnni, lambda w: int_gemm_vnni.pack_weight(w, lanes), lanes, (rows, blocks * lanes)))
+    return kernels
+
+
+def _tvm_args(kernel: Kernel, a: np.ndarray, w: np.ndarray):
+    import tvm
+
+    wp = kernel.pack(w)
+    bias = np.zeros(wp.shape[0] * kernel.bias_lanes, np.int32)
+    out = tvm.runtime.tensor(np.zeros((a.shape[0], w.shape[1]), np.int32))
+    return [tvm.runtime.tensor(a), tvm.runtime.tensor(wp), tvm.runtime.tensor(bias), out]
+
+
+def _tile_rate(kernel: Kernel, repeat: int, rng) -> float:
+    """GOP/s of one register tile's inner loop on one core (K = 1024 minus K = 256 cancels the call)."""
+    import tvm
+
+    m, n = kernel.tile
+    seconds = {}
+    for k in (256, 1024):
+        lib = kernel.build(m, k, n, 1)
+        args = _tvm_args(kernel, rng.integers(0, 256, (m, k)).astype(np.uint8), rng.integers(-127, 128, (k, n)).astype(np.int8))
+        seconds[k] = lib.time_evaluator("main", tvm.cpu(), number=2000, repeat=repeat)(*args).median
+    return 2 * m * n * (1024 - 256) / 1e9 / (seconds[1024] - seconds[256])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rows", type=int, default=6)
-    parser.add_argument("--col-blocks", type=int, default=2)
     parser.add_argument("--number", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
 
-    import tvm
-
     import qcompile.backends.tvm as qtvm
-    from qcompile.backends.tvm.kernels.int_gemm import pack_weight
+    from qcompile.backends.tvm.target import cpu_features, host_target
 
     qtvm.configure_pool(args.threads)  # before TVM's pool exists: its size is fixed at first use
+    target = host_target(args.threads)
+    kernels = _kernels(cpu_features(target))
     rng = np.random.default_rng(0)
     results = []
     for m, k, n in SHAPES:
         a = rng.integers(0, 256, (m, k)).astype(np.uint8)
         w = rng.integers(-127, 128, (k, n)).astype(np.int8)
-        lib = _tvm_gemm(m, k, n, args.threads, args.rows, args.col_blocks)
-        wp = pack_weight(w)
-        bias = np.zeros(wp.shape[0] * 8, np.int32)
-        out = tvm.runtime.tensor(np.zeros((m, n), np.int32))
-        tvm_args = [tvm.runtime.tensor(a), tvm.runtime.tensor(wp), tvm.runtime.tensor(bias), out]
-        lib["main"](*tvm_args)
-        exact = bool(np.array_equal(out.numpy(), a.astype(np.int64) @ w.astype(np.int64)))
+        reference = a.astype(np.int64) @ w.astype(np.int64)
+        row = {"m": m, "k": k, "n": n, "kernels": {}}
+        for kernel in kernels:
+            lib, tvm_args = kernel.build(m, k, n, args.threads), _tvm_args(kernel, a, w)
+            lib["main"](*tvm_args)
+            exact = bool(np.array_equal(tvm_args[-1].numpy(), reference))
+            seconds = _median_seconds(lambda: lib["main"](*tvm_args), args.number, args.repeat)
+            row["kernels"][kernel.label] = {"gops": 2 * m * k * n / 1e9 / seconds, "exact": exact}
         integer = _ort_session("MatMulInteger", k, n, args.threads, w)
         fp32 = _ort_session("MatMul", k, n, args.threads, w)
         af = a.astype(np.float32)
-        ort_int = integer.run(None, {"a": a})[0]
-        seconds = {
-            "tvm_int16_pairs": _median_seconds(lambda: lib["main"](*tvm_args), args.number, args.repeat),
-            "ort_matmulinteger": _median_seconds(lambda: integer.run(None, {"a": a}), args.number, args.repeat),
-            "ort_fp32_matmul": _median_seconds(lambda: fp32.run(None, {"a": af}), args.number, args.repeat),
-        }
-        gop = 2 * m * k * n / 1e9
-        row = {"m": m, "k": k, "n": n, "tvm_exact": exact, "ort_matmulinteger_exact": bool(np.array_equal(ort_int, a.astype(np.int64) @ w.astype(np.int64)))}
-        row.update({f"{name}_gops": gop / s for name, s in seconds.items()})
+        row["ort_matmulinteger_exact"] = bool(np.array_equal(integer.run(None, {"a": a})[0], reference))
+        row["ort_matmulinteger_gops"] = 2 * m * k * n / 1e9 / _median_seconds(lambda: integer.run(None, {"a": a}), args.number, args.repeat)
+        row["ort_fp32_matmul_gops"] = 2 * m * k * n / 1e9 / _median_seconds(lambda: fp32.run(None, {"a": af}), args.number, args.repeat)
         results.append(row)
+        print(row, flush=True)
+    peaks = {kernel.label: _tile_rate(kernel, args.repeat, rng) * args.threads for kernel in kernels}
 
-    # the inner tile's own rate: one register tile (M = rows, N = 8·col_blocks: a single parallel task, so
-    # one core), timed at two depths K; the difference cancels the per-call cost, leaving the rate of the
-    # vpmaddwd loop itself
-    m, n = args.rows, 8 * args.col_blocks
-    seconds_at = {}
-    for k in (256, 1024):
-        lib = _tvm_gemm(m, k, n, 1, args.rows, args.col_blocks)
-        tile_args = [
-            tvm.runtime.tensor(rng.integers(0, 256, (m, k)).astype(np.uint8)),
-            tvm.runtime.tensor(pack_weight(rng.integers(-127, 128, (k, n)))),
-            tvm.runtime.tensor(np.zeros(n, np.int32)),
-            tvm.runtime.tensor(np.zeros((m, n), np.int32)),
-        ]
-        seconds_at[k] = lib.time_evaluator("main", tvm.cpu(), number=2000, repeat=args.repeat)(*tile_args).median
-    tile = 2 * m * n * (1024 - 256) / 1e9 / (seconds_at[1024] - seconds_at[256])
-    peak = tile * args.threads
-
-    print(f"threads {args.threads} (TVM pool: {qtvm.pool_threads()}); tile {args.rows}x{8 * args.col_blocks}; inner-tile rate {tile:.1f} GOP/s per core → peak {peak:.1f} GOP/s\n")
-    print("| M×K×N | TVM int16-pair GOP/s (exact) | % of measured peak | ORT MatMulInteger GOP/s (exact) | ORT FP32 MatMul GFLOP/s |")
-    print("|---|---|---|---|---|")
+    heads = " | ".join(f"TVM {label} GOP/s (exact, % of peak)" for label in peaks)
+    lines = [
+        "# TVM int8 GEMM vs ONNX Runtime",
+        "",
+        "Produced by",
+        "",
+        "    python benchmarks/tvm_gemm.py",
+        "",
+        f"CPU {target.attrs['mcpu']}, threads {args.threads} (TVM pool: {qtvm.pool_threads()}). Measured peaks (one register tile's inner loop, one core, × threads): "
+        + "; ".join(f"{label} {kernel.tile[0]}×{kernel.tile[1]} tile {peak:.0f} GOP/s" for (label, peak), kernel in zip(peaks.items(), kernels)),
+        "",
+        f"| M×K×N | {heads} | ORT MatMulInteger GOP/s (exact) | ORT FP32 MatMul GFLOP/s |",
+        "|---|" + "---|" * (len(peaks) + 2),
+    ]
     for r in results:
-        print(
-            f"| {r['m']}×{r['k']}×{r['n']} | {r['tvm_int16_pairs_gops']:.1f} ({r['tvm_exact']}) | {100 * r['tvm_int16_pairs_gops'] / peak:.0f}% "
-            f"| {r['ort_matmulinteger_gops']:.1f} ({r['ort_matmulinteger_exact']}) | {r['ort_fp32_matmul_gops']:.1f} |"
-        )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"threads": args.threads, "rows": args.rows, "col_blocks": args.col_blocks, "tile_gops_per_core": tile, "peak_gops": peak, "shapes": results}, f, indent=2)
+        cells = " | ".join(f"{r['kernels'][label]['gops']:.0f} ({r['kernels'][label]['exact']}, {100 * r['kernels'][label]['gops'] / peak:.0f}%)" for label, peak in peaks.items())
+        lines.append(f"| {r['m']}×{r['k']}×{r['n']} | {cells} | {r['ort_matmulinteger_gops']:.0f} ({r['ort_matmulinteger_exact']}) | {r['ort_fp32_matmul_gops']:.0f} |")
+    lines += [
+        "",
+        "GOP = 2·M·K·N; medians of timings of repeated calls, each after a 0.5 s pause (so the previous runtime's spinning workers sleep) and a warm-up, "
+        "one process; \"exact\": equal to the int64 NumPy product on full-range uint8 × [-127, 127] operands. % of peak: against the kernel's own "
+        "inner loop (one register tile, operands in L1, one core, K = 256 vs 1024 timed to cancel the call cost) times the threads.",
+    ]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "tvm_gemm.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "tvm_gemm.json").write_text(json.dumps({"cpu": str(target.attrs["mcpu"]), "threads": args.threads, "peak_gops": peaks, "shapes": results}, indent=2) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -38,12 +38,20 @@ def _signature(values) -> list[dict]:
 
 
 def kernel_flavour(target) -> str:
-    """'cuda'; 'llvm' for a CPU with AVX2 (the vpmaddwd GEMMs); 'generic' for any other CPU."""
+    """'cuda'; for x86 CPUs with AVX2 'avx512vnni' / 'avxvnni' when they have VNNI (IntLinear on
+    vpdpbusd, zmm / ymm) and 'llvm' otherwise (every product on vpmaddwd int16 pairs); 'generic' for
+    any other CPU."""
+    from qcompile.backends.tvm.kernels.int_gemm_vnni import vnni_lanes
+    from qcompile.backends.tvm.lowering.converters import VNNI_LANES
     from qcompile.backends.tvm.target import cpu_features
 
     if target.kind.name == "cuda":
         return "cuda"
-    return "llvm" if "avx2" in cpu_features(target) else "generic"
+    features = cpu_features(target)
+    if "avx2" not in features:
+        return "generic"
+    lanes = vnni_lanes(features)
+    return next((name for name, width in VNNI_LANES.items() if width == lanes), "llvm")
 
 
 def compile_int_model(

@@ -4,7 +4,8 @@
                    ─ to_relax ─────→ Relax: standard ops via TVM's ONNX importer, one TE kernel per
                                       qcompile function, the GEMM pre-scheduled with its epilogue
                    ─ pipeline ─────→ legalize, FoldConstant, FuseOps/FuseTIR (casts and requantizes fuse
-                                      with their neighbours), dlight schedules for the rest, VM lowering
+                                      with their neighbours), dlight schedules for the rest, float
+                                      products fenced against FMA contraction (CPU), VM lowering
 
 The schedule step applies, per unscheduled PrimFunc, the first rule that matches: our `Elementwise`
 rule, dlight's CPU `Reduction` rule (row-wise softmax and LayerNorm) and `GEMV`. `unscheduled(mod)`
@@ -38,9 +39,13 @@ def _stages(target):
     return pipeline
 
 
-def relax_pipeline(target):
-    """The backend's Relax pipeline: TVM's CPU/CUDA pipeline with the schedule step after fusion."""
+def relax_pipeline(target, exact_float: bool = True):
+    """The backend's Relax pipeline: TVM's CPU/CUDA pipeline with the schedule step after fusion.
+    exact_float: on CPUs, float products are fenced (`fence.FenceFloatProducts`) so a·b + c rounds twice,
+    as ONNX Runtime does; False lets LLVM contract them into FMAs (float models: nothing to match)."""
     import tvm
+
+    from qcompile.backends.tvm.fence import FenceFloatProducts
 
     stages = _stages(target)
 
@@ -51,6 +56,7 @@ def relax_pipeline(target):
                 stages.library_dispatch_passes(target)
                 + stages.legalize_passes(target)
                 + [_schedule_pass(target)]
+                + ([FenceFloatProducts()] if exact_float and target.kind.name == "llvm" else [])
                 + stages.dataflow_lower_passes(target)
                 + stages.finalize_passes(target)
             )
@@ -59,11 +65,11 @@ def relax_pipeline(target):
     return _pipeline
 
 
-def compile_relax(mod, target):
+def compile_relax(mod, target, exact_float: bool = True):
     """`tvm.compile` of a Relax module with `relax_pipeline`."""
     import tvm
 
-    return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))
+    return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target, exact_float))
 
 
 def unscheduled(mod, target) -> list[str]:

@@ -21,24 +21,22 @@ def _triple(system_triple: str) -> str:
     return f"{parts[0]}-linux-gnu" if "linux" in system_triple else system_triple
 
 
-def host_target(threads: int | None = None, fma: bool = False):
-    """The host CPU as an LLVM target with `threads` cores (default: every core).
+def host_target(threads: int | None = None):
+    """The host CPU as an LLVM target with `threads` cores (default: every core), all its features on.
 
-    fma=False (the default) turns the FMA instructions off: TVM's LLVM contracts a·b + c into one fused
-    multiply-add whatever the target's fast-math flags say, which rounds once where ONNX Runtime rounds
-    twice, so the float ops around the integer core (the input quantizer, the output dequantization)
-    would differ from model.int.onnx in the last bit. Integer kernels do not use FMA."""
+    Float a·b + c is kept from contracting into an FMA by the pipeline's `fence.FenceFloatProducts`,
+    not by turning the `fma` feature off: LLVM's AVX-512 features imply FMA, so that would also turn
+    AVX-512 off."""
     from tvm.target import Target, codegen
 
-    config = {
-        "kind": "llvm",
-        "mtriple": _triple(codegen.llvm_get_system_triple()),
-        "mcpu": codegen.llvm_get_system_cpu(),
-        "num-cores": int(threads or os.cpu_count() or 1),
-    }
-    if not fma:
-        config["mattr"] = ["-fma"]
-    return Target(config)
+    return Target(
+        {
+            "kind": "llvm",
+            "mtriple": _triple(codegen.llvm_get_system_triple()),
+            "mcpu": codegen.llvm_get_system_cpu(),
+            "num-cores": int(threads or os.cpu_count() or 1),
+        }
+    )
 
 
 def cuda_target(arch: str = DEFAULT_CUDA_ARCH, threads: int | None = None):

@@ -137,8 +137,25 @@ def test_a_softmax_chain_with_an_observed_intermediate_stays_unfused() -> None:
     assert fuse_score_softmax(model) == 0 and any(n.op_type == "IBertSoftmax" for n in model.graph)
 
 
-def test_cpus_without_avx2_get_correct_generic_kernels() -> None:
-    """The 'generic' flavour (chosen when the CPU lacks AVX2: no vpmaddwd) is unscheduled but exact."""
+FLAVOUR_GEMMS = {"generic": "int_gemm_generic", "llvm": "int_gemm", "avxvnni": "vnni_gemm", "avx512vnni": "vnni_gemm"}
+
+
+def _flavour_runs_here(flavour: str) -> bool:
+    from qcompile.backends.tvm.kernels.int_gemm_vnni import vnni_lanes
+    from qcompile.backends.tvm.lowering.converters import VNNI_LANES
+    from qcompile.backends.tvm.target import cpu_features, host_target
+
+    features = cpu_features(host_target(1))
+    if flavour in VNNI_LANES:
+        return (vnni_lanes(features) or 0) >= VNNI_LANES[flavour]
+    return flavour == "generic" or "avx2" in features
+
+
+@pytest.mark.parametrize("flavour", list(FLAVOUR_GEMMS))
+def test_every_cpu_kernel_flavour_is_exact(flavour) -> None:
+    """Each CPU flavour `kernel_flavour` may pick — 'generic' (no AVX2: unscheduled), 'llvm' (AVX2 int16
+    pairs), 'avxvnni' / 'avx512vnni' (vpdpbusd) — forced on this CPU where it can run, gives ONNX
+    Runtime's outputs bit for bit through its own GEMM kernels."""
     import tvm
     from tvm import relax
 
@@ -146,10 +163,22 @@ def test_cpus_without_avx2_get_correct_generic_kernels() -> None:
     from qcompile.backends.tvm.lowering.importer import to_relax
     from qcompile.backends.tvm.target import host_target
 
+    if not _flavour_runs_here(flavour):
+        pytest.skip(f"this CPU cannot run the {flavour} kernels")
     proto, feeds = _int_model()
-    mod = to_relax(static_model(proto, {"x": feeds["x"].shape}), "generic")
+    mod = to_relax(static_model(proto, {"x": feeds["x"].shape}), flavour)
     names = {gv.name_hint.rstrip("0123456789") for gv in mod.functions}
-    assert "int_gemm_generic" in names and "int_gemm" not in names and "int_batch_matmul" not in names  # no AVX2 intrinsic kernels
+    assert FLAVOUR_GEMMS[flavour] in names and not (set(FLAVOUR_GEMMS.values()) - {FLAVOUR_GEMMS[flavour]}) & names
+    assert ("int_batch_matmul" in names) == (flavour != "generic")  # the attention kernels need AVX2
     vm = relax.VirtualMachine(compile_relax(mod, host_target(2)), tvm.cpu())
     got = vm["main"](tvm.runtime.tensor(feeds["x"])).numpy()
     np.testing.assert_array_equal(got, runtime.run(runtime.make_session(proto.SerializeToString()), feeds)["y"])
+
+
+def test_kernel_flavour_follows_the_cpu_features(monkeypatch) -> None:
+    from qcompile.backends.tvm import artifact, target
+
+    cases = [({"avx2", "avx512vnni", "avx512bw", "avxvnni"}, "avx512vnni"), ({"avx2", "avxvnni"}, "avxvnni"), ({"avx2"}, "llvm"), ({"neon"}, "generic")]
+    for features, flavour in cases:
+        monkeypatch.setattr(target, "cpu_features", lambda _target, f=frozenset(features): f)
+        assert artifact.kernel_flavour(target.host_target(1)) == flavour

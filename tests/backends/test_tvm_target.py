@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from qcompile.backends.tvm.target import cpu_features, cuda_target, host_target, parse_target
@@ -40,16 +41,43 @@ def test_cuda_target_rejects_a_malformed_arch() -> None:
         cuda_target("ampere")
 
 
-def test_host_target_does_not_contract_float_multiply_add() -> None:
-    """a·b + c must round twice, as ONNX Runtime does (the input quantizer and output dequantization)."""
+def test_fenced_float_products_do_not_contract_into_fma() -> None:
+    """a·b − c must round twice, as ONNX Runtime does (the input quantizer and output dequantization):
+    TVM's LLVM contracts it on an FMA CPU (x·x − fl(x·x) then yields the rounding error of x·x), the
+    fence keeps the product apart (exactly 0)."""
     import tvm
     from tvm import te
 
+    from qcompile.backends.tvm.fence import fence_float_products
+
     x = te.placeholder((64,), "float32", name="x")
-    y = te.compute((64,), lambda i: x[i] * 0.37 + 0.5, name="y")
-    func = te.create_prim_func([x, y])
-    assert "vfmadd" not in tvm.tirx.build(func, target=host_target(1)).inspect_source("asm")
-    assert "vfmadd" in tvm.tirx.build(func, target=host_target(1, fma=True)).inspect_source("asm")
+    c = te.placeholder((64,), "float32", name="c")
+    func = te.create_prim_func([x, c, te.compute((64,), lambda i: x[i] * x[i] - c[i], name="y")])
+    values = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    squares = values * values  # rounded: x·x − c is 0 rounded twice, the rounding error of x·x fused
+
+    def run(lib):
+        out = tvm.runtime.tensor(np.ones(64, np.float32))
+        lib["main"](tvm.runtime.tensor(values), tvm.runtime.tensor(squares), out)
+        return out.numpy()
+
+    target = host_target(1)
+    fenced = tvm.tirx.build(fence_float_products(func), target=target)
+    assert "vfmadd" not in fenced.inspect_source("asm")
+    np.testing.assert_array_equal(run(fenced), np.zeros(64, np.float32))
+    if "fma" in cpu_features(target):
+        contracted = tvm.tirx.build(func, target=target)
+        assert "vfm" in contracted.inspect_source("asm") and np.count_nonzero(run(contracted)) > 32
+
+
+def test_fence_leaves_integer_products_alone() -> None:
+    from tvm import te
+
+    from qcompile.backends.tvm.fence import FENCE, fence_float_products
+
+    x = te.placeholder((8,), "int32", name="x")
+    func = te.create_prim_func([x, te.compute((8,), lambda i: x[i] * 3 + 1, name="y")])
+    assert FENCE not in fence_float_products(func).script()
 
 
 def test_tvm_thread_pool_leaves_the_process_affinity_alone() -> None:

@@ -104,21 +104,26 @@ def int_gemm_func(m: int, k: int, n: int, rows: int = 6, epilogue=None, out_dtyp
     return te.create_prim_func([a, wp, bias, *params, out])
 
 
-def tile_and_tensorize(sch, block, rows: int, col_blocks: int, panels_outside: bool, consumer=None) -> None:
+def tile_and_tensorize(
+    sch, block, rows: int, col_blocks: int, panels_outside: bool, consumer=None, intrinsic: tuple[str, int, int] = (INTRINSIC, LANES, PAIR)
+) -> None:
     """The register tile of a GEMM block over loops (*batch, i, j, k): i split by `rows`, j by
-    `col_blocks` × 8 lanes, k by pairs; accumulators in a local buffer written back per tile; the
-    vpmaddwd intrinsic on the innermost 8 × 2; batch and tile loops fused and parallel. With
+    `col_blocks` × lanes, k by the intrinsic's group; accumulators in a local buffer written back per
+    tile; `intrinsic` = (name, lanes, group) on the innermost lanes × group (default: vpmaddwd on 8 × 2,
+    `int_gemm_vnni` passes vpdpbusd's); batch and tile loops fused and parallel. With
     `panels_outside` the column tiles are the outer loop (a W panel stays in L1 while all rows pass).
     `consumer` (the output/epilogue block) is computed per tile, right after the tile's accumulators
     are final, instead of in a separate serial pass over the whole int32 result."""
-    register_intrinsic()
+    name, lanes, group = intrinsic
+    if name == INTRINSIC:
+        register_intrinsic()
     local = sch.cache_write(block, 0, "local")
     *batch, i, j, k = sch.get_loops(block)
-    n8 = int(sch.get(j).extent)
-    blocks = col_blocks if (n8 // LANES) % col_blocks == 0 else 1
+    columns = int(sch.get(j).extent)
+    blocks = col_blocks if (columns // lanes) % col_blocks == 0 else 1
     io, ii = sch.split(i, [None, rows])
-    jo, jb, ji = sch.split(j, [None, blocks, LANES])
-    ko, ki = sch.split(k, [None, PAIR])
+    jo, jb, ji = sch.split(j, [None, blocks, lanes])
+    ko, ki = sch.split(k, [None, group])
     outer = [jo, io] if panels_outside else [io, jo]
     sch.reorder(*batch, *outer, ko, ii, jb, ji, ki)
     sch.reverse_compute_at(local, outer[-1])
@@ -128,7 +133,7 @@ def tile_and_tensorize(sch, block, rows: int, col_blocks: int, panels_outside: b
     sch.parallel(sch.fuse(*batch, *outer) if panels_outside else sch.fuse(*batch, io))
     init = sch.decompose_reduction(block, ko)
     sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(ji, INTRINSIC)
+    sch.tensorize(ji, name)
     sch.unroll(ii)
     sch.unroll(jb)
 

@@ -2,8 +2,8 @@
 
 A converter gets the Relax expressions of the node's inputs (initializers arrive as `relax.Constant`)
 and emits a `call_tir` to a TE compute of `backends.tvm.kernels` through `BlockBuilder.emit_te`, or, for
-the GEMM, to a PrimFunc that is already scheduled (packed int16 weights, vpmaddwd register tiles, fused
-requantize epilogue). Parameters that the kernels need at compile time (bounds, shifts, the softmax and
+the GEMM, to a PrimFunc that is already scheduled (weights packed at build time, vpmaddwd or vpdpbusd
+register tiles, fused requantize epilogue). Parameters that the kernels need at compile time (bounds, shifts, the softmax and
 GELU constants) must be constants of the graph; a node whose parameters are computed at run time is
 refused with a clear error. Output dtypes are the ONNX functions' (int64 for most, int32 for IntLinear),
 so the graph's own Casts after them keep their meaning; Relax fuses those Casts into the kernel.
@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from qcompile.backends.tvm.kernels import elementwise, exp_family, int_batch_matmul, int_gemm, int_gemm_gpu, layernorm, requantize, scores_softmax, softmax
+from qcompile.backends.tvm.kernels import elementwise, exp_family, int_batch_matmul, int_gemm, int_gemm_gpu, int_gemm_vnni, layernorm, requantize, scores_softmax, softmax
 from qcompile.backends.tvm.lowering.fuse import BOUNDED_MATMUL, FUSED_LINEAR, SCORES_SOFTMAX
 
-__all__ = ["converters", "LoweringError"]
+__all__ = ["converters", "LoweringError", "X86_FLAVOURS", "VNNI_LANES"]
 
 SCHEDULED = "tirx.is_scheduled"  # dlight leaves PrimFuncs with this attribute alone
 OPAQUE = 8  # relax OpPatternKind kOpaque: FuseOps does not fuse the scheduled GEMM with its neighbours
+# kernel flavours (`artifact.kernel_flavour`) of x86 CPUs with AVX2: 'llvm' runs every integer product on
+# int16 pairs (vpmaddwd); the VNNI flavours run IntLinear on vpdpbusd with this many int32 lanes
+VNNI_LANES = {"avx512vnni": 16, "avxvnni": 8}
+X86_FLAVOURS = ("llvm", *VNNI_LANES)
 ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 4: "uint16", 12: "uint32"}
 
 
@@ -152,29 +156,57 @@ def _ibert_softmax(bb, inputs, attr):
     return bb.emit_te(compute, x, relax.const(table, str(table.dtype)), primfunc_name_hint="ibertsoftmax")
 
 
-def _linear(bb, x, w, bias, epilogue_inputs, out_dtype):
-    """call_tir of the scheduled GEMM on x [..., K] (reshaped to 2-D), with the requantize epilogue."""
-    from tvm import relax
-
+def _gemm_operands(x, w):
+    """(weight [K, N], lead dims of x, M, K, N) of an IntLinear, checking x's features."""
     weight = _array(w, "IntLinear's weight")
     k, n = weight.shape
     *lead, k_x = _shape(x)
     if k_x != k:
         raise LoweringError(f"IntLinear: x has {k_x} features, the weight {k}")
-    m = int(np.prod(lead, dtype=np.int64)) if lead else 1
-    bias_codes = _array(bias, "IntLinear's bias").astype(np.int32).reshape(-1)
+    return weight, lead, (int(np.prod(lead, dtype=np.int64)) if lead else 1), k, n
+
+
+def _call_gemm(bb, x, func, name: str, constants, lead, m: int, k: int, n: int, out_dtype: str):
+    """call_tir of a GEMM PrimFunc (x reshaped to [M, K], then its constants) reshaped back to [..., N]."""
+    from tvm import relax
+
+    gv = bb.add_func(func.without_attr("global_symbol").with_attr({"op_pattern": OPAQUE}), name)
+    rows = bb.emit(relax.op.reshape(x, (m, k)))
+    out = bb.emit(relax.call_tir(gv, [rows, *constants], relax.TensorType((m, n), out_dtype)))
+    return bb.emit(relax.op.reshape(out, (*lead, n)))
+
+
+def _linear(bb, x, w, bias, epilogue_inputs, out_dtype):
+    """The AVX2 GEMM (`int_gemm`: int16 pairs, vpmaddwd) on x [..., K], with the requantize epilogue."""
+    from tvm import relax
+
+    weight, lead, m, k, n = _gemm_operands(x, w)
     packed = int_gemm.pack_weight(weight)
     padded_bias = np.zeros(packed.shape[0] * int_gemm.LANES, np.int32)
-    padded_bias[:n] = bias_codes
+    padded_bias[:n] = _array(bias, "IntLinear's bias").astype(np.int32).reshape(-1)
     epilogue, extra = _requantize_epilogue(epilogue_inputs, out_dtype)
     func = int_gemm.int_gemm_func(m, k, n, epilogue=epilogue, out_dtype=out_dtype, a_dtype=_dtype(x))
-    scheduled = int_gemm.schedule_int_gemm(func)["main"].without_attr("global_symbol").with_attr({SCHEDULED: True, "op_pattern": OPAQUE})
-    gv = bb.add_func(scheduled, "int_gemm")
-    rows = bb.emit(relax.op.reshape(x, (m, k)))
-    out = bb.emit(
-        relax.call_tir(gv, [rows, relax.const(packed, "int16"), relax.const(padded_bias, "int32"), *extra], relax.TensorType((m, n), out_dtype))
-    )
-    return bb.emit(relax.op.reshape(out, (*lead, n)))
+    scheduled = int_gemm.schedule_int_gemm(func)["main"].with_attr({SCHEDULED: True})
+    constants = [relax.const(packed, "int16"), relax.const(padded_bias, "int32"), *extra]
+    return _call_gemm(bb, x, scheduled, "int_gemm", constants, lead, m, k, n, out_dtype)
+
+
+def _linear_vnni(bb, x, w, bias, epilogue_inputs, out_dtype, lanes: int):
+    """The VNNI GEMM (`int_gemm_vnni`: vpdpbusd, u8 × s8) when x holds 8-bit codes and W int8 codes;
+    the AVX2 int16-pair GEMM otherwise."""
+    from tvm import relax
+
+    weight, lead, m, k, n = _gemm_operands(x, w)
+    if _dtype(x) not in ("uint8", "int8") or weight.min(initial=0) < -128 or weight.max(initial=0) > 127:
+        return _linear(bb, x, w, bias, epilogue_inputs, out_dtype)
+    packed = int_gemm_vnni.pack_weight(weight, lanes)
+    padded_bias = np.zeros(packed.shape[0] * lanes, np.int32)
+    padded_bias[:n] = int_gemm_vnni.shifted_bias(weight, _array(bias, "IntLinear's bias").reshape(-1), _dtype(x))
+    epilogue, extra = _requantize_epilogue(epilogue_inputs, out_dtype)
+    func = int_gemm_vnni.vnni_gemm_func(m, k, n, lanes, epilogue=epilogue, out_dtype=out_dtype, a_dtype=_dtype(x))
+    scheduled = int_gemm_vnni.schedule_vnni_gemm(func, lanes)["main"].with_attr({SCHEDULED: True})
+    constants = [relax.const(packed, "int8"), relax.const(padded_bias, "int32"), *extra]
+    return _call_gemm(bb, x, scheduled, "vnni_gemm", constants, lead, m, k, n, out_dtype)
 
 
 def _linear_gpu(bb, x, w, bias, epilogue_inputs, out_dtype, schedule: bool = True):
@@ -182,10 +214,7 @@ def _linear_gpu(bb, x, w, bias, epilogue_inputs, out_dtype, schedule: bool = Tru
     schedule=False: the same computation unscheduled, for CPUs without AVX2 (correct, slow)."""
     from tvm import relax
 
-    weight = _array(w, "IntLinear's weight")
-    k, n = weight.shape
-    *lead, _ = _shape(x)
-    m = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    weight, lead, m, k, n = _gemm_operands(x, w)
     if weight.min() < -128 or weight.max() > 127:
         raise LoweringError("IntLinear's weight codes do not fit int8")
     packed = int_gemm_gpu.pack_weight_t(weight)
@@ -195,18 +224,18 @@ def _linear_gpu(bb, x, w, bias, epilogue_inputs, out_dtype, schedule: bool = Tru
     func = int_gemm_gpu.dp4a_gemm_func(m, k, n, _dtype(x), epilogue, out_dtype)
     if schedule:
         func = int_gemm_gpu.schedule_dp4a_gemm(func)["main"].with_attr({SCHEDULED: True})
-    gv = bb.add_func(func.without_attr("global_symbol").with_attr({"op_pattern": OPAQUE}), "dp4a_gemm" if schedule else "int_gemm_generic")
-    rows = bb.emit(relax.op.reshape(x, (m, k)))
-    out = bb.emit(relax.call_tir(gv, [rows, relax.const(packed, "int8"), relax.const(bias_codes, "int32"), *extra], relax.TensorType((m, n), out_dtype)))
-    return bb.emit(relax.op.reshape(out, (*lead, n)))
+    constants = [relax.const(packed, "int8"), relax.const(bias_codes, "int32"), *extra]
+    return _call_gemm(bb, x, func, "dp4a_gemm" if schedule else "int_gemm_generic", constants, lead, m, k, n, out_dtype)
 
 
 def _linear_for(kind: str):
-    """The GEMM lowering for a kernel flavour: 'llvm' (AVX2), 'cuda', 'generic' (a CPU without AVX2)."""
+    """The GEMM lowering for a kernel flavour (`artifact.kernel_flavour`)."""
     if kind == "cuda":
         return _linear_gpu
     if kind == "generic":
         return lambda *args: _linear_gpu(*args, schedule=False)
+    if kind in VNNI_LANES:
+        return lambda *args: _linear_vnni(*args, lanes=VNNI_LANES[kind])
     return _linear
 
 
@@ -246,7 +275,7 @@ def _bounded_matmul_impl(bb, inputs, attr, kind):
     lo_a, hi_a = int(attr.get("lo_a", -bound_a)), int(attr.get("hi_a", bound_a))
     row_sum_a = int(attr.get("row_sum_a", -1))
     how = int_batch_matmul.plan(k, bound_b, lo_a, hi_a, row_sum_a if row_sum_a >= 0 else None)
-    if kind != "llvm" or lead != lead_b or how is None:  # CUDA, a CPU without AVX2, or no exact int16 path
+    if kind not in X86_FLAVOURS or lead != lead_b or how is None:  # CUDA, a CPU without AVX2, or no exact int16 path
 
         def centred(x, zp):
             x = bb.emit(relax.op.astype(x, dtype)) if _dtype(x) != dtype else x
@@ -265,7 +294,8 @@ def _bounded_matmul_impl(bb, inputs, attr, kind):
 
 def converters(kind: str = "llvm") -> dict[str, type]:
     """{op_type: importer converter class} for every `qcompile` function and the fused GEMM, for kernels
-    of flavour `kind`: 'llvm' (x86 with AVX2), 'cuda', or 'generic' (any other CPU: unscheduled GEMMs)."""
+    of flavour `kind`: 'llvm' (x86 with AVX2), 'avx512vnni' / 'avxvnni' (x86 with VNNI: IntLinear on
+    vpdpbusd), 'cuda', or 'generic' (any other CPU: unscheduled GEMMs)."""
     table = {
         "Requantize": _requantize,
         "IntAdd": _int_add,

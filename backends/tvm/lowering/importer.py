@@ -38,8 +38,8 @@ def _with_qcompile_converters(kind: str):
 
 
 def to_relax(model: ir.Model, kind: str = "llvm"):
-    """The Relax IRModule of a static-shape integer-only model for a target of `kind` ('llvm' or
-    'cuda'; fuses linear epilogues and, on CPUs, softmax row chains in `model`)."""
+    """The Relax IRModule of a static-shape integer-only model for kernels of flavour `kind`
+    (`artifact.kernel_flavour`: 'llvm', 'avx512vnni', 'avxvnni', 'generic', 'cuda'; fuses linear epilogues and, on CPUs, softmax row chains in `model`)."""
     import warnings
 
     from tvm.relax.frontend.onnx import from_onnx
