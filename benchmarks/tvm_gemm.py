@@ -30,7 +30,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _ort_session(op: str, k: int, n: int, threads: int, weight: np.ndarray):
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -51,7 +50,8 @@ def _ort_session(op: str, k: int, n: int, threads: int, weight: np.ndarray):
 
 def _median_seconds(run, number: int, repeat: int) -> float:
     time.sleep(0.5)  # the previous runtime's idle workers (ORT's and TVM's both spin) go to sleep first
-    run()
+    for _ in range(number):  # warm-up: caches, the pool's workers awake, the clock up
+        run()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
@@ -140,7 +140,8 @@ def main() -> None:
             lib, tvm_args = kernel.build(m, k, n, args.threads), _tvm_args(kernel, a, w)
             lib["main"](*tvm_args)
             exact = bool(np.array_equal(tvm_args[-1].numpy(), reference))
-            seconds = _median_seconds(lambda: lib["main"](*tvm_args), args.number, args.repeat)
+            main = lib["main"]
+            seconds = _median_seconds(lambda: main(*tvm_args), args.number, args.repeat)
             row["kernels"][kernel.label] = {"gops": 2 * m * k * n / 1e9 / seconds, "exact": exact}
         integer = _ort_session("MatMulInteger", k, n, args.threads, w)
         fp32 = _ort_session("MatMul", k, n, args.threads, w)

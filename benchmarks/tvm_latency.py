@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -162,6 +161,7 @@ def measure(name: str, threads: int, rounds: int, calib_samples: int, check_samp
         "tvm_int_build_seconds": compiled.seconds,
         "tvm_fp32_build_seconds": fp32_build,
         "target": compiled.metadata["target"],
+        "kernels": compiled.metadata["kernels"],
         "library_mb": (scratch / artifact.LIBRARY).stat().st_size / 1e6,
         "command": "python benchmarks/tvm_latency.py " + " ".join(sys.argv[1:]),
     }
@@ -181,8 +181,12 @@ def _label(result: dict) -> str:
     return result["model"] + (" (TVM pool spinning)" if result.get("tvm_pool_spinning") else "")
 
 
+def _cpu(result: dict) -> str:
+    return json.loads(result["target"]).get("mcpu", "?")
+
+
 def render(results: dict) -> list[str]:
-    lines = ["# TVM integer-only latency", "", f"CPU: {platform.processor() or platform.machine()}; produced by", ""]
+    lines = ["# TVM integer-only latency", "", "Each row's CPU is in the second table (the target's mcpu); produced by", ""]
     lines += [f"    {command}" for command in dict.fromkeys(r["command"] for r in results.values())]
     lines += ["", "| model | input | runtime | ms (median) | vs ORT FP32 |", "|---|---|---|---|---|"]
     for r in results.values():
@@ -193,15 +197,20 @@ def render(results: dict) -> list[str]:
             cell = "n/a" if value is None else f"{value:.2f}"
             ratio = "-" if value is None else f"{value / base:.2f}×"
             lines.append(f"| {_label(r)} | {shapes} | {text} | {cell} | {ratio} |")
-    lines += ["", "| model | TVM int / ORT FP32 (goal ≤ 0.5) | TVM int / faster ORT INT8 (goal ≤ 0.8) | bit-exact inputs | TVM int build s | library MB |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| model | CPU | kernels | TVM int / ORT FP32 (goal ≤ 0.5) | TVM int / faster ORT INT8 (goal ≤ 0.8) | bit-exact inputs | TVM int build s | library MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results.values():
         lines.append(
-            f"| {_label(r)} | {r['tvm_int_over_ort_fp32']:.2f} | {r['tvm_int_over_fastest_ort_int8']:.2f} | {r['bit_exact_inputs']} | {r['tvm_int_build_seconds']:.1f} | {r['library_mb']:.0f} |"
+            f"| {_label(r)} | {_cpu(r)} | {r.get('kernels', 'llvm')} | {r['tvm_int_over_ort_fp32']:.2f} | {r['tvm_int_over_fastest_ort_int8']:.2f} "
+            f"| {r['bit_exact_inputs']} | {r['tvm_int_build_seconds']:.1f} | {r['library_mb']:.0f} |"
         )
     first = next(iter(results.values()))
     lines += [
         "",
-        f"Batch 1, {first['threads']} threads, medians of {first['rounds']} runs in alternating blocks after warm-up; target `{first['target']}`.",
+        f"Batch 1, {first['threads']} threads, medians of {first['rounds']} runs in alternating blocks after warm-up; target of the first row `{first['target']}`.",
         f"Rows without a mark: TVM's idle workers spin {BRIEF_SPIN} yields and then sleep (asleep within a millisecond of a run's end:",
         "benchmarks/tvm_spin.py), so they catch the next kernel of the same run but cannot slow the runtime timed next;",
         "'(TVM pool spinning)' rows keep TVM's default spinning (tens of ms after every kernel), which can slow the ONNX Runtime runs",

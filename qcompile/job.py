@@ -160,6 +160,7 @@ def _compile_tvm(config: JobConfig, feeds: dict, artifact: Path, staging: Path, 
     report = {
         "target": compiled.metadata["target"],
         "cpu": compiled.metadata["cpu"],
+        "kernels": compiled.metadata["kernels"],
         "build_seconds": compiled.seconds,
         "files": files,
         "inputs": compiled.metadata["inputs"],

@@ -72,6 +72,10 @@ def test_cli_target_writes_checks_and_times_the_library(tmp_path) -> None:
     report = json.loads((out / "report.json").read_text())
     assert report["tvm"]["bit_exact_vs_onnx"] is True and isinstance(report["latency_ms"]["tvm_int"], float)
     assert report["target"] == report["tvm"]["target"] and "llvm" in report["target"]
+    from qcompile.backends.tvm.artifact import kernel_flavour
+    from qcompile.backends.tvm.target import host_target
+
+    assert report["tvm"]["kernels"] == kernel_flavour(host_target(1)) == json.loads((out / "model.tvm.json").read_text())["kernels"]
 
 
 @pytest.mark.parametrize(

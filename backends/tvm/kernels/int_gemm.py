@@ -25,7 +25,7 @@ import functools
 
 import numpy as np
 
-__all__ = ["pack_weight", "int_gemm_func", "schedule_int_gemm", "tile_and_tensorize", "register_intrinsic", "INTRINSIC"]
+__all__ = ["pack_weight", "int_gemm_func", "packed_gemm_func", "schedule_int_gemm", "tile_and_tensorize", "register_intrinsic", "INTRINSIC"]
 
 INTRINSIC = "qcompile_s16_dot_8x2"
 LANES, PAIR = 8, 2
@@ -93,10 +93,20 @@ def int_gemm_func(m: int, k: int, n: int, rows: int = 6, epilogue=None, out_dtyp
         ),
         name="A_padded",
     )
-    r = te.reduce_axis((0, k2), "k")
+    return packed_gemm_func(a, a_padded, wp, bias, m, n, epilogue, out_dtype)
+
+
+def packed_gemm_func(a, a_padded, wp, bias, m: int, n: int, epilogue, out_dtype: str):
+    """The PrimFunc main(a, wp, bias, *epilogue params, out [m, n]) of the GEMM over a_padded [Mp, Kp]
+    (a, or a padded copy of it) and wp packed [Np/lanes, Kp/group, lanes, group]:
+    acc = a_padded · W in int32, out = epilogue(acc + bias) (a cast to out_dtype without one)."""
+    from tvm import te
+
+    _, groups, lanes, group = (int(d) for d in wp.shape)
+    r = te.reduce_axis((0, groups * group), "k")
     acc = te.compute(
-        (mp, n8),
-        lambda i, j: te.sum(a_padded[i, r].astype("int32") * wp[j // LANES, r // PAIR, j % LANES, r % PAIR].astype("int32"), axis=r),
+        (int(a_padded.shape[0]), int(bias.shape[0])),
+        lambda i, j: te.sum(a_padded[i, r].astype("int32") * wp[j // lanes, r // group, j % lanes, r % group].astype("int32"), axis=r),
         name="acc",
     )
     params, finish = epilogue if epilogue is not None else ((), lambda value, index: value.astype(out_dtype))

@@ -27,7 +27,7 @@ import functools
 
 import numpy as np
 
-from qcompile.backends.tvm.kernels.int_gemm import tile_and_tensorize
+from qcompile.backends.tvm.kernels.int_gemm import packed_gemm_func, tile_and_tensorize
 
 __all__ = ["vnni_lanes", "pack_weight", "shifted_bias", "vnni_gemm_func", "schedule_vnni_gemm", "GROUP", "TILES"]
 
@@ -128,15 +128,7 @@ def vnni_gemm_func(m: int, k: int, n: int, lanes: int, rows: int | None = None, 
 
     # A is read in place when it needs neither padding nor the shift
     a_padded = a if (mp, k4) == (m, k) and a_dtype == "uint8" else te.compute((mp, k4), unsigned, name="A_padded")
-    r = te.reduce_axis((0, k4), "k")
-    acc = te.compute(
-        (mp, np_),
-        lambda i, j: te.sum(a_padded[i, r].astype("int32") * wp[j // lanes, r // GROUP, j % lanes, r % GROUP].astype("int32"), axis=r),
-        name="acc",
-    )
-    params, finish = epilogue if epilogue is not None else ((), lambda value, index: value.astype(out_dtype))
-    out = te.compute((m, n), lambda i, j: finish(acc[i, j] + bias[j], (i, j)), name="out")
-    return te.create_prim_func([a, wp, bias, *params, out])
+    return packed_gemm_func(a, a_padded, wp, bias, m, n, epilogue, out_dtype)
 
 
 def schedule_vnni_gemm(func, lanes: int, rows: int | None = None, col_blocks: int | None = None):
