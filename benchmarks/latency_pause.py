@@ -20,6 +20,15 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
+def _cpu_name() -> str:
+    """The CPU's model name as the kernel reports it (results differ between machines)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "an unknown CPU"
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "an unknown CPU")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="minilm-l6")
@@ -51,7 +60,7 @@ def main() -> None:
     lines = [
         "# Latency of alternating sessions vs the pause before each block",
         "",
-        f"Produced by `python benchmarks/latency_pause.py --model {args.model} --pauses {args.pauses}`; {args.threads} threads, batch 1,",
+        f"Produced by `python benchmarks/latency_pause.py --model {args.model} --pauses {args.pauses}` on {_cpu_name()}; {args.threads} threads, batch 1,",
         "medians of 8 rounds × blocks of 4 runs (first dropped), one process.",
         "",
         "| pause ms | " + " | ".join(sessions) + " |",

@@ -15,7 +15,7 @@ sample and `--check-samples` evaluation inputs of the same shape; the run stops 
 reports the build time of each TVM library. Reports; asserts nothing. Writes
 benchmarks/results/tvm_latency.{md,json} (each model's entry replaced).
 
-    python benchmarks/tvm_latency.py [--models dinov2-s,minilm-l6] [--threads 2] [--rounds 30]
+    python benchmarks/tvm_latency.py [--models dinov2-s,minilm-l6] [--threads 2] [--rounds 30] [--pause 0.2]
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def _tvm_fp32(float_bytes: bytes, feeds: dict, threads: int):
     return (lambda: vm["main"](*tensors)), seconds
 
 
-def measure(name: str, threads: int, rounds: int, calib_samples: int, check_samples: int, tvm_fp32: bool, log) -> dict:
+def measure(name: str, threads: int, rounds: int, calib_samples: int, check_samples: int, tvm_fp32: bool, log, pause: float = 0.2) -> dict:
     import onnx
 
     from qcompile import zoo
@@ -145,7 +145,7 @@ def measure(name: str, threads: int, rounds: int, calib_samples: int, check_samp
         log(f"{name}: compiling the float model with TVM")
         runners["tvm_fp32"], fp32_build = _tvm_fp32(float_bytes, feeds, threads)
     log(f"{name}: timing {', '.join(runners)}")
-    latency = measure_latency(runners, rounds=rounds)
+    latency = measure_latency(runners, rounds=rounds, pause=pause)
     fastest_int8 = min(latency["ort_int8_static"], latency["ort_int8_dynamic"])
     return {
         "model": name,
@@ -154,6 +154,7 @@ def measure(name: str, threads: int, rounds: int, calib_samples: int, check_samp
         "threads": threads,
         "tvm_pool_threads": qcompile.backends.tvm.pool_threads(),
         "rounds": rounds,
+        "pause_s": pause,
         "latency_ms": latency,
         "tvm_int_over_ort_fp32": latency["tvm_int"] / latency["ort_fp32"],
         "tvm_int_over_fastest_ort_int8": latency["tvm_int"] / fastest_int8,
@@ -178,7 +179,8 @@ LABELS = [
 
 
 def _label(result: dict) -> str:
-    return result["model"] + (" (TVM pool spinning)" if result.get("tvm_pool_spinning") else "")
+    pause = result.get("pause_s", 0.2)
+    return result["model"] + (" (TVM pool spinning)" if result.get("tvm_pool_spinning") else "") + (f" ({pause * 1e3:.0f} ms pauses)" if pause != 0.2 else "")
 
 
 def _cpu(result: dict) -> str:
@@ -210,7 +212,8 @@ def render(results: dict) -> list[str]:
     first = next(iter(results.values()))
     lines += [
         "",
-        f"Batch 1, {first['threads']} threads, medians of {first['rounds']} runs in alternating blocks after warm-up; target of the first row `{first['target']}`.",
+        f"Batch 1, {first['threads']} threads, medians of {first['rounds']} runs in alternating blocks after warm-up, each block after a 200 ms pause unless",
+        f"the row says otherwise (benchmarks/results/latency_pause.md); target of the first row `{first['target']}`.",
         f"Rows without a mark: TVM's idle workers spin {BRIEF_SPIN} yields and then sleep (asleep within a millisecond of a run's end:",
         "benchmarks/tvm_spin.py), so they catch the next kernel of the same run but cannot slow the runtime timed next;",
         "'(TVM pool spinning)' rows keep TVM's default spinning (tens of ms after every kernel), which can slow the ONNX Runtime runs",
@@ -224,6 +227,7 @@ def main() -> None:
     parser.add_argument("--models", default="dinov2-s,minilm-l6")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--pause", type=float, default=0.2, help="seconds of pause before each block of runs (measure_latency's default 0.2)")
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--check-samples", type=int, default=8)
     parser.add_argument("--no-tvm-fp32", action="store_true", help="skip the (slow) float TVM build")
@@ -237,8 +241,9 @@ def main() -> None:
     path = RESULTS / "tvm_latency.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     for name in args.models.split(","):
-        key = f"{name}, TVM pool spinning" if args.tvm_spin else name
-        results[key] = measure(name, args.threads, args.rounds, args.calib_samples, args.check_samples, not args.no_tvm_fp32, lambda m: print(m, file=sys.stderr))
+        key = (f"{name}, TVM pool spinning" if args.tvm_spin else name) + (f", pause {args.pause}" if args.pause != 0.2 else "")
+        log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+        results[key] = measure(name, args.threads, args.rounds, args.calib_samples, args.check_samples, not args.no_tvm_fp32, log, args.pause)
         results[key]["tvm_pool_spinning"] = args.tvm_spin
         path.write_text(json.dumps(results, indent=2) + "\n")
     text = "\n".join(render(results)) + "\n"
