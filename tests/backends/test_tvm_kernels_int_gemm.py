@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qcompile.backends.tvm.kernels.int_gemm import int_gemm_func, pack_weight, schedule_int_gemm
-from qcompile.backends.tvm.kernels.requantize import requantize_expr
 from qcompile.backends.tvm.target import host_target, cpu_features
 from qcompile.intops.int_linear import int_linear
 from qcompile.intops.requantize import requantize
+from qcompile.testing.requantize_cases import per_channel_requantize, requantize_epilogue
 
 pytestmark = pytest.mark.skipif("avx2" not in cpu_features(host_target(1)), reason="the int16-pair GEMM needs AVX2")
 
@@ -67,18 +67,11 @@ def test_pack_weight_layout() -> None:
 
 
 def test_fused_requantize_epilogue_and_vpmaddwd_in_the_assembly() -> None:
-    from tvm import te
-
     m, k, n = 20, 96, 16
     a, w, bias = _operands(m, k, n, signed=False, seed=1)
-    rng = np.random.default_rng(2)
-    mult = rng.integers(2**30, 2**31, n).astype(np.int64)
-    shift = rng.integers(20, 30, n).astype(np.int64)
-    offset = rng.integers(-(2**25), 2**25, n).astype(np.int64)
-    params = [te.placeholder((n,), "int64", name=name) for name in ("m", "e", "b")]
-    epilogue = (params, lambda acc, index: requantize_expr(acc, index, *params, -128, 127, "int8"))
+    mult, shift, offset = per_channel_requantize(n)
     inputs = (*_padded(a, w, bias), mult, shift, offset)
-    got, lib = _build_and_run(int_gemm_func(m, k, n, epilogue=epilogue), {}, inputs, (m, n), "int8")
+    got, lib = _build_and_run(int_gemm_func(m, k, n, epilogue=requantize_epilogue(n, -128, 127, "int8")), {}, inputs, (m, n), "int8")
     expected = requantize(int_linear(a, w, bias).astype(np.int32), mult, shift, offset, -128, 127)
     np.testing.assert_array_equal(got, expected)
     # vpmaddwd, or vpdpwssd where LLVM folds it with the vpaddd after it (CPUs with AVX-VNNI): the same exact pair sums

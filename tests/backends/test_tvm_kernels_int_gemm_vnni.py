@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qcompile.backends.tvm.kernels.int_gemm_vnni import TILES, pack_weight, schedule_vnni_gemm, shifted_bias, vnni_gemm_func, vnni_lanes
-from qcompile.backends.tvm.kernels.requantize import requantize_expr
 from qcompile.backends.tvm.target import cpu_features, host_target
 from qcompile.intops.int_linear import int_linear
 from qcompile.intops.requantize import requantize
+from qcompile.testing.requantize_cases import per_channel_requantize, requantize_epilogue
 
 FEATURES = cpu_features(host_target(1))
 WIDEST = vnni_lanes(FEATURES)
@@ -64,16 +64,10 @@ def test_gemm_equals_the_reference(m, k, n, signed, lanes) -> None:
 
 @pytest.mark.parametrize("lanes", WIDTHS)
 def test_fused_requantize_epilogue(lanes) -> None:
-    from tvm import te
-
     m, k, n = 20, 96, 40
     a, w, bias = _operands(m, k, n, signed=False, seed=1)
-    rng = np.random.default_rng(2)
-    mult = rng.integers(2**30, 2**31, n).astype(np.int64)
-    shift = rng.integers(20, 30, n).astype(np.int64)
-    offset = rng.integers(-(2**25), 2**25, n).astype(np.int64)
-    params = [te.placeholder((n,), "int64", name=name) for name in ("m", "e", "b")]
-    epilogue = (params, lambda acc, index: requantize_expr(acc, index, *params, 0, 255, "uint8"))
+    mult, shift, offset = per_channel_requantize(n)
+    epilogue = requantize_epilogue(n, 0, 255, "uint8")
     got, _ = _run(m, k, n, lanes, a.astype(np.uint8), w.astype(np.int8), bias, epilogue=epilogue, extra=(mult, shift, offset), out_dtype="uint8")
     np.testing.assert_array_equal(got, requantize(int_linear(a, w, bias).astype(np.int32), mult, shift, offset, 0, 255))
 
