@@ -3,8 +3,8 @@
     TVM integer-only (qcompile `--passes repq,intonly --target llvm`)
     ONNX Runtime FP32 · ONNX Runtime INT8 quantize_static (QDQ, reduce_range) · quantize_dynamic
     PyTorch FP32 (models with a PyTorch module: minilm-l6; DINOv2 ships as ONNX only)
-    TVM FP32: the float ONNX model through the same importer and schedule rules (no float GEMM
-    rule exists, so its matmuls run unscheduled — stated, not hidden)
+    TVM FP32: the float ONNX model through the same importer, pipeline and schedule rules (float
+    matmuls on `schedules.float_matmul.FloatMatmul`'s register tiles, FMA contraction allowed)
 
 Batch 1 on the model's latency sample (`latency_feeds`), `--threads` threads everywhere (TVM's pool
 sized and unpinned, see backends/tvm/__init__.py; its idle workers spin only `BRIEF_SPIN` yields,
@@ -174,7 +174,7 @@ LABELS = [
     ("ort_int8_static", "ONNX Runtime INT8 static"),
     ("ort_int8_dynamic", "ONNX Runtime INT8 dynamic"),
     ("pytorch_fp32", "PyTorch FP32"),
-    ("tvm_fp32", "TVM FP32 (same rules; float matmuls unscheduled)"),
+    ("tvm_fp32", "TVM FP32 (same pipeline; FloatMatmul register tiles)"),
 ]
 
 

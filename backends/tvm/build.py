@@ -8,7 +8,8 @@
                                       products fenced against FMA contraction (CPU), VM lowering
 
 The schedule step applies, per unscheduled PrimFunc, the first rule that matches: our `Elementwise`
-rule, dlight's CPU `Reduction` rule (row-wise softmax and LayerNorm) and `GEMV`. `unscheduled(mod)`
+rule, our `FloatMatmul` (float models only), dlight's CPU `Reduction` rule (row-wise softmax and
+LayerNorm) and `GEMV`. `unscheduled(mod)`
 names what no rule matched (they still run, serially), so a slow model says why.
 """
 
@@ -23,10 +24,11 @@ def _schedule_pass(target):
     from tvm.s_tir import dlight
 
     from qcompile.backends.tvm.schedules.elementwise import Elementwise
+    from qcompile.backends.tvm.schedules.float_matmul import FloatMatmul
 
     if target.kind.name == "cuda":
         return dlight.ApplyDefaultSchedule(dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(), dlight.gpu.Fallback())
-    return dlight.ApplyDefaultSchedule(Elementwise(), dlight.cpu.Reduction(), dlight.cpu.GEMV())
+    return dlight.ApplyDefaultSchedule(Elementwise(), FloatMatmul(), dlight.cpu.Reduction(), dlight.cpu.GEMV())
 
 
 def _stages(target):
