@@ -5,21 +5,39 @@
     qcompile.backends.onnx.export(model, "out/model.qdq.onnx")
 """
 
+import importlib
+
 from qcompile.errors import InputError, PassFailure, QcompileError
-from qcompile.frontends.onnx import load
-from qcompile.frontends.torch import from_torch
-from qcompile.ir.properties import Property
-from qcompile.pipeline import (
-    CalibrationData,
-    Numerics,
-    Pass,
-    PassManager,
-    PassResult,
-    PipelineContext,
-    register_pass,
-    register_recipe,
-)
-from qcompile.pipeline.run import run_passes
+
+# Everything else is imported on first use (PEP 562), so that `import qcompile` (and the CLI's start-up,
+# which must answer Ctrl-C with one line) does not pay for onnx, onnxruntime and torch until they are needed.
+_LAZY = {
+    "load": "qcompile.frontends.onnx",
+    "from_torch": "qcompile.frontends.torch",
+    "run_passes": "qcompile.pipeline.run",
+    "Property": "qcompile.ir.properties",
+    **dict.fromkeys(
+        ("CalibrationData", "Numerics", "Pass", "PassManager", "PassResult", "PipelineContext", "register_pass", "register_recipe"),
+        "qcompile.pipeline",
+    ),
+}
+
+_SUBPACKAGES = ("backends", "passes", "zoo", "ir", "pipeline", "frontends", "calibration", "intops", "report", "testing", "math", "job")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"qcompile.{name}")
+    raise AttributeError(f"module 'qcompile' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY, *_SUBPACKAGES})
+
 
 __all__ = [
     "load",

@@ -4,24 +4,36 @@
     qcompile passes            list every pass and recipe
 
 Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 internal failure or a pass that
-broke its declared numerics (one line; QCOMPILE_DEBUG=1 shows the traceback).
+broke its declared numerics (one line; QCOMPILE_DEBUG=1 shows the traceback), 130 interrupted (SIGINT),
+143 terminated (SIGTERM; 129 for SIGHUP). Signals are caught from the first line of `main`, before the
+heavy imports, and turned into exceptions so the output folder is cleaned up on the way out.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
 
-from qcompile.errors import InputError, PassFailure
+from qcompile.errors import InputError, Interrupted, PassFailure, one_line
+
+MAX_SEED = 2**32 - 1
 
 __all__ = ["main"]
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one `qcompile: error:` line and exit code 2, like every other."""
+
+    def error(self, message: str):
+        raise InputError(f"{message} (qcompile --help shows the usage)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="qcompile",
         description="Quantize a transformer (ONNX file or zoo:NAME) with a pass list; write QDQ ONNX and a report.",
         epilog="`qcompile passes` lists passes and recipes. Zoo models: zoo:dinov2-s, zoo:minilm-l6, zoo:tiny.",
@@ -36,9 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--plugin", action="append", default=[], type=Path, help="a Python file registering passes")
     parser.add_argument("--no-baselines", action="store_true", help="skip ONNX Runtime's quantizers")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--force", action="store_true", help="replace the outputs of an earlier run in OUTDIR")
     parser.add_argument("--target", help="also compile the integer model with TVM: llvm (this CPU), cuda or cuda:sm_XX (needs intonly)")
     parser.add_argument(
-        "--input-shape", action="append", default=[], metavar="NAME=DxD..", help="static input shape for --target (default: the latency sample's)"
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=DxD..",
+        help="an input's shape for one sample: fixes the model's symbolic dims for random inputs and --target's static shape",
     )
     return parser
 
@@ -67,6 +84,10 @@ def _validate(args: argparse.Namespace) -> None:
         raise InputError("-o/--output OUTDIR is required")
     if args.output.exists() and not args.output.is_dir():
         raise InputError(f"output {args.output} exists and is not a directory")
+    if not args.model.startswith("zoo:"):
+        from qcompile.frontends.model_file import regular_file_status
+
+        regular_file_status(Path(args.model), "an ONNX file")  # a pipe or device would block on reading
     if args.target is not None:
         from qcompile.backends.tvm.target import split_target
 
@@ -74,12 +95,17 @@ def _validate(args: argparse.Namespace) -> None:
             split_target(args.target)
         except ValueError:
             raise InputError(f"--target must be llvm, cuda or cuda:sm_XX, got {args.target!r}") from None
-    elif args.input_shape:
-        raise InputError("--input-shape is for --target")
     _input_shapes(args.input_shape)
-    for label, value, low in (("--calib-samples", args.calib_samples, 0), ("--eval-samples", args.eval_samples, 1), ("--threads", args.threads, 1)):
+    for label, value, low, high in (
+        ("--calib-samples", args.calib_samples, 0, None),
+        ("--eval-samples", args.eval_samples, 1, None),
+        ("--threads", args.threads, 1, os.cpu_count() or 1024),
+        ("--seed", args.seed, 0, MAX_SEED),
+    ):
         if value < low:
             raise InputError(f"{label} must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise InputError(f"{label} must be at most {high}, got {value}")
 
 
 def _input_shapes(texts: list[str]) -> dict[str, tuple[int, ...]]:
@@ -90,7 +116,7 @@ def _input_shapes(texts: list[str]) -> dict[str, tuple[int, ...]]:
             shape = tuple(int(d) for d in dims.lower().split("x"))
         except ValueError:
             shape = ()
-        if not name or not shape or any(d < 1 for d in shape):
+        if not name or not shape or any(not 1 <= d <= 2**31 - 1 for d in shape):
             raise InputError(f"--input-shape takes NAME=DxDx.. with positive dims, got {text!r}")
         shapes[name] = shape
     return shapes
@@ -101,6 +127,8 @@ def _run(args: argparse.Namespace) -> int:
 
     for plugin in args.plugin:
         load_plugin(plugin)
+    if args.model == "passes" and (args.passes or args.output):
+        raise InputError("`qcompile passes` takes no --passes or -o (did you mean a model file named 'passes'? write ./passes)")
     if args.model == "passes":
         _list_passes()
         return 0
@@ -131,36 +159,61 @@ def _run(args: argparse.Namespace) -> int:
         baselines=not args.no_baselines,
         target=args.target,
         input_shapes=_input_shapes(args.input_shape),
+        force=args.force,
     )
     report = run_job(config, log=(lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr)))
     print_report(report)
-    written = [report["artifact"], *report.get("tvm", {}).get("files", []), "report.json"]
+    data = [f"{report['artifact']}.data"] if (args.output / f"{report['artifact']}.data").exists() else []
+    written = [report["artifact"], *data, *report.get("tvm", {}).get("files", []), "report.json"]
     paths = [str(args.output / name) for name in written]
     print(f"wrote {', '.join(paths[:-1])} and {paths[-1]}")
     return 0
 
 
+def _raise_interrupted(signal_number: int, frame) -> None:
+    raise Interrupted(signal_number)
+
+
+def _install_signal_handlers() -> None:
+    """SIGTERM and SIGHUP raise `Interrupted`, SIGINT raises KeyboardInterrupt (Python's own default)."""
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) in (signal.SIG_DFL, None):
+            signal.signal(getattr(signal, name), _raise_interrupted)
+
+
+def _interrupted(signal_number: int) -> int:
+    names = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+    print(f"qcompile: {names.get(signal_number, 'stopped by a signal')}; nothing was written", file=sys.stderr)
+    return 128 + signal_number
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
     debug = os.environ.get("QCOMPILE_DEBUG") == "1"
     try:
+        _install_signal_handlers()
+        args = _parser().parse_args(argv)
         return _run(args)
     except InputError as error:
-        print(f"qcompile: error: {error}", file=sys.stderr)
+        print(f"qcompile: error: {one_line(error, 2000)}", file=sys.stderr)
         return 2
     except PassFailure as error:
         if debug:
             traceback.print_exc()
-        print(f"qcompile: failed: {error}", file=sys.stderr)
+        print(f"qcompile: failed: {one_line(error, 2000)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("qcompile: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(signal.SIGINT)
+    except Interrupted as stop:
+        return _interrupted(stop.signal_number)
+    except SystemExit:
+        raise  # argparse's usage errors (exit 2) and --help
+    except MemoryError:
+        print("qcompile: error: out of memory (the model or the data asked for more than this machine has)", file=sys.stderr)
+        return 2
     except Exception as error:  # internal failure: one line unless debugging
         if debug:
             traceback.print_exc()
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        print(f"qcompile: internal error: {type(error).__name__}: {first} (QCOMPILE_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"qcompile: internal error: {type(error).__name__}: {one_line(error)} (QCOMPILE_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
 
 

@@ -5,24 +5,27 @@
 3. Export the QDQ model; build ONNX Runtime's own static and dynamic INT8 models on the same samples.
 4. Score the float model, qcompile's model and both ONNX Runtime models on the same evaluation samples.
 5. Time all four side by side in this process (medians over alternating blocks, `threads` threads).
-6. Write model.qdq.onnx (model.int.onnx after `intonly`) and report.json into the output directory — staged in a hidden folder and moved
-   into place only when everything succeeded, so a failed run leaves no partial artifact.
+6. Write model.qdq.onnx (model.int.onnx after `intonly`) and report.json into the output directory,
+   through `OutputFolder`: locked against a concurrent run, staged in a hidden folder and moved into place
+   only when everything succeeded, so a failed or interrupted run leaves no partial artifact.
+
+Failures of ONNX Runtime on the user's float model (loading it, or running it on the first calibration
+batch, both before any pass) are bad input and raised as `InputError` naming the stage; later failures
+are qcompile's own.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from qcompile import zoo
-from qcompile.errors import InputError
+from qcompile.errors import InputError, ort_stage
 from qcompile.ir import model_to_bytes
+from qcompile.output_folder import OutputFolder
 from qcompile.ir.properties import Property, get_properties
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.run import run_passes
@@ -45,10 +48,12 @@ class JobConfig:
     latency_rounds: int = 15
     target: str | None = None
     input_shapes: dict[str, tuple[int, ...]] | None = None
+    force: bool = False
 
 
-def resolve_model(source: str | zoo.ZooModel) -> zoo.ZooModel:
-    """`zoo:NAME` → the zoo entry; a path → the ONNX file on seeded random inputs; an entry → itself."""
+def resolve_model(source: str | zoo.ZooModel, input_shapes: dict[str, tuple[int, ...]] | None = None) -> zoo.ZooModel:
+    """`zoo:NAME` → the zoo entry; a path → the ONNX file on seeded random inputs (symbolic input dims from
+    `input_shapes`); an entry → itself."""
     if isinstance(source, zoo.ZooModel):
         return source
     if source.startswith("zoo:"):
@@ -56,7 +61,30 @@ def resolve_model(source: str | zoo.ZooModel) -> zoo.ZooModel:
     from qcompile.frontends.onnx import load
     from qcompile.zoo.generic import RandomInputTask
 
-    return RandomInputTask(load(source), source)
+    return RandomInputTask(load(source), source, input_shapes=input_shapes)
+
+
+def _check_sample_counts(config: JobConfig, entry: zoo.ZooModel) -> None:
+    calibration_limit, evaluation_limit = entry.sample_limits()
+    for option, wanted, limit, kind in (
+        ("--calib-samples", config.calib_samples, calibration_limit, "calibration"),
+        ("--eval-samples", config.eval_samples, evaluation_limit, "evaluation"),
+    ):
+        if limit is not None and wanted > limit:
+            raise InputError(f"{option} {wanted}: {entry.name} has {limit} {kind} samples; ask for at most {limit}")
+
+
+def _check_float_model(entry: zoo.ZooModel, float_bytes: bytes, calibration, threads: int):
+    """An ONNX Runtime session of the user's float model, run once on a calibration batch (or the latency
+    sample): a model ONNX Runtime cannot load or run is refused here, before any pass."""
+    from qcompile.backends.onnx import runtime
+
+    with ort_stage(f"{entry.name}: ONNX Runtime cannot load the float model"):
+        session = runtime.make_session(float_bytes, threads=threads)
+    feeds = calibration.first_batch() if calibration is not None else entry.latency_feeds()
+    with ort_stage(f"{entry.name}: ONNX Runtime cannot run the float model on {'a calibration batch' if calibration is not None else 'a sample'}"):
+        runtime.run(session, feeds)
+    return session
 
 
 def _session_runner(session):
@@ -78,27 +106,25 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         configure_pool(config.threads, spin_count=BRIEF_SPIN)  # idle TVM workers sleep before ORT is timed
     from qcompile.backends.onnx import export, ort_baselines, runtime
 
-    entry = resolve_model(config.model)
-    model = entry.load()
-    float_bytes = model_to_bytes(model)
-    output_dir = Path(config.output_dir)
-    created = not output_dir.exists()
-    output_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".qcompile-staging-", dir=output_dir))
-    succeeded = False
-    try:
+    with OutputFolder(config.output_dir, force=config.force) as out:
+        entry = resolve_model(config.model, config.input_shapes)
+        _check_sample_counts(config, entry)
+        model = entry.load()
+        float_bytes = model_to_bytes(model)
+        staging = out.staging
         calibration = entry.calibration(config.calib_samples, config.seed) if config.calib_samples > 0 else None
+        float_session = _check_float_model(entry, float_bytes, calibration, config.threads)
         context = PipelineContext(calibration=calibration, seed=config.seed, progress=config.progress, threads=config.threads)
         log(f"running passes: {config.passes}")
         records = run_passes(model, config.passes, context=context)
         integer = Property.INTEGER_ONLY in get_properties(model)
         artifact_name = "model.int.onnx" if integer else "model.qdq.onnx"
         artifact = export(model, staging / artifact_name, fmt="int" if integer else "qdq")
+        artifact_files = [artifact_name] + ([f"{artifact_name}.data"] if (staging / f"{artifact_name}.data").exists() else [])
 
-        sessions = {
-            "ort_fp32": runtime.make_session(float_bytes, threads=config.threads),
-            "qcompile": runtime.make_session(str(artifact), threads=config.threads),
-        }
+        sessions = {"ort_fp32": float_session}
+        with ort_stage("ONNX Runtime cannot load qcompile's artifact (a qcompile bug)", internal=True):
+            sessions["qcompile"] = runtime.make_session(str(artifact), threads=config.threads)
         tvm_model, tvm_report = None, None
         if config.target:
             if not integer:
@@ -132,14 +158,8 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
             report["tvm"] = tvm_report
             report["target"] = tvm_report["target"]
         (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-        for name in (artifact_name, *(tvm_report or {}).get("files", []), "report.json"):
-            os.replace(staging / name, output_dir / name)
-        succeeded = True
+        out.commit([*artifact_files, *(tvm_report or {}).get("files", []), "report.json"])
         return report
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created and not succeeded and not any(output_dir.iterdir()):
-            output_dir.rmdir()  # a failed run leaves nothing behind
 
 
 def _compile_tvm(config: JobConfig, feeds: dict, artifact: Path, staging: Path, int_session, log):

@@ -3,13 +3,16 @@
 `qdq` writes every uniform quantizer as QuantizeLinear/DequantizeLinear and every log√2 quantizer as the
 `qcompile` domain functions of `log_quant.py` (see `qdq.py`); `int` writes a model the `intonly` pass
 lowered (INTEGER_ONLY: integer kernels as `qcompile` functions, no float between the quantizers) as it
-is; `float` writes the model as it is. The file is written to a temporary name in the same directory and renamed into place, so a
-failed export never leaves a partial artifact. Models over 2 GB are written with external data.
+is; `float` writes the model as it is. The file is written in a temporary folder beside `path` and
+renamed into place, so a failed export never leaves a partial artifact. Models whose initializers hold
+over `EXTERNAL_THRESHOLD` bytes (protobuf cannot hold 2 GB) are written with their tensors in
+`PATH.data` beside the model, renamed into place before the model.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,10 +22,16 @@ from qcompile.backends.onnx.qdq import to_qdq
 from qcompile.errors import InputError
 from qcompile.ir.properties import Property, get_properties
 
-__all__ = ["export", "FORMATS"]
+__all__ = ["export", "FORMATS", "EXTERNAL_THRESHOLD", "external_data_path"]
 
 FORMATS = ("qdq", "int", "float")
-_EXTERNAL_THRESHOLD = 1_800_000_000
+EXTERNAL_THRESHOLD = 1_800_000_000
+
+
+def external_data_path(path: str | os.PathLike) -> Path:
+    """Where `export` puts the tensors of a large model written to `path`."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.data")
 
 
 def export(model: ir.Model, path: str | os.PathLike, fmt: str = "qdq") -> Path:
@@ -35,16 +44,18 @@ def export(model: ir.Model, path: str | os.PathLike, fmt: str = "qdq") -> Path:
     out = to_qdq(model) if fmt == "qdq" else model
     size = sum(v.const_value.nbytes for v in out.graph.initializers.values() if v.const_value is not None)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    data = external_data_path(path)
+    temp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        if size > _EXTERNAL_THRESHOLD:
-            ir.save(out, temp, external_data=f"{path.name}.data")
+        if size > EXTERNAL_THRESHOLD:
+            ir.save(out, temp / path.name, external_data=data.name)
+            os.chmod(temp / data.name, 0o644)
+            os.replace(temp / data.name, data)
         else:
-            ir.save(out, temp)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
+            ir.save(out, temp / path.name)
+            data.unlink(missing_ok=True)  # a stale one from an earlier, larger export
+        os.chmod(temp / path.name, 0o644)
+        os.replace(temp / path.name, path)
     finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+        shutil.rmtree(temp, ignore_errors=True)
     return path

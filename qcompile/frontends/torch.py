@@ -17,6 +17,7 @@ import onnx_ir as ir
 
 from qcompile.errors import InputError
 from qcompile.frontends.onnx import validate
+from qcompile.frontends.precision import compute_in_float32
 
 __all__ = ["from_torch"]
 
@@ -77,5 +78,7 @@ def from_torch(
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"torch export of {type(module).__name__} failed: {first}") from None
     model = program.model
-    validate(model, f"<torch {type(module).__name__}>")
+    source = f"<torch {type(module).__name__}>"
+    validate(model, source)
+    compute_in_float32(model, source)
     return model

@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from qcompile.errors import InputError
+
 __all__ = ["Feeds", "CalibrationData", "PipelineContext"]
 
 Feeds = dict[str, np.ndarray]
@@ -26,12 +28,16 @@ class CalibrationData:
     @classmethod
     def from_list(cls, feeds: list[Feeds]) -> CalibrationData:
         """Wrap an in-memory list of batches (tests, small models)."""
+        if not feeds or any(not f for f in feeds):
+            raise InputError("calibration data needs at least one batch, and every batch at least one input")
         samples = sum(next(iter(f.values())).shape[0] for f in feeds)
         return cls(batches=lambda: iter(feeds), samples=samples)
 
     def first_batch(self, max_samples: int | None = None) -> Feeds:
         """The first batch, cut to at most `max_samples` samples (used for numeric checks)."""
-        feeds = next(self.batches())
+        feeds = next(iter(self.batches()), None)
+        if feeds is None:
+            raise InputError("the calibration data yields no batches")
         if max_samples is None:
             return feeds
         return {k: v[:max_samples] for k, v in feeds.items()}

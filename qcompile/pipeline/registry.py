@@ -20,7 +20,10 @@ import dataclasses
 import importlib
 import importlib.util
 import inspect
+import math
 import sys
+import types as types_module
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -124,9 +127,12 @@ def _parse_value(text: str) -> Any:
     if lowered in ("true", "false"):
         return lowered == "true"
     try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         return text
+    if isinstance(value, float) and not math.isfinite(value):
+        return text  # 1e999 is not a number any option takes; keep the words the user wrote
+    return value
 
 
 def parse_pass_list(text: str) -> list[PassSpec]:
@@ -225,6 +231,48 @@ def expand(specs: list[PassSpec]) -> list[PassSpec]:
     return out
 
 
+def _option_types(cls: type[Pass]) -> dict[str, set[type]]:
+    """The plain types each constructor option is annotated with ({} where annotations do not resolve)."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # a plugin's annotations may name things that do not resolve; then nothing is coerced
+        return {}
+    types: dict[str, set[type]] = {}
+    for name, hint in hints.items():
+        members = typing.get_args(hint) if isinstance(hint, types_module.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+        types[name] = {typing.get_origin(m) or m for m in members}
+    return types
+
+
+def _coerce_option(pass_name: str, key: str, value: Any, allowed: set[type]) -> Any:
+    """Check an option value against its annotation: integers stay integers (8.9 and 1e999 are refused, not
+    truncated), numbers are finite, words stay words."""
+    if not allowed or value is None and type(None) in allowed:
+        return value
+    where = f"pass '{pass_name}' option {key}"
+    if bool in allowed and isinstance(value, bool):
+        return value
+    if int in allowed and float not in allowed:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if str in allowed or tuple in allowed:
+            return str(value)
+        raise InputError(f"{where} takes an integer, got {value!r}")
+    if float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise InputError(f"{where} takes a finite number, got {value!r}")
+        return value
+    if str in allowed:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, str):
+            return value
+    if tuple in allowed and isinstance(value, tuple):
+        return value
+    kinds = sorted(t.__name__ for t in allowed if t is not type(None))
+    raise InputError(f"{where} takes {' or '.join(kinds)}, got {value!r}")
+
+
 def build_pass(spec: PassSpec, context: PipelineContext) -> Pass:
     """Instantiate the pass of `spec`, handing it `context` if its constructor takes one."""
     load_builtin_passes()
@@ -237,27 +285,42 @@ def build_pass(spec: PassSpec, context: PipelineContext) -> Pass:
         raise InputError(
             f"pass '{spec.name}' has no option {', '.join(sorted(unknown))} (options: {', '.join(sorted(accepted)) or 'none'})"
         )
-    kwargs = dict(spec.options)
+    option_types = _option_types(cls)
+    kwargs = {key: _coerce_option(spec.name, key, value, option_types.get(key, set())) for key, value in spec.options.items()}
     if "context" in inspect.signature(cls.__init__).parameters:
         kwargs["context"] = context
     try:
         return cls(**kwargs)
-    except (TypeError, ValueError) as error:
-        raise InputError(f"pass '{spec.name}': {error}") from None
+    except (TypeError, ValueError, OverflowError, ArithmeticError) as error:
+        raise InputError(f"pass '{spec.name}': {' '.join(str(error).split())}") from None
 
 
 def load_plugin(path: str | Path) -> None:
-    """Import a user's Python file so that its `@register_pass` classes become available."""
+    """Import a user's Python file so that its `@register_pass` classes become available.
+
+    The built-in passes are registered first, so a plugin cannot take their names. A plugin is code run
+    with the user's rights; any failure of it, `sys.exit` included, is reported as an `InputError`
+    naming the file, and no bytecode is written next to it."""
+    load_builtin_passes()
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"plugin {path}: no such file")
+        raise InputError(f"plugin {path}: no such file" + (" (a directory)" if path.is_dir() else ""))
     module_name = f"qcompile_plugin_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise InputError(f"plugin {path}: not an importable Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    dont_write = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
     try:
         spec.loader.exec_module(module)
+    except SystemExit as error:
+        del sys.modules[module_name]
+        raise InputError(f"plugin {path} called sys.exit({error.code!r}) while being imported") from None
     except Exception as error:
-        raise InputError(f"plugin {path} failed to import: {type(error).__name__}: {error}") from None
+        del sys.modules[module_name]
+        first = " ".join(str(error).split())[:300]
+        raise InputError(f"plugin {path} failed to import: {type(error).__name__}: {first}") from None
+    finally:
+        sys.dont_write_bytecode = dont_write

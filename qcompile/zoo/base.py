@@ -45,3 +45,7 @@ class ZooModel(abc.ABC):
     @abc.abstractmethod
     def latency_feeds(self) -> Feeds:
         """One realistic batch-1 input for latency measurement."""
+
+    def sample_limits(self) -> tuple[int | None, int | None]:
+        """How many calibration and evaluation samples the data source has (None: no limit)."""
+        return None, None

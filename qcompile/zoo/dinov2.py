@@ -92,6 +92,9 @@ class DinoV2Small(ZooModel):
         for start in range(0, len(images), batch_size):
             yield {INPUT_NAME: vit_preprocess(images[start : start + batch_size])}
 
+    def sample_limits(self) -> tuple[int, int]:
+        return len(load_split("train")[0]) - PROBE_TRAIN, len(load_split("test")[0])
+
     def calibration(self, samples: int, seed: int, batch_size: int = 8) -> CalibrationData:
         images, _ = load_split("train")
         pool = np.arange(PROBE_TRAIN, len(images))

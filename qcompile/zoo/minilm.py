@@ -73,6 +73,10 @@ class MiniLML6(ZooModel):
         for start in range(0, len(sentences), batch_size):
             yield self._tokenize(sentences[start : start + batch_size])
 
+    def sample_limits(self) -> tuple[int, int]:
+        _, _, eval_half, probe_half = self._split()
+        return len(probe_half), len(eval_half)
+
     def calibration(self, samples: int, seed: int, batch_size: int = 8) -> CalibrationData:
         sentences, _, _, probe_half = self._split()
         chosen = np.random.default_rng(seed).choice(probe_half, size=min(samples, len(probe_half)), replace=False)

@@ -179,7 +179,11 @@ def test_build_pass_hands_the_context_to_passes_that_take_one() -> None:
         (PassSpec("quantize", {"weight_bits": 9}), "pass 'quantize': weight_bits must be in 2..8, got 9"),
         (PassSpec("quantize", {"weight_dtype": "int4"}), "pass 'quantize': weight_dtype must be one of"),
         (PassSpec("calibrate", {"observer": "magic"}), "pass 'calibrate': unknown observer 'magic'"),
-        (PassSpec("calibrate", {"bits": "eight"}), "pass 'calibrate': "),
+        (PassSpec("calibrate", {"bits": "eight"}), "pass 'calibrate' option bits takes an integer, got 'eight'"),
+        (parse_pass_list("quantize:weight_bits=8.9")[0], r"pass 'quantize' option weight_bits takes an integer, got 8\.9"),
+        (parse_pass_list("quantize:weight_bits=1e999")[0], "pass 'quantize' option weight_bits takes an integer, got '1e999'"),
+        (parse_pass_list("quantize:weight_bits=true")[0], "pass 'quantize' option weight_bits takes an integer, got True"),
+        (parse_pass_list("calibrate:observer=percentile:percentile=nan")[0], "pass 'calibrate' option percentile takes"),
     ],
 )
 def test_bad_option_values_are_input_errors_naming_the_pass(spec: PassSpec, match: str) -> None:
