@@ -6,6 +6,11 @@
 """
 
 import importlib
+import os
+
+# ONNX Runtime (1.32 on Linux) otherwise writes a telemetry device id under ~/.cache/Microsoft and a
+# session file in TMPDIR when it is imported: qcompile writes nothing outside its output folder.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from qcompile.errors import InputError, PassFailure, QcompileError
 

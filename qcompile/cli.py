@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", help="an .onnx file, zoo:NAME, or the word 'passes'")
     parser.add_argument("--passes", help="comma-separated passes/recipes, e.g. w8a8 or calibrate:observer=mse,quantize")
-    parser.add_argument("-o", "--output", type=Path, help="output directory (model.qdq.onnx, or model.int.onnx after intonly; report.json)")
+    parser.add_argument("-o", "--output", help="output directory (model.qdq.onnx, or model.int.onnx after intonly; report.json)")
     parser.add_argument("--calib-samples", type=int, default=32, help="calibration samples (default 32)")
     parser.add_argument("--eval-samples", type=int, default=1000, help="evaluation samples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed for sample selection (default 0)")
@@ -82,6 +82,9 @@ def _validate(args: argparse.Namespace) -> None:
         raise InputError("--passes is required (e.g. --passes w8a8; `qcompile passes` lists them)")
     if args.output is None:
         raise InputError("-o/--output OUTDIR is required")
+    if not str(args.output).strip():
+        raise InputError("-o/--output is empty; name a folder (-o . for the working directory)")
+    args.output = Path(args.output)
     if args.output.exists() and not args.output.is_dir():
         raise InputError(f"output {args.output} exists and is not a directory")
     if not args.model.startswith("zoo:"):
@@ -174,11 +177,16 @@ def _raise_interrupted(signal_number: int, frame) -> None:
     raise Interrupted(signal_number)
 
 
-def _install_signal_handlers() -> None:
-    """SIGTERM and SIGHUP raise `Interrupted`, SIGINT raises KeyboardInterrupt (Python's own default)."""
+def _install_signal_handlers() -> list[int]:
+    """SIGTERM and SIGHUP raise `Interrupted` (SIGINT raises KeyboardInterrupt, Python's own default);
+    returns the signals whose handler was installed. A signal that was ignored stays ignored."""
+    installed = []
     for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) in (signal.SIG_DFL, None):
-            signal.signal(getattr(signal, name), _raise_interrupted)
+        number = getattr(signal, name, None)
+        if number is not None and signal.getsignal(number) in (signal.SIG_DFL, None):
+            signal.signal(number, _raise_interrupted)
+            installed.append(number)
+    return installed
 
 
 def _interrupted(signal_number: int) -> int:
@@ -189,8 +197,8 @@ def _interrupted(signal_number: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("QCOMPILE_DEBUG") == "1"
+    installed = _install_signal_handlers()
     try:
-        _install_signal_handlers()
         args = _parser().parse_args(argv)
         return _run(args)
     except InputError as error:
@@ -215,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"qcompile: internal error: {type(error).__name__}: {one_line(error)} (QCOMPILE_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+    finally:
+        for number in installed:  # a signal after the run ends gets the default action, not an exception
+            signal.signal(number, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qcompile import zoo
-from qcompile.errors import InputError, ort_stage
+from qcompile.errors import InputError, one_line, ort_stage
 from qcompile.ir import model_to_bytes
 from qcompile.output_folder import OutputFolder
 from qcompile.ir.properties import Property, get_properties
@@ -129,7 +129,12 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         if config.target:
             if not integer:
                 raise InputError(f"--target {config.target} needs the integer-only model: add intonly to the passes")
-            tvm_model, tvm_report = _compile_tvm(config, entry.latency_feeds(), artifact, staging, sessions["qcompile"], log)
+            try:
+                tvm_model, tvm_report = _compile_tvm(config, entry.latency_feeds(), artifact, staging, sessions["qcompile"], log)
+            except (InputError, MemoryError):
+                raise
+            except Exception as error:  # TVM's own errors are many-lined C++ text: one line naming the stage
+                raise RuntimeError(f"TVM build for --target {config.target} failed: {type(error).__name__}: {one_line(error)}") from error
         baseline_seconds: dict[str, float] = {}
         if config.baselines and calibration is not None:
             log("building ONNX Runtime baselines (quantize_static, quantize_dynamic)")

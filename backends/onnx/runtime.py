@@ -13,7 +13,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from qcompile.ir import model_to_bytes
+from qcompile.ir import inline_external_tensors, model_to_bytes
 
 __all__ = ["make_session", "run", "with_outputs", "session_options"]
 
@@ -54,6 +54,7 @@ def with_outputs(model: ir.Model, names: Sequence[str]) -> bytes:
 
     Intermediates without a known element type are declared float32 (only float activations are exposed).
     """
+    inline_external_tensors(model)
     proto = ir.serde.serialize_model(model)
     existing = {o.name for o in proto.graph.output}
     types = {v.name: v.type.tensor_type.elem_type for v in proto.graph.value_info}

@@ -26,7 +26,7 @@ from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
 from qcompile.errors import InputError
 
-__all__ = ["FIXED_SIZE", "ExternalSpan", "check_external_data", "load_external_data"]
+__all__ = ["FIXED_SIZE", "ExternalSpan", "contained_file", "check_external_data", "load_external_data"]
 
 FIXED_SIZE = {
     onnx.TensorProto.FLOAT: 4, onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
@@ -65,7 +65,9 @@ def _expected_bytes(tensor: onnx.TensorProto) -> int | None:
     return math.prod(tensor.dims) * size
 
 
-def _contained_file(location: str, folder: Path, model_file: Path, where: str) -> Path:
+def contained_file(location: str, folder: Path, model_file: Path | None, where: str) -> Path:
+    """The regular file `location` names inside `folder` (symlinks resolved), or an `InputError` that
+    says nothing about what lies outside."""
     if not location or "\x00" in location:
         raise InputError(f"{where}: external data location is empty or holds a NUL byte")
     shown = location[:120]
@@ -96,7 +98,7 @@ def check_external_data(proto: onnx.ModelProto, model_path: Path, source: str) -
             continue
         where = f"{source}: tensor '{tensor.name[:120]}'"
         entries = _entries(tensor)
-        file = _contained_file(entries.get("location", ""), folder, model_file, where)
+        file = contained_file(entries.get("location", ""), folder, model_file, where)
         offset = _non_negative(entries.get("offset"), "offset", where) or 0
         length = _non_negative(entries.get("length"), "length", where)
         expected = _expected_bytes(tensor)

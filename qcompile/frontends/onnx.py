@@ -24,6 +24,7 @@ import onnx
 import onnx_ir as ir
 
 from qcompile.errors import InputError
+from qcompile.ir import inline_external_tensors
 from qcompile.frontends.external_data import check_external_data, load_external_data
 from qcompile.frontends.model_file import read_model_proto
 from qcompile.frontends.precision import compute_in_float32
@@ -77,6 +78,8 @@ def validate(model: ir.Model, source: str, structural: bool = True) -> None:
     """Raise `InputError` if `model` is malformed, uses unknown ops or reads values nothing provides
     (main graph, subgraphs and model-local functions). `structural=False` skips the proto-level checks
     (for a model `load` has just checked)."""
+    if structural:
+        inline_external_tensors(model)
     proto = ir.serde.serialize_model(model) if structural else None
     if proto is not None:
         check_structure(proto, source)

@@ -7,6 +7,9 @@ serialization for ONNX Runtime, constant lookup) so pass code imports one place.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -22,6 +25,7 @@ __all__ = [
     "Value",
     "tensor",
     "clone_model",
+    "inline_external_tensors",
     "model_to_bytes",
     "const_array",
     "replace_const",
@@ -29,13 +33,55 @@ __all__ = [
 ]
 
 
+def _graph_tensors(graph: Graph):
+    """(tensor, setter) for every initializer and tensor attribute of `graph` and its subgraphs."""
+    for value in graph.initializers.values():
+        yield value.const_value, lambda tensor, value=value: setattr(value, "const_value", tensor)
+    for node in graph:
+        for name, attribute in list(node.attributes.items()):
+            if attribute.type == ir.AttributeType.TENSOR:
+                yield attribute.value, lambda tensor, node=node, name=name: node.attributes.__setitem__(name, ir.AttrTensor(name, tensor))
+            elif attribute.type == ir.AttributeType.GRAPH:
+                yield from _graph_tensors(attribute.value)
+            elif attribute.type == ir.AttributeType.GRAPHS:
+                for subgraph in attribute.value:
+                    yield from _graph_tensors(subgraph)
+
+
+def inline_external_tensors(model: Model) -> None:
+    """Read every tensor that still refers to an external file into memory, in place, under the rule of
+    `qcompile.frontends.external_data`: the file must lie, after symlinks, inside the tensor's base folder.
+
+    `qcompile.load` already inlines; this covers models built or loaded by other means (`onnx_ir.load`),
+    whose references would otherwise be resolved against the working directory once serialized."""
+    from qcompile.errors import InputError
+    from qcompile.frontends.external_data import contained_file
+
+    for tensor, replace in list(_graph_tensors(model.graph)):
+        if not isinstance(tensor, ir.ExternalTensor):
+            continue
+        where = f"tensor '{tensor.name}'"
+        if not tensor.base_dir:
+            raise InputError(f"{where}: external data {tensor.location!r} has no base folder to resolve it against")
+        folder = Path(os.path.realpath(tensor.base_dir))
+        contained_file(str(tensor.location), folder, None, where)
+        replace(ir.Tensor(tensor.numpy(), name=tensor.name))
+
+
 def model_to_bytes(model: Model) -> bytes:
-    """Serialize a model (initializers included) to ONNX protobuf bytes."""
-    return ir.serde.serialize_model(model).SerializeToString()
+    """Serialize a model (initializers included) to ONNX protobuf bytes; external tensors are inlined."""
+    inline_external_tensors(model)
+    proto = ir.serde.serialize_model(model)
+    if proto.ByteSize() >= 2**31:
+        from qcompile.errors import InputError
+
+        raise InputError("the model's tensors exceed 2 GB, more than one in-memory ONNX model can hold for ONNX Runtime here")
+    return proto.SerializeToString()
 
 
 def clone_model(model: Model) -> Model:
-    """Deep copy of a model through its protobuf form (metadata in `meta` is not copied)."""
+    """Deep copy of a model through its protobuf form (metadata in `meta` is not copied); external tensors
+    are inlined first, so the copy never resolves a path."""
     return ir.serde.deserialize_model(onnx.load_from_string(model_to_bytes(model)))
 
 

