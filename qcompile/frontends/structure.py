@@ -4,8 +4,10 @@ Each check raises an `InputError` of one line naming the model and, where there 
 value or function:
 
 * IR version and the default-domain opset lie in the range qcompile supports (`MIN_OPSET` .. the
-  installed onnx's newest; below `MIN_OPSET`, op semantics the passes rely on differ: upgrade with
+  newest at which the installed ONNX Runtime runs the quantized ops qcompile writes,
+  `runtime_max_opset`; below `MIN_OPSET`, op semantics the passes rely on differ: upgrade with
   `onnx.version_converter`);
+* no value is written twice (by two nodes, or by a node over a graph input or initializer);
 * the graph has outputs; declared dims of inputs, outputs and value infos are in 0 .. 2^31-1 (inputs
   above 0);
 * the data-flow graph (outer-scope reads of subgraphs included) has no cycle; an acyclic graph that is
@@ -18,6 +20,7 @@ value or function:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import networkx as nx
@@ -36,6 +39,38 @@ MAX_IR_VERSION = onnx.IR_VERSION
 MAX_DIM = 2**31 - 1
 
 
+@functools.cache
+def runtime_max_opset() -> int:
+    """The newest default-domain opset at which ONNX Runtime's CPU provider runs what qcompile writes
+    (a QuantizeLinear/DequantizeLinear pair, Cast, MatMulInteger): onnx may define newer versions of
+    them than the installed ONNX Runtime implements (onnx 1.23 has QuantizeLinear-28; ORT 1.32 does not)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+        helper.make_node("MatMulInteger", ["q", "w"], ["m"]),
+        helper.make_node("Cast", ["m"], ["c"], to=onnx.TensorProto.FLOAT),
+        helper.make_node("Add", ["c", "d"], ["y"]),
+    ]
+    constants = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(3, np.uint8), "z"),
+                 numpy_helper.from_array(np.ones((4, 4), np.uint8), "w")]
+    graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], constants)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    for opset in range(onnx.defs.onnx_opset_version(), MIN_OPSET, -1):
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=min(onnx.IR_VERSION, 10))
+        try:
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        except Exception:  # NOT_IMPLEMENTED for this opset: try the one before
+            continue
+        return opset
+    return MIN_OPSET
+
+
 def _check_versions(proto: onnx.ModelProto, source: str) -> None:
     if not MIN_IR_VERSION <= proto.ir_version <= MAX_IR_VERSION:
         raise InputError(f"{source}: IR version {proto.ir_version} is not supported (supported: {MIN_IR_VERSION}..{MAX_IR_VERSION})")
@@ -45,9 +80,14 @@ def _check_versions(proto: onnx.ModelProto, source: str) -> None:
     version = opsets.get("", opsets.get("ai.onnx"))
     if version > MAX_OPSET:
         raise InputError(f"{source}: opset {version} is newer than the installed onnx knows (newest: {MAX_OPSET})")
+    if version > runtime_max_opset():
+        raise InputError(
+            f"{source}: opset {version} is newer than ONNX Runtime runs quantized models at (newest: {runtime_max_opset()}); "
+            f"convert it with onnx.version_converter.convert_version(model, {runtime_max_opset()})"
+        )
     if version < MIN_OPSET:
         raise InputError(
-            f"{source}: opset {version} is older than qcompile supports ({MIN_OPSET}..{MAX_OPSET}); "
+            f"{source}: opset {version} is older than qcompile supports ({MIN_OPSET}..{runtime_max_opset()}); "
             "upgrade it with onnx.version_converter.convert_version(model, 17)"
         )
 
@@ -85,7 +125,18 @@ def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
 
 def _sort_acyclic(graph: onnx.GraphProto, source: str) -> None:
     """Refuse a cycle (naming its nodes); put an acyclic but out-of-order node list in topological order."""
-    producer = {name: index for index, node in enumerate(graph.node) for name in node.output if name}
+    producer: dict[str, int] = {}
+    given = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    for index, node in enumerate(graph.node):
+        for name in node.output:
+            if not name:
+                continue
+            if name in producer:
+                first = graph.node[producer[name]]
+                raise InputError(f"{source}: value '{name}' is written by two nodes, '{first.name or first.op_type}' and '{node.name or node.op_type}'")
+            if name in given:
+                raise InputError(f"{source}: node '{node.name or node.op_type}' writes '{name}', which is already a graph input or initializer")
+            producer[name] = index
     flow = nx.DiGraph()
     flow.add_nodes_from(range(len(graph.node)))
     for index, node in enumerate(graph.node):
