@@ -214,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as stop:
         return _interrupted(stop.signal_number)
     except SystemExit:
-        raise  # argparse's usage errors (exit 2) and --help
+        raise  # --help
+    except BrokenPipeError:  # `qcompile passes | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except MemoryError:
         print("qcompile: error: out of memory (the model or the data asked for more than this machine has)", file=sys.stderr)
         return 2
