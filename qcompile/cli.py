@@ -102,7 +102,7 @@ def _validate(args: argparse.Namespace) -> None:
     for label, value, low, high in (
         ("--calib-samples", args.calib_samples, 0, None),
         ("--eval-samples", args.eval_samples, 1, None),
-        ("--threads", args.threads, 1, os.cpu_count() or 1024),
+        ("--threads", args.threads, 1, max(256, os.cpu_count() or 1)),
         ("--seed", args.seed, 0, MAX_SEED),
     ):
         if value < low:
