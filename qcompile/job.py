@@ -24,7 +24,7 @@ from typing import Any
 
 from qcompile import zoo
 from qcompile.errors import InputError, one_line, ort_stage
-from qcompile.ir import model_to_bytes
+from qcompile.ir import clone_model
 from qcompile.output_folder import OutputFolder
 from qcompile.ir.properties import Property, get_properties
 from qcompile.pipeline.context import PipelineContext
@@ -74,13 +74,13 @@ def _check_sample_counts(config: JobConfig, entry: zoo.ZooModel) -> None:
             raise InputError(f"{option} {wanted}: {entry.name} has {limit} {kind} samples; ask for at most {limit}")
 
 
-def _check_float_model(entry: zoo.ZooModel, float_bytes: bytes, calibration, threads: int):
+def _check_float_model(entry: zoo.ZooModel, float_model, calibration, threads: int):
     """An ONNX Runtime session of the user's float model, run once on a calibration batch (or the latency
     sample): a model ONNX Runtime cannot load or run is refused here, before any pass."""
     from qcompile.backends.onnx import runtime
 
     with ort_stage(f"{entry.name}: ONNX Runtime cannot load the float model"):
-        session = runtime.make_session(float_bytes, threads=threads)
+        session = runtime.make_session(float_model, threads=threads)
     feeds = calibration.first_batch() if calibration is not None else entry.latency_feeds()
     with ort_stage(f"{entry.name}: ONNX Runtime cannot run the float model on {'a calibration batch' if calibration is not None else 'a sample'}"):
         runtime.run(session, feeds)
@@ -110,10 +110,10 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         entry = resolve_model(config.model, config.input_shapes)
         _check_sample_counts(config, entry)
         model = entry.load()
-        float_bytes = model_to_bytes(model)
+        float_model = clone_model(model)  # the passes change `model` in place
         staging = out.staging
         calibration = entry.calibration(config.calib_samples, config.seed) if config.calib_samples > 0 else None
-        float_session = _check_float_model(entry, float_bytes, calibration, config.threads)
+        float_session = _check_float_model(entry, float_model, calibration, config.threads)
         context = PipelineContext(calibration=calibration, seed=config.seed, progress=config.progress, threads=config.threads)
         log(f"running passes: {config.passes}")
         records = run_passes(model, config.passes, context=context)
@@ -139,10 +139,10 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         if config.baselines and calibration is not None:
             log("building ONNX Runtime baselines (quantize_static, quantize_dynamic)")
             start = time.perf_counter()
-            static = ort_baselines.ort_quantize_static(model_from_bytes(float_bytes), calibration, staging / "ort_scratch")
+            static = ort_baselines.ort_quantize_static(clone_model(float_model), calibration, staging / "ort_scratch")
             baseline_seconds["ort_int8_static"] = time.perf_counter() - start
             start = time.perf_counter()
-            dynamic = ort_baselines.ort_quantize_dynamic(model_from_bytes(float_bytes), staging / "ort_scratch")
+            dynamic = ort_baselines.ort_quantize_dynamic(clone_model(float_model), staging / "ort_scratch")
             baseline_seconds["ort_int8_dynamic"] = time.perf_counter() - start
             sessions["ort_int8_static"] = runtime.make_session(static, threads=config.threads)
             sessions["ort_int8_dynamic"] = runtime.make_session(dynamic, threads=config.threads)

@@ -8,7 +8,9 @@
   with `reduce_range=True`.
 
 ONNX Runtime writes temporary augmented models while calibrating; `scratch` confines them to a folder
-the caller owns (inside the run's output directory) and that folder is removed afterwards.
+the caller owns (inside the run's output directory) and that folder is removed afterwards. A large float
+model (`qcompile.ir.is_large`) is handed over with external data (`use_external_data_format`), and the
+quantized result is read back whole.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import onnx
 import onnx_ir as ir
 
+from qcompile.ir import is_large
 from qcompile.pipeline.context import CalibrationData
 
 __all__ = ["ort_quantize_static", "ort_quantize_dynamic"]
@@ -37,6 +41,21 @@ def _scratch_tempdir(scratch: Path) -> Iterator[Path]:
     finally:
         tempfile.tempdir = previous
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _save(model: ir.Model, path: Path) -> bool:
+    """Write `model` for ONNX Runtime's quantizer; a large one with external data. Returns whether large."""
+    large = is_large(model)
+    if large:
+        ir.save(model, path, external_data=f"{path.name}.data")
+    else:
+        ir.save(model, path)
+    return large
+
+
+def _read(path: Path) -> bytes:
+    """The quantized model's bytes, its external data (if ONNX Runtime wrote any) read in."""
+    return onnx.load(str(path)).SerializeToString()
 
 
 def _reader(data: CalibrationData):
@@ -63,7 +82,7 @@ def ort_quantize_static(
 
     with _scratch_tempdir(scratch) as folder:
         source, target = folder / "float.onnx", folder / "ort_static.onnx"
-        ir.save(model, source)
+        large = _save(model, source)
         logging.getLogger().setLevel(logging.ERROR)
         quantize_static(
             str(source),
@@ -76,8 +95,9 @@ def ort_quantize_static(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            use_external_data_format=large,
         )
-        return target.read_bytes()
+        return _read(target)
 
 
 def ort_quantize_dynamic(model: ir.Model, scratch: Path, op_types: Sequence[str] = ("MatMul", "Gemm")) -> bytes:
@@ -86,7 +106,7 @@ def ort_quantize_dynamic(model: ir.Model, scratch: Path, op_types: Sequence[str]
 
     with _scratch_tempdir(scratch) as folder:
         source, target = folder / "float.onnx", folder / "ort_dynamic.onnx"
-        ir.save(model, source)
+        large = _save(model, source)
         quantize_dynamic(
             str(source),
             str(target),
@@ -94,5 +114,6 @@ def ort_quantize_dynamic(model: ir.Model, scratch: Path, op_types: Sequence[str]
             per_channel=True,
             reduce_range=True,
             weight_type=QuantType.QInt8,
+            use_external_data_format=large,
         )
-        return target.read_bytes()
+        return _read(target)

@@ -2,10 +2,17 @@
 
 Everything that executes a model (calibration, numeric checks, evaluation, latency) goes through here so
 the thread count and optimization level are set in one place.
+
+A model is handed to ONNX Runtime as a `SessionSource`: its serialized proto and, for a large model
+(`qcompile.ir.is_large`: over `PROTO_LIMIT` bytes of initializers, which one protobuf cannot hold), the
+initializers themselves. Those are written into the proto as external references to a name that is no
+file (`IN_MEMORY`), and given to the session from memory with `SessionOptions.add_external_initializers`,
+so ONNX Runtime never reads a file for them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,9 +20,55 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from qcompile.ir import inline_external_tensors, model_to_bytes
+from qcompile.ir import inline_external_tensors, is_large
 
-__all__ = ["make_session", "run", "with_outputs", "session_options"]
+__all__ = ["make_session", "run", "with_outputs", "session_options", "session_source", "SessionSource", "IN_MEMORY"]
+
+IN_MEMORY = "qcompile-in-memory-initializer"
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionSource:
+    """What ONNX Runtime needs to build a session of an in-memory model: the proto, and the initializers
+    it lists as external (`IN_MEMORY`) by name."""
+
+    proto: bytes
+    initializers: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+def _proto_with_outputs(model: ir.Model, names: Sequence[str]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """`model` as a proto (large initializers as `IN_MEMORY` references) plus those initializers' arrays."""
+    inline_external_tensors(model)
+    held: dict[str, np.ndarray] = {}
+    swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    if is_large(model):
+        for value in model.graph.initializers.values():
+            tensor = value.const_value
+            if tensor is None or tensor.nbytes < 1024:
+                continue
+            held[value.name] = np.ascontiguousarray(tensor.numpy())
+            reference = ir.ExternalTensor(IN_MEMORY, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=value.name)
+            swapped.append((value, tensor))
+            value.const_value = reference
+    try:
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+    existing = {o.name for o in proto.graph.output}
+    types = {v.name: v.type.tensor_type.elem_type for v in proto.graph.value_info}
+    for name in names:
+        if name in existing:
+            continue
+        elem_type = types.get(name, onnx.TensorProto.FLOAT) or onnx.TensorProto.FLOAT
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
+    return proto, held
+
+
+def session_source(model: ir.Model) -> SessionSource:
+    """`model` as ONNX Runtime takes it (large initializers passed from memory)."""
+    proto, held = _proto_with_outputs(model, ())
+    return SessionSource(proto.SerializeToString(), held)
 
 
 def session_options(threads: int = 2, optimize: bool = True) -> ort.SessionOptions:
@@ -31,14 +84,23 @@ def session_options(threads: int = 2, optimize: bool = True) -> ort.SessionOptio
 
 
 def make_session(
-    model: ir.Model | onnx.ModelProto | bytes | str, threads: int = 2, optimize: bool = True
+    model: ir.Model | SessionSource | onnx.ModelProto | bytes | str, threads: int = 2, optimize: bool = True
 ) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session for an IR model, a proto, serialized bytes or a file path."""
+    """An ONNX Runtime CPU session for an IR model, a `SessionSource`, a proto, serialized bytes or a file path."""
     if isinstance(model, ir.Model):
-        model = model_to_bytes(model)
+        model = session_source(model)
     elif isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
-    return ort.InferenceSession(model, session_options(threads, optimize), providers=["CPUExecutionProvider"])
+    options = session_options(threads, optimize)
+    held = []
+    if isinstance(model, SessionSource):
+        if model.initializers:
+            held = [ort.OrtValue.ortvalue_from_numpy(array) for array in model.initializers.values()]
+            options.add_external_initializers(list(model.initializers), held)
+        model = model.proto
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    session._qcompile_initializers = held  # the OrtValues share their arrays' memory: keep both alive
+    return session
 
 
 def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray], outputs: Sequence[str] | None = None):
@@ -49,18 +111,10 @@ def run(session: ort.InferenceSession, feeds: dict[str, np.ndarray], outputs: Se
     return dict(zip(names, arrays))
 
 
-def with_outputs(model: ir.Model, names: Sequence[str]) -> bytes:
-    """Serialized copy of `model` whose graph also outputs the values named `names`.
+def with_outputs(model: ir.Model, names: Sequence[str]) -> SessionSource:
+    """A `SessionSource` of `model` whose graph also outputs the values named `names`.
 
     Intermediates without a known element type are declared float32 (only float activations are exposed).
     """
-    inline_external_tensors(model)
-    proto = ir.serde.serialize_model(model)
-    existing = {o.name for o in proto.graph.output}
-    types = {v.name: v.type.tensor_type.elem_type for v in proto.graph.value_info}
-    for name in names:
-        if name in existing:
-            continue
-        elem_type = types.get(name, onnx.TensorProto.FLOAT) or onnx.TensorProto.FLOAT
-        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, elem_type, None))
-    return proto.SerializeToString()
+    proto, held = _proto_with_outputs(model, names)
+    return SessionSource(proto.SerializeToString(), held)

@@ -25,6 +25,9 @@ __all__ = [
     "Value",
     "tensor",
     "clone_model",
+    "initializer_bytes",
+    "is_large",
+    "PROTO_LIMIT",
     "inline_external_tensors",
     "model_to_bytes",
     "const_array",
@@ -68,21 +71,50 @@ def inline_external_tensors(model: Model) -> None:
         replace(ir.Tensor(tensor.numpy(), name=tensor.name))
 
 
+PROTO_LIMIT = 1_800_000_000
+"""Bytes of initializer data above which a model is never serialized whole (protobuf's hard limit is
+2 GB): `clone_model` copies it as an object graph, and ONNX Runtime sessions receive its initializers
+from memory (`qcompile.backends.onnx.runtime.session_source`)."""
+
+
+def initializer_bytes(model: Model) -> int:
+    """Bytes of the main graph's initializer data."""
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def is_large(model: Model) -> bool:
+    """Whether the model's initializers exceed `PROTO_LIMIT`."""
+    return initializer_bytes(model) > PROTO_LIMIT
+
+
 def model_to_bytes(model: Model) -> bytes:
     """Serialize a model (initializers included) to ONNX protobuf bytes; external tensors are inlined."""
     inline_external_tensors(model)
-    proto = ir.serde.serialize_model(model)
-    if proto.ByteSize() >= 2**31:
+    if is_large(model):
         from qcompile.errors import InputError
 
-        raise InputError("the model's tensors exceed 2 GB, more than one in-memory ONNX model can hold for ONNX Runtime here")
-    return proto.SerializeToString()
+        raise InputError(f"the model's {initializer_bytes(model) / 2**30:.1f} GiB of tensors do not fit one protobuf (2 GB); save it with external data")
+    return ir.serde.serialize_model(model).SerializeToString()
 
 
 def clone_model(model: Model) -> Model:
-    """Deep copy of a model through its protobuf form (metadata in `meta` is not copied); external tensors
-    are inlined first, so the copy never resolves a path."""
+    """Deep copy of a model (metadata in `meta` is not copied); external tensors are inlined first, so the
+    copy never resolves a path. Through the protobuf form, or for a large model (`is_large`) as an object
+    graph sharing the immutable tensors."""
+    inline_external_tensors(model)
+    if is_large(model):
+        copy = model.clone()
+        for value in _all_values(copy.graph):
+            value.meta.clear()
+        return copy
     return ir.serde.deserialize_model(onnx.load_from_string(model_to_bytes(model)))
+
+
+def _all_values(graph: Graph):
+    yield from graph.inputs
+    yield from graph.initializers.values()
+    for node in ir.traversal.RecursiveGraphIterator(graph):
+        yield from node.outputs
 
 
 def const_array(value: Value | None):

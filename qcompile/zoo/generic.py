@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.errors import InputError
-from qcompile.ir import inline_external_tensors
+from qcompile.ir import clone_model
 from qcompile.pipeline.context import CalibrationData, Feeds
 from qcompile.zoo.base import Runner, ZooModel
 
@@ -41,8 +41,7 @@ class RandomInputTask(ZooModel):
         from qcompile.frontends.precision import compute_in_float32
 
         compute_in_float32(model, source)  # a no-op unless the model computes in fp16/bf16
-        inline_external_tensors(model)
-        self._proto = ir.serde.serialize_model(model)  # load() hands out a fresh copy: passes mutate models
+        self._model = clone_model(model)  # load() hands out a fresh copy: passes mutate models
         self._inputs = list(self.load().graph.inputs)  # a private copy, never handed out
         self.name = source
         self.description = f"{source} on seeded random inputs"
@@ -60,7 +59,7 @@ class RandomInputTask(ZooModel):
             self._sample_dims[value.name] = _sample_dims(value, shapes.get(value.name), dynamic_size, source)
 
     def load(self) -> ir.Model:
-        return ir.serde.deserialize_model(self._proto)
+        return clone_model(self._model)
 
     def sample_limits(self) -> tuple[int, int]:
         return SAMPLE_LIMIT, SAMPLE_LIMIT

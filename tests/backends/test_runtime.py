@@ -9,8 +9,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx.reference import ReferenceEvaluator
-from qcompile.backends.onnx import runtime
 
+import qcompile.ir as qcompile_ir
+from qcompile.backends.onnx import runtime
 from qcompile.ir import model_to_bytes
 from qcompile.testing.builders import tiny_encoder_proto
 
@@ -46,8 +47,30 @@ def test_with_outputs_exposes_intermediates_with_their_values(tiny) -> None:
 
 def test_with_outputs_does_not_touch_the_model_or_duplicate_outputs(tiny) -> None:
     before = model_to_bytes(tiny.model)
-    proto = onnx.load_from_string(runtime.with_outputs(tiny.model, ["y", "ctx"]))
+    source = runtime.with_outputs(tiny.model, ["y", "ctx"])
+    proto = onnx.load_from_string(source.proto)
     assert [o.name for o in proto.graph.output] == ["y", "ctx"]
+    assert source.initializers == {}  # a small model carries its initializers in the proto
+    assert model_to_bytes(tiny.model) == before
+
+
+def test_a_large_model_reaches_onnx_runtime_with_its_initializers_from_memory(tiny, monkeypatch) -> None:
+    """Above PROTO_LIMIT the proto holds references to no file and the session gets the arrays: same
+    outputs as the small path, the model untouched, no path ever read."""
+    expected = runtime.run(runtime.make_session(tiny.model), tiny.feeds)["y"]
+    before = model_to_bytes(tiny.model)
+    monkeypatch.setattr(qcompile_ir, "PROTO_LIMIT", 1000)
+
+    source = runtime.with_outputs(tiny.model, ["ctx"])
+    proto = onnx.load_from_string(source.proto)
+    external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert external and sorted(external) == sorted(source.initializers)
+    assert all(not t.raw_data for t in proto.graph.initializer if t.name in source.initializers)
+    got = runtime.run(runtime.make_session(source), tiny.feeds)
+    np.testing.assert_array_equal(got["y"], expected)
+    assert "ctx" in got
+    np.testing.assert_array_equal(runtime.run(runtime.make_session(tiny.model), tiny.feeds)["y"], expected)
+    monkeypatch.setattr(qcompile_ir, "PROTO_LIMIT", 1_800_000_000)
     assert model_to_bytes(tiny.model) == before
 
 
