@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-from qcompile.backends.onnx import qdq, runtime
+from qcompile import runtime
+from qcompile.runtime import qdq
 from qcompile.calibration.observers import make_observer
 from qcompile.calibration.runner import stream_statistics
 from qcompile.ir import producer_op, quant_meta

@@ -32,7 +32,8 @@ import onnx
 import onnx_ir as ir
 
 from qcompile import zoo
-from qcompile.backends.onnx import qdq, runtime
+from qcompile import runtime
+from qcompile.runtime import qdq
 from qcompile.backends.onnx.float64_matmul import float64_matmul_twin
 from qcompile.passes.lowering.intonly import float_values
 from qcompile.pipeline.context import PipelineContext

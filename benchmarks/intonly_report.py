@@ -32,7 +32,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from qcompile import zoo
-from qcompile.backends.onnx import qdq, runtime
+from qcompile import runtime
+from qcompile.runtime import qdq
 from qcompile.intops import isqrt
 from qcompile.intops.ibert_softmax import ibert_softmax, ibert_softmax_params
 from qcompile.intops.int_exp import exp_x0, int_exp_shift

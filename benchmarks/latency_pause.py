@@ -37,7 +37,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from qcompile import zoo
-    from qcompile.backends.onnx import ort_baselines, runtime
+    from qcompile import runtime
+    from qcompile.backends.onnx import ort_baselines
     from qcompile.ir import model_to_bytes
     from qcompile.job import model_from_bytes
     from qcompile.report.latency import measure_latency

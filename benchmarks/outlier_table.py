@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from qcompile import zoo
-from qcompile.backends.onnx import qdq, runtime
+from qcompile import runtime
+from qcompile.runtime import qdq
 from qcompile.errors import InputError
 from qcompile.job import _session_runner
 from qcompile.pipeline.context import PipelineContext

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from qcompile import zoo
-from qcompile.backends.onnx import qdq, runtime
+from qcompile import runtime
+from qcompile.runtime import qdq
 from qcompile.ir import quant_meta
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.run import run_passes

@@ -101,7 +101,8 @@ def measure(name: str, threads: int, rounds: int, calib_samples: int, check_samp
     import onnx
 
     from qcompile import zoo
-    from qcompile.backends.onnx import export, ort_baselines, runtime
+    from qcompile import runtime
+    from qcompile.backends.onnx import export, ort_baselines
     from qcompile.backends.tvm import artifact
     from qcompile.ir import model_to_bytes
     from qcompile.job import model_from_bytes

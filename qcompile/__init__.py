@@ -27,7 +27,7 @@ _LAZY = {
     ),
 }
 
-_SUBPACKAGES = ("backends", "passes", "zoo", "ir", "pipeline", "frontends", "calibration", "intops", "report", "testing", "math", "job")
+_SUBPACKAGES = ("backends", "runtime", "passes", "zoo", "ir", "pipeline", "frontends", "calibration", "intops", "report", "testing", "math", "job")
 
 
 def __getattr__(name: str):

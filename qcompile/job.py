@@ -77,7 +77,7 @@ def _check_sample_counts(config: JobConfig, entry: zoo.ZooModel) -> None:
 def _check_float_model(entry: zoo.ZooModel, float_model, calibration, threads: int):
     """An ONNX Runtime session of the user's float model, run once on a calibration batch (or the latency
     sample): a model ONNX Runtime cannot load or run is refused here, before any pass."""
-    from qcompile.backends.onnx import runtime
+    from qcompile import runtime
 
     with ort_stage(f"{entry.name}: ONNX Runtime cannot load the float model"):
         session = runtime.make_session(float_model, threads=threads)
@@ -91,7 +91,7 @@ def _session_runner(session):
     output = session.get_outputs()[0].name
 
     def run(feeds):
-        from qcompile.backends.onnx.runtime import run as ort_run
+        from qcompile.runtime.sessions import run as ort_run
 
         return ort_run(session, feeds, [output])[output]
 
@@ -104,7 +104,8 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         from qcompile.backends.tvm import BRIEF_SPIN, configure_pool
 
         configure_pool(config.threads, spin_count=BRIEF_SPIN)  # idle TVM workers sleep before ORT is timed
-    from qcompile.backends.onnx import export, ort_baselines, runtime
+    from qcompile import runtime
+    from qcompile.backends.onnx import export, ort_baselines
 
     with OutputFolder(config.output_dir, force=config.force) as out:
         entry = resolve_model(config.model, config.input_shapes)
@@ -173,7 +174,7 @@ def _compile_tvm(config: JobConfig, feeds: dict, artifact: Path, staging: Path, 
     import numpy as np
     import onnx
 
-    from qcompile.backends.onnx import runtime
+    from qcompile import runtime
     from qcompile.backends.tvm import artifact as tvm_artifact
     from qcompile.backends.tvm import pool_threads
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from qcompile.backends.onnx.qdq import to_qdq
+from qcompile.runtime.qdq import to_qdq
 from qcompile.errors import InputError
 from qcompile.ir.properties import Property, get_properties
 

@@ -18,14 +18,12 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from qcompile.ir.lowering_contract import OPERAND_BOUNDS, OPERAND_RANGES, ROW_SUM_A
 from qcompile.passes.lowering.int_value import IntValue
 
-__all__ = ["lower_act_matmul", "OPERAND_BOUNDS", "OPERAND_RANGES", "ROW_SUM_A"]
+__all__ = ["lower_act_matmul"]
 
 INT32_MAX = 2**31 - 1
-OPERAND_BOUNDS = "qcompile.operand_bounds"  # "max|a|,max|b|" on the MatMul node: backends pick exact narrow kernels
-OPERAND_RANGES = "qcompile.operand_ranges"  # "lo_a,hi_a,lo_b,hi_b" of the centred operands
-ROW_SUM_A = "qcompile.row_sum_a"  # bound on Σ_k |a[..., i, k]|, only when known
 
 
 def _centred(emit, x: IntValue, dtype: ir.DataType, name: str) -> ir.Value:

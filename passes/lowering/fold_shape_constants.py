@@ -56,7 +56,7 @@ def _feeds(model: ir.Model, dynamic: int) -> dict[str, np.ndarray]:
 
 def fold_shape_constants(model: ir.Model) -> list[str]:
     """Fold in place; returns the names of the values replaced by constants."""
-    from qcompile.backends.onnx import runtime
+    from qcompile import runtime
 
     values = _frontier(model, _data_dependent(model))
     if not values:

@@ -22,7 +22,7 @@ __all__ = ["choose_variants"]
 def choose_variants(model: ir.Model, context: PipelineContext, softmax_nodes: list[ir.Node], gelu_matches: list, bits: int, max_values: int = 200_000) -> dict:
     """{"softmax": {output name: {"choice", "mse"}}, "gelu": {…}} measured on the first calibration
     batch; at most `max_values` values per site are used (whole rows)."""
-    from qcompile.backends.onnx import runtime
+    from qcompile import runtime
 
     if context.calibration is None or not (softmax_nodes or gelu_matches):
         return {"softmax": {}, "gelu": {}}

@@ -10,7 +10,7 @@ magnitude instead:
 so Â·V is a shift-add over V with the parity correction (√2 − 1) folded into one scale. Δ comes from
 quantile + MSE search (`calibration.search.log_sqrt2_search`) over a bounded uniform sample of every
 softmax output. Code 2^b − 1 stands for exact zero (see `ir.quant_meta`). The exported model computes
-both forms with `qcompile` domain functions whose bodies are standard ONNX ops (backends/onnx/log_quant.py).
+both forms with `qcompile` domain functions whose bodies are standard ONNX ops (qcompile/runtime/log_quant.py).
 
 Targets: every Softmax output whose consumers are all MatMul (A·V). The pass annotates, so the
 `quantize` step that follows leaves these values alone; it is LOSSY.

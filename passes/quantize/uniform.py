@@ -12,7 +12,7 @@ For each node of the chosen op types (default MatMul and Gemm) and each of its f
   n tokens are mostly ≈1/n, below or near one step 1/(2^b − 1) of a uniform grid on [0, 1], so they
   stay float until a log2 quantizer handles them; see docs/methods/uniform.md).
 
-The pass only annotates values; `backends.onnx` writes the QDQ nodes. It approximates the float model,
+The pass only annotates values; `qcompile.runtime.qdq` writes the QDQ nodes. It approximates the float model,
 so it is LOSSY; it requires CALIBRATED and establishes QUANTIZED.
 """
 

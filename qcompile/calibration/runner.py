@@ -37,7 +37,7 @@ def stream_statistics(
     progress: bool = True,
 ) -> tuple[dict[str, Observer], dict[str, ChannelAbsMax]]:
     """Observers (and per-channel absmax trackers) for `value_names`, updated over every batch of `data`."""
-    from qcompile.backends.onnx import runtime
+    from qcompile import runtime
 
     session = runtime.make_session(runtime.with_outputs(model, value_names), threads=threads)
     observers = {name: make_observer(name) for name in value_names}

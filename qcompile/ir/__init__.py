@@ -74,7 +74,7 @@ def inline_external_tensors(model: Model) -> None:
 PROTO_LIMIT = 1_800_000_000
 """Bytes of initializer data above which a model is never serialized whole (protobuf's hard limit is
 2 GB): `clone_model` copies it as an object graph, and ONNX Runtime sessions receive its initializers
-from memory (`qcompile.backends.onnx.runtime.session_source`)."""
+from memory (`qcompile.runtime.session_source`)."""
 
 
 def initializer_bytes(model: Model) -> int:

@@ -19,7 +19,7 @@ accessors below:
   limits, not the container's. Rounding is half to even, as ONNX Round/QuantizeLinear do.
 
 Backends turn uniform `QuantSpec`s into QuantizeLinear/DequantizeLinear nodes and log√2 ones into the
-model-local functions of `qcompile.backends.onnx.log_quant`; passes never write QDQ nodes.
+model-local functions of `qcompile.runtime.log_quant`; passes never write QDQ nodes.
 """
 
 from __future__ import annotations

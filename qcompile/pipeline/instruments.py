@@ -69,7 +69,8 @@ class CheckNumerics:
         self._layers_before: dict[str, np.ndarray] = {}
 
     def _run(self, model: ir.Model, extra: list[str]) -> dict[str, np.ndarray]:
-        from qcompile.backends.onnx import qdq, runtime
+        from qcompile import runtime
+        from qcompile.runtime import qdq
 
         materialized = qdq.to_qdq(model)
         session = runtime.make_session(runtime.with_outputs(materialized, extra), threads=self.threads)

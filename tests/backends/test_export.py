@@ -11,8 +11,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from qcompile.backends.onnx import FORMATS, export, runtime
-from qcompile.backends.onnx.qdq import to_qdq
+from qcompile import runtime
+from qcompile.backends.onnx import FORMATS, export
+from qcompile.runtime.qdq import to_qdq
 
 import qcompile
 from qcompile.errors import InputError

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 import qcompile
 from qcompile import PipelineContext
-from qcompile.backends.onnx import runtime
+from qcompile import runtime
 from qcompile.backends.onnx.float64_matmul import float64_matmul_twin
 from qcompile.passes.lowering.intonly import IntOnlyPass
 from qcompile.testing.builders import tiny_encoder

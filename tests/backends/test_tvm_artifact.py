@@ -14,7 +14,7 @@ import pytest
 import qcompile
 from qcompile import PipelineContext
 from qcompile.backends import tvm as qtvm
-from qcompile.backends.onnx import runtime
+from qcompile import runtime
 from qcompile.passes.lowering.intonly import IntOnlyPass
 from qcompile.testing.builders import tiny_encoder
 

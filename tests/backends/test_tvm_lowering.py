@@ -10,7 +10,7 @@ import pytest
 
 import qcompile
 from qcompile import PipelineContext
-from qcompile.backends.onnx import runtime
+from qcompile import runtime
 from qcompile.backends.tvm.artifact import compile_int_model
 from qcompile.backends.tvm.lowering.fuse import BOUNDED_MATMUL, FUSED_LINEAR, SCORES_SOFTMAX, fuse_linear_epilogues, fuse_score_softmax, mark_bounded_matmuls
 from qcompile.backends.tvm.prepare import static_model

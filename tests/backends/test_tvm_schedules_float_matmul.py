@@ -53,7 +53,7 @@ def test_a_float_encoder_has_no_unscheduled_matmul_and_matches_onnx_runtime() ->
     import tvm
     from tvm import relax
 
-    from qcompile.backends.onnx import runtime
+    from qcompile import runtime
     from qcompile.backends.tvm.build import compile_relax, unscheduled
     from qcompile.backends.tvm.lowering.importer import to_relax
     from qcompile.backends.tvm.prepare import static_model

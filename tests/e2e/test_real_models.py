@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from qcompile.backends.onnx import runtime
+from qcompile import runtime
 from qcompile.job import JobConfig, run_job
 from qcompile.pipeline.numerics import sqnr_db
 
@@ -148,7 +148,7 @@ def test_gptq_beats_round_to_nearest_on_rotated_minilm_at_4_bits(cache):
     """Issue 3: `weight_search=gptq` lowers every linear's layer loss and raises the held-out output SQNR
     of rotated MiniLM at W4A4 (the accuracy it buys is in benchmarks/results/outlier_minilm-l6.md)."""
     from qcompile import zoo
-    from qcompile.backends.onnx import qdq
+    from qcompile.runtime import qdq
     from qcompile.pipeline.context import PipelineContext
     from qcompile.pipeline.run import run_passes
 

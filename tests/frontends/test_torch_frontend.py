@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
-from qcompile.backends.onnx import runtime
+from qcompile import runtime
 
 import qcompile
 from qcompile.errors import InputError

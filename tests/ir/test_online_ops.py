@@ -7,7 +7,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from qcompile.backends.onnx import runtime
+from qcompile import runtime
 from qcompile.ir.online_ops import DOMAIN, KRONECKER_ROTATE, insert_kronecker_rotate, kronecker_rotate
 from qcompile.math.hadamard import Rotation, online_rotation
 

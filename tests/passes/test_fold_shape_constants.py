@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
-from qcompile.backends.onnx import runtime
+from qcompile import runtime
 from qcompile.passes.lowering.fold_shape_constants import fold_shape_constants
 
 

@@ -13,7 +13,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from qcompile.backends.onnx.qdq import to_qdq
+from qcompile.runtime.qdq import to_qdq
 from qcompile.passes.quantize.gptq import gptq_codes, layer_loss
 
 import qcompile

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qcompile
 from qcompile import PipelineContext
-from qcompile.backends.onnx import runtime
+from qcompile import runtime
 from qcompile.intops.reference import run_reference
 from qcompile.passes.lowering.intonly import IntOnlyPass, float_values
 from qcompile.pipeline.numerics import sqnr_db

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qcompile
 from qcompile import PipelineContext
-from qcompile.backends.onnx import runtime
+from qcompile import runtime
 from qcompile.errors import InputError
 from qcompile.intops.reference import run_reference
 from qcompile.passes.lowering.intonly import IntOnlyPass, float_values

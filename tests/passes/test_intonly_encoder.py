@@ -10,7 +10,8 @@ import pytest
 
 import qcompile
 from qcompile import PipelineContext
-from qcompile.backends.onnx import qdq, runtime
+from qcompile import runtime
+from qcompile.runtime import qdq
 from qcompile.intops.reference import run_reference
 from qcompile.passes.lowering.intonly import IntOnlyPass, float_values
 from qcompile.pipeline.numerics import sqnr_db

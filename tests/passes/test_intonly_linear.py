@@ -10,7 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qcompile
 from qcompile import PipelineContext
-from qcompile.backends.onnx import qdq, runtime
+from qcompile import runtime
+from qcompile.runtime import qdq
 from qcompile.errors import InputError
 from qcompile.intops.reference import run_reference
 from qcompile.ir import quant_meta

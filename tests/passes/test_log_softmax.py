@@ -15,7 +15,8 @@ import pytest
 from onnx import helper
 
 import qcompile
-from qcompile.backends.onnx import log_quant, qdq, runtime
+from qcompile import runtime
+from qcompile.runtime import log_quant, qdq
 from qcompile.ir import quant_meta
 from qcompile.ir.quant_meta import QuantSpec
 from qcompile.pipeline.context import CalibrationData, PipelineContext

@@ -7,7 +7,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from qcompile.backends.onnx import runtime
+from qcompile import runtime
 from qcompile.intops.reference import run_reference
 from qcompile.passes.lowering.emitter import Emitter
 from qcompile.passes.lowering.int_value import IntValue, container, requantize_to

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import qcompile
-from qcompile.backends.onnx import runtime
+from qcompile import runtime
 from qcompile.ir import quant_meta
 from qcompile.passes.transforms.noisy_bias import AddNoisyBiasPass
 from qcompile.pipeline import PreconditionError

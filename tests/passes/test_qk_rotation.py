@@ -8,7 +8,7 @@ import onnx_ir as ir
 import pytest
 from onnx import helper, numpy_helper
 
-from qcompile.backends.onnx import runtime
+from qcompile import runtime
 from qcompile.passes.transforms.attention_sites import find_qk_sites
 from qcompile.pipeline.run import run_passes
 from qcompile.testing.builders import tiny_encoder, tiny_encoder_proto

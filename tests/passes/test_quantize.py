@@ -12,7 +12,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from qcompile.backends.onnx.qdq import to_qdq
+from qcompile.runtime.qdq import to_qdq
 from qcompile.passes.analysis.calibrate import CalibrateRangesPass
 from qcompile.passes.quantize.uniform import QuantizeUniformPass
 

@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qcompile
-from qcompile.backends.onnx import runtime
+from qcompile import runtime
 from qcompile.ir import quant_meta
 from qcompile.pipeline.context import CalibrationData, PipelineContext
 from qcompile.pipeline.registry import PassSpec, expand, parse_pass_list
@@ -492,7 +492,7 @@ def test_an_explicit_act_bits_wins_over_the_inherited_one():
 
 
 def _held_out_sqnr(passes: str, outliers: bool, check: bool = True) -> tuple[float, list[dict]]:
-    from qcompile.backends.onnx import qdq
+    from qcompile.runtime import qdq
     from qcompile.pipeline.numerics import sqnr_db
 
     tiny = _outlier_encoder(False) if outliers else tiny_encoder()

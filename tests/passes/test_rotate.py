@@ -12,7 +12,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qcompile
-from qcompile.backends.onnx import qdq, runtime
+from qcompile import runtime
+from qcompile.runtime import qdq
 from qcompile.ir.online_ops import DOMAIN, KRONECKER_ROTATE
 from qcompile.pipeline.context import CalibrationData
 from qcompile.pipeline.numerics import sqnr_db

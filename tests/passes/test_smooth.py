@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 import qcompile
-from qcompile.backends.onnx import runtime
+from qcompile import runtime
 from qcompile.passes.transforms.norm_sites import find_norm_sites
 from qcompile.pipeline import PreconditionError
 from qcompile.pipeline.context import PipelineContext
@@ -97,7 +97,7 @@ def test_alpha_outside_0_1_is_rejected():
 
 
 def test_smoothing_raises_the_w8a8_output_sqnr_on_outlier_inputs():
-    from qcompile.backends.onnx import qdq
+    from qcompile.runtime import qdq
     from qcompile.pipeline.numerics import sqnr_db
 
     def w8a8_sqnr(passes):

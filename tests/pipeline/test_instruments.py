@@ -186,7 +186,7 @@ def test_quantize_records_per_layer_sqnr_for_every_quantized_matmul(tiny) -> Non
 
 
 def test_per_layer_sqnr_compares_each_matmul_output_before_and_after_quantization(tiny) -> None:
-    from qcompile.backends.onnx.qdq import to_qdq
+    from qcompile.runtime.qdq import to_qdq
 
     feeds = _check_feeds(tiny)
     names = [node.outputs[0].name for node in tiny.model.graph if node.op_type == "MatMul"]
@@ -209,7 +209,7 @@ def _run_outputs(model: ir.Model, feeds: dict[str, np.ndarray], names: list[str]
 
 def test_numerics_are_checked_on_the_whole_first_batch_of_a_fixed_batch_model() -> None:
     from onnx import TensorProto, helper, numpy_helper
-    from qcompile.backends.onnx.qdq import to_qdq
+    from qcompile.runtime.qdq import to_qdq
 
     rng = np.random.default_rng(4)
     weight = rng.normal(0, 1, (6, 5)).astype(np.float32)

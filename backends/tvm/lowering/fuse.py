@@ -80,7 +80,7 @@ def mark_bounded_matmuls(model: ir.Model) -> int:
     `qcompile.tvm.IntMatMul` nodes with attributes bound_a, bound_b, lo_a, hi_a, row_sum_a; an operand
     the lowering centred as Sub(Cast(x), z) is taken as the narrow x with attribute zp_a/zp_b = z (the
     kernel centres it while packing), `to` the product's dtype; returns how many."""
-    from qcompile.passes.lowering.act_matmul_rule import OPERAND_BOUNDS, OPERAND_RANGES, ROW_SUM_A
+    from qcompile.ir.lowering_contract import OPERAND_BOUNDS, OPERAND_RANGES, ROW_SUM_A
 
     marked = 0
     for node in list(model.graph):

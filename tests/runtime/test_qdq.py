@@ -8,8 +8,8 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from qcompile.backends.onnx import runtime
-from qcompile.backends.onnx.qdq import MIN_OPSET, to_qdq
+from qcompile import runtime
+from qcompile.runtime.qdq import MIN_OPSET, to_qdq
 
 from qcompile.ir import model_to_bytes, quant_meta
 from qcompile.ir.quant_meta import QuantSpec

@@ -25,9 +25,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcompile.backends.onnx import log_quant
 from qcompile.ir import clone_model, quant_meta
 from qcompile.ir.quant_meta import QuantSpec
+from qcompile.runtime import log_quant
 
 __all__ = ["to_qdq", "MIN_OPSET"]
 

@@ -9,8 +9,9 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from qcompile.backends.onnx import log_quant, runtime
-from qcompile.backends.onnx.qdq import to_qdq
+from qcompile import runtime
+from qcompile.runtime import log_quant
+from qcompile.runtime.qdq import to_qdq
 from qcompile.ir import quant_meta
 from qcompile.ir.quant_meta import QuantSpec
 

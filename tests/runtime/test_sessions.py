@@ -11,7 +11,7 @@ import pytest
 from onnx.reference import ReferenceEvaluator
 
 import qcompile.ir as qcompile_ir
-from qcompile.backends.onnx import runtime
+from qcompile import runtime
 from qcompile.ir import model_to_bytes
 from qcompile.testing.builders import tiny_encoder_proto
 
