@@ -8,7 +8,9 @@ FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 POLARITY := $(QCOMPILE_CACHE)/data/.polarity-fetched
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data demo test test-fast bench clean
+LINTED := qcompile passes backends tests benchmarks
+
+.PHONY: setup data demo lint test test-fast bench clean
 
 setup: $(STAMP) data
 
@@ -32,7 +34,11 @@ $(POLARITY): | $(STAMP)
 demo: setup
 	$(VENV)/bin/qcompile zoo:dinov2-s --passes w8a8 -o out/demo --calib-samples 32 --eval-samples 300
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+test: setup lint
 	$(PY) -m pytest -q
 
 test-fast: setup

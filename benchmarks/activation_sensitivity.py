@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 from qcompile import runtime
-from qcompile.runtime import qdq
 from qcompile.calibration.observers import make_observer
 from qcompile.calibration.runner import stream_statistics
 from qcompile.ir import producer_op, quant_meta
@@ -22,6 +21,7 @@ from qcompile.passes.quantize.params import asymmetric_spec
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.numerics import sqnr_db
 from qcompile.pipeline.run import run_passes
+from qcompile.runtime import qdq
 from qcompile.zoo.dinov2 import DinoV2Small
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -35,13 +35,17 @@ def main() -> int:
 
     def quantized(passes: str, keep=lambda value: True, softmax_observer: str | None = None) -> float:
         model = entry.load()
-        run_passes(model, passes, context=PipelineContext(calibration=calibration, progress=False), check_numerics=False)
+        run_passes(
+            model, passes, context=PipelineContext(calibration=calibration, progress=False), check_numerics=False
+        )
         for value in quant_meta.quantized_values(model.graph):
             if not keep(value):
                 quant_meta.clear_quant(value)
         if softmax_observer:
             probs = [v for v in quant_meta.quantized_values(model.graph) if producer_op(v) == "Softmax"]
-            observers, _ = stream_statistics(model, calibration, [v.name for v in probs], lambda _: make_observer(softmax_observer), progress=False)
+            observers, _ = stream_statistics(
+                model, calibration, [v.name for v in probs], lambda _: make_observer(softmax_observer), progress=False
+            )
             for value in probs:
                 quant_meta.set_quant(value, asymmetric_spec(*observers[value.name].range(), 8))
         output = runtime.run(runtime.make_session(qdq.to_qdq(model)), test)["cls"]
@@ -54,7 +58,9 @@ def main() -> int:
         "weights only": quantized(everything, lambda v: not is_activation(v)),
         "activations only": quantized(everything, is_activation),
         "activations: only the softmax outputs": quantized(everything, lambda v: producer_op(v) == "Softmax"),
-        "activations: all but the softmax outputs": quantized(everything, lambda v: is_activation(v) and producer_op(v) != "Softmax"),
+        "activations: all but the softmax outputs": quantized(
+            everything, lambda v: is_activation(v) and producer_op(v) != "Softmax"
+        ),
         "all, softmax range by mse": quantized(everything, softmax_observer="mse"),
         "all, softmax range by percentile": quantized(everything, softmax_observer="percentile"),
         "all, softmax range by entropy": quantized(everything, softmax_observer="entropy"),
@@ -65,9 +71,16 @@ def main() -> int:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "activation_sensitivity_dinov2-s.json").write_text(json.dumps(rows, indent=2) + "\n")
-    lines = ["# DINOv2-S W8A8: output SQNR by quantizer subset", "",
-             "`python benchmarks/activation_sensitivity.py` (16 calibration images, SQNR of the CLS feature on 8 other images)", "",
-             "| quantizers kept | SQNR dB |", "|---|---|", *[f"| {k} | {v:.1f} |" for k, v in rows.items()]]
+    lines = [
+        "# DINOv2-S W8A8: output SQNR by quantizer subset",
+        "",
+        "`python benchmarks/activation_sensitivity.py` "
+        "(16 calibration images, SQNR of the CLS feature on 8 other images)",
+        "",
+        "| quantizers kept | SQNR dB |",
+        "|---|---|",
+        *[f"| {k} | {v:.1f} |" for k, v in rows.items()],
+    ]
     (RESULTS / "activation_sensitivity_dinov2-s.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -26,7 +26,8 @@ from qcompile.pipeline.run import run_passes
 entry = zoo.get(sys.argv[1]); samples = int(sys.argv[2]); observer = sys.argv[3]
 model = entry.load()
 data = entry.calibration(samples, seed=0)
-records = run_passes(model, f"calibrate:observer={observer}", context=PipelineContext(calibration=data, progress=False), check_numerics=False)
+records = run_passes(model, f"calibrate:observer={observer}",
+                     context=PipelineContext(calibration=data, progress=False), check_numerics=False)
 stats = records[0]["stats"]
 print(json.dumps({"samples": samples, "peak_rss_mb": stats["peak_rss_mb"], "seconds": records[0]["seconds"],
                   "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -41,7 +42,12 @@ def main() -> int:
     args = parser.parse_args()
     rows = []
     for samples in (int(s) for s in args.samples.split(",")):
-        done = subprocess.run([sys.executable, "-c", _CHILD, args.model, str(samples), args.observer], capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD, args.model, str(samples), args.observer],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)
     ratio = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"]
@@ -50,7 +56,8 @@ def main() -> int:
     (RESULTS / f"calibration_memory_{args.model}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"# Calibration memory ({args.model}, observer {args.observer}, batch 8)\n",
-        f"`python benchmarks/calibration_memory.py --model {args.model} --samples {args.samples} --observer {args.observer}`\n",
+        f"`python benchmarks/calibration_memory.py --model {args.model} --samples {args.samples} "
+        f"--observer {args.observer}`\n",
         "| samples | calibrate peak RSS MB | process ru_maxrss MB | seconds |",
         "|---|---|---|---|",
         *[f"| {r['samples']} | {r['peak_rss_mb']:.0f} | {r['ru_maxrss_mb']:.0f} | {r['seconds']:.1f} |" for r in rows],

@@ -30,7 +30,9 @@ def main() -> int:
     models = []
     for passes in (args.passes, args.other):
         model = entry.load()
-        run_passes(model, passes, context=PipelineContext(calibration=entry.calibration(args.calib_samples, 0), progress=False))
+        run_passes(
+            model, passes, context=PipelineContext(calibration=entry.calibration(args.calib_samples, 0), progress=False)
+        )
         models.append({name: value.const_value.numpy() for name, value in model.graph.initializers.items()})
     first, second = models
     worst, where = 0.0, None
@@ -42,8 +44,10 @@ def main() -> int:
         if diff > worst:
             worst, where = diff, name
     only = sorted(set(first) ^ set(second))
-    print(f"{args.model}: '{args.passes}' vs '{args.other}': {len(set(first) & set(second))} shared initializers, "
-          f"{len(only)} not shared; largest relative difference {worst:.2g} ({where})")
+    print(
+        f"{args.model}: '{args.passes}' vs '{args.other}': {len(set(first) & set(second))} shared initializers, "
+        f"{len(only)} not shared; largest relative difference {worst:.2g} ({where})"
+    )
     return 0
 
 

@@ -31,13 +31,12 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from qcompile import zoo
-from qcompile import runtime
-from qcompile.runtime import qdq
+from qcompile import runtime, zoo
 from qcompile.backends.onnx.float64_matmul import float64_matmul_twin
 from qcompile.passes.lowering.intonly import float_values
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.run import run_passes
+from qcompile.runtime import qdq
 from qcompile.zoo.paired import drop_interval
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -66,7 +65,9 @@ def _build(entry, passes: str, calib_samples: int, threads: int) -> tuple[bytes,
     if last["name"] == "intonly":
         info["float_values"] = float_values(model)
         info["kernels"] = dict(collections.Counter(n.op_type for n in model.graph if n.domain == "qcompile"))
-        info["variants"] = {kind: dict(collections.Counter(sites.values())) for kind, sites in last["stats"]["variants"].items()}
+        info["variants"] = {
+            kind: dict(collections.Counter(sites.values())) for kind, sites in last["stats"]["variants"].items()
+        }
         return ir.serde.serialize_model(model).SerializeToString(), info
     return ir.serde.serialize_model(qdq.to_qdq(model)).SerializeToString(), info
 
@@ -98,7 +99,8 @@ def _render(results: dict) -> list[str]:
         "",
         *(f"    {result['command']}" for result in results.values()),
         "",
-        "| model | passes | artifact | metric | FP | score | drop ± SE | lost / gained | other metrics | float ops | GELU / softmax kernels |",
+        "| model | passes | artifact | metric | FP | score | drop ± SE | lost / gained | other metrics | float ops "
+        "| GELU / softmax kernels |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, result in results.items():
@@ -113,12 +115,28 @@ def _render(results: dict) -> list[str]:
                 paired, changes = f"{fp - row[metric]:+.2f}", "-"
             others = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in (metric, "lost", "gained")) or "-"
             floats = "-" if "float_values" not in info else str(len(info["float_values"]))
-            variants = "-" if "variants" not in info else " / ".join(", ".join(f"{v}×{n}" for v, n in info["variants"][k].items()) or "forced" for k in ("gelu", "softmax"))
-            lines.append(f"| zoo:{name} | `{passes}` | {info['label']} | {metric} | {fp:.2f} | {row[metric]:.2f} | {paired} | {changes} | {others} | {floats} | {variants} |")
+            variants = (
+                "-"
+                if "variants" not in info
+                else " / ".join(
+                    ", ".join(f"{v}×{n}" for v, n in info["variants"][k].items()) or "forced"
+                    for k in ("gelu", "softmax")
+                )
+            )
+            lines.append(
+                f"| zoo:{name} | `{passes}` | {info['label']} | {metric} | {fp:.2f} | {row[metric]:.2f} | {paired} "
+                f"| {changes} | {others} | {floats} | {variants} |"
+            )
     samples = ", ".join(f"{name}: {result['eval_samples']}" for name, result in results.items())
-    return [*lines, "", f"Evaluation samples: {samples}. drop = FP − score (positive is worse), ± its paired standard error; lost / gained: samples the float model got right and the row wrong, and the reverse; other metrics: cosine of the",
-            "output embedding to the float model's (minilm-l6). 'forced' = the variant given in the pass options;",
-            "float ops = nodes computing a float tensor between the input quantizers and the output dequantizers."]
+    return [
+        *lines,
+        "",
+        f"Evaluation samples: {samples}. drop = FP − score (positive is worse), ± its paired standard error; "
+        "lost / gained: samples the float model got right and the row wrong, and the reverse; "
+        "other metrics: cosine of the",
+        "output embedding to the float model's (minilm-l6). 'forced' = the variant given in the pass options;",
+        "float ops = nodes computing a float tensor between the input quantizers and the output dequantizers.",
+    ]
 
 
 def main() -> int:
@@ -127,16 +145,21 @@ def main() -> int:
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--eval-samples", type=_eval_samples, default=_eval_samples("dinov2-s=2000,minilm-l6=2000"))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--forced-kernels", default="minilm-l6", help="models that also get the all-I-BERT and all-I-ViT rows")
+    parser.add_argument(
+        "--forced-kernels", default="minilm-l6", help="models that also get the all-I-BERT and all-I-ViT rows"
+    )
     parser.add_argument("--render-only", action="store_true", help="rewrite the .md from the saved .json")
     args = parser.parse_args()
     saved = RESULTS / "intonly_accuracy.json"
-    results = json.loads(saved.read_text()) if saved.exists() else {}  # one entry per model, each run replaces its models
+    results = (
+        json.loads(saved.read_text()) if saved.exists() else {}
+    )  # one entry per model, each run replaces its models
     if not args.render_only:
         for name in args.models.split(","):
             command = (
                 f"python benchmarks/intonly_accuracy.py --models {name} --calib-samples {args.calib_samples} "
-                f"--eval-samples {name}={args.eval_samples.get(name, 500)} --forced-kernels {name if name in args.forced_kernels.split(',') else 'none'}"
+                f"--eval-samples {name}={args.eval_samples.get(name, 500)} "
+                f"--forced-kernels {name if name in args.forced_kernels.split(',') else 'none'}"
             )
             rows = ROWS[:2] + (FORCED_ROWS if name in args.forced_kernels.split(",") else []) + ROWS[2:]
             entry = zoo.get(name)
@@ -151,7 +174,13 @@ def main() -> int:
                 infos[passes] = info
                 runners[passes] = _runner(_scoring_session(data, info, check_feeds, args.threads))
             scores = entry.evaluate(runners, args.eval_samples.get(name, 500), 0, progress=True)
-            results[name] = {"command": command, "metric": entry.metric_name, "eval_samples": args.eval_samples.get(name, 500), "scores": scores, "rows": infos}
+            results[name] = {
+                "command": command,
+                "metric": entry.metric_name,
+                "eval_samples": args.eval_samples.get(name, 500),
+                "scores": scores,
+                "rows": infos,
+            }
             RESULTS.mkdir(parents=True, exist_ok=True)
             saved.write_text(json.dumps(results, indent=2) + "\n")
     lines = _render(results)

@@ -4,8 +4,9 @@ Every figure quoted in docs/methods/intonly.md comes from here, written to
 benchmarks/results/intonly_report.md:
 
 1. kernels on synthetic inputs: softmax variants against float softmax (N(0, 3) logits, 197 tokens,
-   16-bit scores); IntSqrt's wrong roots by Newton step count; ShiftGELU's normalization with I-ViT's 31-bit factor against the 2^62 one used here;
-   ONNX Runtime's MatMulInteger against exact integer arithmetic on full-range u8×s8 operands;
+   16-bit scores); IntSqrt's wrong roots by Newton step count; ShiftGELU's normalization with I-ViT's
+   31-bit factor against the 2^62 one used here; ONNX Runtime's MatMulInteger against exact integer
+   arithmetic on full-range u8×s8 operands;
 2. output SQNR against the float model, QDQ (`w8a8`) and `w8a8,intonly`, for the tiny encoder variants
    and the zoo models (calibration on `--calib-samples`, measured on a held-out batch, seed 1), and for
    DINOv2 with the residual grid at 16 and at 22 bits;
@@ -31,9 +32,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from qcompile import zoo
-from qcompile import runtime
-from qcompile.runtime import qdq
+from qcompile import runtime, zoo
 from qcompile.intops import isqrt
 from qcompile.intops.ibert_softmax import ibert_softmax, ibert_softmax_params
 from qcompile.intops.int_exp import exp_x0, int_exp_shift
@@ -45,6 +44,7 @@ from qcompile.passes.lowering.intonly import IntOnlyPass
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.numerics import sqnr_db
 from qcompile.pipeline.run import run_passes
+from qcompile.runtime import qdq
 from qcompile.testing.builders import tiny_encoder
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -77,13 +77,22 @@ def kernel_section() -> list[str]:
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["x", "w"], ["y"])],
         "mmi",
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, [2, k]), helper.make_tensor_value_info("w", TensorProto.INT8, [k, 3])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.UINT8, [2, k]),
+            helper.make_tensor_value_info("w", TensorProto.INT8, [k, 3]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.INT32, [2, 3])],
     )
-    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]).SerializeToString(),
+        providers=["CPUExecutionProvider"],
+    )
     got = int(session.run(None, {"x": a, "w": w})[0][0, 0])
     exact = int((a.astype(np.int64) @ w.astype(np.int64))[0, 0])
-    edges = sorted({2**b + d for b in range(63) for d in (-1, 0, 1) if 0 <= 2**b + d <= 2**62} | {r * r + d for r in (3, 1000, 65535, 2**31 - 1) for d in (-1, 0, 1)})
+    edges = sorted(
+        {2**b + d for b in range(63) for d in (-1, 0, 1) if 0 <= 2**b + d <= 2**62}
+        | {r * r + d for r in (3, 1000, 65535, 2**31 - 1) for d in (-1, 0, 1)}
+    )
     exact_roots = np.array([math.isqrt(v) for v in edges])
     wrong = {}
     for steps in (3, 4, 5, 6):
@@ -93,10 +102,18 @@ def kernel_section() -> list[str]:
     return [
         "## Kernels (synthetic inputs)",
         "",
-        f"- Softmax, N(0, 3) logits over 197 tokens at 16 bits, max |error| against float: IBertSoftmax {np.abs(ibert - reference).max():.2g}, Shiftmax {np.abs(shift - reference).max():.2g}.",
-        f"- ShiftGELU at a 16-bit grid (S = 4/32767, n = 17), GELU(3.9) ≈ x·σ(1.702x) = {3.9 / (1 + math.exp(-1.702 * 3.9)):.3f}: I-ViT's 31-bit normalization factor gives {ivit[0, -1]:.3f} (factor {int(factor[0, -1])}), the 2^62 normalization {ours[0, -1]:.3f}.",
-        f"- IntSqrt Newton steps on {len(edges)} edge values (powers of two ± 1, perfect squares ± 1 up to 2^62), wrong roots: " + ", ".join(f"{k} steps {v}" for k, v in wrong.items()) + ".",
-        f"- ONNX Runtime MatMulInteger, x = 255 against w = ±127 over K = {k}: {got:,} against the exact {exact:,} ({'saturated' if got != exact else 'exact'} on this CPU).",
+        "- Softmax, N(0, 3) logits over 197 tokens at 16 bits, max |error| against float: "
+        f"IBertSoftmax {np.abs(ibert - reference).max():.2g}, Shiftmax {np.abs(shift - reference).max():.2g}.",
+        "- ShiftGELU at a 16-bit grid (S = 4/32767, n = 17), "
+        f"GELU(3.9) ≈ x·σ(1.702x) = {3.9 / (1 + math.exp(-1.702 * 3.9)):.3f}: "
+        f"I-ViT's 31-bit normalization factor gives {ivit[0, -1]:.3f} (factor {int(factor[0, -1])}), "
+        f"the 2^62 normalization {ours[0, -1]:.3f}.",
+        f"- IntSqrt Newton steps on {len(edges)} edge values "
+        "(powers of two ± 1, perfect squares ± 1 up to 2^62), wrong roots: "
+        + ", ".join(f"{k} steps {v}" for k, v in wrong.items())
+        + ".",
+        f"- ONNX Runtime MatMulInteger, x = 255 against w = ±127 over K = {k}: {got:,} against the exact {exact:,} "
+        f"({'saturated' if got != exact else 'exact'} on this CPU).",
         "",
     ]
 
@@ -132,24 +149,45 @@ def _per_sample(reference: dict, approx: dict) -> str:
 
 
 def model_section(calib_samples: int) -> list[str]:
-    lines = ["## Output SQNR against float (dB)", "", "| model | QDQ w8a8 | w8a8,intonly | per sample min / median: QDQ | intonly |", "|---|---|---|---|---|"]
-    for label, options in (("tiny, fused LN", {}), ("tiny, decomposed LN + final norm", {"decomposed_layernorm": True, "final_norm": True}), ("tiny, LayerScale + final norm", {"layer_scale": True, "final_norm": True})):
+    lines = [
+        "## Output SQNR against float (dB)",
+        "",
+        "| model | QDQ w8a8 | w8a8,intonly | per sample min / median: QDQ | intonly |",
+        "|---|---|---|---|---|",
+    ]
+    for label, options in (
+        ("tiny, fused LN", {}),
+        ("tiny, decomposed LN + final norm", {"decomposed_layernorm": True, "final_norm": True}),
+        ("tiny, LayerScale + final norm", {"layer_scale": True, "final_norm": True}),
+    ):
         tiny = tiny_encoder(**options)
-        reference, fake_quant, integer = _outputs(lambda o=options: tiny_encoder(**o).model, tiny.calibration, tiny.feeds)
+        reference, fake_quant, integer = _outputs(
+            lambda o=options: tiny_encoder(**o).model, tiny.calibration, tiny.feeds
+        )
         lines.append(f"| {label} | {_worst(reference, fake_quant):.1f} | {_worst(reference, integer):.1f} | | |")
     for name in ("dinov2-s", "minilm-l6"):
         entry = zoo.get(name)
         feeds = entry.calibration(HELD_OUT, seed=1, batch_size=HELD_OUT).first_batch()
-        grids = ((2**15 - 1, "16-bit residual grid"), (2**21 - 1, "22-bit residual grid")) if name == "dinov2-s" else ((2**21 - 1, "22-bit residual grid"),)
+        grids = (
+            ((2**15 - 1, "16-bit residual grid"), (2**21 - 1, "22-bit residual grid"))
+            if name == "dinov2-s"
+            else ((2**21 - 1, "22-bit residual grid"),)
+        )
         for grid, grid_label in grids:
             _set_residual_grid(grid)
             reference, fake_quant, integer = _outputs(entry.load, entry.calibration(calib_samples, 0), feeds)
             lines.append(
-                f"| zoo:{name}, {grid_label} | {_worst(reference, fake_quant):.1f} | {_worst(reference, integer):.1f} | "
+                f"| zoo:{name}, {grid_label} | {_worst(reference, fake_quant):.1f} "
+                f"| {_worst(reference, integer):.1f} | "
                 f"{_per_sample(reference, fake_quant)} | {_per_sample(reference, integer)} |"
             )
         _set_residual_grid(2**21 - 1)
-    return [*lines, "", f"Zoo models: {calib_samples} calibration samples, measured on {HELD_OUT} held-out samples (seed 1).", ""]
+    return [
+        *lines,
+        "",
+        f"Zoo models: {calib_samples} calibration samples, measured on {HELD_OUT} held-out samples (seed 1).",
+        "",
+    ]
 
 
 def _bias_share(reference: np.ndarray, approx: np.ndarray) -> float:
@@ -182,14 +220,20 @@ def site_section(calib_samples: int) -> list[str]:
         gelus = [m for n in model.graph if (m := gelu_rule.match_gelu(n)) is not None]
         softmaxes = [n for n in model.graph if n.op_type == "Softmax"]
         names = [m.x.name for m in gelus] + [n.inputs[0].name for n in softmaxes]
-        values = runtime.run(runtime.make_session(runtime.with_outputs(model, names)), entry.calibration(calib_samples, 0).first_batch(), names)
+        values = runtime.run(
+            runtime.make_session(runtime.with_outputs(model, names)),
+            entry.calibration(calib_samples, 0).first_batch(),
+            names,
+        )
         rows = {}
         for match in gelus:
             x = values[match.x.name].astype(np.float64).reshape(-1, values[match.x.name].shape[-1])[:2000]
             exact = gelu_rule.exact_gelu(x)
             spec = quant_meta.get_quant(match.output)
             q8 = spec.fake_quantize(exact).astype(np.float64)
-            for variant, approx in [("q8(exact)", q8)] + [(v, gelu_rule.simulate(v, x, match)) for v in gelu_rule.GELU_VARIANTS]:
+            for variant, approx in [("q8(exact)", q8)] + [
+                (v, gelu_rule.simulate(v, x, match)) for v in gelu_rule.GELU_VARIANTS
+            ]:
                 rows.setdefault(("GELU", variant), []).append((sqnr_db(exact, approx), _bias_share(exact, approx)))
         for node in softmaxes:
             scores = values[node.inputs[0].name].astype(np.float64)
@@ -220,8 +264,17 @@ def minilm_stages(calib_samples: int) -> list[str]:
     IntOnlyPass(context=context)(model)
     integer = runtime.run(runtime.make_session(model), feeds, names)
     lines = ["## MiniLM by stage (SQNR against float, dB)", "", "| value | QDQ w8a8 | w8a8,intonly |", "|---|---|---|"]
-    lines += [f"| `{n}` | {sqnr_db(reference[n], fake_quant[n]):.2f} | {sqnr_db(reference[n], integer[n]):.2f} |" for n in names]
-    return [*lines, "", "`layer_norm_12` is the last LayerNorm; `mul_783` its masked tokens, `sum_1` their sum, `div` the mean, then L2 normalization.", ""]
+    lines += [
+        f"| `{n}` | {sqnr_db(reference[n], fake_quant[n]):.2f} | {sqnr_db(reference[n], integer[n]):.2f} |"
+        for n in names
+    ]
+    return [
+        *lines,
+        "",
+        "`layer_norm_12` is the last LayerNorm; `mul_783` its masked tokens, `sum_1` their sum, `div` the mean, "
+        "then L2 normalization.",
+        "",
+    ]
 
 
 def main() -> int:
@@ -229,7 +282,12 @@ def main() -> int:
     parser.add_argument("--calib-samples", type=int, default=8)
     args = parser.parse_args()
     lines = [f"Produced by `python benchmarks/intonly_report.py --calib-samples {args.calib_samples}`.", ""]
-    lines += kernel_section() + model_section(args.calib_samples) + site_section(args.calib_samples) + minilm_stages(args.calib_samples)
+    lines += (
+        kernel_section()
+        + model_section(args.calib_samples)
+        + site_section(args.calib_samples)
+        + minilm_stages(args.calib_samples)
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "intonly_report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

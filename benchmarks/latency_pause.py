@@ -36,8 +36,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from qcompile import zoo
-    from qcompile import runtime
+    from qcompile import runtime, zoo
     from qcompile.backends.onnx import ort_baselines
     from qcompile.ir import model_to_bytes
     from qcompile.job import model_from_bytes
@@ -49,8 +48,13 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="latency-pause-"))
     sessions = {
         "ORT FP32": runtime.make_session(float_bytes, threads=args.threads),
-        "ORT INT8 static": runtime.make_session(ort_baselines.ort_quantize_static(model_from_bytes(float_bytes), entry.calibration(32, 0), scratch / "s"), threads=args.threads),
-        "ORT INT8 dynamic": runtime.make_session(ort_baselines.ort_quantize_dynamic(model_from_bytes(float_bytes), scratch / "d"), threads=args.threads),
+        "ORT INT8 static": runtime.make_session(
+            ort_baselines.ort_quantize_static(model_from_bytes(float_bytes), entry.calibration(32, 0), scratch / "s"),
+            threads=args.threads,
+        ),
+        "ORT INT8 dynamic": runtime.make_session(
+            ort_baselines.ort_quantize_dynamic(model_from_bytes(float_bytes), scratch / "d"), threads=args.threads
+        ),
     }
     runners = {label: (lambda session=session: runtime.run(session, feeds)) for label, session in sessions.items()}
     rows = []
@@ -61,7 +65,8 @@ def main() -> None:
     lines = [
         "# Latency of alternating sessions vs the pause before each block",
         "",
-        f"Produced by `python benchmarks/latency_pause.py --model {args.model} --pauses {args.pauses}` on {_cpu_name()}; {args.threads} threads, batch 1,",
+        f"Produced by `python benchmarks/latency_pause.py --model {args.model} --pauses {args.pauses}` "
+        f"on {_cpu_name()}; {args.threads} threads, batch 1,",
         "medians of 8 rounds × blocks of 4 runs (first dropped), one process.",
         "",
         "| pause ms | " + " | ".join(sessions) + " |",

@@ -1,6 +1,6 @@
 """Observer update cost: time of `update()` on one DINOv2-sized activation batch [8, 257, 1536].
 
-    python benchmarks/observer_speed.py        (reports; asserts nothing)
+python benchmarks/observer_speed.py        (reports; asserts nothing)
 """
 
 import time

@@ -19,13 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from qcompile import zoo
-from qcompile import runtime
-from qcompile.runtime import qdq
+from qcompile import runtime, zoo
 from qcompile.errors import InputError
 from qcompile.job import _session_runner
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.run import run_passes
+from qcompile.runtime import qdq
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("smooth", "repq", "rotate", "noisy")
@@ -62,7 +61,9 @@ def checks(records: list[dict]) -> list[dict]:
 def table(model: str, metric: str, rows: list[dict]) -> str:
     fp = next(r["score"] for r in rows if r["passes"] == "fp")
     lines = [
-        f"| passes | {metric} | drop from FP | equivalence error (max \\|Δ\\| / max \\|out\\|, per EXACT_IN_REALS pass) | output SQNR after quantize (dB) |",
+        f"| passes | {metric} | drop from FP "
+        "| equivalence error (max \\|Δ\\| / max \\|out\\|, per EXACT_IN_REALS pass) "
+        "| output SQNR after quantize (dB) |",
         "|---|---|---|---|---|",
     ]
     for row in rows:
@@ -76,7 +77,8 @@ def table(model: str, metric: str, rows: list[dict]) -> str:
         )
         sqnr = [c["sqnr_db"] for c in row["checks"] if c["pass"] == "quantize" and "sqnr_db" in c]
         lines.append(
-            f"| `{row['passes']}` | {row['score']:.2f} | {fp - row['score']:+.2f} | {eq or '-'} | {f'{sqnr[-1]:.1f}' if sqnr else '-'} |"
+            f"| `{row['passes']}` | {row['score']:.2f} | {fp - row['score']:+.2f} | {eq or '-'} "
+            f"| {f'{sqnr[-1]:.1f}' if sqnr else '-'} |"
         )
     return f"### {model}\n\n" + "\n".join(lines) + "\n"
 
@@ -94,7 +96,11 @@ def main() -> int:
     args = parser.parse_args()
     eval_samples = {k: int(v) for k, v in (item.split("=") for item in args.eval_samples.split(","))}
     extra = [e.strip() for e in args.extra.split(";") if e.strip()]
-    lists = ["fp", *[e.strip() for e in args.only.split(";") if e.strip()]] if args.only else pass_lists([int(b) for b in args.bits.split(",")], extra)
+    lists = (
+        ["fp", *[e.strip() for e in args.only.split(";") if e.strip()]]
+        if args.only
+        else pass_lists([int(b) for b in args.bits.split(",")], extra)
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.models.split(","):
         entry = zoo.get(name)
@@ -127,7 +133,8 @@ def main() -> int:
         (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
         text = table(name, metric, rows)
         header = (
-            f"Produced by `python benchmarks/outlier_table.py --models {name}` ({args.calib_samples} calibration samples, "
+            f"Produced by `python benchmarks/outlier_table.py --models {name}` "
+            f"({args.calib_samples} calibration samples, "
             f"{eval_samples[name]} evaluation samples, seed {args.seed}).\n\n"
         )
         (RESULTS / f"{stem}.md").write_text(header + text)

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from qcompile import zoo
-from qcompile import runtime
-from qcompile.runtime import qdq
+from qcompile import runtime, zoo
 from qcompile.ir import quant_meta
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.run import run_passes
+from qcompile.runtime import qdq
 from qcompile.zoo.cache import cache_dir
 from qcompile.zoo.linear_probe import LinearProbe
 
@@ -47,7 +46,11 @@ def main() -> int:
     args = parser.parse_args()
     entry = zoo.get(args.model)
     model = entry.load()
-    run_passes(model, args.passes, context=PipelineContext(calibration=entry.calibration(args.calib_samples, 0), progress=False))
+    run_passes(
+        model,
+        args.passes,
+        context=PipelineContext(calibration=entry.calibration(args.calib_samples, 0), progress=False),
+    )
     feeds = list(entry.calibration(24, 1).batches())[:3]
     float_session = runtime.make_session(entry.load(), threads=2)
     scale = lambda y: y  # noqa: E731
@@ -86,12 +89,16 @@ def main() -> int:
     metric = "probe-standardized output SQNR" if args.probe else "output SQNR"
     text = (
         f"# {args.model} `{args.passes}`: {metric} with one role of quantizers kept\n\n"
-        f"`python benchmarks/quantizer_sensitivity.py --model {args.model} --passes {args.passes}{' --probe' if args.probe else ''}` "
+        f"`python benchmarks/quantizer_sensitivity.py --model {args.model} "
+        f"--passes {args.passes}{' --probe' if args.probe else ''}` "
         f"({args.calib_samples} calibration samples; 3 held-out batches)\n\n| quantizers kept | dB |\n|---|---|\n"
         + "".join(f"| {name} | {db:.1f} |\n" for name, db in rows)
     )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = f"sensitivity_{args.model}_{args.passes.replace(',', '+').replace(':', '-').replace('=', '')}{'_probe' if args.probe else ''}"
+    stem = (
+        f"sensitivity_{args.model}_{args.passes.replace(',', '+').replace(':', '-').replace('=', '')}"
+        f"{'_probe' if args.probe else ''}"
+    )
     (RESULTS / f"{stem}.md").write_text(text)
     print(text)
     return 0

@@ -57,13 +57,17 @@ def _cell(text: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=default_jobs(), help="cases run at once (default: CPUs, at least 2)")
+    parser.add_argument(
+        "--jobs", type=int, default=default_jobs(), help="cases run at once (default: CPUs, at least 2)"
+    )
     parser.add_argument("--only", nargs="*", default=None, help="case names (default: all)")
     args = parser.parse_args()
     cases = [by_name(n) for n in args.only] if args.only else CASES
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="qcompile-robustness-bench-") as folder:
-        outcomes = run_cases(cases, Path(folder), jobs=args.jobs, on_done=lambda o: print(o.summary()[:200], file=sys.stderr))
+        outcomes = run_cases(
+            cases, Path(folder), jobs=args.jobs, on_done=lambda o: print(o.summary()[:200], file=sys.stderr)
+        )
     seconds = time.monotonic() - started
     how, why = privilege_mode()
 
@@ -77,7 +81,8 @@ def main() -> None:
         f"Python {platform.python_version()}; file-mode cases run as: {how}" + (f" ({why})" if why else ""),
         "",
         "Each case runs `python -m qcompile.cli ARGV` in a fresh folder (fresh HOME, TMPDIR, QCOMPILE_CACHE); outcome",
-        "kinds are defined in qcompile/testing/robustness/harness.py. Bad input should end as a clean error (exit 2, one",
+        "kinds are defined in qcompile/testing/robustness/harness.py. "
+        "Bad input should end as a clean error (exit 2, one",
         "`qcompile: error:` line naming what is wrong, nothing written), valid input as a success.",
         "",
         "| category | cases | passing | " + " | ".join(label for _, label in COLUMNS) + " |",
@@ -93,14 +98,27 @@ def main() -> None:
         total.update(kinds)
         total["cases"] += len(group)
         total["passing"] += passing
-        lines.append(f"| {category} | {len(group)} | {passing} | " + " | ".join(str(kinds.get(k, 0)) for k, _ in COLUMNS) + " |")
-    lines.append(f"| **all** | {total['cases']} | {total['passing']} | " + " | ".join(str(total.get(k, 0)) for k, _ in COLUMNS) + " |")
-    lines += ["", "## Cases", "", "| case | category | expect | outcome | pass | exit | detail | stderr (first line) |", "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {category} | {len(group)} | {passing} | " + " | ".join(str(kinds.get(k, 0)) for k, _ in COLUMNS) + " |"
+        )
+    lines.append(
+        f"| **all** | {total['cases']} | {total['passing']} | "
+        + " | ".join(str(total.get(k, 0)) for k, _ in COLUMNS)
+        + " |"
+    )
+    lines += [
+        "",
+        "## Cases",
+        "",
+        "| case | category | expect | outcome | pass | exit | detail | stderr (first line) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for o in outcomes.values():
         first = o.stderr.strip().splitlines()[0] if o.stderr.strip() else ""
         mark = "yes" if o.passed else ("-" if o.passed is None else "NO")
         lines.append(
-            f"| {o.case} | {o.category} | {o.expect} | {o.kind} | {mark} | {o.returncode} | {_cell(o.detail[:300])} | {_cell(first[:300])} |"
+            f"| {o.case} | {o.category} | {o.expect} | {o.kind} | {mark} | {o.returncode} "
+            f"| {_cell(o.detail[:300])} | {_cell(first[:300])} |"
         )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "robustness.md").write_text("\n".join(lines) + "\n")

@@ -41,8 +41,10 @@ def _row(report: dict) -> str:
 
     cal = report["calibration"]
     return (
-        f"| {report['model']} | {report['passes']} | {metric['name']} | {metric['fp']:.2f} | {metric['quantized']:.2f} | "
-        f"{metric['drop']:+.2f} | {score('ort_int8_static')} | {score('ort_int8_dynamic')} | {fp_ms:.1f} | {ms('qcompile')} | "
+        f"| {report['model']} | {report['passes']} | {metric['name']} | {metric['fp']:.2f} "
+        f"| {metric['quantized']:.2f} | "
+        f"{metric['drop']:+.2f} | {score('ort_int8_static')} | {score('ort_int8_dynamic')} | {fp_ms:.1f} "
+        f"| {ms('qcompile')} | "
         f"{ms('ort_int8_static')} | {ms('ort_int8_dynamic')} | {cal['seconds']:.1f} | "
         f"{'-' if cal['peak_rss_mb'] is None else round(cal['peak_rss_mb'])} |"
     )
@@ -88,9 +90,11 @@ def main() -> int:
     table = "\n".join([HEADER, *rows])
     text = (
         "# Zoo benchmark\n\n"
-        f"`python benchmarks/run_zoo.py --models {args.models} --recipes {args.recipes} --calib-samples {args.calib_samples}`"
+        f"`python benchmarks/run_zoo.py --models {args.models} --recipes {args.recipes} "
+        f"--calib-samples {args.calib_samples}`"
         f" (eval samples {args.eval_samples}, seed {args.seed}) on {platform.processor() or platform.machine()}, "
-        "ONNX Runtime CPU, 2 intra-op threads, batch 1, median of 15 runs in alternating blocks of 3 (each after a discarded run) after 3 warm-ups.\n\n"
+        "ONNX Runtime CPU, 2 intra-op threads, batch 1, median of 15 runs in alternating blocks of 3 "
+        "(each after a discarded run) after 3 warm-ups.\n\n"
         f"{table}\n\nThe fp rows time two identical float models: their ratio shows this machine's latency noise.\n"
     )
     (RESULTS / "zoo.md").write_text(text)

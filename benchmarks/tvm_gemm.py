@@ -25,7 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-SHAPES = [(257, 384, 1152), (257, 384, 384), (257, 384, 1536), (257, 1536, 384), (36, 384, 384), (36, 384, 1536), (36, 1536, 384)]  # DINOv2-S; MiniLM-L6
+SHAPES = [
+    (257, 384, 1152),
+    (257, 384, 384),
+    (257, 384, 1536),
+    (257, 1536, 384),
+    (36, 384, 384),
+    (36, 384, 1536),
+    (36, 1536, 384),
+]  # DINOv2-S; MiniLM-L6
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -79,7 +87,9 @@ def _kernels(features) -> list[Kernel]:
     from qcompile.backends.tvm.target import host_target
 
     def pairs(m, k, n, threads):
-        return tvm.tirx.build(int_gemm.schedule_int_gemm(int_gemm.int_gemm_func(m, k, n, a_dtype="uint8")), target=host_target(threads))
+        return tvm.tirx.build(
+            int_gemm.schedule_int_gemm(int_gemm.int_gemm_func(m, k, n, a_dtype="uint8")), target=host_target(threads)
+        )
 
     kernels = [Kernel("int16 pairs (vpmaddwd)", pairs, int_gemm.pack_weight, int_gemm.LANES, (6, 16))]
     lanes = int_gemm_vnni.vnni_lanes(features)
@@ -87,10 +97,15 @@ def _kernels(features) -> list[Kernel]:
         rows, blocks = int_gemm_vnni.TILES[lanes]
 
         def vnni(m, k, n, threads):
-            return tvm.tirx.build(int_gemm_vnni.schedule_vnni_gemm(int_gemm_vnni.vnni_gemm_func(m, k, n, lanes), lanes), target=host_target(threads))
+            return tvm.tirx.build(
+                int_gemm_vnni.schedule_vnni_gemm(int_gemm_vnni.vnni_gemm_func(m, k, n, lanes), lanes),
+                target=host_target(threads),
+            )
 
         label = f"vpdpbusd ({'zmm' if lanes == 16 else 'ymm'})"
-        kernels.append(Kernel(label, vnni, lambda w: int_gemm_vnni.pack_weight(w, lanes), lanes, (rows, blocks * lanes)))
+        kernels.append(
+            Kernel(label, vnni, lambda w: int_gemm_vnni.pack_weight(w, lanes), lanes, (rows, blocks * lanes))
+        )
     return kernels
 
 
@@ -111,7 +126,9 @@ def _tile_rate(kernel: Kernel, repeat: int, rng) -> float:
     seconds = {}
     for k in (256, 1024):
         lib = kernel.build(m, k, n, 1)
-        args = _tvm_args(kernel, rng.integers(0, 256, (m, k)).astype(np.uint8), rng.integers(-127, 128, (k, n)).astype(np.int8))
+        args = _tvm_args(
+            kernel, rng.integers(0, 256, (m, k)).astype(np.uint8), rng.integers(-127, 128, (k, n)).astype(np.int8)
+        )
         seconds[k] = lib.time_evaluator("main", tvm.cpu(), number=2000, repeat=repeat)(*args).median
     return 2 * m * n * (1024 - 256) / 1e9 / (seconds[1024] - seconds[256])
 
@@ -147,8 +164,12 @@ def main() -> None:
         fp32 = _ort_session("MatMul", k, n, args.threads, w)
         af = a.astype(np.float32)
         row["ort_matmulinteger_exact"] = bool(np.array_equal(integer.run(None, {"a": a})[0], reference))
-        row["ort_matmulinteger_gops"] = 2 * m * k * n / 1e9 / _median_seconds(lambda: integer.run(None, {"a": a}), args.number, args.repeat)
-        row["ort_fp32_matmul_gops"] = 2 * m * k * n / 1e9 / _median_seconds(lambda: fp32.run(None, {"a": af}), args.number, args.repeat)
+        row["ort_matmulinteger_gops"] = (
+            2 * m * k * n / 1e9 / _median_seconds(lambda: integer.run(None, {"a": a}), args.number, args.repeat)
+        )
+        row["ort_fp32_matmul_gops"] = (
+            2 * m * k * n / 1e9 / _median_seconds(lambda: fp32.run(None, {"a": af}), args.number, args.repeat)
+        )
         results.append(row)
         print(row, flush=True)
     peaks = {kernel.label: _tile_rate(kernel, args.repeat, rng) * args.threads for kernel in kernels}
@@ -161,24 +182,44 @@ def main() -> None:
         "",
         "    python benchmarks/tvm_gemm.py",
         "",
-        f"CPU {target.attrs['mcpu']}, threads {args.threads} (TVM pool: {qtvm.pool_threads()}). Measured peaks (one register tile's inner loop, one core, × threads): "
-        + "; ".join(f"{label} {kernel.tile[0]}×{kernel.tile[1]} tile {peak:.0f} GOP/s" for (label, peak), kernel in zip(peaks.items(), kernels)),
+        f"CPU {target.attrs['mcpu']}, threads {args.threads} (TVM pool: {qtvm.pool_threads()}). "
+        "Measured peaks (one register tile's inner loop, one core, × threads): "
+        + "; ".join(
+            f"{label} {kernel.tile[0]}×{kernel.tile[1]} tile {peak:.0f} GOP/s"
+            for (label, peak), kernel in zip(peaks.items(), kernels)
+        ),
         "",
         f"| M×K×N | {heads} | ORT MatMulInteger GOP/s (exact) | ORT FP32 MatMul GFLOP/s |",
         "|---|" + "---|" * (len(peaks) + 2),
     ]
     for r in results:
-        cells = " | ".join(f"{r['kernels'][label]['gops']:.0f} ({r['kernels'][label]['exact']}, {100 * r['kernels'][label]['gops'] / peak:.0f}%)" for label, peak in peaks.items())
-        lines.append(f"| {r['m']}×{r['k']}×{r['n']} | {cells} | {r['ort_matmulinteger_gops']:.0f} ({r['ort_matmulinteger_exact']}) | {r['ort_fp32_matmul_gops']:.0f} |")
+        cells = " | ".join(
+            f"{r['kernels'][label]['gops']:.0f} "
+            f"({r['kernels'][label]['exact']}, {100 * r['kernels'][label]['gops'] / peak:.0f}%)"
+            for label, peak in peaks.items()
+        )
+        lines.append(
+            f"| {r['m']}×{r['k']}×{r['n']} | {cells} "
+            f"| {r['ort_matmulinteger_gops']:.0f} ({r['ort_matmulinteger_exact']}) "
+            f"| {r['ort_fp32_matmul_gops']:.0f} |"
+        )
     lines += [
         "",
-        "GOP = 2·M·K·N; medians of timings of repeated calls, each after a 0.5 s pause (so the previous runtime's spinning workers sleep) and a warm-up, "
-        "one process; \"exact\": equal to the int64 NumPy product on full-range uint8 × [-127, 127] operands. % of peak: against the kernel's own "
-        "inner loop (one register tile, operands in L1, one core, K = 256 vs 1024 timed to cancel the call cost) times the threads.",
+        "GOP = 2·M·K·N; medians of timings of repeated calls, each after a 0.5 s pause "
+        "(so the previous runtime's spinning workers sleep) and a warm-up, "
+        'one process; "exact": equal to the int64 NumPy product on full-range uint8 × [-127, 127] operands. '
+        "% of peak: against the kernel's own "
+        "inner loop (one register tile, operands in L1, one core, K = 256 vs 1024 timed to cancel the call cost) "
+        "times the threads.",
     ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "tvm_gemm.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "tvm_gemm.json").write_text(json.dumps({"cpu": str(target.attrs["mcpu"]), "threads": args.threads, "peak_gops": peaks, "shapes": results}, indent=2) + "\n")
+    (RESULTS / "tvm_gemm.json").write_text(
+        json.dumps(
+            {"cpu": str(target.attrs["mcpu"]), "threads": args.threads, "peak_gops": peaks, "shapes": results}, indent=2
+        )
+        + "\n"
+    )
     print("\n".join(lines))
 
 

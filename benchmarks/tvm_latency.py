@@ -8,8 +8,9 @@
 
 Batch 1 on the model's latency sample (`latency_feeds`), `--threads` threads everywhere (TVM's pool
 sized and unpinned, see backends/tvm/__init__.py; its idle workers spin only `BRIEF_SPIN` yields,
-asleep within a millisecond, so they do not steal cores from the runtime timed next), medians of `--rounds` runs taken in alternating blocks after
-warm-up (`qcompile.report.latency.measure_latency`, as the CLI's report). Before timing, the TVM
+asleep within a millisecond, so they do not steal cores from the runtime timed next), medians of
+`--rounds` runs taken in alternating blocks after warm-up (`qcompile.report.latency.measure_latency`,
+as the CLI's report). Before timing, the TVM
 library's outputs are checked bit for bit against ONNX Runtime's on model.int.onnx, on the latency
 sample and `--check-samples` evaluation inputs of the same shape; the run stops if they differ. Also
 reports the build time of each TVM library. Reports; asserts nothing. Writes
@@ -97,11 +98,19 @@ def _tvm_fp32(float_bytes: bytes, feeds: dict, threads: int):
     return (lambda: vm["main"](*tensors)), seconds
 
 
-def measure(name: str, threads: int, rounds: int, calib_samples: int, check_samples: int, tvm_fp32: bool, log, pause: float = 0.2) -> dict:
+def measure(
+    name: str,
+    threads: int,
+    rounds: int,
+    calib_samples: int,
+    check_samples: int,
+    tvm_fp32: bool,
+    log,
+    pause: float = 0.2,
+) -> dict:
     import onnx
 
-    from qcompile import zoo
-    from qcompile import runtime
+    from qcompile import runtime, zoo
     from qcompile.backends.onnx import export, ort_baselines
     from qcompile.backends.tvm import artifact
     from qcompile.ir import model_to_bytes
@@ -120,7 +129,9 @@ def measure(name: str, threads: int, rounds: int, calib_samples: int, check_samp
     int_path = export(model, scratch / "model.int.onnx", fmt="int")
     feeds = entry.latency_feeds()
     log(f"{name}: compiling with TVM")
-    compiled = artifact.compile_int_model(onnx.load(str(int_path)), "llvm", {k: v.shape for k, v in feeds.items()}, threads=threads)
+    compiled = artifact.compile_int_model(
+        onnx.load(str(int_path)), "llvm", {k: v.shape for k, v in feeds.items()}, threads=threads
+    )
     artifact.save(compiled, scratch)
     library = artifact.load(scratch)
     int_session = runtime.make_session(str(int_path), threads=threads)
@@ -132,8 +143,13 @@ def measure(name: str, threads: int, rounds: int, calib_samples: int, check_samp
     log(f"{name}: bit-exact on {len(checks)} inputs; building ONNX Runtime baselines")
     sessions = {
         "ort_fp32": runtime.make_session(float_bytes, threads=threads),
-        "ort_int8_static": runtime.make_session(ort_baselines.ort_quantize_static(model_from_bytes(float_bytes), calibration, scratch / "ort"), threads=threads),
-        "ort_int8_dynamic": runtime.make_session(ort_baselines.ort_quantize_dynamic(model_from_bytes(float_bytes), scratch / "ort"), threads=threads),
+        "ort_int8_static": runtime.make_session(
+            ort_baselines.ort_quantize_static(model_from_bytes(float_bytes), calibration, scratch / "ort"),
+            threads=threads,
+        ),
+        "ort_int8_dynamic": runtime.make_session(
+            ort_baselines.ort_quantize_dynamic(model_from_bytes(float_bytes), scratch / "ort"), threads=threads
+        ),
     }
     prepared = library.prepare(feeds)
     runners = {"tvm_int": lambda: library.run_prepared(prepared)}
@@ -181,7 +197,11 @@ LABELS = [
 
 def _label(result: dict) -> str:
     pause = result.get("pause_s", 0.2)
-    return result["model"] + (" (TVM pool spinning)" if result.get("tvm_pool_spinning") else "") + (f" ({pause * 1e3:.0f} ms pauses)" if pause != 0.2 else "")
+    return (
+        result["model"]
+        + (" (TVM pool spinning)" if result.get("tvm_pool_spinning") else "")
+        + (f" ({pause * 1e3:.0f} ms pauses)" if pause != 0.2 else "")
+    )
 
 
 def _cpu(result: dict) -> str:
@@ -189,7 +209,12 @@ def _cpu(result: dict) -> str:
 
 
 def render(results: dict) -> list[str]:
-    lines = ["# TVM integer-only latency", "", "Each row's CPU is in the second table (the target's mcpu); produced by", ""]
+    lines = [
+        "# TVM integer-only latency",
+        "",
+        "Each row's CPU is in the second table (the target's mcpu); produced by",
+        "",
+    ]
     lines += [f"    {command}" for command in dict.fromkeys(r["command"] for r in results.values())]
     lines += ["", "| model | input | runtime | ms (median) | vs ORT FP32 |", "|---|---|---|---|---|"]
     for r in results.values():
@@ -202,22 +227,28 @@ def render(results: dict) -> list[str]:
             lines.append(f"| {_label(r)} | {shapes} | {text} | {cell} | {ratio} |")
     lines += [
         "",
-        "| model | CPU | kernels | TVM int / ORT FP32 (goal ≤ 0.5) | TVM int / faster ORT INT8 (goal ≤ 0.8) | bit-exact inputs | TVM int build s | library MB |",
+        "| model | CPU | kernels | TVM int / ORT FP32 (goal ≤ 0.5) | TVM int / faster ORT INT8 (goal ≤ 0.8) "
+        "| bit-exact inputs | TVM int build s | library MB |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results.values():
         lines.append(
-            f"| {_label(r)} | {_cpu(r)} | {r.get('kernels', 'llvm')} | {r['tvm_int_over_ort_fp32']:.2f} | {r['tvm_int_over_fastest_ort_int8']:.2f} "
+            f"| {_label(r)} | {_cpu(r)} | {r.get('kernels', 'llvm')} | {r['tvm_int_over_ort_fp32']:.2f} "
+            f"| {r['tvm_int_over_fastest_ort_int8']:.2f} "
             f"| {r['bit_exact_inputs']} | {r['tvm_int_build_seconds']:.1f} | {r['library_mb']:.0f} |"
         )
     first = next(iter(results.values()))
     lines += [
         "",
-        f"Batch 1, {first['threads']} threads, medians of {first['rounds']} runs in alternating blocks after warm-up, each block after a 200 ms pause unless",
+        f"Batch 1, {first['threads']} threads, medians of {first['rounds']} runs in alternating blocks after warm-up, "
+        "each block after a 200 ms pause unless",
         f"the row says otherwise (benchmarks/results/latency_pause.md); target of the first row `{first['target']}`.",
-        f"Rows without a mark: TVM's idle workers spin {BRIEF_SPIN} yields and then sleep (asleep within a millisecond of a run's end:",
-        "benchmarks/tvm_spin.py), so they catch the next kernel of the same run but cannot slow the runtime timed next;",
-        "'(TVM pool spinning)' rows keep TVM's default spinning (tens of ms after every kernel), which can slow the ONNX Runtime runs",
+        f"Rows without a mark: TVM's idle workers spin {BRIEF_SPIN} yields and then sleep "
+        "(asleep within a millisecond of a run's end:",
+        "benchmarks/tvm_spin.py), so they catch the next kernel of the same run "
+        "but cannot slow the runtime timed next;",
+        "'(TVM pool spinning)' rows keep TVM's default spinning (tens of ms after every kernel), "
+        "which can slow the ONNX Runtime runs",
         "that follow it in the same process.",
     ]
     return lines
@@ -228,12 +259,20 @@ def main() -> None:
     parser.add_argument("--models", default="dinov2-s,minilm-l6")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--pause", type=float, default=0.2, help="seconds of pause before each block of runs (measure_latency's default 0.2)")
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.2,
+        help="seconds of pause before each block of runs (measure_latency's default 0.2)",
+    )
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--check-samples", type=int, default=8)
     parser.add_argument("--no-tvm-fp32", action="store_true", help="skip the (slow) float TVM build")
     parser.add_argument(
-        "--tvm-spin", action="store_true", help="leave TVM's workers spinning between kernels (TVM's default; results saved as 'MODEL, TVM pool spinning')"
+        "--tvm-spin",
+        action="store_true",
+        help="leave TVM's workers spinning between kernels "
+        "(TVM's default; results saved as 'MODEL, TVM pool spinning')",
     )
     args = parser.parse_args()
     # before TVM's pool exists (fixed at first use). TVM's default spinning after each parallel region
@@ -242,9 +281,20 @@ def main() -> None:
     path = RESULTS / "tvm_latency.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     for name in args.models.split(","):
-        key = (f"{name}, TVM pool spinning" if args.tvm_spin else name) + (f", pause {args.pause}" if args.pause != 0.2 else "")
+        key = (f"{name}, TVM pool spinning" if args.tvm_spin else name) + (
+            f", pause {args.pause}" if args.pause != 0.2 else ""
+        )
         log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-        results[key] = measure(name, args.threads, args.rounds, args.calib_samples, args.check_samples, not args.no_tvm_fp32, log, args.pause)
+        results[key] = measure(
+            name,
+            args.threads,
+            args.rounds,
+            args.calib_samples,
+            args.check_samples,
+            not args.no_tvm_fp32,
+            log,
+            args.pause,
+        )
         results[key]["tvm_pool_spinning"] = args.tvm_spin
         path.write_text(json.dumps(results, indent=2) + "\n")
     text = "\n".join(render(results)) + "\n"

@@ -39,7 +39,11 @@ def main() -> None:
     model = qtvm.load(directory)
     rng = np.random.default_rng(0)
     feeds = {
-        spec["name"]: (rng.standard_normal(spec["shape"]) if spec["dtype"].startswith("float") else rng.integers(1, 1000, spec["shape"])).astype(spec["dtype"])
+        spec["name"]: (
+            rng.standard_normal(spec["shape"])
+            if spec["dtype"].startswith("float")
+            else rng.integers(1, 1000, spec["shape"])
+        ).astype(spec["dtype"])
         for spec in model.metadata["inputs"]
     }
     tensors = model.prepare(feeds)

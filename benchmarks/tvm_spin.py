@@ -58,15 +58,23 @@ def main() -> None:
         env["TVM_NUM_THREADS"] = "2"
         if count != "default":
             env["TVM_THREAD_POOL_SPIN_COUNT"] = count
-        out = subprocess.run([sys.executable, "-c", _CHILD, str(args.outdir), str(args.runs)], capture_output=True, text=True, env=env, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(args.outdir), str(args.runs)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
         latency, burned = (float(v) for v in out.stdout.split()[-2:])
         rows.append(f"| {count} | {latency:.2f} | {burned:.1f} |")
         print(rows[-1], flush=True)
     lines = [
         "# TVM pool spinning",
         "",
-        f"Produced by `python benchmarks/tvm_spin.py {args.outdir.name} --counts {args.counts} --runs {args.runs}` on a",
-        "`qcompile zoo:dinov2-s --passes repq,intonly --target llvm` library; 2 threads, batch 1, one fresh process per row.",
+        f"Produced by `python benchmarks/tvm_spin.py {args.outdir.name} --counts {args.counts} "
+        f"--runs {args.runs}` on a",
+        "`qcompile zoo:dinov2-s --passes repq,intonly --target llvm` library; "
+        "2 threads, batch 1, one fresh process per row.",
         "",
         "| TVM_THREAD_POOL_SPIN_COUNT | latency ms (median) | CPU ms burned in the 50 ms after the last run |",
         "|---|---|---|",

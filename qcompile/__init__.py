@@ -1,8 +1,8 @@
 """qcompile: a quantization compiler for transformer models.
 
-    model = qcompile.load("model.onnx")            # or qcompile.from_torch(module, example_inputs)
-    qcompile.run_passes(model, "w8a8", calibration=data)
-    qcompile.backends.onnx.export(model, "out/model.qdq.onnx")
+model = qcompile.load("model.onnx")            # or qcompile.from_torch(module, example_inputs)
+qcompile.run_passes(model, "w8a8", calibration=data)
+qcompile.backends.onnx.export(model, "out/model.qdq.onnx")
 """
 
 import importlib
@@ -22,12 +22,35 @@ _LAZY = {
     "run_passes": "qcompile.pipeline.run",
     "Property": "qcompile.ir.properties",
     **dict.fromkeys(
-        ("CalibrationData", "Numerics", "Pass", "PassManager", "PassResult", "PipelineContext", "register_pass", "register_recipe"),
+        (
+            "CalibrationData",
+            "Numerics",
+            "Pass",
+            "PassManager",
+            "PassResult",
+            "PipelineContext",
+            "register_pass",
+            "register_recipe",
+        ),
         "qcompile.pipeline",
     ),
 }
 
-_SUBPACKAGES = ("backends", "runtime", "passes", "zoo", "ir", "pipeline", "frontends", "calibration", "intops", "report", "testing", "math", "job")
+_SUBPACKAGES = (
+    "backends",
+    "runtime",
+    "passes",
+    "zoo",
+    "ir",
+    "pipeline",
+    "frontends",
+    "calibration",
+    "intops",
+    "report",
+    "testing",
+    "math",
+    "job",
+)
 
 
 def __getattr__(name: str):

@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", help="an .onnx file, zoo:NAME, or the word 'passes'")
     parser.add_argument("--passes", help="comma-separated passes/recipes, e.g. w8a8 or calibrate:observer=mse,quantize")
-    parser.add_argument("-o", "--output", help="output directory (model.qdq.onnx, or model.int.onnx after intonly; report.json)")
+    parser.add_argument(
+        "-o", "--output", help="output directory (model.qdq.onnx, or model.int.onnx after intonly; report.json)"
+    )
     parser.add_argument("--calib-samples", type=int, default=32, help="calibration samples (default 32)")
     parser.add_argument("--eval-samples", type=int, default=1000, help="evaluation samples (default 1000)")
     parser.add_argument("--seed", type=int, default=0, help="seed for sample selection (default 0)")
@@ -49,13 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-baselines", action="store_true", help="skip ONNX Runtime's quantizers")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--force", action="store_true", help="replace the outputs of an earlier run in OUTDIR")
-    parser.add_argument("--target", help="also compile the integer model with TVM: llvm (this CPU), cuda or cuda:sm_XX (needs intonly)")
+    parser.add_argument(
+        "--target", help="also compile the integer model with TVM: llvm (this CPU), cuda or cuda:sm_XX (needs intonly)"
+    )
     parser.add_argument(
         "--input-shape",
         action="append",
         default=[],
         metavar="NAME=DxD..",
-        help="an input's shape for one sample: fixes the model's symbolic dims for random inputs and --target's static shape",
+        help="an input's shape for one sample: fixes the model's symbolic dims for random inputs "
+        "and --target's static shape",
     )
     return parser
 
@@ -70,7 +75,10 @@ def _list_passes() -> None:
         establishes = ",".join(sorted(map(str, cls.establishes))) or "-"
         invalidates = ",".join(sorted(map(str, cls.invalidates))) or "-"
         print(f"  {name:<12} {doc}")
-        print(f"  {'':<12} numerics={cls.numerics} requires={requires} establishes={establishes} invalidates={invalidates}")
+        print(
+            f"  {'':<12} numerics={cls.numerics} requires={requires} establishes={establishes} "
+            f"invalidates={invalidates}"
+        )
     print("recipes:")
     for name, recipe in registered_recipes().items():
         steps = ",".join(str(s) for s in recipe.steps) or "(nothing)"
@@ -131,15 +139,17 @@ def _run(args: argparse.Namespace) -> int:
     for plugin in args.plugin:
         load_plugin(plugin)
     if args.model == "passes" and (args.passes or args.output):
-        raise InputError("`qcompile passes` takes no --passes or -o (did you mean a model file named 'passes'? write ./passes)")
+        raise InputError(
+            "`qcompile passes` takes no --passes or -o (did you mean a model file named 'passes'? write ./passes)"
+        )
     if args.model == "passes":
         _list_passes()
         return 0
     _validate(args)
     import onnx_ir as ir
 
-    from qcompile.job import JobConfig, run_job
     from qcompile.ir.properties import Property
+    from qcompile.job import JobConfig, run_job
     from qcompile.pipeline.context import PipelineContext
     from qcompile.pipeline.manager import check_order
     from qcompile.pipeline.registry import build_pass, expand, parse_pass_list
@@ -149,7 +159,9 @@ def _run(args: argparse.Namespace) -> int:
     passes = [build_pass(spec, PipelineContext()) for spec in expand(parse_pass_list(args.passes))]
     check_order(passes, ir.Model(ir.Graph([], [], nodes=[]), ir_version=9))  # a fresh model has no properties
     if args.target is not None and not any(Property.INTEGER_ONLY in p.establishes for p in passes):
-        raise InputError("--target compiles the integer-only model: add intonly to --passes (e.g. --passes w8a8,intonly)")
+        raise InputError(
+            "--target compiles the integer-only model: add intonly to --passes (e.g. --passes w8a8,intonly)"
+        )
     config = JobConfig(
         model=args.model,
         passes=args.passes,
@@ -164,7 +176,9 @@ def _run(args: argparse.Namespace) -> int:
         input_shapes=_input_shapes(args.input_shape),
         force=args.force,
     )
-    report = run_job(config, log=(lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr)))
+    report = run_job(
+        config, log=(lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
+    )
     print_report(report)
     data = [f"{report['artifact']}.data"] if (args.output / f"{report['artifact']}.data").exists() else []
     written = [report["artifact"], *data, *report.get("tvm", {}).get("files", []), "report.json"]
@@ -220,12 +234,18 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except MemoryError:
-        print("qcompile: error: out of memory (the model or the data asked for more than this machine has)", file=sys.stderr)
+        print(
+            "qcompile: error: out of memory (the model or the data asked for more than this machine has)",
+            file=sys.stderr,
+        )
         return 2
     except Exception as error:  # internal failure: one line unless debugging
         if debug:
             traceback.print_exc()
-        print(f"qcompile: internal error: {type(error).__name__}: {one_line(error)} (QCOMPILE_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(
+            f"qcompile: internal error: {type(error).__name__}: {one_line(error)} (QCOMPILE_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 1
     finally:
         for number in installed:  # a signal after the run ends gets the default action, not an exception

@@ -54,8 +54,19 @@ def ort_stage(stage: str, internal: bool = False) -> Iterator[None]:
 
     runtime_errors = tuple(
         getattr(ort_state, name)
-        for name in ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
-                     "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
+        for name in (
+            "Fail",
+            "InvalidArgument",
+            "NoSuchFile",
+            "NoModel",
+            "EngineError",
+            "RuntimeException",
+            "InvalidProtobuf",
+            "ModelLoaded",
+            "NotImplemented",
+            "InvalidGraph",
+            "EPFail",
+        )
         if hasattr(ort_state, name)
     )
     try:

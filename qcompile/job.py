@@ -25,8 +25,8 @@ from typing import Any
 from qcompile import zoo
 from qcompile.errors import InputError, one_line, ort_stage
 from qcompile.ir import clone_model
-from qcompile.output_folder import OutputFolder
 from qcompile.ir.properties import Property, get_properties
+from qcompile.output_folder import OutputFolder
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.run import run_passes
 from qcompile.report.latency import measure_latency
@@ -82,7 +82,10 @@ def _check_float_model(entry: zoo.ZooModel, float_model, calibration, threads: i
     with ort_stage(f"{entry.name}: ONNX Runtime cannot load the float model"):
         session = runtime.make_session(float_model, threads=threads)
     feeds = calibration.first_batch() if calibration is not None else entry.latency_feeds()
-    with ort_stage(f"{entry.name}: ONNX Runtime cannot run the float model on {'a calibration batch' if calibration is not None else 'a sample'}"):
+    with ort_stage(
+        f"{entry.name}: ONNX Runtime cannot run the float model on "
+        f"{'a calibration batch' if calibration is not None else 'a sample'}"
+    ):
         runtime.run(session, feeds)
     return session
 
@@ -115,13 +118,17 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         staging = out.staging
         calibration = entry.calibration(config.calib_samples, config.seed) if config.calib_samples > 0 else None
         float_session = _check_float_model(entry, float_model, calibration, config.threads)
-        context = PipelineContext(calibration=calibration, seed=config.seed, progress=config.progress, threads=config.threads)
+        context = PipelineContext(
+            calibration=calibration, seed=config.seed, progress=config.progress, threads=config.threads
+        )
         log(f"running passes: {config.passes}")
         records = run_passes(model, config.passes, context=context)
         integer = Property.INTEGER_ONLY in get_properties(model)
         artifact_name = "model.int.onnx" if integer else "model.qdq.onnx"
         artifact = export(model, staging / artifact_name, fmt="int" if integer else "qdq")
-        artifact_files = [artifact_name] + ([f"{artifact_name}.data"] if (staging / f"{artifact_name}.data").exists() else [])
+        artifact_files = [artifact_name] + (
+            [f"{artifact_name}.data"] if (staging / f"{artifact_name}.data").exists() else []
+        )
 
         sessions = {"ort_fp32": float_session}
         with ort_stage("ONNX Runtime cannot load qcompile's artifact (a qcompile bug)", internal=True):
@@ -131,11 +138,15 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
             if not integer:
                 raise InputError(f"--target {config.target} needs the integer-only model: add intonly to the passes")
             try:
-                tvm_model, tvm_report = _compile_tvm(config, entry.latency_feeds(), artifact, staging, sessions["qcompile"], log)
+                tvm_model, tvm_report = _compile_tvm(
+                    config, entry.latency_feeds(), artifact, staging, sessions["qcompile"], log
+                )
             except (InputError, MemoryError):
                 raise
             except Exception as error:  # TVM's own errors are many-lined C++ text: one line naming the stage
-                raise RuntimeError(f"TVM build for --target {config.target} failed: {type(error).__name__}: {one_line(error)}") from error
+                raise RuntimeError(
+                    f"TVM build for --target {config.target} failed: {type(error).__name__}: {one_line(error)}"
+                ) from error
         baseline_seconds: dict[str, float] = {}
         if config.baselines and calibration is not None:
             log("building ONNX Runtime baselines (quantize_static, quantize_dynamic)")
@@ -263,9 +274,16 @@ def build_report(config, entry, records, scores, latency, baseline_seconds, cali
         },
         "all_metrics": scores,
         "latency_ms": {
-            label: latency.get(label) for label in ("ort_fp32", "qcompile", "ort_int8_static", "ort_int8_dynamic", "tvm_int") if label != "tvm_int" or label in latency
+            label: latency.get(label)
+            for label in ("ort_fp32", "qcompile", "ort_int8_static", "ort_int8_dynamic", "tvm_int")
+            if label != "tvm_int" or label in latency
         },
-        "latency_setup": {"threads": config.threads, "rounds": config.latency_rounds, "statistic": "median", "batch": 1},
+        "latency_setup": {
+            "threads": config.threads,
+            "rounds": config.latency_rounds,
+            "statistic": "median",
+            "batch": 1,
+        },
         "calibration": {
             "samples": calibration.samples if calibration is not None else 0,
             "peak_rss_mb": calibrate[-1]["stats"].get("peak_rss_mb") if calibrate else None,

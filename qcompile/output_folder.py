@@ -32,7 +32,15 @@ __all__ = ["OutputFolder", "OUTPUT_NAMES", "LOCK_NAME", "STAGING_PREFIX"]
 
 LOCK_NAME = ".qcompile.lock"
 STAGING_PREFIX = ".qcompile-staging-"
-OUTPUT_NAMES = ("model.qdq.onnx", "model.int.onnx", "model.qdq.onnx.data", "model.int.onnx.data", "model.so", "model.tvm.json", "report.json")
+OUTPUT_NAMES = (
+    "model.qdq.onnx",
+    "model.int.onnx",
+    "model.qdq.onnx.data",
+    "model.int.onnx.data",
+    "model.so",
+    "model.tvm.json",
+    "report.json",
+)
 
 
 def _reason(error: OSError) -> str:
@@ -97,7 +105,9 @@ class OutputFolder:
         except OSError as error:
             os.close(fd)
             if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise InputError(f"output folder {self.path} is in use by another qcompile run; wait for it or choose another -o") from None
+                raise InputError(
+                    f"output folder {self.path} is in use by another qcompile run; wait for it or choose another -o"
+                ) from None
             raise InputError(f"output folder {self.path}: cannot lock it ({_reason(error)})") from None
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(lock_path, follow_symlinks=False))
@@ -105,7 +115,9 @@ class OutputFolder:
             same = False
         if not same:  # the run holding it finished and unlinked it between our open and flock
             os.close(fd)
-            raise InputError(f"output folder {self.path} is in use by another qcompile run; wait for it or choose another -o")
+            raise InputError(
+                f"output folder {self.path} is in use by another qcompile run; wait for it or choose another -o"
+            )
         self._lock_fd = fd
 
     def _check_earlier_outputs(self) -> None:

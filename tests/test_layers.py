@@ -52,7 +52,9 @@ BACKENDS = _sources("backends")
 
 @pytest.mark.parametrize("path", CORE_AND_PASSES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_core_and_passes_never_import_backends(path: Path) -> None:
-    offending = sorted(name for name in _imported_modules(path) if name == "qcompile.backends" or name.startswith("qcompile.backends."))
+    offending = sorted(
+        name for name in _imported_modules(path) if name == "qcompile.backends" or name.startswith("qcompile.backends.")
+    )
     assert not offending, f"{path.relative_to(ROOT)} imports {offending}: execute models through qcompile.runtime"
 
 

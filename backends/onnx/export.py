@@ -18,9 +18,9 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from qcompile.runtime.qdq import to_qdq
 from qcompile.errors import InputError
 from qcompile.ir.properties import Property, get_properties
+from qcompile.runtime.qdq import to_qdq
 
 __all__ = ["export", "FORMATS", "EXTERNAL_THRESHOLD", "external_data_path"]
 

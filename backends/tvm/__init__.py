@@ -1,15 +1,17 @@
 """TVM backend (issue 5): compile an integer-only model into a library of integer kernels.
 
-    from qcompile.backends import tvm as qtvm
-    model = qtvm.load("out/")            # out/model.so + out/model.tvm.json
-    outputs = model.run({"input_image": x})
+from qcompile.backends import tvm as qtvm
+model = qtvm.load("out/")            # out/model.so + out/model.tvm.json
+outputs = model.run({"input_image": x})
 """
 
 from __future__ import annotations
 
 import os
 
-_SET_BY_USER = {name for name in ("TVM_BIND_THREADS", "TVM_NUM_THREADS", "TVM_THREAD_POOL_SPIN_COUNT") if name in os.environ}
+_SET_BY_USER = {
+    name for name in ("TVM_BIND_THREADS", "TVM_NUM_THREADS", "TVM_THREAD_POOL_SPIN_COUNT") if name in os.environ
+}
 
 # TVM's thread pool pins its workers *and the calling thread* to cores by default; every thread the
 # process creates afterwards (ONNX Runtime's pool, the baselines timed next to TVM) inherits the pinned

@@ -20,7 +20,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-__all__ = ["FORMAT", "LIBRARY", "METADATA", "Compiled", "TvmModel", "kernel_flavour", "compile_int_model", "save", "load"]
+__all__ = [
+    "FORMAT",
+    "LIBRARY",
+    "METADATA",
+    "Compiled",
+    "TvmModel",
+    "kernel_flavour",
+    "compile_int_model",
+    "save",
+    "load",
+]
 
 FORMAT = "qcompile-tvm/1"
 LIBRARY, METADATA = "model.so", "model.tvm.json"
@@ -55,7 +65,11 @@ def kernel_flavour(target) -> str:
 
 
 def compile_int_model(
-    model: onnx.ModelProto, target: str = "llvm", shapes: Mapping[str, Sequence[int]] | None = None, batch: int = 1, threads: int | None = None
+    model: onnx.ModelProto,
+    target: str = "llvm",
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    batch: int = 1,
+    threads: int | None = None,
 ) -> Compiled:
     """Lower and compile an integer-only model for `target` ('llvm', 'cuda', 'cuda:sm_XX')."""
     from tvm.target import codegen
@@ -108,7 +122,9 @@ class TvmModel:
         if self.metadata.get("format") != FORMAT:
             raise ValueError(f"{meta_path}: format {self.metadata.get('format')!r}, expected {FORMAT!r}")
         if self.metadata["kind"] == "llvm" and self.metadata["cpu"] != str(codegen.llvm_get_system_cpu()):
-            raise RuntimeError(f"{directory} was built for CPU {self.metadata['cpu']}; this CPU is {codegen.llvm_get_system_cpu()}")
+            raise RuntimeError(
+                f"{directory} was built for CPU {self.metadata['cpu']}; this CPU is {codegen.llvm_get_system_cpu()}"
+            )
         self.device = tvm.cuda(0) if self.metadata["kind"] == "cuda" else tvm.cpu(0)
         self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(directory / LIBRARY)), self.device)
         self._tvm = tvm
@@ -125,7 +141,9 @@ class TvmModel:
                 raise KeyError(f"missing input {spec['name']!r}")
             array = np.asarray(feeds[spec["name"]])
             if list(array.shape) != spec["shape"]:
-                raise ValueError(f"input {spec['name']!r}: shape {list(array.shape)}, the library was built for {spec['shape']}")
+                raise ValueError(
+                    f"input {spec['name']!r}: shape {list(array.shape)}, the library was built for {spec['shape']}"
+                )
             tensors.append(self._tvm.runtime.tensor(np.array(array, dtype=spec["dtype"], order="C"), self.device))
         return tensors
 

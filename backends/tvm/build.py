@@ -27,7 +27,13 @@ def _schedule_pass(target):
     from qcompile.backends.tvm.schedules.float_matmul import FloatMatmul
 
     if target.kind.name == "cuda":
-        return dlight.ApplyDefaultSchedule(dlight.gpu.Matmul(), dlight.gpu.GEMV(), dlight.gpu.Reduction(), dlight.gpu.GeneralReduction(), dlight.gpu.Fallback())
+        return dlight.ApplyDefaultSchedule(
+            dlight.gpu.Matmul(),
+            dlight.gpu.GEMV(),
+            dlight.gpu.Reduction(),
+            dlight.gpu.GeneralReduction(),
+            dlight.gpu.Fallback(),
+        )
     return dlight.ApplyDefaultSchedule(Elementwise(), FloatMatmul(), dlight.cpu.Reduction(), dlight.cpu.GEMV())
 
 
@@ -83,5 +89,7 @@ def unscheduled(mod, target) -> list[str]:
     with target:
         lowered = tvm.transform.Sequential(stages.legalize_passes(target) + [_schedule_pass(target)])(mod)
     return sorted(
-        gv.name_hint for gv, func in lowered.functions.items() if isinstance(func, tirx.PrimFunc) and not func.attrs.get(SCHEDULED, False)
+        gv.name_hint
+        for gv, func in lowered.functions.items()
+        if isinstance(func, tirx.PrimFunc) and not func.attrs.get(SCHEDULED, False)
     )

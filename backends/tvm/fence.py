@@ -41,7 +41,9 @@ def FenceFloatProducts():  # noqa: N802  (a pass constructor, named as TVM's are
 
     @tvm.transform.module_pass(opt_level=0, name="FenceFloatProducts")
     def _pass(mod, _ctx):
-        updates = {gv: fence_float_products(func) for gv, func in mod.functions.items() if isinstance(func, tirx.PrimFunc)}
+        updates = {
+            gv: fence_float_products(func) for gv, func in mod.functions.items() if isinstance(func, tirx.PrimFunc)
+        }
         for gv, func in updates.items():
             mod[gv] = func
         return mod

@@ -114,5 +114,11 @@ class CalibrateRangesPass(Pass):
                     channel_absmax=channels[value.name].value if value.name in channels else None,
                 ),
             )
-        stats = {"values": len(values), "pinned_kept": pinned, "samples": data.samples, "observer": self.observer, "peak_rss_mb": peak.mb}
+        stats = {
+            "values": len(values),
+            "pinned_kept": pinned,
+            "samples": data.samples,
+            "observer": self.observer,
+            "peak_rss_mb": peak.mb,
+        }
         return PassResult(model, modified=bool(values), stats=stats)

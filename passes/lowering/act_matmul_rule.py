@@ -40,10 +40,14 @@ def lower_act_matmul(emit, a: IntValue, b: IntValue, depth: int, name: str) -> I
     bound_b = max(abs(b.lo - b.zero_point), abs(b.hi - b.zero_point))
     bound = depth * bound_a * bound_b
     dtype = ir.DataType.INT32 if bound <= INT32_MAX else ir.DataType.INT64
-    product = emit.node("MatMul", [_centred(emit, a, dtype, f"{name}_a"), _centred(emit, b, dtype, f"{name}_b")], f"{name}_acc", dtype)
+    product = emit.node(
+        "MatMul", [_centred(emit, a, dtype, f"{name}_a"), _centred(emit, b, dtype, f"{name}_b")], f"{name}_acc", dtype
+    )
     metadata = product.producer().metadata_props
     metadata[OPERAND_BOUNDS] = f"{bound_a},{bound_b}"
-    metadata[OPERAND_RANGES] = f"{a.lo - a.zero_point},{a.hi - a.zero_point},{b.lo - b.zero_point},{b.hi - b.zero_point}"
+    metadata[OPERAND_RANGES] = (
+        f"{a.lo - a.zero_point},{a.hi - a.zero_point},{b.lo - b.zero_point},{b.hi - b.zero_point}"
+    )
     if a.row_sum is not None:
         metadata[ROW_SUM_A] = str(a.row_sum)
     return IntValue(product, np.float64(float(a.scale) * float(b.scale)), 0, -bound, bound)

@@ -55,20 +55,37 @@ def is_patch_conv(node: ir.Node) -> bool:
 
 def lower_patch_conv(emit, node: ir.Node, x: IntValue, out_scale: float, name: str) -> IntValue:
     weight = const_array(node.inputs[1]).astype(np.float64)
-    bias = const_array(node.inputs[2]).astype(np.float64) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    bias = (
+        const_array(node.inputs[2]).astype(np.float64) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    )
     out_channels, channels, kh, kw = weight.shape
     _, _, height, width = (int(d) if isinstance(d, int) else 0 for d in node.inputs[0].shape)
     h, w = height // kh, width // kw
     top = max(abs(x.lo), abs(x.hi)) * float(x.scale)
     x8 = requantize_to(emit, x, top / 127, 0, -127, 127, f"{name}_x8")
-    grid = emit.node("Reshape", [x8.value, emit.const(f"{name}_grid", np.array([0, channels, h, kh, w, kw], np.int64))], f"{name}_grid", x8.value.dtype)
+    grid = emit.node(
+        "Reshape",
+        [x8.value, emit.const(f"{name}_grid", np.array([0, channels, h, kh, w, kw], np.int64))],
+        f"{name}_grid",
+        x8.value.dtype,
+    )
     moved = emit.node("Transpose", [grid], f"{name}_moved", x8.value.dtype, perm=[0, 2, 4, 1, 3, 5])
-    patches = emit.node("Reshape", [moved, emit.const(f"{name}_rows", np.array([0, h * w, channels * kh * kw], np.int64))], f"{name}_patches", x8.value.dtype)
+    patches = emit.node(
+        "Reshape",
+        [moved, emit.const(f"{name}_rows", np.array([0, h * w, channels * kh * kw], np.int64))],
+        f"{name}_patches",
+        x8.value.dtype,
+    )
     matrix = weight.reshape(out_channels, -1).T.astype(np.float32)  # [C·k·k, O]
     spec = symmetric_per_channel_spec(matrix, axis=1, bits=8, unsigned_container=False)
     match = LinearMatch([node], node.inputs[0], matrix, False, spec, bias, node.outputs[0])
     acc = lower_linear(match, IntValue(patches, x8.scale, 0, -127, 127), emit, name)
     y16 = requantize_to(emit, acc, out_scale, 0, -RESIDUAL_GRID, RESIDUAL_GRID, f"{name}_y16")
     channels_first = emit.node("Transpose", [y16.value], f"{name}_channels_first", y16.value.dtype, perm=[0, 2, 1])
-    image = emit.node("Reshape", [channels_first, emit.const(f"{name}_image", np.array([0, out_channels, h, w], np.int64))], f"{name}_image", y16.value.dtype)
+    image = emit.node(
+        "Reshape",
+        [channels_first, emit.const(f"{name}_image", np.array([0, out_channels, h, w], np.int64))],
+        f"{name}_image",
+        y16.value.dtype,
+    )
     return IntValue(image, y16.scale, 0, -RESIDUAL_GRID, RESIDUAL_GRID)

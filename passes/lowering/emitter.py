@@ -43,7 +43,9 @@ class Emitter:
         self.model.graph.register_initializer(value)
         return value
 
-    def node(self, op: str, inputs: list[ir.Value], name: str, dtype: ir.DataType, domain: str = "", **attributes) -> ir.Value:
+    def node(
+        self, op: str, inputs: list[ir.Value], name: str, dtype: ir.DataType, domain: str = "", **attributes
+    ) -> ir.Value:
         """One node with a single output of `dtype`, named `name` (made unique)."""
         output_name = self._unique(name)
         node = ir.node(op, inputs, attributes=attributes or None, domain=domain, name=f"{output_name}/{op}")

@@ -40,7 +40,17 @@ from qcompile.intops.shiftgelu import GELU_SIGMOID_SLOPE, ShiftGELU, shift_gelu
 from qcompile.ir import const_array, quant_meta
 from qcompile.passes.lowering.int_value import IntValue, container, requantize_to
 
-__all__ = ["GELU_VARIANTS", "GeluMatch", "match_gelu", "grid_scale", "exact_gelu", "gelu_table", "kernel_constants", "simulate", "lower_gelu"]
+__all__ = [
+    "GELU_VARIANTS",
+    "GeluMatch",
+    "match_gelu",
+    "grid_scale",
+    "exact_gelu",
+    "gelu_table",
+    "kernel_constants",
+    "simulate",
+    "lower_gelu",
+]
 
 GELU_VARIANTS = ("table", "ibert", "shiftgelu")
 GRID = 2**15 - 1
@@ -71,11 +81,20 @@ def _only_use(value: ir.Value, op_type: str) -> ir.Node | None:
 
 def _is_half_of(value: ir.Value, x: ir.Value) -> bool:
     producer = value.producer()
-    return producer is not None and producer.op_type == "Mul" and x in producer.inputs and _const(_other(producer, x)) == 0.5
+    return (
+        producer is not None
+        and producer.op_type == "Mul"
+        and x in producer.inputs
+        and _const(_other(producer, x)) == 0.5
+    )
 
 
 def match_gelu(node: ir.Node) -> GeluMatch | None:
-    if node.domain in ("", "ai.onnx") and node.op_type == "Gelu" and node.attributes.get_string("approximate", "none") == "none":
+    if (
+        node.domain in ("", "ai.onnx")
+        and node.op_type == "Gelu"
+        and node.attributes.get_string("approximate", "none") == "none"
+    ):
         return GeluMatch([node], node.inputs[0], node.outputs[0])
     if node.op_type != "Erf":
         return None

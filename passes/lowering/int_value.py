@@ -75,15 +75,24 @@ def container(lo: int, hi: int) -> ir.DataType:
     return ir.DataType.INT64
 
 
-def signed_multiplier(emit: Emitter, source: IntValue, scale: float, name: str) -> tuple[ir.Value, np.ndarray, np.ndarray]:
+def signed_multiplier(
+    emit: Emitter, source: IntValue, scale: float, name: str
+) -> tuple[ir.Value, np.ndarray, np.ndarray]:
     """(sign(r)·(q − z) as int32, m, e) with |r| = |s/scale| ≈ m/2^e: what `Requantize` needs to put
     `source` on the grid `scale` (zero point removed, negative scales turned into an integer sign flip)."""
     q = emit.cast(source.value, ir.DataType.INT32, f"{name}_i32")
     if source.zero_point:
-        q = emit.node("Sub", [q, emit.const(f"{name}_zin", np.int32(source.zero_point))], f"{name}_centred", ir.DataType.INT32)
+        q = emit.node(
+            "Sub", [q, emit.const(f"{name}_zin", np.int32(source.zero_point))], f"{name}_centred", ir.DataType.INT32
+        )
     ratio = np.asarray(source.scale, np.float64) / scale
     if np.any(ratio < 0):
-        q = emit.node("Mul", [q, emit.const(f"{name}_sign", np.where(ratio < 0, -1, 1).astype(np.int32))], f"{name}_signed", ir.DataType.INT32)
+        q = emit.node(
+            "Mul",
+            [q, emit.const(f"{name}_sign", np.where(ratio < 0, -1, 1).astype(np.int32))],
+            f"{name}_signed",
+            ir.DataType.INT32,
+        )
     m, e = dyadic_multiplier(np.abs(ratio))
     return q, m, e
 
@@ -92,7 +101,9 @@ def requantize_to(emit: Emitter, source: IntValue, scale, zero_point: int, lo: i
     """`source` at a new per-tensor scale, zero point and range."""
     scale = float(scale)
     q, m, e = signed_multiplier(emit, source, scale, name)
-    offset = np.float64(zero_point) if source.offset is None else np.asarray(source.offset, np.float64) / scale + zero_point
+    offset = (
+        np.float64(zero_point) if source.offset is None else np.asarray(source.offset, np.float64) / scale + zero_point
+    )
     magnitude = max(abs(source.lo - source.zero_point), abs(source.hi - source.zero_point))
     m, e, b = _fitting_offset(m, e, offset, magnitude)
     inputs = [q, emit.const(f"{name}_m", m), emit.const(f"{name}_e", e), emit.const(f"{name}_b", b)]
@@ -102,13 +113,19 @@ def requantize_to(emit: Emitter, source: IntValue, scale, zero_point: int, lo: i
     return IntValue(out, np.float64(scale), zero_point, lo, hi)
 
 
-def _fitting_offset(m: np.ndarray, e: np.ndarray, offset: np.ndarray, magnitude: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _fitting_offset(
+    m: np.ndarray, e: np.ndarray, offset: np.ndarray, magnitude: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(m, e, b = round(offset·2^e)) with magnitude·m + |b| + 2^(e−1) < 2^63, dropping low bits of m and
     e together (rounding m half up) while the sum could overflow."""
     m, e = np.asarray(m, np.int64), np.asarray(e, np.int64)
     while True:
         b = np.floor(offset * np.exp2(e.astype(np.float64)) + 0.5)
-        worst = magnitude * np.max(m.astype(np.float64), initial=0.0) + np.max(np.abs(b), initial=0.0) + np.max(np.exp2(e - 1.0), initial=0.0)
+        worst = (
+            magnitude * np.max(m.astype(np.float64), initial=0.0)
+            + np.max(np.abs(b), initial=0.0)
+            + np.max(np.exp2(e - 1.0), initial=0.0)
+        )
         if worst < 2.0**62 or not np.any(e > 0):  # float64 sums: a factor 2 of margin for their rounding
             return m, e, b.astype(np.int64)
         drop = (e > 0).astype(np.int64)

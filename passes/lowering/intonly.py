@@ -40,8 +40,22 @@ from qcompile.passes.lowering.int_value import IntValue, container, requantize_t
 from qcompile.passes.lowering.linear_rule import lower_linear, match_linear
 from qcompile.passes.lowering.mask_rule import lower_masked_scores, mask_keep_code
 from qcompile.passes.lowering.norm_rule import lower_norm, norm_nodes
-from qcompile.passes.lowering.ranges import RESIDUAL_GRID, Ranges, calibrate_scales, is_residual_add, is_two_computed, values_needing_ranges
-from qcompile.passes.lowering.reduce_rule import lower_clip, lower_divide, lower_product, lower_reduce_l2, lower_reduce_sum, reduced_count
+from qcompile.passes.lowering.ranges import (
+    RESIDUAL_GRID,
+    Ranges,
+    calibrate_scales,
+    is_residual_add,
+    is_two_computed,
+    values_needing_ranges,
+)
+from qcompile.passes.lowering.reduce_rule import (
+    lower_clip,
+    lower_divide,
+    lower_product,
+    lower_reduce_l2,
+    lower_reduce_sum,
+    reduced_count,
+)
 from qcompile.passes.lowering.residual_rule import lower_residual_add
 from qcompile.passes.lowering.shape_rule import downstream_spec, is_data_movement, keeps_channels
 from qcompile.passes.lowering.softmax_rule import SOFTMAX_VARIANTS, lower_softmax
@@ -64,7 +78,9 @@ MAX_DYNAMIC_LENGTH = 2**16  # overflow bounds assume at most this many values al
 
 
 def _computes_float(node: ir.Node) -> bool:
-    return node.metadata_props.get(ROLE_KEY) not in (OUTPUT_DEQUANTIZER, INPUT_QUANTIZER) and any(v.dtype in FLOAT_TYPES for v in node.outputs)
+    return node.metadata_props.get(ROLE_KEY) not in (OUTPUT_DEQUANTIZER, INPUT_QUANTIZER) and any(
+        v.dtype in FLOAT_TYPES for v in node.outputs
+    )
 
 
 def float_ops(model: ir.Model) -> list[str]:
@@ -76,11 +92,19 @@ def float_ops(model: ir.Model) -> list[str]:
 def float_values(model: ir.Model) -> list[str]:
     """Names of float tensors computed between the input quantizers and the output dequantizers: float
     outputs of every node not tagged (metadata_props, kept in the saved file) as one of them."""
-    return [value.name for node in model.graph if _computes_float(node) for value in node.outputs if value.dtype in FLOAT_TYPES]
+    return [
+        value.name
+        for node in model.graph
+        if _computes_float(node)
+        for value in node.outputs
+        if value.dtype in FLOAT_TYPES
+    ]
 
 
 class _Lowering:
-    def __init__(self, model: ir.Model, scales: Ranges, softmax: str, softmax_bits: int, gelu: str, choices: dict) -> None:
+    def __init__(
+        self, model: ir.Model, scales: Ranges, softmax: str, softmax_bits: int, gelu: str, choices: dict
+    ) -> None:
         self.model = model
         self.scales = scales
         self.softmax, self.softmax_bits, self.gelu = softmax, softmax_bits, gelu
@@ -115,9 +139,17 @@ class _Lowering:
 
     def input_grid(self, value: ir.Value, scale: float) -> IntValue:
         start = len(self.emit.nodes)
-        divided = self.emit.node("Div", [value, self.emit.const(f"{value.name}_grid", np.float32(scale))], f"{value.name}_over_s", ir.DataType.FLOAT)
+        divided = self.emit.node(
+            "Div",
+            [value, self.emit.const(f"{value.name}_grid", np.float32(scale))],
+            f"{value.name}_over_s",
+            ir.DataType.FLOAT,
+        )
         rounded = self.emit.node("Round", [divided], f"{value.name}_round", ir.DataType.FLOAT)
-        bounds = [self.emit.const(f"{value.name}_lo", np.float32(-RESIDUAL_GRID)), self.emit.const(f"{value.name}_hi", np.float32(RESIDUAL_GRID))]
+        bounds = [
+            self.emit.const(f"{value.name}_lo", np.float32(-RESIDUAL_GRID)),
+            self.emit.const(f"{value.name}_hi", np.float32(RESIDUAL_GRID)),
+        ]
         clipped = self.emit.node("Clip", [rounded, *bounds], f"{value.name}_clip", ir.DataType.FLOAT)
         codes = self.emit.cast(clipped, container(-RESIDUAL_GRID, RESIDUAL_GRID), f"{value.name}_q")
         for node in self.emit.nodes[start:]:
@@ -140,11 +172,17 @@ class _Lowering:
         22-bit residual grid; it is requantized where it joins the stream)."""
         scale = max(float(np.abs(array).max(initial=0.0)), 1e-12) / CONSTANT_GRID
         codes = np.clip(np.rint(array.astype(np.float64) / scale), -CONSTANT_GRID, CONSTANT_GRID).astype(np.int16)
-        return IntValue(self.emit.const(f"{value.name}_q16", codes), np.float64(scale), 0, -CONSTANT_GRID, CONSTANT_GRID)
+        return IntValue(
+            self.emit.const(f"{value.name}_q16", codes), np.float64(scale), 0, -CONSTANT_GRID, CONSTANT_GRID
+        )
 
     def regrid(self, source: IntValue, scale: float, zero_point: int, lo: int, hi: int, name: str) -> IntValue:
         """`source` on the grid (scale, zero point, [lo, hi]); unchanged if it is already there."""
-        same = source.plain and math.isclose(float(source.scale), float(scale), rel_tol=1e-9) and source.zero_point == zero_point
+        same = (
+            source.plain
+            and math.isclose(float(source.scale), float(scale), rel_tol=1e-9)
+            and source.zero_point == zero_point
+        )
         if same and lo <= source.lo and source.hi <= hi:
             return source
         return requantize_to(self.emit, source, scale, zero_point, lo, hi, name)
@@ -161,7 +199,9 @@ class _Lowering:
             return source
         if value.name not in self.scales:
             raise InputError(f"pass 'intonly' has no calibrated grid for '{value.name}'")
-        return requantize_to(self.emit, source, self.scales[value.name], 0, -RESIDUAL_GRID, RESIDUAL_GRID, f"{name}_grid")
+        return requantize_to(
+            self.emit, source, self.scales[value.name], 0, -RESIDUAL_GRID, RESIDUAL_GRID, f"{name}_grid"
+        )
 
     def lower_node(self, node: ir.Node) -> None:
         if node.op_type == "Constant" and node.outputs[0].dtype in FLOAT_TYPES:
@@ -171,7 +211,9 @@ class _Lowering:
             name = node.name or match.output.name
             spec = quant_meta.get_quant(match.x)
             if spec is None or spec.kind != "uniform" or spec.axis is not None:
-                raise InputError(f"pass 'intonly': input '{match.x.name}' of linear '{name}' has no per-tensor uniform quantizer")
+                raise InputError(
+                    f"pass 'intonly': input '{match.x.name}' of linear '{name}' has no per-tensor uniform quantizer"
+                )
             x = self.at_spec(match.x, spec, f"{name}_x")
             self.ints[id(match.output)] = lower_linear(match, x, self.emit, name)
             self.consumed.update(id(n) for n in match.nodes)
@@ -184,7 +226,9 @@ class _Lowering:
             return
         if is_patch_conv(node):
             name = node.name or node.outputs[0].name
-            self.ints[id(node.outputs[0])] = lower_patch_conv(self.emit, node, self.integer(node.inputs[0]), self.scales[node.outputs[0].name], name)
+            self.ints[id(node.outputs[0])] = lower_patch_conv(
+                self.emit, node, self.integer(node.inputs[0]), self.scales[node.outputs[0].name], name
+            )
             return
         if node.op_type == "Concat" and node.domain in ("", "ai.onnx") and node.outputs[0].dtype == ir.DataType.FLOAT:
             self.lower_concat(node)
@@ -196,12 +240,16 @@ class _Lowering:
             if masked is not None:
                 self.ints[id(node.outputs[0])] = masked
                 return
-            self.ints[id(node.outputs[0])] = lower_residual_add(self.emit, a, b, self.scales[node.outputs[0].name], name)
+            self.ints[id(node.outputs[0])] = lower_residual_add(
+                self.emit, a, b, self.scales[node.outputs[0].name], name
+            )
             return
         gelu = match_gelu(node)
         if gelu is not None:
             variant = self.choices["gelu"].get(gelu.output.name, {}).get("choice", self.gelu)
-            self.ints[id(gelu.output)] = lower_gelu(self.emit, gelu, self.integer(gelu.x), variant, node.name or gelu.output.name)
+            self.ints[id(gelu.output)] = lower_gelu(
+                self.emit, gelu, self.integer(gelu.x), variant, node.name or gelu.output.name
+            )
             self.consumed.update(id(n) for n in gelu.nodes)
             return
         affine = lower_affine(node, self.integer)
@@ -219,7 +267,11 @@ class _Lowering:
         if node.op_type == "Softmax" and node.domain in ("", "ai.onnx"):
             self.lower_softmax(node)
             return
-        if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and all(const_array(v) is None for v in node.inputs):
+        if (
+            node.op_type == "MatMul"
+            and node.domain in ("", "ai.onnx")
+            and all(const_array(v) is None for v in node.inputs)
+        ):
             self.lower_act_matmul(node)
             return
         if not any(v.dtype in FLOAT_TYPES or v.dtype is None for v in node.outputs):
@@ -236,7 +288,9 @@ class _Lowering:
         for index, value in enumerate(node.inputs):
             source = self.regrid(self.integer(value), grid, 0, -RESIDUAL_GRID, RESIDUAL_GRID, f"{name}_part{index}")
             parts.append(self.emit.cast(source.value, dtype, f"{name}_part{index}_cast"))
-        out = self.emit.node("Concat", parts, f"{node.outputs[0].name}_q", dtype, axis=node.attributes.get_int("axis", 0))
+        out = self.emit.node(
+            "Concat", parts, f"{node.outputs[0].name}_q", dtype, axis=node.attributes.get_int("axis", 0)
+        )
         self.ints[id(node.outputs[0])] = IntValue(out, np.float64(grid), 0, -RESIDUAL_GRID, RESIDUAL_GRID)
 
     def masked_scores(self, node: ir.Node, a: IntValue, b: IntValue, name: str) -> IntValue | None:
@@ -265,9 +319,13 @@ class _Lowering:
                 out_max = None if bounds is None else max(abs(bounds[0]), abs(bounds[1]))
                 self.ints[out] = lower_divide(self.emit, a, b, name, out_max)
         elif node.op_type == "ReduceSum":
-            self.ints[out] = lower_reduce_sum(self.emit, node, self.on_grid(node.inputs[0], name), reduced_count(node, MAX_DYNAMIC_LENGTH), name)
+            self.ints[out] = lower_reduce_sum(
+                self.emit, node, self.on_grid(node.inputs[0], name), reduced_count(node, MAX_DYNAMIC_LENGTH), name
+            )
         elif node.op_type == "ReduceL2":
-            self.ints[out] = lower_reduce_l2(self.emit, node, self.on_grid(node.inputs[0], name), reduced_count(node, MAX_DYNAMIC_LENGTH), name)
+            self.ints[out] = lower_reduce_l2(
+                self.emit, node, self.on_grid(node.inputs[0], name), reduced_count(node, MAX_DYNAMIC_LENGTH), name
+            )
         elif node.op_type == "Clip" and node.inputs[0].dtype == ir.DataType.FLOAT:
             self.ints[out] = lower_clip(self.emit, node, self.on_grid(node.inputs[0], name), name)
         else:
@@ -294,11 +352,22 @@ class _Lowering:
         if not source.movable and not keeps_channels(node):
             found = downstream_spec(node.inputs[0])
             if found is None:
-                raise InputError(f"pass 'intonly' cannot move per-channel '{node.inputs[0].name}' through '{name}' ({node.op_type}): no per-tensor quantizer downstream")
+                raise InputError(
+                    f"pass 'intonly' cannot move per-channel '{node.inputs[0].name}' through '{name}' "
+                    f"({node.op_type}): no per-tensor quantizer downstream"
+                )
             spec, factor = found
-            source = requantize_to(self.emit, source, float(spec.scale) / factor, int(spec.zero_point), spec.qmin, spec.qmax, f"{name}_in")
+            source = requantize_to(
+                self.emit, source, float(spec.scale) / factor, int(spec.zero_point), spec.qmin, spec.qmax, f"{name}_in"
+            )
         attributes = {key: attr.value for key, attr in node.attributes.items()}
-        out = self.emit.node(node.op_type, [source.value, *node.inputs[1:]], f"{node.outputs[0].name}_q", source.value.dtype, **attributes)
+        out = self.emit.node(
+            node.op_type,
+            [source.value, *node.inputs[1:]],
+            f"{node.outputs[0].name}_q",
+            source.value.dtype,
+            **attributes,
+        )
         self.ints[id(node.outputs[0])] = dataclasses.replace(source, value=out, row_sum=None)  # rows may move
 
     def lower_act_matmul(self, node: ir.Node) -> None:
@@ -327,7 +396,9 @@ class _Lowering:
         """A node computing no float tensor (shape arithmetic): moved as it is, float inputs read as integers
         (Shape of the integer tensor is the same shape)."""
         if node.op_type != "Shape" and any(v is not None and v.dtype in FLOAT_TYPES for v in node.inputs):
-            raise InputError(f"pass 'intonly' cannot lower node '{node.name}' ({node.op_type}): it reads a float tensor")
+            raise InputError(
+                f"pass 'intonly' cannot lower node '{node.name}' ({node.op_type}): it reads a float tensor"
+            )
         for index, value in enumerate(node.inputs):
             if value is not None and value.dtype in FLOAT_TYPES:
                 node.replace_input_with(index, self.integer(value).value)
@@ -339,10 +410,25 @@ class _Lowering:
         start = len(self.emit.nodes)
         out = self.emit.cast(source.value, ir.DataType.FLOAT, f"{value.name}_float")
         if source.zero_point:
-            out = self.emit.node("Sub", [out, self.emit.const(f"{value.name}_zp", np.float32(source.zero_point))], f"{value.name}_centred", ir.DataType.FLOAT)
-        out = self.emit.node("Mul", [out, self.emit.const(f"{value.name}_out_scale", np.asarray(source.scale, np.float32))], f"{value.name}_dq", ir.DataType.FLOAT)
+            out = self.emit.node(
+                "Sub",
+                [out, self.emit.const(f"{value.name}_zp", np.float32(source.zero_point))],
+                f"{value.name}_centred",
+                ir.DataType.FLOAT,
+            )
+        out = self.emit.node(
+            "Mul",
+            [out, self.emit.const(f"{value.name}_out_scale", np.asarray(source.scale, np.float32))],
+            f"{value.name}_dq",
+            ir.DataType.FLOAT,
+        )
         if source.offset is not None:
-            out = self.emit.node("Add", [out, self.emit.const(f"{value.name}_out_offset", np.asarray(source.offset, np.float32))], f"{value.name}_dq_offset", ir.DataType.FLOAT)
+            out = self.emit.node(
+                "Add",
+                [out, self.emit.const(f"{value.name}_out_offset", np.asarray(source.offset, np.float32))],
+                f"{value.name}_dq_offset",
+                ir.DataType.FLOAT,
+            )
         for node in self.emit.nodes[start:]:
             node.metadata_props[ROLE_KEY] = OUTPUT_DEQUANTIZER
         return out
@@ -378,7 +464,11 @@ def _drop_unread_initializers(model: ir.Model) -> int:
     destroyed), so `RemoveUnusedNodesPass` keeps them; liveness is judged from the graph's nodes."""
     live = {id(node) for node in ir.traversal.RecursiveGraphIterator(model.graph)}
     outputs = {id(v) for v in model.graph.outputs} | {id(v) for v in model.graph.inputs}
-    dead = [name for name, value in model.graph.initializers.items() if id(value) not in outputs and not any(id(use.node) in live for use in value.uses())]
+    dead = [
+        name
+        for name, value in model.graph.initializers.items()
+        if id(value) not in outputs and not any(id(use.node) in live for use in value.uses())
+    ]
     for name in dead:
         del model.graph.initializers[name]
     return len(dead)
@@ -392,7 +482,9 @@ class IntOnlyPass(Pass):
     establishes = frozenset({Property.INTEGER_ONLY})
     numerics = Numerics.LOSSY
 
-    def __init__(self, softmax: str = "auto", softmax_bits: int = 16, gelu: str = "auto", context: PipelineContext | None = None) -> None:
+    def __init__(
+        self, softmax: str = "auto", softmax_bits: int = 16, gelu: str = "auto", context: PipelineContext | None = None
+    ) -> None:
         self.context = context or PipelineContext()
         if gelu not in (*GELU_VARIANTS, "auto"):
             raise ValueError(f"gelu must be one of {', '.join(GELU_VARIANTS)}, auto; got {gelu}")
@@ -407,7 +499,11 @@ class IntOnlyPass(Pass):
         ir.passes.common.ShapeInferencePass()(model)  # dtypes decide what is float; unknown counts as float
         folded = fold_shape_constants(model)
         scales = calibrate_scales(model, values_needing_ranges(model), self.context)
-        softmax_nodes = [n for n in model.graph if n.op_type == "Softmax" and n.domain in ("", "ai.onnx")] if self.softmax == "auto" else []
+        softmax_nodes = (
+            [n for n in model.graph if n.op_type == "Softmax" and n.domain in ("", "ai.onnx")]
+            if self.softmax == "auto"
+            else []
+        )
         gelus = [m for n in model.graph if (m := match_gelu(n)) is not None] if self.gelu == "auto" else []
         choices = choose_variants(model, self.context, softmax_nodes, gelus, self.softmax_bits)
         # without calibration data "auto" means I-BERT's softmax and the GELU table (the more accurate ones

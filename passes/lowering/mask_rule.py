@@ -42,6 +42,11 @@ def lower_masked_scores(emit, scores: IntValue, mask: IntValue, keep: int, name:
     q = emit.cast(scores.value, ir.DataType.INT32, f"{name}_scores_i32")
     code = emit.cast(mask.value, ir.DataType.INT32, f"{name}_mask_i32")
     kept = emit.node("Equal", [code, emit.const(f"{name}_keep", np.int32(keep))], f"{name}_kept", ir.DataType.BOOL)
-    penalty = emit.node("Where", [kept, emit.const(f"{name}_zero", np.int32(0)), emit.const(f"{name}_penalty", np.int32(PENALTY))], f"{name}_penalty", ir.DataType.INT32)
+    penalty = emit.node(
+        "Where",
+        [kept, emit.const(f"{name}_zero", np.int32(0)), emit.const(f"{name}_penalty", np.int32(PENALTY))],
+        f"{name}_penalty",
+        ir.DataType.INT32,
+    )
     masked = emit.node("Add", [q, penalty], f"{name}_masked", ir.DataType.INT32)
     return IntValue(masked, scores.scale, 0, PENALTY + scores.lo, scores.hi)

@@ -32,7 +32,9 @@ def norm_nodes(norm: Norm) -> list[ir.Node]:
         if node is None or id(node) in found:
             continue
         found[id(node)] = node
-        stack += [v.producer() for v in node.inputs if v is not None and v is not norm.input and v.producer() is not None]
+        stack += [
+            v.producer() for v in node.inputs if v is not None and v is not norm.input and v.producer() is not None
+        ]
     return list(found.values())
 
 

@@ -31,7 +31,11 @@ RESIDUAL_GRID = 2**21 - 1
 
 def is_two_computed(node: ir.Node) -> bool:
     """A standard binary op whose two inputs are both computed tensors."""
-    return node.domain in ("", "ai.onnx") and len(node.inputs) == 2 and all(v is not None and const_array(v) is None for v in node.inputs)
+    return (
+        node.domain in ("", "ai.onnx")
+        and len(node.inputs) == 2
+        and all(v is not None and const_array(v) is None for v in node.inputs)
+    )
 
 
 def is_residual_add(node: ir.Node) -> bool:
@@ -45,15 +49,31 @@ def values_needing_ranges(model: ir.Model) -> list[ir.Value]:
     wanted = [v for v in model.graph.inputs if quant_meta.get_quant(v) is None and v.dtype in (None, ir.DataType.FLOAT)]
     wanted += [node.outputs[0] for node in model.graph if is_residual_add(node)]
     wanted += [norm.input for norm in find_norms(model.graph)]
-    wanted += [node.outputs[0] for node in model.graph if node.op_type in ("Conv", "Concat") and node.outputs[0].dtype in (None, ir.DataType.FLOAT)]
-    wanted += [node.outputs[0] for node in model.graph if node.op_type == "Cast" and node.inputs[0] is not None and node.inputs[0].dtype not in (None, ir.DataType.FLOAT)]
+    wanted += [
+        node.outputs[0]
+        for node in model.graph
+        if node.op_type in ("Conv", "Concat") and node.outputs[0].dtype in (None, ir.DataType.FLOAT)
+    ]
+    wanted += [
+        node.outputs[0]
+        for node in model.graph
+        if node.op_type == "Cast"
+        and node.inputs[0] is not None
+        and node.inputs[0].dtype not in (None, ir.DataType.FLOAT)
+    ]
     wanted += [node.outputs[0] for node in model.graph if node.op_type == "Div" and is_two_computed(node)]
     in_gelu = {id(n) for node in model.graph if (match := match_gelu(node)) is not None for n in match.nodes}
     for node in model.graph:  # operands of the pooling/normalization ops (reduce_rule), if not plain
         if id(node) in in_gelu:
             continue
-        if node.op_type in ("ReduceSum", "ReduceL2", "Clip") or (node.op_type in ("Mul", "Div") and is_two_computed(node)):
-            wanted += [v for v in node.inputs[:2] if v is not None and const_array(v) is None and v.dtype in (None, ir.DataType.FLOAT)]
+        if node.op_type in ("ReduceSum", "ReduceL2", "Clip") or (
+            node.op_type in ("Mul", "Div") and is_two_computed(node)
+        ):
+            wanted += [
+                v
+                for v in node.inputs[:2]
+                if v is not None and const_array(v) is None and v.dtype in (None, ir.DataType.FLOAT)
+            ]
     unique: dict[int, ir.Value] = {}
     for value in wanted:
         unique.setdefault(id(value), value)
@@ -77,6 +97,12 @@ def calibrate_scales(model: ir.Model, values: list[ir.Value], context: PipelineC
         raise InputError("pass 'intonly' needs calibration data for the residual stream's scales (none was given)")
     names = [v.name for v in values]
     observers, _ = stream_statistics(
-        model, context.calibration, names, lambda _: make_observer("minmax", bits=16), channel_stats=False, threads=context.threads, progress=context.progress
+        model,
+        context.calibration,
+        names,
+        lambda _: make_observer("minmax", bits=16),
+        channel_stats=False,
+        threads=context.threads,
+        progress=context.progress,
     )
     return Ranges({name: (float(observers[name].min), float(observers[name].max)) for name in names})

@@ -84,9 +84,16 @@ def lower_divide(emit, a: IntValue, b: IntValue, name: str, out_max: float | Non
         k = 30 - int(math.ceil(math.log2(max(a_top / b.lo, 1.0))))
     k = max(0, min(k, 61 - int(math.ceil(math.log2(a_top + 1)))))  # |q_a|·2^(k+1) stays below 2^63
     qa, qb = _wide(emit, a, f"{name}_a"), _wide(emit, b, f"{name}_b")
-    numerator = emit.node("Add", [emit.node("Mul", [qa, emit.const(f"{name}_2k", np.int64(2 ** (k + 1)))], f"{name}_scaled", INT64), qb], f"{name}_num", INT64)
+    numerator = emit.node(
+        "Add",
+        [emit.node("Mul", [qa, emit.const(f"{name}_2k", np.int64(2 ** (k + 1)))], f"{name}_scaled", INT64), qb],
+        f"{name}_num",
+        INT64,
+    )
     divisor = emit.node("Mul", [qb, emit.const(f"{name}_two", np.int64(2))], f"{name}_den", INT64)
-    exact = emit.node("Sub", [numerator, emit.node("Mod", [numerator, divisor], f"{name}_rem", INT64)], f"{name}_exact", INT64)
+    exact = emit.node(
+        "Sub", [numerator, emit.node("Mod", [numerator, divisor], f"{name}_rem", INT64)], f"{name}_exact", INT64
+    )
     out = emit.node("Div", [exact, divisor], f"{name}_quotient", INT64)
     scale = ratio / 2**k
     bound = int(math.ceil(2 * out_max / scale)) if out_max else int(math.ceil(a_top / b.lo * 2**k)) + 1

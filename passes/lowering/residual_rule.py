@@ -34,7 +34,9 @@ def lower_residual_add(emit, a: IntValue, b: IntValue, scale: float, name: str) 
     if np.any(offset != 0):
         wide = [emit.const(f"{name}_wide_lo", np.int64(-(2**63))), emit.const(f"{name}_wide_hi", np.int64(2**63 - 1))]
         total = emit.kernel(IntAdd, [qa, qb, ma, ea, mb, eb, *wide], f"{name}_sum")
-        total = emit.node("Add", [total, emit.const(f"{name}_offset", offset)], f"{name}_offset_added", ir.DataType.INT64)
+        total = emit.node(
+            "Add", [total, emit.const(f"{name}_offset", offset)], f"{name}_offset_added", ir.DataType.INT64
+        )
         bounds = [emit.const(f"{name}_lo", np.int64(-RESIDUAL_GRID)), emit.const(f"{name}_hi", np.int64(RESIDUAL_GRID))]
         total = emit.node("Clip", [total, *bounds], f"{name}_clipped", ir.DataType.INT64)
     else:

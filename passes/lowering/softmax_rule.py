@@ -72,10 +72,22 @@ def lower_softmax(emit, x: IntValue, row_length: int, variant: str, bits: int, n
     """Probabilities of the plain integer value `x` over its last axis."""
     kernel, constants, out_scale, top_code = kernel_constants(variant, bits, row_length)
     q = emit.cast(x.value, ir.DataType.INT32, f"{name}_i32")
-    top = emit.node("ReduceMax", [q, emit.const(f"{name}_axes", np.array([-1], np.int64))], f"{name}_rowmax", ir.DataType.INT32, keepdims=1)
+    top = emit.node(
+        "ReduceMax",
+        [q, emit.const(f"{name}_axes", np.array([-1], np.int64))],
+        f"{name}_rowmax",
+        ir.DataType.INT32,
+        keepdims=1,
+    )
     d = emit.node("Sub", [q, top], f"{name}_below_max", ir.DataType.INT32)
     m, e = dyadic_multiplier(float(x.scale) / (WINDOW / GRID))
-    params = [emit.const(f"{name}_m", m), emit.const(f"{name}_e", e), emit.const(f"{name}_b", np.int64(0)), emit.const(f"{name}_lo", np.int64(-GRID)), emit.const(f"{name}_hi", np.int64(0))]
+    params = [
+        emit.const(f"{name}_m", m),
+        emit.const(f"{name}_e", e),
+        emit.const(f"{name}_b", np.int64(0)),
+        emit.const(f"{name}_lo", np.int64(-GRID)),
+        emit.const(f"{name}_hi", np.int64(0)),
+    ]
     d16 = emit.cast(emit.kernel(Requantize, [d, *params], f"{name}_d16"), ir.DataType.INT32, f"{name}_d16_i32")
     inputs = [d16] + [emit.const(f"{name}_k{i}", np.int64(c)) for i, c in enumerate(constants)]
     probs = emit.kernel(kernel, inputs, f"{name}_probs")

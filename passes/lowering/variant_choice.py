@@ -19,7 +19,14 @@ from qcompile.pipeline.context import PipelineContext
 __all__ = ["choose_variants"]
 
 
-def choose_variants(model: ir.Model, context: PipelineContext, softmax_nodes: list[ir.Node], gelu_matches: list, bits: int, max_values: int = 200_000) -> dict:
+def choose_variants(
+    model: ir.Model,
+    context: PipelineContext,
+    softmax_nodes: list[ir.Node],
+    gelu_matches: list,
+    bits: int,
+    max_values: int = 200_000,
+) -> dict:
     """{"softmax": {output name: {"choice", "mse"}}, "gelu": {…}} measured on the first calibration
     batch; at most `max_values` values per site are used (whole rows)."""
     from qcompile import runtime
@@ -34,12 +41,17 @@ def choose_variants(model: ir.Model, context: PipelineContext, softmax_nodes: li
         scores = values[node.inputs[0].name].astype(np.float64)
         rows = scores.reshape(-1, scores.shape[-1])[: max(1, max_values // scores.shape[-1])]
         reference = softmax_rule.exact_softmax(rows)
-        errors = {v: float(np.mean((softmax_rule.simulate(v, rows, bits) - reference) ** 2)) for v in softmax_rule.SOFTMAX_VARIANTS}
+        errors = {
+            v: float(np.mean((softmax_rule.simulate(v, rows, bits) - reference) ** 2))
+            for v in softmax_rule.SOFTMAX_VARIANTS
+        }
         choices["softmax"][node.outputs[0].name] = {"choice": min(errors, key=errors.get), "mse": errors}
     for match in gelu_matches:
         x = values[match.x.name].astype(np.float64)
         rows = x.reshape(-1, x.shape[-1])[: max(1, max_values // x.shape[-1])]
         reference = gelu_rule.exact_gelu(rows)
-        errors = {v: float(np.mean((gelu_rule.simulate(v, rows, match) - reference) ** 2)) for v in gelu_rule.GELU_VARIANTS}
+        errors = {
+            v: float(np.mean((gelu_rule.simulate(v, rows, match) - reference) ** 2)) for v in gelu_rule.GELU_VARIANTS
+        }
         choices["gelu"][match.output.name] = {"choice": min(errors, key=errors.get), "mse": errors}
     return choices

@@ -43,7 +43,9 @@ def _site_layout(node: ir.Node, index: int, value: ir.Value) -> tuple[ir.Value, 
     return x, node.op_type == "Gemm" and bool(node.attributes.get_int("transB", 0))
 
 
-def gptq_round_weights(model: ir.Model, sites: list[tuple[ir.Node, int, ir.Value]], bits: int, context: PipelineContext) -> dict:
+def gptq_round_weights(
+    model: ir.Model, sites: list[tuple[ir.Node, int, ir.Value]], bits: int, context: PipelineContext
+) -> dict:
     """GPTQ-round every weight in `sites` (each already carrying its QuantSpec); returns stats."""
     layouts, skipped = {}, {}
     for node, index, value in sites:
@@ -53,26 +55,47 @@ def gptq_round_weights(model: ir.Model, sites: list[tuple[ir.Node, int, ir.Value
         else:
             layouts[value.name] = (node, value, *layout)
     names = sorted({x.name for _, _, x, _ in layouts.values()})
-    grams, _ = stream_statistics(model, context.calibration, names, lambda _: Gram(), channel_stats=False, threads=context.threads, progress=context.progress)
+    grams, _ = stream_statistics(
+        model,
+        context.calibration,
+        names,
+        lambda _: Gram(),
+        channel_stats=False,
+        threads=context.threads,
+        progress=context.progress,
+    )
     ratios = []
-    for node, value, x, transposed in tqdm(layouts.values(), desc="gptq", unit="linear", disable=not context.progress, leave=False):
+    for node, value, x, transposed in tqdm(
+        layouts.values(), desc="gptq", unit="linear", disable=not context.progress, leave=False
+    ):
         spec = quant_meta.get_quant(value)
         stored = value.const_value.numpy()
         weight = (stored.T if transposed else stored).astype(np.float64)  # K×N
         hessian = grams[x.name].matrix
         if hessian is None or hessian.shape[0] != weight.shape[0]:
-            skipped[node.name or value.name] = f"input '{x.name}' has {None if hessian is None else hessian.shape[0]} channels, weight has {weight.shape[0]} rows"
+            skipped[node.name or value.name] = (
+                f"input '{x.name}' has {None if hessian is None else hessian.shape[0]} channels, weight has "
+                f"{weight.shape[0]} rows"
+            )
             continue
         step = spec.scale.astype(np.float64).reshape(-1)
         codes = gptq_codes(weight, hessian, step, bits)
         nearest = np.clip(np.rint(weight / step), -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
-        ratios.append(layer_loss(weight, codes * step, hessian) / max(layer_loss(weight, nearest * step, hessian), 1e-300))
-        stored_codes = (codes.T if transposed else codes).astype(np.int64) + spec.zero_point.reshape((-1, 1) if transposed else (1, -1))
+        ratios.append(
+            layer_loss(weight, codes * step, hessian) / max(layer_loss(weight, nearest * step, hessian), 1e-300)
+        )
+        stored_codes = (codes.T if transposed else codes).astype(np.int64) + spec.zero_point.reshape(
+            (-1, 1) if transposed else (1, -1)
+        )
         rounded = spec.dequantize(stored_codes)
         if not np.array_equal(spec.quantize(rounded), stored_codes):
             raise AssertionError(f"gptq: re-quantizing '{value.name}' does not recover its codes")
         replace_const(value, rounded)
     stats = {"linears": len(ratios), "samples": context.calibration.samples, "skipped": skipped}
     if ratios:
-        stats["loss_vs_nearest"] = {"median": float(np.median(ratios)), "min": float(np.min(ratios)), "max": float(np.max(ratios))}
+        stats["loss_vs_nearest"] = {
+            "median": float(np.median(ratios)),
+            "min": float(np.min(ratios)),
+            "max": float(np.max(ratios)),
+        }
     return stats

@@ -87,8 +87,14 @@ class LogSqrt2SoftmaxPass(Pass):
         for value in sites:
             delta = log_sqrt2_search(samplers[value.name].sample(), self.act_bits)
             quant_meta.set_quant(
-                value, quant_meta.QuantSpec(self.act_bits, False, np.float32(delta), np.int32(0), None, kind="log_sqrt2")
+                value,
+                quant_meta.QuantSpec(self.act_bits, False, np.float32(delta), np.int32(0), None, kind="log_sqrt2"),
             )
             deltas[value.name] = delta
-        stats = {"quantized": len(sites), "skipped": skipped, "act_bits": self.act_bits, "delta_range": [min(deltas.values()), max(deltas.values())]}
+        stats = {
+            "quantized": len(sites),
+            "skipped": skipped,
+            "act_bits": self.act_bits,
+            "delta_range": [min(deltas.values()), max(deltas.values())],
+        }
         return PassResult(model, modified=True, stats=stats)

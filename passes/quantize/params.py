@@ -73,4 +73,6 @@ def symmetric_per_channel_spec(
     scale = np.maximum(absmax / (2 ** (bits - 1) - 1), MIN_SCALE)
     zero = 2 ** (bits - 1) if unsigned_container else 0
     zero_point = np.full(np.shape(scale), zero, dtype=np.int32)
-    return QuantSpec(bits=bits, signed=not unsigned_container, scale=np.asarray(scale, np.float32), zero_point=zero_point, axis=axis)
+    return QuantSpec(
+        bits=bits, signed=not unsigned_container, scale=np.asarray(scale, np.float32), zero_point=zero_point, axis=axis
+    )

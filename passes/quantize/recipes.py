@@ -1,7 +1,8 @@
 """Uniform W/A recipes: calibrate then quantize, at 8, 6 and 4 bits; `fp` changes nothing (baselines).
 
 The observer per recipe: min/max at 8 bits (ranges are wide enough that clipping only hurts), MSE search
-(OMSE) at 6 and 4 bits, where rounding error dominates and clipping outliers pays. Softmax outputs stay float in these recipes:
+(OMSE) at 6 and 4 bits, where rounding error dominates and clipping outliers pays. Softmax outputs stay float in these
+recipes:
 on DINOv2-S (257 tokens) quantizing them alone to uint8 costs 20.1 dB output SQNR against 26.6 dB for
 everything else together (docs/methods/uniform.md); log2 quantizers for them are the `repq` pass's job.
 """

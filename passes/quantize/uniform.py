@@ -18,18 +18,17 @@ so it is LOSSY; it requires CALIBRATED and establishes QUANTIZED.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from qcompile.errors import InputError
 from qcompile.ir import quant_meta
 from qcompile.ir.properties import Property
-from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
-from qcompile.pipeline.registry import register_pass
 from qcompile.passes.analysis.calibrate import DEFAULT_OP_TYPES, parse_op_types
 from qcompile.passes.quantize.gptq_weights import gptq_round_weights
 from qcompile.passes.quantize.params import SEARCHES, asymmetric_spec, symmetric_per_channel_spec
 from qcompile.pipeline.context import PipelineContext
+from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
+from qcompile.pipeline.registry import register_pass
 
 __all__ = ["QuantizeUniformPass", "weight_channel_axis"]
 

@@ -3,7 +3,8 @@
 A **site** is a MatMul with two computed inputs whose output reaches a `Softmax` over its last axis through
 single-use scalar `Mul`/`Div` and `Add` (an attention mask). Each input is traced upwards, one use at
 a time, through scalar `Mul`/`Div`, `Transpose` and one head-splitting `Reshape` ([…, C] → […, H, D]) to
-a projection `MatMul(x, W[K, C])` (uses by `Shape` nodes, which read only the shape, are allowed) with an optional constant bias `Add(b[C])`. The walk tracks which
+a projection `MatMul(x, W[K, C])` (uses by `Shape` nodes, which read only the shape, are allowed) with an optional
+constant bias `Add(b[C])`. The walk tracks which
 axis is contracted by the score MatMul (the last axis of Q, the second-to-last of Kᵀ) and requires it
 to be the head axis D of the split, so channel c = h·D + d of the projection output is coordinate d of
 head h on both sides. Reshape shapes are read from ONNX shape inference with data propagation (exporters

@@ -92,7 +92,9 @@ class AddNoisyBiasPass(Pass):
             step = (max(tensor_range.hi, 0.0) - min(tensor_range.lo, 0.0)) / (2**self.bits - 1)
             channels = linears[0][1].const_value.shape[0]
             noise = rng.uniform(-step / 2, step / 2, size=channels)
-            noise_value = ir.Value(name=f"{x.name}_noise", const_value=ir.tensor(noise.astype(np.float32), name=f"{x.name}_noise"))
+            noise_value = ir.Value(
+                name=f"{x.name}_noise", const_value=ir.tensor(noise.astype(np.float32), name=f"{x.name}_noise")
+            )
             noise_value.dtype, noise_value.shape = ir.DataType.FLOAT, ir.Shape([channels])
             model.graph.register_initializer(noise_value)
             add = ir.node("Add", [x, noise_value], name=f"{x.name}_AddNoise")
@@ -100,7 +102,9 @@ class AddNoisyBiasPass(Pass):
             add.outputs[0].dtype = x.dtype or ir.DataType.FLOAT
             add.outputs[0].shape = x.shape
             for matmul, weight, bias in linears:
-                folded = bias.const_value.numpy().astype(np.float64) - noise @ weight.const_value.numpy().astype(np.float64)
+                folded = bias.const_value.numpy().astype(np.float64) - noise @ weight.const_value.numpy().astype(
+                    np.float64
+                )
                 bias.const_value = ir.tensor(folded.astype(bias.const_value.numpy().dtype), name=bias.name)
                 matmul.replace_input_with(0, add.outputs[0])
             producer = x.producer()

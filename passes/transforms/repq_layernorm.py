@@ -72,7 +72,9 @@ def _ensure_beta(model: ir.Model, site: NormSite) -> ir.Value:
         return site.beta
     node = site.gamma.uses()[0].node  # a fused LayerNormalization without bias
     channels = site.gamma.const_value.shape[0]
-    beta = ir.Value(name=f"{site.name}_beta", const_value=ir.tensor(np.zeros(channels, np.float32), name=f"{site.name}_beta"))
+    beta = ir.Value(
+        name=f"{site.name}_beta", const_value=ir.tensor(np.zeros(channels, np.float32), name=f"{site.name}_beta")
+    )
     beta.dtype, beta.shape = ir.DataType.FLOAT, ir.Shape([channels])
     model.graph.register_initializer(beta)
     if len(node.inputs) < 3:
@@ -102,7 +104,8 @@ class RepqLayerNormPass(Pass):
         sites, skipped = find_norm_sites(model.graph)
         usable = []
         for site in sites:
-            if any(quant_meta.get_quant(v) is not None for v in [site.output, *(l.weight for l in site.linears)]):
+            site_values = [site.output, *(linear.weight for linear in site.linears)]
+            if any(quant_meta.get_quant(v) is not None for v in site_values):
                 raise InputError(f"pass 'repq-ln' must run before quantization (site '{site.name}' is quantized)")
             biases = [linear_bias(linear) for linear in site.linears]
             reasons = [b for b in biases if isinstance(b, str)]

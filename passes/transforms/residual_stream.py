@@ -134,7 +134,12 @@ def _writer(value: ir.Value) -> Writer | None:
         if matmul is None or not _const_vector(bias) or len(mm_value.uses()) != 1 or len(bias.uses()) != 1:
             continue
         weight = matmul.inputs[1]
-        if weight is None or weight.const_value is None or len(weight.const_value.shape) != 2 or len(weight.uses()) != 1:
+        if (
+            weight is None
+            or weight.const_value is None
+            or len(weight.const_value.shape) != 2
+            or len(weight.uses()) != 1
+        ):
             return None
         if weight.const_value.shape[1] != bias.const_value.shape[0]:
             return None

@@ -49,7 +49,15 @@ from qcompile.passes.transforms.attention_sites import find_qk_sites
 from qcompile.passes.transforms.norm_sites import find_norm_sites, norm_linears
 from qcompile.passes.transforms.qk_rotation import drop_key_bias, rotate_heads
 from qcompile.passes.transforms.repq_layernorm import linear_bias
-from qcompile.passes.transforms.residual_stream import Norm, Stream, Writer, as_float64, find_norms, find_stream, find_writers
+from qcompile.passes.transforms.residual_stream import (
+    Norm,
+    Stream,
+    Writer,
+    as_float64,
+    find_norms,
+    find_stream,
+    find_writers,
+)
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
 from qcompile.pipeline.registry import register_pass
@@ -66,7 +74,9 @@ def _constant(model: ir.Model, name: str, array: np.ndarray) -> ir.Value:
     return value
 
 
-def _add_node(model: ir.Model, after: ir.Node | None, op: str, inputs: list[ir.Value], name: str, like: ir.Value, **attrs) -> ir.Value:
+def _add_node(
+    model: ir.Model, after: ir.Node | None, op: str, inputs: list[ir.Value], name: str, like: ir.Value, **attrs
+) -> ir.Value:
     node = ir.node(op, inputs, attributes=attrs or None, name=name)
     node.outputs[0].name = f"{name}_output"
     node.outputs[0].dtype = like.dtype or ir.DataType.FLOAT
@@ -114,7 +124,14 @@ def _to_rms(model: ir.Model, norm: Norm) -> ir.Value:
         eps = node.attributes.get_float("epsilon", 1e-5)
         square = _add_node(model, node, "Mul", [x, x], f"{norm.name}_rms_square", x)
         mean = _reduce_mean(model, square.producer(), square, f"{norm.name}_rms_mean")
-        shifted = _add_node(model, mean.producer(), "Add", [mean, _constant(model, f"{norm.name}_eps", np.float32(eps))], f"{norm.name}_rms_eps", mean)
+        shifted = _add_node(
+            model,
+            mean.producer(),
+            "Add",
+            [mean, _constant(model, f"{norm.name}_eps", np.float32(eps))],
+            f"{norm.name}_rms_eps",
+            mean,
+        )
         root = _add_node(model, shifted.producer(), "Sqrt", [shifted], f"{norm.name}_rms_sqrt", mean)
         return _add_node(model, root.producer(), "Div", [x, root], f"{norm.name}_rms_div", x)
     mean_node = norm.sub.inputs[1].producer()
@@ -123,10 +140,21 @@ def _to_rms(model: ir.Model, norm: Norm) -> ir.Value:
     return norm.div.outputs[0]
 
 
-def _apply_affine(model: ir.Model, norm: Norm, value: ir.Value, after: ir.Node, gamma: np.ndarray, beta: np.ndarray | None) -> ir.Value:
-    out = _add_node(model, after, "Mul", [value, _constant(model, f"{norm.name}_gamma_rotated", gamma)], f"{norm.name}_gamma", value)
+def _apply_affine(
+    model: ir.Model, norm: Norm, value: ir.Value, after: ir.Node, gamma: np.ndarray, beta: np.ndarray | None
+) -> ir.Value:
+    out = _add_node(
+        model, after, "Mul", [value, _constant(model, f"{norm.name}_gamma_rotated", gamma)], f"{norm.name}_gamma", value
+    )
     if beta is not None:
-        out = _add_node(model, out.producer(), "Add", [out, _constant(model, f"{norm.name}_beta", beta)], f"{norm.name}_beta_add", value)
+        out = _add_node(
+            model,
+            out.producer(),
+            "Add",
+            [out, _constant(model, f"{norm.name}_beta", beta)],
+            f"{norm.name}_beta_add",
+            value,
+        )
     return out
 
 
@@ -145,7 +173,14 @@ class _Rotator:
         uses = list(origin.uses())
         mean = _reduce_mean(self.model, origin.producer(), origin, "rotate_origin_mean")
         centered = _add_node(self.model, mean.producer(), "Sub", [origin, mean], "rotate_origin_center", origin)
-        signed = _add_node(self.model, centered.producer(), "Mul", [centered, _constant(self.model, "rotate_signs", self.signs)], "rotate_origin_signs", origin)
+        signed = _add_node(
+            self.model,
+            centered.producer(),
+            "Mul",
+            [centered, _constant(self.model, "rotate_signs", self.signs)],
+            "rotate_origin_signs",
+            origin,
+        )
         rotated = insert_kronecker_rotate(self.model, signed, self.rotation, "rotate_origin", "rotate_residual")
         for use in uses:
             use.node.replace_input_with(use.idx, rotated)
@@ -172,7 +207,9 @@ class _Rotator:
             _remove_dead(self.model, [norm.output.producer(), norm.mul, norm.fused])
             return "folded"
         back = Rotation(self.rotation.a.T, self.rotation.b.T, self.rotation.kind, self.rotation.size)
-        unrotated = insert_kronecker_rotate(self.model, normalized, back, f"{norm.name}_unrotate", "rotate_residual_inverse")
+        unrotated = insert_kronecker_rotate(
+            self.model, normalized, back, f"{norm.name}_unrotate", "rotate_residual_inverse"
+        )
         out = _apply_affine(self.model, norm, unrotated, unrotated.producer(), self.signs * gamma, beta)
         ir.convenience.replace_all_uses_with(norm.output, out)
         _remove_dead(self.model, [norm.output.producer(), norm.mul, norm.fused])
@@ -235,7 +272,12 @@ class RotatePass(Pass):
         sites, skipped_sites = find_qk_sites(model) if self.qk or self.drop_key_bias else ([], {})
         if self.qk:
             kinds = [rotate_heads(site, seed + 3) for site in sites]
-            stats["qk"] = {"sites": len(sites), "heads": sorted({(s.heads, s.head_dim) for s in sites}), "rotation": sorted(set(kinds)), "skipped": skipped_sites}
+            stats["qk"] = {
+                "sites": len(sites),
+                "heads": sorted({(s.heads, s.head_dim) for s in sites}),
+                "rotation": sorted(set(kinds)),
+                "skipped": skipped_sites,
+            }
         if self.residual:
             stream = find_stream(model.graph)
             if isinstance(stream, str):
@@ -263,7 +305,13 @@ class RotatePass(Pass):
         if self.drop_key_bias:  # last: the residual fold may still add β·W_k into the key bias
             stats["key_bias_dropped"] = sum(drop_key_bias(model, site) for site in sites)
         _drop_unused_initializers(model)
-        modified = isinstance(stats["residual"], dict) or bool(stats["online"]) or any(isinstance(n, dict) for n in stats["norm_online"]) or isinstance(stats["qk"], dict) or stats["key_bias_dropped"] > 0
+        modified = (
+            isinstance(stats["residual"], dict)
+            or bool(stats["online"])
+            or any(isinstance(n, dict) for n in stats["norm_online"])
+            or isinstance(stats["qk"], dict)
+            or stats["key_bias_dropped"] > 0
+        )
         return PassResult(model, modified=modified, stats=stats)
 
     def _online(self, model: ir.Model, writer: Writer, seed: int) -> dict:
@@ -276,7 +324,12 @@ class RotatePass(Pass):
         rotated = insert_kronecker_rotate(model, x, rotation, writer.matmul.name or x.name, f"rotate_online_{size}")
         writer.matmul.replace_input_with(0, rotated)
         replace_const(writer.weight, rotation.dense().T @ as_float64(writer.weight))
-        return {"linear": writer.matmul.name, "size": size, "rotation": rotation.kind, "factors": [rotation.a.shape[0], rotation.b.shape[0]]}
+        return {
+            "linear": writer.matmul.name,
+            "size": size,
+            "rotation": rotation.kind,
+            "factors": [rotation.a.shape[0], rotation.b.shape[0]],
+        }
 
     def _norm_online(self, model: ir.Model, norm: Norm, seed: int) -> dict | str:
         """y' = y R online for the linears reading norm output y, W ← Rᵀ W; other consumers keep y."""
@@ -291,4 +344,9 @@ class RotatePass(Pass):
             linear.node.replace_input_with(0, rotated)
             weight = as_float64(linear.weight)
             replace_const(linear.weight, dense.T @ weight if linear.in_axis == 0 else weight @ dense)
-        return {"norm": norm.name, "linears": [linear.node.name for linear in linears], "size": size, "rotation": rotation.kind}
+        return {
+            "norm": norm.name,
+            "linears": [linear.node.name for linear in linears],
+            "size": size,
+            "rotation": rotation.kind,
+        }

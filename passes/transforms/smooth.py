@@ -78,7 +78,9 @@ class FoldSmoothScalesPass(Pass):
     numerics = Numerics.EXACT_IN_REALS
     target_bits_option = "bits"
 
-    def __init__(self, alpha: float | str = 0.5, bits: int = 8, max_rows: int = 2048, context: PipelineContext | None = None) -> None:
+    def __init__(
+        self, alpha: float | str = 0.5, bits: int = 8, max_rows: int = 2048, context: PipelineContext | None = None
+    ) -> None:
         if alpha != "search":
             try:
                 alpha = float(alpha)
@@ -99,15 +101,23 @@ class FoldSmoothScalesPass(Pass):
         if data is None:
             raise InputError("smooth-scales:alpha=search needs calibration data (none was given)")
         samplers, _ = stream_statistics(
-            model, data, [s.output.name for s in sites], lambda _: RowSampler(self.max_rows, self.context.seed),
-            channel_stats=False, threads=self.context.threads, progress=self.context.progress,
+            model,
+            data,
+            [s.output.name for s in sites],
+            lambda _: RowSampler(self.max_rows, self.context.seed),
+            channel_stats=False,
+            threads=self.context.threads,
+            progress=self.context.progress,
         )
         chosen = {}
         for site in sites:
             x = samplers[site.output.name].sample().astype(np.float64)
-            weights = [l.array().astype(np.float64) if l.in_axis == 0 else l.array().astype(np.float64).T for l in site.linears]
+            weights = [
+                linear.array().astype(np.float64) if linear.in_axis == 0 else linear.array().astype(np.float64).T
+                for linear in site.linears
+            ]
             absmax = np.abs(x).max(axis=0)
-            wmax = np.max([l.rows_absmax() for l in site.linears], axis=0)
+            wmax = np.max([linear.rows_absmax() for linear in site.linears], axis=0)
             losses = {a: site_loss(x, weights, smooth_scales(absmax, wmax, a), self.bits) for a in ALPHA_GRID}
             chosen[site.name] = min(losses, key=losses.get)
         return chosen
@@ -127,7 +137,8 @@ class FoldSmoothScalesPass(Pass):
         alphas = self._search(model, sites) if self.alpha == "search" and sites else {s.name: self.alpha for s in sites}
         folded, ratios = 0, []
         for site in sites:
-            if any(quant_meta.get_quant(v) is not None for v in [site.output, *(l.weight for l in site.linears)]):
+            site_values = [site.output, *(linear.weight for linear in site.linears)]
+            if any(quant_meta.get_quant(v) is not None for v in site_values):
                 raise InputError(f"pass 'smooth-scales' must run before quantization (site '{site.name}' is quantized)")
             scales = self._scales(site, alphas[site.name])
             if isinstance(scales, str):
@@ -140,7 +151,12 @@ class FoldSmoothScalesPass(Pass):
             ratios.append(float(scales.max() / scales.min()))
             folded += 1
         alpha_stat = alphas if self.alpha == "search" else self.alpha
-        stats = {"folded": folded, "skipped": skipped, "alpha": alpha_stat, "max_scale_spread": max(ratios, default=1.0)}
+        stats = {
+            "folded": folded,
+            "skipped": skipped,
+            "alpha": alpha_stat,
+            "max_scale_spread": max(ratios, default=1.0),
+        }
         return PassResult(model, modified=folded > 0, stats=stats)
 
 

@@ -29,10 +29,21 @@ from qcompile.errors import InputError
 __all__ = ["FIXED_SIZE", "ExternalSpan", "contained_file", "check_external_data", "load_external_data"]
 
 FIXED_SIZE = {
-    onnx.TensorProto.FLOAT: 4, onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
-    onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1, onnx.TensorProto.INT16: 2, onnx.TensorProto.UINT16: 2,
-    onnx.TensorProto.INT32: 4, onnx.TensorProto.UINT32: 4, onnx.TensorProto.INT64: 8, onnx.TensorProto.UINT64: 8,
-    onnx.TensorProto.BOOL: 1, onnx.TensorProto.COMPLEX64: 8, onnx.TensorProto.COMPLEX128: 16,
+    onnx.TensorProto.FLOAT: 4,
+    onnx.TensorProto.DOUBLE: 8,
+    onnx.TensorProto.FLOAT16: 2,
+    onnx.TensorProto.BFLOAT16: 2,
+    onnx.TensorProto.INT8: 1,
+    onnx.TensorProto.UINT8: 1,
+    onnx.TensorProto.INT16: 2,
+    onnx.TensorProto.UINT16: 2,
+    onnx.TensorProto.INT32: 4,
+    onnx.TensorProto.UINT32: 4,
+    onnx.TensorProto.INT64: 8,
+    onnx.TensorProto.UINT64: 8,
+    onnx.TensorProto.BOOL: 1,
+    onnx.TensorProto.COMPLEX64: 8,
+    onnx.TensorProto.COMPLEX128: 16,
 }
 
 
@@ -72,7 +83,9 @@ def contained_file(location: str, folder: Path, model_file: Path | None, where: 
         raise InputError(f"{where}: external data location is empty or holds a NUL byte")
     shown = location[:120]
     if os.path.isabs(location) or location.startswith(("\\", "~")) or (len(location) > 1 and location[1] == ":"):
-        raise InputError(f"{where}: external data location {shown!r} is absolute; it must be a path inside the model's folder")
+        raise InputError(
+            f"{where}: external data location {shown!r} is absolute; it must be a path inside the model's folder"
+        )
     resolved = Path(os.path.realpath(folder / location))  # symlinks resolved, whether or not it exists
     if not resolved.is_relative_to(folder):
         raise InputError(f"{where}: external data location {shown!r} leads outside the model's folder")
@@ -105,9 +118,14 @@ def check_external_data(proto: onnx.ModelProto, model_path: Path, source: str) -
         if length is None:
             length = expected if expected is not None else file.stat().st_size - offset
         if expected is not None and length != expected:
-            raise InputError(f"{where}: external data length {length} does not match its dims and type ({expected} bytes)")
+            raise InputError(
+                f"{where}: external data length {length} does not match its dims and type ({expected} bytes)"
+            )
         if offset + length > file.stat().st_size:
-            raise InputError(f"{where}: external data bytes {offset}..{offset + length} lie past the end of '{entries['location'][:120]}'")
+            raise InputError(
+                f"{where}: external data bytes {offset}..{offset + length} lie past the end of "
+                f"'{entries['location'][:120]}'"
+            )
         spans.append(ExternalSpan(tensor, file, offset, length))
     return spans
 

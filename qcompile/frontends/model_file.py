@@ -59,7 +59,9 @@ def read_model_proto(path: Path) -> onnx.ModelProto:
     """Parse `path` as an ONNX ModelProto without loading its external data."""
     status = regular_file_status(path, "an ONNX file")
     if status.st_size > MAX_PROTO_BYTES:
-        raise InputError(f"{path}: over 2 GB, which no ONNX protobuf can be (large models keep weights in external data)")
+        raise InputError(
+            f"{path}: over 2 GB, which no ONNX protobuf can be (large models keep weights in external data)"
+        )
     data = _read_bytes(path)
     if not data:
         raise InputError(f"{path}: not an ONNX model (empty file)")

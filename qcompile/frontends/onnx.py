@@ -24,11 +24,11 @@ import onnx
 import onnx_ir as ir
 
 from qcompile.errors import InputError
-from qcompile.ir import inline_external_tensors
 from qcompile.frontends.external_data import check_external_data, load_external_data
 from qcompile.frontends.model_file import read_model_proto
 from qcompile.frontends.precision import compute_in_float32
 from qcompile.frontends.structure import check_structure, check_with_onnx
+from qcompile.ir import inline_external_tensors
 
 __all__ = ["load", "validate"]
 
@@ -87,7 +87,9 @@ def validate(model: ir.Model, source: str, structural: bool = True) -> None:
     opsets = dict(model.opset_imports)
     _check_graph(model.graph, set(), opsets, functions, source)
     for function in model.functions.values():
-        _check_graph(function, set(), {**opsets, **function.opset_imports}, functions, f"{source}: function '{function.name}'")
+        _check_graph(
+            function, set(), {**opsets, **function.opset_imports}, functions, f"{source}: function '{function.name}'"
+        )
     if proto is not None:
         check_with_onnx(proto, source)
 
@@ -106,7 +108,9 @@ def load(path: str | os.PathLike) -> ir.Model:
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as error:  # onnx_ir raises assorted errors on malformed protos
-        raise InputError(f"{path}: malformed ONNX model ({type(error).__name__}: {' '.join(str(error).split())[:300]})") from None
+        raise InputError(
+            f"{path}: malformed ONNX model ({type(error).__name__}: {' '.join(str(error).split())[:300]})"
+        ) from None
     finally:
         ir_logger.setLevel(level)
     validate(model, source, structural=False)

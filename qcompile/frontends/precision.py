@@ -151,9 +151,17 @@ class _Rewrite:
                 users = [(node, index) for node, index in value.uses() if not _is_cast(node)]
                 if users:
                     cast = ir.Node(
-                        "", "Cast", [value], attributes=[ir.AttrInt64("to", _FLOAT)],
-                        outputs=[ir.Value(name=_unique(f"{value.name}__float32", self.taken),
-                                          type=ir.TensorType(_FLOAT), shape=_copy(value.shape))],
+                        "",
+                        "Cast",
+                        [value],
+                        attributes=[ir.AttrInt64("to", _FLOAT)],
+                        outputs=[
+                            ir.Value(
+                                name=_unique(f"{value.name}__float32", self.taken),
+                                type=ir.TensorType(_FLOAT),
+                                shape=_copy(value.shape),
+                            )
+                        ],
                         name=_unique(f"{value.name}__to_float32", self.taken),
                     )
                     for node, index in users:
@@ -190,8 +198,14 @@ class _Rewrite:
             value.name = _unique(f"{name}__float32", self.taken)
             self.taken.add(name)
             boundary = ir.Value(name=name, type=ir.TensorType(ir.DataType.FLOAT16), shape=_copy(value.shape))
-            cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT16)],
-                           outputs=[boundary], name=_unique(f"{name}__to_float16", self.taken))
+            cast = ir.Node(
+                "",
+                "Cast",
+                [value],
+                attributes=[ir.AttrInt64("to", ir.DataType.FLOAT16)],
+                outputs=[boundary],
+                name=_unique(f"{name}__to_float16", self.taken),
+            )
             graph.append(cast)
             graph.outputs[position] = boundary
             replaced[id(value)] = boundary
@@ -284,7 +298,12 @@ class _Rewrite:
                         continue
                     for name in referenced:
                         attr = node.attributes.get(name)
-                        if attr is not None and not attr.is_ref() and attr.type == ir.AttributeType.INT and attr.value in LOW_PRECISION:
+                        if (
+                            attr is not None
+                            and not attr.is_ref()
+                            and attr.type == ir.AttributeType.INT
+                            and attr.value in LOW_PRECISION
+                        ):
                             node.attributes[name] = ir.AttrInt64(name, _FLOAT)
                             self.counts["attributes"] += 1
 
@@ -296,9 +315,11 @@ class _Rewrite:
         self.function_dtype_references()
         changes = [
             f"{count} {what} FLOAT16/BFLOAT16 -> FLOAT"
-            for what, count in (("initializers/constants", self.counts["initializers"]),
-                                ("values retyped", self.counts["values"]),
-                                ("attributes", self.counts["attributes"]))
+            for what, count in (
+                ("initializers/constants", self.counts["initializers"]),
+                ("values retyped", self.counts["values"]),
+                ("attributes", self.counts["attributes"]),
+            )
             if count
         ]
         if not changes and not self.notes:

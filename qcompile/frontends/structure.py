@@ -55,14 +55,24 @@ def runtime_max_opset() -> int:
         helper.make_node("Cast", ["m"], ["c"], to=onnx.TensorProto.FLOAT),
         helper.make_node("Add", ["c", "d"], ["y"]),
     ]
-    constants = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(3, np.uint8), "z"),
-                 numpy_helper.from_array(np.ones((4, 4), np.uint8), "w")]
-    graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], constants)
+    constants = [
+        numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+        numpy_helper.from_array(np.array(3, np.uint8), "z"),
+        numpy_helper.from_array(np.ones((4, 4), np.uint8), "w"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "probe",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+        constants,
+    )
     options = ort.SessionOptions()
     options.log_severity_level = 4
     for opset in range(onnx.defs.onnx_opset_version(), MIN_OPSET, -1):
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=min(onnx.IR_VERSION, 10))
+        model = helper.make_model(
+            graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=min(onnx.IR_VERSION, 10)
+        )
         try:
             ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception:  # NOT_IMPLEMENTED for this opset: try the one before
@@ -73,7 +83,9 @@ def runtime_max_opset() -> int:
 
 def _check_versions(proto: onnx.ModelProto, source: str) -> None:
     if not MIN_IR_VERSION <= proto.ir_version <= MAX_IR_VERSION:
-        raise InputError(f"{source}: IR version {proto.ir_version} is not supported (supported: {MIN_IR_VERSION}..{MAX_IR_VERSION})")
+        raise InputError(
+            f"{source}: IR version {proto.ir_version} is not supported (supported: {MIN_IR_VERSION}..{MAX_IR_VERSION})"
+        )
     opsets = {entry.domain or "": entry.version for entry in proto.opset_import}
     if "" not in opsets and "ai.onnx" not in opsets:
         raise InputError(f"{source}: imports no version of the default ONNX opset")
@@ -82,7 +94,8 @@ def _check_versions(proto: onnx.ModelProto, source: str) -> None:
         raise InputError(f"{source}: opset {version} is newer than the installed onnx knows (newest: {MAX_OPSET})")
     if version > runtime_max_opset():
         raise InputError(
-            f"{source}: opset {version} is newer than ONNX Runtime runs quantized models at (newest: {runtime_max_opset()}); "
+            f"{source}: opset {version} is newer than ONNX Runtime runs quantized models at (newest: "
+            f"{runtime_max_opset()}); "
             f"convert it with onnx.version_converter.convert_version(model, {runtime_max_opset()})"
         )
     if version < MIN_OPSET:
@@ -95,7 +108,11 @@ def _check_versions(proto: onnx.ModelProto, source: str) -> None:
 def _check_dims(proto: onnx.ModelProto, source: str) -> None:
     graph = proto.graph
     initializers = {t.name for t in graph.initializer}
-    groups = (("input", [v for v in graph.input if v.name not in initializers]), ("output", graph.output), ("value", graph.value_info))
+    groups = (
+        ("input", [v for v in graph.input if v.name not in initializers]),
+        ("output", graph.output),
+        ("value", graph.value_info),
+    )
     for kind, values in groups:
         for value in values:
             if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
@@ -133,9 +150,15 @@ def _sort_acyclic(graph: onnx.GraphProto, source: str) -> None:
                 continue
             if name in producer:
                 first = graph.node[producer[name]]
-                raise InputError(f"{source}: value '{name}' is written by two nodes, '{first.name or first.op_type}' and '{node.name or node.op_type}'")
+                raise InputError(
+                    f"{source}: value '{name}' is written by two nodes, '{first.name or first.op_type}' and "
+                    f"'{node.name or node.op_type}'"
+                )
             if name in given:
-                raise InputError(f"{source}: node '{node.name or node.op_type}' writes '{name}', which is already a graph input or initializer")
+                raise InputError(
+                    f"{source}: node '{node.name or node.op_type}' writes '{name}', which is already a graph input or "
+                    f"initializer"
+                )
             producer[name] = index
     flow = nx.DiGraph()
     flow.add_nodes_from(range(len(graph.node)))
@@ -144,7 +167,9 @@ def _sort_acyclic(graph: onnx.GraphProto, source: str) -> None:
             if name in producer and producer[name] != index:
                 flow.add_edge(producer[name], index)
             elif name in producer:
-                raise InputError(f"{source}: node '{node.name}' ({node.op_type}) reads its own output '{name}' (a cycle)")
+                raise InputError(
+                    f"{source}: node '{node.name}' ({node.op_type}) reads its own output '{name}' (a cycle)"
+                )
     try:
         cycle = nx.find_cycle(flow)
     except nx.NetworkXNoCycle:
@@ -171,7 +196,10 @@ def _check_functions(proto: onnx.ModelProto, source: str) -> None:
         cycle = nx.find_cycle(calls)
     except nx.NetworkXNoCycle:
         return
-    raise InputError(f"{source}: model-local function '{cycle[0][0][1]}' calls itself (recursion: {' -> '.join(a[1] for a, _ in cycle)})")
+    raise InputError(
+        f"{source}: model-local function '{cycle[0][0][1]}' calls itself (recursion: "
+        f"{' -> '.join(a[1] for a, _ in cycle)})"
+    )
 
 
 def _one_line(error: Exception) -> str:
@@ -180,11 +208,23 @@ def _one_line(error: Exception) -> str:
 
 
 _TYPED_FIELD = {
-    onnx.TensorProto.FLOAT: "float_data", onnx.TensorProto.DOUBLE: "double_data", onnx.TensorProto.INT64: "int64_data",
-    onnx.TensorProto.UINT32: "uint64_data", onnx.TensorProto.UINT64: "uint64_data", onnx.TensorProto.STRING: "string_data",
+    onnx.TensorProto.FLOAT: "float_data",
+    onnx.TensorProto.DOUBLE: "double_data",
+    onnx.TensorProto.INT64: "int64_data",
+    onnx.TensorProto.UINT32: "uint64_data",
+    onnx.TensorProto.UINT64: "uint64_data",
+    onnx.TensorProto.STRING: "string_data",
     **dict.fromkeys(
-        (onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8, onnx.TensorProto.UINT16,
-         onnx.TensorProto.UINT8, onnx.TensorProto.BOOL, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16),
+        (
+            onnx.TensorProto.INT32,
+            onnx.TensorProto.INT16,
+            onnx.TensorProto.INT8,
+            onnx.TensorProto.UINT16,
+            onnx.TensorProto.UINT8,
+            onnx.TensorProto.BOOL,
+            onnx.TensorProto.FLOAT16,
+            onnx.TensorProto.BFLOAT16,
+        ),
         "int32_data",
     ),
 }
@@ -208,7 +248,9 @@ def _check_tensor_sizes(proto: onnx.ModelProto, source: str) -> None:
             continue
         held = len(getattr(tensor, _TYPED_FIELD[tensor.data_type]))
         if held != count and not (held == 0 and tensor.raw_data):
-            raise InputError(f"{source}: tensor '{tensor.name[:120]}' holds {held} values, its dims {list(tensor.dims)} need {count}")
+            raise InputError(
+                f"{source}: tensor '{tensor.name[:120]}' holds {held} values, its dims {list(tensor.dims)} need {count}"
+            )
 
 
 def _skeleton(proto: onnx.ModelProto) -> onnx.ModelProto:

@@ -25,7 +25,9 @@ def dyadic_multiplier(ratio) -> tuple[np.ndarray, np.ndarray]:
     """(m, e) as int64 arrays of `ratio`'s shape with m / 2^e ≈ ratio."""
     ratio = np.asarray(ratio, dtype=np.float64)
     if not np.all(np.isfinite(ratio)) or np.any(ratio < 0) or np.any(ratio >= 2.0**MANTISSA_BITS):
-        raise ValueError(f"dyadic multiplier needs finite ratios in [0, 2^{MANTISSA_BITS}), got {ratio.min()}..{ratio.max()}")
+        raise ValueError(
+            f"dyadic multiplier needs finite ratios in [0, 2^{MANTISSA_BITS}), got {ratio.min()}..{ratio.max()}"
+        )
     fraction, exponent = np.frexp(ratio)
     mantissa = np.floor(fraction * 2.0**MANTISSA_BITS + 0.5).astype(np.int64)
     shift = (MANTISSA_BITS - exponent).astype(np.int64)
@@ -33,7 +35,11 @@ def dyadic_multiplier(ratio) -> tuple[np.ndarray, np.ndarray]:
     mantissa = np.where(carry, mantissa // 2, mantissa)
     shift = np.where(carry, shift - 1, shift)
     excess = np.clip(shift - MAX_SHIFT, 0, 63)
-    mantissa = np.where(excess > 0, (mantissa + np.where(excess > 0, np.left_shift(1, np.maximum(excess - 1, 0)), 0)) >> excess, mantissa)
+    mantissa = np.where(
+        excess > 0,
+        (mantissa + np.where(excess > 0, np.left_shift(1, np.maximum(excess - 1, 0)), 0)) >> excess,
+        mantissa,
+    )
     shift = np.minimum(shift, MAX_SHIFT)
     zero = ratio == 0
     return np.where(zero, 0, mantissa).astype(np.int64), np.where(zero, 0, shift).astype(np.int64)

@@ -13,7 +13,8 @@ c_int = ⌊(1/0.35815147)/S²⌋, and n = 31 − bits(c_int) ≥ 0 (headroom, se
 Deviations from the I-BERT code, both for post-training use: (1) it scales e up by 2^(30−q) and then
 requantizes it to 16 bits with a QAT-calibrated `QuantAct(16)`; here the polynomial keeps 31 bits
 (2^n headroom) and is shifted right by q, the same value without a calibrated requantization; the
-row maximum (r = 0) has e = c_int·2^n ∈ [2^30, 2^31). (2) The normalization divides 2^62 instead of 2^32 by the int64 sum
+row maximum (r = 0) has e = c_int·2^n ∈ [2^30, 2^31). (2) The normalization divides 2^62 instead of 2^32 by the int64
+sum
 (Σ e < L·2^31 and e·f ≤ 2^62 for rows shorter than 2^31), so no 32-bit sum limit applies.
 
 x0·S approximates −ln 2 only up to one step S: at 8-bit score scales (S ~ 0.1) each halving is off by

@@ -20,7 +20,19 @@ __all__ = ["KERNELS", "add_kernel"]
 
 KERNELS = {
     kernel.to_function_proto().name: kernel
-    for kernel in (Requantize, IntLinear, IntAdd, IntExpShift, Shiftmax, IBertSoftmax, ShiftGELU, IntGELU, IntSqrt, ILayerNorm, Lookup)
+    for kernel in (
+        Requantize,
+        IntLinear,
+        IntAdd,
+        IntExpShift,
+        Shiftmax,
+        IBertSoftmax,
+        ShiftGELU,
+        IntGELU,
+        IntSqrt,
+        ILayerNorm,
+        Lookup,
+    )
 }
 
 

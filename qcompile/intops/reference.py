@@ -14,7 +14,18 @@ import onnx
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from qcompile.intops import ibert_softmax, ilayernorm, int_exp, int_gelu, int_linear, isqrt, lookup, requantize, shiftgelu, shiftmax
+from qcompile.intops import (
+    ibert_softmax,
+    ilayernorm,
+    int_exp,
+    int_gelu,
+    int_linear,
+    isqrt,
+    lookup,
+    requantize,
+    shiftgelu,
+    shiftmax,
+)
 from qcompile.intops.domain import DOMAIN
 
 __all__ = ["REFERENCES", "reference_evaluator", "run_reference"]
@@ -25,17 +36,23 @@ def _scalar(value) -> int:
 
 
 REFERENCES = {
-    "Requantize": lambda x, m, e, b, lo, hi: requantize.requantize(x.astype(np.int32), m, e, b, _scalar(lo), _scalar(hi)),
+    "Requantize": lambda x, m, e, b, lo, hi: requantize.requantize(
+        x.astype(np.int32), m, e, b, _scalar(lo), _scalar(hi)
+    ),
     "IntExpShift": lambda d, x0, n: int_exp.int_exp_shift(d, _scalar(x0), _scalar(n)),
     "Shiftmax": lambda x, x0, n, bits: shiftmax.shiftmax(x, _scalar(x0), _scalar(n), _scalar(bits)),
     "ShiftGELU": lambda x, x0, n, bits: shiftgelu.shift_gelu(x, _scalar(x0), _scalar(n), _scalar(bits)),
     "IntGELU": lambda x, b, c, one, n: int_gelu.int_gelu(x, _scalar(b), _scalar(c), _scalar(one), _scalar(n)),
     "IntSqrt": lambda v: isqrt.int_sqrt(v),
     "ILayerNorm": lambda x, shift: ilayernorm.i_layernorm(x, _scalar(shift)),
-    "IBertSoftmax": lambda x, x0, b, c, n, bits: ibert_softmax.ibert_softmax(x, _scalar(x0), _scalar(b), _scalar(c), _scalar(n), _scalar(bits)),
+    "IBertSoftmax": lambda x, x0, b, c, n, bits: ibert_softmax.ibert_softmax(
+        x, _scalar(x0), _scalar(b), _scalar(c), _scalar(n), _scalar(bits)
+    ),
     "IntLinear": lambda x, w, bias: int_linear.int_linear(x, w, bias).astype(np.int32),
     "Lookup": lambda x, table, first: lookup.lookup(x, table, _scalar(first)),
-    "IntAdd": lambda a, b, ma, ea, mb, eb, lo, hi: int_linear.int_add(a.astype(np.int32), b.astype(np.int32), ma, ea, mb, eb, _scalar(lo), _scalar(hi)),
+    "IntAdd": lambda a, b, ma, ea, mb, eb, lo, hi: int_linear.int_add(
+        a.astype(np.int32), b.astype(np.int32), ma, ea, mb, eb, _scalar(lo), _scalar(hi)
+    ),
 }
 
 

@@ -40,7 +40,11 @@ def requantize(x: np.ndarray, m, e, b, lo: int, hi: int) -> np.ndarray:
     e = np.asarray(e, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
     rounding = np.where(e > 0, np.left_shift(np.int64(1), np.maximum(e - 1, 0)), 0)
-    worst = float(np.max(np.abs(x.astype(np.float64)), initial=0.0)) * float(np.max(np.abs(m), initial=0)) + float(np.max(np.abs(b), initial=0)) + float(np.max(rounding, initial=0))
+    worst = (
+        float(np.max(np.abs(x.astype(np.float64)), initial=0.0)) * float(np.max(np.abs(m), initial=0))
+        + float(np.max(np.abs(b), initial=0))
+        + float(np.max(rounding, initial=0))
+    )
     if worst >= 2.0**63:
         raise OverflowError(f"requantize: |x·m| + |b| + 2^(e−1) reaches {worst:.3g} ≥ 2^63")
     return np.clip((x.astype(np.int64) * m + b + rounding) >> e, lo, hi)

@@ -28,7 +28,6 @@ from qcompile.intops.int_exp import IntExpShift, int_exp_shift
 __all__ = ["shiftmax", "Shiftmax"]
 
 
-
 def shiftmax(x: np.ndarray, x0: int, n: int, out_bits: int) -> np.ndarray:
     """NumPy reference (int64 result)."""
     i = np.asarray(x).astype(np.int64)

@@ -43,7 +43,10 @@ def _graph_tensors(graph: Graph):
     for node in graph:
         for name, attribute in list(node.attributes.items()):
             if attribute.type == ir.AttributeType.TENSOR:
-                yield attribute.value, lambda tensor, node=node, name=name: node.attributes.__setitem__(name, ir.AttrTensor(name, tensor))
+                yield (
+                    attribute.value,
+                    lambda tensor, node=node, name=name: node.attributes.__setitem__(name, ir.AttrTensor(name, tensor)),
+                )
             elif attribute.type == ir.AttributeType.GRAPH:
                 yield from _graph_tensors(attribute.value)
             elif attribute.type == ir.AttributeType.GRAPHS:
@@ -60,15 +63,15 @@ def inline_external_tensors(model: Model) -> None:
     from qcompile.errors import InputError
     from qcompile.frontends.external_data import contained_file
 
-    for tensor, replace in list(_graph_tensors(model.graph)):
-        if not isinstance(tensor, ir.ExternalTensor):
+    for held, replace in list(_graph_tensors(model.graph)):
+        if not isinstance(held, ir.ExternalTensor):
             continue
-        where = f"tensor '{tensor.name}'"
-        if not tensor.base_dir:
-            raise InputError(f"{where}: external data {tensor.location!r} has no base folder to resolve it against")
-        folder = Path(os.path.realpath(tensor.base_dir))
-        contained_file(str(tensor.location), folder, None, where)
-        replace(ir.Tensor(tensor.numpy(), name=tensor.name))
+        where = f"tensor '{held.name}'"
+        if not held.base_dir:
+            raise InputError(f"{where}: external data {held.location!r} has no base folder to resolve it against")
+        folder = Path(os.path.realpath(held.base_dir))
+        contained_file(str(held.location), folder, None, where)
+        replace(ir.Tensor(held.numpy(), name=held.name))
 
 
 PROTO_LIMIT = 1_800_000_000
@@ -93,7 +96,10 @@ def model_to_bytes(model: Model) -> bytes:
     if is_large(model):
         from qcompile.errors import InputError
 
-        raise InputError(f"the model's {initializer_bytes(model) / 2**30:.1f} GiB of tensors do not fit one protobuf (2 GB); save it with external data")
+        raise InputError(
+            f"the model's {initializer_bytes(model) / 2**30:.1f} GiB of tensors do not fit one protobuf (2 GB); save "
+            f"it with external data"
+        )
     return ir.serde.serialize_model(model).SerializeToString()
 
 

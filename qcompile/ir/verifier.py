@@ -36,9 +36,7 @@ def _check_quant_spec(value: Value) -> None:
         raise VerificationError(f"quantizer axis {spec.axis} out of range for '{value.name}' of rank {rank}")
     channels = shape[spec.axis]
     if isinstance(channels, int) and spec.scale.shape != (channels,):
-        raise VerificationError(
-            f"quantizer of '{value.name}' has {spec.scale.shape[0]} scales for {channels} channels"
-        )
+        raise VerificationError(f"quantizer of '{value.name}' has {spec.scale.shape[0]} scales for {channels} channels")
 
 
 def verify_model(model: Model) -> None:

@@ -24,8 +24,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Rotation", "hadamard_matrix", "kronecker_factors", "online_rotation", "random_hadamard",
-           "random_orthogonal"]
+__all__ = [
+    "Rotation",
+    "hadamard_matrix",
+    "kronecker_factors",
+    "online_rotation",
+    "random_hadamard",
+    "random_orthogonal",
+]
 
 
 def _is_prime(q: int) -> bool:

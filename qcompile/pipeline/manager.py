@@ -42,7 +42,9 @@ def check_order(passes: Sequence[Pass], model: ir.Model) -> None:
                 from qcompile.pipeline.registry import registered_passes
 
                 registered = ", ".join(
-                    name for name, cls in registered_passes().items() if set(missing) & {str(e) for e in cls.establishes}
+                    name
+                    for name, cls in registered_passes().items()
+                    if set(missing) & {str(e) for e in cls.establishes}
                 )
                 hint = f" (established by: {registered}; add it before this pass)" if registered else ""
             raise InputError(

@@ -239,7 +239,11 @@ def _option_types(cls: type[Pass]) -> dict[str, set[type]]:
         return {}
     types: dict[str, set[type]] = {}
     for name, hint in hints.items():
-        members = typing.get_args(hint) if isinstance(hint, types_module.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+        members = (
+            typing.get_args(hint)
+            if isinstance(hint, types_module.UnionType) or typing.get_origin(hint) is typing.Union
+            else (hint,)
+        )
         types[name] = {typing.get_origin(m) or m for m in members}
     return types
 
@@ -283,10 +287,13 @@ def build_pass(spec: PassSpec, context: PipelineContext) -> Pass:
     unknown = set(spec.options) - accepted
     if unknown:
         raise InputError(
-            f"pass '{spec.name}' has no option {', '.join(sorted(unknown))} (options: {', '.join(sorted(accepted)) or 'none'})"
+            f"pass '{spec.name}' has no option {', '.join(sorted(unknown))} (options: "
+            f"{', '.join(sorted(accepted)) or 'none'})"
         )
     option_types = _option_types(cls)
-    kwargs = {key: _coerce_option(spec.name, key, value, option_types.get(key, set())) for key, value in spec.options.items()}
+    kwargs = {
+        key: _coerce_option(spec.name, key, value, option_types.get(key, set())) for key, value in spec.options.items()
+    }
     if "context" in inspect.signature(cls.__init__).parameters:
         kwargs["context"] = context
     try:

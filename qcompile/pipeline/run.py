@@ -38,7 +38,9 @@ def run_passes(
     instruments: list = [VerifyIR()]
     if check_numerics and context.calibration is not None:
         # Cut the batch only when every input's batch dimension is dynamic (a fixed one must be fed whole).
-        fixed_batch = any(v.shape is not None and len(v.shape) > 0 and isinstance(v.shape[0], int) for v in model.graph.inputs)
+        fixed_batch = any(
+            v.shape is not None and len(v.shape) > 0 and isinstance(v.shape[0], int) for v in model.graph.inputs
+        )
         feeds = context.calibration.first_batch(None if fixed_batch else CHECK_SAMPLES)
         instruments.append(CheckNumerics(feeds, threads=context.threads))
     manager = PassManager(pass_objects, instruments)

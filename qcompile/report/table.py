@@ -42,19 +42,28 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
         value = report["all_metrics"][label][metric]
         latency = report["latency_ms"].get(label)
         speedup = f"{fp_latency / latency:.2f}x" if latency and fp_latency else "-"
-        table.add_row(name, _fmt(value, 3 if metric == "cosine" else 2), _fmt(fp_metric - value), _fmt(latency), speedup)
+        table.add_row(
+            name, _fmt(value, 3 if metric == "cosine" else 2), _fmt(fp_metric - value), _fmt(latency), speedup
+        )
     tvm = report.get("tvm")
     if tvm is not None:  # bit-exact with qcompile's ONNX model (checked), so the same score
         value = report["all_metrics"]["qcompile"][metric] if tvm.get("bit_exact_vs_onnx") else None
         latency = report["latency_ms"].get("tvm_int")
         speedup = f"{fp_latency / latency:.2f}x" if latency and fp_latency else "-"
         drop = None if value is None else fp_metric - value
-        table.add_row(f"qcompile TVM {_kind(tvm)}", _fmt(value, 3 if metric == "cosine" else 2), _fmt(drop), _fmt(latency), speedup)
+        table.add_row(
+            f"qcompile TVM {_kind(tvm)}",
+            _fmt(value, 3 if metric == "cosine" else 2),
+            _fmt(drop),
+            _fmt(latency),
+            speedup,
+        )
     console.print(table)
     setup = report["latency_setup"]
     calibration = report["calibration"]
     console.print(
-        f"latency: median of {setup['rounds']} runs (alternating blocks of 3 per model), batch {setup['batch']}, {setup['threads']} threads; "
+        f"latency: median of {setup['rounds']} runs (alternating blocks of 3 per model), batch {setup['batch']}, "
+        f"{setup['threads']} threads; "
         f"calibration: {calibration['samples']} samples, peak RSS {_fmt(calibration['peak_rss_mb'], 0)} MB"
     )
     passes = Table(title="passes")
@@ -65,7 +74,9 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
             check = f"SQNR {item['sqnr_db']:.1f} dB"
         elif "max_abs_err" in item:
             relative = item.get("max_rel_err")
-            check = f"max |err| {item['max_abs_err']:.2g}" + ("" if relative is None else f" ({relative:.2g} of max |out|)")
+            check = f"max |err| {item['max_abs_err']:.2g}" + (
+                "" if relative is None else f" ({relative:.2g} of max |out|)"
+            )
         else:
             check = "-"
         passes.add_row(item["name"], item["numerics"], str(item["modified"]), f"{item['seconds']:.2f}", check)

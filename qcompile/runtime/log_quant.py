@@ -64,7 +64,9 @@ class _Body:
         return self("Constant", name=name, value=ir.tensor(np.array(value, dtype=np.float64), name=name))
 
 
-def _function(name: str, inputs: list[ir.Value], outputs: list[ir.Value], body: _Body, opset: int, doc: str) -> ir.Function:
+def _function(
+    name: str, inputs: list[ir.Value], outputs: list[ir.Value], body: _Body, opset: int, doc: str
+) -> ir.Function:
     graph = ir.Graph(inputs, outputs, nodes=body.nodes, opset_imports={"": opset}, name=name, doc_string=doc)
     return ir.Function(DOMAIN, name, graph=graph, attributes=[])
 
@@ -100,7 +102,12 @@ def dequantize_function(opset: int = FUNCTION_OPSET) -> ir.Function:
     odd = f("Sub", f("Add", e, e, name="two_e"), q, name="q_mod_2")
     power = f("Pow", f.constant("base", 2.0), f("Neg", e, name="neg_e"), name="power")
     scaled = f("Mul", delta64, power, name="scaled")
-    mantissa = f("Add", f.constant("one", 1.0), f("Mul", odd, f.constant("sqrt2_minus_1", np.sqrt(2.0) - 1.0), name="odd_term"), name="mantissa")
+    mantissa = f(
+        "Add",
+        f.constant("one", 1.0),
+        f("Mul", odd, f.constant("sqrt2_minus_1", np.sqrt(2.0) - 1.0), name="odd_term"),
+        name="mantissa",
+    )
     y64 = f("Mul", scaled, mantissa, name="y_nonzero")
     nonzero = f("Less", q, qmax64, name="nonzero")
     y64 = f("Where", nonzero, y64, f.constant("zero", 0.0), name="y64")

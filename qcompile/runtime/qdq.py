@@ -63,7 +63,9 @@ def _quantize_weight(graph: ir.Graph, value: ir.Value, spec: QuantSpec) -> None:
     base = value.name
     quantized = _constant(graph, f"{base}_quantized", codes)
     scale, zero_point = _qparams(graph, base, spec)
-    dq = ir.node("DequantizeLinear", [quantized, scale, zero_point], attributes=_axis_attr(spec), name=f"{base}_DequantizeLinear")
+    dq = ir.node(
+        "DequantizeLinear", [quantized, scale, zero_point], attributes=_axis_attr(spec), name=f"{base}_DequantizeLinear"
+    )
     dq.outputs[0].name = f"{base}_dequantized"
     dq.outputs[0].dtype = value.dtype or ir.DataType.FLOAT
     dq.outputs[0].shape = value.shape
@@ -119,7 +121,12 @@ def _quantize_log_activation(graph: ir.Graph, value: ir.Value, spec: QuantSpec) 
     q.outputs[0].name = f"{base}_quantized"
     q.outputs[0].dtype = ir.DataType.UINT8
     q.outputs[0].shape = value.shape
-    dq = ir.node(log_quant.DEQUANTIZE, [q.outputs[0], delta, qmax], domain=log_quant.DOMAIN, name=f"{base}_{log_quant.DEQUANTIZE}")
+    dq = ir.node(
+        log_quant.DEQUANTIZE,
+        [q.outputs[0], delta, qmax],
+        domain=log_quant.DOMAIN,
+        name=f"{base}_{log_quant.DEQUANTIZE}",
+    )
     dq.outputs[0].name = f"{base}_dequantized"
     dq.outputs[0].dtype = ir.DataType.FLOAT
     dq.outputs[0].shape = value.shape
@@ -138,7 +145,10 @@ def to_qdq(model: ir.Model) -> ir.Model:
     specs = {v.name: quant_meta.get_quant(v) for v in quantized}
     for value in quantized:
         if specs[value.name].kind != "uniform" and value.const_value is not None:
-            raise ValueError(f"'{value.name}' is a constant with a {specs[value.name].kind} spec: only activations may be log√2-quantized")
+            raise ValueError(
+                f"'{value.name}' is a constant with a {specs[value.name].kind} spec: only activations may be "
+                f"log√2-quantized"
+            )
     out = clone_model(model)
     if not specs:
         return out

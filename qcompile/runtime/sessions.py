@@ -47,7 +47,9 @@ def _proto_with_outputs(model: ir.Model, names: Sequence[str]) -> tuple[onnx.Mod
             if tensor is None or tensor.nbytes < 1024:
                 continue
             held[value.name] = np.ascontiguousarray(tensor.numpy())
-            reference = ir.ExternalTensor(IN_MEMORY, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=value.name)
+            reference = ir.ExternalTensor(
+                IN_MEMORY, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=value.name
+            )
             swapped.append((value, tensor))
             value.const_value = reference
     try:

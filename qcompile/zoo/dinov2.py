@@ -122,7 +122,9 @@ class DinoV2Small(ZooModel):
         probe.save(path)
         return probe
 
-    def evaluate(self, runners: dict[str, Runner], samples: int, seed: int, progress: bool = True) -> dict[str, dict[str, float]]:
+    def evaluate(
+        self, runners: dict[str, Runner], samples: int, seed: int, progress: bool = True
+    ) -> dict[str, dict[str, float]]:
         reference = next(iter(runners.values()))
         probe = self._probe(reference, progress)
         images, labels = load_split("test")
@@ -131,8 +133,15 @@ class DinoV2Small(ZooModel):
         for start in tqdm(range(0, len(chosen), EVAL_BATCH), desc="evaluate", disable=not progress, leave=False):
             index = chosen[start : start + EVAL_BATCH]
             feeds = {INPUT_NAME: vit_preprocess(images[index])}
-            tally.add({label: probe.predict(runner(feeds).astype(np.float64)) == labels[index] for label, runner in runners.items()})
-        return {label: {"top1": 100.0 * tally.correct[label] / len(chosen), **tally.changes(label)} for label in runners}
+            tally.add(
+                {
+                    label: probe.predict(runner(feeds).astype(np.float64)) == labels[index]
+                    for label, runner in runners.items()
+                }
+            )
+        return {
+            label: {"top1": 100.0 * tally.correct[label] / len(chosen), **tally.changes(label)} for label in runners
+        }
 
     def latency_feeds(self) -> Feeds:
         images, _ = load_split("test")

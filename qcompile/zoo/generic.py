@@ -55,7 +55,9 @@ class RandomInputTask(ZooModel):
         self._sample_dims = {}
         for value in self._inputs:
             if value.dtype not in _FLOAT and value.dtype not in _INT:
-                raise InputError(f"{source}: input '{value.name}' has type {value.dtype}; random inputs support float and int")
+                raise InputError(
+                    f"{source}: input '{value.name}' has type {value.dtype}; random inputs support float and int"
+                )
             self._sample_dims[value.name] = _sample_dims(value, shapes.get(value.name), dynamic_size, source)
 
     def load(self) -> ir.Model:
@@ -84,7 +86,9 @@ class RandomInputTask(ZooModel):
 
         return CalibrationData(batches=batches, samples=samples)
 
-    def evaluate(self, runners: dict[str, Runner], samples: int, seed: int, progress: bool = True) -> dict[str, dict[str, float]]:
+    def evaluate(
+        self, runners: dict[str, Runner], samples: int, seed: int, progress: bool = True
+    ) -> dict[str, dict[str, float]]:
         del progress
         rng = np.random.default_rng(seed + 1)
         sums = {label: 0.0 for label in runners}
@@ -129,9 +133,16 @@ def _sample_dims(value: ir.Value, given: tuple[int, ...] | None, dynamic_size: i
             elif dynamic_size is not None:
                 dims.append(dynamic_size)
             else:
-                example = "x".join(str(d) if isinstance(d, int) else ("1" if i == 0 else "N") for i, d in enumerate(value.shape))
-                raise InputError(f"{where} has symbolic dim '{dim}' at axis {axis}; give its size with --input-shape {value.name}={example}")
+                example = "x".join(
+                    str(d) if isinstance(d, int) else ("1" if i == 0 else "N") for i, d in enumerate(value.shape)
+                )
+                raise InputError(
+                    f"{where} has symbolic dim '{dim}' at axis {axis}; give its size with --input-shape "
+                    f"{value.name}={example}"
+                )
     itemsize = np.dtype(_FLOAT.get(value.dtype) or _INT[value.dtype]).itemsize
     if int(np.prod(dims, dtype=object)) * itemsize > MAX_SAMPLE_BYTES:
-        raise InputError(f"{where}: one sample of shape {'x'.join(map(str, dims))} needs over {MAX_SAMPLE_BYTES >> 30} GiB")
+        raise InputError(
+            f"{where}: one sample of shape {'x'.join(map(str, dims))} needs over {MAX_SAMPLE_BYTES >> 30} GiB"
+        )
     return dims

@@ -52,4 +52,6 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, c: float = 1.0, seed: in
     if weight.shape[1] == 1:  # binary: sklearn keeps one column; expand to two logits
         weight = np.concatenate([-weight / 2, weight / 2], axis=1)
         bias = np.concatenate([-bias / 2, bias / 2])
-    return LinearProbe(mean.astype(np.float64), std.astype(np.float64), weight.astype(np.float64), bias.astype(np.float64))
+    return LinearProbe(
+        mean.astype(np.float64), std.astype(np.float64), weight.astype(np.float64), bias.astype(np.float64)
+    )

@@ -59,7 +59,9 @@ class MiniLML6(ZooModel):
         from qcompile.zoo.minilm_module import encode_batch, load_minilm
 
         module, self._tokenizer = load_minilm()
-        example = encode_batch(self._tokenizer, ["a short example sentence .", "another, somewhat longer example sentence ."])
+        example = encode_batch(
+            self._tokenizer, ["a short example sentence .", "another, somewhat longer example sentence ."]
+        )
         batch, sequence = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("sequence", min=2, max=256)
         return from_torch(
             module,
@@ -91,13 +93,21 @@ class MiniLML6(ZooModel):
         picked = [sentences[i] for i in probe_half]
         features = [
             reference(feeds)
-            for feeds in tqdm(self._batches(picked, BATCH), total=-(-len(picked) // BATCH), desc="probe features", disable=not progress, leave=False)
+            for feeds in tqdm(
+                self._batches(picked, BATCH),
+                total=-(-len(picked) // BATCH),
+                desc="probe features",
+                disable=not progress,
+                leave=False,
+            )
         ]
         probe = fit_probe(np.concatenate(features).astype(np.float64), labels[probe_half])
         probe.save(path)
         return probe
 
-    def evaluate(self, runners: dict[str, Runner], samples: int, seed: int, progress: bool = True) -> dict[str, dict[str, float]]:
+    def evaluate(
+        self, runners: dict[str, Runner], samples: int, seed: int, progress: bool = True
+    ) -> dict[str, dict[str, float]]:
         reference_label = next(iter(runners))
         probe = self._probe(runners[reference_label], progress)
         sentences, labels, eval_half, _ = self._split()
@@ -114,7 +124,10 @@ class MiniLML6(ZooModel):
                 norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(out, axis=1)
                 cosine[label] += float(np.sum(np.sum(reference * out, axis=1) / np.maximum(norms, 1e-12)))
         n = len(chosen)
-        return {label: {"accuracy": 100.0 * tally.correct[label] / n, "cosine": cosine[label] / n, **tally.changes(label)} for label in runners}
+        return {
+            label: {"accuracy": 100.0 * tally.correct[label] / n, "cosine": cosine[label] / n, **tally.changes(label)}
+            for label in runners
+        }
 
     def latency_feeds(self) -> Feeds:
         sentences, _, eval_half, _ = self._split()

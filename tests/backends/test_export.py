@@ -11,12 +11,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from qcompile import runtime
-from qcompile.backends.onnx import FORMATS, export
-from qcompile.runtime.qdq import to_qdq
 
 import qcompile
+from qcompile import runtime
+from qcompile.backends.onnx import FORMATS, export
 from qcompile.errors import InputError
+from qcompile.runtime.qdq import to_qdq
 
 export_module = importlib.import_module("qcompile.backends.onnx.export")
 
@@ -50,7 +50,9 @@ def test_the_float_format_writes_the_model_without_quantizers(quantized, tmp_pat
 
 
 def test_export_leaves_no_temporary_files(quantized, tmp_path: Path) -> None:
-    formats = [fmt for fmt in FORMATS if fmt != "int"]  # `int` needs a lowered model (tests/passes/test_intonly_encoder.py)
+    formats = [
+        fmt for fmt in FORMATS if fmt != "int"
+    ]  # `int` needs a lowered model (tests/passes/test_intonly_encoder.py)
     for fmt in formats:
         export(quantized.model, tmp_path / f"{fmt}.onnx", fmt=fmt)
     assert sorted(os.listdir(tmp_path)) == sorted(f"{fmt}.onnx" for fmt in formats)
@@ -77,7 +79,9 @@ def test_an_unknown_format_is_an_input_error_that_writes_nothing(quantized, tmp_
     assert not target.exists() and not target.parent.exists()
 
 
-def test_a_failed_write_leaves_no_partial_file_and_keeps_the_old_one(quantized, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_leaves_no_partial_file_and_keeps_the_old_one(
+    quantized, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "model.qdq.onnx"
     target.write_bytes(b"previous artifact")
 

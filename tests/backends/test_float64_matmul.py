@@ -10,8 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import qcompile
-from qcompile import PipelineContext
-from qcompile import runtime
+from qcompile import PipelineContext, runtime
 from qcompile.backends.onnx.float64_matmul import float64_matmul_twin
 from qcompile.passes.lowering.intonly import IntOnlyPass
 from qcompile.testing.builders import tiny_encoder
@@ -27,7 +26,9 @@ def _matmul_model(dtype: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
-@pytest.mark.parametrize("dtype, numpy_type, bound", [(TensorProto.INT32, np.int32, 2**12), (TensorProto.INT64, np.int64, 2**20)])
+@pytest.mark.parametrize(
+    "dtype, numpy_type, bound", [(TensorProto.INT32, np.int32, 2**12), (TensorProto.INT64, np.int64, 2**20)]
+)
 def test_integer_matmul_gives_the_same_integers_at_the_range_edges(dtype, numpy_type, bound) -> None:
     rng = np.random.default_rng(0)
     a = rng.integers(-bound, bound, size=(3, 40)).astype(numpy_type)

@@ -12,9 +12,8 @@ import onnx_ir as ir
 import pytest
 
 import qcompile
-from qcompile import PipelineContext
+from qcompile import PipelineContext, runtime
 from qcompile.backends import tvm as qtvm
-from qcompile import runtime
 from qcompile.passes.lowering.intonly import IntOnlyPass
 from qcompile.testing.builders import tiny_encoder
 
@@ -66,7 +65,21 @@ def test_cli_target_writes_checks_and_times_the_library(tmp_path) -> None:
     from qcompile.cli import main
 
     out = tmp_path / "out"
-    args = ["zoo:tiny", "--passes", "w8a8,intonly", "--target", "llvm", "-o", str(out), "--calib-samples", "8", "--eval-samples", "8", "--quiet", "--no-baselines"]
+    args = [
+        "zoo:tiny",
+        "--passes",
+        "w8a8,intonly",
+        "--target",
+        "llvm",
+        "-o",
+        str(out),
+        "--calib-samples",
+        "8",
+        "--eval-samples",
+        "8",
+        "--quiet",
+        "--no-baselines",
+    ]
     assert main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["model.int.onnx", "model.so", "model.tvm.json", "report.json"]
     report = json.loads((out / "report.json").read_text())
@@ -75,7 +88,11 @@ def test_cli_target_writes_checks_and_times_the_library(tmp_path) -> None:
     from qcompile.backends.tvm.artifact import kernel_flavour
     from qcompile.backends.tvm.target import host_target
 
-    assert report["tvm"]["kernels"] == kernel_flavour(host_target(1)) == json.loads((out / "model.tvm.json").read_text())["kernels"]
+    assert (
+        report["tvm"]["kernels"]
+        == kernel_flavour(host_target(1))
+        == json.loads((out / "model.tvm.json").read_text())["kernels"]
+    )
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,9 @@ def test_dp4a_gemm_kernel_compiles_for_cuda() -> None:
 
     lib = tvm.tirx.build(schedule_dp4a_gemm(dp4a_gemm_func(70, 40, 24, "uint8")), target=parse_target("cuda:sm_80"))
     source = _cuda_source(lib)
-    bodies = dict(re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\([^)]*\) \{(.*?)\n\}", source, flags=re.S))
+    bodies = dict(
+        re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\([^)]*\) \{(.*?)\n\}", source, flags=re.S)
+    )
     assert any("__dp4a(" in body and "__shared__" in body for body in bodies.values())
 
 
@@ -51,7 +53,7 @@ def compiled():
 
 def test_cuda_gemms_use_dp4a(compiled) -> None:
     source = _cuda_source(compiled.executable.mod)
-    bodies = re.findall(r'__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\([^)]*\) \{(.*?)\n\}', source, flags=re.S)
+    bodies = re.findall(r"__global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\([^)]*\) \{(.*?)\n\}", source, flags=re.S)
     gemms = [body for name, body in bodies if name.startswith("dp4a_gemm")]
     assert len(gemms) >= 2 and any("__dp4a(" in body for body in gemms)
     assert compiled.metadata["kind"] == "cuda" and '"arch":"sm_80"' in compiled.metadata["target"].replace(" ", "")
@@ -68,7 +70,9 @@ def test_cuda_library_exports(compiled, tmp_path) -> None:
 def test_generated_cuda_compiles_with_nvcc(compiled, tmp_path) -> None:
     source = tmp_path / "kernels.cu"
     source.write_text(_cuda_source(compiled.executable.mod))
-    result = subprocess.run(["nvcc", "-arch=sm_80", "-cubin", "-o", str(tmp_path / "k.cubin"), str(source)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["nvcc", "-arch=sm_80", "-cubin", "-o", str(tmp_path / "k.cubin"), str(source)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 

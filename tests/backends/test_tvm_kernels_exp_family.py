@@ -53,7 +53,9 @@ def test_shift_gelu(x0, n, bits) -> None:
 def test_int_gelu() -> None:
     b_int, c_int, one, n, _ = int_gelu.int_gelu_params(0.01)
     x = np.concatenate([np.arange(-2 * abs(b_int), 2 * abs(b_int)), [-(2**20), 2**20, 0]]).astype(np.int32)
-    np.testing.assert_array_equal(_run(int_gelu_te, x, b_int, c_int, one, n), int_gelu.int_gelu(x, b_int, c_int, one, n))
+    np.testing.assert_array_equal(
+        _run(int_gelu_te, x, b_int, c_int, one, n), int_gelu.int_gelu(x, b_int, c_int, one, n)
+    )
 
 
 def test_int_sqrt() -> None:

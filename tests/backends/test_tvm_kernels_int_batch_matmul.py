@@ -13,7 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcompile.backends.tvm.kernels.int_batch_matmul import Plan, fits, int_batch_matmul_func, plan, schedule_int_batch_matmul
+from qcompile.backends.tvm.kernels.int_batch_matmul import (
+    Plan,
+    fits,
+    int_batch_matmul_func,
+    plan,
+    schedule_int_batch_matmul,
+)
 from qcompile.backends.tvm.target import cpu_features, host_target
 
 pytestmark = pytest.mark.skipif("avx2" not in cpu_features(host_target(1)), reason="the int16-pair kernel needs AVX2")
@@ -36,7 +42,9 @@ def _run(a: np.ndarray, b: np.ndarray, how: Plan, dtype: str | None = None, zp_a
     batch, m, k = a.shape
     n = b.shape[2]
     dtype = dtype or str(a.dtype)
-    func = int_batch_matmul_func(batch, m, k, n, dtype, how, a_dtype=str(a.dtype), b_dtype=str(b.dtype), zp_a=zp_a, zp_b=zp_b)
+    func = int_batch_matmul_func(
+        batch, m, k, n, dtype, how, a_dtype=str(a.dtype), b_dtype=str(b.dtype), zp_a=zp_a, zp_b=zp_b
+    )
     lib = tvm.tirx.build(schedule_int_batch_matmul(func), target=host_target(2))
     out = tvm.runtime.tensor(np.zeros((batch, m, n), dtype))
     lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), out)
@@ -54,7 +62,12 @@ def _symmetric(batch, m, k, n, dtype, bound_a, bound_b, seed=0):
 
 @pytest.mark.parametrize(
     "batch, m, k, n, dtype, bound_a, bound_b, mode",
-    [(6, 197, 64, 197, "int32", 255, 255, "plain"), (3, 13, 197, 64, "int64", 65536, 255, "limbs"), (2, 5, 7, 9, "int64", 2**20, 255, "limbs"), (1, 1, 1, 1, "int32", 255, 127, "plain")],
+    [
+        (6, 197, 64, 197, "int32", 255, 255, "plain"),
+        (3, 13, 197, 64, "int64", 65536, 255, "limbs"),
+        (2, 5, 7, 9, "int64", 2**20, 255, "limbs"),
+        (1, 1, 1, 1, "int32", 255, 127, "plain"),
+    ],
     ids=["qk-int32", "pv-limbs-int64", "ragged-limbs", "scalar"],
 )
 def test_symmetric_ranges(batch, m, k, n, dtype, bound_a, bound_b, mode) -> None:
@@ -78,7 +91,9 @@ def test_softmax_probabilities_through_the_offset(top, hot) -> None:
     np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("a_dtype, zp_a, b_dtype, zp_b", [("uint8", 131, "uint8", 7), ("int8", -3, "uint8", 255), ("int64", 0, "int8", 0)])
+@pytest.mark.parametrize(
+    "a_dtype, zp_a, b_dtype, zp_b", [("uint8", 131, "uint8", 7), ("int8", -3, "uint8", 255), ("int64", 0, "int8", 0)]
+)
 def test_narrow_codes_are_centred_while_packing(a_dtype, zp_a, b_dtype, zp_b) -> None:
     """Q·Kᵀ as the lowering leaves it: uint8/int8 codes with zero points, product in int32."""
     rng = np.random.default_rng(4)
@@ -111,8 +126,12 @@ def test_plan_refuses_overflowing_bounds() -> None:
 
 @settings(max_examples=8, deadline=None)
 @given(
-    batch=st.integers(1, 3), m=st.integers(1, 13), k=st.integers(1, 30), n=st.integers(1, 20),
-    path=st.sampled_from(["plain", "limbs", "hot"]), seed=st.integers(0, 2**16),
+    batch=st.integers(1, 3),
+    m=st.integers(1, 13),
+    k=st.integers(1, 30),
+    n=st.integers(1, 20),
+    path=st.sampled_from(["plain", "limbs", "hot"]),
+    seed=st.integers(0, 2**16),
 )
 def test_batch_matmul_property(batch, m, k, n, path, seed) -> None:
     if path == "hot":

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qcompile.backends.tvm.kernels.int_gemm import int_gemm_func, pack_weight, schedule_int_gemm
-from qcompile.backends.tvm.target import host_target, cpu_features
+from qcompile.backends.tvm.target import cpu_features, host_target
 from qcompile.intops.int_linear import int_linear
 from qcompile.intops.requantize import requantize
 from qcompile.testing.requantize_cases import per_channel_requantize, requantize_epilogue
@@ -71,7 +71,9 @@ def test_fused_requantize_epilogue_and_vpmaddwd_in_the_assembly() -> None:
     a, w, bias = _operands(m, k, n, signed=False, seed=1)
     mult, shift, offset = per_channel_requantize(n)
     inputs = (*_padded(a, w, bias), mult, shift, offset)
-    got, lib = _build_and_run(int_gemm_func(m, k, n, epilogue=requantize_epilogue(n, -128, 127, "int8")), {}, inputs, (m, n), "int8")
+    got, lib = _build_and_run(
+        int_gemm_func(m, k, n, epilogue=requantize_epilogue(n, -128, 127, "int8")), {}, inputs, (m, n), "int8"
+    )
     expected = requantize(int_linear(a, w, bias).astype(np.int32), mult, shift, offset, -128, 127)
     np.testing.assert_array_equal(got, expected)
     # vpmaddwd, or vpdpwssd where LLVM folds it with the vpaddd after it (CPUs with AVX-VNNI): the same exact pair sums
@@ -84,7 +86,9 @@ def test_schedule_refuses_rows_that_do_not_divide_the_padded_m() -> None:
 
 
 @settings(max_examples=8, deadline=None)
-@given(m=st.integers(1, 20), k=st.integers(1, 40), n=st.integers(1, 40), signed=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    m=st.integers(1, 20), k=st.integers(1, 40), n=st.integers(1, 40), signed=st.booleans(), seed=st.integers(0, 2**16)
+)
 def test_gemm_property_any_shape_and_codes(m, k, n, signed, seed) -> None:
     a, w, bias = _operands(m, k, n, signed, seed)
     codes = "int8" if signed else "uint8"

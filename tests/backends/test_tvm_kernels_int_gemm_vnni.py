@@ -13,7 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcompile.backends.tvm.kernels.int_gemm_vnni import TILES, pack_weight, schedule_vnni_gemm, shifted_bias, vnni_gemm_func, vnni_lanes
+from qcompile.backends.tvm.kernels.int_gemm_vnni import (
+    TILES,
+    pack_weight,
+    schedule_vnni_gemm,
+    shifted_bias,
+    vnni_gemm_func,
+    vnni_lanes,
+)
 from qcompile.backends.tvm.target import cpu_features, host_target
 from qcompile.intops.int_linear import int_linear
 from qcompile.intops.requantize import requantize
@@ -68,7 +75,18 @@ def test_fused_requantize_epilogue(lanes) -> None:
     a, w, bias = _operands(m, k, n, signed=False, seed=1)
     mult, shift, offset = per_channel_requantize(n)
     epilogue = requantize_epilogue(n, 0, 255, "uint8")
-    got, _ = _run(m, k, n, lanes, a.astype(np.uint8), w.astype(np.int8), bias, epilogue=epilogue, extra=(mult, shift, offset), out_dtype="uint8")
+    got, _ = _run(
+        m,
+        k,
+        n,
+        lanes,
+        a.astype(np.uint8),
+        w.astype(np.int8),
+        bias,
+        epilogue=epilogue,
+        extra=(mult, shift, offset),
+        out_dtype="uint8",
+    )
     np.testing.assert_array_equal(got, requantize(int_linear(a, w, bias).astype(np.int32), mult, shift, offset, 0, 255))
 
 
@@ -81,7 +99,9 @@ def test_other_register_tiles_are_exact(rows, col_blocks) -> None:
 
 
 @settings(max_examples=8, deadline=None)
-@given(m=st.integers(1, 20), k=st.integers(1, 40), n=st.integers(1, 40), signed=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    m=st.integers(1, 20), k=st.integers(1, 40), n=st.integers(1, 40), signed=st.booleans(), seed=st.integers(0, 2**16)
+)
 def test_gemm_property_any_shape_and_codes(m, k, n, signed, seed) -> None:
     a, w, bias = _operands(m, k, n, signed, seed)
     got, _ = _run(m, k, n, WIDEST, a.astype("int8" if signed else "uint8"), w.astype(np.int8), bias)

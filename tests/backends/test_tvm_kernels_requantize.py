@@ -59,7 +59,9 @@ def test_requantize_matches_the_numpy_reference(seed, log_ratio, per_channel, bo
     ratio = 2.0 ** (log_ratio + rng.uniform(-1.0, 1.0, size=shape))
     m, e = dyadic_multiplier(ratio)
     b = rng.integers(-(2**offset_bits), 2**offset_bits, size=shape, endpoint=True).astype(np.int64)
-    np.testing.assert_array_equal(_run(x, m, e, b, lo, hi, dtype, per_channel), requantize(x, m, e, b, lo, hi).astype(dtype))
+    np.testing.assert_array_equal(
+        _run(x, m, e, b, lo, hi, dtype, per_channel), requantize(x, m, e, b, lo, hi).astype(dtype)
+    )
 
 
 @pytest.mark.parametrize("shift", [1, 31, 50])
@@ -81,7 +83,9 @@ def _folded_kernel(lo: int, hi: int, dtype: str, shape: tuple, m_dtype: str):
         x = te.placeholder((ROWS, CHANNELS), "int32", name="x")
         m = te.placeholder(shape, m_dtype, name="m")
         e, b = (te.placeholder(shape, "int64", name=n) for n in "eb")
-        y = te.compute(x.shape, lambda *i: requantize_expr(x[i], i, m, e, b, lo, hi, dtype, rounding_in_b=True), name="y")
+        y = te.compute(
+            x.shape, lambda *i: requantize_expr(x[i], i, m, e, b, lo, hi, dtype, rounding_in_b=True), name="y"
+        )
         _BUILT[key] = tvm.tirx.build(te.create_prim_func([x, m, e, b, y]), target=host_target(threads=1))
     return _BUILT[key]
 

@@ -9,10 +9,16 @@ import onnx_ir as ir
 import pytest
 
 import qcompile
-from qcompile import PipelineContext
-from qcompile import runtime
+from qcompile import PipelineContext, runtime
 from qcompile.backends.tvm.artifact import compile_int_model
-from qcompile.backends.tvm.lowering.fuse import BOUNDED_MATMUL, FUSED_LINEAR, SCORES_SOFTMAX, fuse_linear_epilogues, fuse_score_softmax, mark_bounded_matmuls
+from qcompile.backends.tvm.lowering.fuse import (
+    BOUNDED_MATMUL,
+    FUSED_LINEAR,
+    SCORES_SOFTMAX,
+    fuse_linear_epilogues,
+    fuse_score_softmax,
+    mark_bounded_matmuls,
+)
 from qcompile.backends.tvm.prepare import static_model
 from qcompile.intops.reference import run_reference
 from qcompile.passes.lowering.intonly import IntOnlyPass
@@ -64,7 +70,9 @@ def test_linear_epilogues_fuse_into_the_gemm() -> None:
     assert 0 < len(requantized) < len(linears)  # the others feed an IntAdd residual as int32
     assert fuse_linear_epilogues(model) == len(requantized)
     fused = [n for n in model.graph if n.op_type == FUSED_LINEAR]
-    assert len(fused) == len(requantized) and sum(n.op_type == "IntLinear" for n in model.graph) == len(linears) - len(requantized)
+    assert len(fused) == len(requantized) and sum(n.op_type == "IntLinear" for n in model.graph) == len(linears) - len(
+        requantized
+    )
     assert all(len(n.inputs) == 8 and "to" in n.attributes for n in fused)
     assert not any(n.op_type == "Requantize" and n.inputs[0].producer() in requantized for n in model.graph)
 
@@ -95,14 +103,25 @@ def test_attention_matmuls_carry_their_bounds_to_the_backend() -> None:
     matmuls = [n for n in model.graph if n.op_type == "MatMul"]
     assert len(matmuls) == 2  # Q·Kᵀ and P·V
     assert mark_bounded_matmuls(model) == 2
-    bounds = sorted((n.attributes["bound_a"].as_int(), n.attributes["bound_b"].as_int()) for n in model.graph if n.op_type == BOUNDED_MATMUL)
+    bounds = sorted(
+        (n.attributes["bound_a"].as_int(), n.attributes["bound_b"].as_int())
+        for n in model.graph
+        if n.op_type == BOUNDED_MATMUL
+    )
     assert bounds[0][0] <= 255 and bounds[-1][0] == 2**16  # centred 8-bit codes; 16-bit probabilities
-    scores, context = sorted((n for n in model.graph if n.op_type == BOUNDED_MATMUL), key=lambda n: n.attributes["bound_a"].as_int())
-    assert scores.attributes["row_sum_a"].as_int() == -1 and scores.attributes["lo_a"].as_int() < 0  # Q·Kᵀ: no row sum known
+    scores, context = sorted(
+        (n for n in model.graph if n.op_type == BOUNDED_MATMUL), key=lambda n: n.attributes["bound_a"].as_int()
+    )
+    assert (
+        scores.attributes["row_sum_a"].as_int() == -1 and scores.attributes["lo_a"].as_int() < 0
+    )  # Q·Kᵀ: no row sum known
     narrow = (ir.DataType.UINT8, ir.DataType.INT8)
     assert all(v.dtype in narrow for v in scores.inputs) and context.inputs[1].dtype in narrow  # centring absorbed
     assert scores.attributes["to"].as_int() == ir.DataType.INT32 and context.attributes["zp_a"].as_int() == 0
-    assert not any(n.op_type == "Sub" and n.inputs[0].producer() is not None and n.inputs[0].producer().op_type == "Cast" for n in model.graph)
+    assert not any(
+        n.op_type == "Sub" and n.inputs[0].producer() is not None and n.inputs[0].producer().op_type == "Cast"
+        for n in model.graph
+    )
     assert [context.attributes[a].as_int() for a in ("lo_a", "hi_a", "row_sum_a")] == [0, 2**16, 2**16]  # softmax rows
 
 
@@ -132,7 +151,11 @@ def test_probabilities_travel_as_int32_into_a_bounded_matmul() -> None:
 def test_a_softmax_chain_with_an_observed_intermediate_stays_unfused() -> None:
     proto, feeds = _int_model(softmax="ibert")
     model = static_model(proto, {"x": feeds["x"].shape})
-    grid = next(n for n in model.graph if n.op_type == "Requantize" and n.outputs[0].uses()[0].node.op_type == "Cast" and "d16" in n.outputs[0].name)
+    grid = next(
+        n
+        for n in model.graph
+        if n.op_type == "Requantize" and n.outputs[0].uses()[0].node.op_type == "Cast" and "d16" in n.outputs[0].name
+    )
     model.graph.outputs.append(grid.outputs[0])
     assert fuse_score_softmax(model) == 0 and any(n.op_type == "IBertSoftmax" for n in model.graph)
 
@@ -178,7 +201,12 @@ def test_every_cpu_kernel_flavour_is_exact(flavour) -> None:
 def test_kernel_flavour_follows_the_cpu_features(monkeypatch) -> None:
     from qcompile.backends.tvm import artifact, target
 
-    cases = [({"avx2", "avx512vnni", "avx512bw", "avxvnni"}, "avx512vnni"), ({"avx2", "avxvnni"}, "avxvnni"), ({"avx2"}, "llvm"), ({"neon"}, "generic")]
+    cases = [
+        ({"avx2", "avx512vnni", "avx512bw", "avxvnni"}, "avx512vnni"),
+        ({"avx2", "avxvnni"}, "avxvnni"),
+        ({"avx2"}, "llvm"),
+        ({"neon"}, "generic"),
+    ]
     for features, flavour in cases:
         monkeypatch.setattr(target, "cpu_features", lambda _target, f=frozenset(features): f)
         assert artifact.kernel_flavour(target.host_target(1)) == flavour

@@ -19,7 +19,9 @@ def _matmul_bias_relu(batch: int, m: int, k: int, n: int, dtype: str):
     bias = te.placeholder((n,), dtype, name="bias")
     r = te.reduce_axis((0, k), "k")
     mm = te.compute((batch, m, n), lambda g, i, j: te.sum(a[g, i, r] * b[r, j], axis=r), name="matmul")
-    out = te.compute((batch, m, n), lambda g, i, j: tirx.max(mm[g, i, j] + bias[j], tirx.const(0, dtype)), name="epilogue")
+    out = te.compute(
+        (batch, m, n), lambda g, i, j: tirx.max(mm[g, i, j] + bias[j], tirx.const(0, dtype)), name="epilogue"
+    )
     return te.create_prim_func([a, b, bias, out])
 
 

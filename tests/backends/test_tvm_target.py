@@ -86,7 +86,10 @@ def test_tvm_thread_pool_leaves_the_process_affinity_alone() -> None:
     import subprocess
     import sys
 
-    code = "import os, qcompile.backends.tvm, tvm; before = os.sched_getaffinity(0); tvm.get_global_func('runtime.config_threadpool')(0, 2); print(before == os.sched_getaffinity(0))"
+    code = (
+        "import os, qcompile.backends.tvm, tvm; before = os.sched_getaffinity(0); "
+        "tvm.get_global_func('runtime.config_threadpool')(0, 2); print(before == os.sched_getaffinity(0))"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TVM_BIND_THREADS"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.strip().splitlines()[-1] == "True"

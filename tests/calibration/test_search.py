@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qcompile.calibration.search import QUANTILES, uniform_search, log_sqrt2_search
+from qcompile.calibration.search import QUANTILES, log_sqrt2_search, uniform_search
 from qcompile.ir.quant_meta import QuantSpec
 
 
@@ -45,7 +45,17 @@ def _data(kind: str, n: int = 20000, seed: int = 0) -> np.ndarray:
 
 # (data, bits) pairs chosen so that the winner is the first, second and third candidate in turn
 # (checked by test_the_cases_exercise_every_candidate below), i.e. the search is not always p = 0.999.
-CASES = [("t3", 3), ("t3", 6), ("t1.5", 2), ("t1.5", 4), ("normal", 7), ("normal", 8), ("laplace", 6), ("lognormal", 4), ("lognormal", 8)]
+CASES = [
+    ("t3", 3),
+    ("t3", 6),
+    ("t1.5", 2),
+    ("t1.5", 4),
+    ("normal", 7),
+    ("normal", 8),
+    ("laplace", 6),
+    ("lognormal", 4),
+    ("lognormal", 8),
+]
 
 
 @pytest.mark.parametrize(("kind", "bits"), CASES)
@@ -95,7 +105,9 @@ def test_per_channel_search_equals_per_tensor_search_on_every_column(bits):
     # the per-channel steps follow the channel magnitudes (a shared range would not)
     assert params.scale.max() / params.scale.min() > 1e5
     # per channel, the fake quantizer works column-wise
-    expected = np.stack([uniform_search(x[:, c], bits, False).fake_quantize(x[:, c]) for c in range(x.shape[1])], axis=1)
+    expected = np.stack(
+        [uniform_search(x[:, c], bits, False).fake_quantize(x[:, c]) for c in range(x.shape[1])], axis=1
+    )
     np.testing.assert_allclose(params.fake_quantize(x), expected, rtol=0, atol=0)
 
 
@@ -110,7 +122,10 @@ def test_per_channel_search_equals_per_tensor_search_on_every_column(bits):
 )
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_zero_is_always_inside_the_range_and_exactly_representable(x, bits):
-    for params in (uniform_search(x, bits, per_channel=False), uniform_search(np.stack([x, -x, x + 20], 1), bits, per_channel=True)):
+    for params in (
+        uniform_search(x, bits, per_channel=False),
+        uniform_search(np.stack([x, -x, x + 20], 1), bits, per_channel=True),
+    ):
         assert np.all(params.lo <= 0.0) and np.all(params.hi >= 0.0)
         assert np.all((params.zero_point >= 0) & (params.zero_point <= 2**bits - 1))
         assert np.all(params.zero_point == np.round(params.zero_point))

@@ -53,7 +53,9 @@ def _malformed(tmp_path: Path, kind: str) -> tuple[Path, str]:
         path.write_bytes(tiny_encoder_proto().SerializeToString()[:5000])
         return path, "truncated.onnx: not a valid ONNX file"
     if kind == "unknown_op":
-        return _single_node_model(tmp_path / "unknown_op.onnx", "Frobnicate", ["x"], "frob"), "node 'frob' uses unknown op 'Frobnicate'"
+        return _single_node_model(
+            tmp_path / "unknown_op.onnx", "Frobnicate", ["x"], "frob"
+        ), "node 'frob' uses unknown op 'Frobnicate'"
     if kind == "missing_initializer":
         path = _single_node_model(tmp_path / "missing_init.onnx", "MatMul", ["x", "weight"], "mm")
         return path, "node 'mm' (MatMul) reads 'weight'"
@@ -63,13 +65,20 @@ def _malformed(tmp_path: Path, kind: str) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize("kind", ["truncated", "unknown_op", "missing_initializer", "not_onnx"])
-def test_a_malformed_model_exits_2_with_one_error_line_in_a_subprocess(tmp_path: Path, isolated_cache: Path, kind: str) -> None:
+def test_a_malformed_model_exits_2_with_one_error_line_in_a_subprocess(
+    tmp_path: Path, isolated_cache: Path, kind: str
+) -> None:
     path, expected = _malformed(tmp_path, kind)
     out = tmp_path / "out"
 
     completed = subprocess.run(
         [sys.executable, "-m", "qcompile.cli", str(path), "--passes", "w8a8", "-o", str(out), "--quiet"],
-        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path, env={**os.environ, "QCOMPILE_CACHE": str(isolated_cache)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+        env={**os.environ, "QCOMPILE_CACHE": str(isolated_cache)},
     )
 
     assert completed.returncode == 2, completed.stderr
@@ -90,21 +99,35 @@ def _main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str
     [
         (["zoo:tiny", "-o", "{out}"], "--passes is required"),
         (["zoo:tiny", "--passes", "w8a8,quantise", "-o", "{out}"], "unknown pass or recipe 'quantise'"),
-        (["zoo:tiny", "--passes", "w8a8:colour=red", "-o", "{out}"], "recipe 'w8a8' has no step taking option(s) colour"),
+        (
+            ["zoo:tiny", "--passes", "w8a8:colour=red", "-o", "{out}"],
+            "recipe 'w8a8' has no step taking option(s) colour",
+        ),
         (["zoo:tiny", "--passes", "w8a8,,fp", "-o", "{out}"], "empty pass name"),
         (["zoo:nonesuch", "--passes", "w8a8", "-o", "{out}"], "unknown zoo model 'nonesuch'"),
-        (["zoo:tiny", "--passes", "w8a8", "-o", "{out}", "--calib-samples", "-1"], "--calib-samples must be at least 0, got -1"),
-        (["zoo:tiny", "--passes", "w8a8", "-o", "{out}", "--eval-samples", "0"], "--eval-samples must be at least 1, got 0"),
+        (
+            ["zoo:tiny", "--passes", "w8a8", "-o", "{out}", "--calib-samples", "-1"],
+            "--calib-samples must be at least 0, got -1",
+        ),
+        (
+            ["zoo:tiny", "--passes", "w8a8", "-o", "{out}", "--eval-samples", "0"],
+            "--eval-samples must be at least 1, got 0",
+        ),
         (["zoo:tiny", "--passes", "w8a8", "-o", "{out}", "--threads", "0"], "--threads must be at least 1, got 0"),
         (["zoo:tiny", "--passes", "w8a8"], "-o/--output OUTDIR is required"),
         (["zoo:tiny", "--passes", "quantize", "-o", "{out}"], "requires CALIBRATED"),
-        (["zoo:tiny", "--passes", "calibrate:observer=magic", "-o", "{out}"], "pass 'calibrate': unknown observer 'magic'"),
+        (
+            ["zoo:tiny", "--passes", "calibrate:observer=magic", "-o", "{out}"],
+            "pass 'calibrate': unknown observer 'magic'",
+        ),
         (["{tmp}/absent.onnx", "--passes", "w8a8", "-o", "{out}"], "absent.onnx: no such file"),
         (["{tmp}", "--passes", "w8a8", "-o", "{out}"], "is a directory, not an ONNX file"),
         (["zoo:tiny", "--passes", "w8a8", "-o", "{out}", "--plugin", "{tmp}/absent.py"], "absent.py: no such file"),
     ],
 )
-def test_bad_input_exits_2_with_one_error_line(tmp_path: Path, isolated_cache: Path, capsys, argv: list[str], expected: str) -> None:
+def test_bad_input_exits_2_with_one_error_line(
+    tmp_path: Path, isolated_cache: Path, capsys, argv: list[str], expected: str
+) -> None:
     out = tmp_path / "out"
     argv = [a.format(out=out, tmp=tmp_path) for a in argv]
 
@@ -161,12 +184,17 @@ BROKEN_PLUGIN = textwrap.dedent(
 )
 
 
-def test_a_pass_failure_exits_1_with_one_line_and_leaves_no_artifact(tmp_path: Path, isolated_cache: Path, clean_registry, capsys) -> None:
+def test_a_pass_failure_exits_1_with_one_line_and_leaves_no_artifact(
+    tmp_path: Path, isolated_cache: Path, clean_registry, capsys
+) -> None:
     plugin = tmp_path / "nudge.py"
     plugin.write_text(BROKEN_PLUGIN)
     out = tmp_path / "out"
 
-    code, _, err = _main(["zoo:tiny", "--plugin", str(plugin), "--passes", "calibrate,nudge_fc2,quantize", "-o", str(out), *TINY_RUN], capsys)
+    code, _, err = _main(
+        ["zoo:tiny", "--plugin", str(plugin), "--passes", "calibrate,nudge_fc2,quantize", "-o", str(out), *TINY_RUN],
+        capsys,
+    )
 
     assert code == 1
     line = _assert_one_error_line(err, prefix="qcompile: failed:")
@@ -233,7 +261,8 @@ def test_the_reported_quantized_metric_is_the_written_artifacts_score(tiny_run) 
 
     scores = zoo.get("tiny").evaluate(
         {"fp": lambda feeds: fp.run(["y"], feeds)[0], "artifact": lambda feeds: artifact.run(["y"], feeds)[0]},
-        report["eval_samples"], report["seed"],
+        report["eval_samples"],
+        report["seed"],
     )
 
     assert scores["artifact"]["cosine"] == pytest.approx(report["metric"]["quantized"], abs=1e-6)

@@ -20,7 +20,18 @@ from qcompile.testing.builders import tiny_encoder_proto
 
 export_module = importlib.import_module("qcompile.backends.onnx.export")
 
-RUN = ["--passes", "w8a8", "--calib-samples", "4", "--eval-samples", "4", "--no-baselines", "--quiet", "--input-shape", "x=1x8x32"]
+RUN = [
+    "--passes",
+    "w8a8",
+    "--calib-samples",
+    "4",
+    "--eval-samples",
+    "4",
+    "--no-baselines",
+    "--quiet",
+    "--input-shape",
+    "x=1x8x32",
+]
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -30,7 +41,14 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
 
 def _save_external(folder: Path, location: str = "m.onnx.data") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(tiny_encoder_proto(), str(folder / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True, location=location, size_threshold=0)
+    onnx.save(
+        tiny_encoder_proto(),
+        str(folder / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=0,
+    )
     assert (folder / location).stat().st_size > 0
     return folder / "m.onnx"
 
@@ -97,10 +115,16 @@ def test_a_model_over_the_protobuf_limit_runs_the_whole_job_like_a_small_one(
     reports = [json.loads((tmp_path / name / "report.json").read_text()) for name in ("small", "large")]
     assert reports[1]["all_metrics"] == reports[0]["all_metrics"]
     assert set(reports[1]["all_metrics"]) == {"ort_fp32", "qcompile", "ort_int8_static", "ort_int8_dynamic"}
-    assert sorted(p.name for p in (tmp_path / "large").iterdir()) == ["model.qdq.onnx", "model.qdq.onnx.data", "report.json"]
+    assert sorted(p.name for p in (tmp_path / "large").iterdir()) == [
+        "model.qdq.onnx",
+        "model.qdq.onnx.data",
+        "report.json",
+    ]
     x = np.random.default_rng(1).normal(size=(2, 8, 32)).astype(np.float32)
     outputs = [
-        ort.InferenceSession(str(tmp_path / name / "model.qdq.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        ort.InferenceSession(str(tmp_path / name / "model.qdq.onnx"), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x}
+        )[0]
         for name in ("small", "large")
     ]
     np.testing.assert_array_equal(outputs[1], outputs[0])
@@ -116,26 +140,50 @@ def _over_two_gigabytes(path: Path) -> None:
     x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(["batch", 1024]))
     weights = []
     for name, shape, scale in (("w1", (1024, columns), 0.03), ("w2", (columns, 1024), 0.002)):
-        value = ir.Value(name=name, const_value=ir.tensor(rng.standard_normal(shape, dtype=np.float32) * scale, name=name))
+        value = ir.Value(
+            name=name, const_value=ir.tensor(rng.standard_normal(shape, dtype=np.float32) * scale, name=name)
+        )
         value.dtype, value.shape = ir.DataType.FLOAT, ir.Shape(shape)
         weights.append(value)
     first = ir.node("MatMul", [x, weights[0]], name="mm1")
     relu = ir.node("Relu", [first.outputs[0]], name="relu")
     second = ir.node("MatMul", [relu.outputs[0], weights[1]], name="mm2")
-    second.outputs[0].name, second.outputs[0].dtype, second.outputs[0].shape = "y", ir.DataType.FLOAT, ir.Shape(["batch", 1024])
-    graph = ir.Graph([x], [second.outputs[0]], nodes=[first, relu, second], initializers=weights, opset_imports={"": 17}, name="big")
+    second.outputs[0].name, second.outputs[0].dtype, second.outputs[0].shape = (
+        "y",
+        ir.DataType.FLOAT,
+        ir.Shape(["batch", 1024]),
+    )
+    graph = ir.Graph(
+        [x], [second.outputs[0]], nodes=[first, relu, second], initializers=weights, opset_imports={"": 17}, name="big"
+    )
     ir.save(ir.Model(graph, ir_version=9), path, external_data=f"{path.name}.data")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("QCOMPILE_FULL") != "1", reason="2.2 GB model, ~3.5 min and ~16 GB peak RSS: QCOMPILE_FULL=1")
+@pytest.mark.skipif(
+    os.environ.get("QCOMPILE_FULL") != "1", reason="2.2 GB model, ~3.5 min and ~16 GB peak RSS: QCOMPILE_FULL=1"
+)
 def test_a_real_model_over_two_gigabytes_quantizes_end_to_end(tmp_path: Path, isolated_cache: Path, capsys) -> None:
     model = tmp_path / "model" / "big.onnx"
     model.parent.mkdir()
     _over_two_gigabytes(model)
     assert (model.parent / "big.onnx.data").stat().st_size > 2**31
 
-    code, err = _run([str(model), "-o", str(tmp_path / "out"), "--passes", "w8a8", "--calib-samples", "8", "--eval-samples", "8", "--quiet"], capsys)
+    code, err = _run(
+        [
+            str(model),
+            "-o",
+            str(tmp_path / "out"),
+            "--passes",
+            "w8a8",
+            "--calib-samples",
+            "8",
+            "--eval-samples",
+            "8",
+            "--quiet",
+        ],
+        capsys,
+    )
 
     assert code == 0, err
     report = json.loads((tmp_path / "out" / "report.json").read_text())

@@ -49,7 +49,10 @@ def test_earlier_outputs_are_refused_without_force(tmp_path: Path) -> None:
     (out_path / "report.json").write_text("old")
     (out_path / "notes.txt").write_text("mine")
 
-    with pytest.raises(InputError, match=r"holds another run's outputs \(report\.json\); pass --force"), OutputFolder(out_path):
+    with (
+        pytest.raises(InputError, match=r"holds another run's outputs \(report\.json\); pass --force"),
+        OutputFolder(out_path),
+    ):
         pass
 
     assert (out_path / "report.json").read_text() == "old"

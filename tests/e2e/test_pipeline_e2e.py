@@ -10,10 +10,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from qcompile.backends.onnx import export
 
 import qcompile
 from qcompile import PipelineContext, Property
+from qcompile.backends.onnx import export
 from qcompile.ir.properties import get_properties
 from qcompile.pipeline.run import CHECK_SAMPLES
 from qcompile.testing.builders import tiny_encoder, tiny_encoder_proto
@@ -57,7 +57,9 @@ def test_a_torch_module_with_a_fixed_batch_runs_through_w8a8(tmp_path: Path) -> 
     rng = np.random.default_rng(0)
     batches = [{"x": rng.normal(0, 1, (4, 16)).astype(np.float32)} for _ in range(3)]
 
-    records = qcompile.run_passes(model, "w8a8", context=PipelineContext(calibration=qcompile.CalibrationData.from_list(batches), progress=False))
+    records = qcompile.run_passes(
+        model, "w8a8", context=PipelineContext(calibration=qcompile.CalibrationData.from_list(batches), progress=False)
+    )
     artifact = export(model, tmp_path / "mlp.qdq.onnx")
 
     assert [r["name"] for r in records] == ["calibrate", "quantize"] and records[0]["stats"]["values"] == 2

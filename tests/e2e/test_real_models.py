@@ -49,8 +49,15 @@ def test_dinov2_w8a8_keeps_accuracy_and_beats_onnx_runtime_static(tmp_path, cach
     from qcompile.zoo.dinov2 import DinoV2Small
 
     entry = DinoV2Small() if FULL else DinoV2Small(probe_train=200)
-    config = JobConfig(model=entry, passes="w8a8", output_dir=tmp_path, calib_samples=32 if FULL else 8,
-                       eval_samples=1000 if FULL else 48, progress=False, latency_rounds=3)
+    config = JobConfig(
+        model=entry,
+        passes="w8a8",
+        output_dir=tmp_path,
+        calib_samples=32 if FULL else 8,
+        eval_samples=1000 if FULL else 48,
+        progress=False,
+        latency_rounds=3,
+    )
     report = run_job(config, log=lambda _: None)
     _check_report_fields(report)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.qdq.onnx", "report.json"]
@@ -71,8 +78,15 @@ def test_minilm_w8a8_keeps_accuracy(tmp_path, cache):
 
     if not polarity_path().is_file():
         pytest.skip(f"{polarity_path()} missing: run `make data`")
-    config = JobConfig(model="zoo:minilm-l6", passes="w8a8", output_dir=tmp_path, calib_samples=32,
-                       eval_samples=1000 if FULL else 300, progress=False, latency_rounds=3)
+    config = JobConfig(
+        model="zoo:minilm-l6",
+        passes="w8a8",
+        output_dir=tmp_path,
+        calib_samples=32,
+        eval_samples=1000 if FULL else 300,
+        progress=False,
+        latency_rounds=3,
+    )
     report = run_job(config, log=lambda _: None)
     _check_report_fields(report)
     # Acceptance: ≤ 1.0 point on 1000 sentences; bounded (300 sentences, one = 0.33 points): ≤ 2.0.
@@ -88,7 +102,9 @@ from qcompile.zoo.dinov2 import DinoV2Small
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.run import run_passes
 entry = DinoV2Small(); model = entry.load()
-records = run_passes(model, "calibrate", context=PipelineContext(calibration=entry.calibration(int(sys.argv[1]), seed=0), progress=False), check_numerics=False)
+records = run_passes(model, "calibrate",
+                     context=PipelineContext(calibration=entry.calibration(int(sys.argv[1]), seed=0), progress=False),
+                     check_numerics=False)
 print(json.dumps(records[0]["stats"]["peak_rss_mb"]))
 """
 
@@ -97,7 +113,9 @@ def test_calibration_peak_memory_does_not_grow_with_samples(cache):
     large = 512 if FULL else 128
 
     def peak(samples: int) -> float:
-        done = subprocess.run([sys.executable, "-c", _CALIBRATE_CHILD, str(samples)], capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", _CALIBRATE_CHILD, str(samples)], capture_output=True, text=True, check=True
+        )
         return json.loads(done.stdout.strip().splitlines()[-1])
 
     small_peak, large_peak = peak(16), peak(large)
@@ -148,9 +166,9 @@ def test_gptq_beats_round_to_nearest_on_rotated_minilm_at_4_bits(cache):
     """Issue 3: `weight_search=gptq` lowers every linear's layer loss and raises the held-out output SQNR
     of rotated MiniLM at W4A4 (the accuracy it buys is in benchmarks/results/outlier_minilm-l6.md)."""
     from qcompile import zoo
-    from qcompile.runtime import qdq
     from qcompile.pipeline.context import PipelineContext
     from qcompile.pipeline.run import run_passes
+    from qcompile.runtime import qdq
 
     entry = zoo.get("minilm-l6")
     held_out = entry.calibration(16, seed=1).first_batch()
@@ -184,7 +202,9 @@ def test_intonly_lowers_the_zoo_models_bit_exactly(name, cache, tmp_path):
 
     entry = zoo.get(name)
     model = entry.load()
-    records = run_passes(model, "w8a8,intonly", context=PipelineContext(calibration=entry.calibration(8, 0), seed=0, progress=False))
+    records = run_passes(
+        model, "w8a8,intonly", context=PipelineContext(calibration=entry.calibration(8, 0), seed=0, progress=False)
+    )
     assert records[-1]["stats"]["float_values"] == [] and records[-1]["stats"]["float_ops"] == []
     model = ir.load(export(model, tmp_path / "model.int.onnx", fmt="int"))
     assert float_values(model) == []  # on the saved file, through its metadata_props tags
@@ -204,15 +224,32 @@ def test_dinov2_saved_with_external_data_gives_the_same_report_metrics(tmp_path,
 
     folder = tmp_path / "saved"
     folder.mkdir()
-    onnx.save(onnx.load(str(onnx_path())), str(folder / "dinov2.onnx"), save_as_external_data=True, location="dinov2.onnx.data", size_threshold=0)
+    onnx.save(
+        onnx.load(str(onnx_path())),
+        str(folder / "dinov2.onnx"),
+        save_as_external_data=True,
+        location="dinov2.onnx.data",
+        size_threshold=0,
+    )
     assert (folder / "dinov2.onnx").stat().st_size < 1_000_000 < (folder / "dinov2.onnx.data").stat().st_size
     reports = {}
     cwd = os.getcwd()
     try:
         os.chdir(tmp_path)
-        for label, entry in (("own", DinoV2Small(probe_train=200)), ("external", DinoV2Small(probe_train=200, onnx_file=folder / "dinov2.onnx"))):
-            config = JobConfig(model=entry, passes="w8a8", output_dir=tmp_path / label, calib_samples=8, eval_samples=32 if FULL else 16,
-                               progress=False, baselines=False, latency_rounds=1)
+        for label, entry in (
+            ("own", DinoV2Small(probe_train=200)),
+            ("external", DinoV2Small(probe_train=200, onnx_file=folder / "dinov2.onnx")),
+        ):
+            config = JobConfig(
+                model=entry,
+                passes="w8a8",
+                output_dir=tmp_path / label,
+                calib_samples=8,
+                eval_samples=32 if FULL else 16,
+                progress=False,
+                baselines=False,
+                latency_rounds=1,
+            )
             reports[label] = run_job(config, log=lambda _: None)
     finally:
         os.chdir(cwd)

@@ -22,7 +22,9 @@ def _save(proto: onnx.ModelProto, path: Path) -> Path:
     return path
 
 
-def _single_node_proto(op_type: str, inputs: list[str], initializers=(), domain: str = "", node_name: str = "the_node") -> onnx.ModelProto:
+def _single_node_proto(
+    op_type: str, inputs: list[str], initializers=(), domain: str = "", node_name: str = "the_node"
+) -> onnx.ModelProto:
     graph = helper.make_graph(
         [helper.make_node(op_type, inputs, ["y"], name=node_name, domain=domain)],
         "g",
@@ -52,7 +54,14 @@ def test_a_string_path_loads_too(tmp_path: Path) -> None:
 def test_external_data_loads_with_the_right_initializer_values(tmp_path: Path) -> None:
     proto = tiny_encoder_proto()
     expected = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    onnx.save(proto, str(tmp_path / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True, location="m.data", size_threshold=0)
+    onnx.save(
+        proto,
+        str(tmp_path / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="m.data",
+        size_threshold=0,
+    )
     assert (tmp_path / "m.data").stat().st_size > 0
 
     model = qcompile.load(tmp_path / "m.onnx")
@@ -63,19 +72,37 @@ def test_external_data_loads_with_the_right_initializer_values(tmp_path: Path) -
 
 
 def test_missing_external_data_file_is_an_input_error_naming_the_file(tmp_path: Path) -> None:
-    onnx.save(tiny_encoder_proto(), str(tmp_path / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    onnx.save(
+        tiny_encoder_proto(),
+        str(tmp_path / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     (tmp_path / "weights.bin").unlink()
 
-    with pytest.raises(InputError, match=r"m\.onnx: tensor '.+': external data file 'weights\.bin' not found in the model's folder"):
+    with pytest.raises(
+        InputError, match=r"m\.onnx: tensor '.+': external data file 'weights\.bin' not found in the model's folder"
+    ):
         qcompile.load(tmp_path / "m.onnx")
 
 
 def test_truncated_external_data_file_is_an_input_error_naming_the_file(tmp_path: Path) -> None:
-    onnx.save(tiny_encoder_proto(), str(tmp_path / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    onnx.save(
+        tiny_encoder_proto(),
+        str(tmp_path / "m.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     data = (tmp_path / "weights.bin").read_bytes()
     (tmp_path / "weights.bin").write_bytes(data[: len(data) // 2])
 
-    with pytest.raises(InputError, match=r"m\.onnx: tensor '.+': external data bytes \d+\.\.\d+ lie past the end of 'weights\.bin'"):
+    with pytest.raises(
+        InputError, match=r"m\.onnx: tensor '.+': external data bytes \d+\.\.\d+ lie past the end of 'weights\.bin'"
+    ):
         qcompile.load(tmp_path / "m.onnx")
 
 
@@ -123,7 +150,9 @@ def test_missing_initializer_is_an_input_error_naming_node_and_value(tmp_path: P
         qcompile.load(path)
 
 
-def test_missing_initializer_logs_no_warning_besides_the_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_missing_initializer_logs_no_warning_besides_the_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = _save(_single_node_proto("MatMul", ["x", "weight"], node_name="mm"), tmp_path / "missing.onnx")
     caplog.set_level(logging.DEBUG)
     with pytest.raises(InputError):

@@ -36,6 +36,7 @@ _NP = {TensorProto.FLOAT16: np.float16, TensorProto.BFLOAT16: ml_dtypes.bfloat16
 
 # -- helpers ---------------------------------------------------------------------------------------------
 
+
 def _tensor(array: np.ndarray, name: str, elem_type: int) -> onnx.TensorProto:
     """An initializer of `elem_type` holding `array` rounded to that type (bf16 via ml_dtypes)."""
     if elem_type == TensorProto.BFLOAT16:
@@ -145,14 +146,19 @@ def _within_one_fp16_ulp(got: np.ndarray, exact: np.ndarray) -> None:
 
 # -- the facts about ONNX Runtime the rewrite rests on -----------------------------------------------------
 
+
 def test_onnxruntime_cpu_casts_bf16_but_python_cannot_feed_or_fetch_bf16_and_cpu_has_no_bf16_matmul() -> None:
     """If this starts failing, ONNX Runtime changed: bf16 interfaces could then be kept (docs/methods/precision.md)."""
-    cast_in = _model([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
-                     [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2])],
-                     [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
-    cast_out = _model([helper.make_node("Cast", ["x"], ["y"], to=TensorProto.BFLOAT16)],
-                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                      [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [2])])
+    cast_in = _model(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)],
+        [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    cast_out = _model(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.BFLOAT16)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, [2])],
+    )
     session_in = ort.InferenceSession(cast_in.SerializeToString(), providers=["CPUExecutionProvider"])
     session_out = ort.InferenceSession(cast_out.SerializeToString(), providers=["CPUExecutionProvider"])
     x = np.array([1.5, -2.25], np.float32)
@@ -163,10 +169,13 @@ def test_onnxruntime_cpu_casts_bf16_but_python_cannot_feed_or_fetch_bf16_and_cpu
     with pytest.raises(Exception):
         session_out.run(None, {"x": x})
     # The Cast kernels themselves exist: through an IOBinding of raw uint16 buffers they run bit-exactly.
-    out = np.zeros(2, np.uint16)
     binding = session_in.io_binding()
-    binding.bind_ortvalue_input("x", ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
-        x.astype(ml_dtypes.bfloat16).view(np.uint16), TensorProto.BFLOAT16))
+    binding.bind_ortvalue_input(
+        "x",
+        ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+            x.astype(ml_dtypes.bfloat16).view(np.uint16), TensorProto.BFLOAT16
+        ),
+    )
     binding.bind_output("y")
     session_in.run_with_iobinding(binding)
     np.testing.assert_array_equal(binding.copy_outputs_to_cpu()[0], x)
@@ -175,6 +184,7 @@ def test_onnxruntime_cpu_casts_bf16_but_python_cannot_feed_or_fetch_bf16_and_cpu
 
 
 # -- fp16 --------------------------------------------------------------------------------------------------
+
 
 def test_fp16_mlp_computes_in_float32_with_its_fp16_interface() -> None:
     original = _mlp_proto(TensorProto.FLOAT16)
@@ -189,7 +199,10 @@ def test_fp16_mlp_computes_in_float32_with_its_fp16_interface() -> None:
     # FLOAT16 only at the interface and in the output's boundary Cast
     assert _low_precision_uses(proto) == ["main:value:x", "main:value:y", "main:attr:Cast.to:y"]
     casts = [n for n in proto.graph.node if n.op_type == "Cast"]
-    assert [(n.input[0], n.attribute[0].i) for n in casts] == [("x", TensorProto.FLOAT), ("y__float32", TensorProto.FLOAT16)]
+    assert [(n.input[0], n.attribute[0].i) for n in casts] == [
+        ("x", TensorProto.FLOAT),
+        ("y__float32", TensorProto.FLOAT16),
+    ]
     assert all(t.data_type == TensorProto.FLOAT for t in proto.graph.initializer)
 
     x = _feeds(np.float16)
@@ -254,6 +267,7 @@ def test_a_cast_to_float16_inside_the_graph_becomes_a_float32_identity() -> None
 
 # -- bf16 --------------------------------------------------------------------------------------------------
 
+
 def test_bf16_mlp_computes_in_float32_with_a_float32_interface() -> None:
     model, changes = _rewrite(_mlp_proto(TensorProto.BFLOAT16))
     proto = _proto(model)
@@ -275,22 +289,41 @@ def test_bf16_mlp_computes_in_float32_with_a_float32_interface() -> None:
 
 # -- subgraphs and functions ---------------------------------------------------------------------------------
 
+
 def _if_proto() -> onnx.ModelProto:
     """y = If(c) then h + 0.5 else h * 2 (fp16 Constants inside the branches), h = x * w."""
     then = helper.make_graph(
-        [helper.make_node("Constant", [], ["half"], value=_tensor(np.full(D, 0.5, np.float32), "half_t", TensorProto.FLOAT16)),
-         helper.make_node("Add", ["h", "half"], ["then_out"])],
-        "then", [], [helper.make_tensor_value_info("then_out", TensorProto.FLOAT16, ["batch", D])],
+        [
+            helper.make_node(
+                "Constant", [], ["half"], value=_tensor(np.full(D, 0.5, np.float32), "half_t", TensorProto.FLOAT16)
+            ),
+            helper.make_node("Add", ["h", "half"], ["then_out"]),
+        ],
+        "then",
+        [],
+        [helper.make_tensor_value_info("then_out", TensorProto.FLOAT16, ["batch", D])],
     )
     other = helper.make_graph(
-        [helper.make_node("Constant", [], ["two"], value=_tensor(np.full(D, 2.0, np.float32), "two_t", TensorProto.FLOAT16)),
-         helper.make_node("Mul", ["h", "two"], ["else_out"])],
-        "else", [], [helper.make_tensor_value_info("else_out", TensorProto.FLOAT16, ["batch", D])],
+        [
+            helper.make_node(
+                "Constant", [], ["two"], value=_tensor(np.full(D, 2.0, np.float32), "two_t", TensorProto.FLOAT16)
+            ),
+            helper.make_node("Mul", ["h", "two"], ["else_out"]),
+        ],
+        "else",
+        [],
+        [helper.make_tensor_value_info("else_out", TensorProto.FLOAT16, ["batch", D])],
     )
     w = np.linspace(-1, 1, D).astype(np.float32)
     return _model(
-        [helper.make_node("Mul", ["x", "w"], ["h"]), helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", D]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [
+            helper.make_node("Mul", ["x", "w"], ["h"]),
+            helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other),
+        ],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["batch", D]),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT16, ["batch", D])],
         [_tensor(w, "w", TensorProto.FLOAT16)],
     )
@@ -315,10 +348,17 @@ def test_if_branches_with_fp16_constants_are_rewritten() -> None:
 def _function_proto() -> onnx.ModelProto:
     """local.ScaleShift(v) = Cast(v * 0.5 + Constant_fp16, to=@dtype); the call gives dtype=FLOAT16."""
     function = helper.make_function(
-        "local", "ScaleShift", ["v"], ["out"],
+        "local",
+        "ScaleShift",
+        ["v"],
+        ["out"],
         [
-            helper.make_node("Constant", [], ["half"], value=_tensor(np.array(0.5, np.float32), "half_t", TensorProto.FLOAT16)),
-            helper.make_node("Constant", [], ["shift"], value=_tensor(np.full(D, 0.25, np.float32), "shift_t", TensorProto.FLOAT16)),
+            helper.make_node(
+                "Constant", [], ["half"], value=_tensor(np.array(0.5, np.float32), "half_t", TensorProto.FLOAT16)
+            ),
+            helper.make_node(
+                "Constant", [], ["shift"], value=_tensor(np.full(D, 0.25, np.float32), "shift_t", TensorProto.FLOAT16)
+            ),
             helper.make_node("Mul", ["v", "half"], ["scaled"]),
             helper.make_node("Add", ["scaled", "shift"], ["sum"]),
             _cast_with_reference("sum", "out"),
@@ -360,6 +400,7 @@ def test_model_local_functions_with_fp16_constants_and_dtype_references_are_rewr
 
 # -- no-op and idempotence --------------------------------------------------------------------------------
 
+
 def test_a_float32_model_is_untouched_byte_for_byte() -> None:
     original = tiny_encoder_proto()
     model = ir.serde.deserialize_model(original)
@@ -368,8 +409,11 @@ def test_a_float32_model_is_untouched_byte_for_byte() -> None:
     assert ir.serde.serialize_model(model).SerializeToString() == before
 
 
-@pytest.mark.parametrize("build", [lambda: _mlp_proto(TensorProto.FLOAT16), lambda: _mlp_proto(TensorProto.BFLOAT16), _if_proto, _function_proto],
-                         ids=["fp16-mlp", "bf16-mlp", "if", "function"])
+@pytest.mark.parametrize(
+    "build",
+    [lambda: _mlp_proto(TensorProto.FLOAT16), lambda: _mlp_proto(TensorProto.BFLOAT16), _if_proto, _function_proto],
+    ids=["fp16-mlp", "bf16-mlp", "if", "function"],
+)
 def test_rewriting_twice_equals_rewriting_once(build) -> None:
     model, changes = _rewrite(build())
     assert changes
@@ -392,7 +436,9 @@ def test_an_fp16_output_read_elsewhere_and_an_input_passed_through_keep_their_in
     )
     model, _ = _rewrite(original)
     proto = _proto(model)
-    assert [(v.name, v.type.tensor_type.elem_type) for v in proto.graph.output] == [(n, TensorProto.FLOAT16) for n in ("y", "z", "x")]
+    assert [(v.name, v.type.tensor_type.elem_type) for v in proto.graph.output] == [
+        (n, TensorProto.FLOAT16) for n in ("y", "z", "x")
+    ]
     x = _feeds(np.float16, batch=2)
     y, z, x_out = _run(proto, {"x": x})
     np.testing.assert_array_equal(y, x * np.float16(0.5))
@@ -415,6 +461,7 @@ def test_a_bitcast_of_fp16_bits_is_refused_before_anything_changes() -> None:
 
 
 # -- end to end through the pass pipeline ----------------------------------------------------------------------
+
 
 def test_fp16_model_quantizes_w8a8_after_the_rewrite_and_the_qdq_export_runs_with_fp16_feeds(tmp_path: Path) -> None:
     original = _mlp_proto(TensorProto.FLOAT16)

@@ -6,9 +6,9 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
-from qcompile import runtime
 
 import qcompile
+from qcompile import runtime
 from qcompile.errors import InputError
 from qcompile.ir.verifier import verify_model
 

@@ -65,7 +65,9 @@ def _int_gelu_exact(value: int, b_int: int, c_int: int, one: int, n: int) -> int
 
 _ROWS = st.integers(1, 3).flatmap(
     lambda rows: st.integers(1, 32).flatmap(
-        lambda length: st.lists(st.lists(st.integers(-128, 127), min_size=length, max_size=length), min_size=rows, max_size=rows)
+        lambda length: st.lists(
+            st.lists(st.integers(-128, 127), min_size=length, max_size=length), min_size=rows, max_size=rows
+        )
     )
 )
 
@@ -78,7 +80,9 @@ def test_shift_gelu_matches_the_algorithm_bit_for_bit(values, scale, bits) -> No
     n = 23 if bits == 8 else 15
     expected = np.array([_shift_gelu_exact(row, x0, n, bits) for row in values], dtype=np.int64)
     np.testing.assert_array_equal(shift_gelu(x, x0, n, bits), expected)
-    np.testing.assert_array_equal(_SHIFT.run(None, {"x": x, "x0": _i64(x0), "n": _i64(n), "bits": _i64(bits)})[0], expected)
+    np.testing.assert_array_equal(
+        _SHIFT.run(None, {"x": x, "x0": _i64(x0), "n": _i64(n), "bits": _i64(bits)})[0], expected
+    )
 
 
 @settings(max_examples=150, deadline=None)
@@ -101,7 +105,10 @@ def test_both_approximate_gelu_on_an_8_bit_grid() -> None:
     x = np.arange(-127, 128, dtype=np.int32)[None, :]
     reference = _gelu(x * scale)
     b_int, c_int, one, n, out_scale = int_gelu_params(scale)
-    ibert = _IBERT.run(None, {"x": x, "b_int": _i64(b_int), "c_int": _i64(c_int), "one": _i64(one), "n": _i64(n)})[0] * out_scale
+    ibert = (
+        _IBERT.run(None, {"x": x, "b_int": _i64(b_int), "c_int": _i64(c_int), "one": _i64(one), "n": _i64(n)})[0]
+        * out_scale
+    )
     x0 = exp_x0(GELU_SIGMOID_SLOPE * scale)
     shift = _SHIFT.run(None, {"x": x, "x0": _i64(x0), "n": _i64(23), "bits": _i64(8)})[0] * scale / 2**7
     # METHODS.md §2.1: the i-GELU polynomial is within 0.018 of GELU on [−4, 4]; x·σ(1.702x) within 0.020,

@@ -25,7 +25,10 @@ _SESSION = ort.InferenceSession(_model.to_model_proto().SerializeToString(), pro
 
 
 def _run(x, x0, b_int, c_int, n, bits) -> np.ndarray:
-    feeds = {"x": x, **{k: np.array(v, np.int64) for k, v in dict(x0=x0, b_int=b_int, c_int=c_int, n=n, bits=bits).items()}}
+    feeds = {
+        "x": x,
+        **{k: np.array(v, np.int64) for k, v in dict(x0=x0, b_int=b_int, c_int=c_int, n=n, bits=bits).items()},
+    }
     return _SESSION.run(None, feeds)[0]
 
 
@@ -50,7 +53,9 @@ def _exact_row(row, x0, b_int, c_int, n, bits) -> list[int]:
     data=st.data(),
 )
 def test_onnx_runtime_and_reference_match_the_algorithm_bit_for_bit(rows, length, scale, bits, data) -> None:
-    values = data.draw(st.lists(st.lists(st.integers(-(2**15), 2**15), min_size=length, max_size=length), min_size=rows, max_size=rows))
+    values = data.draw(
+        st.lists(st.lists(st.integers(-(2**15), 2**15), min_size=length, max_size=length), min_size=rows, max_size=rows)
+    )
     x = np.array(values, dtype=np.int32)
     params = ibert_softmax_params(scale)
     expected = np.array([_exact_row(row, *params, bits) for row in values], dtype=np.int64)

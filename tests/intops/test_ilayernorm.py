@@ -45,7 +45,11 @@ def _run(x: np.ndarray, shift: int) -> np.ndarray:
     data=st.data(),
 )
 def test_onnx_runtime_and_reference_match_the_algorithm_bit_for_bit(rows, channels, bound, shift, data) -> None:
-    values = data.draw(st.lists(st.lists(st.integers(-bound, bound - 1), min_size=channels, max_size=channels), min_size=rows, max_size=rows))
+    values = data.draw(
+        st.lists(
+            st.lists(st.integers(-bound, bound - 1), min_size=channels, max_size=channels), min_size=rows, max_size=rows
+        )
+    )
     x = np.array(values, dtype=np.int32)
     expected = np.array([_exact_row(row, shift) for row in values], dtype=np.int64)
     np.testing.assert_array_equal(i_layernorm(x, shift), expected)

@@ -26,7 +26,9 @@ def _linear_u8(x: UINT8["M", "K"], w: INT8["K", "N"], bias: INT32["N"]) -> INT32
 
 
 @script(default_opset=op)
-def _add(a: INT32["N"], b: INT32["N"], m_a: INT64, e_a: INT64, m_b: INT64, e_b: INT64, lo: INT64, hi: INT64) -> INT64["N"]:
+def _add(
+    a: INT32["N"], b: INT32["N"], m_a: INT64, e_a: INT64, m_b: INT64, e_b: INT64, lo: INT64, hi: INT64
+) -> INT64["N"]:
     return IntAdd(a, b, m_a, e_a, m_b, e_b, lo, hi)
 
 
@@ -38,7 +40,10 @@ _S8, _U8, _ADD = (_session(f.to_model_proto()) for f in (_linear_s8, _linear_u8,
 
 
 def _exact_linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
-    rows = [[sum(int(x[i, k]) * int(w[k, j]) for k in range(x.shape[1])) + int(bias[j]) for j in range(w.shape[1])] for i in range(x.shape[0])]
+    rows = [
+        [sum(int(x[i, k]) * int(w[k, j]) for k in range(x.shape[1])) + int(bias[j]) for j in range(w.shape[1])]
+        for i in range(x.shape[0])
+    ]
     return np.array(rows, dtype=np.int64)
 
 
@@ -46,8 +51,13 @@ def _exact_linear(x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
 @given(m=st.integers(1, 4), k=st.integers(1, 64), n=st.integers(1, 8), unsigned=st.booleans(), data=st.data())
 def test_int_linear_matches_python_integers(m, k, n, unsigned, data) -> None:
     lo, hi = (0, 255) if unsigned else (-128, 127)
-    x = np.array(data.draw(st.lists(st.lists(st.integers(lo, hi), min_size=k, max_size=k), min_size=m, max_size=m)), np.uint8 if unsigned else np.int8)
-    w = np.array(data.draw(st.lists(st.lists(st.integers(-127, 127), min_size=n, max_size=n), min_size=k, max_size=k)), np.int8)
+    x = np.array(
+        data.draw(st.lists(st.lists(st.integers(lo, hi), min_size=k, max_size=k), min_size=m, max_size=m)),
+        np.uint8 if unsigned else np.int8,
+    )
+    w = np.array(
+        data.draw(st.lists(st.lists(st.integers(-127, 127), min_size=n, max_size=n), min_size=k, max_size=k)), np.int8
+    )
     bias = np.array(data.draw(st.lists(st.integers(-(2**24), 2**24), min_size=n, max_size=n)), np.int32)
     expected = _exact_linear(x, w, bias)
     np.testing.assert_array_equal(int_linear(x, w, bias), expected)
@@ -67,7 +77,9 @@ def test_full_range_operands_are_exact_where_matmulinteger_may_saturate() -> Non
 
 @settings(max_examples=100, deadline=None)
 @given(
-    values=st.lists(st.tuples(st.integers(-(2**31), 2**31 - 1), st.integers(-(2**31), 2**31 - 1)), min_size=1, max_size=32),
+    values=st.lists(
+        st.tuples(st.integers(-(2**31), 2**31 - 1), st.integers(-(2**31), 2**31 - 1)), min_size=1, max_size=32
+    ),
     ratio_a=st.floats(min_value=1e-6, max_value=4.0),
     ratio_b=st.floats(min_value=1e-6, max_value=4.0),
     bounds=st.sampled_from([(-128, 127), (-(2**15), 2**15 - 1)]),
@@ -81,7 +93,22 @@ def test_int_add_rounds_each_branch_then_clamps_the_sum(values, ratio_a, ratio_b
     def rounded(x: int, m: int, e: int) -> int:
         return (x * m + ((1 << e) >> 1)) >> e
 
-    expected = np.array([min(max(rounded(int(p), int(m_a), int(e_a)) + rounded(int(q), int(m_b), int(e_b)), lo), hi) for p, q in zip(a, b)], np.int64)
+    expected = np.array(
+        [
+            min(max(rounded(int(p), int(m_a), int(e_a)) + rounded(int(q), int(m_b), int(e_b)), lo), hi)
+            for p, q in zip(a, b)
+        ],
+        np.int64,
+    )
     np.testing.assert_array_equal(int_add(a, b, m_a, e_a, m_b, e_b, lo, hi), expected)
-    feeds = {"a": a, "b": b, "m_a": m_a, "e_a": e_a, "m_b": m_b, "e_b": e_b, "lo": np.array(lo, np.int64), "hi": np.array(hi, np.int64)}
+    feeds = {
+        "a": a,
+        "b": b,
+        "m_a": m_a,
+        "e_a": e_a,
+        "m_b": m_b,
+        "e_b": e_b,
+        "lo": np.array(lo, np.int64),
+        "hi": np.array(hi, np.int64),
+    }
     np.testing.assert_array_equal(_ADD.run(None, feeds)[0], expected)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,7 +11,12 @@ from onnx import TensorProto, helper
 from qcompile.intops.kernels import add_kernel
 from qcompile.intops.lookup import Lookup, lookup
 
-DTYPES = {np.uint8: TensorProto.UINT8, np.int8: TensorProto.INT8, np.int16: TensorProto.INT16, np.int32: TensorProto.INT32}
+DTYPES = {
+    np.uint8: TensorProto.UINT8,
+    np.int8: TensorProto.INT8,
+    np.int16: TensorProto.INT16,
+    np.int32: TensorProto.INT32,
+}
 
 
 def _session(dtype) -> ort.InferenceSession:
@@ -21,7 +25,11 @@ def _session(dtype) -> ort.InferenceSession:
     graph = helper.make_graph(
         [helper.make_node("Lookup", ["x", "table", "first"], ["y"], domain="qcompile")],
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.INT32, ["n"]), helper.make_tensor_value_info("table", DTYPES[dtype], ["t"]), helper.make_tensor_value_info("first", TensorProto.INT32, [])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.INT32, ["n"]),
+            helper.make_tensor_value_info("table", DTYPES[dtype], ["t"]),
+            helper.make_tensor_value_info("first", TensorProto.INT32, []),
+        ],
         [helper.make_tensor_value_info("y", DTYPES[dtype], ["n"])],
     )
     model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
@@ -33,7 +41,12 @@ SESSIONS = {dtype: _session(dtype) for dtype in DTYPES}
 
 
 @settings(max_examples=100, deadline=None)
-@given(dtype=st.sampled_from(list(DTYPES)), first=st.integers(-(2**20), 2**20), size=st.integers(1, 2000), seed=st.integers(0, 2**32 - 1))
+@given(
+    dtype=st.sampled_from(list(DTYPES)),
+    first=st.integers(-(2**20), 2**20),
+    size=st.integers(1, 2000),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_onnx_runtime_matches_the_reference_and_plain_indexing(dtype, first, size, seed) -> None:
     rng = np.random.default_rng(seed)
     info = np.iinfo(dtype)
@@ -53,4 +66,6 @@ def test_codes_outside_the_table_read_its_end_entries() -> None:
     x = np.array([-15, -11, -10, -1, 0, 5, 1000], np.int32)
     expected = np.array([100, 100, 100, 109, 109, 109, 109], np.int16)
     np.testing.assert_array_equal(lookup(x, table, -10), expected)
-    np.testing.assert_array_equal(SESSIONS[np.int16].run(None, {"x": x, "table": table, "first": np.array(-10, np.int32)})[0], expected)
+    np.testing.assert_array_equal(
+        SESSIONS[np.int16].run(None, {"x": x, "table": table, "first": np.array(-10, np.int32)})[0], expected
+    )

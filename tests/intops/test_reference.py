@@ -20,8 +20,17 @@ from qcompile.intops.shiftmax import Shiftmax
 def _chain(x: INT8["M", "K"], w: INT8["K", "N"], bias: INT32["N"], m: INT64, e: INT64) -> INT64["M", "N"]:
     acc = IntLinear(x, w, bias)
     normed = ILayerNorm(acc, op.Constant(value_int=0))
-    small = Requantize(op.Cast(normed, to=6), m, e, op.Constant(value_int=0), op.Constant(value_int=-32768), op.Constant(value_int=32767))
-    return Shiftmax(op.Cast(small, to=6), op.Constant(value_int=-100), op.Constant(value_int=15), op.Constant(value_int=8))
+    small = Requantize(
+        op.Cast(normed, to=6),
+        m,
+        e,
+        op.Constant(value_int=0),
+        op.Constant(value_int=-32768),
+        op.Constant(value_int=32767),
+    )
+    return Shiftmax(
+        op.Cast(small, to=6), op.Constant(value_int=-100), op.Constant(value_int=15), op.Constant(value_int=8)
+    )
 
 
 def _feeds(seed: int) -> dict[str, np.ndarray]:

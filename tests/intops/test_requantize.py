@@ -6,7 +6,6 @@ The exact reference uses Python integers: floor((x·m + b) / 2^e + 1/2) = (x·m 
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
@@ -25,17 +24,29 @@ def _requantize_model(x: INT32, m: INT64, e: INT64, b: INT64, lo: INT64, hi: INT
     return Requantize(x, m, e, b, lo, hi)
 
 
-_SESSION = ort.InferenceSession(_requantize_model.to_model_proto().SerializeToString(), providers=["CPUExecutionProvider"])
+_SESSION = ort.InferenceSession(
+    _requantize_model.to_model_proto().SerializeToString(), providers=["CPUExecutionProvider"]
+)
 
 
 def _ort(x, m, e, lo, hi, b=0) -> np.ndarray:
-    feeds = {"x": x, "m": np.asarray(m, np.int64), "e": np.asarray(e, np.int64), "b": np.asarray(b, np.int64), "lo": np.array(lo, np.int64), "hi": np.array(hi, np.int64)}
+    feeds = {
+        "x": x,
+        "m": np.asarray(m, np.int64),
+        "e": np.asarray(e, np.int64),
+        "b": np.asarray(b, np.int64),
+        "lo": np.array(lo, np.int64),
+        "hi": np.array(hi, np.int64),
+    }
     return _SESSION.run(None, feeds)[0]
 
 
 def _exact(x: np.ndarray, m, e, lo: int, hi: int, b=0) -> np.ndarray:
     m, e, b = np.broadcast_to(m, x.shape), np.broadcast_to(e, x.shape), np.broadcast_to(b, x.shape)
-    out = [min(max((int(v) * int(mm) + int(bb) + ((1 << int(ee)) >> 1)) >> int(ee), lo), hi) for v, mm, ee, bb in zip(x.ravel(), m.ravel(), e.ravel(), b.ravel())]
+    out = [
+        min(max((int(v) * int(mm) + int(bb) + ((1 << int(ee)) >> 1)) >> int(ee), lo), hi)
+        for v, mm, ee, bb in zip(x.ravel(), m.ravel(), e.ravel(), b.ravel())
+    ]
     return np.array(out, dtype=np.int64).reshape(x.shape)
 
 

@@ -23,7 +23,9 @@ def _shiftmax_model(x: INT32["R", "N"], x0: INT64, n: INT64, out_bits: INT64) ->
     return Shiftmax(x, x0, n, out_bits)
 
 
-_SESSION = ort.InferenceSession(_shiftmax_model.to_model_proto().SerializeToString(), providers=["CPUExecutionProvider"])
+_SESSION = ort.InferenceSession(
+    _shiftmax_model.to_model_proto().SerializeToString(), providers=["CPUExecutionProvider"]
+)
 
 
 def _ort(x: np.ndarray, x0: int, n: int, out_bits: int) -> np.ndarray:
@@ -57,7 +59,9 @@ def _exact_row(row: list[int], x0: int, n: int, out_bits: int) -> list[int]:
 def test_onnx_runtime_and_reference_match_the_algorithm_bit_for_bit(rows, length, scale, n, out_bits, data) -> None:
     x0 = exp_x0(scale)
     bound = 2**15  # int16-range scores, as I-ViT's requantized Q·Kᵀ; extremes included by hypothesis
-    values = data.draw(st.lists(st.lists(st.integers(-bound, bound), min_size=length, max_size=length), min_size=rows, max_size=rows))
+    values = data.draw(
+        st.lists(st.lists(st.integers(-bound, bound), min_size=length, max_size=length), min_size=rows, max_size=rows)
+    )
     x = np.array(values, dtype=np.int32)
     expected = np.array([_exact_row(row, x0, n, out_bits) for row in values], dtype=np.int64)
     np.testing.assert_array_equal(shiftmax(x, x0, n, out_bits), expected)

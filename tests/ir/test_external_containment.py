@@ -46,7 +46,9 @@ def secret(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
-def test_clone_refuses_an_external_reference_leading_outside(tmp_path: Path, secret: Path, kind: str, monkeypatch) -> None:
+def test_clone_refuses_an_external_reference_leading_outside(
+    tmp_path: Path, secret: Path, kind: str, monkeypatch
+) -> None:
     folder = tmp_path / "model"
     location = {"dotdot": "../outside/secret.bin", "absolute": str(secret), "symlink": "link.bin"}[kind]
     path = _external_model(folder, location)

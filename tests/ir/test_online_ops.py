@@ -40,7 +40,9 @@ def _assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float = 1e-5) 
 
 # n = 32: A = [1], B = H_32/√32; n = 384: A = H_12/√12 (Paley, not symmetric), B = H_32/√32;
 # n = 6: no Hadamard of order 3, so A is a 3x3 random orthogonal matrix and B = H_2/√2.
-@pytest.mark.parametrize(("n", "factors", "kind"), [(32, (1, 32), "hadamard"), (384, (12, 32), "hadamard"), (6, (3, 2), "random-orthogonal")])
+@pytest.mark.parametrize(
+    ("n", "factors", "kind"), [(32, (1, 32), "hadamard"), (384, (12, 32), "hadamard"), (6, (3, 2), "random-orthogonal")]
+)
 def test_onnx_runtime_matches_dense_kronecker_product(n, factors, kind):
     rotation = online_rotation(n, seed=3)
     assert (rotation.a.shape[0], rotation.b.shape[0]) == factors and rotation.kind == kind
@@ -116,7 +118,9 @@ def test_inserting_twice_adds_the_function_once_and_composes_the_rotations():
     assert second.producer().inputs[0] is first  # inserted after the first one's node, in topological order
     feeds = {"x": _input(6, seed=2)}
     dense = np.kron(rotation.a, rotation.b)
-    _assert_close(runtime.run(runtime.make_session(model), feeds)[second.name], feeds["x"].astype(np.float64) @ dense @ dense)
+    _assert_close(
+        runtime.run(runtime.make_session(model), feeds)[second.name], feeds["x"].astype(np.float64) @ dense @ dense
+    )
 
 
 def test_same_factor_name_with_different_factors_gets_new_initializers():
@@ -151,4 +155,6 @@ def test_rotating_a_graph_input_of_an_empty_graph():
     y = insert_kronecker_rotate(model, x, rotation, "rot", "rot")
     model.graph.outputs.append(y)
     feeds = {"x": _input(32)}
-    _assert_close(runtime.run(runtime.make_session(model), feeds)[y.name], _expected(feeds["x"], rotation.a, rotation.b))
+    _assert_close(
+        runtime.run(runtime.make_session(model), feeds)[y.name], _expected(feeds["x"], rotation.a, rotation.b)
+    )

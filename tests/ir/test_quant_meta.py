@@ -55,7 +55,10 @@ def test_per_tensor_codes_and_values_match_the_affine_formula(bits: int, signed:
     np.testing.assert_array_equal(spec.fake_quantize(x), values)
 
 
-@pytest.mark.parametrize(("bits", "signed", "qmin", "qmax"), [(8, True, -128, 127), (8, False, 0, 255), (4, True, -8, 7), (4, False, 0, 15), (2, True, -2, 1)])
+@pytest.mark.parametrize(
+    ("bits", "signed", "qmin", "qmax"),
+    [(8, True, -128, 127), (8, False, 0, 255), (4, True, -8, 7), (4, False, 0, 15), (2, True, -2, 1)],
+)
 def test_code_limits_are_the_b_bit_limits(bits: int, signed: bool, qmin: int, qmax: int) -> None:
     spec = QuantSpec(bits=bits, signed=signed, scale=np.float32(1.0), zero_point=np.int32(0))
     assert (spec.qmin, spec.qmax) == (qmin, qmax)
@@ -69,11 +72,18 @@ def test_rounding_is_half_to_even_as_onnx_quantize_linear_does() -> None:
 
     node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"])
     graph = helper.make_graph(
-        [node], "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6])],
+        [node],
+        "q",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6])],
         [helper.make_tensor_value_info("q", TensorProto.INT8, [6])],
-        [onnx.numpy_helper.from_array(np.array(0.5, np.float32), "s"), onnx.numpy_helper.from_array(np.array(0, np.int8), "z")],
+        [
+            onnx.numpy_helper.from_array(np.array(0.5, np.float32), "s"),
+            onnx.numpy_helper.from_array(np.array(0, np.int8), "z"),
+        ],
     )
-    onnx_codes = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])).run(None, {"x": x})[0]
+    onnx_codes = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])).run(
+        None, {"x": x}
+    )[0]
     np.testing.assert_array_equal(spec.quantize(x), onnx_codes)
 
 
@@ -89,7 +99,9 @@ def test_per_channel_scales_broadcast_along_the_axis(axis: int) -> None:
     codes = spec.quantize(x)
 
     np.testing.assert_array_equal(codes, reference_codes(x, scale, zero_point, 8, True, axis))
-    np.testing.assert_allclose(spec.dequantize(codes), reference_dequant(codes, scale, zero_point, axis), rtol=1e-7, atol=0)
+    np.testing.assert_allclose(
+        spec.dequantize(codes), reference_dequant(codes, scale, zero_point, axis), rtol=1e-7, atol=0
+    )
     # Each slice along the axis uses its own scale: quantizing the slice per tensor gives the same codes.
     for c in range(channels):
         per_tensor = QuantSpec(bits=8, signed=True, scale=scale[c], zero_point=zero_point[c])
@@ -103,12 +115,15 @@ def test_per_channel_quantize_matches_onnx_quantize_linear_with_axis() -> None:
     zero_point = np.array([0, 10, 250, 128], np.uint8)
     spec = QuantSpec(bits=8, signed=False, scale=scale, zero_point=zero_point.astype(np.int32), axis=1)
     graph = helper.make_graph(
-        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1)], "q",
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"], axis=1)],
+        "q",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 4])],
         [helper.make_tensor_value_info("q", TensorProto.UINT8, [6, 4])],
         [onnx.numpy_helper.from_array(scale, "s"), onnx.numpy_helper.from_array(zero_point, "z")],
     )
-    onnx_codes = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])).run(None, {"x": x})[0]
+    onnx_codes = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])).run(
+        None, {"x": x}
+    )[0]
     np.testing.assert_array_equal(spec.quantize(x), onnx_codes.astype(np.int32))
 
 
@@ -123,13 +138,18 @@ def test_one_bad_channel_scale_is_rejected() -> None:
         QuantSpec(bits=8, signed=True, scale=np.array([0.1, 0.0, 0.2]), zero_point=np.zeros(3, np.int32), axis=0)
 
 
-@pytest.mark.parametrize(("bits", "signed", "zero_point"), [(8, True, 128), (8, True, -129), (8, False, -1), (8, False, 256), (4, False, 16), (4, True, -9)])
+@pytest.mark.parametrize(
+    ("bits", "signed", "zero_point"),
+    [(8, True, 128), (8, True, -129), (8, False, -1), (8, False, 256), (4, False, 16), (4, True, -9)],
+)
 def test_zero_point_outside_the_code_range_is_rejected(bits: int, signed: bool, zero_point: int) -> None:
     with pytest.raises(ValueError, match="zero point outside"):
         QuantSpec(bits=bits, signed=signed, scale=np.float32(0.1), zero_point=np.int32(zero_point))
 
 
-@pytest.mark.parametrize(("bits", "signed", "zero_point"), [(8, True, 127), (8, True, -128), (8, False, 255), (4, False, 15), (4, True, -8)])
+@pytest.mark.parametrize(
+    ("bits", "signed", "zero_point"), [(8, True, 127), (8, True, -128), (8, False, 255), (4, False, 15), (4, True, -8)]
+)
 def test_zero_point_at_the_code_limits_is_accepted(bits: int, signed: bool, zero_point: int) -> None:
     spec = QuantSpec(bits=bits, signed=signed, scale=np.float32(0.1), zero_point=np.int32(zero_point))
     assert int(spec.zero_point) == zero_point

@@ -80,10 +80,12 @@ def test_nodes_out_of_topological_order_are_reported() -> None:
 
 
 def test_out_of_order_nodes_in_a_proto_are_reported() -> None:
-    model = _from_proto([
-        helper.make_node("Relu", ["a"], ["y"], name="second"),
-        helper.make_node("Neg", ["x"], ["a"], name="first"),
-    ])
+    model = _from_proto(
+        [
+            helper.make_node("Relu", ["a"], ["y"], name="second"),
+            helper.make_node("Neg", ["x"], ["a"], name="first"),
+        ]
+    )
     with pytest.raises(VerificationError, match="'second'.*before it is produced"):
         verify_model(model)
 
@@ -98,7 +100,9 @@ def test_two_node_outputs_with_one_name_are_reported() -> None:
     add.outputs[0].dtype = ir.DataType.FLOAT
     model = _model([x], [add.outputs[0]], [first, second, add])
 
-    with pytest.raises(VerificationError, match=r"value name 'dup' defined twice \(node 'first' \(Neg\) and node 'second' \(Relu\)\)"):
+    with pytest.raises(
+        VerificationError, match=r"value name 'dup' defined twice \(node 'first' \(Neg\) and node 'second' \(Relu\)\)"
+    ):
         verify_model(model)
 
 
@@ -154,7 +158,9 @@ def test_a_graph_output_without_element_type_is_reported() -> None:
 @pytest.mark.parametrize("axis", [2, -3, 5])
 def test_a_per_channel_axis_outside_the_weight_rank_is_reported(axis: int) -> None:
     model = _linear_model()
-    quant_meta.set_quant(model.graph.initializers["w"], QuantSpec(8, True, np.ones(4, np.float32), np.zeros(4, np.int32), axis=axis))
+    quant_meta.set_quant(
+        model.graph.initializers["w"], QuantSpec(8, True, np.ones(4, np.float32), np.zeros(4, np.int32), axis=axis)
+    )
     with pytest.raises(VerificationError, match=f"axis {axis} out of range for 'w' of rank 2"):
         verify_model(model)
 

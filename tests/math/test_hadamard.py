@@ -39,16 +39,30 @@ def test_hadamard_cached():
     assert hadamard_matrix(384) is hadamard_matrix(384)
 
 
-@pytest.mark.parametrize(("n", "split"), [
-    (1, (1, 1)), (64, (1, 64)), (12, (12, 1)), (24, (12, 2)), (384, (12, 32)), (768, (12, 64)),
-    (1536, (12, 128)), (3072, (12, 256)), (6, (3, 2)), (10, (5, 2)), (7, (7, 1)),
-])
+@pytest.mark.parametrize(
+    ("n", "split"),
+    [
+        (1, (1, 1)),
+        (64, (1, 64)),
+        (12, (12, 1)),
+        (24, (12, 2)),
+        (384, (12, 32)),
+        (768, (12, 64)),
+        (1536, (12, 128)),
+        (3072, (12, 256)),
+        (6, (3, 2)),
+        (10, (5, 2)),
+        (7, (7, 1)),
+    ],
+)
 def test_kronecker_factors(n, split):
     assert kronecker_factors(n) == split
 
 
-@pytest.mark.parametrize(("n", "kind"), [(6, "random-orthogonal"), (64, "hadamard"), (384, "hadamard"),
-                                         (1536, "hadamard"), (10, "random-orthogonal")])
+@pytest.mark.parametrize(
+    ("n", "kind"),
+    [(6, "random-orthogonal"), (64, "hadamard"), (384, "hadamard"), (1536, "hadamard"), (10, "random-orthogonal")],
+)
 def test_online_rotation(n, kind):
     rot = online_rotation(n, seed=3)
     assert isinstance(rot, Rotation) and rot.kind == kind and rot.size == n
@@ -75,8 +89,9 @@ def test_online_rotation_random_factor_seeded():
     assert not np.allclose(online_rotation(6, seed=1).a, online_rotation(6, seed=2).a)
 
 
-@pytest.mark.parametrize(("n", "kind"), [(64, "hadamard"), (384, "hadamard"), (6, "random-orthogonal"),
-                                         (100, "random-orthogonal")])
+@pytest.mark.parametrize(
+    ("n", "kind"), [(64, "hadamard"), (384, "hadamard"), (6, "random-orthogonal"), (100, "random-orthogonal")]
+)
 def test_random_hadamard(n, kind):
     m, k = random_hadamard(n, seed=7)
     assert k == kind and m.shape == (n, n) and m.dtype == np.float64

@@ -8,7 +8,6 @@ import onnx
 import pytest
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
-from qcompile.passes.analysis.calibrate import CalibrateRangesPass
 
 import qcompile
 from qcompile import CalibrationData, PipelineContext, Property
@@ -16,6 +15,7 @@ from qcompile.calibration.observers import OBSERVERS
 from qcompile.errors import InputError
 from qcompile.ir import model_to_bytes, quant_meta
 from qcompile.ir.properties import get_properties
+from qcompile.passes.analysis.calibrate import CalibrateRangesPass
 from qcompile.testing.builders import tiny_encoder, tiny_encoder_proto
 
 
@@ -114,7 +114,9 @@ def test_each_observer_records_a_range_inside_the_raw_range(tiny, observer: str)
         tensor_range = quant_meta.get_range(values[name])
         assert tensor_range.observer == observer
         assert tensor_range.lo <= 0.0 <= tensor_range.hi
-        assert tensor_range.lo >= min(tensor_range.raw_min, 0.0) and tensor_range.hi <= max(tensor_range.raw_max, 0.0), name
+        assert tensor_range.lo >= min(tensor_range.raw_min, 0.0) and tensor_range.hi <= max(
+            tensor_range.raw_max, 0.0
+        ), name
 
 
 def test_clipping_observers_clip_the_outlier_channels_of_the_input(tiny) -> None:

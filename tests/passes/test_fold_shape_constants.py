@@ -49,6 +49,8 @@ def test_shape_only_float_values_fold_and_batch_dependent_ones_stay() -> None:
     assert folded == ["scaled_grid"]
     ops = [n.op_type for n in model.graph]
     assert "Cast" not in ops and "Div" not in ops and "Expand" in ops
-    np.testing.assert_array_equal(model.graph.initializers["scaled_grid_folded"].const_value.numpy(), np.arange(8) * 2.0)
+    np.testing.assert_array_equal(
+        model.graph.initializers["scaled_grid_folded"].const_value.numpy(), np.arange(8) * 2.0
+    )
     np.testing.assert_array_equal(runtime.run(runtime.make_session(model), {"x": x})["z"], before)
     assert fold_shape_constants(model) == []  # a second run finds nothing left

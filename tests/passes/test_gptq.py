@@ -13,13 +13,13 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from qcompile.runtime.qdq import to_qdq
-from qcompile.passes.quantize.gptq import gptq_codes, layer_loss
 
 import qcompile
 from qcompile import PipelineContext
 from qcompile.errors import InputError
 from qcompile.ir import quant_meta
+from qcompile.passes.quantize.gptq import gptq_codes, layer_loss
+from qcompile.runtime.qdq import to_qdq
 
 
 def _nearest(weight: np.ndarray, step: np.ndarray, bits: int) -> np.ndarray:
@@ -68,7 +68,10 @@ def test_gptq_lowers_the_layer_loss_of_correlated_inputs(bits: int) -> None:
 def test_gptq_lies_between_the_exhaustive_optimum_and_round_to_nearest() -> None:
     x, weight, hessian = _correlated_problem(k=5, n=1, rows=200, seed=7)
     bits, step = 3, np.abs(weight).max(axis=0) / 3
-    losses = [layer_loss(weight, np.array(c, float)[:, None] * step, hessian) for c in itertools.product(range(-3, 4), repeat=5)]
+    losses = [
+        layer_loss(weight, np.array(c, float)[:, None] * step, hessian)
+        for c in itertools.product(range(-3, 4), repeat=5)
+    ]
     gptq = layer_loss(weight, gptq_codes(weight, hessian, step, bits) * step, hessian)
     nearest = layer_loss(weight, _nearest(weight, step, bits) * step, hessian)
     assert min(losses) <= gptq + 1e-12 and gptq <= nearest
@@ -78,7 +81,9 @@ def test_gptq_lies_between_the_exhaustive_optimum_and_round_to_nearest() -> None
 def test_lazy_block_updates_do_not_change_the_codes(block: int) -> None:
     _, weight, hessian = _correlated_problem(k=64, n=16, rows=500, seed=3)
     step = np.abs(weight).max(axis=0) / 7
-    np.testing.assert_array_equal(gptq_codes(weight, hessian, step, 4, block=block), gptq_codes(weight, hessian, step, 4, block=64))
+    np.testing.assert_array_equal(
+        gptq_codes(weight, hessian, step, 4, block=block), gptq_codes(weight, hessian, step, 4, block=64)
+    )
 
 
 def test_dead_inputs_get_zero_codes_and_no_nans() -> None:
@@ -109,7 +114,10 @@ def _two_linear_model(w1: np.ndarray, w2: np.ndarray, trans_b: bool) -> ir.Model
         "two_linear",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])],
-        [numpy_helper.from_array(w1.astype(np.float32), "w1"), numpy_helper.from_array(second.astype(np.float32), "w2")],
+        [
+            numpy_helper.from_array(w1.astype(np.float32), "w1"),
+            numpy_helper.from_array(second.astype(np.float32), "w2"),
+        ],
     )
     return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
@@ -151,7 +159,9 @@ def test_weight_search_gptq_beats_mse_on_held_out_inputs_and_exports_its_codes(t
                 # the initializer holds Ŵ on the grid: the export's codes dequantize back to it exactly
                 value = model.graph.initializers[name]
                 spec = quant_meta.get_quant(value)
-                np.testing.assert_array_equal(spec.dequantize(spec.quantize(value.const_value.numpy())), value.const_value.numpy())
+                np.testing.assert_array_equal(
+                    spec.dequantize(spec.quantize(value.const_value.numpy())), value.const_value.numpy()
+                )
     assert errors["gptq"] < 0.8 * errors["mse"]
 
 
@@ -171,7 +181,10 @@ def test_a_shared_weight_keeps_round_to_nearest_and_is_reported() -> None:
     rng = np.random.default_rng(6)
     w = rng.normal(size=(8, 8)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["h"], name="a"), helper.make_node("MatMul", ["h", "w"], ["y"], name="b")],
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"], name="a"),
+            helper.make_node("MatMul", ["h", "w"], ["y"], name="b"),
+        ],
         "shared",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],

@@ -8,8 +8,7 @@ import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
 import qcompile
-from qcompile import PipelineContext
-from qcompile import runtime
+from qcompile import PipelineContext, runtime
 from qcompile.intops.reference import run_reference
 from qcompile.passes.lowering.intonly import IntOnlyPass, float_values
 from qcompile.pipeline.numerics import sqnr_db
@@ -46,15 +45,24 @@ def _embedding_model(vocab: int = 50, dim: int = 16, seed: int = 0) -> ir.Model:
     graph = helper.make_graph(
         nodes,
         "embedding",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "tokens"]), helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "tokens"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "tokens", dim]), helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["batch", "tokens"])],
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "tokens"]),
+            helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "tokens"]),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "tokens", dim]),
+            helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["batch", "tokens"]),
+        ],
         inits,
     )
     return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
 
 
 def _feeds(rng, batch: int = 4, tokens: int = 7) -> dict[str, np.ndarray]:
-    return {"ids": rng.integers(0, 50, (batch, tokens)).astype(np.int64), "mask": (rng.uniform(size=(batch, tokens)) > 0.3).astype(np.int64)}
+    return {
+        "ids": rng.integers(0, 50, (batch, tokens)).astype(np.int64),
+        "mask": (rng.uniform(size=(batch, tokens)) > 0.3).astype(np.int64),
+    }
 
 
 def test_embeddings_and_mask_lower_to_integers() -> None:
@@ -101,7 +109,10 @@ def _masked_attention(dim: int = 8, tokens: int = 6, penalty: float = -10000.0, 
     graph = helper.make_graph(
         nodes,
         "masked_attention",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", tokens, dim]), helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", tokens])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", tokens, dim]),
+            helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", tokens]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", tokens, dim])],
         inits,
     )
@@ -165,7 +176,10 @@ def _pooling_model(dim: int = 8) -> ir.Model:
     graph = helper.make_graph(
         nodes,
         "pooling",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", dim]), helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "tokens"])],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", dim]),
+            helper.make_tensor_value_info("mask", TensorProto.INT64, ["batch", "tokens"]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", dim])],
         inits,
     )

@@ -9,8 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qcompile
-from qcompile import PipelineContext
-from qcompile import runtime
+from qcompile import PipelineContext, runtime
 from qcompile.errors import InputError
 from qcompile.intops.reference import run_reference
 from qcompile.passes.lowering.intonly import IntOnlyPass, float_values
@@ -28,7 +27,14 @@ def _stem(stride: int = 4, seed: int = 0) -> ir.Model:
         numpy_helper.from_array(rng.normal(0, 0.4, (6, 5)).astype(np.float32), "w"),
     ]
     nodes = [
-        helper.make_node("Conv", ["image", "conv_w", "conv_b"], ["feature"], name="patch_embed", kernel_shape=[4, 4], strides=[stride, stride]),
+        helper.make_node(
+            "Conv",
+            ["image", "conv_w", "conv_b"],
+            ["feature"],
+            name="patch_embed",
+            kernel_shape=[4, 4],
+            strides=[stride, stride],
+        ),
         helper.make_node("Reshape", ["feature", "flat"], ["flat_feature"], name="flatten"),
         helper.make_node("Transpose", ["flat_feature"], ["tokens"], name="to_tokens", perm=[0, 2, 1]),
         helper.make_node("MatMul", ["tokens", "w"], ["y"], name="head"),
@@ -45,7 +51,9 @@ def _stem(stride: int = 4, seed: int = 0) -> ir.Model:
 
 def _run_pipeline(model: ir.Model, seed: int = 1) -> tuple[dict, np.ndarray]:
     rng = np.random.default_rng(seed)
-    data = qcompile.CalibrationData.from_list([{"image": rng.normal(0, 1, (4, 3, 8, 8)).astype(np.float32)} for _ in range(3)])
+    data = qcompile.CalibrationData.from_list(
+        [{"image": rng.normal(0, 1, (4, 3, 8, 8)).astype(np.float32)} for _ in range(3)]
+    )
     context = PipelineContext(calibration=data, progress=False)
     qcompile.run_passes(model, "w8a8", context=context)
     IntOnlyPass(context=context)(model)

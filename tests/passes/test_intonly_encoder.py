@@ -9,18 +9,22 @@ import onnx_ir as ir
 import pytest
 
 import qcompile
-from qcompile import PipelineContext
-from qcompile import runtime
-from qcompile.runtime import qdq
+from qcompile import PipelineContext, runtime
 from qcompile.intops.reference import run_reference
 from qcompile.passes.lowering.intonly import IntOnlyPass, float_values
 from qcompile.pipeline.numerics import sqnr_db
+from qcompile.runtime import qdq
 from qcompile.testing.builders import tiny_encoder
 
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"decomposed_layernorm": True}, {"layer_scale": True, "final_norm": True}, {"decomposed_layernorm": True, "final_norm": True}],
+    [
+        {},
+        {"decomposed_layernorm": True},
+        {"layer_scale": True, "final_norm": True},
+        {"decomposed_layernorm": True, "final_norm": True},
+    ],
     ids=["fused", "decomposed", "layerscale+final", "decomposed+final"],
 )
 def test_tiny_encoder_lowers_to_integers(options) -> None:
@@ -38,7 +42,10 @@ def test_tiny_encoder_lowers_to_integers(options) -> None:
     integer = runtime.run(runtime.make_session(model), tiny.feeds)["y"]
     np.testing.assert_array_equal(run_reference(ir.serde.serialize_model(model), tiny.feeds)["y"], integer)
     # the integer model adds integer LayerNorm/softmax/GELU and an int16 residual grid to QDQ's error
-    assert sqnr_db(reference, integer) > sqnr_db(reference, fake_quant) - 3.0, (sqnr_db(reference, integer), sqnr_db(reference, fake_quant))
+    assert sqnr_db(reference, integer) > sqnr_db(reference, fake_quant) - 3.0, (
+        sqnr_db(reference, integer),
+        sqnr_db(reference, fake_quant),
+    )
 
 
 def test_cli_writes_the_integer_artifact(tmp_path) -> None:
@@ -47,7 +54,21 @@ def test_cli_writes_the_integer_artifact(tmp_path) -> None:
     from qcompile.cli import main
 
     out = tmp_path / "out"
-    code = main(["zoo:tiny", "--passes", "w8a8,intonly", "-o", str(out), "--calib-samples", "8", "--eval-samples", "16", "--quiet", "--no-baselines"])
+    code = main(
+        [
+            "zoo:tiny",
+            "--passes",
+            "w8a8,intonly",
+            "-o",
+            str(out),
+            "--calib-samples",
+            "8",
+            "--eval-samples",
+            "16",
+            "--quiet",
+            "--no-baselines",
+        ]
+    )
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == ["model.int.onnx", "report.json"]
     report = json.loads((out / "report.json").read_text())
@@ -75,8 +96,11 @@ def test_auto_picks_each_sites_variant_by_measured_error_and_reports_it() -> Non
     assert set(stats["variants"]) == {"softmax", "gelu"}
     assert len(stats["variants"]["softmax"]) == 1 and len(stats["variants"]["gelu"]) == 1
     kernels = {n.op_type for n in tiny.model.graph}
-    for kind, names in (("softmax", {"ibert": "IBertSoftmax", "shiftmax": "Shiftmax"}), ("gelu", {"ibert": "IntGELU", "shiftgelu": "ShiftGELU", "table": "Lookup"})):
-        (site, choice), = stats["variants"][kind].items()
+    for kind, names in (
+        ("softmax", {"ibert": "IBertSoftmax", "shiftmax": "Shiftmax"}),
+        ("gelu", {"ibert": "IntGELU", "shiftgelu": "ShiftGELU", "table": "Lookup"}),
+    ):
+        ((site, choice),) = stats["variants"][kind].items()
         errors = stats["variant_mse"][kind][site]
         assert choice == min(errors, key=errors.get) and set(errors) == set(names)
         assert names[choice] in kernels and all(names[other] not in kernels for other in names if other != choice)
@@ -101,7 +125,10 @@ def test_repq_then_intonly_lowers_and_reports_the_log_quantizer_it_replaces() ->
     np.testing.assert_array_equal(run_reference(ir.serde.serialize_model(tiny.model), tiny.feeds)["y"], integer)
     # the 16-bit integer probabilities are finer than the 8-bit log√2 codes they replace (measured 32.8 dB
     # against QDQ's 30.2 dB): the lowering must not lose more than its other kernels cost
-    assert sqnr_db(reference, integer) > sqnr_db(reference, fake_quant) - 1.0, (sqnr_db(reference, integer), sqnr_db(reference, fake_quant))
+    assert sqnr_db(reference, integer) > sqnr_db(reference, fake_quant) - 1.0, (
+        sqnr_db(reference, integer),
+        sqnr_db(reference, fake_quant),
+    )
 
 
 def test_the_float_weights_replaced_by_integer_codes_leave_the_model() -> None:

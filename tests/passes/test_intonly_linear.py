@@ -9,14 +9,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import qcompile
-from qcompile import PipelineContext
-from qcompile import runtime
-from qcompile.runtime import qdq
+from qcompile import PipelineContext, runtime
 from qcompile.errors import InputError
 from qcompile.intops.reference import run_reference
 from qcompile.ir import quant_meta
 from qcompile.passes.lowering.intonly import IntOnlyPass, float_ops, float_values
 from qcompile.pipeline.numerics import sqnr_db
+from qcompile.runtime import qdq
 
 
 def _mlp(k: int = 32, h: int = 48, n: int = 16, seed: int = 0, relu: bool = False) -> ir.Model:
@@ -53,11 +52,15 @@ def _quantized(model: ir.Model, seed: int = 1) -> tuple[ir.Model, np.ndarray]:
     return model, rng.normal(0, 1, (64, 32)).astype(np.float32)
 
 
-def _lower_and_run(build, shape: tuple[int, ...], seed: int, **options) -> tuple[np.ndarray, np.ndarray, np.ndarray, ir.Model, dict]:
+def _lower_and_run(
+    build, shape: tuple[int, ...], seed: int, **options
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, ir.Model, dict]:
     """(float, QDQ, integer outputs on held-out inputs, the lowered model, the pass stats) after w8a8 and
     intonly; asserts the integer model is bit-exact against the reference interpreter."""
     rng = np.random.default_rng(seed)
-    data = qcompile.CalibrationData.from_list([{"x": rng.normal(0, 1, (8, *shape)).astype(np.float32)} for _ in range(2)])
+    data = qcompile.CalibrationData.from_list(
+        [{"x": rng.normal(0, 1, (8, *shape)).astype(np.float32)} for _ in range(2)]
+    )
     x = rng.normal(0, 1, (4, *shape)).astype(np.float32)
     (name,) = [o.name for o in build().graph.outputs]
     reference = runtime.run(runtime.make_session(build()), {"x": x})[name]
@@ -166,7 +169,9 @@ def test_attention_scores_lower_through_head_split_and_scale() -> None:
     assert ops.count("IntLinear") == 2 and ops.count("MatMul") == 1
     assert ops.count("Mul") == 1  # the output dequantizer; 1/√d is folded into the scale
     assert float_values(model) == []
-    assert sqnr_db(fake_quant, integer) > 35.0 and abs(sqnr_db(reference, integer) - sqnr_db(reference, fake_quant)) < 1.0
+    assert (
+        sqnr_db(fake_quant, integer) > 35.0 and abs(sqnr_db(reference, integer) - sqnr_db(reference, fake_quant)) < 1.0
+    )
 
 
 def _attention_model(dim: int = 16, heads: int = 2, tokens: int = 6, seed: int = 5) -> ir.Model:
@@ -217,7 +222,9 @@ def test_attention_with_softmax_lowers_bit_exact_and_close_to_qdq(variant: str) 
     if variant == "ibert":
         assert abs(sqnr_db(reference, integer) - sqnr_db(reference, fake_quant)) < 1.0
     else:
-        assert sqnr_db(fake_quant, integer) > 25.0 and sqnr_db(reference, integer) < sqnr_db(reference, fake_quant) - 1.0
+        assert (
+            sqnr_db(fake_quant, integer) > 25.0 and sqnr_db(reference, integer) < sqnr_db(reference, fake_quant) - 1.0
+        )
 
 
 def test_unknown_softmax_variant_is_rejected() -> None:
@@ -238,19 +245,42 @@ def _gelu_mlp(form: str, dim: int = 16, hidden: int = 32, seed: int = 7) -> ir.M
         numpy_helper.from_array(np.array(1.0, np.float32), "one"),
         numpy_helper.from_array(np.array(0.5, np.float32), "half"),
     ]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc1"), helper.make_node("Add", ["h0", "b1"], ["h"], name="fc1_bias")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h0"], name="fc1"),
+        helper.make_node("Add", ["h0", "b1"], ["h"], name="fc1_bias"),
+    ]
     if form == "gelu_op":
         nodes.append(helper.make_node("Gelu", ["h"], ["g"], name="gelu"))
     else:
-        scale = helper.make_node("Mul", ["h", "inv_sqrt2"], ["s"], name="gelu_scale") if form == "mul" else helper.make_node("Div", ["h", "sqrt2"], ["s"], name="gelu_scale")
-        nodes += [scale, helper.make_node("Erf", ["s"], ["e"], name="gelu_erf"), helper.make_node("Add", ["one", "e"], ["a"], name="gelu_add")]
+        scale = (
+            helper.make_node("Mul", ["h", "inv_sqrt2"], ["s"], name="gelu_scale")
+            if form == "mul"
+            else helper.make_node("Div", ["h", "sqrt2"], ["s"], name="gelu_scale")
+        )
+        nodes += [
+            scale,
+            helper.make_node("Erf", ["s"], ["e"], name="gelu_erf"),
+            helper.make_node("Add", ["one", "e"], ["a"], name="gelu_add"),
+        ]
         if form == "half_first":
-            nodes += [helper.make_node("Mul", ["h", "half"], ["hh"], name="gelu_half"), helper.make_node("Mul", ["hh", "a"], ["g"], name="gelu_mul")]
+            nodes += [
+                helper.make_node("Mul", ["h", "half"], ["hh"], name="gelu_half"),
+                helper.make_node("Mul", ["hh", "a"], ["g"], name="gelu_mul"),
+            ]
         elif form == "torch":
-            nodes += [helper.make_node("Mul", ["half", "a"], ["ha"], name="gelu_half"), helper.make_node("Mul", ["h", "ha"], ["g"], name="gelu_mul")]
+            nodes += [
+                helper.make_node("Mul", ["half", "a"], ["ha"], name="gelu_half"),
+                helper.make_node("Mul", ["h", "ha"], ["g"], name="gelu_mul"),
+            ]
         else:
-            nodes += [helper.make_node("Mul", ["a", "h"], ["m"], name="gelu_mul"), helper.make_node("Mul", ["m", "half"], ["g"], name="gelu_half")]
-    nodes += [helper.make_node("MatMul", ["g", "w2"], ["y0"], name="fc2"), helper.make_node("Add", ["y0", "b2"], ["y"], name="fc2_bias")]
+            nodes += [
+                helper.make_node("Mul", ["a", "h"], ["m"], name="gelu_mul"),
+                helper.make_node("Mul", ["m", "half"], ["g"], name="gelu_half"),
+            ]
+    nodes += [
+        helper.make_node("MatMul", ["g", "w2"], ["y0"], name="fc2"),
+        helper.make_node("Add", ["y0", "b2"], ["y"], name="fc2_bias"),
+    ]
     graph = helper.make_graph(
         nodes,
         "gelu_mlp",
@@ -272,7 +302,13 @@ def test_gelu_forms_lower_bit_exact_and_close_to_qdq(form: str, variant: str) ->
     # against QDQ's float GELU (40.5 dB): I-BERT's erf polynomial gives 38.3 dB, ShiftGELU 37.0 dB; the
     # table is the exact GELU at the output quantizer, QDQ's own error but for the 16-bit input grid
     if variant == "table":
-        assert abs(sqnr_db(reference, integer) - sqnr_db(reference, fake_quant)) < 0.5, (sqnr_db(reference, integer), sqnr_db(reference, fake_quant))
+        assert abs(sqnr_db(reference, integer) - sqnr_db(reference, fake_quant)) < 0.5, (
+            sqnr_db(reference, integer),
+            sqnr_db(reference, fake_quant),
+        )
         return
     floor_db = 37.5 if variant == "ibert" else 36.0
-    assert floor_db < sqnr_db(reference, integer) < sqnr_db(reference, fake_quant), (sqnr_db(reference, integer), sqnr_db(reference, fake_quant))
+    assert floor_db < sqnr_db(reference, integer) < sqnr_db(reference, fake_quant), (
+        sqnr_db(reference, integer),
+        sqnr_db(reference, fake_quant),
+    )

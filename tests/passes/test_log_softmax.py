@@ -16,12 +16,12 @@ from onnx import helper
 
 import qcompile
 from qcompile import runtime
-from qcompile.runtime import log_quant, qdq
 from qcompile.ir import quant_meta
 from qcompile.ir.quant_meta import QuantSpec
 from qcompile.pipeline.context import CalibrationData, PipelineContext
 from qcompile.pipeline.numerics import sqnr_db
 from qcompile.pipeline.run import run_passes
+from qcompile.runtime import log_quant, qdq
 from qcompile.testing.builders import tiny_encoder, tiny_encoder_proto, tiny_inputs
 
 QUANTILES = (0.999, 0.9999, 0.99999)
@@ -37,11 +37,17 @@ def _probs(model: ir.Model) -> ir.Value:
 
 def _collect(model: ir.Model, name: str, calibration: CalibrationData) -> np.ndarray:
     session = runtime.make_session(runtime.with_outputs(model, [name]))
-    return np.concatenate([runtime.run(session, f, [name])[name].reshape(-1) for f in calibration.batches()]).astype(np.float64)
+    return np.concatenate([runtime.run(session, f, [name])[name].reshape(-1) for f in calibration.batches()]).astype(
+        np.float64
+    )
 
 
 def log_fake_quant(x: np.ndarray, delta: float, bits: int) -> np.ndarray:
-    return QuantSpec(bits, False, np.float32(delta), np.int32(0), None, kind="log_sqrt2").fake_quantize(x).astype(np.float64)
+    return (
+        QuantSpec(bits, False, np.float32(delta), np.int32(0), None, kind="log_sqrt2")
+        .fake_quantize(x)
+        .astype(np.float64)
+    )
 
 
 def expected_delta(a: np.ndarray, bits: int) -> float:
@@ -61,7 +67,9 @@ def uniform_fake_quant(x: np.ndarray, lo: float, hi: float, bits: int) -> np.nda
 
 def best_uniform_sqnr(a: np.ndarray, bits: int) -> float:
     """The best SQNR a uniform asymmetric quantizer reaches on `a` over min/max and the quantile ranges."""
-    ranges = [(float(a.min()), float(a.max()))] + [(float(np.quantile(a, 1 - p)), float(np.quantile(a, p))) for p in QUANTILES]
+    ranges = [(float(a.min()), float(a.max()))] + [
+        (float(np.quantile(a, 1 - p)), float(np.quantile(a, p))) for p in QUANTILES
+    ]
     return max(sqnr_db(a, uniform_fake_quant(a, lo, hi, bits)) for lo, hi in ranges)
 
 
@@ -135,7 +143,9 @@ def test_a_softmax_read_by_something_other_than_a_matmul_is_skipped_with_the_rea
         if node.name == "attn/AV":
             node.input[0] = "probs.scaled"
     index = next(i for i, n in enumerate(proto.graph.node) if n.op_type == "Softmax")
-    proto.graph.node.insert(index + 1, helper.make_node("Mul", ["probs", "one"], ["probs.scaled"], name="attn/ProbsMul"))
+    proto.graph.node.insert(
+        index + 1, helper.make_node("Mul", ["probs", "one"], ["probs.scaled"], name="attn/ProbsMul")
+    )
     model = ir.serde.deserialize_model(proto)
     calibration = CalibrationData.from_list(tiny_inputs(2, 4, seed=1))
     (record,) = run_passes(model, "log-softmax", context=_context(calibration))

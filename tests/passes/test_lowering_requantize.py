@@ -38,13 +38,24 @@ def _expected(q, source_scale, zero_point, offset, target_scale, target_zero, lo
 CASES = [
     ("per-tensor, asymmetric target", 0.013, 0, None, 0.05, 128, 0, 255),
     ("per-channel signed scale", np.array([0.01, -0.02, 0.03, -0.001, 0.0, 0.5]), 0, None, 0.07, 0, -128, 127),
-    ("offset (LayerNorm β) and zero point", np.array([0.01, -0.02, 0.03, 0.004, 0.02, 0.5]), 3, np.array([0.5, -1.0, 0.0, 2.0, -0.3, 0.1]), 0.05, 10, 0, 255),
+    (
+        "offset (LayerNorm β) and zero point",
+        np.array([0.01, -0.02, 0.03, 0.004, 0.02, 0.5]),
+        3,
+        np.array([0.5, -1.0, 0.0, 2.0, -0.3, 0.1]),
+        0.05,
+        10,
+        0,
+        255,
+    ),
     ("int16 target", 1e-4, 0, None, 3e-4, 0, -(2**15), 2**15 - 1),
 ]
 
 
 @pytest.mark.parametrize("label, scale, zero, offset, target, target_zero, lo, hi", CASES, ids=[c[0] for c in CASES])
-def test_requantize_to_matches_float64_and_the_reference(label, scale, zero, offset, target, target_zero, lo, hi) -> None:
+def test_requantize_to_matches_float64_and_the_reference(
+    label, scale, zero, offset, target, target_zero, lo, hi
+) -> None:
     model = _graph(scale, zero, offset, target, target_zero, lo, hi)
     rng = np.random.default_rng(0)
     q = rng.integers(-5000, 5000, size=(200, 6)).astype(np.int32)

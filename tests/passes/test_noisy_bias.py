@@ -45,7 +45,9 @@ def test_biases_absorb_minus_noise_times_weight_and_noise_is_within_half_a_step(
 
     noise = graph.initializers["ln2.out_noise"].const_value.numpy().astype(np.float64)
     assert noise.shape == (32,) and np.all(np.abs(noise) <= step / 2) and np.any(noise != 0)
-    np.testing.assert_allclose(graph.initializers["fc1.bias"].const_value.numpy(), bias_before - noise @ weight, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        graph.initializers["fc1.bias"].const_value.numpy(), bias_before - noise @ weight, rtol=1e-6, atol=1e-7
+    )
 
 
 def test_a_second_run_without_recalibrating_is_refused():
@@ -64,7 +66,9 @@ def test_noise_after_quantization_is_an_input_error():
 def test_the_noise_is_frozen_by_the_seed():
     def noise(seed):
         tiny = tiny_encoder()
-        run_passes(tiny.model, "noisy", context=PipelineContext(calibration=tiny.calibration, seed=seed, progress=False))
+        run_passes(
+            tiny.model, "noisy", context=PipelineContext(calibration=tiny.calibration, seed=seed, progress=False)
+        )
         return tiny.model.graph.initializers["ln1.out_noise"].const_value.numpy()
 
     np.testing.assert_array_equal(noise(5), noise(5))

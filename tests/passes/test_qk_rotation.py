@@ -61,7 +61,13 @@ def _dynamic_head_split(proto: onnx.ModelProto) -> onnx.ModelProto:
                 helper.make_node("Gather", [f"{p}.dyn_shape", "i1"], [f"{p}.dyn_t"], name=f"{p}/Gather1", axis=0),
                 helper.make_node("Unsqueeze", [f"{p}.dyn_b", "axes0"], [f"{p}.dyn_b1"], name=f"{p}/Unsqueeze0"),
                 helper.make_node("Unsqueeze", [f"{p}.dyn_t", "axes0"], [f"{p}.dyn_t1"], name=f"{p}/Unsqueeze1"),
-                helper.make_node("Concat", [f"{p}.dyn_b1", f"{p}.dyn_t1", "head_dims"], [f"{p}.dyn_split"], name=f"{p}/Concat", axis=0),
+                helper.make_node(
+                    "Concat",
+                    [f"{p}.dyn_b1", f"{p}.dyn_t1", "head_dims"],
+                    [f"{p}.dyn_split"],
+                    name=f"{p}/Concat",
+                    axis=0,
+                ),
             ]
             node.input[1] = f"{p}.dyn_split"
         nodes.append(node)

@@ -12,15 +12,15 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from qcompile.runtime.qdq import to_qdq
-from qcompile.passes.analysis.calibrate import CalibrateRangesPass
-from qcompile.passes.quantize.uniform import QuantizeUniformPass
 
 import qcompile
 from qcompile import PipelineContext, Property
 from qcompile.errors import InputError
 from qcompile.ir import quant_meta
 from qcompile.ir.properties import get_properties
+from qcompile.passes.analysis.calibrate import CalibrateRangesPass
+from qcompile.passes.quantize.uniform import QuantizeUniformPass
+from qcompile.runtime.qdq import to_qdq
 
 
 def _calibrated(tiny):
@@ -196,11 +196,15 @@ def test_int8_and_uint8_weight_containers_dequantize_to_identical_weights(bits: 
     # The QDQ graphs compute the same function. (Without graph optimizations: ONNX Runtime's fused u8×s8
     # kernels saturate on AVX2 machines without VNNI, which is a property of the kernels, not of the model.)
     feeds = tiny_encoder().feeds
-    np.testing.assert_array_equal(_run(to_qdq(unsigned), feeds, optimize=False), _run(to_qdq(signed), feeds, optimize=False))
+    np.testing.assert_array_equal(
+        _run(to_qdq(unsigned), feeds, optimize=False), _run(to_qdq(signed), feeds, optimize=False)
+    )
 
 
 def test_activations_without_a_range_are_skipped_with_a_reason(tiny) -> None:
-    CalibrateRangesPass(op_types="Gemm", context=PipelineContext(calibration=tiny.calibration, progress=False))(tiny.model)
+    CalibrateRangesPass(op_types="Gemm", context=PipelineContext(calibration=tiny.calibration, progress=False))(
+        tiny.model
+    )
     result = QuantizeUniformPass()(tiny.model)
     assert result.stats["activations"] == 0 and result.stats["weights"] == 6
     assert result.stats["skipped"]["fc2/MatMul"] == "input 0 'gelu' has no calibrated range"

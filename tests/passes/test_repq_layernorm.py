@@ -175,10 +175,17 @@ def test_per_channel_ranges_collapse_to_the_common_range(decomposed):
     tiny = _outlier_encoder(decomposed)
     expected_y = _y(tiny.model, tiny.feeds)
     names = ["ln1.out", "ln2.out"]
-    before = {n: uniform_search(x, 8, per_channel=True) for n, x in _collect(tiny.model, names, tiny.calibration).items()}
+    before = {
+        n: uniform_search(x, 8, per_channel=True) for n, x in _collect(tiny.model, names, tiny.calibration).items()
+    }
     run_passes(tiny.model, "repq-ln", context=_context(tiny.calibration))
-    after = {n: uniform_search(x, 8, per_channel=True) for n, x in _collect(tiny.model, names, tiny.calibration).items()}
-    spread = {n: {k: float(p[n].scale.max() / p[n].scale.min()) for k, p in (("before", before), ("after", after))} for n in names}
+    after = {
+        n: uniform_search(x, 8, per_channel=True) for n, x in _collect(tiny.model, names, tiny.calibration).items()
+    }
+    spread = {
+        n: {k: float(p[n].scale.max() / p[n].scale.min()) for k, p in (("before", before), ("after", after))}
+        for n in names
+    }
     assert spread["ln1.out"]["before"] > 50.0  # the outlier channels are visible
     for name in names:
         assert spread[name]["before"] / spread[name]["after"] > 5.0, spread
@@ -431,13 +438,18 @@ def _gemm_model() -> tuple[ir.Model, CalibrationData, dict[str, np.ndarray]]:
         nodes,
         "ln_gemm",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
-        [helper.make_tensor_value_info("y1", TensorProto.FLOAT, ["n", 8]), helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["n", 4])],
+        [
+            helper.make_tensor_value_info("y1", TensorProto.FLOAT, ["n", 8]),
+            helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["n", 4]),
+        ],
         inits,
     )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 9
     offsets = rng.normal(0, 3, 16)
-    batches = [{"x": (rng.normal(0, 1, (64, 16)) * np.linspace(0.5, 6, 16) + offsets).astype(np.float32)} for _ in range(3)]
+    batches = [
+        {"x": (rng.normal(0, 1, (64, 16)) * np.linspace(0.5, 6, 16) + offsets).astype(np.float32)} for _ in range(3)
+    ]
     return ir.serde.deserialize_model(proto), CalibrationData.from_list(batches), batches[0]
 
 
@@ -480,7 +492,11 @@ def test_the_repq_recipe_expands_to_repq_ln_log_softmax_and_the_w8a8_tail():
 
 def test_repq_before_w4a4_targets_4_bits_and_adds_no_tail():
     steps = expand(parse_pass_list("repq,w4a4"))
-    assert steps == [PassSpec("repq-ln", {"act_bits": 4}), PassSpec("log-softmax", {"act_bits": 4}), *expand(parse_pass_list("w4a4"))]
+    assert steps == [
+        PassSpec("repq-ln", {"act_bits": 4}),
+        PassSpec("log-softmax", {"act_bits": 4}),
+        *expand(parse_pass_list("w4a4")),
+    ]
 
 
 def test_an_explicit_act_bits_wins_over_the_inherited_one():
@@ -492,8 +508,8 @@ def test_an_explicit_act_bits_wins_over_the_inherited_one():
 
 
 def _held_out_sqnr(passes: str, outliers: bool, check: bool = True) -> tuple[float, list[dict]]:
-    from qcompile.runtime import qdq
     from qcompile.pipeline.numerics import sqnr_db
+    from qcompile.runtime import qdq
 
     tiny = _outlier_encoder(False) if outliers else tiny_encoder()
     reference = _y(tiny.model, tiny.feeds)

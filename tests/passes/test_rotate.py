@@ -9,15 +9,15 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 import qcompile
 from qcompile import runtime
-from qcompile.runtime import qdq
 from qcompile.ir.online_ops import DOMAIN, KRONECKER_ROTATE
 from qcompile.pipeline.context import CalibrationData
 from qcompile.pipeline.numerics import sqnr_db
 from qcompile.pipeline.run import run_passes
+from qcompile.runtime import qdq
 from qcompile.testing.builders import post_ln_proto, tiny_encoder, tiny_encoder_proto
 
 RTOL = 1e-5  # float equivalence: max |y_after − y_before| ≤ RTOL · max |y_before| (float32 end to end)
@@ -127,16 +127,20 @@ def test_a_final_norm_read_by_a_biased_head_is_folded_instead_of_unrotated():
     proto = tiny_encoder_proto(final_norm=True)
     graph = proto.graph
     rng = np.random.default_rng(3)
-    graph.initializer.extend([
-        numpy_helper.from_array(rng.normal(0, 0.2, (32, 10)).astype(np.float32), "head.weight"),
-        numpy_helper.from_array(rng.normal(0, 0.2, 10).astype(np.float32), "head.bias"),
-    ])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(rng.normal(0, 0.2, (32, 10)).astype(np.float32), "head.weight"),
+            numpy_helper.from_array(rng.normal(0, 0.2, 10).astype(np.float32), "head.bias"),
+        ]
+    )
     (identity,) = [n for n in graph.node if n.op_type == "Identity"]
     graph.node.remove(identity)
-    graph.node.extend([
-        helper.make_node("MatMul", ["ln_f.out", "head.weight"], ["head.mm"], name="head/MatMul"),
-        helper.make_node("Add", ["head.mm", "head.bias"], ["y"], name="head/Add"),
-    ])
+    graph.node.extend(
+        [
+            helper.make_node("MatMul", ["ln_f.out", "head.weight"], ["head.mm"], name="head/MatMul"),
+            helper.make_node("Add", ["head.mm", "head.bias"], ["y"], name="head/Add"),
+        ]
+    )
     graph.output[0].type.tensor_type.shape.dim[2].dim_value = 10
     tiny = tiny_encoder(final_norm=True)
     model = ir.serde.deserialize_model(proto)
@@ -163,8 +167,11 @@ def test_structure_after_rotation(decomposed, layer_scale):
 
     # no LayerNormalization left; the only mean subtraction is the origin's centring of x
     assert not [n for n in model.graph if n.op_type == "LayerNormalization"]
-    subtractions = [n for n in model.graph if n.op_type == "Sub" and n.inputs[1].producer() is not None
-                    and n.inputs[1].producer().op_type == "ReduceMean"]
+    subtractions = [
+        n
+        for n in model.graph
+        if n.op_type == "Sub" and n.inputs[1].producer() is not None and n.inputs[1].producer().op_type == "ReduceMean"
+    ]
     assert len(subtractions) == 1 and subtractions[0].inputs[0] is x
     if decomposed:
         assert not [n for n in model.graph if n.op_type == "Sub" and n.name.split("/")[0] in ("ln1", "ln2", "ln_f")]
@@ -173,8 +180,15 @@ def test_structure_after_rotation(decomposed, layer_scale):
     names = set(model.graph.initializers)
     assert not names & {"ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "ls1", "ls2"}
     for prefix in ("ln1", "ln2"):
-        assert not [n for n in model.graph if n.name.startswith(prefix) and n.op_type == "Mul" and n.inputs[1] is not None
-                    and n.inputs[1].const_value is not None and n.inputs[1] is not n.inputs[0]]
+        assert not [
+            n
+            for n in model.graph
+            if n.name.startswith(prefix)
+            and n.op_type == "Mul"
+            and n.inputs[1] is not None
+            and n.inputs[1].const_value is not None
+            and n.inputs[1] is not n.inputs[0]
+        ]
     for readers in (("q_proj", "k_proj", "v_proj"), ("fc1",)):
         (normalized,) = {_node(model, f"{r}/MatMul").inputs[0] for r in readers}
         div = normalized.producer()
@@ -232,7 +246,9 @@ def test_rotated_weights_are_orthogonal_transforms_of_the_originals(layer_scale)
             new = _weight(model, f"{reader}/MatMul")
             old = w[f"{reader}.weight"]
             np.testing.assert_allclose(new.T @ new, old.T @ (gamma[:, None] ** 2 * old), rtol=1e-4, atol=1e-5)
-            np.testing.assert_allclose(_bias(model, f"{reader}/MatMul"), w[f"{reader}.bias"] + beta @ old, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(
+                _bias(model, f"{reader}/MatMul"), w[f"{reader}.bias"] + beta @ old, rtol=1e-5, atol=1e-6
+            )
             assert not np.allclose(new, gamma[:, None] * old, atol=1e-2)  # it was rotated, not only scaled
 
     center = np.eye(32) - 1.0 / 32
@@ -240,11 +256,15 @@ def test_rotated_weights_are_orthogonal_transforms_of_the_originals(layer_scale)
         scale = w[ls] if layer_scale else np.ones(32)
         expected = w[f"{writer}.weight"] * scale @ center
         new = _weight(model, f"{writer}/MatMul")
-        np.testing.assert_allclose(np.linalg.svd(new, compute_uv=False), np.linalg.svd(expected, compute_uv=False), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            np.linalg.svd(new, compute_uv=False), np.linalg.svd(expected, compute_uv=False), rtol=1e-5, atol=1e-6
+        )
         # C removes exactly one direction: the smallest singular value is 0
         assert np.linalg.svd(new, compute_uv=False)[-1] < 1e-5
         bias = _bias(model, f"{writer}/MatMul")
-        np.testing.assert_allclose(np.linalg.norm(bias), np.linalg.norm((w[f"{writer}.bias"] * scale) @ center), rtol=1e-5)
+        np.testing.assert_allclose(
+            np.linalg.norm(bias), np.linalg.norm((w[f"{writer}.bias"] * scale) @ center), rtol=1e-5
+        )
 
 
 @pytest.mark.parametrize("decomposed", [False, True])
@@ -317,7 +337,9 @@ def test_post_ln_skips_the_residual_and_still_rotates_the_writer_inputs():
     assert isinstance(residual, str) and residual.startswith("skipped") and "post-LN" in residual
     # lin2 reads ln1's output: norm_online rotates it once, the writer rule does not rotate it again
     assert [o["linear"] for o in record["stats"]["online"]] == ["lin1/MatMul", "lin2/MatMul"]
-    assert "skipped" not in record["stats"]["online"][0] and "already rotated" in record["stats"]["online"][1]["skipped"]
+    assert (
+        "skipped" not in record["stats"]["online"][0] and "already rotated" in record["stats"]["online"][1]["skipped"]
+    )
     norm_online = record["stats"]["norm_online"]
     assert norm_online[0] == {"norm": "ln1", "linears": ["lin2/MatMul"], "size": 32, "rotation": "hadamard"}
     assert norm_online[1] == "ln2: no linear reads the norm output"
@@ -420,7 +442,9 @@ def test_residual_false_only_inserts_online_rotations():
     tiny = tiny_encoder(final_norm=True, layer_scale=True)
     original = _inits(tiny_encoder_proto(final_norm=True, layer_scale=True))
     expected = _y(tiny.model, tiny.feeds)
-    (record,) = run_passes(tiny.model, "rotate:residual=false:norm_online=false:qk=false:drop_key_bias=false", calibration=tiny.calibration)
+    (record,) = run_passes(
+        tiny.model, "rotate:residual=false:norm_online=false:qk=false:drop_key_bias=false", calibration=tiny.calibration
+    )
     assert record["stats"]["residual"] == "off" and len(record["stats"]["online"]) == 2
     assert record["stats"]["qk"] == "off" and record["stats"]["key_bias_dropped"] == 0
     model = tiny.model

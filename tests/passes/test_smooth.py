@@ -53,14 +53,18 @@ def test_folded_weights_and_gamma_follow_the_smoothquant_formula():
     values = tiny.model.graph.initializers
     np.testing.assert_allclose(values["ln1.weight"].const_value.numpy(), inits["ln1.weight"] / s, rtol=1e-5)
     np.testing.assert_allclose(values["ln1.bias"].const_value.numpy(), inits["ln1.bias"] / s, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(values["q_proj.weight"].const_value.numpy(), inits["q_proj.weight"] * s[:, None], rtol=1e-5)
+    np.testing.assert_allclose(
+        values["q_proj.weight"].const_value.numpy(), inits["q_proj.weight"] * s[:, None], rtol=1e-5
+    )
 
 
 def test_smoothing_twice_without_recalibrating_is_refused():
     tiny = tiny_encoder()
     run_passes(tiny.model, "smooth", calibration=tiny.calibration)
     with pytest.raises(PreconditionError, match="CALIBRATED"):
-        qcompile.pipeline.registry.build_pass(qcompile.pipeline.PassSpec("smooth-scales"), PipelineContext())(tiny.model)
+        qcompile.pipeline.registry.build_pass(qcompile.pipeline.PassSpec("smooth-scales"), PipelineContext())(
+            tiny.model
+        )
 
 
 def test_a_weight_shared_outside_the_site_is_skipped_with_the_reason():
@@ -97,8 +101,8 @@ def test_alpha_outside_0_1_is_rejected():
 
 
 def test_smoothing_raises_the_w8a8_output_sqnr_on_outlier_inputs():
-    from qcompile.runtime import qdq
     from qcompile.pipeline.numerics import sqnr_db
+    from qcompile.runtime import qdq
 
     def w8a8_sqnr(passes):
         tiny = tiny_encoder()
@@ -123,11 +127,16 @@ def test_alpha_search_picks_the_grid_alpha_with_the_smallest_site_loss() -> None
     fresh = tiny_encoder(seed=5)
     sites, _ = find_norm_sites(fresh.model.graph)
     samplers, _ = stream_statistics(
-        fresh.model, fresh.calibration, [s.output.name for s in sites], lambda _: RowSampler(2048, 0), channel_stats=False, progress=False
+        fresh.model,
+        fresh.calibration,
+        [s.output.name for s in sites],
+        lambda _: RowSampler(2048, 0),
+        channel_stats=False,
+        progress=False,
     )
     for site in sites:
         x = samplers[site.output.name].sample().astype(np.float64)
-        weights = [l.array().astype(np.float64) for l in site.linears]
+        weights = [linear.array().astype(np.float64) for linear in site.linears]
         wmax = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
         losses = [site_loss(x, weights, smooth_scales(np.abs(x).max(axis=0), wmax, a), 4) for a in ALPHA_GRID]
         assert chosen[site.name] == ALPHA_GRID[int(np.argmin(losses))]

@@ -73,7 +73,9 @@ def _make_pass(name: str, numerics: Numerics, rewrite) -> type[Pass]:
 def test_an_exact_in_reals_pass_that_changes_outputs_fails_naming_the_pass(tiny, clean_registry) -> None:
     _make_pass("test_scale_weight", Numerics.EXACT_IN_REALS, _scale_fc2_weight)
 
-    with pytest.raises(PassFailure, match=r"pass 'test_scale_weight' is declared EXACT_IN_REALS but changed output 'y' by"):
+    with pytest.raises(
+        PassFailure, match=r"pass 'test_scale_weight' is declared EXACT_IN_REALS but changed output 'y' by"
+    ):
         qcompile.run_passes(tiny.model, "test_scale_weight", calibration=tiny.calibration)
 
 
@@ -85,7 +87,9 @@ def test_an_exact_pass_that_changes_outputs_fails_too(tiny, clean_registry) -> N
 
 def test_a_broken_pass_runs_unchecked_when_numerics_checks_are_off(tiny, clean_registry) -> None:
     _make_pass("test_scale_weight_unchecked", Numerics.EXACT_IN_REALS, _scale_fc2_weight)
-    records = qcompile.run_passes(tiny.model, "test_scale_weight_unchecked", calibration=tiny.calibration, check_numerics=False)
+    records = qcompile.run_passes(
+        tiny.model, "test_scale_weight_unchecked", calibration=tiny.calibration, check_numerics=False
+    )
     assert "max_abs_err" not in records[0]
 
 
@@ -142,7 +146,10 @@ def test_a_pass_that_leaves_a_dangling_input_fails_verification_naming_the_pass(
             model.graph.append(node)
             return PassResult(model, modified=True)
 
-    with pytest.raises(PassFailure, match=r"pass 'test_dangle' left an invalid model: node 'dangler' \(Add\) input 1 'ghost' is not produced"):
+    with pytest.raises(
+        PassFailure,
+        match=r"pass 'test_dangle' left an invalid model: node 'dangler' \(Add\) input 1 'ghost' is not produced",
+    ):
         qcompile.run_passes(tiny.model, "test_dangle")
 
 
@@ -209,6 +216,7 @@ def _run_outputs(model: ir.Model, feeds: dict[str, np.ndarray], names: list[str]
 
 def test_numerics_are_checked_on_the_whole_first_batch_of_a_fixed_batch_model() -> None:
     from onnx import TensorProto, helper, numpy_helper
+
     from qcompile.runtime.qdq import to_qdq
 
     rng = np.random.default_rng(4)

@@ -59,7 +59,9 @@ def test_quantize_without_calibrate_is_an_input_error_naming_the_property_and_th
 
 
 def test_quantize_before_calibrate_is_an_input_error_saying_to_put_it_earlier(tiny) -> None:
-    with pytest.raises(InputError, match=r"'quantize' \(step 1\) requires CALIBRATED.*established by: calibrate; put it earlier"):
+    with pytest.raises(
+        InputError, match=r"'quantize' \(step 1\) requires CALIBRATED.*established by: calibrate; put it earlier"
+    ):
         qcompile.run_passes(tiny.model, "quantize,calibrate", calibration=tiny.calibration)
 
 
@@ -142,7 +144,10 @@ def test_the_manager_records_name_numerics_modified_seconds_and_stats(tiny) -> N
 
 def test_run_passes_records_modified_as_the_passes_report_it(tiny) -> None:
     records = qcompile.run_passes(tiny.model, "w8a8", calibration=tiny.calibration)
-    assert [(r["name"], r["numerics"], r["modified"]) for r in records] == [("calibrate", "EXACT", True), ("quantize", "LOSSY", True)]
+    assert [(r["name"], r["numerics"], r["modified"]) for r in records] == [
+        ("calibrate", "EXACT", True),
+        ("quantize", "LOSSY", True),
+    ]
 
 
 def test_an_empty_pass_list_runs_nothing(tiny) -> None:
@@ -194,5 +199,7 @@ def test_a_property_invalidated_earlier_is_named_in_the_order_error() -> None:
     from qcompile.pipeline.registry import build_pass, expand, parse_pass_list
 
     passes = [build_pass(s, PipelineContext()) for s in expand(parse_pass_list("calibrate,repq-ln,quantize"))]
-    with pytest.raises(InputError, match=r"'quantize' \(step 3\) requires CALIBRATED, which the earlier pass 'repq-ln' invalidates"):
+    with pytest.raises(
+        InputError, match=r"'quantize' \(step 3\) requires CALIBRATED, which the earlier pass 'repq-ln' invalidates"
+    ):
         check_order(passes, tiny_encoder().model)

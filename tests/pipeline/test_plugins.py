@@ -33,7 +33,11 @@ PLUGIN = textwrap.dedent(
             self.factor = float(factor)
 
         def call(self, model):
-            for name, factor in (("ln2.weight", self.factor), ("ln2.bias", self.factor), ("fc1.weight", 1 / self.factor)):
+            for name, factor in (
+                ("ln2.weight", self.factor),
+                ("ln2.bias", self.factor),
+                ("fc1.weight", 1 / self.factor),
+            ):
                 value = model.graph.initializers[name]
                 scaled = value.const_value.numpy().astype(np.float64) * factor
                 value.const_value = ir.tensor(scaled.astype(np.float32), name=name)
@@ -62,12 +66,27 @@ def test_a_plugin_pass_runs_from_python(tiny, plugin_file: Path) -> None:
     np.testing.assert_allclose(tiny.model.graph.initializers["fc1.weight"].const_value.numpy(), fc1 / 4, rtol=1e-7)
 
 
-def test_a_plugin_pass_runs_from_the_cli(plugin_file: Path, tmp_path: Path, isolated_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_plugin_pass_runs_from_the_cli(
+    plugin_file: Path, tmp_path: Path, isolated_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "out"
-    code = main([
-        "zoo:tiny", "--plugin", str(plugin_file), "--passes", "rescale_ln2:factor=4,w8a8",
-        "--no-baselines", "--calib-samples", "8", "--eval-samples", "4", "--quiet", "-o", str(out),
-    ])
+    code = main(
+        [
+            "zoo:tiny",
+            "--plugin",
+            str(plugin_file),
+            "--passes",
+            "rescale_ln2:factor=4,w8a8",
+            "--no-baselines",
+            "--calib-samples",
+            "8",
+            "--eval-samples",
+            "4",
+            "--quiet",
+            "-o",
+            str(out),
+        ]
+    )
 
     assert code == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
@@ -103,15 +122,32 @@ def test_a_plugin_with_a_syntax_error_is_an_input_error(tmp_path: Path, clean_re
         load_plugin(path)
 
 
-def test_the_documented_example_plugin_runs_from_the_cli_and_passes_its_exactness_check(tmp_path, isolated_cache, clean_registry, capsys):
+def test_the_documented_example_plugin_runs_from_the_cli_and_passes_its_exactness_check(
+    tmp_path, isolated_cache, clean_registry, capsys
+):
     from pathlib import Path
 
     from qcompile.cli import main
 
     example = Path(__file__).resolve().parents[2] / "docs" / "examples" / "rescale_layernorm.py"
     out = tmp_path / "out"
-    code = main(["zoo:tiny", "--plugin", str(example), "--passes", "rescale-ln:k=3,w8a8", "-o", str(out),
-                 "--eval-samples", "3", "--calib-samples", "8", "--no-baselines", "--quiet"])
+    code = main(
+        [
+            "zoo:tiny",
+            "--plugin",
+            str(example),
+            "--passes",
+            "rescale-ln:k=3,w8a8",
+            "-o",
+            str(out),
+            "--eval-samples",
+            "3",
+            "--calib-samples",
+            "8",
+            "--no-baselines",
+            "--quiet",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     import json
 

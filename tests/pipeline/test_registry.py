@@ -153,13 +153,17 @@ def test_unknown_option_error_lists_the_options_the_pass_takes() -> None:
     from qcompile.passes.quantize.uniform import QuantizeUniformPass
 
     expected = [p for p in inspect.signature(QuantizeUniformPass.__init__).parameters if p not in ("self", "context")]
-    assert sorted(listed) == sorted(expected) == sorted(
-        ["weight_bits", "act_bits", "op_types", "weight_dtype", "keep_float", "weight_search"]
+    assert (
+        sorted(listed)
+        == sorted(expected)
+        == sorted(["weight_bits", "act_bits", "op_types", "weight_dtype", "keep_float", "weight_search"])
     )
 
 
 def test_calibrate_takes_observer_options_by_name() -> None:
-    pass_ = build_pass(PassSpec("calibrate", {"observer": "percentile", "percentile": 99.9, "num_bins": 512}), PipelineContext())
+    pass_ = build_pass(
+        PassSpec("calibrate", {"observer": "percentile", "percentile": 99.9, "num_bins": 512}), PipelineContext()
+    )
     assert pass_.observer_options == {"percentile": 99.9, "num_bins": 512}
 
 
@@ -180,10 +184,22 @@ def test_build_pass_hands_the_context_to_passes_that_take_one() -> None:
         (PassSpec("quantize", {"weight_dtype": "int4"}), "pass 'quantize': weight_dtype must be one of"),
         (PassSpec("calibrate", {"observer": "magic"}), "pass 'calibrate': unknown observer 'magic'"),
         (PassSpec("calibrate", {"bits": "eight"}), "pass 'calibrate' option bits takes an integer, got 'eight'"),
-        (parse_pass_list("quantize:weight_bits=8.9")[0], r"pass 'quantize' option weight_bits takes an integer, got 8\.9"),
-        (parse_pass_list("quantize:weight_bits=1e999")[0], "pass 'quantize' option weight_bits takes an integer, got '1e999'"),
-        (parse_pass_list("quantize:weight_bits=true")[0], "pass 'quantize' option weight_bits takes an integer, got True"),
-        (parse_pass_list("calibrate:observer=percentile:percentile=nan")[0], "pass 'calibrate' option percentile takes"),
+        (
+            parse_pass_list("quantize:weight_bits=8.9")[0],
+            r"pass 'quantize' option weight_bits takes an integer, got 8\.9",
+        ),
+        (
+            parse_pass_list("quantize:weight_bits=1e999")[0],
+            "pass 'quantize' option weight_bits takes an integer, got '1e999'",
+        ),
+        (
+            parse_pass_list("quantize:weight_bits=true")[0],
+            "pass 'quantize' option weight_bits takes an integer, got True",
+        ),
+        (
+            parse_pass_list("calibrate:observer=percentile:percentile=nan")[0],
+            "pass 'calibrate' option percentile takes",
+        ),
     ],
 )
 def test_bad_option_values_are_input_errors_naming_the_pass(spec: PassSpec, match: str) -> None:
@@ -225,7 +241,17 @@ def test_whitespace_around_items_names_and_options_is_ignored() -> None:
     assert parse_pass_list(" a : k = 2 , b ") == [PassSpec("a", {"k": 2}), PassSpec("b")]
 
 
-@pytest.mark.parametrize(("text", "match"), [("a,,b", "empty pass name"), ("a,", "empty pass name"), ("", "empty pass name"), ("a:x", "option 'x' of pass 'a' must be key=value"), ("a:=1", "must be key=value"), ("a:x=1:", "must be key=value")])
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("a,,b", "empty pass name"),
+        ("a,", "empty pass name"),
+        ("", "empty pass name"),
+        ("a:x", "option 'x' of pass 'a' must be key=value"),
+        ("a:=1", "must be key=value"),
+        ("a:x=1:", "must be key=value"),
+    ],
+)
 def test_malformed_pass_lists_are_input_errors(text: str, match: str) -> None:
     with pytest.raises(InputError, match=match):
         parse_pass_list(text)
@@ -302,7 +328,10 @@ def _options(text: str) -> list[tuple[str, dict]]:
         ("test_tb_target,quantize:weight_bits=4", {"act_bits": 8}),  # weight bits are not activation bits
         ("test_tb_target,test_tb_quant5", {"act_bits": 5}),  # that pass's own default
         ("test_tb_target,w6a6", {"act_bits": 6}),  # through a recipe's quantize step
-        ("test_tb_target,calibrate:bits=4,test_tb_plain,quantize:act_bits=3", {"act_bits": 3}),  # skips non-quantizing steps
+        (
+            "test_tb_target,calibrate:bits=4,test_tb_plain,quantize:act_bits=3",
+            {"act_bits": 3},
+        ),  # skips non-quantizing steps
         ("test_tb_target,quantize:act_bits=4,quantize:act_bits=6", {"act_bits": 4}),  # the NEXT one, not a later one
         ("quantize:act_bits=4,test_tb_target,quantize:act_bits=6", {"act_bits": 6}),  # not an earlier one
         ("test_tb_target", {}),  # nothing follows
@@ -366,8 +395,16 @@ def test_completes_with_appends_its_tail_only_when_nothing_quantizes(clean_regis
     # a quantizing step anywhere (a recipe, a bare pass, a plugin pass, before or after): no tail
     w4a4 = [(s.name, s.options) for s in expand(parse_pass_list("w4a4"))]
     assert _options("test_cw,w4a4") == [("test_tb_target", {"act_bits": 4}), ("test_tb_plain", {}), *w4a4]
-    assert _options("test_cw,quantize") == [("test_tb_target", {"act_bits": 8}), ("test_tb_plain", {}), ("quantize", {})]
-    assert _options("test_cw,test_tb_quant5") == [("test_tb_target", {"act_bits": 5}), ("test_tb_plain", {}), ("test_tb_quant5", {})]
+    assert _options("test_cw,quantize") == [
+        ("test_tb_target", {"act_bits": 8}),
+        ("test_tb_plain", {}),
+        ("quantize", {}),
+    ]
+    assert _options("test_cw,test_tb_quant5") == [
+        ("test_tb_target", {"act_bits": 5}),
+        ("test_tb_plain", {}),
+        ("test_tb_quant5", {}),
+    ]
     assert _options("w4a4,test_cw") == [*w4a4, ("test_tb_target", {}), ("test_tb_plain", {})]
     # the same recipe twice: one tail
     assert _options("test_cw,test_cw") == [("test_tb_target", {"act_bits": 8}), ("test_tb_plain", {})] * 2 + w8a8

@@ -10,14 +10,28 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompile import runtime
-from qcompile.runtime import log_quant
-from qcompile.runtime.qdq import to_qdq
 from qcompile.ir import quant_meta
 from qcompile.ir.quant_meta import QuantSpec
+from qcompile.runtime import log_quant
+from qcompile.runtime.qdq import to_qdq
 
 RTOL = 1e-6  # dequantized floats; the codes must match exactly
 STANDARD_OPS = {
-    "Cast", "Constant", "Div", "Greater", "Where", "Log", "Mul", "Round", "Clip", "Ceil", "Add", "Sub", "Neg", "Pow", "Less",
+    "Cast",
+    "Constant",
+    "Div",
+    "Greater",
+    "Where",
+    "Log",
+    "Mul",
+    "Round",
+    "Clip",
+    "Ceil",
+    "Add",
+    "Sub",
+    "Neg",
+    "Pow",
+    "Less",
 }
 
 
@@ -34,7 +48,14 @@ def _function_model(spec: QuantSpec, opset: int = 14) -> ir.Model:
     q.outputs[0].name, q.outputs[0].dtype, q.outputs[0].shape = "codes", ir.DataType.UINT8, ir.Shape(["n"])
     dq = ir.node(log_quant.DEQUANTIZE, [q.outputs[0], delta, qmax], domain=log_quant.DOMAIN, name="dq")
     dq.outputs[0].name, dq.outputs[0].dtype, dq.outputs[0].shape = "y", ir.DataType.FLOAT, ir.Shape(["n"])
-    graph = ir.Graph([x], [q.outputs[0], dq.outputs[0]], nodes=[q, dq], initializers=[delta, qmax], opset_imports={"": opset}, name="log_sqrt2")
+    graph = ir.Graph(
+        [x],
+        [q.outputs[0], dq.outputs[0]],
+        nodes=[q, dq],
+        initializers=[delta, qmax],
+        opset_imports={"": opset},
+        name="log_sqrt2",
+    )
     for value in (delta, qmax):
         value.dtype, value.shape = ir.DataType.FLOAT, ir.Shape([])
     model = ir.Model(graph, ir_version=8)
@@ -44,7 +65,10 @@ def _function_model(spec: QuantSpec, opset: int = 14) -> ir.Model:
 
 def _softmax_matmul(weight: np.ndarray, opset: int = 14) -> ir.Model:
     graph = helper.make_graph(
-        [helper.make_node("Softmax", ["x"], ["p"], axis=-1, name="softmax"), helper.make_node("MatMul", ["p", "w"], ["y"], name="mm")],
+        [
+            helper.make_node("Softmax", ["x"], ["p"], axis=-1, name="softmax"),
+            helper.make_node("MatMul", ["p", "w"], ["y"], name="mm"),
+        ],
         "attention_like",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", weight.shape[0]])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", weight.shape[1]])],
@@ -57,11 +81,34 @@ def _edge_inputs(delta: float, bits: int) -> np.ndarray:
     rng = np.random.default_rng(bits)
     levels = np.float32(delta) * np.exp2(-np.arange(2**bits) / 2.0)  # exact levels
     boundaries = np.float32(delta) * np.exp2(-(np.arange(2**bits) + 0.5) / 2.0)  # midpoints in the log domain
-    near = np.concatenate([np.nextafter(boundaries.astype(np.float32), np.float32(0)), np.nextafter(boundaries.astype(np.float32), np.float32(1))])
-    special = [0.0, -0.0, -1.0, delta, 2 * delta, 1e3, np.inf, -np.inf, 1e-45, 1e-38, np.float32(delta) * 2.0 ** -(2**bits)]
-    return np.concatenate([
-        rng.uniform(0, 1, 3000), np.exp2(-rng.uniform(0, 2**bits / 2 + 3, 3000)), levels, near, special,
-    ]).astype(np.float32)
+    near = np.concatenate(
+        [
+            np.nextafter(boundaries.astype(np.float32), np.float32(0)),
+            np.nextafter(boundaries.astype(np.float32), np.float32(1)),
+        ]
+    )
+    special = [
+        0.0,
+        -0.0,
+        -1.0,
+        delta,
+        2 * delta,
+        1e3,
+        np.inf,
+        -np.inf,
+        1e-45,
+        1e-38,
+        np.float32(delta) * 2.0 ** -(2**bits),
+    ]
+    return np.concatenate(
+        [
+            rng.uniform(0, 1, 3000),
+            np.exp2(-rng.uniform(0, 2**bits / 2 + 3, 3000)),
+            levels,
+            near,
+            special,
+        ]
+    ).astype(np.float32)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 6, 8])
@@ -98,7 +145,9 @@ def test_softmax_matmul_with_a_log_sqrt2_softmax_output_matches_the_reference(bi
     logits[rng.random(logits.shape) < 0.05] = -1e4  # exp underflows: exact zeros after Softmax
     model = _softmax_matmul(weight)
     p_float = runtime.run(runtime.make_session(model), {"x": logits})
-    delta = float(np.quantile(runtime.run(runtime.make_session(runtime.with_outputs(model, ["p"])), {"x": logits})["p"], 0.99))
+    delta = float(
+        np.quantile(runtime.run(runtime.make_session(runtime.with_outputs(model, ["p"])), {"x": logits})["p"], 0.99)
+    )
     spec = _log_spec(bits, delta)
     quant_meta.set_quant(model.graph.node("softmax").outputs[0], spec)
 
@@ -121,14 +170,20 @@ def test_softmax_matmul_with_a_log_sqrt2_softmax_output_matches_the_reference(bi
 
 def test_the_function_bodies_use_only_standard_onnx_ops() -> None:
     model = _function_model(_log_spec(4, 1.0))
-    assert set(model.functions) == {(log_quant.DOMAIN, log_quant.QUANTIZE, ""), (log_quant.DOMAIN, log_quant.DEQUANTIZE, "")}
+    assert set(model.functions) == {
+        (log_quant.DOMAIN, log_quant.QUANTIZE, ""),
+        (log_quant.DOMAIN, log_quant.DEQUANTIZE, ""),
+    }
     for function in model.functions.values():
         assert function.opset_imports == {"": 14}
         assert all(node.domain == "" and node.op_type in STANDARD_OPS for node in function)
         assert [v.name for v in function.inputs][1:] == ["delta", "qmax"]
     proto = ir.to_proto(model)
     onnx.checker.check_model(proto, full_check=True)
-    assert {(f.domain, f.name) for f in proto.functions} == {("qcompile", "QuantizeLogSqrt2"), ("qcompile", "DequantizeLogSqrt2")}
+    assert {(f.domain, f.name) for f in proto.functions} == {
+        ("qcompile", "QuantizeLogSqrt2"),
+        ("qcompile", "DequantizeLogSqrt2"),
+    }
     assert {(o.domain, o.version) for o in proto.opset_import} == {("", 14), ("qcompile", 1)}
 
 

@@ -8,12 +8,12 @@ import onnx
 import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from qcompile import runtime
-from qcompile.runtime.qdq import MIN_OPSET, to_qdq
 
+from qcompile import runtime
 from qcompile.ir import model_to_bytes, quant_meta
 from qcompile.ir.quant_meta import QuantSpec
 from qcompile.ir.verifier import verify_model
+from qcompile.runtime.qdq import MIN_OPSET, to_qdq
 
 K, N = 16, 8
 
@@ -54,7 +54,9 @@ def _value(model: ir.Model, name: str) -> ir.Value:
     return next(v for node in model.graph for v in node.outputs if v.name == name)
 
 
-def _run_unoptimized(model: ir.Model, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+def _run_unoptimized(
+    model: ir.Model, feeds: dict[str, np.ndarray], outputs: list[str] | None = None
+) -> dict[str, np.ndarray]:
     session = runtime.make_session(runtime.with_outputs(model, outputs or []), optimize=False)
     return runtime.run(session, feeds, outputs)
 
@@ -81,7 +83,9 @@ def _weight_spec(weight: np.ndarray, bits: int, unsigned: bool) -> tuple[QuantSp
 def test_qdq_matmul_equals_numpy_fake_quantized_matmul(weight, x, relu_first: bool, unsigned: bool) -> None:
     model = _matmul_model(weight, relu_first)
     act_scale, act_zero = 0.02, 37
-    quant_meta.set_quant(_value(model, "a" if relu_first else "x"), QuantSpec(8, False, np.float32(act_scale), np.int32(act_zero)))
+    quant_meta.set_quant(
+        _value(model, "a" if relu_first else "x"), QuantSpec(8, False, np.float32(act_scale), np.int32(act_zero))
+    )
     spec, w_scale = _weight_spec(weight, 8, unsigned)
     quant_meta.set_quant(_value(model, "w"), spec)
 
@@ -103,7 +107,13 @@ def test_qdq_nodes_replace_the_float_weight_and_precede_their_consumers(weight) 
     qdq = to_qdq(model)
 
     verify_model(qdq)
-    assert [n.op_type for n in qdq.graph] == ["DequantizeLinear", "Relu", "QuantizeLinear", "DequantizeLinear", "MatMul"]
+    assert [n.op_type for n in qdq.graph] == [
+        "DequantizeLinear",
+        "Relu",
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "MatMul",
+    ]
     assert "w" not in qdq.graph.initializers
     codes = qdq.graph.initializers["w_quantized"].const_value.numpy()
     assert codes.dtype == np.uint8 and codes.shape == (K, N)
@@ -135,7 +145,9 @@ def test_a_signed_4_bit_activation_is_clipped_to_minus_8_to_7(weight, x) -> None
     out = _run_unoptimized(to_qdq(model), {"x": x}, ["x_clipped", "y"])
     assert out["x_clipped"].dtype == np.int8
     assert out["x_clipped"].min() == -8 and out["x_clipped"].max() == 7
-    np.testing.assert_allclose(out["y"], fake_quant_activation(x, 0.1, 0, -8, 7) @ weight.astype(np.float64), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        out["y"], fake_quant_activation(x, 0.1, 0, -8, 7) @ weight.astype(np.float64), rtol=0, atol=1e-5
+    )
 
 
 def test_an_8_bit_activation_needs_no_clip(weight) -> None:
@@ -155,7 +167,12 @@ def test_low_bit_weights_take_codes_within_the_b_bit_range(weight, x, bits: int)
     codes = qdq.graph.initializers["w_quantized"].const_value.numpy().astype(np.int32)
     limit = 2 ** (bits - 1) - 1
     assert codes.min() == -limit and codes.max() == limit
-    np.testing.assert_allclose(_run_unoptimized(qdq, {"x": x})["y"], x.astype(np.float64) @ fake_quant_weight(weight, scale, bits), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        _run_unoptimized(qdq, {"x": x})["y"],
+        x.astype(np.float64) @ fake_quant_weight(weight, scale, bits),
+        rtol=0,
+        atol=1e-5,
+    )
 
 
 def test_to_qdq_leaves_the_original_model_untouched(tiny) -> None:
@@ -201,7 +218,12 @@ def test_the_opset_is_raised_to_the_first_with_per_axis_qdq(weight, x) -> None:
     quant_meta.set_quant(_value(model, "w"), spec)
     out = to_qdq(model)
     assert out.opset_imports[""] == MIN_OPSET
-    np.testing.assert_allclose(_run_unoptimized(out, {"x": x})["y"], x.astype(np.float64) @ fake_quant_weight(weight, scale, 8), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        _run_unoptimized(out, {"x": x})["y"],
+        x.astype(np.float64) @ fake_quant_weight(weight, scale, 8),
+        rtol=0,
+        atol=1e-5,
+    )
 
 
 def test_a_graph_output_that_is_also_consumed_stays_float(weight, x) -> None:
@@ -209,7 +231,10 @@ def test_a_graph_output_that_is_also_consumed_stays_float(weight, x) -> None:
         [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"), helper.make_node("Relu", ["h"], ["y"], name="relu")],
         "two_outputs",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
-        [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["batch", N]), helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", N])],
+        [
+            helper.make_tensor_value_info("h", TensorProto.FLOAT, ["batch", N]),
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", N]),
+        ],
         [numpy_helper.from_array(weight, "w")],
     )
     model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
@@ -219,13 +244,18 @@ def test_a_graph_output_that_is_also_consumed_stays_float(weight, x) -> None:
 
     h = x.astype(np.float64) @ weight
     np.testing.assert_allclose(out["h"], h, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(out["y"], np.maximum(fake_quant_activation(h.astype(np.float32), 0.05, 0, -128, 127), 0), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        out["y"], np.maximum(fake_quant_activation(h.astype(np.float32), 0.05, 0, -128, 127), 0), rtol=0, atol=1e-5
+    )
 
 
 def test_a_shared_weight_is_dequantized_once_for_all_consumers(weight, x) -> None:
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["a"], name="mm1"), helper.make_node("MatMul", ["x", "w"], ["b"], name="mm2"),
-         helper.make_node("Add", ["a", "b"], ["y"], name="add")],
+        [
+            helper.make_node("MatMul", ["x", "w"], ["a"], name="mm1"),
+            helper.make_node("MatMul", ["x", "w"], ["b"], name="mm2"),
+            helper.make_node("Add", ["a", "b"], ["y"], name="add"),
+        ],
         "shared",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", N])],
@@ -254,7 +284,10 @@ def _softmax_model(weight: np.ndarray, softmax_is_output: bool = False) -> ir.Mo
     if softmax_is_output:
         outputs.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", K]))
     graph = helper.make_graph(
-        [helper.make_node("Softmax", ["x"], ["p"], axis=-1, name="softmax"), helper.make_node("MatMul", ["p", "w"], ["y"], name="mm")],
+        [
+            helper.make_node("Softmax", ["x"], ["p"], axis=-1, name="softmax"),
+            helper.make_node("MatMul", ["p", "w"], ["y"], name="mm"),
+        ],
         "softmax_mm",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
         outputs,
@@ -280,7 +313,11 @@ def test_a_log_sqrt2_activation_becomes_the_qcompile_function_pair(weight, x) ->
     verify_model(qdq)
     onnx.checker.check_model(ir.serde.serialize_model(qdq), full_check=True)
     assert [(n.domain, n.op_type) for n in qdq.graph] == [
-        ("", "DequantizeLinear"), ("", "Softmax"), ("qcompile", "QuantizeLogSqrt2"), ("qcompile", "DequantizeLogSqrt2"), ("", "MatMul"),
+        ("", "DequantizeLinear"),
+        ("", "Softmax"),
+        ("qcompile", "QuantizeLogSqrt2"),
+        ("qcompile", "DequantizeLogSqrt2"),
+        ("", "MatMul"),
     ]
     assert qdq.opset_imports == {"": 14, "qcompile": 1}
     assert {name for _, name, _ in qdq.functions} == {"QuantizeLogSqrt2", "DequantizeLogSqrt2"}
@@ -310,8 +347,11 @@ def test_a_log_sqrt2_graph_output_stays_float(weight, x) -> None:
 
 def test_two_log_sqrt2_activations_share_one_pair_of_functions(weight, x) -> None:
     graph = helper.make_graph(
-        [helper.make_node("Softmax", ["x"], ["p"], axis=-1, name="sm1"), helper.make_node("Softmax", ["p"], ["p2"], axis=-1, name="sm2"),
-         helper.make_node("MatMul", ["p2", "w"], ["y"], name="mm")],
+        [
+            helper.make_node("Softmax", ["x"], ["p"], axis=-1, name="sm1"),
+            helper.make_node("Softmax", ["p"], ["p2"], axis=-1, name="sm2"),
+            helper.make_node("MatMul", ["p2", "w"], ["y"], name="mm"),
+        ],
         "two_softmax",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", K])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", N])],

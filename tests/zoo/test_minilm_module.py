@@ -10,8 +10,14 @@ from qcompile.errors import DataUnavailableError, InputError
 from qcompile.zoo import minilm_module
 from qcompile.zoo.minilm_module import MiniLMConfig, MiniLMEncoder, encode_batch, load_minilm
 
-TINY = MiniLMConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
-                    intermediate_size=16, max_position_embeddings=32)
+TINY = MiniLMConfig(
+    vocab_size=50,
+    hidden_size=8,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=16,
+    max_position_embeddings=32,
+)
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +69,17 @@ def test_padding_invariance(minilm: tuple[MiniLMEncoder, object]) -> None:
 
 def test_paraphrase_more_similar_than_unrelated(minilm: tuple[MiniLMEncoder, object]) -> None:
     model, tokenizer = minilm
-    out = _embed(model, encode_batch(tokenizer, [
-        "the movie was wonderful and i loved it .",
-        "i really enjoyed this film , it was great .",
-        "the stock market fell sharply on tuesday .",
-    ]))
+    out = _embed(
+        model,
+        encode_batch(
+            tokenizer,
+            [
+                "the movie was wonderful and i loved it .",
+                "i really enjoyed this film , it was great .",
+                "the stock market fell sharply on tuesday .",
+            ],
+        ),
+    )
     paraphrase, unrelated = float(out[0] @ out[1]), float(out[0] @ out[2])
     assert paraphrase > unrelated + 0.3
 
@@ -107,9 +119,15 @@ def test_tiny_config_exports_to_onnx_with_dynamic_shapes() -> None:
     ids = torch.randint(1, 50, (2, 5))
     mask = torch.ones(2, 5, dtype=torch.int64)
     batch, seq = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=2, max=32)
-    program = torch.onnx.export(model, (ids, mask), dynamo=True, input_names=["input_ids", "attention_mask"],
-                                output_names=["sentence_embedding"], verbose=False,
-                                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
+    program = torch.onnx.export(
+        model,
+        (ids, mask),
+        dynamo=True,
+        input_names=["input_ids", "attention_mask"],
+        output_names=["sentence_embedding"],
+        verbose=False,
+        dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+    )
     ops = {node.op_type for node in program.model.graph.all_nodes()}
     assert "MatMul" in ops and "Softmax" in ops and "Attention" not in ops
     session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])

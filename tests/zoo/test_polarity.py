@@ -20,11 +20,7 @@ from qcompile.zoo.data.polarity import (
     parse_polarity_csv,
 )
 
-SYNTHETIC = (
-    '\ufeff"1","a "" quoted "" word . \n"\r\n'
-    '"-1","two\nlines , and a comma . \n"\r\n'
-    '"1","plain . \n"\r\n'
-)
+SYNTHETIC = '\ufeff"1","a "" quoted "" word . \n"\r\n"-1","two\nlines , and a comma . \n"\r\n"1","plain . \n"\r\n'
 
 
 def _write(path: Path, text: str) -> Path:

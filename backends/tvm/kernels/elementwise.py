@@ -22,7 +22,10 @@ def lookup_te(x, table, first: int):
     last = int(table.shape[0]) - 1
 
     def element(*i):
-        index = tirx.max(tirx.min(x[i].astype("int64") - tirx.const(first, "int64"), tirx.const(last, "int64")), tirx.const(0, "int64"))
+        index = tirx.max(
+            tirx.min(x[i].astype("int64") - tirx.const(first, "int64"), tirx.const(last, "int64")),
+            tirx.const(0, "int64"),
+        )
         return table[index]
 
     return te.compute(x.shape, element, name="lookup")

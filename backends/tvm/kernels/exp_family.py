@@ -49,7 +49,9 @@ def shiftmax_te(x, x0: int, n: int, out_bits: int):
     e = te.compute(x.shape, lambda *i: int_exp_expr(x[i].astype("int64") - row_max[i[:-1]], x0, n), name="shiftmax_exp")
     k2 = te.reduce_axis((0, length), "k2")
     total = te.compute(rows, lambda *r: te.sum(e[(*r, k2)], axis=k2), name="shiftmax_sum")
-    factor = te.compute(rows, lambda *r: tirx.floordiv(tirx.shift_left(_c(1), _c(62)), total[r]), name="shiftmax_factor")
+    factor = te.compute(
+        rows, lambda *r: tirx.floordiv(tirx.shift_left(_c(1), _c(62)), total[r]), name="shiftmax_factor"
+    )
     return te.compute(x.shape, lambda *i: tirx.shift_right(e[i] * factor[i[:-1]], _c(63 - out_bits)), name="shiftmax")
 
 

@@ -82,7 +82,17 @@ def fits(k: int, bound_a: int, bound_b: int) -> bool:
 
 
 def int_batch_matmul_func(
-    batch: int, m: int, k: int, n: int, dtype: str, how: Plan, rows: int = 6, a_dtype: str | None = None, b_dtype: str | None = None, zp_a: int = 0, zp_b: int = 0
+    batch: int,
+    m: int,
+    k: int,
+    n: int,
+    dtype: str,
+    how: Plan,
+    rows: int = 6,
+    a_dtype: str | None = None,
+    b_dtype: str | None = None,
+    zp_a: int = 0,
+    zp_b: int = 0,
 ):
     """PrimFunc main(A [batch, m, k], B [batch, k, n], C [batch, m, n]) computing (A − zp_a)·(B − zp_b) in
     `dtype`; A and B are of a_dtype/b_dtype (default `dtype`): narrow codes are centred while packing.
@@ -105,7 +115,9 @@ def int_batch_matmul_func(
         value = a[g, row, tirx.min(r, k - 1)]
         if split:
             shift = tirx.const(LIMB_BITS, dtype)
-            value = tirx.if_then_else(i < mp, tirx.shift_right(value, shift), tirx.bitwise_and(value, tirx.const((1 << LIMB_BITS) - 1, dtype)))
+            value = tirx.if_then_else(
+                i < mp, tirx.shift_right(value, shift), tirx.bitwise_and(value, tirx.const((1 << LIMB_BITS) - 1, dtype))
+            )
         elif how.mode == "offset":
             value = tirx.min(wide(value) - tirx.const(how.offset, "int64"), tirx.const(INT16_MAX, "int64"))
         valid = tirx.all((i % mp if split else i) < m, r < k)
@@ -124,26 +136,39 @@ def int_batch_matmul_func(
     r = te.reduce_axis((0, k2), "k")
     acc = te.compute(
         (batch, stacked, n8),
-        lambda g, i, j: te.sum(a_padded[g, i, r].astype("int32") * b_packed[g, j // LANES, r // PAIR, j % LANES, r % PAIR].astype("int32"), axis=r),
+        lambda g, i, j: te.sum(
+            a_padded[g, i, r].astype("int32") * b_packed[g, j // LANES, r // PAIR, j % LANES, r % PAIR].astype("int32"),
+            axis=r,
+        ),
         name="acc",
     )
     if split:
-        out = te.compute((batch, m, n), lambda g, i, j: ((wide(acc[g, i, j]) << LIMB_BITS) + wide(acc[g, mp + i, j])).astype(dtype), name="out")
+        out = te.compute(
+            (batch, m, n),
+            lambda g, i, j: ((wide(acc[g, i, j]) << LIMB_BITS) + wide(acc[g, mp + i, j])).astype(dtype),
+            name="out",
+        )
         return te.create_prim_func([raw_a, raw_b, out])
     if how.mode == "plain":
-        return te.create_prim_func([raw_a, raw_b, te.compute((batch, m, n), lambda g, i, j: acc[g, i, j].astype(dtype), name="out")])
+        return te.create_prim_func(
+            [raw_a, raw_b, te.compute((batch, m, n), lambda g, i, j: acc[g, i, j].astype(dtype), name="out")]
+        )
     kc = te.reduce_axis((0, k), "kc")
     colsum = te.compute((batch, n), lambda g, j: te.sum(wide(b[g, kc, j]), axis=kc), name="colsum")
     hot = None
     if how.hot:
         kh = te.reduce_axis((0, k), "kh")
         top = tirx.const(how.offset + INT16_MAX, "int64")
-        hot = te.compute((batch, m), lambda g, i: te.max(tirx.if_then_else(wide(a[g, i, kh]) > top, kh, -1), axis=kh), name="hot")
+        hot = te.compute(
+            (batch, m), lambda g, i: te.max(tirx.if_then_else(wide(a[g, i, kh]) > top, kh, -1), axis=kh), name="hot"
+        )
 
     def total(g, i, j):
         value = wide(acc[g, i, j]) + tirx.const(how.offset, "int64") * colsum[g, j]
         if hot is not None:
-            value = value + tirx.if_then_else(hot[g, i] >= 0, wide(b[g, tirx.max(hot[g, i], 0), j]), tirx.const(0, "int64"))
+            value = value + tirx.if_then_else(
+                hot[g, i] >= 0, wide(b[g, tirx.max(hot[g, i], 0), j]), tirx.const(0, "int64")
+            )
         return value.astype(dtype)
 
     return te.create_prim_func([raw_a, raw_b, te.compute((batch, m, n), total, name="out")])
@@ -178,4 +203,3 @@ def schedule_int_batch_matmul(func, rows: int = 6, col_blocks: int = 2):
     g, i, j = sch.get_loops(out)
     sch.parallel(sch.fuse(g, i))
     return sch.mod
-

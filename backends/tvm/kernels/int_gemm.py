@@ -25,7 +25,15 @@ import functools
 
 import numpy as np
 
-__all__ = ["pack_weight", "int_gemm_func", "packed_gemm_func", "schedule_int_gemm", "tile_and_tensorize", "register_intrinsic", "INTRINSIC"]
+__all__ = [
+    "pack_weight",
+    "int_gemm_func",
+    "packed_gemm_func",
+    "schedule_int_gemm",
+    "tile_and_tensorize",
+    "register_intrinsic",
+    "INTRINSIC",
+]
 
 INTRINSIC = "qcompile_s16_dot_8x2"
 LANES, PAIR = 8, 2
@@ -58,9 +66,14 @@ def register_intrinsic() -> None:
                 T.reads(C[0:8], A[0:2], B[0:8, 0:2])
                 T.writes(C[0:8])
                 if native:
-                    pair = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), 8), dtype="int16x16")
+                    pair = T.reinterpret(
+                        T.broadcast(T.reinterpret(A.vload([0], "int16x2"), dtype="int32"), 8), dtype="int16x16"
+                    )
                     C[T.ramp(T.int32(0), 1, 8)] += T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pair, B.vload([0, 0], dtype="int16x16"), dtype="int32x8"
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                        pair,
+                        B.vload([0, 0], dtype="int16x16"),
+                        dtype="int32x8",
                     )
                 else:
                     for i in T.serial(0, 8):
@@ -75,7 +88,9 @@ def register_intrinsic() -> None:
     TensorIntrin.register(INTRINSIC, desc, impl, override=True)
 
 
-def int_gemm_func(m: int, k: int, n: int, rows: int = 6, epilogue=None, out_dtype: str = "int32", a_dtype: str = "int16"):
+def int_gemm_func(
+    m: int, k: int, n: int, rows: int = 6, epilogue=None, out_dtype: str = "int32", a_dtype: str = "int16"
+):
     """PrimFunc main(A a_dtype [m, k], Wp int16 packed, bias int32 [N8], *epilogue params, out [m, n]).
 
     `epilogue` = (params, f): te placeholders and f(acc_expr, (i, j)) → out expression (e.g. requantize)."""
@@ -106,7 +121,9 @@ def packed_gemm_func(a, a_padded, wp, bias, m: int, n: int, epilogue, out_dtype:
     r = te.reduce_axis((0, groups * group), "k")
     acc = te.compute(
         (int(a_padded.shape[0]), int(bias.shape[0])),
-        lambda i, j: te.sum(a_padded[i, r].astype("int32") * wp[j // lanes, r // group, j % lanes, r % group].astype("int32"), axis=r),
+        lambda i, j: te.sum(
+            a_padded[i, r].astype("int32") * wp[j // lanes, r // group, j % lanes, r % group].astype("int32"), axis=r
+        ),
         name="acc",
     )
     params, finish = epilogue if epilogue is not None else ((), lambda value, index: value.astype(out_dtype))
@@ -115,7 +132,13 @@ def packed_gemm_func(a, a_padded, wp, bias, m: int, n: int, epilogue, out_dtype:
 
 
 def tile_and_tensorize(
-    sch, block, rows: int, col_blocks: int, panels_outside: bool, consumer=None, intrinsic: tuple[str, int, int] = (INTRINSIC, LANES, PAIR)
+    sch,
+    block,
+    rows: int,
+    col_blocks: int,
+    panels_outside: bool,
+    consumer=None,
+    intrinsic: tuple[str, int, int] = (INTRINSIC, LANES, PAIR),
 ) -> None:
     """The register tile of a GEMM block over loops (*batch, i, j, k): i split by `rows`, j by
     `col_blocks` × lanes, k by the intrinsic's group; accumulators in a local buffer written back per

@@ -7,7 +7,8 @@
 intermediate, unlike AVX2's vpmaddubsw). Both operands are made signed so the generated call is the
 unambiguous `__dp4a(int, int, int)` (CUDA's mixed-sign overloads take char4/uchar4 vectors, not the
 packed words TVM emits). W is transposed and zero-padded at build time to int8 Wt [N64, K16] so both
-operands hold 4 consecutive k values; x is shifted and padded inside the kernel. Schedule: 64×64 output tiles per thread block, 16×16 threads with 4×4 accumulators each in
+operands hold 4 consecutive k values; x is shifted and padded inside the kernel. Schedule: 64×64 output tiles per
+thread block, 16×16 threads with 4×4 accumulators each in
 registers, k staged through shared memory 16 at a time, dp4a on the innermost 4; the epilogue
 (bias, requantize, cast) is a separate elementwise stage over the valid [m, n] corner.
 """
@@ -42,7 +43,9 @@ def register_dp4a() -> None:
                 T.reads(C[0], A[0:4], B[0:4])
                 T.writes(C[0])
                 if native:
-                    C[0] = C[0] + T.call_pure_extern("__dp4a", A.vload([0], "int8x4"), B.vload([0], "int8x4"), T.int32(0), dtype="int32")
+                    C[0] = C[0] + T.call_pure_extern(
+                        "__dp4a", A.vload([0], "int8x4"), B.vload([0], "int8x4"), T.int32(0), dtype="int32"
+                    )
                 else:
                     for t in range(4):
                         with T.sblock("update"):
@@ -79,6 +82,7 @@ def dp4a_gemm_func(m: int, k: int, n: int, a_dtype: str, epilogue=None, out_dtyp
     x = te.placeholder((m, k), a_dtype, name="x")
     wt = te.placeholder((np_, kp), "int8", name="Wt")
     bias = te.placeholder((np_,), "int32", name="bias")
+
     def shifted(i, r):
         value = x[tirx.min(i, m - 1), tirx.min(r, k - 1)]
         value = (value.astype("int32") - 128).astype("int8") if a_dtype == "uint8" else value.astype("int8")
@@ -86,7 +90,9 @@ def dp4a_gemm_func(m: int, k: int, n: int, a_dtype: str, epilogue=None, out_dtyp
 
     x_padded = te.compute((mp, kp), shifted, name="x_padded")
     r = te.reduce_axis((0, kp), "k")
-    acc = te.compute((mp, np_), lambda i, j: te.sum(x_padded[i, r].astype("int32") * wt[j, r].astype("int32"), axis=r), name="acc")
+    acc = te.compute(
+        (mp, np_), lambda i, j: te.sum(x_padded[i, r].astype("int32") * wt[j, r].astype("int32"), axis=r), name="acc"
+    )
     params, finish = epilogue if epilogue is not None else ((), lambda value, index: value.astype(out_dtype))
     out = te.compute((m, n), lambda i, j: finish(acc[i, j] + bias[j], (i, j)), name="out")
     return te.create_prim_func([x, wt, bias, *params, out])
@@ -125,7 +131,7 @@ def schedule_dp4a_gemm(func):
         sch.bind(ty_s, "threadIdx.y")
         sch.bind(tx_s, "threadIdx.x")
         sch.vectorize(vec)
-    init = sch.decompose_reduction(block, ko)
+    sch.decompose_reduction(block, ko)
     sch.tensorize(kd, DP4A)
     sch.unroll(ti)
     sch.unroll(tj)

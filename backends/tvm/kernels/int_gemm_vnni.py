@@ -69,9 +69,16 @@ def register_intrinsic(lanes: int) -> str:
                 T.reads(C[0:lanes], A[0:GROUP], B[0:lanes, 0:GROUP])
                 T.writes(C[0:lanes])
                 if native:
-                    group = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], f"uint8x{GROUP}"), dtype="int32"), lanes), dtype=f"int8x{width}")
+                    group = T.reinterpret(
+                        T.broadcast(T.reinterpret(A.vload([0], f"uint8x{GROUP}"), dtype="int32"), lanes),
+                        dtype=f"int8x{width}",
+                    )
                     C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id(_LLVM[lanes]), C.vload([0], f"int32x{lanes}"), group, B.vload([0, 0], f"int8x{width}"), dtype=f"int32x{lanes}"
+                        T.llvm_lookup_intrinsic_id(_LLVM[lanes]),
+                        C.vload([0], f"int32x{lanes}"),
+                        group,
+                        B.vload([0, 0], f"int8x{width}"),
+                        dtype=f"int32x{lanes}",
                     )
                 else:
                     for i in T.serial(0, lanes):
@@ -105,7 +112,16 @@ def shifted_bias(weight: np.ndarray, bias: np.ndarray, a_dtype: str) -> np.ndarr
     return total.astype(np.int32)
 
 
-def vnni_gemm_func(m: int, k: int, n: int, lanes: int, rows: int | None = None, epilogue=None, out_dtype: str = "int32", a_dtype: str = "uint8"):
+def vnni_gemm_func(
+    m: int,
+    k: int,
+    n: int,
+    lanes: int,
+    rows: int | None = None,
+    epilogue=None,
+    out_dtype: str = "int32",
+    a_dtype: str = "uint8",
+):
     """PrimFunc main(A a_dtype [m, k], Wp int8 packed, bias' int32 [N padded], *epilogue params, out [m, n]).
 
     a_dtype uint8 or int8 (shifted by 128 here; the caller passes `shifted_bias`). `epilogue` = (params,
@@ -146,5 +162,13 @@ def schedule_vnni_gemm(func, lanes: int, rows: int | None = None, col_blocks: in
         pad_rows, pad_cols = sch.get_loops(sch.get_sblock("A_padded"))
         sch.parallel(pad_rows)
         sch.vectorize(sch.split(pad_cols, [None, 16])[1])
-    tile_and_tensorize(sch, block, rows, col_blocks, panels_outside=True, consumer=sch.get_sblock("out"), intrinsic=(name, lanes, GROUP))
+    tile_and_tensorize(
+        sch,
+        block,
+        rows,
+        col_blocks,
+        panels_outside=True,
+        consumer=sch.get_sblock("out"),
+        intrinsic=(name, lanes, GROUP),
+    )
     return sch.mod

@@ -4,7 +4,8 @@
     f = ⌊2^61 / σ⌋,  out = (y·f) >> 31                                   (int64, as the reference)
 
 isqrt is the reference's fixed six Newton steps x ← min(x, ⌊(x + ⌊v/x⌋)/2⌋) from x0 = 2^⌈bits(v)/2⌉,
-bits(v) = Σ_k [v ≥ 2^k] over k = 0…62, which for v ≥ 0 is the bit length 64 − clz(v); every division is TIR floordiv, every >> an arithmetic shift —
+bits(v) = Σ_k [v ≥ 2^k] over k = 0…62, which for v ≥ 0 is the bit length 64 − clz(v); every division is TIR
+floordiv, every >> an arithmetic shift —
 the reference's `//` and `>>`. `shift` is the calibrated compile-time constant of the ONNX node.
 Per-row stages (two reductions, the square root, the factor) are separate TE stages that a row-wise
 schedule computes at the row; the output stage is elementwise.
@@ -39,7 +40,9 @@ def int_sqrt_te(v):
     """`qcompile.IntSqrt` elementwise: ⌊√v⌋ by the reference's fixed iteration (int64)."""
     from tvm import te
 
-    return te.compute(v.shape, lambda *i: isqrt_expr(v[i].astype("int64"), bit_length_expr(v[i].astype("int64"))), name="int_sqrt")
+    return te.compute(
+        v.shape, lambda *i: isqrt_expr(v[i].astype("int64"), bit_length_expr(v[i].astype("int64"))), name="int_sqrt"
+    )
 
 
 def ilayernorm_te(x, shift: int):
@@ -60,7 +63,9 @@ def ilayernorm_te(x, shift: int):
         rows,
         lambda *r: tirx.floordiv(
             tirx.shift_left(one, tirx.const(61, "int64")),
-            tirx.shift_left(tirx.max(isqrt_expr(variance[r], bit_length_expr(variance[r])), one), tirx.const(shift, "int64")),
+            tirx.shift_left(
+                tirx.max(isqrt_expr(variance[r], bit_length_expr(variance[r])), one), tirx.const(shift, "int64")
+            ),
         ),
         name="ln_factor",
     )

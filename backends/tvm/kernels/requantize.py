@@ -37,7 +37,9 @@ def requantize_expr(value, index, m, e, b, lo: int, hi: int, out_dtype: str, rou
     if rounding_in_b or isinstance(e, int):  # folded at build time, or a compile-time shift
         rounding = tirx.const(0 if rounding_in_b or e <= 0 else 1 << (e - 1), "int64")
     else:
-        rounding = tirx.if_then_else(shift > 0, tirx.shift_left(tirx.const(1, "int64"), shift - 1), tirx.const(0, "int64"))
+        rounding = tirx.if_then_else(
+            shift > 0, tirx.shift_left(tirx.const(1, "int64"), shift - 1), tirx.const(0, "int64")
+        )
     offset = _at(b, index) if b is not None else tirx.const(0, "int64")
     total = value.astype("int64") * _at(m, index).astype("int64") + offset + rounding
     shifted = tirx.shift_right(total, shift)

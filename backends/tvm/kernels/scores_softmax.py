@@ -29,7 +29,9 @@ def scores_grid_te(x, m: int, e: int, b: int, lo: int, hi: int):
     *rows, length = (int(dim) for dim in x.shape)
     k = te.reduce_axis((0, length), "k")
     row_max = te.compute(rows, lambda *r: te.max(x[(*r, k)], axis=k), name="scores_max")
-    return te.compute(x.shape, lambda *i: requantize_expr(x[i] - row_max[i[:-1]], i, m, e, b, lo, hi, "int32"), name="scores_grid")
+    return te.compute(
+        x.shape, lambda *i: requantize_expr(x[i] - row_max[i[:-1]], i, m, e, b, lo, hi, "int32"), name="scores_grid"
+    )
 
 
 def scores_softmax_te(x, m: int, e: int, b: int, lo: int, hi: int, kernel, *args, **kwargs):

@@ -53,5 +53,9 @@ def ibert_softmax_te(x, x0: int, b_int: int, c_int: int, n: int, out_bits: int, 
     e = te.compute(x.shape, lambda *i: exp(i), name="sm_exp")
     k2 = te.reduce_axis((0, length), "k2")
     total = te.compute(rows, lambda *r: te.sum(e[(*r, k2)], axis=k2), name="sm_sum")
-    factor = te.compute(rows, lambda *r: tirx.floordiv(tirx.shift_left(const(1), const(62)), total[r]), name="sm_factor")
-    return te.compute(x.shape, lambda *i: tirx.shift_right(e[i] * factor[i[:-1]], const(62 - out_bits)), name="ibert_softmax")
+    factor = te.compute(
+        rows, lambda *r: tirx.floordiv(tirx.shift_left(const(1), const(62)), total[r]), name="sm_factor"
+    )
+    return te.compute(
+        x.shape, lambda *i: tirx.shift_right(e[i] * factor[i[:-1]], const(62 - out_bits)), name="ibert_softmax"
+    )

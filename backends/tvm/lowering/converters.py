@@ -3,7 +3,8 @@
 A converter gets the Relax expressions of the node's inputs (initializers arrive as `relax.Constant`)
 and emits a `call_tir` to a TE compute of `backends.tvm.kernels` through `BlockBuilder.emit_te`, or, for
 the GEMM, to a PrimFunc that is already scheduled (weights packed at build time, vpmaddwd or vpdpbusd
-register tiles, fused requantize epilogue). Parameters that the kernels need at compile time (bounds, shifts, the softmax and
+register tiles, fused requantize epilogue). Parameters that the kernels need at compile time (bounds, shifts, the
+softmax and
 GELU constants) must be constants of the graph; a node whose parameters are computed at run time is
 refused with a clear error. Output dtypes are the ONNX functions' (int64 for most, int32 for IntLinear),
 so the graph's own Casts after them keep their meaning; Relax fuses those Casts into the kernel.
@@ -13,7 +14,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from qcompile.backends.tvm.kernels import elementwise, exp_family, int_batch_matmul, int_gemm, int_gemm_gpu, int_gemm_vnni, layernorm, requantize, scores_softmax, softmax
+from qcompile.backends.tvm.kernels import (
+    elementwise,
+    exp_family,
+    int_batch_matmul,
+    int_gemm,
+    int_gemm_gpu,
+    int_gemm_vnni,
+    layernorm,
+    requantize,
+    scores_softmax,
+    softmax,
+)
 from qcompile.backends.tvm.lowering.fuse import BOUNDED_MATMUL, FUSED_LINEAR, SCORES_SOFTMAX
 
 __all__ = ["converters", "LoweringError", "X86_FLAVOURS", "VNNI_LANES"]
@@ -58,7 +70,11 @@ def _converter(name: str, impl):
     """An importer converter class named `name` whose _impl_v1 is impl(bb, inputs, attr)."""
     from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
-    return type(name, (OnnxOpConverter,), {"_impl_v1": classmethod(lambda cls, bb, inputs, attr, params: impl(bb, inputs, attr))})
+    return type(
+        name,
+        (OnnxOpConverter,),
+        {"_impl_v1": classmethod(lambda cls, bb, inputs, attr, params: impl(bb, inputs, attr))},
+    )
 
 
 def _int64(expr, what: str):
@@ -71,15 +87,39 @@ def _int64(expr, what: str):
 def _requantize(bb, inputs, attr):
     x, *params, lo, hi = inputs
     m, e, b = (_int64(value, f"Requantize's {what}") for value, what in zip(params, "meb"))
-    return bb.emit_te(requantize.requantize_te, x, m, e, b, _int(lo, "Requantize's lo"), _int(hi, "Requantize's hi"), "int64", primfunc_name_hint="requantize")
+    return bb.emit_te(
+        requantize.requantize_te,
+        x,
+        m,
+        e,
+        b,
+        _int(lo, "Requantize's lo"),
+        _int(hi, "Requantize's hi"),
+        "int64",
+        primfunc_name_hint="requantize",
+    )
 
 
 def _int_add(bb, inputs, attr):
     a, b, *params, lo, hi = inputs
     if _shape(a) != _shape(b):
         raise LoweringError(f"IntAdd of shapes {_shape(a)} and {_shape(b)}: the TVM kernel adds equal shapes only")
-    m_a, e_a, m_b, e_b = (_int64(value, f"IntAdd's {what}") for value, what in zip(params, ("m_a", "e_a", "m_b", "e_b")))
-    return bb.emit_te(elementwise.int_add_te, a, b, m_a, e_a, m_b, e_b, _int(lo, "IntAdd's lo"), _int(hi, "IntAdd's hi"), "int64", primfunc_name_hint="int_add")
+    m_a, e_a, m_b, e_b = (
+        _int64(value, f"IntAdd's {what}") for value, what in zip(params, ("m_a", "e_a", "m_b", "e_b"))
+    )
+    return bb.emit_te(
+        elementwise.int_add_te,
+        a,
+        b,
+        m_a,
+        e_a,
+        m_b,
+        e_b,
+        _int(lo, "IntAdd's lo"),
+        _int(hi, "IntAdd's hi"),
+        "int64",
+        primfunc_name_hint="int_add",
+    )
 
 
 def _lookup(bb, inputs, attr):
@@ -103,7 +143,9 @@ def _scores_softmax(bb, inputs, attr):
     if kernel == "IBertSoftmax":
         ts = te.placeholder(table.shape, str(table.dtype), name="exp_table") if table is not None else None
         out = scores_softmax.scores_softmax_te(xs, *grid, softmax.ibert_softmax_te, *constants, table=ts)
-        args, tensors = ([xs, ts, out], [x, relax.const(table, str(table.dtype))]) if table is not None else ([xs, out], [x])
+        args, tensors = (
+            ([xs, ts, out], [x, relax.const(table, str(table.dtype))]) if table is not None else ([xs, out], [x])
+        )
     else:
         out = scores_softmax.scores_softmax_te(xs, *grid, exp_family.shiftmax_te, *constants)
         args, tensors = [xs, out], [x]
@@ -111,7 +153,11 @@ def _scores_softmax(bb, inputs, attr):
         narrow = ONNX_DTYPES[int(attr["to"])]
         wide_out = args[-1]
         args[-1] = out = te.compute(shape, lambda *i: wide_out[i].astype(narrow), name="probabilities")
-    func = scores_softmax.schedule_rows(te.create_prim_func(args))["main"].without_attr("global_symbol").with_attr({SCHEDULED: True, "op_pattern": OPAQUE})
+    func = (
+        scores_softmax.schedule_rows(te.create_prim_func(args))["main"]
+        .without_attr("global_symbol")
+        .with_attr({SCHEDULED: True, "op_pattern": OPAQUE})
+    )
     gv = bb.add_func(func, "scores_softmax")
     return bb.emit(relax.call_tir(gv, tensors, relax.TensorType(shape, str(out.dtype))))
 
@@ -135,10 +181,17 @@ def _requantize_epilogue(epilogue_inputs, out_dtype):
     if epilogue_inputs is None:
         return None, []
     mult, shift, offset, lo, hi = epilogue_inputs
-    arrays = requantize.fold_rounding(*(_array(v, f"the requantize {name} after IntLinear") for v, name in ((mult, "m"), (shift, "e"), (offset, "b"))))
+    arrays = requantize.fold_rounding(
+        *(_array(v, f"the requantize {name} after IntLinear") for v, name in ((mult, "m"), (shift, "e"), (offset, "b")))
+    )
     params = [te.placeholder(a.shape, str(a.dtype), name=name) for a, name in zip(arrays, ("m", "e", "b"))]
     low, high = _int(lo, "Requantize's lo"), _int(hi, "Requantize's hi")
-    epilogue = (params, lambda value, index: requantize.requantize_expr(value, index, *params, low, high, out_dtype, rounding_in_b=True))
+    epilogue = (
+        params,
+        lambda value, index: requantize.requantize_expr(
+            value, index, *params, low, high, out_dtype, rounding_in_b=True
+        ),
+    )
     return epilogue, [relax.const(a, str(a.dtype)) for a in arrays]
 
 
@@ -283,9 +336,14 @@ def _bounded_matmul_impl(bb, inputs, attr, kind):
 
         return bb.emit(relax.op.matmul(centred(a, zp_a), centred(b, zp_b)))
     batch = int(np.prod(lead, dtype=np.int64)) if lead else 1
-    func = int_batch_matmul.int_batch_matmul_func(batch, m, k, n, dtype, how, a_dtype=_dtype(a), b_dtype=_dtype(b), zp_a=zp_a, zp_b=zp_b)
+    func = int_batch_matmul.int_batch_matmul_func(
+        batch, m, k, n, dtype, how, a_dtype=_dtype(a), b_dtype=_dtype(b), zp_a=zp_a, zp_b=zp_b
+    )
     func = int_batch_matmul.schedule_int_batch_matmul(func)
-    gv = bb.add_func(func["main"].without_attr("global_symbol").with_attr({SCHEDULED: True, "op_pattern": OPAQUE}), "int_batch_matmul")
+    gv = bb.add_func(
+        func["main"].without_attr("global_symbol").with_attr({SCHEDULED: True, "op_pattern": OPAQUE}),
+        "int_batch_matmul",
+    )
     a3 = bb.emit(relax.op.reshape(a, (batch, m, k)))
     b3 = bb.emit(relax.op.reshape(b, (batch, k, n)))
     out = bb.emit(relax.call_tir(gv, [a3, b3], relax.TensorType((batch, m, n), dtype)))
@@ -313,4 +371,3 @@ def converters(kind: str = "llvm") -> dict[str, type]:
         SCORES_SOFTMAX: _scores_softmax,
     }
     return {name: _converter(f"QCompile{name}", impl) for name, impl in table.items()}
-

@@ -33,7 +33,15 @@ import onnx_ir as ir
 
 from qcompile.intops.domain import DOMAIN
 
-__all__ = ["fuse_linear_epilogues", "mark_bounded_matmuls", "fuse_score_softmax", "FUSED_DOMAIN", "FUSED_LINEAR", "BOUNDED_MATMUL", "SCORES_SOFTMAX"]
+__all__ = [
+    "fuse_linear_epilogues",
+    "mark_bounded_matmuls",
+    "fuse_score_softmax",
+    "FUSED_DOMAIN",
+    "FUSED_LINEAR",
+    "BOUNDED_MATMUL",
+    "SCORES_SOFTMAX",
+]
 
 FUSED_DOMAIN = "qcompile.tvm"
 FUSED_LINEAR = "IntLinearRequantize"
@@ -89,13 +97,30 @@ def mark_bounded_matmuls(model: ir.Model) -> int:
         if text is None:
             continue
         bound_a, bound_b = (int(part) for part in text.split(","))
-        lo_a, hi_a = (int(part) for part in metadata[OPERAND_RANGES].split(",")[:2]) if OPERAND_RANGES in metadata else (-bound_a, bound_a)
+        lo_a, hi_a = (
+            (int(part) for part in metadata[OPERAND_RANGES].split(",")[:2])
+            if OPERAND_RANGES in metadata
+            else (-bound_a, bound_a)
+        )
         row_sum_a = int(metadata.get(ROW_SUM_A, -1))
-        (a, zp_a, absorbed_a), (b, zp_b, absorbed_b) = (_uncentred(v, model.graph, node.outputs[0].dtype) for v in node.inputs)
-        values = (("bound_a", bound_a), ("bound_b", bound_b), ("lo_a", lo_a), ("hi_a", hi_a), ("row_sum_a", row_sum_a), ("zp_a", zp_a), ("zp_b", zp_b), ("to", node.outputs[0].dtype.value))
+        (a, zp_a, absorbed_a), (b, zp_b, absorbed_b) = (
+            _uncentred(v, model.graph, node.outputs[0].dtype) for v in node.inputs
+        )
+        values = (
+            ("bound_a", bound_a),
+            ("bound_b", bound_b),
+            ("lo_a", lo_a),
+            ("hi_a", hi_a),
+            ("row_sum_a", row_sum_a),
+            ("zp_a", zp_a),
+            ("zp_b", zp_b),
+            ("to", node.outputs[0].dtype.value),
+        )
         attributes = [ir.AttrInt64(name, value) for name, value in values]
         replacement = ir.Node(FUSED_DOMAIN, BOUNDED_MATMUL, [a, b], attributes, num_outputs=1, name=node.name)
-        ir.convenience.replace_nodes_and_values(model.graph, node, [node, *absorbed_a, *absorbed_b], [replacement], node.outputs, replacement.outputs)
+        ir.convenience.replace_nodes_and_values(
+            model.graph, node, [node, *absorbed_a, *absorbed_b], [replacement], node.outputs, replacement.outputs
+        )
         marked += 1
     model.opset_imports.setdefault(FUSED_DOMAIN, 1)
     return marked
@@ -113,7 +138,12 @@ def fuse_linear_epilogues(model: ir.Model) -> int:
         attributes = [ir.AttrInt64("to", cast.attributes["to"].as_int())] if cast is not None else []
         last = cast if cast is not None else requant
         node = ir.Node(
-            FUSED_DOMAIN, FUSED_LINEAR, [*linear.inputs, *requant.inputs[1:]], attributes, num_outputs=1, name=linear.name
+            FUSED_DOMAIN,
+            FUSED_LINEAR,
+            [*linear.inputs, *requant.inputs[1:]],
+            attributes,
+            num_outputs=1,
+            name=linear.name,
         )
         chain = [n for n in (linear, requant, cast) if n is not None]
         ir.convenience.replace_nodes_and_values(graph, last, chain, [node], last.outputs, node.outputs)
@@ -139,7 +169,12 @@ def _read_by_a_bounded_matmul_in_int32(value: ir.Value) -> bool:
     if value.is_graph_output() or len(value.uses()) != 1:
         return False
     user, index = value.uses()[0].node, value.uses()[0].idx
-    if user.op_type != BOUNDED_MATMUL or user.domain != FUSED_DOMAIN or index != 0 or user.attributes.get_int("zp_a", 0) != 0:
+    if (
+        user.op_type != BOUNDED_MATMUL
+        or user.domain != FUSED_DOMAIN
+        or index != 0
+        or user.attributes.get_int("zp_a", 0) != 0
+    ):
         return False
     return -(2**31) <= user.attributes.get_int("lo_a", -(2**63)) and user.attributes.get_int("hi_a", 2**63 - 1) < 2**31
 
@@ -165,7 +200,14 @@ def fuse_score_softmax(model: ir.Model) -> int:
         attributes = [ir.AttrString("kernel", kernel.op_type)]
         if _read_by_a_bounded_matmul_in_int32(kernel.outputs[0]):
             attributes.append(ir.AttrInt64("to", ir.DataType.INT32.value))
-        node = ir.Node(FUSED_DOMAIN, SCORES_SOFTMAX, [scores, *requant.inputs[1:], *kernel.inputs[1:]], attributes, num_outputs=1, name=kernel.name)
+        node = ir.Node(
+            FUSED_DOMAIN,
+            SCORES_SOFTMAX,
+            [scores, *requant.inputs[1:], *kernel.inputs[1:]],
+            attributes,
+            num_outputs=1,
+            name=kernel.name,
+        )
         chain = [row_max, sub, requant, cast, kernel]
         ir.convenience.replace_nodes_and_values(graph, kernel, chain, [node], kernel.outputs, node.outputs)
         fused += 1

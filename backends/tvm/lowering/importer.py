@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 
-import onnx
 import onnx_ir as ir
 
 from qcompile.backends.tvm.lowering import converters
@@ -39,7 +38,8 @@ def _with_qcompile_converters(kind: str):
 
 def to_relax(model: ir.Model, kind: str = "llvm"):
     """The Relax IRModule of a static-shape integer-only model for kernels of flavour `kind`
-    (`artifact.kernel_flavour`: 'llvm', 'avx512vnni', 'avxvnni', 'generic', 'cuda'; fuses linear epilogues and, on CPUs, softmax row chains in `model`)."""
+    (`artifact.kernel_flavour`: 'llvm', 'avx512vnni', 'avxvnni', 'generic', 'cuda'; fuses linear epilogues and, on
+    CPUs, softmax row chains in `model`)."""
     import warnings
 
     from tvm.relax.frontend.onnx import from_onnx

@@ -39,7 +39,9 @@ QUICK = ("--calib-samples", "4", "--eval-samples", "4", "--no-baselines", "--qui
 SECRET_SIZE = 4242  # a distinctive number: it must not show up in any message
 
 
-def model_argv(*extra: str, passes: str = "w8a8", model: str = "{model}", out: str = "{out}", **overrides: str) -> tuple[str, ...]:
+def model_argv(
+    *extra: str, passes: str = "w8a8", model: str = "{model}", out: str = "{out}", **overrides: str
+) -> tuple[str, ...]:
     """`MODEL --passes PASSES -o OUT` + the quick sample options + `extra`.
 
     `overrides` replace a quick option's value (`eval_samples="0"` → `--eval-samples 0`)."""

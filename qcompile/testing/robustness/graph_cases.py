@@ -72,7 +72,16 @@ def _unknown_domain(proto):
 
 def _recursive_function(proto):
     body = [helper.make_node("Recur", ["a"], ["b"], name="self_call", domain="local")]
-    proto.functions.append(helper.make_function("local", "Recur", ["a"], ["b"], body, [helper.make_opsetid("", models.OPSET), helper.make_opsetid("local", 1)]))
+    proto.functions.append(
+        helper.make_function(
+            "local",
+            "Recur",
+            ["a"],
+            ["b"],
+            body,
+            [helper.make_opsetid("", models.OPSET), helper.make_opsetid("local", 1)],
+        )
+    )
     proto.opset_import.append(helper.make_opsetid("local", 1))
     relu = _node(proto, "relu1")
     relu.op_type, relu.domain = "Recur", "local"
@@ -122,7 +131,9 @@ def _string_input() -> onnx.ModelProto:
     proto = models.mlp()
     proto.graph.input[0].name = "text"
     proto.graph.input[0].type.tensor_type.elem_type = TensorProto.STRING
-    proto.graph.node.insert(0, helper.make_node("Cast", ["text"], ["features"], name="parse_text", to=TensorProto.FLOAT))
+    proto.graph.node.insert(
+        0, helper.make_node("Cast", ["text"], ["features"], name="parse_text", to=TensorProto.FLOAT)
+    )
     return proto
 
 
@@ -132,44 +143,124 @@ CASES = [
     Case("graph-cycle", "graph", "error", _edit(_cycle), mentions=(("add1", "relu1"),), api=True),
     Case("graph-no-outputs", "graph", "error", _edit(_no_outputs), mentions=_NAME, api=True),
     Case("graph-output-never-produced", "graph", "error", _edit(_output_not_produced), mentions=("ghost",), api=True),
-    Case("graph-input-nothing-produces", "graph", "error", _edit(_dangling_input), mentions=("mm2", "nowhere"), api=True),
-    Case("graph-duplicate-value-names", "graph", "error", _edit(_duplicate_value), mentions=("h1",), api=True,
-         note="two nodes (mm1, dup_writer) write 'h1'"),
+    Case(
+        "graph-input-nothing-produces", "graph", "error", _edit(_dangling_input), mentions=("mm2", "nowhere"), api=True
+    ),
+    Case(
+        "graph-duplicate-value-names",
+        "graph",
+        "error",
+        _edit(_duplicate_value),
+        mentions=("h1",),
+        api=True,
+        note="two nodes (mm1, dup_writer) write 'h1'",
+    ),
     Case("graph-unknown-op", "graph", "error", _edit(_unknown_op), mentions=("relu1", "Frobnicate"), api=True),
-    Case("graph-unknown-op-in-if", "graph", "error", _save(lambda: models.mlp_with_if(then_op="Frobnicate")),
-         mentions=("Frobnicate",), api=True),
+    Case(
+        "graph-unknown-op-in-if",
+        "graph",
+        "error",
+        _save(lambda: models.mlp_with_if(then_op="Frobnicate")),
+        mentions=("Frobnicate",),
+        api=True,
+    ),
     Case("graph-unknown-domain", "graph", "error", _edit(_unknown_domain), mentions=("com.example.nowhere",), api=True),
     Case("graph-recursive-function", "graph", "error", _edit(_recursive_function), mentions=("Recur",), api=True),
-    Case("graph-shape-mismatch", "graph", "error", _edit(_shape_mismatch), mentions=(("mm2", "w2"),), api=True,
-         note="MatMul of [batch,16] with a [5,8] initializer"),
-    Case("graph-int64-into-float-matmul", "graph", "error", _edit(_int64_into_matmul), mentions=(("mm1", "features"),), api=True),
-    Case("graph-opset-7", "graph", "error", _save(lambda: models.mlp(opset=7)), mentions=("7",),
-         note="below the opset QDQ needs (QuantizeLinear 10, per-axis 13); a valid model, refused by the CLI"),
+    Case(
+        "graph-shape-mismatch",
+        "graph",
+        "error",
+        _edit(_shape_mismatch),
+        mentions=(("mm2", "w2"),),
+        api=True,
+        note="MatMul of [batch,16] with a [5,8] initializer",
+    ),
+    Case(
+        "graph-int64-into-float-matmul",
+        "graph",
+        "error",
+        _edit(_int64_into_matmul),
+        mentions=(("mm1", "features"),),
+        api=True,
+    ),
+    Case(
+        "graph-opset-7",
+        "graph",
+        "error",
+        _save(lambda: models.mlp(opset=7)),
+        mentions=("7",),
+        note="below the opset QDQ needs (QuantizeLinear 10, per-axis 13); a valid model, refused by the CLI",
+    ),
     Case("graph-opset-99", "graph", "error", _save(lambda: models.mlp(opset=99)), mentions=("99",), api=True),
     Case("graph-ir-version-99", "graph", "error", _save(lambda: models.mlp(ir_version=99)), mentions=("99",), api=True),
     Case("graph-negative-dim", "graph", "error", _edit(lambda p: _dim(p, 0, -3)), mentions=("features",), api=True),
-    Case("graph-huge-dim", "graph", "error", _edit(lambda p: _dim(p, 0, 2**40)), mentions=("features",),
-         note="batch declared 2**40: random inputs cannot be made"),
-    Case("graph-zero-dim", "graph", "error", _edit(lambda p: _dim(p, 0, 0)), mentions=("features",),
-         note="an input with a zero dim has no samples to calibrate on"),
-    Case("graph-no-inputs", "graph", "error", _save(_no_inputs), mentions=_NAME,
-         note="only constants: nothing to calibrate"),
-    Case("graph-symbolic-dims-no-input-shape", "graph", "error", _save(models.mlp_symbolic),
-         mentions=(("hidden", "'x'", "--input-shape"),),
-         note="x[batch, seq, hidden] all symbolic and no --input-shape"),
+    Case(
+        "graph-huge-dim",
+        "graph",
+        "error",
+        _edit(lambda p: _dim(p, 0, 2**40)),
+        mentions=("features",),
+        note="batch declared 2**40: random inputs cannot be made",
+    ),
+    Case(
+        "graph-zero-dim",
+        "graph",
+        "error",
+        _edit(lambda p: _dim(p, 0, 0)),
+        mentions=("features",),
+        note="an input with a zero dim has no samples to calibrate on",
+    ),
+    Case(
+        "graph-no-inputs",
+        "graph",
+        "error",
+        _save(_no_inputs),
+        mentions=_NAME,
+        note="only constants: nothing to calibrate",
+    ),
+    Case(
+        "graph-symbolic-dims-no-input-shape",
+        "graph",
+        "error",
+        _save(models.mlp_symbolic),
+        mentions=(("hidden", "'x'", "--input-shape"),),
+        note="x[batch, seq, hidden] all symbolic and no --input-shape",
+    ),
     Case("graph-raw-data-length", "graph", "error", _edit(_bad_raw_data), mentions=("w1",), api=True),
-    Case("graph-initializer-huge-dims", "graph", "error", _edit(_huge_initializer_dims), mentions=("w1",), api=True,
-         note="w1 declared 2**20 × 2**20 with 64 bytes of data"),
-    Case("graph-attribute-wrong-type", "graph", "error", _edit(_attr_wrong_type), mentions=("probs",), api=True,
-         note="Softmax axis given as a string"),
-    Case("graph-string-input", "graph", "error", _save(_string_input), mentions=("text",),
-         note="a valid model with a string input: no random inputs for it"),
+    Case(
+        "graph-initializer-huge-dims",
+        "graph",
+        "error",
+        _edit(_huge_initializer_dims),
+        mentions=("w1",),
+        api=True,
+        note="w1 declared 2**20 × 2**20 with 64 bytes of data",
+    ),
+    Case(
+        "graph-attribute-wrong-type",
+        "graph",
+        "error",
+        _edit(_attr_wrong_type),
+        mentions=("probs",),
+        api=True,
+        note="Softmax axis given as a string",
+    ),
+    Case(
+        "graph-string-input",
+        "graph",
+        "error",
+        _save(_string_input),
+        mentions=("text",),
+        note="a valid model with a string input: no random inputs for it",
+    ),
 ]
 
 
 def _newest_onnx_opset() -> onnx.ModelProto:
     opset = onnx.defs.onnx_opset_version()
-    return models.mlp(opset=opset, ir_version=max(models.IR_VERSION, helper.find_min_ir_version_for([helper.make_opsetid("", opset)])))
+    return models.mlp(
+        opset=opset, ir_version=max(models.IR_VERSION, helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
+    )
 
 
 def _beyond_runtime() -> list[Case]:
@@ -180,8 +271,17 @@ def _beyond_runtime() -> list[Case]:
     newest = onnx.defs.onnx_opset_version()
     if newest <= runtime_max_opset():
         return []
-    return [Case("graph-opset-beyond-runtime", "graph", "error", _save(_newest_onnx_opset), mentions=(str(newest),), api=True,
-                 note=f"opset {newest}: onnx defines it, ONNX Runtime has no QuantizeLinear kernel there")]
+    return [
+        Case(
+            "graph-opset-beyond-runtime",
+            "graph",
+            "error",
+            _save(_newest_onnx_opset),
+            mentions=(str(newest),),
+            api=True,
+            note=f"opset {newest}: onnx defines it, ONNX Runtime has no QuantizeLinear kernel there",
+        )
+    ]
 
 
 CASES += _beyond_runtime()

@@ -60,7 +60,15 @@ __all__ = [
 ]
 
 KINDS = (
-    "clean-error", "success", "traceback", "escape", "partial-output", "wrong-exit", "hang", "vague-error", "skipped",
+    "clean-error",
+    "success",
+    "traceback",
+    "escape",
+    "partial-output",
+    "wrong-exit",
+    "hang",
+    "vague-error",
+    "skipped",
     "harness-error",
 )
 STAGING_GLOB = ".qcompile-staging-*"
@@ -135,8 +143,17 @@ class CaseRunner:
         env = dict(os.environ)
         # The product must keep its own dependencies in check (e.g. ONNX Runtime's telemetry writes a
         # device id under HOME unless ORT_DISABLE_TELEMETRY=1): the run gets no such help from here.
-        for name in ("PYTHONDONTWRITEBYTECODE", "QCOMPILE_DEBUG", "PYTHONSTARTUP", "PYTHONINSPECT", "ORT_DISABLE_TELEMETRY",
-                     "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR"):
+        for name in (
+            "PYTHONDONTWRITEBYTECODE",
+            "QCOMPILE_DEBUG",
+            "PYTHONSTARTUP",
+            "PYTHONINSPECT",
+            "ORT_DISABLE_TELEMETRY",
+            "XDG_CACHE_HOME",
+            "XDG_CONFIG_HOME",
+            "XDG_DATA_HOME",
+            "XDG_RUNTIME_DIR",
+        ):
             env.pop(name, None)
         tmp = str(self.dirs.tmp)
         env.update(HOME=str(self.dirs.home), TMPDIR=tmp, TEMP=tmp, TMP=tmp, QCOMPILE_CACHE=str(self.dirs.cache))
@@ -155,8 +172,14 @@ class CaseRunner:
         out = open(self.logs / f"{self._count}.stdout", "w+b")
         err = open(self.logs / f"{self._count}.stderr", "w+b")
         proc = subprocess.Popen(
-            command, cwd=self.dirs.work, env=self.env(), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-            start_new_session=True, **extra,
+            command,
+            cwd=self.dirs.work,
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+            **extra,
         )
         proc._robustness = (cli_argv, out, err, time.monotonic())  # type: ignore[attr-defined]
         return proc
@@ -171,7 +194,9 @@ class CaseRunner:
             kill(proc)
         seconds = time.monotonic() - started
         out.seek(0), err.seek(0)
-        observation = Observation(cli_argv, None if timed_out else proc.returncode, out.read(), err.read(), seconds, timed_out)
+        observation = Observation(
+            cli_argv, None if timed_out else proc.returncode, out.read(), err.read(), seconds, timed_out
+        )
         out.close(), err.close()
         return observation
 
@@ -313,7 +338,10 @@ def classify(
     for o in everyone:
         if b"Traceback" in o.stdout or b"Traceback" in o.stderr:
             where = "stderr" if b"Traceback" in o.stderr else "stdout"
-            return "traceback", f"Traceback on {where}; last line: {(o.err_text.strip().splitlines() or [''])[-1][:200]}"
+            return (
+                "traceback",
+                f"Traceback on {where}; last line: {(o.err_text.strip().splitlines() or [''])[-1][:200]}",
+            )
 
     out_rel = os.path.relpath(dirs.out, dirs.root)
     new, changed, removed = diff(before, after)
@@ -328,7 +356,11 @@ def classify(
         if hits:
             return "escape", f"the planted secret was copied into {[os.path.relpath(h, dirs.root) for h in hits]}"
     if outside:
-        labels = _collapse([p for p in new if p not in ancestors], "new") + [f"changed {p}" for p in changed] + [f"removed {p}" for p in removed]
+        labels = (
+            _collapse([p for p in new if p not in ancestors], "new")
+            + [f"changed {p}" for p in changed]
+            + [f"removed {p}" for p in removed]
+        )
         text = "outside OUT: " + ", ".join(labels[:6]) + (" ..." if len(labels) > 6 else "")
         before_escape = {p: v for p, v in after.items() if p not in outside}
         before_escape.update({p: before[p] for p in removed})
@@ -345,14 +377,19 @@ def classify(
             return "partial-output", f"created parent folder(s) of OUT left behind: {ancestors}"
         if out_after != out_before:
             if not out_before:
-                return "partial-output", f"OUT was created and left behind, holding {sorted(k for k in out_after if k != '.')}"
+                return (
+                    "partial-output",
+                    f"OUT was created and left behind, holding {sorted(k for k in out_after if k != '.')}",
+                )
             o_new, o_changed, o_removed = diff(out_before, out_after)
             return "partial-output", f"OUT changed: new {o_new}, changed {o_changed}, removed {o_removed}"
     else:
         leftovers = sorted(k for k in out_after if k.split("/")[0].startswith(".qcompile"))
         if leftovers:
             return "partial-output", f"hidden leftovers in OUT: {leftovers[:6]}"
-        problem = _check_artifact(dirs.out, case, out_before, result.report_check) if out_exists else "OUT does not exist"
+        problem = (
+            _check_artifact(dirs.out, case, out_before, result.report_check) if out_exists else "OUT does not exist"
+        )
         if problem and obs.returncode == 0:
             return "partial-output", problem
         if problem:
@@ -375,7 +412,10 @@ def classify(
     if obs.returncode not in case.exit_codes:
         return "wrong-exit", f"exit {obs.returncode}, expected {expected}: {_first(lines)}"
     if len(lines) != 1 or not lines[0].startswith(case.stderr_prefix):
-        return "wrong-exit", f"exit {obs.returncode} but stderr has {len(lines)} line(s), expected one starting {case.stderr_prefix!r}"
+        return (
+            "wrong-exit",
+            f"exit {obs.returncode} but stderr has {len(lines)} line(s), expected one starting {case.stderr_prefix!r}",
+        )
     problems = case.mention_problems(lines[0])
     if problems:
         return "vague-error", "; ".join(problems)
@@ -430,8 +470,17 @@ def run_case(case: Case, parent: Path | None = None, keep: bool = False) -> Outc
         obs = result.judged
         expected_kind = "success" if case.expect == "ok" else "clean-error"
         return Outcome(
-            case.name, case.category, case.expect, kind, kind == expected_kind, detail, obs.returncode,
-            obs.err_text[-4000:], obs.out_text[-2000:], time.monotonic() - started, obs.argv,
+            case.name,
+            case.category,
+            case.expect,
+            kind,
+            kind == expected_kind,
+            detail,
+            obs.returncode,
+            obs.err_text[-4000:],
+            obs.out_text[-2000:],
+            time.monotonic() - started,
+            obs.argv,
         )
     finally:
         if not keep:

@@ -48,7 +48,9 @@ def make_model(graph: onnx.GraphProto, opset: int = OPSET, ir_version: int = IR_
     return model
 
 
-def _mlp_nodes(x: str = "features", y: str = "logits", names: tuple[str, ...] = ("mm1", "add1", "relu1", "mm2")) -> list[onnx.NodeProto]:
+def _mlp_nodes(
+    x: str = "features", y: str = "logits", names: tuple[str, ...] = ("mm1", "add1", "relu1", "mm2")
+) -> list[onnx.NodeProto]:
     return [
         helper.make_node("MatMul", [x, "w1"], ["h1"], name=names[0]),
         helper.make_node("Add", ["h1", "b1"], ["h2"], name=names[1]),
@@ -58,8 +60,13 @@ def _mlp_nodes(x: str = "features", y: str = "logits", names: tuple[str, ...] = 
 
 
 def mlp(
-    opset: int = OPSET, ir_version: int = IR_VERSION, seed: int = 0, x: str = "features", y: str = "logits",
-    x_shape: tuple = ("batch", 16), y_shape: tuple = ("batch", 8),
+    opset: int = OPSET,
+    ir_version: int = IR_VERSION,
+    seed: int = 0,
+    x: str = "features",
+    y: str = "logits",
+    x_shape: tuple = ("batch", 16),
+    y_shape: tuple = ("batch", 8),
 ) -> onnx.ModelProto:
     """The base model (float32); `x`, `y` name its input and output."""
     inits = [numpy_helper.from_array(a, n) for n, a in weights(seed).items()]
@@ -141,8 +148,12 @@ def mlp_with_if(then_op: str = "Relu", else_op: str = "Sigmoid", then_domain: st
         helper.make_node("ReduceSum", ["h2"], ["total"], name="total", keepdims=0),
         helper.make_node("Greater", ["total", "zero"], ["cond"], name="positive"),
         helper.make_node(
-            "If", ["cond"], ["h3"], name="branch",
-            then_branch=branch("then", then_op, then_domain), else_branch=branch("else", else_op, ""),
+            "If",
+            ["cond"],
+            ["h3"],
+            name="branch",
+            then_branch=branch("then", then_op, then_domain),
+            else_branch=branch("else", else_op, ""),
         ),
     ]
     nodes = list(graph.node)

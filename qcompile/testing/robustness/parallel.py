@@ -36,8 +36,19 @@ def run_cases(
         try:
             outcome = run_case(case, parent)
         except Exception as error:  # noqa: BLE001 - a corpus bug must not hide the other cases
-            outcome = Outcome(case.name, case.category, case.expect, "harness-error", False,
-                              f"{type(error).__name__}: {error}", None, "", "", 0.0, [])
+            outcome = Outcome(
+                case.name,
+                case.category,
+                case.expect,
+                "harness-error",
+                False,
+                f"{type(error).__name__}: {error}",
+                None,
+                "",
+                "",
+                0.0,
+                [],
+            )
         if on_done is not None:
             on_done(outcome)
         return outcome

@@ -35,7 +35,13 @@ DESCRIPTIONS = {
 _CAP_DAC_OVERRIDE = 1
 _CAP_DAC_READ_SEARCH = 2
 _PR_CAPBSET_DROP = 24
-_SETPRIV_ARGS = ["--bounding-set", "-dac_override,-dac_read_search", "--inh-caps", "-dac_override,-dac_read_search", "--"]
+_SETPRIV_ARGS = [
+    "--bounding-set",
+    "-dac_override,-dac_read_search",
+    "--inh-caps",
+    "-dac_override,-dac_read_search",
+    "--",
+]
 
 
 def _drop_dac_capabilities() -> None:  # runs in the child between fork and exec (fallback without setpriv)
@@ -78,7 +84,10 @@ def chown_tree(root: Path, uid: int = NOBODY, gid: int = NOBODY) -> None:
             os.lchown(os.path.join(folder, name), uid, gid)
 
 
-_PROBE = "import sys, qcompile.cli\ntry:\n    open(sys.argv[1], 'rb').close()\nexcept PermissionError:\n    sys.exit(0)\nsys.exit(3)\n"
+_PROBE = (
+    "import sys, qcompile.cli\ntry:\n    open(sys.argv[1], 'rb').close()\nexcept PermissionError:\n"
+    "    sys.exit(0)\nsys.exit(3)\n"
+)
 
 
 def _probe(how: str) -> str | None:

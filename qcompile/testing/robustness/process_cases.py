@@ -2,7 +2,8 @@
 
 Each case has a driver that starts the CLI itself (through the harness's CaseRunner) and times its
 signals off what the run leaves in OUT: a staging folder `.qcompile-staging-*` or the lock
-`.qcompile.lock`. A long run is the base model with `--eval-samples LONG` (about 4 s of evaluation on one core; the CLI allows at most 100000 random samples).
+`.qcompile.lock`. A long run is the base model with `--eval-samples LONG` (about 4 s of evaluation on one core; the
+CLI allows at most 100000 random samples).
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ def _second_run_refused(runner: CaseRunner) -> DriverResult:
 
     def a_outputs(report: dict) -> str | None:
         if str(report.get("eval_samples")) != LONG or report.get("seed") not in (0, None):
-            return f"OUT holds another run's report (eval_samples={report.get('eval_samples')}, seed={report.get('seed')})"
+            return (
+                f"OUT holds another run's report (eval_samples={report.get('eval_samples')}, seed={report.get('seed')})"
+            )
         return None
 
     if note and second.returncode == 0:
@@ -99,17 +102,58 @@ def _stale_lock(dirs: CaseDirs) -> None:
 _SIG = "qcompile: "
 
 CASES = [
-    Case("signal-sigterm-mid-run", "signals", "error", _model, driver=_signal_mid_run(signal.SIGTERM), exit_codes=(143,),
-         stderr_prefix=_SIG, note="SIGTERM once OUT shows staging or lock: one line, exit 143, nothing left"),
-    Case("signal-sigint-mid-run", "signals", "error", _model, driver=_signal_mid_run(signal.SIGINT), exit_codes=(130,),
-         stderr_prefix=_SIG),
-    Case("signal-sigint-during-imports", "signals", "error", _model, driver=_signal_at_start(signal.SIGINT, 0.15),
-         exit_codes=(130,), stderr_prefix=_SIG, note="SIGINT 0.15 s after start"),
-    Case("concurrency-second-run-same-out", "concurrency", "error", _model, driver=_second_run_refused, out_path="shared-out",
-         mentions=(("another", "lock", LOCK_NAME, "in use", "running", "busy"),),
-         note="B starts while A holds OUT/.qcompile.lock: B exit 2; A succeeds; OUT holds A's outputs only"),
-    Case("concurrency-after-killed-run", "concurrency", "ok", _model, driver=_after_kill,
-         note="A is SIGKILLed mid-run; the next run on OUT succeeds and leaves no staging or lock of A's"),
-    Case("concurrency-stale-lock-file", "concurrency", "ok", _stale_lock,
-         note="OUT/.qcompile.lock left by a dead run must not block (nor remain)"),
+    Case(
+        "signal-sigterm-mid-run",
+        "signals",
+        "error",
+        _model,
+        driver=_signal_mid_run(signal.SIGTERM),
+        exit_codes=(143,),
+        stderr_prefix=_SIG,
+        note="SIGTERM once OUT shows staging or lock: one line, exit 143, nothing left",
+    ),
+    Case(
+        "signal-sigint-mid-run",
+        "signals",
+        "error",
+        _model,
+        driver=_signal_mid_run(signal.SIGINT),
+        exit_codes=(130,),
+        stderr_prefix=_SIG,
+    ),
+    Case(
+        "signal-sigint-during-imports",
+        "signals",
+        "error",
+        _model,
+        driver=_signal_at_start(signal.SIGINT, 0.15),
+        exit_codes=(130,),
+        stderr_prefix=_SIG,
+        note="SIGINT 0.15 s after start",
+    ),
+    Case(
+        "concurrency-second-run-same-out",
+        "concurrency",
+        "error",
+        _model,
+        driver=_second_run_refused,
+        out_path="shared-out",
+        mentions=(("another", "lock", LOCK_NAME, "in use", "running", "busy"),),
+        note="B starts while A holds OUT/.qcompile.lock: B exit 2; A succeeds; OUT holds A's outputs only",
+    ),
+    Case(
+        "concurrency-after-killed-run",
+        "concurrency",
+        "ok",
+        _model,
+        driver=_after_kill,
+        note="A is SIGKILLed mid-run; the next run on OUT succeeds and leaves no staging or lock of A's",
+    ),
+    Case(
+        "concurrency-stale-lock-file",
+        "concurrency",
+        "ok",
+        _stale_lock,
+        note="OUT/.qcompile.lock left by a dead run must not block (nor remain)",
+    ),
 ]

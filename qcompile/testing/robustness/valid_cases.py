@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from qcompile.testing.robustness import models
 from qcompile.testing.robustness.case import Case, CaseDirs, model_argv, save
 
-__all__ = ["CASES", "max_runtime_opset"]
+__all__ = ["CASES"]
 
 
 def _saver(make):
@@ -25,33 +25,25 @@ def _external(one_file: bool, location: str | None):
         if location and "/" in location:
             (dirs.model_dir / location).parent.mkdir(parents=True, exist_ok=True)
         onnx.save(
-            models.mlp(), str(dirs.model), save_as_external_data=True, all_tensors_to_one_file=one_file,
-            location=location, size_threshold=0,
+            models.mlp(),
+            str(dirs.model),
+            save_as_external_data=True,
+            all_tensors_to_one_file=one_file,
+            location=location,
+            size_threshold=0,
         )
 
     return build
 
 
 @functools.lru_cache(maxsize=1)
-def max_float_runtime_opset() -> int:
-    """The highest default-domain opset at which the installed ONNX Runtime runs the float MLP."""
-    import onnxruntime as ort
-
-    for opset in range(onnx.defs.onnx_opset_version(), models.OPSET - 1, -1):
-        ir_version = max(models.IR_VERSION, helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
-        try:
-            ort.InferenceSession(models.mlp(opset=opset, ir_version=ir_version).SerializeToString(), providers=["CPUExecutionProvider"])
-        except Exception:  # noqa: BLE001 - not supported at this opset
-            continue
-        return opset
-    return models.OPSET
-
-
 def _max_opset() -> onnx.ModelProto:
     from qcompile.frontends.structure import runtime_max_opset
 
     opset = runtime_max_opset()  # the ceiling qcompile declares: a model there must quantize and run
-    return models.mlp(opset=opset, ir_version=max(models.IR_VERSION, helper.find_min_ir_version_for([helper.make_opsetid("", opset)])))
+    return models.mlp(
+        opset=opset, ir_version=max(models.IR_VERSION, helper.find_min_ir_version_for([helper.make_opsetid("", opset)]))
+    )
 
 
 def _weights_only() -> onnx.ModelProto:
@@ -96,23 +88,55 @@ def _no_suffix(dirs: CaseDirs) -> None:
 
 
 CASES = [
-    Case("valid-external-one-file-other-cwd", "valid-odd", "ok", _external(True, "model.onnx.data"),
-         argv=model_argv(model="../model/model.onnx"), note="model.onnx.data next to it; MODEL given relative to another cwd"),
+    Case(
+        "valid-external-one-file-other-cwd",
+        "valid-odd",
+        "ok",
+        _external(True, "model.onnx.data"),
+        argv=model_argv(model="../model/model.onnx"),
+        note="model.onnx.data next to it; MODEL given relative to another cwd",
+    ),
     Case("valid-external-per-tensor", "valid-odd", "ok", _external(False, None)),
     Case("valid-external-subfolder", "valid-odd", "ok", _external(True, "weights/w.bin")),
     Case("valid-float16", "valid-odd", "ok", _saver(models.mlp_float16)),
-    Case("valid-bfloat16", "valid-odd", "ok", _saver(models.mlp_bfloat16),
-         note="ONNX Runtime's CPU provider has no bfloat16 Relu/MatMul: the float model runs only if upcast"),
-    Case("valid-symbolic-dims-with-input-shape", "valid-odd", "ok", _saver(models.mlp_symbolic),
-         argv=model_argv("--input-shape", "x=1x4x16")),
-    Case("valid-token-ids", "valid-odd", "ok", _saver(models.token_embedding), argv=model_argv("--input-shape", "ids=1x8")),
+    Case(
+        "valid-bfloat16",
+        "valid-odd",
+        "ok",
+        _saver(models.mlp_bfloat16),
+        note="ONNX Runtime's CPU provider has no bfloat16 Relu/MatMul: the float model runs only if upcast",
+    ),
+    Case(
+        "valid-symbolic-dims-with-input-shape",
+        "valid-odd",
+        "ok",
+        _saver(models.mlp_symbolic),
+        argv=model_argv("--input-shape", "x=1x4x16"),
+    ),
+    Case(
+        "valid-token-ids",
+        "valid-odd",
+        "ok",
+        _saver(models.token_embedding),
+        argv=model_argv("--input-shape", "ids=1x8"),
+    ),
     Case("valid-if-node", "valid-odd", "ok", _saver(models.mlp_with_if)),
-    Case("valid-max-opset", "valid-odd", "ok", _saver(_max_opset),
-         note="the newest opset qcompile declares it supports (ONNX Runtime runs its QDQ ops there)"),
-    Case("valid-weights-only-initializers", "valid-odd", "ok", _saver(_weights_only), note="no bias: MatMul → Relu → MatMul"),
+    Case(
+        "valid-max-opset",
+        "valid-odd",
+        "ok",
+        _saver(_max_opset),
+        note="the newest opset qcompile declares it supports (ONNX Runtime runs its QDQ ops there)",
+    ),
+    Case(
+        "valid-weights-only-initializers",
+        "valid-odd",
+        "ok",
+        _saver(_weights_only),
+        note="no bias: MatMul → Relu → MatMul",
+    ),
     Case("valid-unicode-names", "valid-odd", "ok", _saver(_unicode_names)),
     Case("valid-fixed-batch", "valid-odd", "ok", _saver(_fixed_batch), note="features[4, 16]: no symbolic dim"),
     Case("valid-two-outputs", "valid-odd", "ok", _saver(_two_outputs)),
     Case("valid-no-onnx-suffix", "valid-odd", "ok", _no_suffix, model_path="model/model.bin"),
 ]
-
