@@ -3,7 +3,8 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export QCOMPILE_CACHE ?= $(CURDIR)/.cache/qcompile
+# The same default as the CLI (qcompile/zoo/cache.py), so `qcompile` run by hand finds what make prepared.
+export QCOMPILE_CACHE ?= $(HOME)/.cache/qcompile
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 POLARITY := $(QCOMPILE_CACHE)/data/.polarity-fetched
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -12,6 +12,7 @@ heavy imports, and turned into exceptions so the output folder is cleaned up on 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -51,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-baselines", action="store_true", help="skip ONNX Runtime's quantizers")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--force", action="store_true", help="replace the outputs of an earlier run in OUTDIR")
+    parser.add_argument("--json", action="store_true", help="with `qcompile passes`: print the catalogue as JSON")
     parser.add_argument(
         "--target", help="also compile the integer model with TVM: llvm (this CPU), cuda or cuda:sm_XX (needs intonly)"
     )
@@ -65,24 +67,52 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _list_passes() -> None:
-    from qcompile.pipeline.registry import registered_passes, registered_recipes
+def _passes_catalogue() -> dict:
+    """Every registered pass (contract and options) and recipe, as `qcompile passes --json` prints it."""
+    from qcompile.pipeline.registry import pass_options, registered_passes, registered_recipes
 
+    passes = [
+        {
+            "name": name,
+            "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+            "numerics": str(cls.numerics),
+            "requires": sorted(map(str, cls.requires)),
+            "establishes": sorted(map(str, cls.establishes)),
+            "invalidates": sorted(map(str, cls.invalidates)),
+            "options": pass_options(cls),
+        }
+        for name, cls in registered_passes().items()
+    ]
+    recipes = [
+        {
+            "name": name,
+            "doc": recipe.doc,
+            "steps": [str(s) for s in recipe.steps],
+            "completes_with": recipe.completes_with,
+        }
+        for name, recipe in registered_recipes().items()
+    ]
+    return {"passes": passes, "recipes": recipes}
+
+
+def _list_passes(as_json: bool) -> None:
+    catalogue = _passes_catalogue()
+    if as_json:
+        print(json.dumps(catalogue, indent=2))
+        return
     print("passes:")
-    for name, cls in registered_passes().items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        requires = ",".join(sorted(map(str, cls.requires))) or "-"
-        establishes = ",".join(sorted(map(str, cls.establishes))) or "-"
-        invalidates = ",".join(sorted(map(str, cls.invalidates))) or "-"
-        print(f"  {name:<12} {doc}")
-        print(
-            f"  {'':<12} numerics={cls.numerics} requires={requires} establishes={establishes} "
-            f"invalidates={invalidates}"
+    for item in catalogue["passes"]:
+        contract = (
+            f"numerics={item['numerics']} requires={','.join(item['requires']) or '-'} "
+            f"establishes={','.join(item['establishes']) or '-'} invalidates={','.join(item['invalidates']) or '-'}"
         )
+        options = ", ".join(f"{k}={v['default']!r}" if "default" in v else k for k, v in item["options"].items())
+        print(f"  {item['name']:<12} {item['doc']}")
+        print(f"  {'':<12} {contract}")
+        print(f"  {'':<12} options: {options or '-'}")
     print("recipes:")
-    for name, recipe in registered_recipes().items():
-        steps = ",".join(str(s) for s in recipe.steps) or "(nothing)"
-        print(f"  {name:<12} {recipe.doc}\n  {'':<12} = {steps}")
+    for item in catalogue["recipes"]:
+        print(f"  {item['name']:<12} {item['doc']}\n  {'':<12} = {','.join(item['steps']) or '(nothing)'}")
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -143,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
             "`qcompile passes` takes no --passes or -o (did you mean a model file named 'passes'? write ./passes)"
         )
     if args.model == "passes":
-        _list_passes()
+        _list_passes(args.json)
         return 0
     _validate(args)
     import onnx_ir as ir

@@ -43,6 +43,7 @@ __all__ = [
     "build_pass",
     "load_plugin",
     "load_builtin_passes",
+    "pass_options",
 ]
 
 _PASSES: dict[str, type[Pass]] = {}
@@ -155,9 +156,36 @@ def parse_pass_list(text: str) -> list[PassSpec]:
     return specs
 
 
-def _accepted_options(cls: type[Pass]) -> set[str]:
+def _option_parameters(cls: type[Pass]) -> dict[str, inspect.Parameter]:
+    """The constructor's named options (not `self`, `context`, nor an inherited `*args, **kwargs`)."""
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     params = inspect.signature(cls.__init__).parameters
-    return {p for p in params if p not in ("self", "context")}
+    return {name: p for name, p in params.items() if name not in ("self", "context") and p.kind not in variadic}
+
+
+def _accepted_options(cls: type[Pass]) -> set[str]:
+    return set(_option_parameters(cls))
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list, frozenset, set)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def pass_options(cls: type[Pass]) -> dict[str, dict[str, Any]]:
+    """Each option of a pass: `default` (absent when the option is required) and `types`, the plain types
+    its annotation allows (what `--passes name:key=value` is checked against)."""
+    types = _option_types(cls)
+    described = {}
+    for name, parameter in _option_parameters(cls).items():
+        item: dict[str, Any] = {"types": sorted(t.__name__ for t in types.get(name, ()) if t is not type(None))}
+        if parameter.default is not inspect.Parameter.empty:
+            item["default"] = _plain(parameter.default)
+        described[name] = item
+    return described
 
 
 def _expand_names(specs: list[PassSpec]) -> tuple[list[PassSpec], list[str]]:

@@ -291,3 +291,18 @@ def test_outlier_recipes_run_from_the_cli_and_report_each_equivalence_error(
 
         model = onnx.load(out / "model.qdq.onnx")
         assert {f.name for f in model.functions} >= {"QuantizeLogSqrt2", "DequantizeLogSqrt2"}
+
+
+def test_passes_json_lists_every_pass_with_its_contract_and_typed_options(capsys) -> None:
+    code, out, _ = _main(["passes", "--json"], capsys)
+
+    assert code == 0
+    catalogue = json.loads(out)
+    passes = {item["name"]: item for item in catalogue["passes"]}
+    assert set(passes) == set(registered_passes())
+    assert {item["name"] for item in catalogue["recipes"]} == set(registered_recipes())
+    quantize = passes["quantize"]
+    assert quantize["numerics"] == "LOSSY" and quantize["requires"] == ["CALIBRATED"]
+    assert quantize["options"]["weight_bits"] == {"types": ["int"], "default": 8}
+    assert "context" not in passes["calibrate"]["options"]
+    assert next(r for r in catalogue["recipes"] if r["name"] == "w8a8")["steps"][0].startswith("calibrate")

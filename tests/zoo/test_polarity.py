@@ -57,6 +57,7 @@ def test_missing_corpus_is_data_unavailable(tmp_path: Path, monkeypatch: pytest.
         load_polarity()
     message = str(info.value)
     assert str(tmp_path / "data" / CSV_NAME) in message and "make data" in message
+    assert "python -m qcompile.zoo.data.polarity --fetch" in message
 
 
 def test_load_reads_from_cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

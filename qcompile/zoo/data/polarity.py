@@ -77,7 +77,10 @@ def load_polarity() -> tuple[list[str], np.ndarray]:
     """
     path = polarity_path()
     if not path.is_file():
-        raise DataUnavailableError(f"polarity corpus not found at {path}: run `make data` to fetch it")
+        raise DataUnavailableError(
+            f"polarity corpus not found at {path}: "
+            "run `python -m qcompile.zoo.data.polarity --fetch` (make data runs it)"
+        )
     return parse_polarity_csv(path)
 
 
