@@ -1,6 +1,9 @@
-"""Shared fixtures: the tiny synthetic encoder, an isolated cache directory, and a registry guard.
+"""Shared fixtures: the tiny synthetic encoder, an isolated cache directory, a registry guard, and the IR
+verifier after every direct pass call.
 
-VerifyIR needs no autouse fixture here: `run_passes` and `PassManager` users always run it.
+`run_passes` and `PassManager` always run VerifyIR; `verify_after_every_pass` (autouse) gives the same check
+to tests that call a pass directly (`SomePass()(model)`), so a pass that leaves an ill-formed model fails
+the test that called it. A test that feeds a pass a deliberately ill-formed model marks itself `no_verify`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from qcompile.ir.verifier import verify_model
 from qcompile.pipeline import registry
+from qcompile.pipeline.pass_base import Pass
 from qcompile.testing.builders import TinyModel, tiny_encoder
 
 
@@ -49,3 +54,18 @@ def clean_registry() -> Iterator[None]:
         for name in set(sys.modules) - modules:
             if name.startswith("qcompile_plugin_"):
                 del sys.modules[name]
+
+
+@pytest.fixture(autouse=True)
+def verify_after_every_pass(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run `verify_model` on the model after every direct `Pass.__call__` of the test."""
+    if request.node.get_closest_marker("no_verify"):
+        return
+    call = Pass.__call__
+
+    def call_and_verify(self, model_or_result, /):
+        result = call(self, model_or_result)
+        verify_model(result.model)
+        return result
+
+    monkeypatch.setattr(Pass, "__call__", call_and_verify)
