@@ -11,7 +11,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 LINTED := qcompile passes backends tests benchmarks
 
-.PHONY: setup data demo lint test test-fast bench clean
+WHEEL_CHECK := build/wheel-check
+
+.PHONY: setup data demo lint wheel-check test test-fast bench clean
 
 setup: $(STAMP) data
 
@@ -39,7 +41,21 @@ lint: setup
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
 
-test: setup lint
+# The package as users install it: a wheel built from this tree, alone in a fresh venv (its dependencies from
+# the registry), runs `qcompile passes` and a zoo:tiny integer-only job without the Makefile or the checkout.
+wheel-check: setup
+	rm -rf $(WHEEL_CHECK) && mkdir -p $(WHEEL_CHECK)/run
+	$(PY) -m pip wheel --quiet --no-deps --no-build-isolation . -w $(WHEEL_CHECK)/dist
+	$(PYTHON) -m venv $(WHEEL_CHECK)/venv
+	$(WHEEL_CHECK)/venv/bin/pip install --quiet torch==2.13.0
+	$(WHEEL_CHECK)/venv/bin/pip install --quiet $(WHEEL_CHECK)/dist/qcompile-*.whl
+	cd $(WHEEL_CHECK)/run && ../venv/bin/qcompile passes > passes.txt && grep -q intonly passes.txt
+	cd $(WHEEL_CHECK)/run && ../venv/bin/qcompile zoo:tiny --passes repq,intonly -o out --quiet --no-baselines \
+		--eval-samples 20 > /dev/null && test -f out/model.int.onnx && test -f out/report.json
+	cd $(WHEEL_CHECK)/run && ../venv/bin/python -c "import qcompile, qcompile.backends, qcompile.passes"
+	@echo "wheel-check: passed (the wheel alone runs qcompile passes and zoo:tiny --passes repq,intonly)"
+
+test: setup lint wheel-check
 	$(PY) -m pytest -q
 
 test-fast: setup
@@ -49,4 +65,4 @@ bench: setup
 	$(PY) benchmarks/run_zoo.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache build
