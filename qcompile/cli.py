@@ -180,13 +180,12 @@ def _run(args: argparse.Namespace) -> int:
 
     from qcompile.ir.properties import Property
     from qcompile.job import JobConfig, run_job
-    from qcompile.pipeline.context import PipelineContext
     from qcompile.pipeline.manager import check_order
-    from qcompile.pipeline.registry import build_pass, expand, parse_pass_list
+    from qcompile.pipeline.run import plan_passes
     from qcompile.report.table import print_report
 
-    # Reject unknown names, bad options and a bad order before loading anything.
-    passes = [build_pass(spec, PipelineContext()) for spec in expand(parse_pass_list(args.passes))]
+    # Reject unknown names, bad options and a bad order before loading anything; the job runs these objects.
+    context, passes = plan_passes(args.passes)
     check_order(passes, ir.Model(ir.Graph([], [], nodes=[]), ir_version=9))  # a fresh model has no properties
     if args.target is not None and not any(Property.INTEGER_ONLY in p.establishes for p in passes):
         raise InputError(
@@ -195,6 +194,7 @@ def _run(args: argparse.Namespace) -> int:
     config = JobConfig(
         model=args.model,
         passes=args.passes,
+        planned=(context, passes),
         output_dir=args.output,
         calib_samples=args.calib_samples,
         eval_samples=args.eval_samples,

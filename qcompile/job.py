@@ -28,7 +28,8 @@ from qcompile.ir import clone_model
 from qcompile.ir.properties import Property, get_properties
 from qcompile.output_folder import OutputFolder
 from qcompile.pipeline.context import PipelineContext
-from qcompile.pipeline.run import run_passes
+from qcompile.pipeline.pass_base import Pass
+from qcompile.pipeline.run import plan_passes, run_passes
 from qcompile.report.latency import measure_latency
 
 __all__ = ["JobConfig", "run_job", "resolve_model"]
@@ -49,6 +50,7 @@ class JobConfig:
     target: str | None = None
     input_shapes: dict[str, tuple[int, ...]] | None = None
     force: bool = False
+    planned: tuple[PipelineContext, list[Pass]] | None = None  # `plan_passes(passes)`, when already built
 
 
 def resolve_model(source: str | zoo.ZooModel, input_shapes: dict[str, tuple[int, ...]] | None = None) -> zoo.ZooModel:
@@ -118,11 +120,11 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         staging = out.staging
         calibration = entry.calibration(config.calib_samples, config.seed) if config.calib_samples > 0 else None
         float_session = _check_float_model(entry, float_model, calibration, config.threads)
-        context = PipelineContext(
-            calibration=calibration, seed=config.seed, progress=config.progress, threads=config.threads
-        )
+        context, passes = config.planned if config.planned is not None else plan_passes(config.passes)
+        context.calibration, context.seed = calibration, config.seed  # the passes read these when they run
+        context.progress, context.threads = config.progress, config.threads
         log(f"running passes: {config.passes}")
-        records = run_passes(model, config.passes, context=context)
+        records = run_passes(model, passes, context=context)
         integer = Property.INTEGER_ONLY in get_properties(model)
         artifact_name = "model.int.onnx" if integer else "model.qdq.onnx"
         artifact = export(model, staging / artifact_name, fmt="int" if integer else "qdq")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import onnx_ir as ir
@@ -9,22 +10,33 @@ import onnx_ir as ir
 from qcompile.pipeline.context import CalibrationData, PipelineContext
 from qcompile.pipeline.instruments import CheckNumerics, VerifyIR
 from qcompile.pipeline.manager import PassManager
+from qcompile.pipeline.pass_base import Pass
 from qcompile.pipeline.registry import build_pass, expand, parse_pass_list
 
-__all__ = ["run_passes", "CHECK_SAMPLES"]
+__all__ = ["run_passes", "plan_passes", "CHECK_SAMPLES"]
 
 CHECK_SAMPLES = 2  # samples of the first calibration batch used by CheckNumerics
 
 
+def plan_passes(passes: str, context: PipelineContext | None = None) -> tuple[PipelineContext, list[Pass]]:
+    """Parse, expand and build the steps of `passes` (the `--passes` syntax) once, all sharing `context`,
+    which the caller may fill later (calibration data, seed, threads): passes read it when they run.
+    The CLI validates a pass list with this and its job runs the very objects it built."""
+    context = context or PipelineContext()
+    specs = expand(parse_pass_list(passes)) if passes.strip() else []
+    return context, [build_pass(spec, context) for spec in specs]
+
+
 def run_passes(
     model: ir.Model,
-    passes: str,
+    passes: str | Sequence[Pass],
     *,
     calibration: CalibrationData | None = None,
     context: PipelineContext | None = None,
     check_numerics: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run the passes named in `passes` (the CLI's `--passes` syntax) on `model` in place.
+    """Run the passes named in `passes` (the CLI's `--passes` syntax, or pass objects `plan_passes` built
+    with this `context`) on `model` in place.
 
     Returns one record per pass (name, numerics, modified, seconds, stats, and the numeric check's
     `max_abs_err` or `sqnr_db`/`per_layer`). VerifyIR always runs; CheckNumerics runs when there is
@@ -33,8 +45,13 @@ def run_passes(
     context = context or PipelineContext(calibration=calibration)
     if calibration is not None:
         context.calibration = calibration
-    specs = expand(parse_pass_list(passes)) if passes.strip() else []
-    pass_objects = [build_pass(spec, context) for spec in specs]
+    if isinstance(passes, str):
+        _, pass_objects = plan_passes(passes, context)
+    else:
+        pass_objects = list(passes)
+        stray = [p.pass_name for p in pass_objects if getattr(p, "context", context) is not context]
+        if stray:
+            raise ValueError(f"passes {', '.join(stray)} were built with another PipelineContext than the one given")
     instruments: list = [VerifyIR()]
     if check_numerics and context.calibration is not None:
         # Cut the batch only when every input's batch dimension is dynamic (a fixed one must be fed whole).

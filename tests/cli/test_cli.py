@@ -306,3 +306,27 @@ def test_passes_json_lists_every_pass_with_its_contract_and_typed_options(capsys
     assert quantize["options"]["weight_bits"] == {"types": ["int"], "default": 8}
     assert "context" not in passes["calibrate"]["options"]
     assert next(r for r in catalogue["recipes"] if r["name"] == "w8a8")["steps"][0].startswith("calibrate")
+
+
+def test_the_cli_builds_each_pass_once_and_the_job_runs_those_objects(
+    tmp_path: Path, isolated_cache: Path, capsys, monkeypatch
+) -> None:
+    from qcompile.pipeline import registry, run
+
+    built = []
+    build = registry.build_pass
+
+    def counting_build(spec, context):
+        built.append(spec.name)
+        return build(spec, context)
+
+    for module in (registry, run):  # wherever a pass could be built from
+        monkeypatch.setattr(module, "build_pass", counting_build)
+    code, _, err = _main(
+        ["zoo:tiny", "--passes", "w8a8", "-o", str(tmp_path / "out"), *TINY_RUN, "--no-baselines"], capsys
+    )
+
+    assert code == 0, err
+    assert built == ["calibrate", "quantize"]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [p["name"] for p in report["per_pass"]] == ["calibrate", "quantize"]
