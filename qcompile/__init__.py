@@ -67,21 +67,5 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_LAZY, *_SUBPACKAGES})
 
 
-__all__ = [
-    "load",
-    "from_torch",
-    "run_passes",
-    "Property",
-    "CalibrationData",
-    "Numerics",
-    "Pass",
-    "PassManager",
-    "PassResult",
-    "PipelineContext",
-    "register_pass",
-    "register_recipe",
-    "InputError",
-    "PassFailure",
-    "QcompileError",
-]
+__all__ = [*_LAZY, "InputError", "PassFailure", "QcompileError"]
 __version__ = "0.1.0"

@@ -134,6 +134,18 @@ def test_the_exact_rewrite_is_exact_on_the_evaluation_batch_too(tiny) -> None:
     np.testing.assert_allclose(after, before, rtol=0, atol=1e-4 * float(np.max(np.abs(before))))
 
 
+class _Unorder(Pass):
+    """Moves the last node to the front, breaking topological order."""
+
+    numerics = Numerics.EXACT
+
+    def call(self, model):
+        last = model.graph.node(-1)
+        model.graph.remove(last)
+        model.graph.insert_before(model.graph.node(0), last)
+        return PassResult(model, modified=True)
+
+
 @pytest.mark.no_verify  # the pass breaks the IR on purpose: the manager's VerifyIR must name it
 def test_a_pass_that_leaves_a_dangling_input_fails_verification_naming_the_pass(tiny, clean_registry) -> None:
     @register_pass("test_dangle")
@@ -156,18 +168,7 @@ def test_a_pass_that_leaves_a_dangling_input_fails_verification_naming_the_pass(
 
 @pytest.mark.no_verify  # the pass breaks the IR on purpose: the manager's VerifyIR must name it
 def test_verification_runs_even_with_calibration_data(tiny, clean_registry) -> None:
-    @register_pass("test_unorder")
-    class Unorder(Pass):
-        """Moves the last node to the front, breaking topological order."""
-
-        numerics = Numerics.EXACT
-
-        def call(self, model):
-            last = model.graph.node(-1)
-            model.graph.remove(last)
-            model.graph.insert_before(model.graph.node(0), last)
-            return PassResult(model, modified=True)
-
+    register_pass("test_unorder")(_Unorder)
     with pytest.raises(PassFailure, match="pass 'test_unorder' left an invalid model: .*before it is produced"):
         qcompile.run_passes(tiny.model, "test_unorder", calibration=tiny.calibration)
 
@@ -175,17 +176,8 @@ def test_verification_runs_even_with_calibration_data(tiny, clean_registry) -> N
 def test_a_direct_pass_call_in_a_test_is_verified_too(tiny) -> None:
     """The autouse `verify_after_every_pass` fixture (tests/conftest.py) checks passes called directly."""
 
-    class Unorder(Pass):
-        numerics = Numerics.EXACT
-
-        def call(self, model):
-            last = model.graph.node(-1)
-            model.graph.remove(last)
-            model.graph.insert_before(model.graph.node(0), last)
-            return PassResult(model, modified=True)
-
     with pytest.raises(PassFailure, match="before it is produced"):
-        Unorder()(tiny.model)
+        _Unorder()(tiny.model)
 
 
 def test_a_pass_reporting_no_change_is_not_checked(tiny, clean_registry) -> None:
