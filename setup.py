@@ -14,4 +14,5 @@ for name, folder in _ROOTS.items():
     packages.append(name)
     packages += [f"{name}.{sub}" for sub in find_packages(folder)]
 
-setup(packages=packages, package_dir=package_dir)
+# Data files inside packages: the zoo's shipped probe heads (qcompile/zoo/heads/*.npz).
+setup(packages=packages, package_dir=package_dir, package_data={"qcompile.zoo": ["heads/*.npz"]})

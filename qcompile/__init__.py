@@ -1,5 +1,8 @@
 """qcompile: a quantization compiler for transformer models.
 
+result = qcompile.compile("model.onnx", passes="repq,intonly", output_dir="out", target="llvm")
+                                               # the CLI's whole job: artifact, report.json, report.html
+
 model = qcompile.load("model.onnx")            # or qcompile.from_torch(module, example_inputs)
 qcompile.run_passes(model, "w8a8", calibration=data)
 qcompile.backends.onnx.export(model, "out/model.qdq.onnx")
@@ -17,6 +20,8 @@ from qcompile.errors import InputError, PassFailure, QcompileError
 # Everything else is imported on first use (PEP 562), so that `import qcompile` (and the CLI's start-up,
 # which must answer Ctrl-C with one line) does not pay for onnx, onnxruntime and torch until they are needed.
 _LAZY = {
+    "compile": "qcompile.api",
+    "Result": "qcompile.api",
     "load": "qcompile.frontends.onnx",
     "from_torch": "qcompile.frontends.torch",
     "run_passes": "qcompile.pipeline.run",
@@ -50,6 +55,7 @@ _SUBPACKAGES = (
     "testing",
     "math",
     "job",
+    "api",
 )
 
 

@@ -1,7 +1,9 @@
 """The `qcompile` command.
 
     qcompile MODEL --passes LIST -o OUTDIR [--calib-samples N] [--eval-samples N] [--seed S]
-    qcompile passes            list every pass and recipe
+    qcompile MODEL --recipe FILE.toml -o OUTDIR      the pass list from a recipe file
+    qcompile passes [--json]   list every pass and recipe
+    qcompile report OUTDIR     rebuild OUTDIR/report.html from OUTDIR/report.json
 
 Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 internal failure or a pass that
 broke its declared numerics (one line; QCOMPILE_DEBUG=1 shows the traceback), 130 interrupted (SIGINT),
@@ -16,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -41,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", help="an .onnx file, zoo:NAME, or the word 'passes'")
     parser.add_argument("--passes", help="comma-separated passes/recipes, e.g. w8a8 or calibrate:observer=mse,quantize")
+    parser.add_argument("--recipe", type=Path, help="a TOML file with the pass list and options (instead of --passes)")
     parser.add_argument(
         "-o", "--output", help="output directory (model.qdq.onnx, or model.int.onnx after intonly; report.json)"
     )
@@ -53,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--force", action="store_true", help="replace the outputs of an earlier run in OUTDIR")
     parser.add_argument("--json", action="store_true", help="with `qcompile passes`: print the catalogue as JSON")
+    parser.add_argument("--no-html", action="store_true", help="write report.json only, not report.html")
     parser.add_argument(
         "--target", help="also compile the integer model with TVM: llvm (this CPU), cuda or cuda:sm_XX (needs intonly)"
     )
@@ -115,9 +120,20 @@ def _list_passes(as_json: bool) -> None:
         print(f"  {item['name']:<12} {item['doc']}\n  {'':<12} = {','.join(item['steps']) or '(nothing)'}")
 
 
-def _validate(args: argparse.Namespace) -> None:
+def _pass_steps(args: argparse.Namespace):
+    """The pass list: the --passes string, or the PassSpecs of --recipe (never both)."""
+    if args.passes and args.recipe:
+        raise InputError("give --passes or --recipe, not both")
+    if args.recipe is not None:
+        from qcompile.pipeline.recipe_file import load_recipe_file
+
+        return load_recipe_file(args.recipe)
     if not args.passes:
-        raise InputError("--passes is required (e.g. --passes w8a8; `qcompile passes` lists them)")
+        raise InputError("--passes is required, or --recipe FILE (e.g. --passes w8a8; `qcompile passes` lists them)")
+    return args.passes
+
+
+def _validate(args: argparse.Namespace) -> None:
     if args.output is None:
         raise InputError("-o/--output OUTDIR is required")
     if not str(args.output).strip():
@@ -163,29 +179,32 @@ def _input_shapes(texts: list[str]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     from qcompile.pipeline.registry import load_plugin
 
     for plugin in args.plugin:
         load_plugin(plugin)
-    if args.model == "passes" and (args.passes or args.output):
+    if args.model == "passes" and (args.passes or args.recipe or args.output):
         raise InputError(
             "`qcompile passes` takes no --passes or -o (did you mean a model file named 'passes'? write ./passes)"
         )
     if args.model == "passes":
         _list_passes(args.json)
         return 0
+    started = time.monotonic()
+    steps = _pass_steps(args)
     _validate(args)
     import onnx_ir as ir
 
     from qcompile.ir.properties import Property
     from qcompile.job import JobConfig, run_job
     from qcompile.pipeline.manager import check_order
+    from qcompile.pipeline.recipe_file import recipe_text
     from qcompile.pipeline.run import plan_passes
     from qcompile.report.table import print_report
 
     # Reject unknown names, bad options and a bad order before loading anything; the job runs these objects.
-    context, passes = plan_passes(args.passes)
+    context, passes = plan_passes(steps)
     check_order(passes, ir.Model(ir.Graph([], [], nodes=[]), ir_version=9))  # a fresh model has no properties
     if args.target is not None and not any(Property.INTEGER_ONLY in p.establishes for p in passes):
         raise InputError(
@@ -193,7 +212,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     config = JobConfig(
         model=args.model,
-        passes=args.passes,
+        passes=steps if isinstance(steps, str) else recipe_text(steps),
         planned=(context, passes),
         output_dir=args.output,
         calib_samples=args.calib_samples,
@@ -205,15 +224,39 @@ def _run(args: argparse.Namespace) -> int:
         target=args.target,
         input_shapes=_input_shapes(args.input_shape),
         force=args.force,
+        command=["qcompile", *sys.argv[1:]] if argv is None else ["qcompile", *argv],
+        html=not args.no_html,
     )
     report = run_job(
         config, log=(lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))
     )
     print_report(report)
-    data = [f"{report['artifact']}.data"] if (args.output / f"{report['artifact']}.data").exists() else []
-    written = [report["artifact"], *data, *report.get("tvm", {}).get("files", []), "report.json"]
-    paths = [str(args.output / name) for name in written]
+    paths = [str(args.output / name) for name in report["files"]]
     print(f"wrote {', '.join(paths[:-1])} and {paths[-1]}")
+    print(f"finished in {time.monotonic() - started:.0f} s")
+    if "report.html" in report["files"]:
+        print(f"report: {(args.output / 'report.html').resolve()}")
+    return 0
+
+
+def _rebuild_report(argv: list[str]) -> int:
+    """`qcompile report OUTDIR`: write OUTDIR/report.html from OUTDIR/report.json (nothing else changes)."""
+    if len(argv) != 1 or argv[0].startswith("-"):
+        raise InputError("usage: qcompile report OUTDIR (the folder of an earlier run, with its report.json)")
+    folder = Path(argv[0])
+    source = folder / "report.json"
+    if not source.is_file():
+        raise InputError(f"{source} not found: give the output folder of a qcompile run")
+    try:
+        report = json.loads(source.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{source} is not a qcompile report: {one_line(error)}") from None
+    if not isinstance(report, dict) or not {"model", "passes", "metric", "latency_ms"} <= set(report):
+        raise InputError(f"{source} is not a qcompile report (model, passes, metric, latency_ms missing)")
+    from qcompile.report.html import write_html_report
+
+    path = write_html_report(report, folder / "report.html")
+    print(f"report: {path.resolve()}")
     return 0
 
 
@@ -243,8 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("QCOMPILE_DEBUG") == "1"
     installed = _install_signal_handlers()
     try:
+        words = sys.argv[1:] if argv is None else argv
+        if words[:1] == ["report"]:
+            return _rebuild_report(words[1:])
         args = _parser().parse_args(argv)
-        return _run(args)
+        return _run(args, argv)
     except InputError as error:
         print(f"qcompile: error: {one_line(error, 2000)}", file=sys.stderr)
         return 2

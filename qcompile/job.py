@@ -4,8 +4,11 @@
 2. Run the passes (VerifyIR and CheckNumerics instrumented) with streamed calibration data.
 3. Export the QDQ model; build ONNX Runtime's own static and dynamic INT8 models on the same samples.
 4. Score the float model, qcompile's model and both ONNX Runtime models on the same evaluation samples.
-5. Time all four side by side in this process (medians over alternating blocks, `threads` threads).
-6. Write model.qdq.onnx (model.int.onnx after `intonly`) and report.json into the output directory,
+   With `--target llvm`, qcompile's model is scored by the TVM library (bit-exact with model.int.onnx,
+   checked on the latency sample) wherever a sample has the shapes it was built for; report.json's
+   `metric_runtime` says which runtime produced each score.
+5. Time all of them side by side in this process (medians over alternating blocks, `threads` threads).
+6. Write model.qdq.onnx (model.int.onnx after `intonly`), report.json and report.html into the output directory,
    through `OutputFolder`: locked against a concurrent run, staged in a hidden folder and moved into place
    only when everything succeeded, so a failed or interrupted run leaves no partial artifact.
 
@@ -30,7 +33,9 @@ from qcompile.output_folder import OutputFolder
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.pass_base import Pass
 from qcompile.pipeline.run import plan_passes, run_passes
+from qcompile.report.environment import environment
 from qcompile.report.latency import measure_latency
+from qcompile.report.ranges import RecordRanges
 
 __all__ = ["JobConfig", "run_job", "resolve_model"]
 
@@ -51,6 +56,8 @@ class JobConfig:
     input_shapes: dict[str, tuple[int, ...]] | None = None
     force: bool = False
     planned: tuple[PipelineContext, list[Pass]] | None = None  # `plan_passes(passes)`, when already built
+    command: list[str] | None = None  # the argv recorded in the report (default: this process's)
+    html: bool = True  # also write report.html
 
 
 def resolve_model(source: str | zoo.ZooModel, input_shapes: dict[str, tuple[int, ...]] | None = None) -> zoo.ZooModel:
@@ -124,7 +131,8 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         context.calibration, context.seed = calibration, config.seed  # the passes read these when they run
         context.progress, context.threads = config.progress, config.threads
         log(f"running passes: {config.passes}")
-        records = run_passes(model, passes, context=context)
+        ranges = RecordRanges()
+        records = run_passes(model, passes, context=context, instruments=[ranges])
         integer = Property.INTEGER_ONLY in get_properties(model)
         artifact_name = "model.int.onnx" if integer else "model.qdq.onnx"
         artifact = export(model, staging / artifact_name, fmt="int" if integer else "qdq")
@@ -161,12 +169,24 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
             sessions["ort_int8_static"] = runtime.make_session(static, threads=config.threads)
             sessions["ort_int8_dynamic"] = runtime.make_session(dynamic, threads=config.threads)
 
-        log(f"evaluating {', '.join(sessions)} on {config.eval_samples} samples")
         runners = {label: _session_runner(session) for label, session in sessions.items()}
+        scored_by_tvm = None
+        if tvm_model is not None:
+            scored_by_tvm = TvmScoring(tvm_model, runners["qcompile"])
+            runners["qcompile"] = scored_by_tvm
+        log(f"evaluating {', '.join(sessions)} on {config.eval_samples} samples")
         scores = entry.evaluate(runners, config.eval_samples, config.seed, progress=config.progress)
 
         feeds = entry.latency_feeds()
-        runners = {label: (lambda s=session: runtime.run(s, feeds)) for label, session in sessions.items()}
+        timed = dict(sessions)
+        not_timed = {}
+        if tvm_model is not None:  # the library is the deployment; ORT runs model.int.onnx's int32 MatMuls slowly
+            del timed["qcompile"]
+            not_timed["qcompile"] = (
+                "model.int.onnx in ONNX Runtime is a bit-exact reference, not a deployment (no int32 GEMM "
+                "there); tvm_int is its deployment"
+            )
+        runners = {label: (lambda s=session: runtime.run(s, feeds)) for label, session in timed.items()}
         if tvm_model is not None:
             prepared = tvm_model.prepare(feeds)
             runners["tvm_int"] = lambda: tvm_model.run_prepared(prepared)
@@ -176,9 +196,65 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         if tvm_report is not None:
             report["tvm"] = tvm_report
             report["target"] = tvm_report["target"]
-        (staging / "report.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-        out.commit([*artifact_files, *(tvm_report or {}).get("files", []), "report.json"])
+        report["metric_runtime"] = metric_runtimes(sessions, tvm_report, scored_by_tvm)
+        if not_timed:
+            report["latency_not_timed"] = not_timed
+        report["calibration_ranges"] = ranges.ranges
+        report["environment"] = environment(config.command)
+        report["files"] = [*artifact_files, *(tvm_report or {}).get("files", []), "report.json"]
+        report["files"] += ["report.html"] if config.html else []
+        report = json.loads(json.dumps(report, default=_json_default))  # plain JSON types, as a reader sees it
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        if config.html:
+            from qcompile.report.html import write_html_report
+
+            write_html_report(report, staging / "report.html")
+        out.commit(report["files"])
         return report
+
+
+class TvmScoring:
+    """Scores qcompile's integer model with the TVM library, one sample at a time, wherever a sample has
+    the shapes the library was built for (batch 1 of the latency sample's shapes); other samples go to
+    ONNX Runtime's session of model.int.onnx, which computes the same integers. Counts both."""
+
+    def __init__(self, library, fallback) -> None:
+        self.library, self.fallback = library, fallback
+        self.shapes = {spec["name"]: list(spec["shape"]) for spec in library.metadata["inputs"]}
+        self.output = library.metadata["outputs"][0]["name"]
+        self.by_tvm = self.by_ort = 0
+
+    def __call__(self, feeds):
+        import numpy as np
+
+        batch = len(next(iter(feeds.values())))
+        samples = [{name: value[i : i + 1] for name, value in feeds.items()} for i in range(batch)]
+        if set(feeds) != set(self.shapes) or any(
+            list(np.shape(sample[name])) != shape for sample in samples[:1] for name, shape in self.shapes.items()
+        ):
+            self.by_ort += batch
+            return self.fallback(feeds)
+        self.by_tvm += batch
+        return np.concatenate([self.library.run(sample)[self.output] for sample in samples])
+
+
+def metric_runtimes(sessions: dict, tvm_report: dict | None, scored_by_tvm: TvmScoring | None) -> dict[str, str]:
+    """Which runtime produced each label's scores (report.json's `metric_runtime`)."""
+    import onnxruntime
+
+    ort = f"ONNX Runtime {onnxruntime.__version__}"
+    runtimes = {label: ort for label in sessions}
+    if scored_by_tvm is not None and tvm_report is not None:
+        kind = "cuda" if "cuda" in tvm_report["target"] else "llvm"
+        tvm = f"TVM {kind} library ({tvm_report['kernels']} kernels)"
+        if scored_by_tvm.by_ort == 0:
+            runtimes["qcompile"] = tvm
+        else:
+            runtimes["qcompile"] = (
+                f"{tvm} on {scored_by_tvm.by_tvm} samples, {ort} on {scored_by_tvm.by_ort} "
+                "(shapes the library was not built for)"
+            )
+    return runtimes
 
 
 def _compile_tvm(config: JobConfig, feeds: dict, artifact: Path, staging: Path, int_session, log):
@@ -256,6 +332,9 @@ def build_report(config, entry, records, scores, latency, baseline_seconds, cali
     per_pass = []
     for record in records:
         item = {k: record[k] for k in ("name", "numerics", "modified", "seconds")}
+        item["options"] = record.get("options", {})
+        if "sqnr_vs_float_db" in record:
+            item["sqnr_vs_float_db"] = _finite(record["sqnr_vs_float_db"])
         if "sqnr_db" in record:
             item["sqnr_db"] = _finite(record["sqnr_db"])
         elif "max_abs_err" in record:

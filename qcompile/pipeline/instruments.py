@@ -6,7 +6,9 @@
   - EXACT and EXACT_IN_REALS passes must reproduce every graph output within the tolerances of
     `qcompile.pipeline.numerics.TOLERANCES`, else the run fails naming the pass;
   - LOSSY passes get their SQNR recorded per graph output and per layer (the output of every
-    MatMul/Gemm/Conv whose inputs are quantized, compared with the same value before the pass).
+    MatMul/Gemm/Conv whose inputs are quantized, compared with the same value before the pass);
+  - every modifying pass also gets `sqnr_vs_float_db`: the lowest output SQNR against the float model's
+    outputs (those before the first pass), so the report can show how each pass moved the error.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class CheckNumerics:
         self.feeds = feeds
         self.threads = threads
         self._reference: dict[str, np.ndarray] | None = None
+        self._float: dict[str, np.ndarray] | None = None  # the outputs before the first pass
         self._layers_before: dict[str, np.ndarray] = {}
 
     def _run(self, model: ir.Model, extra: list[str]) -> dict[str, np.ndarray]:
@@ -82,6 +85,8 @@ class CheckNumerics:
             outputs = self._run(model, layers)
             self._reference = {v.name: outputs[v.name] for v in model.graph.outputs}
             self._layers_before = {name: outputs[name] for name in layers}
+            if self._float is None:
+                self._float = dict(self._reference)
 
     def after(self, pass_: Pass, model: ir.Model, result: PassResult, record: dict[str, Any]) -> None:
         if not result.modified:
@@ -90,6 +95,7 @@ class CheckNumerics:
         layers = [n for n in _layer_names(model, quantized_only=True) if n in self._layers_before]
         outputs = self._run(model, layers if pass_.numerics is Numerics.LOSSY else [])
         reference, self._reference = self._reference, {v.name: outputs[v.name] for v in model.graph.outputs}
+        self._record_float_sqnr(record)
         if set(reference) != set(self._reference):
             if pass_.numerics is not Numerics.LOSSY:
                 raise PassFailure(
@@ -120,3 +126,9 @@ class CheckNumerics:
                 )
         record["max_abs_err"] = worst
         record["max_rel_err"] = worst_relative  # relative to max |reference|, the scale the tolerance uses
+
+    def _record_float_sqnr(self, record: dict[str, Any]) -> None:
+        assert self._float is not None and self._reference is not None
+        shared = [name for name, ref in self._float.items() if name in self._reference]
+        if shared and all(self._float[n].shape == self._reference[n].shape for n in shared):
+            record["sqnr_vs_float_db"] = min(sqnr_db(self._float[n], self._reference[n]) for n in shared)

@@ -84,6 +84,7 @@ class PassManager:
                 "modified": bool(result.modified),
                 "seconds": time.perf_counter() - start,
                 "stats": result.stats,
+                "options": dict(getattr(pass_, "spec_options", {})),  # as given in --passes or a recipe
             }
             for instrument in self.instruments:
                 instrument.after(pass_, model, result, record)

@@ -325,9 +325,14 @@ def build_pass(spec: PassSpec, context: PipelineContext) -> Pass:
     if "context" in inspect.signature(cls.__init__).parameters:
         kwargs["context"] = context
     try:
-        return cls(**kwargs)
+        instance = cls(**kwargs)
     except (TypeError, ValueError, OverflowError, ArithmeticError) as error:
         raise InputError(f"pass '{spec.name}': {' '.join(str(error).split())}") from None
+    try:  # the options as given, for the report (a plugin class with __slots__ goes without)
+        instance.spec_options = {key: value for key, value in kwargs.items() if key != "context"}
+    except AttributeError:
+        pass
+    return instance
 
 
 def load_plugin(path: str | Path) -> None:

@@ -8,22 +8,28 @@ from typing import Any
 import onnx_ir as ir
 
 from qcompile.pipeline.context import CalibrationData, PipelineContext
-from qcompile.pipeline.instruments import CheckNumerics, VerifyIR
+from qcompile.pipeline.instruments import CheckNumerics, Instrument, VerifyIR
 from qcompile.pipeline.manager import PassManager
 from qcompile.pipeline.pass_base import Pass
-from qcompile.pipeline.registry import build_pass, expand, parse_pass_list
+from qcompile.pipeline.registry import PassSpec, build_pass, expand, parse_pass_list
 
 __all__ = ["run_passes", "plan_passes", "CHECK_SAMPLES"]
 
 CHECK_SAMPLES = 2  # samples of the first calibration batch used by CheckNumerics
 
 
-def plan_passes(passes: str, context: PipelineContext | None = None) -> tuple[PipelineContext, list[Pass]]:
-    """Parse, expand and build the steps of `passes` (the `--passes` syntax) once, all sharing `context`,
+def plan_passes(
+    passes: str | Sequence[PassSpec], context: PipelineContext | None = None
+) -> tuple[PipelineContext, list[Pass]]:
+    """Parse, expand and build the steps of `passes` (the `--passes` syntax, or the `PassSpec`s of a recipe
+    file) once, all sharing `context`,
     which the caller may fill later (calibration data, seed, threads): passes read it when they run.
     The CLI validates a pass list with this and its job runs the very objects it built."""
     context = context or PipelineContext()
-    specs = expand(parse_pass_list(passes)) if passes.strip() else []
+    if isinstance(passes, str):
+        specs = expand(parse_pass_list(passes)) if passes.strip() else []
+    else:
+        specs = expand(list(passes))
     return context, [build_pass(spec, context) for spec in specs]
 
 
@@ -34,13 +40,15 @@ def run_passes(
     calibration: CalibrationData | None = None,
     context: PipelineContext | None = None,
     check_numerics: bool = True,
+    instruments: Sequence[Instrument] = (),
 ) -> list[dict[str, Any]]:
     """Run the passes named in `passes` (the CLI's `--passes` syntax, or pass objects `plan_passes` built
     with this `context`) on `model` in place.
 
     Returns one record per pass (name, numerics, modified, seconds, stats, and the numeric check's
     `max_abs_err` or `sqnr_db`/`per_layer`). VerifyIR always runs; CheckNumerics runs when there is
-    calibration data and `check_numerics` is set.
+    calibration data and `check_numerics` is set; `instruments` run after those (e.g. the report's
+    `RecordRanges`).
     """
     context = context or PipelineContext(calibration=calibration)
     if calibration is not None:
@@ -52,14 +60,14 @@ def run_passes(
         stray = [p.pass_name for p in pass_objects if getattr(p, "context", context) is not context]
         if stray:
             raise ValueError(f"passes {', '.join(stray)} were built with another PipelineContext than the one given")
-    instruments: list = [VerifyIR()]
+    checks: list[Instrument] = [VerifyIR()]
     if check_numerics and context.calibration is not None:
         # Cut the batch only when every input's batch dimension is dynamic (a fixed one must be fed whole).
         fixed_batch = any(
             v.shape is not None and len(v.shape) > 0 and isinstance(v.shape[0], int) for v in model.graph.inputs
         )
         feeds = context.calibration.first_batch(None if fixed_batch else CHECK_SAMPLES)
-        instruments.append(CheckNumerics(feeds, threads=context.threads))
-    manager = PassManager(pass_objects, instruments)
+        checks.append(CheckNumerics(feeds, threads=context.threads))
+    manager = PassManager(pass_objects, [*checks, *instruments])
     manager.run(model)
     return manager.records

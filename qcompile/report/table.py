@@ -25,6 +25,27 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _rows(report: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(name, metric, latency ms) per runtime. With a TVM library that scored qcompile's model, that row is
+    the library (its latency `tvm_int`) and model.int.onnx in ONNX Runtime, its untimed reference, is left out."""
+    metric = report["metric"]["name"]
+    scores, latency = report["all_metrics"], report["latency_ms"]
+    tvm = report.get("tvm")
+    scored_by_tvm = str(report.get("metric_runtime", {}).get("qcompile", "")).startswith("TVM")
+    rows = []
+    for label, name in _LABELS.items():
+        if label not in scores or (label == "qcompile" and scored_by_tvm):
+            continue
+        if label == "qcompile":
+            name = "qcompile integer-only (ONNX Runtime)" if report.get("artifact") == "model.int.onnx" else name
+        rows.append((name, scores[label][metric], latency.get(label)))
+    if tvm is not None:  # bit-exact with qcompile's ONNX model (checked), so the same score
+        value = scores["qcompile"][metric] if tvm.get("bit_exact_vs_onnx") else None
+        name = f"qcompile TVM {_kind(tvm)} ({tvm['kernels']})"
+        rows.insert(1 if scored_by_tvm else len(rows), (name, value, latency.get("tvm_int")))
+    return rows
+
+
 def print_report(report: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
     metric = report["metric"]["name"]
@@ -36,29 +57,14 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     table.add_column("vs FP32", justify="right")
     fp_latency = report["latency_ms"].get("ort_fp32")
     fp_metric = report["all_metrics"]["ort_fp32"][metric]
-    for label, name in _LABELS.items():
-        if label not in report["all_metrics"]:
-            continue
-        value = report["all_metrics"][label][metric]
-        latency = report["latency_ms"].get(label)
-        speedup = f"{fp_latency / latency:.2f}x" if latency and fp_latency else "-"
-        table.add_row(
-            name, _fmt(value, 3 if metric == "cosine" else 2), _fmt(fp_metric - value), _fmt(latency), speedup
-        )
-    tvm = report.get("tvm")
-    if tvm is not None:  # bit-exact with qcompile's ONNX model (checked), so the same score
-        value = report["all_metrics"]["qcompile"][metric] if tvm.get("bit_exact_vs_onnx") else None
-        latency = report["latency_ms"].get("tvm_int")
+    digits = 3 if metric == "cosine" else 2
+    for name, value, latency in _rows(report):
         speedup = f"{fp_latency / latency:.2f}x" if latency and fp_latency else "-"
         drop = None if value is None else fp_metric - value
-        table.add_row(
-            f"qcompile TVM {_kind(tvm)}",
-            _fmt(value, 3 if metric == "cosine" else 2),
-            _fmt(drop),
-            _fmt(latency),
-            speedup,
-        )
+        table.add_row(name, _fmt(value, digits), _fmt(drop), _fmt(latency), speedup)
     console.print(table)
+    for label, why in report.get("latency_not_timed", {}).items():
+        console.print(f"not timed: {label}: {why}")
     setup = report["latency_setup"]
     calibration = report["calibration"]
     console.print(

@@ -81,9 +81,26 @@ def test_cli_target_writes_checks_and_times_the_library(tmp_path) -> None:
         "--no-baselines",
     ]
     assert main(args) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["model.int.onnx", "model.so", "model.tvm.json", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.int.onnx",
+        "model.so",
+        "model.tvm.json",
+        "report.html",
+        "report.json",
+    ]
     report = json.loads((out / "report.json").read_text())
     assert report["tvm"]["bit_exact_vs_onnx"] is True and isinstance(report["latency_ms"]["tvm_int"], float)
+    # qcompile's score came from the library, and equals ONNX Runtime's score of model.int.onnx on the same samples
+    assert report["metric_runtime"]["qcompile"].startswith("TVM llvm library")
+    assert report["metric_runtime"]["ort_fp32"].startswith("ONNX Runtime")
+    from qcompile import runtime, zoo
+
+    entry = zoo.get("tiny")
+    sessions = {"fp": runtime.make_session(entry.load()), "int": runtime.make_session(str(out / "model.int.onnx"))}
+    scores = entry.evaluate(
+        {label: (lambda feeds, s=s: runtime.run(s, feeds)["y"]) for label, s in sessions.items()}, 8, 0, progress=False
+    )
+    assert report["metric"]["quantized"] == scores["int"]["cosine"]
     assert report["target"] == report["tvm"]["target"] and "llvm" in report["target"]
     from qcompile.backends.tvm.artifact import kernel_flavour
     from qcompile.backends.tvm.target import host_target

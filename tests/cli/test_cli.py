@@ -215,12 +215,13 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, Path, str, 
     return code, out, stdout.getvalue(), stderr.getvalue()
 
 
-def test_a_tiny_run_exits_0_and_writes_only_the_model_and_the_report(tiny_run) -> None:
+def test_a_tiny_run_exits_0_and_writes_only_the_model_and_the_reports(tiny_run) -> None:
     code, out, stdout, stderr = tiny_run
     assert code == 0, stderr
-    assert sorted(os.listdir(out)) == ["model.qdq.onnx", "report.json"]
+    assert sorted(os.listdir(out)) == ["model.qdq.onnx", "report.html", "report.json"]
     assert "Traceback" not in stderr
-    assert f"wrote {out / 'model.qdq.onnx'} and {out / 'report.json'}" in stdout
+    assert f"wrote {out / 'model.qdq.onnx'}, {out / 'report.json'} and {out / 'report.html'}" in stdout
+    assert stdout.rstrip().splitlines()[-1] == f"report: {(out / 'report.html').resolve()}"
     assert stat.S_IMODE((out / "model.qdq.onnx").stat().st_mode) == 0o644
 
 
@@ -330,3 +331,58 @@ def test_the_cli_builds_each_pass_once_and_the_job_runs_those_objects(
     assert built == ["calibrate", "quantize"]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [p["name"] for p in report["per_pass"]] == ["calibrate", "quantize"]
+
+
+def test_report_rebuilds_the_html_from_report_json_and_changes_nothing_else(tiny_run, tmp_path, capsys) -> None:
+    _, out, _, _ = tiny_run
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "report.json").write_text((out / "report.json").read_text())
+    assert main(["report", str(copy)]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {(copy / 'report.html').resolve()}"
+    assert sorted(os.listdir(copy)) == ["report.html", "report.json"]
+    assert (copy / "report.html").read_text() == (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "files, args, message",
+    [
+        ({}, ["report"], "usage: qcompile report OUTDIR"),
+        ({}, ["report", "{dir}", "extra"], "usage: qcompile report OUTDIR"),
+        ({}, ["report", "{dir}"], "report.json not found"),
+        ({"report.json": "{not json"}, ["report", "{dir}"], "is not a qcompile report"),
+        ({"report.json": "[1, 2]"}, ["report", "{dir}"], "is not a qcompile report"),
+    ],
+)
+def test_report_refuses_a_folder_without_a_report(tmp_path, capsys, files, args, message) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    before = sorted(os.listdir(tmp_path))
+    assert main([a.format(dir=tmp_path) for a in args]) == 2
+    assert message in _assert_one_error_line(capsys.readouterr().err)
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_a_recipe_file_runs_like_the_same_passes_string(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("QCOMPILE_CACHE", str(tmp_path / "cache"))
+    recipe = tmp_path / "six.toml"
+    recipe.write_text(
+        '[[pass]]\nname = "calibrate"\nobserver = "mse"\nbits = 6\n[[pass]]\nname = "quantize"\n'
+        "weight_bits = 6\nact_bits = 6\n"
+    )
+    common = ["zoo:tiny", *TINY_RUN, "--no-baselines", "--no-html"]
+    assert main([*common, "--recipe", str(recipe), "-o", str(tmp_path / "a")]) == 0
+    text = "calibrate:observer=mse:bits=6,quantize:weight_bits=6:act_bits=6"
+    assert main([*common, "--passes", text, "-o", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "report.json").read_text()) for d in "ab")
+    assert a["passes"] == b["passes"] == text
+    assert a["metric"] == b["metric"] and a["per_layer"] == b["per_layer"]
+    assert (tmp_path / "a" / "model.qdq.onnx").read_bytes() == (tmp_path / "b" / "model.qdq.onnx").read_bytes()
+    assert sorted(os.listdir(tmp_path / "a")) == ["model.qdq.onnx", "report.json"]  # --no-html
+
+
+def test_passes_and_recipe_together_are_refused(tmp_path, capsys) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("passes = ['w8a8']")
+    assert main(["zoo:tiny", "--passes", "w8a8", "--recipe", str(recipe), "-o", str(tmp_path / "o")]) == 2
+    assert "give --passes or --recipe, not both" in _assert_one_error_line(capsys.readouterr().err)

@@ -74,7 +74,11 @@ def test_a_model_with_external_data_quantizes_from_another_directory_like_its_si
     assert reports[0]["all_metrics"] == reports[1]["all_metrics"]
     artifacts = [(tmp_path / name / "model.qdq.onnx").read_bytes() for name in ("out_external", "out_single")]
     assert artifacts[0] == artifacts[1]
-    assert sorted(p.name for p in (tmp_path / "out_external").iterdir()) == ["model.qdq.onnx", "report.json"]
+    assert sorted(p.name for p in (tmp_path / "out_external").iterdir()) == [
+        "model.qdq.onnx",
+        "report.html",
+        "report.json",
+    ]
 
 
 def test_a_large_result_is_written_with_external_data_and_both_files_land(
@@ -87,7 +91,12 @@ def test_a_large_result_is_written_with_external_data_and_both_files_land(
     code, err = _run([str(model), "-o", str(out), *RUN], capsys)
 
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["model.qdq.onnx", "model.qdq.onnx.data", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.qdq.onnx",
+        "model.qdq.onnx.data",
+        "report.html",
+        "report.json",
+    ]
     proto = onnx.load(str(out / "model.qdq.onnx"), load_external_data=False)
     locations = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
     assert locations == {"model.qdq.onnx.data"}
@@ -118,6 +127,7 @@ def test_a_model_over_the_protobuf_limit_runs_the_whole_job_like_a_small_one(
     assert sorted(p.name for p in (tmp_path / "large").iterdir()) == [
         "model.qdq.onnx",
         "model.qdq.onnx.data",
+        "report.html",
         "report.json",
     ]
     x = np.random.default_rng(1).normal(size=(2, 8, 32)).astype(np.float32)

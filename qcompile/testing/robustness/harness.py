@@ -17,7 +17,7 @@ Outcome kinds, first match wins:
 - `partial-output`: for a refused run, OUT (or a parent folder it created) differs from before: staging
   folder, lock, artifact; for a successful run, report.json or its artifact is missing, the artifact does
   not load in ONNX Runtime, or OUT holds anything but the artifact, its companions (*.data, model.so,
-  model.tvm.json), report.json and the files the case keeps;
+  model.tvm.json), report.json, report.html and the files the case keeps;
 - `wrong-exit`: an exit code other than expected, or stderr that is not exactly one line with the
   expected prefix (for bad input: `qcompile: error: `, exit 2);
 - `vague-error`: a clean one-line error that does not name what the case says it must (file, node, op,
@@ -303,7 +303,7 @@ def _check_artifact(out: Path, case: Case, out_before: Listing, report_check) ->
     left = [n for n in case.out_gone if os.path.lexists(out / n)]
     if left:
         return f"stale files of an earlier run were kept: {left}"
-    allowed = {"report.json", str(artifact_name), *COMPANION_NAMES, *case.out_keep}
+    allowed = {"report.json", "report.html", str(artifact_name), *COMPANION_NAMES, *case.out_keep}
     extra = sorted(n for n in os.listdir(out) if n not in allowed and not n.endswith(".data"))
     if extra:
         return f"OUT holds more than the result: {extra}"
