@@ -348,6 +348,7 @@ def build_report(config, entry, records, scores, latency, baseline_seconds, cali
         "passes": config.passes,
         "metric": {
             "name": metric,
+            "higher_is_better": getattr(entry, "higher_is_better", True),
             "fp": fp,
             "quantized": quantized,
             "drop": fp - quantized,

@@ -25,6 +25,7 @@ class ZooModel(abc.ABC):
 
     name: str = ""
     metric_name: str = ""
+    higher_is_better: bool = True  # False for a metric like perplexity (reports then word its change so)
     description: str = ""
 
     @abc.abstractmethod

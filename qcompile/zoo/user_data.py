@@ -39,6 +39,7 @@ class UserDataTask(ZooModel):
         self.name = base.name
         self.description = base.description + (" on the user's data" if calibration or evaluation else "")
         self.metric_name = "cosine" if evaluation is not None else base.metric_name
+        self.higher_is_better = True if evaluation is not None else base.higher_is_better
 
     def load(self) -> ir.Model:
         return self.base.load()

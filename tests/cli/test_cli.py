@@ -231,7 +231,15 @@ def test_the_report_has_every_field(tiny_run) -> None:
 
     assert report["model"] == "zoo:tiny" and report["passes"] == "w8a8"
     metric = report["metric"]
-    assert metric["name"] == "cosine"
+    assert metric["name"] == "cosine" and metric["higher_is_better"] is True
+    assert report["files"] == ["model.qdq.onnx", "report.json", "report.html"]
+    assert set(report["metric_runtime"]) == set(report["all_metrics"])
+    assert all(runtime.startswith("ONNX Runtime ") for runtime in report["metric_runtime"].values())
+    assert report["environment"]["command"].startswith("qcompile zoo:tiny --passes w8a8 -o ")
+    assert {"onnxruntime", "onnx", "qcompile"} <= set(report["environment"]["versions"])
+    ranges = report["calibration_ranges"]
+    assert ranges and all(r["raw_min"] <= r["lo"] <= r["hi"] <= r["raw_max"] for r in ranges)  # minmax: no clip
+    assert {c for r in ranges for c in r["consumers"]} >= {layer["node"] for layer in report["per_layer"]}
     assert metric["fp"] == pytest.approx(1.0, abs=1e-6)  # the float model agrees with itself
     assert 0.9 < metric["quantized"] <= 1.0 + 1e-6
     assert metric["drop"] == pytest.approx(metric["fp"] - metric["quantized"], abs=1e-12)
