@@ -108,6 +108,7 @@ def compile(  # noqa: A001 - the verb users expect, as in torch.compile
     force: bool = False,
     progress: bool = False,
     html: bool = True,
+    qdq_weights: str = "auto",
     log=None,
 ) -> Result:
     """Compile `model` with `passes` (the `--passes` syntax, or a list of steps) or a TOML `recipe`, write the
@@ -119,7 +120,10 @@ def compile(  # noqa: A001 - the verb users expect, as in torch.compile
     model is scored by cosine agreement with the float model (default: the task's own metric);
     `eval_samples`: how many of them (default: all of `evaluation`'s, else 1000).
     `target`: also build the TVM library (`"llvm"`, `"cuda"`, `"cuda:sm_XX"`; needs `intonly`).
+    `qdq_weights`: `"int8"`, `"uint8"` or `"auto"` (the CLI's `--qdq-weights`; docs/qdq-export.md).
     """
+    if qdq_weights not in ("auto", "int8", "uint8"):
+        raise InputError(f"qdq_weights must be auto, int8 or uint8, got {qdq_weights!r}")
     from qcompile.ir.properties import Property
     from qcompile.job import JobConfig, run_job
     from qcompile.pipeline.run import plan_passes
@@ -148,6 +152,7 @@ def compile(  # noqa: A001 - the verb users expect, as in torch.compile
         planned=(context, planned),
         command=["qcompile.compile", repr(model if isinstance(model, (str, os.PathLike)) else type(model).__name__)],
         html=html,
+        qdq_weights=qdq_weights,
     )
     report = run_job(config, log=log or (lambda message: None))
     files = tuple(output_dir / name for name in report["files"])

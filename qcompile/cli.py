@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="with `qcompile passes`: print the catalogue as JSON")
     parser.add_argument("--no-html", action="store_true", help="write report.json only, not report.html")
     parser.add_argument(
+        "--qdq-weights",
+        choices=("auto", "int8", "uint8"),
+        default="auto",
+        help="weight codes of model.qdq.onnx: int8 (fast and exact in ONNX Runtime on VNNI/AMX CPUs), uint8 "
+        "(exact everywhere), auto (default: int8 where this CPU's kernels are exact)",
+    )
+    parser.add_argument(
         "--target", help="also compile the integer model with TVM: llvm (this CPU), cuda or cuda:sm_XX (needs intonly)"
     )
     parser.add_argument(
@@ -226,6 +233,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         force=args.force,
         command=["qcompile", *sys.argv[1:]] if argv is None else ["qcompile", *argv],
         html=not args.no_html,
+        qdq_weights=args.qdq_weights,
     )
     report = run_job(
         config, log=(lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))

@@ -57,6 +57,7 @@ class JobConfig:
     force: bool = False
     planned: tuple[PipelineContext, list[Pass]] | None = None  # `plan_passes(passes)`, when already built
     command: list[str] | None = None  # the argv recorded in the report (default: this process's)
+    qdq_weights: str = "auto"  # weight codes of model.qdq.onnx: int8, uint8, or auto (int8 where exact here)
     html: bool = True  # also write report.html
 
 
@@ -118,6 +119,7 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         configure_pool(config.threads, spin_count=BRIEF_SPIN)  # idle TVM workers sleep before ORT is timed
     from qcompile import runtime
     from qcompile.backends.onnx import export, ort_baselines
+    from qcompile.backends.onnx.kernels import int8_weights_exact
 
     with OutputFolder(config.output_dir, force=config.force) as out:
         entry = resolve_model(config.model, config.input_shapes)
@@ -135,7 +137,8 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         records = run_passes(model, passes, context=context, instruments=[ranges])
         integer = Property.INTEGER_ONLY in get_properties(model)
         artifact_name = "model.int.onnx" if integer else "model.qdq.onnx"
-        artifact = export(model, staging / artifact_name, fmt="int" if integer else "qdq")
+        int8_weights = {"auto": int8_weights_exact(), "int8": True, "uint8": False}[config.qdq_weights]
+        artifact = export(model, staging / artifact_name, fmt="int" if integer else "qdq", int8_weights=int8_weights)
         artifact_files = [artifact_name] + (
             [f"{artifact_name}.data"] if (staging / f"{artifact_name}.data").exists() else []
         )
@@ -193,6 +196,7 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         latency = measure_latency(runners, rounds=config.latency_rounds)
         report = build_report(config, entry, records, scores, latency, baseline_seconds, calibration)
         report["artifact"] = artifact_name
+        report["qdq_weights"] = None if integer else ("int8" if int8_weights else "uint8")
         if tvm_report is not None:
             report["tvm"] = tvm_report
             report["target"] = tvm_report["target"]

@@ -1,7 +1,11 @@
 """Write a model as an ONNX file ONNX Runtime runs: `export(model, path, fmt="qdq")`.
 
 `qdq` writes every uniform quantizer as QuantizeLinear/DequantizeLinear and every log√2 quantizer as the
-`qcompile` domain functions of `log_quant.py` (see `qdq.py`); `int` writes a model the `intonly` pass
+`qcompile` domain functions of `log_quant.py` (see `qdq.py`). `int8_weights` chooses the QDQ form: True
+writes weight codes as int8 so ONNX Runtime fuses them into its fast u8×s8 kernels, False as uint8 (zero
+point 128: its u8×u8 kernels); both compute exactly the same values. The default (None) is
+`kernels.int8_weights_exact()`: int8 where this CPU's u8×s8 kernels are exact (VNNI/AMX), uint8 elsewhere
+(docs/qdq-export.md). `int` writes a model the `intonly` pass
 lowered (INTEGER_ONLY: integer kernels as `qcompile` functions, no float between the quantizers) as it
 is; `float` writes the model as it is. The file is written in a temporary folder beside `path` and
 renamed into place, so a failed export never leaves a partial artifact. Models whose initializers hold
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
+from qcompile.backends.onnx.kernels import int8_weights_exact
 from qcompile.errors import InputError
 from qcompile.ir.properties import Property, get_properties
 from qcompile.runtime.qdq import to_qdq
@@ -34,14 +39,18 @@ def external_data_path(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.name}.data")
 
 
-def export(model: ir.Model, path: str | os.PathLike, fmt: str = "qdq") -> Path:
-    """Serialize `model` in format `fmt` to `path` atomically; returns the path."""
+def export(model: ir.Model, path: str | os.PathLike, fmt: str = "qdq", int8_weights: bool | None = None) -> Path:
+    """Serialize `model` in format `fmt` to `path` atomically; returns the path. `int8_weights` (qdq only):
+    int8 weight codes (True), uint8 (False), or int8 where that is exact and fast on this CPU (None)."""
     if fmt not in FORMATS:
         raise InputError(f"unknown export format '{fmt}' (choose from {', '.join(FORMATS)})")
     path = Path(path)
     if fmt == "int" and Property.INTEGER_ONLY not in get_properties(model):
         raise InputError("export format 'int' needs a model lowered by the 'intonly' pass")
-    out = to_qdq(model) if fmt == "qdq" else model
+    if fmt == "qdq":
+        out = to_qdq(model, int8_weights=int8_weights_exact() if int8_weights is None else int8_weights)
+    else:
+        out = model
     size = sum(v.const_value.nbytes for v in out.graph.initializers.values() if v.const_value is not None)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = external_data_path(path)

@@ -13,6 +13,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from qcompile.runtime import cpu
+from qcompile.runtime.cpu import cpu_name
+
 __all__ = ["environment", "cpu_name", "cpu_flags", "PACKAGES", "CPU_FLAGS"]
 
 PACKAGES = ("qcompile", "onnx", "onnxruntime", "onnx-ir", "numpy", "torch", "apache-tvm", "apache-tvm-ffi")
@@ -20,22 +23,9 @@ PACKAGES = ("qcompile", "onnx", "onnxruntime", "onnx-ir", "numpy", "torch", "apa
 CPU_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
 
 
-def _cpuinfo_field(field: str) -> str | None:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return None
-    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == field), None)
-
-
-def cpu_name() -> str:
-    """The CPU's model name as the kernel reports it, else what `platform` knows."""
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown CPU"
-
-
 def cpu_flags() -> list[str]:
     """The kernel-relevant flags of `CPU_FLAGS` this CPU has (empty where /proc/cpuinfo is absent)."""
-    flags = set((_cpuinfo_field("flags") or "").split())
+    flags = cpu.cpu_flags()
     return [flag for flag in CPU_FLAGS if flag in flags]
 
 

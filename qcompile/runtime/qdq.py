@@ -17,6 +17,14 @@ qmax = 2^b − 1 as float32 scalar initializers ``{x}_delta`` / ``{x}_qmax``; th
 uint8 and consumers read ``{x}_dequantized`` as for uniform activations. Log√2 specs on constants (weights)
 are not supported: `to_qdq` raises ValueError.
 
+With ``int8_weights=True`` (what `backends.onnx.export` chooses on CPUs whose u8×s8 kernels are exact, see
+`backends/onnx/kernels.py` and docs/qdq-export.md) a weight of an unsigned spec is written as int8 codes
+instead: ``q' = q − z`` with zero point 0 when every q − z fits in int8 (always for the symmetric weight
+quantizers, whose uint8 codes are z ± (2^(b−1) − 1) around z = 2^(b−1)), else ``q' = q − 128`` with zero
+point z − 128. Either way ``(q' − z')·s = (q − z)·s`` for every code: the same values in another container.
+ONNX Runtime then fuses DequantizeLinear→MatMul into its u8×s8 kernels (VNNI/AMX) instead of u8×u8 ones.
+Activations stay uint8 (ONNX Runtime's x86 optimizer turns int8 activation Q/DQ pairs back into uint8 ones).
+
 The input model is not modified: `to_qdq` works on a copy.
 """
 
@@ -29,7 +37,7 @@ from qcompile.ir import clone_model, quant_meta
 from qcompile.ir.quant_meta import QuantSpec
 from qcompile.runtime import log_quant
 
-__all__ = ["to_qdq", "MIN_OPSET"]
+__all__ = ["to_qdq", "int8_weight_codes", "MIN_OPSET"]
 
 MIN_OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear
 
@@ -47,22 +55,43 @@ def _constant(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     return value
 
 
-def _qparams(graph: ir.Graph, base: str, spec: QuantSpec) -> tuple[ir.Value, ir.Value]:
-    dtype = _container(spec)
+def _qparams(
+    graph: ir.Graph, base: str, spec: QuantSpec, zero_point: np.ndarray | None = None
+) -> tuple[ir.Value, ir.Value]:
+    """Scale and zero-point initializers; `zero_point` (already in its container) replaces the spec's."""
     scale = _constant(graph, f"{base}_scale", spec.scale.astype(np.float32))
-    zero_point = _constant(graph, f"{base}_zero_point", spec.zero_point.astype(dtype))
-    return scale, zero_point
+    zero_point = spec.zero_point.astype(_container(spec)) if zero_point is None else zero_point
+    return scale, _constant(graph, f"{base}_zero_point", zero_point)
+
+
+def int8_weight_codes(spec: QuantSpec, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The unsigned spec's codes (int32, as `QuantSpec.quantize` gives them) and zero point written as int8
+    with the same dequantized values: centered (q − z, zero point 0) where that fits in int8, else q − 128."""
+    zero_point = spec.zero_point
+    if spec.axis is not None:
+        shape = [1] * codes.ndim
+        shape[spec.axis] = -1
+        centered = codes - zero_point.reshape(shape)
+    else:
+        centered = codes - zero_point
+    if centered.size == 0 or (centered.min() >= -128 and centered.max() <= 127):
+        return centered.astype(np.int8), np.zeros_like(zero_point, dtype=np.int8)
+    return (codes - 128).astype(np.int8), (zero_point - 128).astype(np.int8)
 
 
 def _axis_attr(spec: QuantSpec) -> dict:
     return {} if spec.axis is None else {"axis": spec.axis}
 
 
-def _quantize_weight(graph: ir.Graph, value: ir.Value, spec: QuantSpec) -> None:
-    codes = spec.quantize(value.const_value.numpy()).astype(_container(spec))
+def _quantize_weight(graph: ir.Graph, value: ir.Value, spec: QuantSpec, int8: bool = False) -> None:
+    codes = spec.quantize(value.const_value.numpy())
+    if int8 and not spec.signed:
+        codes, zero_point = int8_weight_codes(spec, codes)
+    else:
+        codes, zero_point = codes.astype(_container(spec)), None
     base = value.name
     quantized = _constant(graph, f"{base}_quantized", codes)
-    scale, zero_point = _qparams(graph, base, spec)
+    scale, zero_point = _qparams(graph, base, spec, zero_point)
     dq = ir.node(
         "DequantizeLinear", [quantized, scale, zero_point], attributes=_axis_attr(spec), name=f"{base}_DequantizeLinear"
     )
@@ -139,8 +168,9 @@ def _quantize_log_activation(graph: ir.Graph, value: ir.Value, spec: QuantSpec) 
         graph.insert_before(graph.node(0), [q, dq])
 
 
-def to_qdq(model: ir.Model) -> ir.Model:
-    """A copy of `model` with every `QuantSpec` written as QDQ nodes (log√2 specs as `log_quant` functions)."""
+def to_qdq(model: ir.Model, int8_weights: bool = False) -> ir.Model:
+    """A copy of `model` with every `QuantSpec` written as QDQ nodes (log√2 specs as `log_quant` functions);
+    `int8_weights` writes unsigned weight codes as int8 (exactly the same values, see above)."""
     quantized = quant_meta.quantized_values(model.graph)
     specs = {v.name: quant_meta.get_quant(v) for v in quantized}
     for value in quantized:
@@ -166,7 +196,7 @@ def to_qdq(model: ir.Model) -> ir.Model:
                 log_quant.add_log_functions(out)
             _quantize_log_activation(graph, value, spec)
         elif value.const_value is not None and name in graph.initializers:
-            _quantize_weight(graph, value, spec)
+            _quantize_weight(graph, value, spec, int8_weights)
         else:
             _quantize_activation(graph, value, spec)
     return out

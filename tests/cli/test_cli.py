@@ -394,3 +394,31 @@ def test_passes_and_recipe_together_are_refused(tmp_path, capsys) -> None:
     recipe.write_text("passes = ['w8a8']")
     assert main(["zoo:tiny", "--passes", "w8a8", "--recipe", str(recipe), "-o", str(tmp_path / "o")]) == 2
     assert "give --passes or --recipe, not both" in _assert_one_error_line(capsys.readouterr().err)
+
+
+def test_qdq_weights_chooses_the_weight_codes_without_changing_the_values(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("QCOMPILE_CACHE", str(tmp_path / "cache"))
+    common = ["zoo:tiny", "--passes", "w8a8", *TINY_RUN, "--no-baselines", "--no-html"]
+    for form in ("int8", "uint8"):
+        assert main([*common, "--qdq-weights", form, "-o", str(tmp_path / form)]) == 0
+    reports = {form: json.loads((tmp_path / form / "report.json").read_text()) for form in ("int8", "uint8")}
+    assert {form: r["qdq_weights"] for form, r in reports.items()} == {"int8": "int8", "uint8": "uint8"}
+    dtypes = {}
+    for form in ("int8", "uint8"):
+        proto = onnx.load(str(tmp_path / form / "model.qdq.onnx"))
+        dtypes[form] = {i.data_type for i in proto.graph.initializer if i.name.endswith("_q") or "weight" in i.name}
+    assert TensorProto.INT8 in dtypes["int8"] and TensorProto.INT8 not in dtypes["uint8"]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the file's own arithmetic
+    x = {"x": np.random.default_rng(3).normal(size=(2, 8, 32)).astype(np.float32)}
+    outputs = [
+        ort.InferenceSession(str(tmp_path / form / "model.qdq.onnx"), options, providers=["CPUExecutionProvider"]).run(
+            None, x
+        )[0]
+        for form in ("int8", "uint8")
+    ]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    from qcompile.backends.onnx.kernels import int8_weights_exact
+
+    if int8_weights_exact():  # ONNX Runtime's optimized u8×s8 kernels are exact only with VNNI/AMX
+        assert reports["int8"]["metric"] == reports["uint8"]["metric"]

@@ -60,7 +60,7 @@ def test_dinov2_w8a8_keeps_accuracy_and_beats_onnx_runtime_static(tmp_path, cach
     )
     report = run_job(config, log=lambda _: None)
     _check_report_fields(report)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.qdq.onnx", "report.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.qdq.onnx", "report.html", "report.json"]
     metric = report["metric"]
     # Acceptance: drop ≤ 1.0 point on 1000 images; bounded run (48 images, one image = 2.1 points): ≤ 4.2.
     assert metric["drop"] <= (1.0 if FULL else 4.2)
