@@ -18,10 +18,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from qcompile.ir import const_array, quant_meta
 from qcompile.ir.lowering_contract import OPERAND_BOUNDS, OPERAND_RANGES, ROW_SUM_A
 from qcompile.passes.lowering.int_value import IntValue
+from qcompile.passes.lowering.reduce_rule import MAX_DYNAMIC_LENGTH
+from qcompile.passes.lowering.rule_base import LoweringRule, MatchResult, failed, matched
 
-__all__ = ["lower_act_matmul"]
+__all__ = ["lower_act_matmul", "ActMatMulIntoIntMatMul"]
 
 INT32_MAX = 2**31 - 1
 
@@ -51,3 +54,28 @@ def lower_act_matmul(emit, a: IntValue, b: IntValue, depth: int, name: str) -> I
     if a.row_sum is not None:
         metadata[ROW_SUM_A] = str(a.row_sum)
     return IntValue(product, np.float64(float(a.scale) * float(b.scale)), 0, -bound, bound)
+
+
+class ActMatMulIntoIntMatMul(LoweringRule):
+    """MatMul of two computed tensors (Q·Kᵀ, P·V) → centred int32/int64 MatMul."""
+
+    op_types = ("MatMul",)
+
+    def match(self, ctx, node: ir.Node) -> MatchResult:
+        if any(const_array(v) is not None for v in node.inputs):
+            return failed("an operand is a constant (a linear without a quantized weight)")
+        return matched()
+
+    def check(self, ctx, node: ir.Node) -> MatchResult:
+        for value in node.inputs:
+            spec = quant_meta.get_quant(value)
+            if not (spec is not None and spec.kind == "uniform" and spec.axis is None) and not ctx.integer(value).plain:
+                return failed(f"operand '{value.name}' has neither a per-tensor quantizer nor a plain integer form")
+        return matched()
+
+    def rewrite(self, ctx, node: ir.Node) -> None:
+        name = node.name or node.outputs[0].name
+        a, b = ctx.operand(node.inputs[0], f"{name}_a"), ctx.operand(node.inputs[1], f"{name}_b")
+        depth = node.inputs[0].shape[-1] if node.inputs[0].shape is not None else None
+        depth = depth if isinstance(depth, int) else MAX_DYNAMIC_LENGTH
+        ctx.ints[id(node.outputs[0])] = lower_act_matmul(ctx.emit, a, b, depth, name)

@@ -17,14 +17,16 @@ becomes an integer ±1 multiply and round(o/S) a constant add, so none of these 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import onnx_ir as ir
 
 from qcompile.ir import const_array
 from qcompile.passes.lowering.int_value import IntValue
+from qcompile.passes.lowering.rule_base import LoweringRule, MatchResult, failed, matched
 
-__all__ = ["lower_affine"]
+__all__ = ["INTEGER_TYPES", "lower_affine", "AffineIntoScaleOffset"]
 
 INTEGER_TYPES = {
     ir.DataType.INT8: (-(2**7), 2**7 - 1),
@@ -84,3 +86,22 @@ def lower_affine(node: ir.Node, integer) -> IntValue | None:
     if node.op_type == "Div" and cb is not None and constant.size == 1 and float(constant.reshape(())) != 0.0:
         return _scaled(source, 1.0 / float(constant.reshape(())))
     return None
+
+
+class AffineIntoScaleOffset(LoweringRule):
+    """An affine op of the forms above → the input's `IntValue` with a new scale or offset; nothing is
+    emitted. A Cast of an integer tensor takes that tensor's calibrated range (a 0/1 mask: [0, 1])."""
+
+    op_types = ("Add", "Sub", "Mul", "Div", "Cast")
+
+    def match(self, ctx, node: ir.Node) -> MatchResult:
+        affine = lower_affine(node, ctx.integer)
+        if affine is None:
+            return failed("not a constant shift or scaling of one computed float tensor, nor a Cast to float")
+        return matched(affine=affine)
+
+    def rewrite(self, ctx, node: ir.Node, affine: IntValue) -> None:
+        bounds = ctx.scales.bounds.get(node.outputs[0].name)
+        if node.op_type == "Cast" and bounds is not None:
+            affine = dataclasses.replace(affine, lo=math.floor(bounds[0]), hi=math.ceil(bounds[1]))
+        ctx.ints[id(node.outputs[0])] = affine

@@ -23,9 +23,10 @@ from qcompile.ir import const_array
 from qcompile.passes.lowering.int_value import IntValue, requantize_to
 from qcompile.passes.lowering.linear_rule import LinearMatch, lower_linear
 from qcompile.passes.lowering.ranges import RESIDUAL_GRID
+from qcompile.passes.lowering.rule_base import LoweringRule, MatchResult, failed, matched
 from qcompile.passes.quantize.params import symmetric_per_channel_spec
 
-__all__ = ["is_patch_conv", "lower_patch_conv"]
+__all__ = ["is_patch_conv", "lower_patch_conv", "PatchConvIntoIntLinear"]
 
 
 def is_patch_conv(node: ir.Node) -> bool:
@@ -89,3 +90,20 @@ def lower_patch_conv(emit, node: ir.Node, x: IntValue, out_scale: float, name: s
         y16.value.dtype,
     )
     return IntValue(image, y16.scale, 0, -RESIDUAL_GRID, RESIDUAL_GRID)
+
+
+class PatchConvIntoIntLinear(LoweringRule):
+    """A patch-embedding Conv (stride = kernel, no padding, static input) → patchify + `IntLinear`."""
+
+    op_types = ("Conv",)
+
+    def match(self, ctx, node: ir.Node) -> MatchResult:
+        if not is_patch_conv(node):
+            return failed("not a patch convolution (constant 4-D weight, stride = kernel, no padding, static input)")
+        return matched()
+
+    def rewrite(self, ctx, node: ir.Node) -> None:
+        name = node.name or node.outputs[0].name
+        ctx.ints[id(node.outputs[0])] = lower_patch_conv(
+            ctx.emit, node, ctx.integer(node.inputs[0]), ctx.scales[node.outputs[0].name], name
+        )

@@ -37,8 +37,10 @@ from qcompile.intops.int_exp import exp_x0
 from qcompile.intops.int_gelu import IntGELU, int_gelu, int_gelu_params
 from qcompile.intops.lookup import Lookup, lookup
 from qcompile.intops.shiftgelu import GELU_SIGMOID_SLOPE, ShiftGELU, shift_gelu
-from qcompile.ir import const_array, quant_meta
+from qcompile.ir import quant_meta
+from qcompile.passes.lowering.graph_match import only_use, other_input, scalar_constant
 from qcompile.passes.lowering.int_value import IntValue, container, requantize_to
+from qcompile.passes.lowering.rule_base import LoweringRule, MatchResult, failed, matched
 
 __all__ = [
     "GELU_VARIANTS",
@@ -50,6 +52,7 @@ __all__ = [
     "kernel_constants",
     "simulate",
     "lower_gelu",
+    "GeluIntoIntGelu",
 ]
 
 GELU_VARIANTS = ("table", "ibert", "shiftgelu")
@@ -65,27 +68,13 @@ class GeluMatch:
     output: ir.Value
 
 
-def _const(value: ir.Value | None) -> float | None:
-    array = const_array(value)
-    return None if array is None or array.size != 1 else float(array.reshape(()))
-
-
-def _other(node: ir.Node, value: ir.Value) -> ir.Value:
-    return node.inputs[1] if node.inputs[0] is value else node.inputs[0]
-
-
-def _only_use(value: ir.Value, op_type: str) -> ir.Node | None:
-    uses = list(value.uses())
-    return uses[0].node if len(uses) == 1 and uses[0].node.op_type == op_type else None
-
-
 def _is_half_of(value: ir.Value, x: ir.Value) -> bool:
     producer = value.producer()
     return (
         producer is not None
         and producer.op_type == "Mul"
         and x in producer.inputs
-        and _const(_other(producer, x)) == 0.5
+        and scalar_constant(other_input(producer, x)) == 0.5
     )
 
 
@@ -102,27 +91,27 @@ def match_gelu(node: ir.Node) -> GeluMatch | None:
     if scaled is None or scaled.op_type not in ("Mul", "Div"):
         return None
     x = scaled.inputs[0]
-    factor = _const(scaled.inputs[1])
+    factor = scalar_constant(scaled.inputs[1])
     if scaled.op_type == "Mul" and factor is None:
-        x, factor = scaled.inputs[1], _const(scaled.inputs[0])
+        x, factor = scaled.inputs[1], scalar_constant(scaled.inputs[0])
     if factor is None or not math.isclose(factor if scaled.op_type == "Mul" else 1.0 / factor, 0.5**0.5, rel_tol=1e-4):
         return None
-    add = _only_use(node.outputs[0], "Add")
-    if add is None or _const(_other(add, node.outputs[0])) != 1.0:
+    add = only_use(node.outputs[0], "Add")
+    if add is None or scalar_constant(other_input(add, node.outputs[0])) != 1.0:
         return None
-    product = _only_use(add.outputs[0], "Mul")
+    product = only_use(add.outputs[0], "Mul")
     if product is None:
         return None
-    factor_in = _other(product, add.outputs[0])
+    factor_in = other_input(product, add.outputs[0])
     nodes = [scaled, node, add, product]
-    if _const(factor_in) == 0.5:  # 0.5·(1 + erf) first, then x·(…)
-        outer = _only_use(product.outputs[0], "Mul")
-        if outer is None or _other(outer, product.outputs[0]) is not x:
+    if scalar_constant(factor_in) == 0.5:  # 0.5·(1 + erf) first, then x·(…)
+        outer = only_use(product.outputs[0], "Mul")
+        if outer is None or other_input(outer, product.outputs[0]) is not x:
             return None
         return GeluMatch([*nodes, outer], x, outer.outputs[0])
     if factor_in is x:
-        half = _only_use(product.outputs[0], "Mul")
-        if half is None or _const(_other(half, product.outputs[0])) != 0.5:
+        half = only_use(product.outputs[0], "Mul")
+        if half is None or scalar_constant(other_input(half, product.outputs[0])) != 0.5:
             return None
         nodes.append(half)
         output = half.outputs[0]
@@ -204,3 +193,22 @@ def lower_gelu(emit, match: GeluMatch, source: IntValue, variant: str, name: str
     inputs = [x32] + [emit.const(f"{name}_k{i}", np.int64(c)) for i, c in enumerate(constants)]
     out = emit.kernel(kernel, inputs, f"{name}_gelu")
     return IntValue(out, np.float64(out_scale), 0, -bound, bound)
+
+
+class GeluIntoIntGelu(LoweringRule):
+    """GELU (its Erf forms, met at the Erf, or `Gelu`) → `Lookup` | `IntGELU` | `ShiftGELU` (the site's
+    measured choice)."""
+
+    op_types = ("Erf", "Gelu")
+
+    def match(self, ctx, node: ir.Node) -> MatchResult:
+        found = match_gelu(node)
+        if found is None:
+            return failed("not x·0.5·(1 + erf(x/√2)) in a known order, nor Gelu(approximate='none')")
+        return matched(gelu=found)
+
+    def rewrite(self, ctx, node: ir.Node, gelu: GeluMatch) -> None:
+        variant = ctx.choices["gelu"].get(gelu.output.name, {}).get("choice", ctx.gelu)
+        name = node.name or gelu.output.name
+        ctx.ints[id(gelu.output)] = lower_gelu(ctx.emit, gelu, ctx.integer(gelu.x), variant, name)
+        ctx.consumed.update(id(n) for n in gelu.nodes)

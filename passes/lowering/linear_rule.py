@@ -22,8 +22,9 @@ import onnx_ir as ir
 from qcompile.intops.int_linear import IntLinear
 from qcompile.ir import const_array, quant_meta
 from qcompile.passes.lowering.int_value import IntValue
+from qcompile.passes.lowering.rule_base import LoweringRule, MatchResult, failed, matched
 
-__all__ = ["LinearMatch", "match_linear", "lower_linear"]
+__all__ = ["LinearMatch", "match_linear", "lower_linear", "LinearIntoIntLinear"]
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -99,3 +100,26 @@ def lower_linear(match: LinearMatch, x: IntValue, emit, name: str) -> IntValue:
     b = emit.const(f"{name}_bias_q", bias_int.astype(np.int32))
     acc = emit.kernel(IntLinear, [x.value, w, b], f"{name}_acc", ir.DataType.INT32)
     return IntValue(acc, scale, 0, INT32_MIN, INT32_MAX)
+
+
+class LinearIntoIntLinear(LoweringRule):
+    """MatMul/Gemm by a quantized constant weight (+ bias) → `IntLinear` on the input's codes."""
+
+    op_types = ("MatMul", "Gemm")
+
+    def match(self, ctx, node: ir.Node) -> MatchResult:
+        found = match_linear(node)
+        return failed("no quantized constant 2-D weight") if found is None else matched(linear=found)
+
+    def check(self, ctx, node: ir.Node, linear: LinearMatch) -> MatchResult:
+        spec = quant_meta.get_quant(linear.x)
+        if spec is None or spec.kind != "uniform" or spec.axis is not None:
+            name = node.name or linear.output.name
+            return failed(f"input '{linear.x.name}' of linear '{name}' has no per-tensor uniform quantizer")
+        return matched(spec=spec)
+
+    def rewrite(self, ctx, node: ir.Node, linear: LinearMatch, spec: quant_meta.QuantSpec) -> None:
+        name = node.name or linear.output.name
+        x = ctx.at_spec(linear.x, spec, f"{name}_x")
+        ctx.ints[id(linear.output)] = lower_linear(linear, x, ctx.emit, name)
+        ctx.consumed.update(id(n) for n in linear.nodes)

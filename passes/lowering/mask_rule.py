@@ -18,8 +18,10 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.passes.lowering.int_value import IntValue
+from qcompile.passes.lowering.ranges import is_residual_add
+from qcompile.passes.lowering.rule_base import LoweringRule, MatchResult, failed, matched
 
-__all__ = ["MASKED", "mask_keep_code", "lower_masked_scores"]
+__all__ = ["MASKED", "mask_keep_code", "lower_masked_scores", "MaskedScoresIntoWherePenalty"]
 
 MASKED = 1000.0
 PENALTY = -(2**30)
@@ -50,3 +52,27 @@ def lower_masked_scores(emit, scores: IntValue, mask: IntValue, keep: int, name:
     )
     masked = emit.node("Add", [q, penalty], f"{name}_masked", ir.DataType.INT32)
     return IntValue(masked, scores.scale, 0, PENALTY + scores.lo, scores.hi)
+
+
+class MaskedScoresIntoWherePenalty(LoweringRule):
+    """Add(scores, additive mask) feeding only a Softmax → scores + Where(q == keep, 0, −2^30)."""
+
+    op_types = ("Add",)
+
+    def match(self, ctx, node: ir.Node) -> MatchResult:
+        uses = list(node.outputs[0].uses())
+        if not is_residual_add(node) or len(uses) != 1 or uses[0].node.op_type != "Softmax":
+            return failed("not an Add of two computed tensors feeding only a Softmax")
+        return matched()
+
+    def check(self, ctx, node: ir.Node) -> MatchResult:
+        a, b = ctx.integer(node.inputs[0]), ctx.integer(node.inputs[1])
+        for scores, mask in ((a, b), (b, a)):
+            keep = mask_keep_code(mask)
+            if keep is not None and scores.plain:
+                return matched(scores=scores, mask=mask, keep=keep)
+        return failed("neither operand is an additive mask (0 where kept, below −1000 elsewhere) next to plain scores")
+
+    def rewrite(self, ctx, node: ir.Node, scores: IntValue, mask: IntValue, keep: int) -> None:
+        name = node.name or node.outputs[0].name
+        ctx.ints[id(node.outputs[0])] = lower_masked_scores(ctx.emit, scores, mask, keep, name)

@@ -18,9 +18,10 @@ import onnx_ir as ir
 
 from qcompile.intops.ilayernorm import OUTPUT_FRACTION_BITS, ILayerNorm
 from qcompile.passes.lowering.int_value import IntValue
+from qcompile.passes.lowering.rule_base import LoweringRule, MatchResult, failed, matched
 from qcompile.passes.transforms.residual_stream import Norm, as_float64
 
-__all__ = ["norm_nodes", "lower_norm"]
+__all__ = ["norm_nodes", "lower_norm", "LayerNormIntoILayerNorm"]
 
 
 def norm_nodes(norm: Norm) -> list[ir.Node]:
@@ -49,3 +50,17 @@ def lower_norm(emit, norm: Norm, x: IntValue, name: str) -> IntValue:
     scale = gamma * math.sqrt(channels) / 2.0**OUTPUT_FRACTION_BITS
     bound = 2**31 - 1
     return IntValue(normalized, scale, 0, -bound, bound, beta)
+
+
+class LayerNormIntoILayerNorm(LoweringRule):
+    """A LayerNorm, fused or decomposed (`find_norms`, met at its first node) → `ILayerNorm` on the input's
+    calibrated grid; γ and β stay symbolic in the output's scale and offset."""
+
+    def match(self, ctx, node: ir.Node) -> MatchResult:
+        found = ctx.norms.get(id(node))
+        return failed("not part of a LayerNorm") if found is None else matched(norm=found[0], nodes=found[1])
+
+    def rewrite(self, ctx, node: ir.Node, norm: Norm, nodes: list[ir.Node]) -> None:
+        name = norm.name or norm.output.name
+        ctx.ints[id(norm.output)] = lower_norm(ctx.emit, norm, ctx.on_grid(norm.input, name), name)
+        ctx.consumed.update(id(n) for n in nodes)

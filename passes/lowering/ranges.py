@@ -39,8 +39,9 @@ def is_two_computed(node: ir.Node) -> bool:
 
 
 def is_residual_add(node: ir.Node) -> bool:
-    """An Add of two computed tensors (a residual connection), not a bias or constant add."""
-    return node.op_type == "Add" and is_two_computed(node)
+    """An Add of two computed float tensors (a residual connection), not a bias or constant add, nor
+    integer shape arithmetic."""
+    return node.op_type == "Add" and is_two_computed(node) and node.outputs[0].dtype in (None, ir.DataType.FLOAT)
 
 
 def values_needing_ranges(model: ir.Model) -> list[ir.Value]:

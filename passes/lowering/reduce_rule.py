@@ -24,8 +24,25 @@ import onnx_ir as ir
 from qcompile.intops.isqrt import IntSqrt
 from qcompile.ir import const_array
 from qcompile.passes.lowering.int_value import IntValue
+from qcompile.passes.lowering.ranges import is_two_computed
+from qcompile.passes.lowering.rule_base import LoweringRule, MatchResult, failed, matched
 
-__all__ = ["lower_product", "lower_reduce_sum", "lower_clip", "lower_divide", "lower_reduce_l2", "reduced_count"]
+__all__ = [
+    "MAX_DYNAMIC_LENGTH",
+    "lower_product",
+    "lower_reduce_sum",
+    "lower_clip",
+    "lower_divide",
+    "lower_reduce_l2",
+    "reduced_count",
+    "ProductIntoIntMul",
+    "QuotientIntoIntDiv",
+    "ReduceSumIntoIntSum",
+    "ReduceL2IntoIntSqrt",
+    "ClipIntoIntClip",
+]
+
+MAX_DYNAMIC_LENGTH = 2**16  # overflow bounds assume at most this many values along a dynamic axis
 
 INT64 = ir.DataType.INT64
 
@@ -108,3 +125,80 @@ def lower_reduce_l2(emit, node: ir.Node, a: IntValue, count: int, name: str) -> 
     root = emit.kernel(IntSqrt, [total], f"{name}_norm")
     top = max(abs(a.lo), abs(a.hi))
     return IntValue(root, a.scale, 0, 0, int(math.isqrt(count * top * top)) + 1)
+
+
+def _name(node: ir.Node) -> str:
+    return node.name or node.outputs[0].name
+
+
+class ProductIntoIntMul(LoweringRule):
+    """Mul of two computed tensors (pooling's hidden × mask) → q_a·q_b in int64."""
+
+    op_types = ("Mul",)
+
+    def match(self, ctx, node: ir.Node) -> MatchResult:
+        return matched() if is_two_computed(node) else failed("an operand is a constant (scale bookkeeping)")
+
+    def rewrite(self, ctx, node: ir.Node) -> None:
+        name = _name(node)
+        a, b = ctx.on_grid(node.inputs[0], f"{name}_a"), ctx.on_grid(node.inputs[1], f"{name}_b")
+        ctx.ints[id(node.outputs[0])] = lower_product(ctx.emit, a, b, name)
+
+
+class QuotientIntoIntDiv(LoweringRule):
+    """Div of two computed tensors (pooling's sum / count, L2 normalization) → rounded integer division."""
+
+    op_types = ("Div",)
+
+    def match(self, ctx, node: ir.Node) -> MatchResult:
+        return matched() if is_two_computed(node) else failed("an operand is a constant (scale bookkeeping)")
+
+    def rewrite(self, ctx, node: ir.Node) -> None:
+        name = _name(node)
+        a, b = ctx.on_grid(node.inputs[0], f"{name}_a"), ctx.on_grid(node.inputs[1], f"{name}_b")
+        bounds = ctx.scales.bounds.get(node.outputs[0].name)
+        out_max = None if bounds is None else max(abs(bounds[0]), abs(bounds[1]))
+        ctx.ints[id(node.outputs[0])] = lower_divide(ctx.emit, a, b, name, out_max)
+
+
+class ReduceSumIntoIntSum(LoweringRule):
+    """ReduceSum → Σ q in int64 at the input's scale."""
+
+    op_types = ("ReduceSum",)
+
+    def match(self, ctx, node: ir.Node) -> MatchResult:
+        return matched()
+
+    def rewrite(self, ctx, node: ir.Node) -> None:
+        name = _name(node)
+        count = reduced_count(node, MAX_DYNAMIC_LENGTH)
+        ctx.ints[id(node.outputs[0])] = lower_reduce_sum(ctx.emit, node, ctx.on_grid(node.inputs[0], name), count, name)
+
+
+class ReduceL2IntoIntSqrt(LoweringRule):
+    """ReduceL2 → IntSqrt(Σ q²) at the input's scale."""
+
+    op_types = ("ReduceL2",)
+
+    def match(self, ctx, node: ir.Node) -> MatchResult:
+        return matched()
+
+    def rewrite(self, ctx, node: ir.Node) -> None:
+        name = _name(node)
+        count = reduced_count(node, MAX_DYNAMIC_LENGTH)
+        ctx.ints[id(node.outputs[0])] = lower_reduce_l2(ctx.emit, node, ctx.on_grid(node.inputs[0], name), count, name)
+
+
+class ClipIntoIntClip(LoweringRule):
+    """Clip of a float tensor → clamp of its codes at bounds rounded inward."""
+
+    op_types = ("Clip",)
+
+    def match(self, ctx, node: ir.Node) -> MatchResult:
+        if node.inputs[0] is None or node.inputs[0].dtype != ir.DataType.FLOAT:
+            return failed("input is not float32")
+        return matched()
+
+    def rewrite(self, ctx, node: ir.Node) -> None:
+        name = _name(node)
+        ctx.ints[id(node.outputs[0])] = lower_clip(ctx.emit, node, ctx.on_grid(node.inputs[0], name), name)

@@ -15,9 +15,10 @@ import onnx_ir as ir
 
 from qcompile.intops.int_linear import IntAdd
 from qcompile.passes.lowering.int_value import IntValue, container, signed_multiplier
-from qcompile.passes.lowering.ranges import RESIDUAL_GRID
+from qcompile.passes.lowering.ranges import RESIDUAL_GRID, is_residual_add
+from qcompile.passes.lowering.rule_base import LoweringRule, MatchResult, failed, matched, output_on_calibrated_grid
 
-__all__ = ["lower_residual_add"]
+__all__ = ["lower_residual_add", "ResidualAddIntoIntAdd"]
 
 
 def _branch(emit, x: IntValue, scale: float, name: str) -> tuple[ir.Value, ir.Value, ir.Value, np.ndarray]:
@@ -44,3 +45,22 @@ def lower_residual_add(emit, a: IntValue, b: IntValue, scale: float, name: str) 
         total = emit.kernel(IntAdd, [qa, qb, ma, ea, mb, eb, *bounds], f"{name}_sum")
     out = emit.cast(total, container(-RESIDUAL_GRID, RESIDUAL_GRID), name)
     return IntValue(out, np.float64(scale), 0, -RESIDUAL_GRID, RESIDUAL_GRID)
+
+
+class ResidualAddIntoIntAdd(LoweringRule):
+    """Add of two computed float tensors → `IntAdd` on the sum's calibrated 22-bit grid."""
+
+    op_types = ("Add",)
+
+    def match(self, ctx, node: ir.Node) -> MatchResult:
+        if not is_residual_add(node):
+            return failed("an operand is a constant (a bias or offset, not a residual)")
+        return matched()
+
+    def check(self, ctx, node: ir.Node) -> MatchResult:
+        return output_on_calibrated_grid(ctx, node)
+
+    def rewrite(self, ctx, node: ir.Node) -> None:
+        name = node.name or node.outputs[0].name
+        a, b = ctx.integer(node.inputs[0]), ctx.integer(node.inputs[1])
+        ctx.ints[id(node.outputs[0])] = lower_residual_add(ctx.emit, a, b, ctx.scales[node.outputs[0].name], name)

@@ -12,11 +12,15 @@ may move.
 
 from __future__ import annotations
 
+import dataclasses
+
 import onnx_ir as ir
 
 from qcompile.ir import const_array, quant_meta
+from qcompile.passes.lowering.int_value import requantize_to
+from qcompile.passes.lowering.rule_base import LoweringRule, MatchResult, failed, matched
 
-__all__ = ["DATA_MOVEMENT", "is_data_movement", "keeps_channels", "downstream_spec"]
+__all__ = ["DATA_MOVEMENT", "is_data_movement", "keeps_channels", "downstream_spec", "DataMovementOnCodes"]
 
 DATA_MOVEMENT = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Gather", "Slice", "Expand")
 
@@ -74,3 +78,38 @@ def downstream_spec(value: ir.Value) -> tuple[quant_meta.QuantSpec, float] | Non
         elif uses[0].idx != 0 or not is_data_movement(node):
             return None
         value = node.outputs[0]
+
+
+class DataMovementOnCodes(LoweringRule):
+    """A data-movement op on a float tensor → the same op on its codes (per-channel values requantized to
+    the QuantSpec downstream first, unless the op keeps the channel axis)."""
+
+    op_types = DATA_MOVEMENT
+
+    def match(self, ctx, node: ir.Node) -> MatchResult:
+        return matched() if is_data_movement(node) else failed("data input is not float32")
+
+    def check(self, ctx, node: ir.Node) -> MatchResult:
+        source = ctx.integer(node.inputs[0])
+        if source.movable or keeps_channels(node):
+            return matched(source=source, target=None)
+        found = downstream_spec(node.inputs[0])
+        if found is None:
+            return failed(f"per-channel '{node.inputs[0].name}' has no per-tensor quantizer downstream to move on")
+        return matched(source=source, target=found)
+
+    def rewrite(self, ctx, node: ir.Node, source, target) -> None:
+        name = node.name or node.outputs[0].name
+        if target is not None:
+            spec, factor = target
+            scale = float(spec.scale) / factor
+            source = requantize_to(ctx.emit, source, scale, int(spec.zero_point), spec.qmin, spec.qmax, f"{name}_in")
+        attributes = {key: attr.value for key, attr in node.attributes.items()}
+        out = ctx.emit.node(
+            node.op_type,
+            [source.value, *node.inputs[1:]],
+            f"{node.outputs[0].name}_q",
+            source.value.dtype,
+            **attributes,
+        )
+        ctx.ints[id(node.outputs[0])] = dataclasses.replace(source, value=out, row_sum=None)  # rows may move

@@ -29,8 +29,18 @@ from qcompile.intops.int_exp import exp_x0
 from qcompile.intops.requantize import Requantize
 from qcompile.intops.shiftmax import Shiftmax, shiftmax
 from qcompile.passes.lowering.int_value import IntValue
+from qcompile.passes.lowering.reduce_rule import MAX_DYNAMIC_LENGTH
+from qcompile.passes.lowering.rule_base import LoweringRule, MatchResult, failed, matched
 
-__all__ = ["SOFTMAX_VARIANTS", "WINDOW", "exact_softmax", "kernel_constants", "simulate", "lower_softmax"]
+__all__ = [
+    "SOFTMAX_VARIANTS",
+    "WINDOW",
+    "exact_softmax",
+    "kernel_constants",
+    "simulate",
+    "lower_softmax",
+    "SoftmaxIntoIntSoftmax",
+]
 
 SOFTMAX_VARIANTS = ("ibert", "shiftmax")
 WINDOW = 20.0
@@ -92,3 +102,31 @@ def lower_softmax(emit, x: IntValue, row_length: int, variant: str, bits: int, n
     inputs = [d16] + [emit.const(f"{name}_k{i}", np.int64(c)) for i, c in enumerate(constants)]
     probs = emit.kernel(kernel, inputs, f"{name}_probs")
     return IntValue(probs, np.float64(out_scale), 0, 0, top_code, row_sum=top_code)
+
+
+class SoftmaxIntoIntSoftmax(LoweringRule):
+    """Softmax over the last axis → `IBertSoftmax` | `Shiftmax` (the site's measured choice)."""
+
+    op_types = ("Softmax",)
+
+    def match(self, ctx, node: ir.Node) -> MatchResult:
+        x = node.inputs[0]
+        rank = len(x.shape) if x.shape is not None else None
+        axis = node.attributes.get_int("axis", -1)
+        if not (axis == -1 or (rank is not None and axis == rank - 1)):
+            return failed(f"axis {axis} is not the last axis")
+        return matched()
+
+    def check(self, ctx, node: ir.Node) -> MatchResult:
+        source = ctx.integer(node.inputs[0])
+        if not source.plain:
+            return failed(f"input '{node.inputs[0].name}' has no per-tensor positive scale without offset")
+        return matched(source=source)
+
+    def rewrite(self, ctx, node: ir.Node, source: IntValue) -> None:
+        name = node.name or node.outputs[0].name
+        shape = node.inputs[0].shape
+        length = shape[-1] if shape is not None else None
+        length = length if isinstance(length, int) else MAX_DYNAMIC_LENGTH
+        variant = ctx.choices["softmax"].get(node.outputs[0].name, {}).get("choice", ctx.softmax)
+        ctx.ints[id(node.outputs[0])] = lower_softmax(ctx.emit, source, length, variant, ctx.softmax_bits, name)

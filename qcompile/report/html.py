@@ -31,6 +31,7 @@ from qcompile.report.html_format import (
     ratio,
     significant,
 )
+from qcompile.report.matplotlib_home import use_private_config
 
 __all__ = [
     "render_html",
@@ -742,6 +743,7 @@ def _toc(sections: list[tuple[str, str]]) -> str:
 
 def render_html(report: dict) -> str:
     """The page for `report` (a report.json dictionary) as one HTML string."""
+    use_private_config()  # before the charts import matplotlib: nothing written under ~/.cache or ~/.config
     parts = [
         ("metrics", "Metrics", _metrics_section(report)),
         ("latency", "Latency", _latency_section(report)),

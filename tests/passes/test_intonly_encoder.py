@@ -70,7 +70,7 @@ def test_cli_writes_the_integer_artifact(tmp_path) -> None:
         ]
     )
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["model.int.onnx", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.int.onnx", "report.html", "report.json"]
     report = json.loads((out / "report.json").read_text())
     assert report["artifact"] == "model.int.onnx"
     stats = report["per_pass"][-1]["stats"]

@@ -260,3 +260,20 @@ def test_resolve_walks_dotted_paths_through_lists():
 def test_names_with_glyphs_the_chart_font_lacks_draw_without_warnings(recwarn):
     render_html(sample_reports.hostile_report())  # CJK and emoji in value, node and CPU names
     assert [str(w.message) for w in recwarn.list if "Glyph" in str(w.message)] == []
+
+
+def test_rendering_writes_nothing_under_home_or_the_temp_folder(tmp_path):
+    """matplotlib's font cache and config go to a private temporary folder, removed when the process ends."""
+    home, temp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    temp.mkdir()
+    script = (
+        "from qcompile.report.html import write_html_report\n"
+        "from qcompile.testing.sample_reports import classifier_report\n"
+        f"write_html_report(classifier_report(), __import__('pathlib').Path({str(tmp_path / 'r.html')!r}))\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("MPLCONFIGDIR", "XDG_CACHE_HOME")}
+    env.update(HOME=str(home), TMPDIR=str(temp), XDG_CONFIG_HOME=str(home / ".config"))
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, timeout=120)
+    assert (tmp_path / "r.html").stat().st_size > 10_000
+    assert list(home.iterdir()) == [] and list(temp.iterdir()) == []
