@@ -646,6 +646,20 @@ def _per_pass_section(report: dict) -> str:
     return _section("passes", "Per-pass attribution", "how each pass moved the output error, in pipeline order", body)
 
 
+def panel_titles(names: list[str]) -> list[str]:
+    """Short panel titles: the names without the path folders they all share and without ONNX's
+    `_output_0` suffix (`/backbone/encoder/layer.3/mlp/fc1/MatMul_output_0` → `layer.3/mlp/fc1/MatMul`)."""
+    folders = [name.split("/")[:-1] for name in names]
+    shared = 0
+    while folders and all(len(f) > shared and f[shared] == folders[0][shared] for f in folders):
+        shared += 1
+    titles = []
+    for name in names:
+        title = "/".join(name.split("/")[shared:]) if shared else name
+        titles.append(title.removesuffix("_output_0") or name)
+    return titles
+
+
 def _ranges_section(report: dict) -> str:
     from qcompile.report import plots
 
@@ -655,16 +669,15 @@ def _ranges_section(report: dict) -> str:
     layers = report.get("per_layer") or []
     rank_of = {layers[i].get("node"): rank for rank, i in enumerate(worst_layers(report), start=1)}
     chosen = select_ranges(report)
+    titles = panel_titles([str(ranges[i].get("value", "?")) for i in chosen])
     panels, rows = [], []
-    for i in chosen:
+    for i, title in zip(chosen, titles):
         item = ranges[i]
         ranks = sorted(rank_of[c] for c in item.get("consumers") or [] if c in rank_of)
         clip = clip_ratio(item)
         note = f"{item.get('observer', '?')} · raw/clip {ratio(clip)}"
         panels.append(
-            plots.RangePanel(
-                str(item.get("value", "?")), item["raw_min"], item["raw_max"], item["lo"], item["hi"], note, bool(ranks)
-            )
+            plots.RangePanel(title, item["raw_min"], item["raw_max"], item["lo"], item["hi"], note, bool(ranks))
         )
         feeds = (
             " ".join(f'<span class="badge flag">#{rank}</span>' for rank in ranks)

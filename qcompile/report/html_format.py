@@ -11,7 +11,7 @@ show it with one fixed format per kind:
 | metric in points (`top1`, `accuracy`), its drop and standard error | 2 decimals | `80.60`, `0.45` |
 | `cosine` and its change | 4 decimals | `0.9995` |
 | `perplexity` and its change | 3 decimals | `6.012` |
-| milliseconds, calibration range bounds | 4 significant figures, fixed point | `117.7`, `0.03415` |
+| ms, range bounds | 4 significant figures (exponent form below 1e-3, from 1e7) | `117.7`, `0.03415`, `3.419e-10` |
 | speed-up and clip ratio | 2 decimals and `×` | `1.18×` |
 | SQNR (dB) | 1 decimal; `1e9` (identical outputs) as `∞` | `26.3`, `∞` |
 | max abs / rel error | 2 significant figures, exponent form | `1.1e-06` |
@@ -59,12 +59,18 @@ def fixed(value: Any, digits: int) -> str:
     return text.lstrip("-") if float(text) == 0 else text  # "0.00", never "-0.00"
 
 
+SMALLEST_FIXED, LARGEST_FIXED = 1e-3, 1e7
+
+
 def significant(value: Any, figures: int = 4) -> str:
-    """Fixed point with `figures` significant figures (no exponent): 117.7, 0.03415, 1234."""
+    """`figures` significant figures: fixed point (117.7, 0.03415, 1234), exponent form for magnitudes
+    below 1e-3 or from 1e7 (3.419e-10), where fixed point would be a row of zeros."""
     if _missing(value):
         return "-"
     if value == 0 or not math.isfinite(value):
         return "0" if value == 0 else str(value)
+    if not SMALLEST_FIXED <= abs(value) < LARGEST_FIXED:
+        return f"{value:.{figures - 1}e}"
     digits = max(0, figures - 1 - math.floor(math.log10(abs(value))))
     return fixed(value, digits)
 

@@ -64,6 +64,7 @@ td.pass details pre { max-width: 60ch; max-height: 24em; overflow: auto; white-s
   background: var(--soft); padding: 6px 8px; border-radius: 6px; }
 details summary { cursor: pointer; font-size: 12px; }
 td.name { font-family: var(--mono); font-size: 12.5px; overflow-wrap: anywhere; min-width: 16ch; }
+table.ranges td.name { min-width: 44ch; }
 .stat .sub.mono { overflow-wrap: anywhere; }
 td.text { white-space: pre-wrap; word-break: break-word; min-width: 18ch; font-size: 13px; }
 .worse { color: var(--bad); }

@@ -241,6 +241,9 @@ def test_the_charts_are_reproducible_svg_with_unique_ids():
         (lambda v: fmt.fixed(v, 2), 80.6, "80.60"),
         (fmt.significant, 0.034149, "0.03415"),
         (fmt.significant, 1594.02, "1594"),
+        (fmt.significant, 3.41912e-10, "3.419e-10"),
+        (fmt.significant, -2.5e8, "-2.500e+08"),
+        (fmt.significant, 0.001, "0.001000"),
         (fmt.significant, None, "-"),
         (fmt.decibels, 26.2877, "26.3"),
         (fmt.decibels, 1e9, "∞"),
@@ -277,3 +280,12 @@ def test_rendering_writes_nothing_under_home_or_the_temp_folder(tmp_path):
     subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, timeout=120)
     assert (tmp_path / "r.html").stat().st_size > 10_000
     assert list(home.iterdir()) == [] and list(temp.iterdir()) == []
+
+
+def test_range_panel_titles_drop_the_shared_folders_and_the_output_suffix():
+    from qcompile.report.html import panel_titles
+
+    names = ["/backbone/encoder/layer.3/mlp/fc1/MatMul_output_0", "/backbone/encoder/layer.10/attn/Softmax_output_0"]
+    assert panel_titles(names) == ["layer.3/mlp/fc1/MatMul", "layer.10/attn/Softmax"]
+    assert panel_titles(["x", "ln1.out"]) == ["x", "ln1.out"]  # nothing shared: kept
+    assert panel_titles(["/a/b_output_0"]) == ["b"]
