@@ -2,11 +2,18 @@
 
 Signal and concurrency cases go first: they are the longest and their timing is driven by what the run
 leaves in OUT, not by wall-clock guesses, so sharing the machine only makes them slower.
+
+The CLI keeps a signal that its parent ignores ignored (as `nohup` users expect), and a non-interactive
+shell starts background jobs with SIGINT ignored. So that the SIGINT cases test the CLI as a terminal
+starts it wherever the corpus itself was started, `run_cases` gives SIGINT its default action first
+(children then start with it).
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +35,8 @@ def run_cases(
     cases: Iterable[Case], parent: Path, jobs: int | None = None, on_done: Callable[[Outcome], None] | None = None
 ) -> dict[str, Outcome]:
     """Run every case (each in its own folder under `parent`); returns {name: outcome}."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the CLI children start with SIGINT's default
     cases = list(cases)
     ordered = [c for c in cases if c.driver is not None] + [c for c in cases if c.driver is None]
     outcomes: dict[str, Outcome] = {}
