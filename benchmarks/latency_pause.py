@@ -17,16 +17,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from qcompile.runtime.cpu import cpu_name
+
 RESULTS = Path(__file__).parent / "results"
-
-
-def _cpu_name() -> str:
-    """The CPU's model name as the kernel reports it (results differ between machines)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return "an unknown CPU"
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "an unknown CPU")
 
 
 def main() -> None:
@@ -66,7 +59,7 @@ def main() -> None:
         "# Latency of alternating sessions vs the pause before each block",
         "",
         f"Produced by `python benchmarks/latency_pause.py --model {args.model} --pauses {args.pauses}` "
-        f"on {_cpu_name()}; {args.threads} threads, batch 1,",
+        f"on {cpu_name()}; {args.threads} threads, batch 1,",
         "medians of 8 rounds × blocks of 4 runs (first dropped), one process.",
         "",
         "| pause ms | " + " | ".join(sessions) + " |",

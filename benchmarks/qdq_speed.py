@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -32,7 +31,9 @@ from qcompile import runtime, zoo
 from qcompile.backends.onnx import export, ort_baselines
 from qcompile.backends.onnx.kernels import EXACT_INT8_FLAGS, cpu_flags, int8_weights_exact
 from qcompile.ir import clone_model
+from qcompile.report.environment import CPU_FLAGS
 from qcompile.report.latency import measure_latency
+from qcompile.runtime.cpu import cpu_name
 
 RESULTS = Path(__file__).parent / "results"
 LABELS = {
@@ -41,17 +42,6 @@ LABELS = {
     "qcompile_u8": "qcompile QDQ, uint8 form (--qdq-weights uint8)",
     "qcompile_s8": "qcompile QDQ, int8 form (--qdq-weights int8, auto here)",
 }
-SHOWN_FLAGS = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_tile")
-
-
-def cpu_model_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.split(":", 1)[0].strip() == "model name":
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _runner(session):
@@ -145,9 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     flags = cpu_flags()
     meta = {
-        "cpu": cpu_model_name(),
+        "cpu": cpu_name(),
         "cores": len(__import__("os").sched_getaffinity(0)),
-        "flags": [flag for flag in SHOWN_FLAGS if flag in flags],
+        "flags": [flag for flag in CPU_FLAGS if flag in flags],
         "exact_int8_flags": sorted(EXACT_INT8_FLAGS & flags),
         "int8_weights_exact": int8_weights_exact(flags),
         "onnxruntime": ort.__version__,
