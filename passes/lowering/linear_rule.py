@@ -112,6 +112,9 @@ class LinearIntoIntLinear(LoweringRule):
         return failed("no quantized constant 2-D weight") if found is None else matched(linear=found)
 
     def check(self, ctx, node: ir.Node, linear: LinearMatch) -> MatchResult:
+        if linear.weight_spec.group_size is not None:
+            name = node.name or linear.output.name
+            return failed(f"weight of linear '{name}' is quantized per group: IntLinear takes per-channel weights")
         spec = quant_meta.get_quant(linear.x)
         if spec is None or spec.kind != "uniform" or spec.axis is not None:
             name = node.name or linear.output.name

@@ -11,6 +11,12 @@ either as signed codes with zero point 0 (int8 container) or shifted by 2^(b−1
 With `search="mse"` each channel's clipping threshold is T_c = r·max|W_c|, r from the grid 1.00, 0.99, …,
 0.20 (QuaRot's `w_clip` grid), choosing per channel the r with the smallest Σ (W_c − Q(W_c))² (float64).
 At 4 bits clipping the few largest weights of a row buys a finer grid for all the others.
+
+Per-group weights (`grouped_weight_spec`), b bits, groups of G consecutive elements along the reduction axis
+(K of MatMul W[K, N]) per output channel, one scale (and zero point) per group, float64:
+symmetric as above with max|W_g| (or the MSE-clipped threshold) per group; asymmetric (unsigned codes
+0..L, L = 2^b − 1, the group's range widened to contain 0 so that 0 stays exact):
+``s_g = (max(W_g, 0) − min(W_g, 0)) / L``,  ``z_g = clamp(round(−min(W_g, 0) / s_g), 0, L)``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import numpy as np
 
 from qcompile.ir.quant_meta import QuantSpec
 
-__all__ = ["asymmetric_spec", "symmetric_per_channel_spec", "MIN_SCALE"]
+__all__ = ["asymmetric_spec", "symmetric_per_channel_spec", "grouped_weight_spec", "MIN_SCALE"]
 
 MIN_SCALE = 1e-12
 
@@ -75,4 +81,53 @@ def symmetric_per_channel_spec(
     zero_point = np.full(np.shape(scale), zero, dtype=np.int32)
     return QuantSpec(
         bits=bits, signed=not unsigned_container, scale=np.asarray(scale, np.float32), zero_point=zero_point, axis=axis
+    )
+
+
+def grouped_weight_spec(
+    weight: np.ndarray,
+    axis: int,
+    group_size: int,
+    bits: int,
+    symmetric: bool = True,
+    unsigned_container: bool = True,
+    search: str = "minmax",
+) -> QuantSpec:
+    """Per-group quantizer of `weight`: groups of `group_size` consecutive elements along `axis` (which the
+    caller checked is divisible), one scale per group and index of the other axes (see above). Symmetric
+    specs are stored like the per-channel ones (uint8 with zero point 2^(b−1), or int8 with 0); asymmetric
+    ones are unsigned; `search="mse"` is for symmetric specs only."""
+    if search not in SEARCHES:
+        raise ValueError(f"weight search must be one of {', '.join(SEARCHES)}, got {search}")
+    if search == "mse" and not symmetric:
+        raise ValueError("the MSE clipping search is for symmetric weight quantizers")
+    axis = axis % weight.ndim
+    length = weight.shape[axis]
+    if group_size < 1 or length % group_size:
+        raise ValueError(f"axis {axis} of length {length} is not a multiple of the group size {group_size}")
+    shape = (*weight.shape[:axis], length // group_size, group_size, *weight.shape[axis + 1 :])
+    grouped = weight.astype(np.float64).reshape(shape)
+    inner = axis + 1
+    if symmetric:
+        absmax = np.max(np.abs(grouped), axis=inner)
+        if search == "mse":
+            absmax = _mse_absmax(grouped, (inner,), absmax, bits)
+        scale = np.maximum(absmax / (2 ** (bits - 1) - 1), MIN_SCALE)
+        zero = 2 ** (bits - 1) if unsigned_container else 0
+        zero_point = np.full(scale.shape, zero, dtype=np.int32)
+        signed = not unsigned_container
+    else:
+        levels = 2**bits - 1
+        lo = np.minimum(np.min(grouped, axis=inner), 0.0)
+        hi = np.maximum(np.max(grouped, axis=inner), 0.0)
+        scale = np.maximum((hi - lo) / levels, MIN_SCALE)
+        zero_point = np.clip(np.rint(-lo / scale), 0, levels).astype(np.int32)
+        signed = False
+    return QuantSpec(
+        bits=bits,
+        signed=signed,
+        scale=scale.astype(np.float32),
+        zero_point=zero_point,
+        axis=axis,
+        group_size=group_size,
     )

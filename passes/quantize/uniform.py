@@ -12,6 +12,17 @@ For each node of the chosen op types (default MatMul and Gemm) and each of its f
   n tokens are mostly ≈1/n, below or near one step 1/(2^b − 1) of a uniform grid on [0, 1], so they
   stay float until a log2 quantizer handles them; see docs/methods/uniform.md).
 
+Options for decoder LLMs (docs/methods/per-token.md):
+* `weight_group=G` (0: per channel): weights get one quantizer per G consecutive input channels (the reduction
+  axis K: MatMul B[..., K, N] axis −2, Gemm B axis 1 if transB else 0) per output channel; `weight_symmetric=false`
+  makes them asymmetric (unsigned, a zero point per group). A K not divisible by G is an InputError naming the
+  node. `weight_search=gptq` is not combined with groups; `mse` only with symmetric groups.
+* `act_granularity`: `tensor` (the default: static per-tensor asymmetric from the calibrated range), `token`
+  (dynamic per-token quantizers, `QuantSpec.per_token`: the scale of every row is computed in the graph,
+  symmetric unless `act_symmetric=false`, range scaled by `act_clip_ratio`; no calibrated range needed) or
+  `none` (activations stay float: weight-only quantization, e.g. W4A16). With `token` or `none` the pass
+  does not require CALIBRATED.
+
 The pass only annotates values; `qcompile.runtime.qdq` writes the QDQ nodes. It approximates the float model,
 so it is LOSSY; it requires CALIBRATED and establishes QUANTIZED.
 """
@@ -25,15 +36,28 @@ from qcompile.ir import quant_meta
 from qcompile.ir.properties import Property
 from qcompile.passes.analysis.calibrate import DEFAULT_OP_TYPES, parse_op_types
 from qcompile.passes.quantize.gptq_weights import gptq_round_weights
-from qcompile.passes.quantize.params import SEARCHES, asymmetric_spec, symmetric_per_channel_spec
+from qcompile.passes.quantize.params import (
+    SEARCHES,
+    asymmetric_spec,
+    grouped_weight_spec,
+    symmetric_per_channel_spec,
+)
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
 from qcompile.pipeline.registry import register_pass
 
-__all__ = ["QuantizeUniformPass", "weight_channel_axis"]
+__all__ = ["QuantizeUniformPass", "weight_channel_axis", "weight_reduction_axis", "ACT_GRANULARITIES"]
 
 WEIGHT_DTYPES = ("uint8", "int8")
 WEIGHT_SEARCHES = (*SEARCHES, "gptq")
+ACT_GRANULARITIES = ("tensor", "token", "none")
+
+
+def weight_reduction_axis(node: ir.Node, rank: int) -> int:
+    """The input-channel (reduction, K) axis of the weight input 1 of a MatMul/Gemm."""
+    if node.op_type == "Gemm":
+        return 1 if node.attributes.get_int("transB", 0) else 0
+    return rank - 2
 
 
 def weight_channel_axis(node: ir.Node, input_index: int, rank: int) -> int | None:
@@ -62,6 +86,11 @@ class QuantizeUniformPass(Pass):
         weight_dtype: str = "uint8",
         keep_float: str | tuple[str, ...] = (),
         weight_search: str = "minmax",
+        weight_group: int = 0,
+        weight_symmetric: bool = True,
+        act_granularity: str = "tensor",
+        act_symmetric: bool | None = None,
+        act_clip_ratio: float = 1.0,
         context: PipelineContext | None = None,
     ) -> None:
         for label, bits in (("weight_bits", weight_bits), ("act_bits", act_bits)):
@@ -77,11 +106,51 @@ class QuantizeUniformPass(Pass):
         if weight_search not in WEIGHT_SEARCHES:
             raise ValueError(f"weight_search must be one of {', '.join(WEIGHT_SEARCHES)}, got {weight_search}")
         self.weight_search = weight_search
+        if int(weight_group) < 0:
+            raise ValueError(f"weight_group must be 0 (per channel) or a group size >= 1, got {weight_group}")
+        self.weight_group = int(weight_group)
+        self.weight_symmetric = bool(weight_symmetric)
+        if self.weight_group and weight_search == "gptq":
+            raise ValueError("weight_search=gptq does not support weight_group (per-channel grids only)")
+        if weight_search == "mse" and not self.weight_symmetric:
+            raise ValueError("weight_search=mse needs weight_symmetric=true")
+        if not self.weight_symmetric and not self.weight_group:
+            raise ValueError("weight_symmetric=false is for per-group weights (set weight_group)")
+        if act_granularity not in ACT_GRANULARITIES:
+            raise ValueError(f"act_granularity must be one of {', '.join(ACT_GRANULARITIES)}, got {act_granularity}")
+        self.act_granularity = act_granularity
+        if act_symmetric is not None and act_granularity != "token":
+            raise ValueError("act_symmetric applies to act_granularity=token (per-tensor activations are asymmetric)")
+        self.act_symmetric = True if act_symmetric is None else bool(act_symmetric)
+        if not 0 < float(act_clip_ratio) <= 1:
+            raise ValueError(f"act_clip_ratio must be in (0, 1], got {act_clip_ratio}")
+        if float(act_clip_ratio) != 1.0 and act_granularity != "token":
+            raise ValueError("act_clip_ratio applies to act_granularity=token")
+        self.act_clip_ratio = float(act_clip_ratio)
+        if act_granularity != "tensor":  # no calibrated range is read
+            self.requires = frozenset()
         self.context = context or PipelineContext()
 
     def _weight_spec(self, node: ir.Node, index: int, value: ir.Value) -> quant_meta.QuantSpec:
         array = value.const_value.numpy()
         axis = weight_channel_axis(node, index, array.ndim)
+        if self.weight_group and axis is not None:
+            reduction = weight_reduction_axis(node, array.ndim)
+            if array.shape[reduction] % self.weight_group:
+                raise InputError(
+                    f"quantize: weight '{value.name}' of node '{node.name}' has {array.shape[reduction]} input "
+                    f"channels, not a multiple of weight_group={self.weight_group} "
+                    "(choose a divisor, or 0 for per channel)"
+                )
+            return grouped_weight_spec(
+                array,
+                axis=reduction,
+                group_size=self.weight_group,
+                bits=self.weight_bits,
+                symmetric=self.weight_symmetric,
+                unsigned_container=self.weight_dtype == "uint8",
+                search=self.weight_search,
+            )
         search = "mse" if self.weight_search == "gptq" else self.weight_search
         return symmetric_per_channel_spec(
             array, axis=axis, bits=self.weight_bits, unsigned_container=self.weight_dtype == "uint8", search=search
@@ -111,8 +180,13 @@ class QuantizeUniformPass(Pass):
                     weights += 1
                     continue
                 producer = value.producer()
-                if producer is not None and producer.op_type in self.keep_float:
+                if self.act_granularity == "none" or producer is not None and producer.op_type in self.keep_float:
                     kept_float += 1
+                    continue
+                if self.act_granularity == "token":
+                    spec = quant_meta.QuantSpec.per_token(self.act_bits, self.act_symmetric, self.act_clip_ratio)
+                    quant_meta.set_quant(value, spec)
+                    activations += 1
                     continue
                 tensor_range = quant_meta.get_range(value)
                 if tensor_range is None:

@@ -5,10 +5,15 @@ accessors below:
 
 * `TensorRange` — what calibration observed for a value: the clipping range [lo, hi] chosen by an
   observer, the raw min/max, and (optionally) the per-channel max|x| along the last axis.
-* `QuantSpec` — the quantizer chosen for a value, one of two kinds:
+* `QuantSpec` — the quantizer chosen for a value, one of three kinds:
 
   - ``kind="uniform"`` (the default): ``q = clamp(round(x / scale) + zero_point, qmin, qmax)``,
-    ``x̂ = (q - zero_point) * scale``, per tensor (`axis is None`) or per channel along `axis`.
+    ``x̂ = (q - zero_point) * scale``, per tensor (`axis is None`), per channel along `axis`, or per group
+    (`group_size` G: one scale/zero point per G consecutive elements along `axis`, per index of the other
+    axes; scale shape = the value's shape with `axis` divided by G; for weights W[K, N], axis 0).
+  - ``kind="uniform_token"``: dynamic per-token quantization of an activation, the scale (and zero point)
+    computed at run time for every row (the last axis reduced), see `QuantSpec.token_params`; `scale` and
+    `zero_point` are the placeholders 1 and 0, `clip_ratio` scales the row's range.
   - ``kind="log_sqrt2"``: RepQ-ViT's log√2 quantizer for post-Softmax activations (values in [0, 1]),
     unsigned, per tensor, ``scale`` = Δ, ``zero_point`` = 0. Codes ``q = clamp(round(−2·log2(x / Δ)), 0,
     2^b − 1)``; the top code 2^b − 1 means exactly 0 (x ≤ 0 maps to it), the others dequantize to
@@ -18,8 +23,10 @@ accessors below:
   `bits` may be below the container's width (int8/uint8 hold 2..8-bit codes); `qmin`/`qmax` are the b-bit
   limits, not the container's. Rounding is half to even, as ONNX Round/QuantizeLinear do.
 
-Backends turn uniform `QuantSpec`s into QuantizeLinear/DequantizeLinear nodes and log√2 ones into the
-model-local functions of `qcompile.runtime.log_quant`; passes never write QDQ nodes.
+Backends turn uniform `QuantSpec`s into QuantizeLinear/DequantizeLinear nodes (per-group ones into the
+standard-op form of a blocked DequantizeLinear, or on request one with `block_size`), per-token ones into the
+standard ops that compute the row scales, and log√2 ones into the model-local functions of
+`qcompile.runtime.log_quant`; passes never write QDQ nodes.
 """
 
 from __future__ import annotations
@@ -39,12 +46,14 @@ __all__ = [
     "clear_quant",
     "quantized_values",
     "QUANT_KINDS",
+    "TOKEN_MIN_SCALE",
 ]
 
 _RANGE_KEY = "qcompile.range"
 _QUANT_KEY = "qcompile.quant"
 
-QUANT_KINDS = ("uniform", "log_sqrt2")
+QUANT_KINDS = ("uniform", "log_sqrt2", "uniform_token")
+TOKEN_MIN_SCALE = np.float32(1e-12)  # guards all-zero rows of per-token quantizers: s = max(s, tiny)
 
 # −2 / ln 2: −2·log2(r) is computed as ln(r) · (−2 / ln 2), the same two operations (Log, Mul) the ONNX
 # function `qcompile.QuantizeLogSqrt2` performs in float64, so the codes agree bit for bit.
@@ -88,6 +97,23 @@ class QuantSpec:
     code outside b bits. Here the top b-bit code 2^b − 1 is reserved for zero instead, so the nonzero
     levels are q ∈ [0, 2^b − 2]: one level fewer at the bottom (Δ·2^(−(2^b − 1)/2) is flushed to zero).
     Values above Δ get q = 0 (x̂ = Δ).
+
+    ``kind="uniform_token"`` (dynamic per-token activations; rows = every index of the leading axes, the
+    last axis reduced; computed in float32, op for op what `qcompile.runtime.qdq` writes, tiny = 1e-12, r =
+    `clip_ratio`):
+
+    * symmetric (``signed=True``, codes in [−qmax, qmax], qmax = 2^(b−1) − 1, zero point 0)::
+
+        s = max(r · max|x_row| / qmax, tiny),   q = clamp(round(x / s), −qmax, qmax),   x̂ = q · s
+
+    * asymmetric (``signed=False``, codes in [0, L], L = 2^b − 1; the row's range widened to contain 0)::
+
+        lo = r · min(min x_row, 0),   hi = r · max(max x_row, 0),   s = max((hi − lo) / L, tiny)
+        z = clamp(round(−lo / s), 0, L),   q = clamp(round(x / s) + z, 0, L),   x̂ = (q − z) · s
+
+    Per-group (``group_size`` G, uniform kind): ``scale``/``zero_point`` have the value's rank, with
+    ``shape[axis] / G`` entries along `axis`; element i along `axis` uses entry i // G (ONNX blocked
+    quantization, `DequantizeLinear(..., axis, block_size=G)`).
     """
 
     bits: int
@@ -96,6 +122,25 @@ class QuantSpec:
     zero_point: np.ndarray
     axis: int | None = None
     kind: str = "uniform"
+    group_size: int | None = None
+    clip_ratio: float = 1.0
+
+    @classmethod
+    def per_token(cls, bits: int, symmetric: bool = True, clip_ratio: float = 1.0) -> QuantSpec:
+        """A dynamic per-token quantizer (``kind="uniform_token"``): symmetric signed or asymmetric unsigned."""
+        return cls(
+            bits=bits,
+            signed=symmetric,
+            scale=np.float32(1.0),
+            zero_point=np.int32(0),
+            kind="uniform_token",
+            clip_ratio=clip_ratio,
+        )
+
+    @property
+    def is_dynamic(self) -> bool:
+        """True when the scale is computed at run time (per token), not stored in the spec."""
+        return self.kind == "uniform_token"
 
     def __post_init__(self) -> None:
         if self.kind not in QUANT_KINDS:
@@ -110,10 +155,25 @@ class QuantSpec:
             raise ValueError("scales must be finite and positive")
         if np.any(zero_point < self.qmin) or np.any(zero_point > self.qmax):
             raise ValueError(f"zero point outside [{self.qmin}, {self.qmax}]")
-        if scale.ndim > 1:
+        if self.group_size is not None:
+            if self.kind != "uniform" or self.axis is None or scale.ndim < 1 or int(self.group_size) < 1:
+                raise ValueError(
+                    "a per-group spec is uniform, has an axis, scales of the value's rank, group_size >= 1"
+                )
+            if not -scale.ndim <= self.axis < scale.ndim:
+                raise ValueError(f"axis {self.axis} out of range for group scales of shape {scale.shape}")
+            object.__setattr__(self, "group_size", int(self.group_size))
+        elif scale.ndim > 1:
             raise ValueError(f"scales must be a scalar or a vector, got shape {scale.shape}")
-        if (self.axis is None) != (scale.ndim == 0):
+        if self.group_size is None and (self.axis is None) != (scale.ndim == 0):
             raise ValueError("per-tensor specs have scalar scales; per-channel specs need an axis")
+        if self.kind == "uniform_token":
+            if self.axis is not None or scale.shape != () or scale != 1 or zero_point != 0:
+                raise ValueError("a uniform_token spec has no axis and the placeholders scale 1, zero_point 0")
+            if not 0 < float(self.clip_ratio) <= 1:
+                raise ValueError(f"clip_ratio must be in (0, 1], got {self.clip_ratio}")
+        elif self.clip_ratio != 1.0:
+            raise ValueError("clip_ratio applies to uniform_token specs only")
         if self.kind == "log_sqrt2":
             if self.signed:
                 raise ValueError("a log_sqrt2 quantizer is unsigned (signed=False)")
@@ -137,9 +197,20 @@ class QuantSpec:
         """True when the b-bit code range is the whole int8/uint8 range (no clip node needed)."""
         return self.bits == 8
 
+    @property
+    def token_qmax(self) -> int:
+        """The largest code magnitude of a symmetric per-token spec: 2^(b−1) − 1 (−2^(b−1) unused)."""
+        return 2 ** (self.bits - 1) - 1
+
+    def broadcast(self, array: np.ndarray, ndim: int) -> np.ndarray:
+        """`array` (shaped like `scale`) broadcastable against a value of rank `ndim` (groups repeated)."""
+        return self._broadcast(array, ndim)
+
     def _broadcast(self, array: np.ndarray, ndim: int) -> np.ndarray:
         if self.axis is None:
             return array
+        if self.group_size is not None:
+            return np.repeat(array, self.group_size, axis=self.axis)
         shape = [1] * ndim
         shape[self.axis] = -1
         return array.reshape(shape)
@@ -148,6 +219,8 @@ class QuantSpec:
         """Integer codes of `x` (int32), computed in float64, round half to even as ONNX does."""
         if self.kind == "log_sqrt2":
             return self._log_quantize(x)
+        if self.kind == "uniform_token":
+            return self._token_quantize(np.asarray(x, dtype=np.float32))[0]
         scale = self._broadcast(self.scale.astype(np.float64), x.ndim)
         zero_point = self._broadcast(self.zero_point, x.ndim)
         q = np.rint(np.asarray(x, dtype=np.float64) / scale) + zero_point
@@ -157,13 +230,41 @@ class QuantSpec:
         """Real values of integer codes, float32."""
         if self.kind == "log_sqrt2":
             return self._log_dequantize(q)
+        if self.kind == "uniform_token":
+            raise ValueError("a uniform_token spec's scales depend on x: use fake_quantize(x) or token_params(x)")
         scale = self._broadcast(self.scale, q.ndim)
         zero_point = self._broadcast(self.zero_point, q.ndim)
         return ((q.astype(np.int32) - zero_point) * scale).astype(np.float32)
 
     def fake_quantize(self, x: np.ndarray) -> np.ndarray:
-        """dequantize(quantize(x))."""
+        """dequantize(quantize(x)) (for uniform_token specs with the row scales of x)."""
+        if self.kind == "uniform_token":
+            q, scale, zero_point = self._token_quantize(np.asarray(x, dtype=np.float32))
+            return ((q.astype(np.float32) - zero_point) * scale).astype(np.float32)
         return self.dequantize(self.quantize(x))
+
+    def token_params(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-row float32 scale and zero point (shape x.shape[:-1] + (1,)) of a uniform_token spec."""
+        _, scale, zero_point = self._token_quantize(np.asarray(x, dtype=np.float32))
+        return scale, zero_point
+
+    def _token_quantize(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # Op for op (float32) what `qcompile.runtime.qdq` writes: Abs, ReduceMax, Mul, Div, Max, Div, Round, Clip.
+        ratio = np.float32(self.clip_ratio)
+        with np.errstate(invalid="ignore"):
+            if self.signed:
+                top = np.float32(self.token_qmax)
+                absmax = np.max(np.abs(x), axis=-1, keepdims=True)
+                scale = np.maximum((absmax * ratio) / top, TOKEN_MIN_SCALE)
+                q = np.clip(np.rint(x / scale), -top, top)
+                return q.astype(np.int32), scale, np.zeros_like(scale)
+            levels = np.float32(2**self.bits - 1)
+            lo = np.minimum(np.min(x, axis=-1, keepdims=True), np.float32(0)) * ratio
+            hi = np.maximum(np.max(x, axis=-1, keepdims=True), np.float32(0)) * ratio
+            scale = np.maximum((hi - lo) / levels, TOKEN_MIN_SCALE)
+            zero_point = np.clip(np.rint(-lo / scale), np.float32(0), levels)
+            q = np.clip(np.rint(x / scale) + zero_point, np.float32(0), levels)
+        return q.astype(np.int32), scale, zero_point
 
     def _log_quantize(self, x: np.ndarray) -> np.ndarray:
         # Op for op what `QuantizeLogSqrt2` does in float64: Div, Greater, Where, Log, Mul, Round, Clip, Where.

@@ -34,6 +34,18 @@ def _check_quant_spec(value: Value) -> None:
     rank = len(shape)
     if not -rank <= spec.axis < rank:
         raise VerificationError(f"quantizer axis {spec.axis} out of range for '{value.name}' of rank {rank}")
+    if spec.group_size is not None:
+        expected = list(shape)
+        if isinstance(expected[spec.axis], int):
+            expected[spec.axis] //= spec.group_size
+        if len(expected) != spec.scale.ndim or any(
+            isinstance(d, int) and d != s for d, s in zip(expected, spec.scale.shape, strict=True)
+        ):
+            raise VerificationError(
+                f"per-group quantizer of '{value.name}' (group {spec.group_size}, axis {spec.axis}) has scales of "
+                f"shape {spec.scale.shape} for shape {tuple(shape)}"
+            )
+        return
     channels = shape[spec.axis]
     if isinstance(channels, int) and spec.scale.shape != (channels,):
         raise VerificationError(f"quantizer of '{value.name}' has {spec.scale.shape[0]} scales for {channels} channels")

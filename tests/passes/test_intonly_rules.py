@@ -292,3 +292,15 @@ def test_a_gelu_with_its_half_folded_into_the_next_weight_lowers_like_the_unfold
         np.testing.assert_array_equal(run_reference(ir.serde.serialize_model(model), feeds)["y"], outputs[label])
     # ×0.5 and W/2 are exact in float32, so calibration, quantizers and every integer are the same
     np.testing.assert_array_equal(outputs["folded"], outputs["plain"])
+
+
+def test_per_group_weights_are_refused_with_the_linear_rules_reason(tmp_path) -> None:
+    from qcompile import zoo
+    from qcompile.errors import InputError
+    from qcompile.pipeline.run import run_passes
+
+    entry = zoo.get("tiny")
+    model = entry.load()
+    run_passes(model, "calibrate,quantize:weight_group=16", calibration=entry.calibration(8, 0))
+    with pytest.raises(InputError, match="is quantized per group: IntLinear takes per-channel weights"):
+        run_passes(model, "intonly", calibration=entry.calibration(8, 0))

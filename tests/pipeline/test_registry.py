@@ -156,7 +156,21 @@ def test_unknown_option_error_lists_the_options_the_pass_takes() -> None:
     assert (
         sorted(listed)
         == sorted(expected)
-        == sorted(["weight_bits", "act_bits", "op_types", "weight_dtype", "keep_float", "weight_search"])
+        == sorted(
+            [
+                "weight_bits",
+                "act_bits",
+                "op_types",
+                "weight_dtype",
+                "keep_float",
+                "weight_search",
+                "weight_group",
+                "weight_symmetric",
+                "act_granularity",
+                "act_symmetric",
+                "act_clip_ratio",
+            ]
+        )
     )
 
 
