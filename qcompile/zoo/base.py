@@ -25,6 +25,7 @@ class ZooModel(abc.ABC):
 
     name: str = ""
     metric_name: str = ""
+    default_eval_samples: int = 1000  # evaluated when the caller does not say (at most the task's limit)
     higher_is_better: bool = True  # False for a metric like perplexity (reports then word its change so)
     description: str = ""
 

@@ -41,6 +41,10 @@ class UserDataTask(ZooModel):
         self.metric_name = "cosine" if evaluation is not None else base.metric_name
         self.higher_is_better = True if evaluation is not None else base.higher_is_better
 
+    @property
+    def default_eval_samples(self) -> int:
+        return self.base.default_eval_samples
+
     def load(self) -> ir.Model:
         return self.base.load()
 

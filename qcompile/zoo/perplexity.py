@@ -1,0 +1,233 @@
+"""Perplexity of causal language models on fixed token windows, the way GPTQ and QuaRot measure it.
+
+A text is tokenized once into one stream of token ids, which is cut into non-overlapping windows of
+`window` tokens (the tail shorter than a window is dropped). The first `eval_windows` windows are the
+evaluation windows; calibration windows are drawn (seeded) only from the windows after them, so the two
+never overlap. Each window is one sample: feeds ``{"input_ids": int64 [B, window]}`` and the model's first
+output is ``logits [B, window, V]``, where position t predicts token t + 1.
+
+Perplexity = exp(mean negative log-likelihood over all predicted tokens of all evaluated windows),
+computed in float64 with a stable log-softmax. Every runner is scored on the same windows; the first runner
+is the float reference, and `top1_agreement` is the fraction of positions where a runner's argmax
+prediction equals the reference's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+from tqdm.auto import tqdm
+
+from qcompile.errors import InputError
+from qcompile.pipeline.context import CalibrationData, Feeds
+from qcompile.zoo.base import Runner, ZooModel
+
+__all__ = [
+    "PerplexityTask",
+    "TokenWindows",
+    "export_causal_lm",
+    "nll_sum",
+    "perplexity_from_logits",
+    "split_windows",
+]
+
+INPUT_NAME = "input_ids"
+OUTPUT_NAME = "logits"
+
+
+def split_windows(token_ids: Sequence[int] | np.ndarray, window: int) -> np.ndarray:
+    """Non-overlapping windows of `window` tokens, int64 [n, window] (a shorter tail is dropped)."""
+    if window < 2:
+        raise InputError(f"a perplexity window needs at least 2 tokens, got {window}")
+    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    count = len(ids) // window
+    return ids[: count * window].reshape(count, window)
+
+
+def nll_sum(logits: np.ndarray, windows: np.ndarray) -> tuple[float, int]:
+    """Sum of the negative log-likelihoods of tokens 1..T-1 of each window given logits [B, T, V] (float64).
+
+    Returns:
+        ``(sum of NLL, number of predicted tokens)``.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    windows = np.asarray(windows, dtype=np.int64)
+    if logits.ndim != 3 or logits.shape[:2] != windows.shape:
+        raise InputError(f"logits of shape {logits.shape} do not match token windows of shape {windows.shape}")
+    predicting = logits[:, :-1, :]
+    targets = windows[:, 1:]
+    peak = predicting.max(axis=-1, keepdims=True)
+    log_norm = peak[..., 0] + np.log(np.exp(predicting - peak).sum(axis=-1))
+    target_logit = np.take_along_axis(predicting, targets[..., None], axis=-1)[..., 0]
+    return float(np.sum(log_norm - target_logit)), int(targets.size)
+
+
+def perplexity_from_logits(logits: np.ndarray, windows: np.ndarray) -> float:
+    """exp(mean NLL) of `windows` [B, T] under `logits` [B, T, V]."""
+    total, count = nll_sum(logits, windows)
+    return math.exp(total / count)
+
+
+class TokenWindows:
+    """A token stream cut into windows: the first `eval_windows` for evaluation, the rest for calibration."""
+
+    def __init__(self, token_ids: Sequence[int] | np.ndarray, window: int, eval_windows: int) -> None:
+        self.window = window
+        self.all = split_windows(token_ids, window)
+        if len(self.all) < 2:
+            raise InputError(f"the text holds {len(self.all)} window(s) of {window} tokens; need at least 2")
+        # Keep at least one window for calibration.
+        self.eval_count = max(1, min(eval_windows, len(self.all) - 1))
+
+    @property
+    def evaluation(self) -> np.ndarray:
+        return self.all[: self.eval_count]
+
+    @property
+    def calibration(self) -> np.ndarray:
+        return self.all[self.eval_count :]
+
+    def pick_calibration(self, samples: int, seed: int) -> np.ndarray:
+        pool = self.calibration
+        count = min(samples, len(pool))
+        chosen = np.random.default_rng(seed).choice(len(pool), size=count, replace=False)
+        return pool[np.sort(chosen)]
+
+
+class PerplexityTask(ZooModel):
+    """A causal LM scored by perplexity on token windows. Subclasses provide `_load_model` and `_token_ids`."""
+
+    metric_name = "perplexity"
+    higher_is_better = False
+
+    def __init__(self, window: int, eval_windows: int, batch: int = 1) -> None:
+        self.window = window
+        self.eval_windows = eval_windows
+        self.batch = batch
+        self._windows: TokenWindows | None = None
+
+    def _token_ids(self) -> np.ndarray:
+        """The whole token stream (int64)."""
+        raise NotImplementedError
+
+    def _load_model(self) -> ir.Model:
+        raise NotImplementedError
+
+    def windows(self) -> TokenWindows:
+        if self._windows is None:
+            self._windows = TokenWindows(self._token_ids(), self.window, self.eval_windows)
+        return self._windows
+
+    def load(self) -> ir.Model:
+        return self._load_model()
+
+    @property
+    def default_eval_samples(self) -> int:  # all evaluation windows unless the caller asks for fewer
+        return self.eval_windows
+
+    def sample_limits(self) -> tuple[int, int]:
+        """Calibration is bounded by the windows after the evaluation ones, evaluation by the evaluation windows."""
+        windows = self.windows()
+        return len(windows.calibration), windows.eval_count
+
+    def calibration(self, samples: int, seed: int, batch_size: int = 8) -> CalibrationData:
+        picked = self.windows().pick_calibration(samples, seed)
+
+        def batches():
+            for start in range(0, len(picked), batch_size):
+                yield {INPUT_NAME: picked[start : start + batch_size]}
+
+        return CalibrationData(batches=batches, samples=len(picked))
+
+    def evaluate(
+        self, runners: dict[str, Runner], samples: int, seed: int, progress: bool = True
+    ) -> dict[str, dict[str, float]]:
+        """Score every runner on the first `samples` evaluation windows (all of them if `samples` is larger;
+        in order, so `seed` is unused)."""
+        chosen = self.windows().evaluation[: max(1, samples)]
+        scores = score_perplexity(runners, chosen, self.batch, progress)
+        for metrics in scores.values():
+            metrics["windows"], metrics["tokens"] = len(chosen), int(chosen.size)
+        return scores
+
+    def latency_feeds(self) -> Feeds:
+        return {INPUT_NAME: self.windows().evaluation[:1]}
+
+
+def score_perplexity(
+    runners: dict[str, Runner], windows: np.ndarray, batch: int = 1, progress: bool = False
+) -> dict[str, dict[str, float]]:
+    """Perplexity and top-1 agreement with the first runner, for every runner on the same `windows`."""
+    reference_label = next(iter(runners))
+    totals = {label: 0.0 for label in runners}
+    agree = {label: 0 for label in runners}
+    count = positions = 0
+    for start in tqdm(range(0, len(windows), batch), desc="perplexity", disable=not progress, leave=False):
+        chunk = windows[start : start + batch]
+        feeds = {INPUT_NAME: chunk}
+        reference_top = None
+        for label, runner in runners.items():
+            logits = np.asarray(runner(feeds))
+            total, n = nll_sum(logits, chunk)
+            totals[label] += total
+            top = logits.argmax(axis=-1)
+            if label == reference_label:
+                reference_top, count = top, count + n
+            agree[label] += int(np.sum(top == reference_top))
+        positions += chunk.size
+    return {
+        label: {"perplexity": math.exp(totals[label] / count), "top1_agreement": agree[label] / positions}
+        for label in runners
+    }
+
+
+def export_causal_lm(module: object, path: Path, vocab_size: int, example_length: int = 16) -> Path:
+    """Export a Hugging Face causal LM (no KV cache) to ONNX: ``input_ids [batch, sequence]`` → ``logits``.
+
+    Uses ``torch.onnx.export(..., dynamo=True)``; the file (and its ``.data`` external data) is written to a
+    temporary name in the same folder and renamed into place, so a crash leaves no partial model.
+    """
+    import torch
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.inner(input_ids=input_ids, use_cache=False).logits
+
+    wrapper = LogitsOnly(module).eval()
+    example = torch.randint(0, vocab_size, (2, example_length), generator=torch.Generator().manual_seed(0))
+    batch, sequence = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("sequence", min=2, max=4096)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = path.parent / f".{path.stem}.partial"
+    stage.mkdir(exist_ok=True)
+    staged = stage / path.name
+    from qcompile.frontends.torch import _quiet_exporter
+
+    with torch.no_grad(), _quiet_exporter():
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"input_ids": {0: batch, 1: sequence}},
+            opset_version=18,
+            verbose=False,
+        )
+    program.save(str(staged), external_data=True)
+    data_name = path.name + ".data"
+    if (stage / data_name).exists():
+        (stage / data_name).replace(path.parent / data_name)
+    staged.replace(path)  # the .onnx last: its presence means the export is complete
+    for leftover in stage.iterdir():
+        leftover.unlink()
+    stage.rmdir()
+    return path
