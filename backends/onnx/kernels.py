@@ -6,8 +6,8 @@ is picked by the operands' signedness. With uint8 weights (qcompile's symmetric 
 runs the u8×s8 kernel:
 
 * on CPUs with VNNI (``avx512_vnni``, ``avx_vnni``) or AMX (``amx_int8``) that kernel multiplies and sums four
-  u8·s8 products straight into int32 (vpdpbusd / tdpbusd): exact and several times faster (a 257×384×1536
-  DINOv2 MLP MatMul, 2 threads, a Xeon with AVX-512 VNNI and AMX: 1.59 ms u8×u8 against 0.26 ms u8×s8);
+  u8·s8 products straight into int32 (vpdpbusd / tdpbusd): exact and much faster (DINOv2-S's whole QDQ
+  model: 0.86× → 0.49× of FP32 latency, benchmarks/results/qdq_speed.md);
 * on AVX2/AVX-512 CPUs without VNNI it uses vpmaddubsw, which saturates the int16 sum of two u8·s8 products
   (255·127·2 > 32767) with full-range weights: results would differ from the QDQ model's arithmetic. ONNX
   Runtime's own quantizer answers that with 7-bit weights (reduce_range); qcompile keeps its 8-bit weights

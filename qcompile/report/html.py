@@ -787,7 +787,14 @@ def render_html(report: dict) -> str:
 
 
 def write_html_report(report: dict, path: Path) -> Path:
-    """Write `render_html(report)` to `path` (UTF-8) and return the path."""
+    """Write `render_html(report)` to `path` (UTF-8) and return the path. The page is rendered first and the
+    file replaced in one rename, so an earlier report.html is never left half-written."""
     path = Path(path)
-    path.write_text(render_html(report), encoding="utf-8")
+    page = render_html(report)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(page, encoding="utf-8")
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path

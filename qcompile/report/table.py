@@ -7,14 +7,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from qcompile.report.html import LABELS
+
 __all__ = ["print_report"]
 
-_LABELS = {
-    "ort_fp32": "ONNX Runtime FP32",
-    "qcompile": "qcompile",
-    "ort_int8_static": "ONNX Runtime INT8 static",
-    "ort_int8_dynamic": "ONNX Runtime INT8 dynamic",
-}
+_LABELS = {label: name for label, name in LABELS.items() if label != "tvm_int"}  # the TVM row is built apart
 
 
 def _kind(tvm: dict[str, Any]) -> str:

@@ -289,3 +289,18 @@ def test_range_panel_titles_drop_the_shared_folders_and_the_output_suffix():
     assert panel_titles(names) == ["layer.3/mlp/fc1/MatMul", "layer.10/attn/Softmax"]
     assert panel_titles(["x", "ln1.out"]) == ["x", "ln1.out"]  # nothing shared: kept
     assert panel_titles(["/a/b_output_0"]) == ["b"]
+
+
+def test_a_failed_rebuild_leaves_the_earlier_page_whole(tmp_path, monkeypatch):
+    import qcompile.report.html as page_module
+
+    path = write_html_report(sample_reports.minimal_report(), tmp_path / "report.html")
+    before = path.read_bytes()
+
+    def broken(report):
+        raise RuntimeError("chart failed")
+
+    monkeypatch.setattr(page_module, "render_html", broken)
+    with pytest.raises(RuntimeError, match="chart failed"):
+        page_module.write_html_report(sample_reports.classifier_report(), path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
