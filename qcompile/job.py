@@ -74,17 +74,22 @@ def resolve_model(source: str | zoo.ZooModel, input_shapes: dict[str, tuple[int,
     return RandomInputTask(load(source), source, input_shapes=input_shapes)
 
 
-def _check_sample_counts(config: JobConfig, entry: zoo.ZooModel) -> None:
+def _with_sample_counts(config: JobConfig, entry: zoo.ZooModel) -> JobConfig:
+    """`config` with `eval_samples` resolved (None: the task's default, at most its limit), after refusing
+    sample counts the task's data cannot supply."""
     calibration_limit, evaluation_limit = entry.sample_limits()
     if config.eval_samples is None:
         default = entry.default_eval_samples
-        config.eval_samples = default if evaluation_limit is None else min(default, evaluation_limit)
+        config = dataclasses.replace(
+            config, eval_samples=default if evaluation_limit is None else min(default, evaluation_limit)
+        )
     for option, wanted, limit, kind in (
         ("--calib-samples", config.calib_samples, calibration_limit, "calibration"),
         ("--eval-samples", config.eval_samples, evaluation_limit, "evaluation"),
     ):
         if limit is not None and wanted > limit:
             raise InputError(f"{option} {wanted}: {entry.name} has {limit} {kind} samples; ask for at most {limit}")
+    return config
 
 
 def _check_float_model(entry: zoo.ZooModel, float_model, calibration, threads: int):
@@ -126,7 +131,7 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
 
     with OutputFolder(config.output_dir, force=config.force) as out:
         entry = resolve_model(config.model, config.input_shapes)
-        _check_sample_counts(config, entry)
+        config = _with_sample_counts(config, entry)
         model = entry.load()
         float_model = clone_model(model)  # the passes change `model` in place
         staging = out.staging
@@ -235,13 +240,12 @@ class TvmScoring:
         import numpy as np
 
         batch = len(next(iter(feeds.values())))
-        samples = [{name: value[i : i + 1] for name, value in feeds.items()} for i in range(batch)]
-        if set(feeds) != set(self.shapes) or any(
-            list(np.shape(sample[name])) != shape for sample in samples[:1] for name, shape in self.shapes.items()
-        ):
+        one_sample = {name: [1, *np.shape(value)[1:]] for name, value in feeds.items()}
+        if one_sample != self.shapes:
             self.by_ort += batch
             return self.fallback(feeds)
         self.by_tvm += batch
+        samples = ({name: value[i : i + 1] for name, value in feeds.items()} for i in range(batch))
         return np.concatenate([self.library.run(sample)[self.output] for sample in samples])
 
 
