@@ -289,6 +289,26 @@ def _install_signal_handlers() -> list[int]:
     return installed
 
 
+def _import_core_with_sigint_deferred() -> None:
+    """Import the core (numpy, onnx_ir and their compiled extensions) with Ctrl-C held until it is done.
+
+    A KeyboardInterrupt raised while a nanobind extension initializes is thrown through C++ and aborts the
+    process (std::terminate: a traceback and exit -6) instead of unwinding, so a SIGINT arriving then is
+    recorded and raised as KeyboardInterrupt right after the import."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        import qcompile.pipeline  # noqa: F401 - SIGINT is ignored or handled by the host: nothing to hold
+
+        return
+    pending: list[int] = []
+    signal.signal(signal.SIGINT, lambda number, frame: pending.append(number))
+    try:
+        import qcompile.pipeline  # noqa: F401
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if pending:
+        raise KeyboardInterrupt
+
+
 def _interrupted(signal_number: int) -> int:
     names = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
     print(f"qcompile: {names.get(signal_number, 'stopped by a signal')}; nothing was written", file=sys.stderr)
@@ -303,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         if words[:1] == ["report"]:
             return _rebuild_report(words[1:])
         args = _parser().parse_args(argv)
+        _import_core_with_sigint_deferred()
         return _run(args, argv)
     except InputError as error:
         print(f"qcompile: error: {one_line(error, 2000)}", file=sys.stderr)
