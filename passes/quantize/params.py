@@ -13,7 +13,8 @@ With `search="mse"` each channel's clipping threshold is T_c = r·max|W_c|, r fr
 At 4 bits clipping the few largest weights of a row buys a finer grid for all the others.
 
 Per-group weights (`grouped_weight_spec`), b bits, groups of G consecutive elements along the reduction axis
-(K of MatMul W[K, N]) per output channel, one scale (and zero point) per group, float64:
+(K of MatMul W[K, N]) per output channel, one scale (and zero point) per group, float64; when G does not
+divide K the last group is shorter (its statistics are those of its K mod G elements):
 symmetric as above with max|W_g| (or the MSE-clipped threshold) per group; asymmetric (unsigned codes
 0..L, L = 2^b − 1, the group's range widened to contain 0 so that 0 stays exact):
 ``s_g = (max(W_g, 0) − min(W_g, 0)) / L``,  ``z_g = clamp(round(−min(W_g, 0) / s_g), 0, L)``.
@@ -93,20 +94,23 @@ def grouped_weight_spec(
     unsigned_container: bool = True,
     search: str = "minmax",
 ) -> QuantSpec:
-    """Per-group quantizer of `weight`: groups of `group_size` consecutive elements along `axis` (which the
-    caller checked is divisible), one scale per group and index of the other axes (see above). Symmetric
+    """Per-group quantizer of `weight`: groups of `group_size` consecutive elements along `axis`, one scale per group and index of the other axes (see above). Symmetric
     specs are stored like the per-channel ones (uint8 with zero point 2^(b−1), or int8 with 0); asymmetric
-    ones are unsigned; `search="mse"` is for symmetric specs only."""
+    ones are unsigned; `search="mse"` is for symmetric specs only. A ragged last group is allowed."""
     if search not in SEARCHES:
         raise ValueError(f"weight search must be one of {', '.join(SEARCHES)}, got {search}")
     if search == "mse" and not symmetric:
         raise ValueError("the MSE clipping search is for symmetric weight quantizers")
     axis = axis % weight.ndim
     length = weight.shape[axis]
-    if group_size < 1 or length % group_size:
-        raise ValueError(f"axis {axis} of length {length} is not a multiple of the group size {group_size}")
-    shape = (*weight.shape[:axis], length // group_size, group_size, *weight.shape[axis + 1 :])
-    grouped = weight.astype(np.float64).reshape(shape)
+    if group_size < 1:
+        raise ValueError(f"the group size must be >= 1, got {group_size}")
+    groups = -(-length // group_size)
+    padding = [(0, 0)] * weight.ndim
+    padding[axis] = (0, groups * group_size - length)  # zeros change no group's max|w|, min, max or MSE
+    padded = np.pad(weight.astype(np.float64), padding)
+    shape = (*weight.shape[:axis], groups, group_size, *weight.shape[axis + 1 :])
+    grouped = padded.reshape(shape)
     inner = axis + 1
     if symmetric:
         absmax = np.max(np.abs(grouped), axis=inner)

@@ -15,8 +15,8 @@ For each node of the chosen op types (default MatMul and Gemm) and each of its f
 Options for decoder LLMs (docs/methods/per-token.md):
 * `weight_group=G` (0: per channel): weights get one quantizer per G consecutive input channels (the reduction
   axis K: MatMul B[..., K, N] axis −2, Gemm B axis 1 if transB else 0) per output channel; `weight_symmetric=false`
-  makes them asymmetric (unsigned, a zero point per group). A K not divisible by G is an InputError naming the
-  node. `weight_search=gptq` is not combined with groups; `mse` only with symmetric groups.
+  makes them asymmetric (unsigned, a zero point per group). When G does not divide K the last group is shorter
+  (576 = 4·128 + 64); a K smaller than G is an InputError naming the node. `weight_search=gptq` is not combined with groups; `mse` only with symmetric groups.
 * `act_granularity`: `tensor` (the default: static per-tensor asymmetric from the calibrated range), `token`
   (dynamic per-token quantizers, `QuantSpec.per_token`: the scale of every row is computed in the graph,
   symmetric unless `act_symmetric=false`, range scaled by `act_clip_ratio`; no calibrated range needed) or
@@ -136,11 +136,11 @@ class QuantizeUniformPass(Pass):
         axis = weight_channel_axis(node, index, array.ndim)
         if self.weight_group and axis is not None:
             reduction = weight_reduction_axis(node, array.ndim)
-            if array.shape[reduction] % self.weight_group:
+            if array.shape[reduction] < self.weight_group:
                 raise InputError(
                     f"quantize: weight '{value.name}' of node '{node.name}' has {array.shape[reduction]} input "
-                    f"channels, not a multiple of weight_group={self.weight_group} "
-                    "(choose a divisor, or 0 for per channel)"
+                    f"channels, fewer than one group of weight_group={self.weight_group} "
+                    "(choose a smaller group, or 0 for per channel)"
                 )
             return grouped_weight_spec(
                 array,

@@ -5,6 +5,7 @@ linear layer with its own constant weight:
 
 * the normalization is a fused `LayerNormalization` (γ, β its inputs 1 and 2, normalized over the last
   axis), or a decomposed one: `Add(Mul(Div(Sub(x, ReduceMean x), Sqrt(…)), γ), β)` (either operand order);
+  with `rms=True` also a decomposed RMSNorm `Mul(γ, x / √(mean(x²) + ε))` (no β);
 * a linear is `MatMul(y, W[K, N])` (input channel = row of W) or `Gemm(y, W)` (row of W, or its column
   when transB=1).
 
@@ -19,6 +20,8 @@ import dataclasses
 
 import numpy as np
 import onnx_ir as ir
+
+from qcompile.passes.transforms.residual_stream import rms_norm_at
 
 __all__ = ["Linear", "NormSite", "find_norm_sites", "norm_linears"]
 
@@ -94,7 +97,10 @@ def _decomposed_affine(node: ir.Node) -> tuple[ir.Value, ir.Value] | None:
     return None
 
 
-def _affine(node: ir.Node) -> tuple[ir.Value, ir.Value | None] | None:
+def _affine(node: ir.Node, rms: bool) -> tuple[ir.Value, ir.Value | None] | None:
+    if rms and node.op_type == "Mul":
+        norm = rms_norm_at(node)
+        return (norm.gamma, None) if norm is not None else None
     if node.op_type == "LayerNormalization" and node.domain in ("", "ai.onnx"):
         axis = node.attributes.get_int("axis", -1)
         rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
@@ -124,12 +130,13 @@ def _linear(use: ir.Usage, channels: int) -> Linear | str:
     return Linear(node, weight, in_axis)
 
 
-def find_norm_sites(graph: ir.Graph) -> tuple[list[NormSite], dict[str, str]]:
-    """All foldable norm → linear sites of `graph`, and {norm name: reason} for the ones that are not."""
+def find_norm_sites(graph: ir.Graph, rms: bool = False) -> tuple[list[NormSite], dict[str, str]]:
+    """All foldable norm → linear sites of `graph`, and {norm name: reason} for the ones that are not;
+    with `rms`, RMSNorm sites (γ only, `residual_stream.rms_norm_at`) too."""
     sites: list[NormSite] = []
     skipped: dict[str, str] = {}
     for node in graph:
-        affine = _affine(node)
+        affine = _affine(node, rms)
         if affine is None:
             continue
         gamma, beta = affine

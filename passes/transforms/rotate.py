@@ -49,6 +49,7 @@ from qcompile.passes.transforms.attention_sites import find_qk_sites
 from qcompile.passes.transforms.norm_sites import find_norm_sites, norm_linears
 from qcompile.passes.transforms.qk_rotation import drop_key_bias, rotate_heads
 from qcompile.passes.transforms.repq_layernorm import linear_bias
+from qcompile.passes.transforms.untie import untie_transposed_weights
 from qcompile.passes.transforms.residual_stream import (
     Norm,
     Stream,
@@ -109,7 +110,8 @@ def _fold_writer_scale(model: ir.Model, writer: Writer) -> None:
         return
     scale = as_float64(writer.scale)
     replace_const(writer.weight, as_float64(writer.weight) * scale)
-    replace_const(writer.bias, as_float64(writer.bias) * scale)
+    if writer.bias is not None:
+        replace_const(writer.bias, as_float64(writer.bias) * scale)
     add_output = next(v for v in writer.scale_mul.inputs if v is not writer.scale)
     ir.convenience.replace_all_uses_with(writer.scale_mul.outputs[0], add_output)
     _remove_dead(model, [writer.scale_mul])
@@ -118,6 +120,8 @@ def _fold_writer_scale(model: ir.Model, writer: Writer) -> None:
 
 def _to_rms(model: ir.Model, norm: Norm) -> ir.Value:
     """Drop the mean subtraction; returns the normalized value n'."""
+    if norm.rms:
+        return norm.normalized
     if norm.fused is not None:
         node = norm.fused
         x = node.inputs[0]
@@ -158,6 +162,17 @@ def _apply_affine(
     return out
 
 
+def _embedding_table(origin: ir.Value) -> tuple[ir.Node, ir.Value] | None:
+    """(Gather, table) when `origin` is Gather(table[V, d] constant, ids) along axis 0."""
+    node = origin.producer()
+    if node is None or node.op_type != "Gather" or node.attributes.get_int("axis", 0) != 0:
+        return None
+    table = node.inputs[0]
+    if table is None or table.const_value is None or len(table.const_value.shape) != 2:
+        return None
+    return node, table
+
+
 class _Rotator:
     def __init__(self, model: ir.Model, stream: Stream, seed: int) -> None:
         self.model = model
@@ -165,14 +180,28 @@ class _Rotator:
         self.rotation = online_rotation(stream.width, seed)
         self.signs = np.random.default_rng(seed + 1).choice([-1.0, 1.0], size=stream.width)
         self.q = self.signs[:, None] * self.rotation.dense()  # Q = diag(s)(A ⊗ B)
-        center = np.eye(stream.width) - 1.0 / stream.width
+        center = np.eye(stream.width) - (0.0 if stream.rms else 1.0 / stream.width)
         self.cq = center @ self.q
 
-    def rotate_origin(self) -> None:
+    def rotate_origin(self) -> str:
+        """x0' = x0 C Q: folded into an embedding table (RMS streams), else online ops."""
         origin = self.stream.origin
+        embedding = _embedding_table(origin)
+        if self.stream.rms and embedding is not None:
+            gather, table = embedding
+            rotated = as_float64(table) @ self.q
+            if len(table.uses()) == 1:
+                replace_const(table, rotated)
+                return "folded into the embedding table"
+            name = f"{table.name}_rotated"
+            gather.replace_input_with(0, _constant(self.model, name, rotated))
+            return "folded into an untied copy of the embedding table"
         uses = list(origin.uses())
-        mean = _reduce_mean(self.model, origin.producer(), origin, "rotate_origin_mean")
-        centered = _add_node(self.model, mean.producer(), "Sub", [origin, mean], "rotate_origin_center", origin)
+        if self.stream.rms:
+            centered = origin
+        else:
+            mean = _reduce_mean(self.model, origin.producer(), origin, "rotate_origin_mean")
+            centered = _add_node(self.model, mean.producer(), "Sub", [origin, mean], "rotate_origin_center", origin)
         signed = _add_node(
             self.model,
             centered.producer(),
@@ -184,11 +213,13 @@ class _Rotator:
         rotated = insert_kronecker_rotate(self.model, signed, self.rotation, "rotate_origin", "rotate_residual")
         for use in uses:
             use.node.replace_input_with(use.idx, rotated)
+        return "online"
 
     def rotate_writer(self, writer: Writer) -> None:
         _fold_writer_scale(self.model, writer)
         replace_const(writer.weight, as_float64(writer.weight) @ self.cq)
-        replace_const(writer.bias, as_float64(writer.bias) @ self.cq)
+        if writer.bias is not None:
+            replace_const(writer.bias, as_float64(writer.bias) @ self.cq)
 
     def rotate_norm(self, norm: Norm, sites: dict[int, list]) -> str:
         normalized = _to_rms(self.model, norm)
@@ -224,10 +255,14 @@ def _drop_unused_initializers(model: ir.Model) -> None:
 
 
 def _norm_readers(model: ir.Model) -> tuple[dict[int, list], dict[str, str]]:
-    """{id(norm output): [(linear, bias)]} for norms whose consumers are all biased linears."""
-    sites, skipped = find_norm_sites(model.graph)
+    """{id(norm output): [(linear, bias)]} for norms whose consumers are all linears: biased ones where
+    the norm has a β to fold (bias None for an RMSNorm's readers)."""
+    sites, skipped = find_norm_sites(model.graph, rms=True)
     readers = {}
     for site in sites:
+        if site.beta is None:
+            readers[id(site.output)] = [(linear, None) for linear in site.linears]
+            continue
         biases = [linear_bias(linear) for linear in site.linears]
         reasons = [b for b in biases if isinstance(b, str)]
         if reasons:
@@ -267,7 +302,7 @@ class RotatePass(Pass):
         if any(quant_meta.get_quant(v) is not None for v in quant_meta.quantized_values(model.graph)):
             raise InputError("pass 'rotate' must run before quantization")
         seed = self.context.seed
-        writers = find_writers(model.graph)
+        writers = find_writers(model.graph, rms=True)
         stats: dict = {"residual": "off", "online": [], "norm_online": [], "qk": "off", "key_bias_dropped": 0}
         sites, skipped_sites = find_qk_sites(model) if self.qk or self.drop_key_bias else ([], {})
         if self.qk:
@@ -283,13 +318,17 @@ class RotatePass(Pass):
             if isinstance(stream, str):
                 stats["residual"] = f"skipped: {stream}"
             else:
+                untied = untie_transposed_weights(model)
                 readers, skipped = _norm_readers(model)
                 rotator = _Rotator(model, stream, seed)
-                rotator.rotate_origin()
+                origin = rotator.rotate_origin()
                 for writer in stream.writers:
                     rotator.rotate_writer(writer)
                 norms = {norm.name: rotator.rotate_norm(norm, readers) for norm in stream.norms}
                 stats["residual"] = {
+                    "norm_kind": "rms" if stream.rms else "layer",
+                    "origin": origin,
+                    "untied": untied,
                     "width": stream.width,
                     "rotation": rotator.rotation.kind,
                     "factors": [rotator.rotation.a.shape[0], rotator.rotation.b.shape[0]],

@@ -9,8 +9,9 @@ so X/s · (diag(s) W) = X W: exact in real arithmetic (EXACT_IN_REALS). Activati
 weights, which per-channel weight quantizers absorb. max|W_j| is taken over all linears sharing the norm
 (q/k/v together), as the reference implementation does. Weight math is float64.
 
-Only norm → linear sites are smoothed (LN → QKV, LN → FC1), as in the reference code; the rest are
-reported in `stats["skipped"]` with the reason.
+Only norm → linear sites are smoothed (LN → QKV, LN → FC1; on Llama-family decoders RMSNorm → q/k/v and
+RMSNorm → gate/up, where only γ is divided), as in the reference code; the rest are reported in
+`stats["skipped"]` with the reason.
 
 Per-site α search (`smooth-scales:alpha=search`): for each site, a bounded uniform sample of X's rows
 (`calibration.samplers.RowSampler`) is smoothed with every α of `ALPHA_GRID`, and the α minimizing the
@@ -133,7 +134,7 @@ class FoldSmoothScalesPass(Pass):
         return smooth_scales(act, weight, alpha)
 
     def call(self, model: ir.Model) -> PassResult:
-        sites, skipped = find_norm_sites(model.graph)
+        sites, skipped = find_norm_sites(model.graph, rms=True)
         alphas = self._search(model, sites) if self.alpha == "search" and sites else {s.name: self.alpha for s in sites}
         folded, ratios = 0, []
         for site in sites:

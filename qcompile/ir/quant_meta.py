@@ -112,8 +112,9 @@ class QuantSpec:
         z = clamp(round(−lo / s), 0, L),   q = clamp(round(x / s) + z, 0, L),   x̂ = (q − z) · s
 
     Per-group (``group_size`` G, uniform kind): ``scale``/``zero_point`` have the value's rank, with
-    ``shape[axis] / G`` entries along `axis`; element i along `axis` uses entry i // G (ONNX blocked
-    quantization, `DequantizeLinear(..., axis, block_size=G)`).
+    ⌈shape[axis] / G⌉ entries along `axis`; element i along `axis` uses entry i // G (ONNX blocked
+    quantization, `DequantizeLinear(..., axis, block_size=G)`). When G does not divide shape[axis] the last
+    group is shorter (ragged): SmolLM2's 576 input channels in groups of 128 are 4 groups of 128 and one of 64.
     """
 
     bits: int
@@ -202,18 +203,24 @@ class QuantSpec:
         """The largest code magnitude of a symmetric per-token spec: 2^(b−1) − 1 (−2^(b−1) unused)."""
         return 2 ** (self.bits - 1) - 1
 
-    def broadcast(self, array: np.ndarray, ndim: int) -> np.ndarray:
-        """`array` (shaped like `scale`) broadcastable against a value of rank `ndim` (groups repeated)."""
-        return self._broadcast(array, ndim)
+    def broadcast(self, array: np.ndarray, ndim: int, length: int | None = None) -> np.ndarray:
+        """`array` (shaped like `scale`) broadcastable against a value of rank `ndim` (groups repeated, cut
+        to `length` elements along the axis when the last group is ragged)."""
+        return self._broadcast(array, ndim, length)
 
-    def _broadcast(self, array: np.ndarray, ndim: int) -> np.ndarray:
+    def _broadcast(self, array: np.ndarray, ndim: int, length: int | None = None) -> np.ndarray:
         if self.axis is None:
             return array
         if self.group_size is not None:
-            return np.repeat(array, self.group_size, axis=self.axis)
+            repeated = np.repeat(array, self.group_size, axis=self.axis)
+            return repeated if length is None else np.take(repeated, np.arange(length), axis=self.axis)
         shape = [1] * ndim
         shape[self.axis] = -1
         return array.reshape(shape)
+
+    def _length(self, shape: tuple[int, ...]) -> int | None:
+        """The extent along a per-group spec's axis (None for other specs)."""
+        return shape[self.axis] if self.group_size is not None and self.axis is not None else None
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """Integer codes of `x` (int32), computed in float64, round half to even as ONNX does."""
@@ -221,8 +228,9 @@ class QuantSpec:
             return self._log_quantize(x)
         if self.kind == "uniform_token":
             return self._token_quantize(np.asarray(x, dtype=np.float32))[0]
-        scale = self._broadcast(self.scale.astype(np.float64), x.ndim)
-        zero_point = self._broadcast(self.zero_point, x.ndim)
+        length = self._length(np.shape(x))
+        scale = self._broadcast(self.scale.astype(np.float64), np.ndim(x), length)
+        zero_point = self._broadcast(self.zero_point, np.ndim(x), length)
         q = np.rint(np.asarray(x, dtype=np.float64) / scale) + zero_point
         return np.clip(q, self.qmin, self.qmax).astype(np.int32)
 
@@ -232,8 +240,9 @@ class QuantSpec:
             return self._log_dequantize(q)
         if self.kind == "uniform_token":
             raise ValueError("a uniform_token spec's scales depend on x: use fake_quantize(x) or token_params(x)")
-        scale = self._broadcast(self.scale, q.ndim)
-        zero_point = self._broadcast(self.zero_point, q.ndim)
+        length = self._length(q.shape)
+        scale = self._broadcast(self.scale, q.ndim, length)
+        zero_point = self._broadcast(self.zero_point, q.ndim, length)
         return ((q.astype(np.int32) - zero_point) * scale).astype(np.float32)
 
     def fake_quantize(self, x: np.ndarray) -> np.ndarray:

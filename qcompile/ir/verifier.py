@@ -37,7 +37,7 @@ def _check_quant_spec(value: Value) -> None:
     if spec.group_size is not None:
         expected = list(shape)
         if isinstance(expected[spec.axis], int):
-            expected[spec.axis] //= spec.group_size
+            expected[spec.axis] = -(-expected[spec.axis] // spec.group_size)  # ⌈K / G⌉: the last group may be shorter
         if len(expected) != spec.scale.ndim or any(
             isinstance(d, int) and d != s for d, s in zip(expected, spec.scale.shape, strict=True)
         ):

@@ -28,7 +28,8 @@ Activations stay uint8 (ONNX Runtime's x86 optimizer turns int8 activation Q/DQ 
 A per-group weight spec (``group_size`` G along `axis`) becomes, by default and at every opset, the arithmetic
 of a blocked DequantizeLinear in standard ops: the codes stored as [..., K/G, G, ...] and
 ``Reshape(Mul(Sub(Cast(codes, float), z), s), shape)`` with s and z of shape [..., K/G, 1, ...]: (q − z) is exact
-in float32 and one rounding multiplies by s, exactly what DequantizeLinear computes. With
+in float32 and one rounding multiplies by s, exactly what DequantizeLinear computes. A ragged last group (G not
+dividing K) is padded with its zero-point code to ⌈K/G⌉·G and the padding cut off by a Slice (always this form). With
 ``blocked_weights=True`` and a default-domain opset of 21 or more it is ``DequantizeLinear(codes, s, z, axis,
 block_size=G)`` instead (ONNX Runtime 1.32's CPU provider runs blocked int8/uint8 DequantizeLinear; the opset is
 never raised for it: that would change other ops, e.g. ReduceMean's axes became an input at 18). Not the default
@@ -97,7 +98,7 @@ def int8_weight_codes(spec: QuantSpec, codes: np.ndarray) -> tuple[np.ndarray, n
     """The unsigned spec's codes (int32, as `QuantSpec.quantize` gives them) and zero point written as int8
     with the same dequantized values: centered (q − z, zero point 0) where that fits in int8, else q − 128."""
     zero_point = spec.zero_point
-    centered = codes - spec.broadcast(zero_point, codes.ndim)
+    centered = codes - spec.broadcast(zero_point, codes.ndim, codes.shape[spec.axis] if spec.group_size else None)
     if centered.size == 0 or (centered.min() >= -128 and centered.max() <= 127):
         return centered.astype(np.int8), np.zeros_like(zero_point, dtype=np.int8)
     return (codes - 128).astype(np.int8), (zero_point - 128).astype(np.int8)
@@ -117,9 +118,17 @@ def _node(op: str, inputs: list[ir.Value], name: str, dtype: ir.DataType = ir.Da
 def _grouped_dequantize(
     graph: ir.Graph, base: str, spec: QuantSpec, codes: np.ndarray, zero_point: np.ndarray
 ) -> list[ir.Node]:
-    """Standard-op form of a blocked DequantizeLinear (below opset 21): Cast, Sub, Mul on [.., K/G, G, ..]."""
+    """Standard-op form of a blocked DequantizeLinear: Cast, Sub, Mul on [.., ⌈K/G⌉, G, ..], Reshape; a ragged
+    last group is padded with zero-point codes (dequantized to 0) and cut off again by a Slice."""
     axis, group = spec.axis % codes.ndim, spec.group_size
-    grouped_shape = (*codes.shape[:axis], codes.shape[axis] // group, group, *codes.shape[axis + 1 :])
+    length = codes.shape[axis]
+    groups = -(-length // group)
+    if groups * group != length:
+        pad_shape = list(codes.shape)
+        pad_shape[axis] = groups * group - length
+        fill = np.broadcast_to(np.take(zero_point, [groups - 1], axis=axis), pad_shape)
+        codes = np.concatenate([codes, fill.astype(codes.dtype)], axis=axis)
+    grouped_shape = (*codes.shape[:axis], groups, group, *codes.shape[axis + 1 :])
     quantized = _constant(graph, f"{base}_quantized", codes.reshape(grouped_shape))
     scale = _constant(graph, f"{base}_scale", np.expand_dims(spec.scale.astype(np.float32), axis + 1))
     zero = _constant(graph, f"{base}_zero_point", np.expand_dims(zero_point.astype(np.float32), axis + 1))
@@ -128,7 +137,13 @@ def _grouped_dequantize(
     sub = _node("Sub", [cast.outputs[0], zero], f"{base}_centered")
     mul = _node("Mul", [sub.outputs[0], scale], f"{base}_grouped")
     reshape = _node("Reshape", [mul.outputs[0], shape], f"{base}_DequantizeGrouped")
-    return [cast, sub, mul, reshape]
+    if groups * group == length:
+        return [cast, sub, mul, reshape]
+    starts = _constant(graph, f"{base}_slice_starts", np.array([0], dtype=np.int64))
+    ends = _constant(graph, f"{base}_slice_ends", np.array([length], dtype=np.int64))
+    axes = _constant(graph, f"{base}_slice_axes", np.array([axis], dtype=np.int64))
+    cut = _node("Slice", [reshape.outputs[0], starts, ends, axes], f"{base}_DequantizeGroupedCut")
+    return [cast, sub, mul, reshape, cut]
 
 
 def _quantize_weight(
@@ -140,7 +155,8 @@ def _quantize_weight(
     else:
         codes, zero_point = codes.astype(_container(spec)), None
     base = value.name
-    if spec.group_size is not None and not (blocked and opset >= BLOCKED_OPSET):
+    ragged = spec.group_size is not None and codes.shape[spec.axis] % spec.group_size != 0
+    if spec.group_size is not None and (ragged or not (blocked and opset >= BLOCKED_OPSET)):
         nodes = _grouped_dequantize(graph, base, spec, codes, spec.zero_point if zero_point is None else zero_point)
     else:
         quantized = _constant(graph, f"{base}_quantized", codes)

@@ -2,7 +2,7 @@
 
 transformers' `LlamaForCausalLM` with 2 layers, hidden 64, 4 query heads and 2 key/value heads (GQA),
 head_dim 16, a 128-wide SwiGLU FFN, RMSNorm, RoPE, tied embeddings and a 256-token vocabulary; weights are
-drawn from ``torch.manual_seed(seed)``. It is exported with ``torch.onnx.export(..., dynamo=True)`` without a
+drawn from ``torch.manual_seed(seed)``, RMSNorm gains γ = exp(0.5·N(0, 1)) per channel (distinct per norm). It is exported with ``torch.onnx.export(..., dynamo=True)`` without a
 KV cache (``input_ids [batch, sequence]`` → ``logits``), cached under ``$QCOMPILE_CACHE/models/``.
 
 `TinyLlamaTask` (``zoo:tiny-llama``) scores it by perplexity on seeded uniformly random token windows of 32
@@ -25,7 +25,7 @@ __all__ = ["TinyLlamaTask", "tiny_llama_config", "tiny_llama_module", "tiny_llam
 
 VOCAB = 256
 SEED = 0
-VERSION = 1  # bump when the configuration or the export changes: the cached file's name carries it
+VERSION = 2  # bump when the configuration or the export changes: the cached file's name carries it
 WINDOW = 32
 EVAL_WINDOWS = 16
 CALIBRATION_WINDOWS = 64
@@ -41,9 +41,10 @@ def _transformers():
     return transformers
 
 
-def tiny_llama_config():
+def tiny_llama_config(**overrides):
+    """The tiny configuration; `overrides` replace fields (tests build other widths, e.g. hidden 48)."""
     transformers = _transformers()
-    return transformers.LlamaConfig(
+    fields = dict(
         vocab_size=VOCAB,
         hidden_size=64,
         intermediate_size=128,
@@ -61,15 +62,21 @@ def tiny_llama_config():
         mlp_bias=False,
         use_cache=False,
     )
+    fields.update(overrides)
+    return transformers.LlamaConfig(**fields)
 
 
-def tiny_llama_module(seed: int = SEED):
-    """The seeded float32 PyTorch model, in eval mode."""
+def tiny_llama_module(seed: int = SEED, **overrides):
+    """The seeded float32 PyTorch model, in eval mode (`overrides`: configuration fields)."""
     import torch
 
     transformers = _transformers()
     torch.manual_seed(seed)
-    model = transformers.LlamaForCausalLM(tiny_llama_config())
+    model = transformers.LlamaForCausalLM(tiny_llama_config(**overrides))
+    with torch.no_grad():  # distinct, non-unit RMSNorm gains, as trained models have (transformers inits γ = 1)
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.copy_(torch.exp(0.5 * torch.randn_like(parameter)))
     return model.float().eval()
 
 

@@ -189,9 +189,35 @@ def test_weight_groups_are_finer_than_per_channel_at_4_bits() -> None:
     assert scores["channel"] < scores["g128 sym"] < scores["g128"] < scores["g32"]
 
 
-def test_a_reduction_axis_not_divisible_by_the_group_is_an_input_error_naming_the_node() -> None:
-    model, _ = _chain(k=200)
-    with pytest.raises(InputError, match=r"'w1' of node 'fc1' has 200 input channels.*weight_group=128"):
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_a_ragged_last_group_quantizes_its_own_channels_and_exports_exactly(symmetric: bool) -> None:
+    """K = 200 in groups of 128: groups [0, 128) and [128, 200); the QDQ form pads and cuts the last one."""
+    model, weights = _chain(k=200)
+    passes = f"quantize:weight_bits=4:weight_group=128:weight_symmetric={symmetric}:act_granularity=none"
+    qcompile.run_passes(model, passes, calibration=None)
+    spec = quant_meta.get_quant(model.graph.initializers["w1"])
+    assert spec.group_size == 128 and spec.scale.shape == (2, HIDDEN)
+    w = weights["w1"]
+    parts = (w[:128], w[128:])
+    if symmetric:
+        expected = np.concatenate([ref_channel(p, 4) for p in parts])
+    else:
+        expected = np.concatenate([ref_group_asym(p, len(p), 4) for p in parts])
+    np.testing.assert_array_equal(spec.fake_quantize(w), expected)
+    qdq = to_qdq(model)
+    assert any(n.op_type == "Slice" for n in qdq.graph)
+    x = np.random.default_rng(5).normal(0, 1, (2, TOKENS, 200)).astype(np.float32)
+    out = _run(qdq, {"x": x}, ("w1_dequantized",))
+    np.testing.assert_array_equal(out["w1_dequantized"], expected)
+    np.testing.assert_allclose(
+        out["y"], np.maximum(x @ expected, 0) @ quant_meta.get_quant(model.graph.initializers["w2"]).fake_quantize(
+            weights["w2"]), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_a_reduction_axis_narrower_than_one_group_is_an_input_error_naming_the_node() -> None:
+    model, _ = _chain(k=100)
+    with pytest.raises(InputError, match=r"'w1' of node 'fc1' has 100 input channels, fewer than one group.*weight_group=128"):
         qcompile.run_passes(model, "quantize:weight_group=128:act_granularity=none", calibration=None)
 
 
@@ -267,4 +293,4 @@ def test_the_cli_writes_a_runnable_qdq_model_with_metrics(tmp_path: Path, isolat
 
 def test_the_cli_refuses_w4a16_on_a_model_narrower_than_one_group(tmp_path: Path, isolated_cache: Path, capsys) -> None:
     assert main(["zoo:tiny", "--passes", "w4a16", "-o", str(tmp_path / "out"), *TINY_RUN]) == 2
-    assert "not a multiple of weight_group=128" in capsys.readouterr().err
+    assert "32 input channels, fewer than one group of weight_group=128" in capsys.readouterr().err

@@ -158,4 +158,4 @@ def test_find_stream_without_norms():
     for node in graph.node:
         node.input[:] = ["a1" if i == "h1" else i for i in node.input]
     graph.output[0].name = "a2"
-    assert find_stream(_model(proto).graph) == "no LayerNorm found"
+    assert find_stream(_model(proto).graph) == "no LayerNorm or RMSNorm found"

@@ -200,8 +200,8 @@ def test_per_token_and_group_specs_are_validated() -> None:
         QuantSpec(bits=8, signed=True, scale=np.float32(2.0), zero_point=np.int32(0), clip_ratio=0.5)
     with pytest.raises(ValueError, match="depend on x"):
         QuantSpec.per_token(8, True).dequantize(np.zeros(3, np.int32))
-    with pytest.raises(ValueError, match="not a multiple"):
-        grouped_weight_spec(np.ones((200, 4), np.float32), axis=0, group_size=G, bits=4)
+    with pytest.raises(ValueError, match="group size must be >= 1"):
+        grouped_weight_spec(np.ones((200, 4), np.float32), axis=0, group_size=0, bits=4)
     # a group spec whose scales do not fit the weight is caught by the verifier
     weight = np.ones((K, N), np.float32)
     model = _matmul(weight, 17)
