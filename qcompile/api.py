@@ -126,10 +126,10 @@ def compile(  # noqa: A001 - the verb users expect, as in torch.compile
         raise InputError(f"qdq_weights must be auto, int8 or uint8, got {qdq_weights!r}")
     from qcompile.ir.properties import Property
     from qcompile.job import JobConfig, run_job
-    from qcompile.pipeline.run import plan_passes
+    from qcompile.pipeline.run import plan_for_any_model
 
     steps, text = _steps(passes, recipe)
-    context, planned = plan_passes(steps)
+    context, planned, decoder = plan_for_any_model(steps)
     if target is not None and not any(Property.INTEGER_ONLY in p.establishes for p in planned):
         raise InputError("target= compiles the integer-only model: add intonly to the passes")
     task, user_calibration = _task(model, input_shapes, calibration, evaluation)
@@ -150,6 +150,7 @@ def compile(  # noqa: A001 - the verb users expect, as in torch.compile
         input_shapes=input_shapes,
         force=force,
         planned=(context, planned),
+        planned_decoder=decoder,
         command=["qcompile.compile", repr(model if isinstance(model, (str, os.PathLike)) else type(model).__name__)],
         html=html,
         qdq_weights=qdq_weights,

@@ -212,11 +212,12 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     from qcompile.job import JobConfig, run_job
     from qcompile.pipeline.manager import check_order
     from qcompile.pipeline.recipe_file import recipe_text
-    from qcompile.pipeline.run import plan_passes
+    from qcompile.pipeline.run import plan_for_any_model
     from qcompile.report.table import print_report
 
-    # Reject unknown names, bad options and a bad order before loading anything; the job runs these objects.
-    context, passes = plan_passes(steps)
+    # Reject unknown names, bad options and a bad order before loading anything; the job runs these objects
+    # (or re-plans them when the model is a decoder LLM: recipes mean other steps there).
+    context, passes, decoder = plan_for_any_model(steps)
     check_order(passes, ir.Model(ir.Graph([], [], nodes=[]), ir_version=9))  # a fresh model has no properties
     if args.target is not None and not any(Property.INTEGER_ONLY in p.establishes for p in passes):
         raise InputError(
@@ -226,6 +227,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         model=args.model,
         passes=steps if isinstance(steps, str) else recipe_text(steps),
         planned=(context, passes),
+        planned_decoder=decoder,
         output_dir=args.output,
         calib_samples=args.calib_samples,
         eval_samples=args.eval_samples,

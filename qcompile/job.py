@@ -27,6 +27,7 @@ from typing import Any
 
 from qcompile import zoo
 from qcompile.errors import InputError, one_line, ort_stage
+from qcompile.frontends.model_kind import is_decoder_llm
 from qcompile.ir import clone_model
 from qcompile.ir.properties import Property, get_properties
 from qcompile.output_folder import OutputFolder
@@ -36,6 +37,7 @@ from qcompile.pipeline.run import plan_passes, run_passes
 from qcompile.report.environment import environment
 from qcompile.report.latency import measure_latency
 from qcompile.report.ranges import RecordRanges
+from qcompile.zoo.perplexity import PerplexityTask
 
 __all__ = ["JobConfig", "run_job", "resolve_model"]
 
@@ -56,6 +58,7 @@ class JobConfig:
     input_shapes: dict[str, tuple[int, ...]] | None = None
     force: bool = False
     planned: tuple[PipelineContext, list[Pass]] | None = None  # `plan_passes(passes)`, when already built
+    planned_decoder: bool = False  # `planned` holds the recipes' decoder-LLM steps
     command: list[str] | None = None  # the argv recorded in the report (default: this process's)
     qdq_weights: str = "auto"  # weight codes of model.qdq.onnx: int8, uint8, or auto (int8 where exact here)
     html: bool = True  # also write report.html
@@ -137,7 +140,11 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         staging = out.staging
         calibration = entry.calibration(config.calib_samples, config.seed) if config.calib_samples > 0 else None
         float_session = _check_float_model(entry, float_model, calibration, config.threads)
-        context, passes = config.planned if config.planned is not None else plan_passes(config.passes)
+        decoder = isinstance(entry, PerplexityTask) or is_decoder_llm(model)
+        if config.planned is not None and config.planned_decoder == decoder:
+            context, passes = config.planned
+        else:  # recipes mean other steps on decoder LLMs (`w8a8` is per-token there)
+            context, passes = plan_passes(config.passes, decoder=decoder)
         context.calibration, context.seed = calibration, config.seed  # the passes read these when they run
         context.progress, context.threads = config.progress, config.threads
         log(f"running passes: {config.passes}")
@@ -203,6 +210,7 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
             runners["tvm_int"] = lambda: tvm_model.run_prepared(prepared)
         latency = measure_latency(runners, rounds=config.latency_rounds)
         report = build_report(config, entry, records, scores, latency, baseline_seconds, calibration)
+        report["decoder_llm"] = decoder
         report["artifact"] = artifact_name
         report["qdq_weights"] = None if integer else ("int8" if int8_weights else "uint8")
         if tvm_report is not None:

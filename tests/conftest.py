@@ -9,7 +9,7 @@ the test that called it. A test that feeds a pass a deliberately ill-formed mode
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,30 @@ from qcompile.testing.builders import TinyModel, tiny_encoder
 def tiny() -> TinyModel:
     """A fresh seeded one-block encoder with 4 calibration batches of 4 samples and one evaluation batch."""
     return tiny_encoder()
+
+
+TINY_LLAMA_SHAPES = {
+    "pow2": {},  # hidden 64, FFN 128, 4 query / 2 KV heads of 16: power-of-two Hadamards
+    "paley": {"hidden_size": 48, "intermediate_size": 96, "head_dim": 12},  # 48 = 12·4, 96 = 12·8: Paley 12
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_export(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], str]:
+    """`tiny_llama_export(shape)`: the ONNX file of the seeded tiny Llama of that shape (TINY_LLAMA_SHAPES),
+    exported from transformers once per test session."""
+    files: dict[str, str] = {}
+
+    def get(shape: str) -> str:
+        if shape not in files:
+            from qcompile.testing.tiny_llama import VOCAB, tiny_llama_module
+            from qcompile.zoo.perplexity import export_causal_lm
+
+            path = tmp_path_factory.mktemp(f"tiny-llama-{shape}") / "model.onnx"
+            files[shape] = str(export_causal_lm(tiny_llama_module(0, **TINY_LLAMA_SHAPES[shape]), path, VOCAB))
+        return files[shape]
+
+    return get
 
 
 @pytest.fixture

@@ -6,15 +6,41 @@ recipes:
 on DINOv2-S (257 tokens) quantizing them alone to uint8 costs 20.1 dB output SQNR against 26.6 dB for
 everything else together (docs/methods/uniform.md); log2 quantizers for them are the `repq` pass's job.
 
-Decoder-LLM recipes (docs/methods/per-token.md), no calibration pass (they read no calibrated range):
-* `w8a8tok`: weights 8-bit per-channel symmetric, activations 8-bit dynamic per-token symmetric (softmax
-  outputs stay float);
-* `w4a16`: weight-only, 4-bit asymmetric groups of 128 input channels (RTN), activations float.
+Decoder-LLM recipes (docs/methods/per-token.md), no calibration pass (they read no calibrated range; GPTQ,
+`weight_search=gptq`, reads the calibration data itself). All keep the LM head float and leave the products
+of two activations (attention scores and probabilities·V) float, as GPTQ, QuaRot and llm-compressor do:
+* `w8a8tok`: weights 8-bit per-channel symmetric, activations 8-bit dynamic per-token symmetric; what `w8a8`
+  means on a decoder LLM;
+* `w4a16`: weight-only, 4-bit asymmetric groups of 128 input channels (RTN), activations float;
+* `w4a8`, and `w4a4` on a decoder LLM: weights 4-bit per-channel symmetric (MSE-clipped), activations 8 / 4-bit
+  dynamic per-token symmetric (4-bit rows clipped to 0.9 of their range, QuaRot's setting).
+A recipe name with decoder steps expands to them when the model is a decoder LLM (`job.is_decoder_llm`).
 """
 
 from qcompile.pipeline.registry import register_recipe
 
 __all__: list[str] = []
+
+_LLM = {"act_matmuls": False, "keep_head_float": True, "keep_float": "Softmax"}
+
+
+def _llm_steps(weight_bits: int, act_bits: int) -> list:
+    options = {"weight_bits": weight_bits, "act_bits": act_bits, "act_granularity": "token", **_LLM}
+    if weight_bits == 4:
+        options["weight_search"] = "mse"
+    if act_bits == 4:
+        options["act_clip_ratio"] = 0.9
+    return [("quantize", options)]
+
+
+def _llm_doc(weight_bits: int, act_bits: int) -> str:
+    grid = " (MSE-clipped; weight_search=gptq for GPTQ)" if weight_bits == 4 else ""
+    clip = " clipped to 0.9 of the row range" if act_bits == 4 else ""
+    return (
+        f"decoder LLMs: weights {weight_bits}-bit per-channel symmetric{grid}, activations {act_bits}-bit dynamic "
+        f"per-token symmetric{clip}; the LM head and the attention's activation products stay float"
+    )
+
 
 register_recipe("fp", [], "no passes: the float model, for baselines")
 for _bits, _observer in ((8, "minmax"), (6, "mse"), (4, "mse")):
@@ -26,17 +52,14 @@ for _bits, _observer in ((8, "minmax"), (6, "mse"), (4, "mse")):
         ],
         f"calibrate ({_observer}) then quantize MatMul/Gemm: weights {_bits}-bit per-channel symmetric, "
         f"activations {_bits}-bit per-tensor asymmetric (softmax outputs stay float)",
+        decoder_steps=_llm_steps(_bits, _bits) if _bits in (8, 4) else None,
+        decoder_doc=_llm_doc(_bits, _bits) if _bits in (8, 4) else None,
     )
-
-register_recipe(
-    "w8a8tok",
-    [("quantize", {"weight_bits": 8, "act_bits": 8, "act_granularity": "token", "keep_float": "Softmax"})],
-    "quantize MatMul/Gemm: weights 8-bit per-channel symmetric, activations 8-bit dynamic per-token symmetric "
-    "(scales computed in the graph, no calibration; softmax outputs stay float)",
-)
+register_recipe("w8a8tok", _llm_steps(8, 8), _llm_doc(8, 8))
+register_recipe("w4a8", _llm_steps(4, 8), _llm_doc(4, 8))
 register_recipe(
     "w4a16",
-    [("quantize", {"weight_bits": 4, "weight_group": 128, "weight_symmetric": False, "act_granularity": "none"})],
-    "quantize MatMul/Gemm weights only: 4-bit asymmetric, one scale and zero point per group of 128 input "
-    "channels (round to nearest); activations stay float",
+    [("quantize", {"weight_bits": 4, "weight_group": 128, "weight_symmetric": False, "act_granularity": "none", **_LLM})],
+    "decoder LLMs, weight-only: 4-bit asymmetric, one scale and zero point per group of 128 input channels "
+    "(round to nearest; weight_search=gptq for GPTQ); activations and the LM head stay float",
 )

@@ -16,7 +16,17 @@ Options for decoder LLMs (docs/methods/per-token.md):
 * `weight_group=G` (0: per channel): weights get one quantizer per G consecutive input channels (the reduction
   axis K: MatMul B[..., K, N] axis −2, Gemm B axis 1 if transB else 0) per output channel; `weight_symmetric=false`
   makes them asymmetric (unsigned, a zero point per group). When G does not divide K the last group is shorter
-  (576 = 4·128 + 64); a K smaller than G is an InputError naming the node. `weight_search=gptq` is not combined with groups; `mse` only with symmetric groups.
+  (576 = 4·128 + 64); a K smaller than G is an InputError naming the node. `mse` only with symmetric groups;
+  `weight_search=gptq` on groups fits each group's grid during the GPTQ sweep (MSE-clipped symmetric, or
+  min/max asymmetric).
+* GPTQ (`weight_search=gptq`, gptq_weights.py): `gptq_sequential` (default true) takes each layer's Hessians
+  from the outputs of the already rounded layers where the model has a pre-norm residual stream;
+  `gptq_act_order` (default true) sweeps inputs by decreasing Hessian diagonal (groups then fit up front).
+* `keep_head_float`: the linears whose output is a graph output (an LLM's LM head) stay float, as GPTQ,
+  QuaRot and llm-compressor leave them; the decoder-LLM recipes set it.
+* `act_matmuls=false`: MatMuls of two activations (attention scores Q·Kᵀ, probabilities·V) stay float; only
+  linears with a constant weight are quantized (decoder-LLM recipes: the attention inputs are the KV cache's
+  business, docs/methods/per-token.md).
 * `act_granularity`: `tensor` (the default: static per-tensor asymmetric from the calibrated range), `token`
   (dynamic per-token quantizers, `QuantSpec.per_token`: the scale of every row is computed in the graph,
   symmetric unless `act_symmetric=false`, range scaled by `act_clip_ratio`; no calibrated range needed) or
@@ -29,6 +39,7 @@ so it is LOSSY; it requires CALIBRATED and establishes QUANTIZED.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from qcompile.errors import InputError
@@ -91,6 +102,10 @@ class QuantizeUniformPass(Pass):
         act_granularity: str = "tensor",
         act_symmetric: bool | None = None,
         act_clip_ratio: float = 1.0,
+        gptq_sequential: bool = True,
+        gptq_act_order: bool = True,
+        keep_head_float: bool = False,
+        act_matmuls: bool = True,
         context: PipelineContext | None = None,
     ) -> None:
         for label, bits in (("weight_bits", weight_bits), ("act_bits", act_bits)):
@@ -110,8 +125,6 @@ class QuantizeUniformPass(Pass):
             raise ValueError(f"weight_group must be 0 (per channel) or a group size >= 1, got {weight_group}")
         self.weight_group = int(weight_group)
         self.weight_symmetric = bool(weight_symmetric)
-        if self.weight_group and weight_search == "gptq":
-            raise ValueError("weight_search=gptq does not support weight_group (per-channel grids only)")
         if weight_search == "mse" and not self.weight_symmetric:
             raise ValueError("weight_search=mse needs weight_symmetric=true")
         if not self.weight_symmetric and not self.weight_group:
@@ -127,9 +140,31 @@ class QuantizeUniformPass(Pass):
         if float(act_clip_ratio) != 1.0 and act_granularity != "token":
             raise ValueError("act_clip_ratio applies to act_granularity=token")
         self.act_clip_ratio = float(act_clip_ratio)
+        self.gptq_sequential = bool(gptq_sequential)
+        self.gptq_act_order = bool(gptq_act_order)
+        self.keep_head_float = bool(keep_head_float)
+        self.act_matmuls = bool(act_matmuls)
         if act_granularity != "tensor":  # no calibrated range is read
             self.requires = frozenset()
         self.context = context or PipelineContext()
+
+    def _group_search(self) -> str:
+        """The per-group grid search: GPTQ fits MSE-clipped symmetric groups, min/max asymmetric ones."""
+        if self.weight_search != "gptq":
+            return self.weight_search
+        return "mse" if self.weight_symmetric else "minmax"
+
+    def _group_fit(self, weight: np.ndarray) -> quant_meta.QuantSpec:
+        """One group's spec (weight G×N, reduction axis 0) as `_weight_spec` would fit it."""
+        return grouped_weight_spec(
+            weight,
+            axis=0,
+            group_size=weight.shape[0],
+            bits=self.weight_bits,
+            symmetric=self.weight_symmetric,
+            unsigned_container=self.weight_dtype == "uint8",
+            search=self._group_search(),
+        )
 
     def _weight_spec(self, node: ir.Node, index: int, value: ir.Value) -> quant_meta.QuantSpec:
         array = value.const_value.numpy()
@@ -149,7 +184,7 @@ class QuantizeUniformPass(Pass):
                 bits=self.weight_bits,
                 symmetric=self.weight_symmetric,
                 unsigned_container=self.weight_dtype == "uint8",
-                search=self.weight_search,
+                search=self._group_search(),
             )
         search = "mse" if self.weight_search == "gptq" else self.weight_search
         return symmetric_per_channel_spec(
@@ -161,10 +196,19 @@ class QuantizeUniformPass(Pass):
         nodes = 0
         weight_sites: list[tuple[ir.Node, int, ir.Value]] = []
         initializers = model.graph.initializers
+        outputs = set(model.graph.outputs)
         for node in model.graph:
             if node.op_type not in self.op_types or node.domain not in ("", "ai.onnx"):
                 continue
             nodes += 1
+            if not self.act_matmuls and all(v is not None and v.const_value is None for v in node.inputs[:2]):
+                kept_float += 1
+                skipped[node.name] = "kept float: a product of two activations (act_matmuls=false)"
+                continue
+            if self.keep_head_float and any(o in outputs for o in node.outputs):
+                kept_float += 1
+                skipped[node.name] = "kept float: its output is a graph output (the model's head)"
+                continue
             for index, value in enumerate(node.inputs[:2]):
                 if value is None or quant_meta.get_quant(value) is not None:
                     continue
@@ -200,5 +244,13 @@ class QuantizeUniformPass(Pass):
         if self.weight_search == "gptq" and weight_sites:
             if self.context.calibration is None:
                 raise InputError("quantize with weight_search=gptq needs calibration data (none was given)")
-            stats["gptq"] = gptq_round_weights(model, weight_sites, self.weight_bits, self.context)
+            stats["gptq"] = gptq_round_weights(
+                model,
+                weight_sites,
+                self.weight_bits,
+                self.context,
+                group_fit=self._group_fit if self.weight_group else None,
+                sequential=self.gptq_sequential,
+                act_order=self.gptq_act_order,
+            )
         return PassResult(model, modified=weights + activations > 0, stats=stats)

@@ -38,6 +38,7 @@ __all__ = [
     "register_recipe",
     "registered_passes",
     "registered_recipes",
+    "decoder_recipes",
     "parse_pass_list",
     "expand",
     "build_pass",
@@ -48,6 +49,7 @@ __all__ = [
 
 _PASSES: dict[str, type[Pass]] = {}
 _RECIPES: dict[str, Recipe] = {}
+_DECODER_RECIPES: dict[str, Recipe] = {}  # what a recipe name means on decoder LLMs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,19 +95,37 @@ def register_pass(name: str):
     return decorate
 
 
+def _specs(steps: list[str | tuple[str, dict[str, Any]]]) -> tuple[PassSpec, ...]:
+    return tuple(PassSpec(s) if isinstance(s, str) else PassSpec(s[0], dict(s[1])) for s in steps)
+
+
 def register_recipe(
-    name: str, steps: list[str | tuple[str, dict[str, Any]]], doc: str, completes_with: str | None = None
+    name: str,
+    steps: list[str | tuple[str, dict[str, Any]]],
+    doc: str,
+    completes_with: str | None = None,
+    decoder_steps: list[str | tuple[str, dict[str, Any]]] | None = None,
+    decoder_doc: str | None = None,
 ) -> Recipe:
     """Register `name` as shorthand for `steps` (names, or (name, options) pairs); `completes_with` names
-    the recipe appended when a pass list using `name` has no quantizing step."""
+    the recipe appended when a pass list using `name` has no quantizing step. `decoder_steps` (with
+    `decoder_doc`) are what the name means on decoder LLMs (`expand(..., decoder=True)`): `w8a8` is
+    per-tensor on encoders and per-token on LLMs."""
     if name in _PASSES:
         raise ValueError(f"'{name}' is already a pass name")
     if name in _RECIPES and _RECIPES[name].doc != doc:
         raise ValueError(f"a recipe named '{name}' is already registered")
-    specs = tuple(PassSpec(s) if isinstance(s, str) else PassSpec(s[0], dict(s[1])) for s in steps)
-    recipe = Recipe(name, specs, doc, completes_with)
+    recipe = Recipe(name, _specs(steps), doc, completes_with)
     _RECIPES[name] = recipe
+    if decoder_steps is not None:
+        _DECODER_RECIPES[name] = Recipe(name, _specs(decoder_steps), decoder_doc or doc)
     return recipe
+
+
+def decoder_recipes() -> dict[str, Recipe]:
+    """The recipes whose steps differ on decoder LLMs, by name."""
+    load_builtin_passes()
+    return dict(sorted(_DECODER_RECIPES.items()))
 
 
 def registered_passes() -> dict[str, type[Pass]]:
@@ -188,15 +208,16 @@ def pass_options(cls: type[Pass]) -> dict[str, dict[str, Any]]:
     return described
 
 
-def _expand_names(specs: list[PassSpec]) -> tuple[list[PassSpec], list[str]]:
-    """Recipes replaced by their steps, and the `completes_with` tails of the recipes used."""
+def _expand_names(specs: list[PassSpec], decoder: bool = False) -> tuple[list[PassSpec], list[str]]:
+    """Recipes replaced by their steps (their decoder-LLM steps with `decoder`), and the `completes_with`
+    tails of the recipes used."""
     out: list[PassSpec] = []
     tails: list[str] = []
     for spec in specs:
         if spec.name in _PASSES:
             out.append(spec)
         elif spec.name in _RECIPES:
-            recipe = _RECIPES[spec.name]
+            recipe = _DECODER_RECIPES[spec.name] if decoder and spec.name in _DECODER_RECIPES else _RECIPES[spec.name]
             unused = set(spec.options)
             for step in recipe.steps:
                 if step.name not in _PASSES:
@@ -234,19 +255,20 @@ def _act_bits(spec: PassSpec) -> Any:
     return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
 
 
-def expand(specs: list[PassSpec]) -> list[PassSpec]:
+def expand(specs: list[PassSpec], decoder: bool = False) -> list[PassSpec]:
     """Replace recipe names by their steps (adding `completes_with` tails when nothing quantizes, before the
     first step that requires a quantized model), fill
-    inherited target bit widths, and reject unknown names."""
+    inherited target bit widths, and reject unknown names. `decoder`: the model is a decoder LLM (recipes
+    with decoder steps expand to those)."""
     load_builtin_passes()
-    out, tails = _expand_names(specs)
+    out, tails = _expand_names(specs, decoder)
     if tails and not any(_quantizes(s) for s in out):
         # the tail goes before the first step that needs a quantized model (`repq,intonly` lowers the
         # w8a8 model), else at the end
         needs = [i for i, s in enumerate(out) if _needs_quantized(s)]
         at = needs[0] if needs else len(out)
         for tail in tails:
-            more, _ = _expand_names([PassSpec(tail)])
+            more, _ = _expand_names([PassSpec(tail)], decoder)
             out[at:at] = more
             at += len(more)
     for index, spec in enumerate(out):

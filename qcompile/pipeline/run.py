@@ -7,30 +7,45 @@ from typing import Any
 
 import onnx_ir as ir
 
+from qcompile.errors import InputError
 from qcompile.pipeline.context import CalibrationData, PipelineContext
 from qcompile.pipeline.instruments import CheckNumerics, Instrument, VerifyIR
 from qcompile.pipeline.manager import PassManager
 from qcompile.pipeline.pass_base import Pass
 from qcompile.pipeline.registry import PassSpec, build_pass, expand, parse_pass_list
 
-__all__ = ["run_passes", "plan_passes", "CHECK_SAMPLES"]
+__all__ = ["run_passes", "plan_passes", "plan_for_any_model", "CHECK_SAMPLES"]
 
 CHECK_SAMPLES = 2  # samples of the first calibration batch used by CheckNumerics
 
 
 def plan_passes(
-    passes: str | Sequence[PassSpec], context: PipelineContext | None = None
+    passes: str | Sequence[PassSpec], context: PipelineContext | None = None, decoder: bool = False
 ) -> tuple[PipelineContext, list[Pass]]:
     """Parse, expand and build the steps of `passes` (the `--passes` syntax, or the `PassSpec`s of a recipe
     file) once, all sharing `context`,
     which the caller may fill later (calibration data, seed, threads): passes read it when they run.
-    The CLI validates a pass list with this and its job runs the very objects it built."""
+    `decoder`: recipes expand to their decoder-LLM steps. The CLI validates a pass list with this and its
+    job runs the very objects it built (re-planned when the model turns out to be a decoder LLM)."""
     context = context or PipelineContext()
     if isinstance(passes, str):
-        specs = expand(parse_pass_list(passes)) if passes.strip() else []
+        specs = expand(parse_pass_list(passes), decoder) if passes.strip() else []
     else:
-        specs = expand(list(passes))
+        specs = expand(list(passes), decoder)
     return context, [build_pass(spec, context) for spec in specs]
+
+
+def plan_for_any_model(passes: str | Sequence[PassSpec]) -> tuple[PipelineContext, list[Pass], bool]:
+    """`plan_passes` before the model is known: the plan for encoders, or, when the list is valid only with
+    recipes' decoder-LLM steps (`w4a4:act_clip_ratio=0.8`), that plan; the bool says which. A list valid for
+    neither raises the encoder plan's error."""
+    try:
+        return (*plan_passes(passes), False)
+    except (InputError, ValueError) as error:
+        try:
+            return (*plan_passes(passes, decoder=True), True)
+        except (InputError, ValueError):
+            raise error from None
 
 
 def run_passes(

@@ -16,23 +16,15 @@ from qcompile.passes.transforms.rotate import RotatePass
 from qcompile.passes.transforms.untie import untie_transposed_weights
 from qcompile.pipeline.context import CalibrationData
 from qcompile.pipeline.run import run_passes
-from qcompile.testing.tiny_llama import VOCAB, tiny_llama_module
-from qcompile.zoo.perplexity import export_causal_lm
+from qcompile.testing.tiny_llama import VOCAB
 
 RTOL = 1e-5  # float equivalence on the logits: max |after − before| ≤ RTOL · max |before| (float32)
-SHAPES = {
-    "pow2": {},  # hidden 64, FFN 128, 4 query / 2 KV heads of 16
-    "paley": {"hidden_size": 48, "intermediate_size": 96, "head_dim": 12},  # 48 = 12·4, 96 = 12·8
-}
+SHAPES = ("pow2", "paley")  # conftest.TINY_LLAMA_SHAPES
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("tiny-llamas")
-    return {
-        name: str(export_causal_lm(tiny_llama_module(0, **fields), root / name / "model.onnx", VOCAB))
-        for name, fields in SHAPES.items()
-    }
+def exported(tiny_llama_export) -> dict[str, str]:
+    return {shape: tiny_llama_export(shape) for shape in SHAPES}
 
 
 def _ids(seed: int = 3) -> np.ndarray:
@@ -88,7 +80,7 @@ def test_untie_gives_the_lm_head_its_own_transposed_table(exported):
     np.testing.assert_array_equal(_logits(model, ids), before)
 
 
-@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("shape", SHAPES)
 def test_rotation_preserves_the_logits(exported, shape):
     model = load(exported[shape])
     ids = _ids()

@@ -169,6 +169,10 @@ def test_unknown_option_error_lists_the_options_the_pass_takes() -> None:
                 "act_granularity",
                 "act_symmetric",
                 "act_clip_ratio",
+                "gptq_sequential",
+                "gptq_act_order",
+                "keep_head_float",
+                "act_matmuls",
             ]
         )
     )
