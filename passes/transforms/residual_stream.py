@@ -4,7 +4,8 @@
   `Add(Mul(Div(Sub(x, ReduceMean x), Sqrt(Add(ReduceMean(Pow(Sub, 2)), eps))), γ), β)`; or (with
   `rms=True`, Llama-family decoders) an RMSNorm as exporters decompose it:
   `Mul(γ, n)` with `n = Mul(x, Reciprocal(Sqrt(Add(ReduceMean(Pow(x, 2)), eps))))` or `Div(x, Sqrt(…))`
-  (`Mul(x, x)` for the square; either operand order), y = x / √(mean(x²) + ε) ⊙ γ with no mean and no β.
+  (`Mul(x, x)` for the square; either operand order), y = x / √(mean(x²) + ε) ⊙ γ with no mean and no β;
+  also without γ (`gamma` None: the norms `rotate` leaves after folding γ into the next linears).
 * A **writer** is a linear branch added to the stream: `MatMul(h, W[K, d])`, with or without `Add(b)`,
   optionally followed by a per-channel `Mul(λ)` (DINOv2's LayerScale), each value used once.
 * A **residual add** is `Add(trunk, writer)` whose output feeds a norm.
@@ -33,7 +34,7 @@ class Norm:
     name: str
     input: ir.Value
     output: ir.Value
-    gamma: ir.Value
+    gamma: ir.Value | None  # None: a weightless RMSNorm (γ folded away, e.g. by `rotate`)
     beta: ir.Value | None
     fused: ir.Node | None = None
     sub: ir.Node | None = None  # decomposed: Sub(x, ReduceMean x)
@@ -145,6 +146,23 @@ def _centered(x: ir.Value) -> bool:
     return mean is not None and mean.inputs[0] is sub.inputs[0]
 
 
+def _rms_core(node: ir.Node) -> tuple[ir.Value, ir.Node] | None:
+    """(x, the square node) when `node` is x / √(mean(x²) + ε): `Mul(x, Reciprocal(Sqrt(…)))` or `Div(x, Sqrt(…))`."""
+    if node.op_type == "Div":
+        x, mean = node.inputs[0], _rms_denominator(node.inputs[1])
+    elif node.op_type == "Mul":
+        x, mean = None, None
+        for r_value in node.inputs:
+            reciprocal = _producer(r_value, "Reciprocal")
+            if reciprocal is not None:
+                x, mean = _other(node, r_value), _rms_denominator(reciprocal.inputs[0])
+                break
+    else:
+        return None
+    square = _rms_square(mean, x) if mean is not None and x is not None else None
+    return (x, square) if square is not None and not _centered(x) else None
+
+
 def rms_norm_at(mul: ir.Node) -> Norm | None:
     """`mul` = Mul(γ, n) of a decomposed RMSNorm (see the module docstring), as a Norm."""
     for n_value in mul.inputs:
@@ -152,21 +170,23 @@ def rms_norm_at(mul: ir.Node) -> Norm | None:
         inner = n_value.producer() if n_value is not None else None
         if inner is None or not _const_vector(gamma) or len(n_value.uses()) != 1:
             continue
-        if inner.op_type == "Div":
-            x, mean = inner.inputs[0], _rms_denominator(inner.inputs[1])
-        elif inner.op_type == "Mul":
-            x, mean = None, None
-            for r_value in inner.inputs:
-                reciprocal = _producer(r_value, "Reciprocal")
-                if reciprocal is not None:
-                    x, mean = _other(inner, r_value), _rms_denominator(reciprocal.inputs[0])
-                    break
-        else:
-            continue
-        square = _rms_square(mean, x) if mean is not None and x is not None else None
-        if square is not None and not _centered(x):
-            return Norm(mul.name, x, mul.outputs[0], gamma, None, div=inner, mul=mul, rms=True, square=square)
+        core = _rms_core(inner)
+        if core is not None:
+            return Norm(mul.name, core[0], mul.outputs[0], gamma, None, div=inner, mul=mul, rms=True, square=core[1])
     return None
+
+
+def _weightless_rms_norms(graph: ir.Graph, taken: set[int]) -> list[tuple[ir.Node, Norm]]:
+    """RMSNorms without γ (n = x / √(mean(x²) + ε) itself is the output), as `rotate` leaves them."""
+    found = []
+    for node in graph:
+        if id(node) in taken or node.op_type not in ("Mul", "Div"):
+            continue
+        core = _rms_core(node)
+        if core is not None:
+            norm = Norm(node.name, core[0], node.outputs[0], None, None, div=node, rms=True, square=core[1])
+            found.append((node, norm))
+    return found
 
 
 def find_norms(graph: ir.Graph, rms: bool = False) -> list[Norm]:
@@ -188,6 +208,15 @@ def find_norms(graph: ir.Graph, rms: bool = False) -> list[Norm]:
             norm = rms_norm_at(node)
             if norm is not None:
                 norms.append(norm)
+    if rms:
+        taken = {id(n.div) for n in norms if n.rms}
+        weightless = {id(node): norm for node, norm in _weightless_rms_norms(graph, taken)}
+        if weightless:
+            position = {id(node): i for i, node in enumerate(graph)}
+            anchor = {id(n): position[id(n.fused or n.mul or n.div)] for n in norms}
+            everything = [*norms, *weightless.values()]
+            anchor.update({id(n): position[id(n.div)] for n in weightless.values()})
+            norms = sorted(everything, key=lambda n: anchor[id(n)])
     return norms
 
 
@@ -288,7 +317,8 @@ def find_stream(graph: ir.Graph) -> Stream | str:
         for use in value.uses():
             if id(use.node) not in allowed:
                 return f"stream value '{value.name}' is also read by '{use.node.name}' ({use.node.op_type})"
-    widths = {w.weight.const_value.shape[1] for w in writers.values()} | {n.gamma.const_value.shape[0] for n in norms}
+    widths = {w.weight.const_value.shape[1] for w in writers.values()}
+    widths |= {n.gamma.const_value.shape[0] for n in norms if n.gamma is not None}
     if len(widths) != 1:
         return f"inconsistent residual widths {sorted(widths)}"
     origin = next(iter(origins.values()))

@@ -222,8 +222,9 @@ class _Rotator:
             replace_const(writer.bias, as_float64(writer.bias) @ self.cq)
 
     def rotate_norm(self, norm: Norm, sites: dict[int, list]) -> str:
+        consumers = list(norm.output.uses())  # before any node is inserted (a weightless norm's output is n')
         normalized = _to_rms(self.model, norm)
-        gamma = as_float64(norm.gamma)
+        gamma = as_float64(norm.gamma) if norm.gamma is not None else np.ones(self.stream.width)
         beta = as_float64(norm.beta) if norm.beta is not None else None
         readers = sites.get(id(norm.output))
         if readers is not None:
@@ -242,8 +243,10 @@ class _Rotator:
             self.model, normalized, back, f"{norm.name}_unrotate", "rotate_residual_inverse"
         )
         out = _apply_affine(self.model, norm, unrotated, unrotated.producer(), self.signs * gamma, beta)
-        ir.convenience.replace_all_uses_with(norm.output, out)
-        _remove_dead(self.model, [norm.output.producer(), norm.mul, norm.fused])
+        for use in consumers:
+            use.node.replace_input_with(use.idx, out)
+        if norm.gamma is not None:
+            _remove_dead(self.model, [norm.output.producer(), norm.mul, norm.fused])
         return "unrotated online"
 
 

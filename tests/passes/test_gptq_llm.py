@@ -173,3 +173,11 @@ def test_a_model_without_a_residual_stream_falls_back_and_says_why() -> None:
     feeds = {"x": np.random.default_rng(0).normal(size=(4, 8, 32)).astype(np.float32)}
     records = run_passes(model, "calibrate,quantize:weight_search=gptq", calibration=CalibrationData.from_list([feeds]))
     assert records[-1]["stats"]["gptq"]["hessians"].startswith("float model, all linears at once (not layer by layer: post-LN")
+
+
+def test_a_rotated_llama_still_runs_layer_by_layer(tiny_llama_export) -> None:
+    """rotate folds every γ away: its weightless RMSNorms still delimit the stream's blocks."""
+    model = load(tiny_llama_export("pow2"))
+    records = run_passes(model, "rotate," + GPTQ_W4G32 + ":keep_head_float=true", calibration=_calibration())
+    assert len(stream_blocks(model)) == 5
+    assert records[-1]["stats"]["gptq"]["hessians"] == "layer by layer"

@@ -11,6 +11,7 @@ import pytest
 from qcompile import runtime
 from qcompile.frontends.onnx import load
 from qcompile.ir.online_ops import DOMAIN, KRONECKER_ROTATE
+from qcompile.ir.properties import Property, get_properties, set_properties
 from qcompile.passes.transforms.residual_stream import find_norms, find_stream
 from qcompile.passes.transforms.rotate import RotatePass
 from qcompile.passes.transforms.untie import untie_transposed_weights
@@ -107,7 +108,7 @@ def test_after_rotation_no_rms_gain_and_no_mean_removal_is_left(exported):
     model = load(exported["pow2"])
     result = RotatePass().call(model)
     norms = find_norms(result.model.graph, rms=True)
-    assert norms == []  # every γ Mul was folded: the norms are weightless x / rms(x)
+    assert len(norms) == 5 and all(n.gamma is None for n in norms)  # every γ was folded: weightless x / rms(x)
     assert not any(n.op_type in ("Sub", "Transpose") and n.inputs[0].const_value is not None for n in result.model.graph)
     rotates = [n for n in result.model.graph if n.op_type == KRONECKER_ROTATE and n.domain == DOMAIN]
     assert len(rotates) == 4  # online Hadamards before o_proj and down_proj only; the embedding is folded
@@ -162,3 +163,18 @@ def test_smooth_folds_into_rms_norm_sites_and_keeps_the_logits(exported):
     assert np.abs(after - before).max() <= RTOL * np.abs(before).max()
     changed = [n.name for n in find_norms(model.graph, rms=True) if not np.array_equal(n.gamma.const_value.numpy(), gammas[n.name])]
     assert len(changed) == 4
+
+
+def test_weightless_rms_norms_are_found_and_a_second_rotation_keeps_the_logits(exported):
+    """After rotate the RMSNorms have no γ; find_norms(rms=True) finds them, and rotating such a model again
+    (as a fresh model, without the ROTATED property) unrotates the final norm online and stays exact."""
+    model = load(exported["pow2"])
+    ids = _ids()
+    before = _logits(model, ids)
+    RotatePass().call(model)
+    norms = find_norms(model.graph, rms=True)
+    assert len(norms) == 5 and all(n.gamma is None and n.output is n.div.outputs[0] for n in norms)
+    set_properties(model, get_properties(model) - {Property.ROTATED})
+    result = RotatePass().call(model)
+    assert set(result.stats["residual"]["norms"].values()) == {"unrotated online"}
+    assert np.abs(_logits(result.model, ids) - before).max() <= 2 * RTOL * np.abs(before).max()
