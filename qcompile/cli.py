@@ -4,6 +4,7 @@
     qcompile MODEL --recipe FILE.toml -o OUTDIR      the pass list from a recipe file
     qcompile passes [--json]   list every pass and recipe
     qcompile report OUTDIR     rebuild OUTDIR/report.html from OUTDIR/report.json
+    qcompile generate OUTDIR --prompt TEXT   greedy generation with a decoder-LLM run's artifact, streamed
 
 Exit codes: 0 success, 2 bad input (one line on stderr, no traceback), 1 internal failure or a pass that
 broke its declared numerics (one line; QCOMPILE_DEBUG=1 shows the traceback), 130 interrupted (SIGINT),
@@ -324,6 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         words = sys.argv[1:] if argv is None else argv
         if words[:1] == ["report"]:
             return _rebuild_report(words[1:])
+        if words[:1] == ["generate"]:
+            from qcompile.cli_generate import run_generate
+
+            _import_core_with_sigint_deferred()
+            return run_generate(words[1:])
         args = _parser().parse_args(argv)
         _import_core_with_sigint_deferred()
         return _run(args, argv)

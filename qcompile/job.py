@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from qcompile.errors import InputError, one_line, ort_stage
 from qcompile.frontends.model_kind import is_decoder_llm
 from qcompile.ir import clone_model
 from qcompile.ir.properties import Property, get_properties
-from qcompile.output_folder import OutputFolder
+from qcompile.output_folder import TOKENIZER_FILES, OutputFolder
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.pass_base import Pass
 from qcompile.pipeline.run import plan_passes, run_passes
@@ -194,6 +195,11 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
             runners["qcompile"] = scored_by_tvm
         log(f"evaluating {', '.join(sessions)} on {config.eval_samples} samples")
         scores = entry.evaluate(runners, config.eval_samples, config.seed, progress=config.progress)
+        generations, tokenizer_files = [], []
+        if isinstance(entry, PerplexityTask):
+            log(f"generating {entry.generation_tokens} greedy tokens per prompt with {', '.join(sessions)}")
+            generations = entry.generations(sessions)
+            tokenizer_files = _save_tokenizer(entry, staging)
 
         feeds = entry.latency_feeds()
         timed = dict(sessions)
@@ -219,9 +225,11 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         report["metric_runtime"] = metric_runtimes(sessions, tvm_report, scored_by_tvm)
         if not_timed:
             report["latency_not_timed"] = not_timed
+        if generations:
+            report["generations"] = generations
         report["calibration_ranges"] = ranges.ranges
         report["environment"] = environment(config.command)
-        report["files"] = [*artifact_files, *(tvm_report or {}).get("files", []), "report.json"]
+        report["files"] = [*artifact_files, *tokenizer_files, *(tvm_report or {}).get("files", []), "report.json"]
         report["files"] += ["report.html"] if config.html else []
         report = json.loads(json.dumps(report, default=_json_default))  # plain JSON types, as a reader sees it
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -231,6 +239,22 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
             write_html_report(report, staging / "report.html")
         out.commit(report["files"])
         return report
+
+
+def _save_tokenizer(entry, staging: Path) -> list[str]:
+    """Save the task's tokenizer next to the artifact (what `qcompile generate` reads); the file names."""
+    tokenizer = entry.tokenizer()
+    if tokenizer is None:
+        return []
+    folder = staging / ".tokenizer"
+    tokenizer.save_pretrained(str(folder))
+    names = []
+    for path in sorted(folder.iterdir()):
+        if path.name in TOKENIZER_FILES:
+            path.replace(staging / path.name)
+            names.append(path.name)
+    shutil.rmtree(folder)
+    return names
 
 
 class TvmScoring:

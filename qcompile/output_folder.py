@@ -28,7 +28,7 @@ from pathlib import Path
 
 from qcompile.errors import InputError
 
-__all__ = ["OutputFolder", "OUTPUT_NAMES", "LOCK_NAME", "STAGING_PREFIX"]
+__all__ = ["OutputFolder", "OUTPUT_NAMES", "TOKENIZER_FILES", "LOCK_NAME", "STAGING_PREFIX"]
 
 LOCK_NAME = ".qcompile.lock"
 STAGING_PREFIX = ".qcompile-staging-"
@@ -41,6 +41,8 @@ OUTPUT_NAMES = (
     "model.tvm.json",
     "report.json",
 )
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+OUTPUT_NAMES += TOKENIZER_FILES  # decoder-LLM runs save the tokenizer for `qcompile generate`
 
 
 def _reason(error: OSError) -> str:

@@ -41,7 +41,7 @@ def tiny_llama_export(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str
     def get(shape: str) -> str:
         if shape not in files:
             from qcompile.testing.tiny_llama import VOCAB, tiny_llama_module
-            from qcompile.zoo.perplexity import export_causal_lm
+            from qcompile.zoo.lm_export import export_causal_lm
 
             path = tmp_path_factory.mktemp(f"tiny-llama-{shape}") / "model.onnx"
             files[shape] = str(export_causal_lm(tiny_llama_module(0, **TINY_LLAMA_SHAPES[shape]), path, VOCAB))

@@ -2,8 +2,9 @@
 
 transformers' `LlamaForCausalLM` with 2 layers, hidden 64, 4 query heads and 2 key/value heads (GQA),
 head_dim 16, a 128-wide SwiGLU FFN, RMSNorm, RoPE, tied embeddings and a 256-token vocabulary; weights are
-drawn from ``torch.manual_seed(seed)``, RMSNorm gains γ = exp(0.5·N(0, 1)) per channel (distinct per norm). It is exported with ``torch.onnx.export(..., dynamo=True)`` without a
-KV cache (``input_ids [batch, sequence]`` → ``logits``), cached under ``$QCOMPILE_CACHE/models/``.
+drawn from ``torch.manual_seed(seed)``, RMSNorm gains γ = exp(0.5·N(0, 1)) per channel (distinct per norm). It is exported
+with a KV cache (`qcompile.zoo.lm_export`: ``input_ids`` and ``past_key_values.*`` → ``logits`` and ``present.*``),
+cached under ``$QCOMPILE_CACHE/models/``.
 
 `TinyLlamaTask` (``zoo:tiny-llama``) scores it by perplexity on seeded uniformly random token windows of 32
 tokens. The absolute perplexity of random weights on random tokens means nothing (about the vocabulary
@@ -19,13 +20,14 @@ import onnx_ir as ir
 
 from qcompile.errors import DataUnavailableError
 from qcompile.zoo.cache import cache_dir
-from qcompile.zoo.perplexity import PerplexityTask, export_causal_lm
+from qcompile.zoo.lm_export import export_causal_lm
+from qcompile.zoo.perplexity import PerplexityTask
 
 __all__ = ["TinyLlamaTask", "tiny_llama_config", "tiny_llama_module", "tiny_llama_onnx"]
 
 VOCAB = 256
 SEED = 0
-VERSION = 2  # bump when the configuration or the export changes: the cached file's name carries it
+VERSION = 3  # bump when the configuration or the export changes: the cached file's name carries it
 WINDOW = 32
 EVAL_WINDOWS = 16
 CALIBRATION_WINDOWS = 64
@@ -104,3 +106,9 @@ class TinyLlamaTask(PerplexityTask):
         from qcompile.frontends.onnx import load
 
         return load(tiny_llama_onnx(self.seed))
+
+    def generation_prompts(self) -> list[tuple[str, list[int]]]:
+        """Two seeded random prompts of 8 token ids (shown as the ids: there is no tokenizer)."""
+        rng = np.random.default_rng(self.seed + 1)
+        prompts = [rng.integers(0, VOCAB, size=8).tolist() for _ in range(2)]
+        return [(" ".join(map(str, ids)), ids) for ids in prompts]

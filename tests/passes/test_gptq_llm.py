@@ -19,6 +19,7 @@ from qcompile.pipeline.run import run_passes
 from qcompile.runtime.qdq import to_qdq
 from qcompile.testing.builders import post_ln_proto
 from qcompile.testing.tiny_llama import VOCAB
+from qcompile.zoo.lm_export import prefill_feeds
 
 GPTQ_W4G32 = "quantize:weight_bits=4:weight_group=32:weight_symmetric=false:act_granularity=none:weight_search=gptq"
 
@@ -73,22 +74,25 @@ def test_grouped_gptq_lowers_the_layer_loss_and_its_grids_decode_its_codes(act_o
 def test_stream_blocks_chained_reproduce_the_logits_bit_exactly(tiny_llama_export) -> None:
     model = load(tiny_llama_export("pow2"))
     ids = np.random.default_rng(2).integers(0, VOCAB, (2, 20)).astype(np.int64)
-    expected = runtime.run(runtime.make_session(model), {"input_ids": ids}, ["logits"])["logits"]
+    feeds = prefill_feeds(model, ids)
+    expected = runtime.run(runtime.make_session(model), feeds, ["logits"])["logits"]
     blocks = stream_blocks(model)
     assert len(blocks) == 5  # attention and MLP of two layers, then the head
     assert [b.end is None for b in blocks] == [False] * 4 + [True]
     first = blocks[0].start
-    state = runtime.run(runtime.make_session(block_model(model, [], [first])), {"input_ids": ids})[first.name]
+    state = runtime.run(runtime.make_session(block_model(model, [], [first])), feeds)[first.name]
     for block in blocks:
         ends = [block.end] if block.end is not None else list(model.graph.outputs)
         proto = block_model(model, [block.start], ends)
-        state = runtime.run(runtime.make_session(proto), {"input_ids": ids, block.start.name: state})[ends[0].name]
+        state = runtime.run(runtime.make_session(proto), {**feeds, block.start.name: state})[ends[0].name]
     np.testing.assert_array_equal(state, expected)
 
 
-def _calibration() -> CalibrationData:
+def _calibration(model: ir.Model) -> CalibrationData:
     rng = np.random.default_rng(5)
-    return CalibrationData.from_list([{"input_ids": rng.integers(0, VOCAB, (2, 32)).astype(np.int64)} for _ in range(3)])
+    return CalibrationData.from_list(
+        [prefill_feeds(model, rng.integers(0, VOCAB, (2, 32)).astype(np.int64)) for _ in range(3)]
+    )
 
 
 def test_layer_by_layer_hessians_come_from_the_already_rounded_layers(tiny_llama_export, monkeypatch) -> None:
@@ -104,7 +108,7 @@ def test_layer_by_layer_hessians_come_from_the_already_rounded_layers(tiny_llama
         return call(self, value, transposed, hessian)
 
     monkeypatch.setattr(gptq_weights._Rounder, "__call__", spy)
-    calibration = _calibration()
+    calibration = _calibration(model)
     records = run_passes(model, GPTQ_W4G32 + ":keep_head_float=true", calibration=calibration)
     stats = records[-1]["stats"]["gptq"]
     assert stats["hessians"] == "layer by layer" and stats["linears"] == 14 and not stats["skipped"]
@@ -146,7 +150,7 @@ def _reads_after(node, stream_value) -> bool:
 
 def test_grouped_gptq_exports_its_fitted_groups_and_the_head_stays_float(tiny_llama_export) -> None:
     model = load(tiny_llama_export("pow2"))
-    records = run_passes(model, GPTQ_W4G32 + ":keep_head_float=true", calibration=_calibration())
+    records = run_passes(model, GPTQ_W4G32 + ":keep_head_float=true", calibration=_calibration(model))
     head = next(n for n in model.graph if n.outputs[0].name == "logits")
     assert records[-1]["stats"]["skipped"][head.name].startswith("kept float")
     weights = [v for v in model.graph.initializers.values() if quant_meta.get_quant(v) is not None]
@@ -158,12 +162,12 @@ def test_grouped_gptq_exports_its_fitted_groups_and_the_head_stays_float(tiny_ll
         np.testing.assert_array_equal(spec.fake_quantize(array), array)  # the weight lies on its fitted grid
     ids = np.random.default_rng(9).integers(0, VOCAB, (1, 16)).astype(np.int64)
     session = runtime.make_session(to_qdq(model))
-    assert np.all(np.isfinite(runtime.run(session, {"input_ids": ids}, ["logits"])["logits"]))
+    assert np.all(np.isfinite(runtime.run(session, prefill_feeds(model, ids), ["logits"])["logits"]))
 
 
 def test_sequential_false_takes_every_hessian_from_the_float_model(tiny_llama_export) -> None:
     model = load(tiny_llama_export("pow2"))
-    records = run_passes(model, GPTQ_W4G32 + ":gptq_sequential=false", calibration=_calibration())
+    records = run_passes(model, GPTQ_W4G32 + ":gptq_sequential=false", calibration=_calibration(model))
     assert records[-1]["stats"]["gptq"]["hessians"] == "float model, all linears at once"
 
 
@@ -178,6 +182,6 @@ def test_a_model_without_a_residual_stream_falls_back_and_says_why() -> None:
 def test_a_rotated_llama_still_runs_layer_by_layer(tiny_llama_export) -> None:
     """rotate folds every γ away: its weightless RMSNorms still delimit the stream's blocks."""
     model = load(tiny_llama_export("pow2"))
-    records = run_passes(model, "rotate," + GPTQ_W4G32 + ":keep_head_float=true", calibration=_calibration())
+    records = run_passes(model, "rotate," + GPTQ_W4G32 + ":keep_head_float=true", calibration=_calibration(model))
     assert len(stream_blocks(model)) == 5
     assert records[-1]["stats"]["gptq"]["hessians"] == "layer by layer"

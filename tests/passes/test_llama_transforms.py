@@ -18,6 +18,7 @@ from qcompile.passes.transforms.untie import untie_transposed_weights
 from qcompile.pipeline.context import CalibrationData
 from qcompile.pipeline.run import run_passes
 from qcompile.testing.tiny_llama import VOCAB
+from qcompile.zoo.lm_export import prefill_feeds
 
 RTOL = 1e-5  # float equivalence on the logits: max |after − before| ≤ RTOL · max |before| (float32)
 SHAPES = ("pow2", "paley")  # conftest.TINY_LLAMA_SHAPES
@@ -33,12 +34,13 @@ def _ids(seed: int = 3) -> np.ndarray:
 
 
 def _logits(model: ir.Model, ids: np.ndarray) -> np.ndarray:
-    return runtime.run(runtime.make_session(model), {"input_ids": ids}, ["logits"])["logits"].astype(np.float64)
+    session = runtime.make_session(model)
+    return runtime.run(session, prefill_feeds(model, ids), ["logits"])["logits"].astype(np.float64)
 
 
 def _values(model: ir.Model, names: list[str], ids: np.ndarray) -> dict[str, np.ndarray]:
     session = runtime.make_session(runtime.with_outputs(model, names))
-    return {k: v.astype(np.float64) for k, v in runtime.run(session, {"input_ids": ids}, names).items()}
+    return {k: v.astype(np.float64) for k, v in runtime.run(session, prefill_feeds(model, ids), names).items()}
 
 
 def test_rms_norms_are_found_only_when_asked(exported):
@@ -153,7 +155,7 @@ def test_smooth_folds_into_rms_norm_sites_and_keeps_the_logits(exported):
     gammas = {n.name: n.gamma.const_value.numpy().copy() for n in find_norms(model.graph, rms=True)}
     ids = _ids()
     before = _logits(model, ids)
-    calibration = CalibrationData.from_list([{"input_ids": _ids(seed)} for seed in (10, 11)])
+    calibration = CalibrationData.from_list([prefill_feeds(model, _ids(seed)) for seed in (10, 11)])
     records = run_passes(model, "calibrate,smooth-scales", calibration=calibration)
     stats = records[-1]["stats"]
     assert stats["folded"] == 4  # two sites per layer; the final norm feeds the tied head (no constant weight)

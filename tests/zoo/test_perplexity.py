@@ -47,6 +47,9 @@ class _Task(PerplexityTask):
     def _load_model(self):
         raise NotImplementedError
 
+    def kv_cache(self):  # scores plain callables: no model, no KV cache to feed
+        return None
+
 
 def test_split_windows_drops_the_tail() -> None:
     windows = split_windows(np.arange(23), 5)

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from qcompile.zoo.lm_export import kv_cache_of
 import pytest
 
 pytest.importorskip("transformers", reason="zoo:tiny-llama needs the llm extra (pip install 'qcompile[llm]')")
@@ -35,11 +37,14 @@ def test_export_is_cached_and_matches_pytorch(cache: Path) -> None:
     assert path.is_relative_to(cache / "models") and path.is_file()
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
     model = TinyLlamaTask().load()
-    assert [v.name for v in model.graph.inputs] == ["input_ids"] and [v.name for v in model.graph.outputs] == ["logits"]
+    kv = kv_cache_of(model)
+    assert [v.name for v in model.graph.inputs] == ["input_ids", *[f"past_key_values.{i}.key" for i in range(2)],
+                                                   *[f"past_key_values.{i}.value" for i in range(2)]]
+    assert [v.name for v in model.graph.outputs][0] == "logits" and len(model.graph.outputs) == 1 + 4
     ops = {node.op_type for node in model.graph}
     assert {"MatMul", "Softmax"} <= ops
     ids = np.random.default_rng(3).integers(0, VOCAB, size=(2, 20), dtype=np.int64)  # not the export's shape
-    got = ort.InferenceSession(str(path)).run(None, {"input_ids": ids})[0]
+    got = ort.InferenceSession(str(path)).run(None, {"input_ids": ids, **kv.empty(2)})[0]
     with torch.no_grad():
         expected = tiny_llama_module()(input_ids=torch.from_numpy(ids)).logits.numpy()
     assert got.shape == (2, 20, VOCAB)

@@ -1,0 +1,146 @@
+"""Greedy generation with a KV-cache decoder artifact (`qcompile.zoo.lm_export`'s interface) in ONNX Runtime.
+
+One prefill call feeds the prompt's ids with an empty past; every further call feeds the last token and the
+previous call's presents as the past, so the quantized weights of the one artifact serve both. The next token
+is the argmax of the last position's logits (greedy), until `max_new_tokens` or an end-of-sequence token.
+
+`generate(OUTDIR, prompt)` runs the artifact of a qcompile output folder with the tokenizer the run saved next
+to it (`tokenizer.json`, `tokenizer_config.json`; transformers, the `qcompile[llm]` extra, applies the
+tokenizer's chat template unless `chat=False`) and can stream the text as it is produced.
+`generation_agreement` compares two greedy continuations position by position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from qcompile.errors import DataUnavailableError, InputError
+
+__all__ = ["Generation", "generate", "greedy_tokens", "generation_agreement", "load_tokenizer"]
+
+
+@dataclasses.dataclass
+class Generation:
+    prompt: str
+    token_ids: list[int]
+    text: str
+
+
+def _kv_layout(session) -> tuple[list[str], list[str], tuple[int, int]]:
+    """(past input names, present output names, (kv_heads, head_dim)) of a session with a KV cache."""
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    pasts, presents, layer = [], [], 0
+    while f"past_key_values.{layer}.key" in inputs:
+        for kind in ("key", "value"):
+            pasts.append(f"past_key_values.{layer}.{kind}")
+            presents.append(f"present.{layer}.{kind}")
+        layer += 1
+    if not pasts or any(p not in outputs for p in presents):
+        raise InputError("the model has no KV cache (past_key_values.*/present.* inputs and outputs): export it with one")
+    shape = inputs[pasts[0]].shape
+    if len(shape) != 4 or not isinstance(shape[1], int) or not isinstance(shape[3], int):
+        raise InputError(f"past_key_values.0.key has shape {shape}, expected [batch, heads, past, head_dim]")
+    return pasts, presents, (shape[1], shape[3])
+
+
+def greedy_tokens(
+    session,
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    eos_ids: Sequence[int] = (),
+    on_token: Callable[[int], None] | None = None,
+) -> list[int]:
+    """The greedy continuation (token ids) of `prompt_ids` by an ONNX Runtime session with a KV cache."""
+    pasts, presents, (heads, head_dim) = _kv_layout(session)
+    if len(prompt_ids) == 0:
+        raise InputError("the prompt has no tokens")
+    feeds = {name: np.zeros((1, heads, 0, head_dim), np.float32) for name in pasts}
+    feeds["input_ids"] = np.asarray([list(prompt_ids)], dtype=np.int64)
+    names = ["logits", *presents]
+    produced: list[int] = []
+    for _ in range(max_new_tokens):
+        outputs = dict(zip(names, session.run(names, feeds)))
+        token = int(np.argmax(outputs["logits"][0, -1]))
+        produced.append(token)
+        if on_token is not None:
+            on_token(token)
+        if token in eos_ids:
+            break
+        feeds = {past: outputs[present] for past, present in zip(pasts, presents)}
+        feeds["input_ids"] = np.asarray([[token]], dtype=np.int64)
+    return produced
+
+
+def generation_agreement(reference: Sequence[int], other: Sequence[int]) -> float:
+    """Fraction of the reference's positions where `other` has the same token (0 where it is shorter)."""
+    if not reference:
+        return 1.0
+    return sum(1 for i, token in enumerate(reference) if i < len(other) and other[i] == token) / len(reference)
+
+
+def load_tokenizer(folder: str | Path):
+    """The tokenizer a qcompile LLM run saved in `folder` (transformers' AutoTokenizer)."""
+    try:
+        import transformers
+    except ImportError:
+        raise DataUnavailableError("generation needs transformers: pip install 'qcompile[llm]'") from None
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").is_file():
+        raise InputError(f"{folder} holds no tokenizer.json (only decoder-LLM runs of the zoo save one)")
+    return transformers.AutoTokenizer.from_pretrained(str(folder))
+
+
+def prompt_ids(tokenizer, prompt: str, chat: bool) -> list[int]:
+    """The prompt's ids, wrapped in the tokenizer's chat template (one user turn) when `chat`."""
+    if chat and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+
+def generate(
+    output_dir: str | Path,
+    prompt: str,
+    max_new_tokens: int = 32,
+    chat: bool = True,
+    stream: Callable[[str], None] | None = None,
+    threads: int = 2,
+) -> Generation:
+    """Greedy generation by the artifact of the qcompile output folder `output_dir` (module docstring);
+    `stream` receives each new piece of text as it is decoded."""
+    from qcompile import runtime
+
+    folder = Path(output_dir)
+    report_path = folder / "report.json"
+    if not report_path.is_file():
+        raise InputError(f"{folder} is not a qcompile output folder (no report.json)")
+    artifact = folder / json.loads(report_path.read_text()).get("artifact", "model.qdq.onnx")
+    if not artifact.is_file():
+        raise InputError(f"{artifact} is missing")
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    tokenizer = load_tokenizer(folder)
+    session = runtime.make_session(str(artifact), threads=threads)
+    ids = prompt_ids(tokenizer, prompt, chat)
+    shown = ""
+    produced: list[int] = []
+
+    def on_token(token: int) -> None:
+        nonlocal shown
+        produced.append(token)
+        text = tokenizer.decode(produced, skip_special_tokens=True)
+        if stream is not None and text.startswith(shown) and len(text) > len(shown):
+            stream(text[len(shown) :])
+            shown = text
+
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    tokens = greedy_tokens(session, ids, max_new_tokens, eos, on_token)
+    return Generation(prompt, tokens, tokenizer.decode(tokens, skip_special_tokens=True))
