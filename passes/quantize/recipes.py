@@ -13,7 +13,9 @@ of two activations (attention scores and probabilities·V) float, as GPTQ, QuaRo
   means on a decoder LLM;
 * `w4a16`: weight-only, 4-bit asymmetric groups of 128 input channels (RTN), activations float;
 * `w4a8`, and `w4a4` on a decoder LLM: weights 4-bit per-channel symmetric (MSE-clipped), activations 8 / 4-bit
-  dynamic per-token symmetric (4-bit rows clipped to 0.9 of their range, QuaRot's setting).
+  dynamic per-token symmetric (4-bit rows clipped to 0.9 of their range, QuaRot's setting);
+* `w4a4kv4`: `w4a4` and the KV cache 4-bit (`kv-quant:bits=4`: keys after RoPE and values, asymmetric per head
+  and token).
 A recipe name with decoder steps expands to them when the model is a decoder LLM (`job.is_decoder_llm`).
 """
 
@@ -56,6 +58,11 @@ for _bits, _observer in ((8, "minmax"), (6, "mse"), (4, "mse")):
         decoder_doc=_llm_doc(_bits, _bits) if _bits in (8, 4) else None,
     )
 register_recipe("w8a8tok", _llm_steps(8, 8), _llm_doc(8, 8))
+register_recipe(
+    "w4a4kv4",
+    [*_llm_steps(4, 4), ("kv-quant", {"bits": 4})],
+    _llm_doc(4, 4) + "; the keys (after RoPE) and values entering the KV cache 4-bit asymmetric per head and token",
+)
 register_recipe("w4a8", _llm_steps(4, 8), _llm_doc(4, 8))
 register_recipe(
     "w4a16",

@@ -28,6 +28,14 @@ orthogonal A where no Hadamard of order a exists, reported in the stats).
    randomized Hadamard folded into the query and key projections (QuaRot's R3 without an online op, since
    there is no RoPE between projection and scores), and the key bias dropped (it shifts each query row of
    the scores by a constant, which softmax ignores).
+4. **Cached keys after RoPE** (`kv_sites`; option `qk_online`, decoders exported with a KV cache): RoPE sits
+   between the projections and the scores, so the per-head Hadamard R runs online on the new keys before
+   they enter the cache and on the queries at the score MatMul: (Q R)(K R)ᵀ = Q Kᵀ, and the cache holds K R.
+
+On Llama-family decoders (RMSNorm streams) step 1 needs no centring (C = I): the embedding table is rotated
+in place (E ← E Q; a tied LM head gets its own copy first, `untie`), every RMSNorm's γ is folded into the
+linears it feeds (W ← Qᵀ diag(γ) W), the writers (o_proj, down_proj) get W ← W Q, and step 2 puts online
+Hadamards before o_proj and down_proj (SwiGLU's output).
 
 The online Hadamards of step 2 carry random row signs on both Kronecker factors (`online_rotation(...,
 signed=True)`): a plain Hadamard maps a nonzero-mean input (a GELU output) to one outlier channel.
@@ -46,6 +54,7 @@ from qcompile.ir.online_ops import insert_kronecker_rotate
 from qcompile.ir.properties import Property, get_properties
 from qcompile.math.hadamard import Rotation, online_rotation
 from qcompile.passes.transforms.attention_sites import find_qk_sites
+from qcompile.passes.transforms.kv_sites import find_kv_sites
 from qcompile.passes.transforms.norm_sites import find_norm_sites, norm_linears
 from qcompile.passes.transforms.qk_rotation import drop_key_bias, rotate_heads
 from qcompile.passes.transforms.repq_layernorm import linear_bias
@@ -250,6 +259,24 @@ class _Rotator:
         return "unrotated online"
 
 
+def _rotate_cached_qk(model: ir.Model, seed: int) -> dict | str:
+    """Online per-head Hadamard R on the new keys after RoPE (before the cache) and on the queries at the score
+    MatMul: S = (Q R)(K R)ᵀ = Q Kᵀ, and the cache holds K R, whose outliers R spreads over the head (QuaRot's
+    R3/R4 for KV quantization)."""
+    sites, skipped = find_kv_sites(model)
+    if not sites and not skipped:
+        return "skipped: no KV-cache inputs (past_key_values.*)"
+    for site in sites:
+        rotation = online_rotation(site.head_dim, seed, signed=True)
+        factor = f"rotate_qk_{site.head_dim}"
+        key = insert_kronecker_rotate(model, site.new_key, rotation, f"layer{site.layer}_key", factor)
+        site.key_concat.replace_input_with(1, key)
+        query = insert_kronecker_rotate(model, site.scores.inputs[0], rotation, f"layer{site.layer}_query", factor)
+        site.scores.replace_input_with(0, query)
+    kinds = sorted({online_rotation(s.head_dim, seed, signed=True).kind for s in sites})
+    return {"sites": len(sites), "head_dim": sorted({s.head_dim for s in sites}), "rotation": kinds, "skipped": skipped}
+
+
 def _drop_unused_initializers(model: ir.Model) -> None:
     outputs = {id(v) for v in model.graph.outputs}
     for name, value in list(model.graph.initializers.items()):
@@ -290,6 +317,7 @@ class RotatePass(Pass):
         qk: bool = True,
         drop_key_bias: bool = True,
         norm_online: bool = True,
+        qk_online: bool = True,
         context: PipelineContext | None = None,
     ) -> None:
         self.residual = bool(residual)
@@ -297,6 +325,7 @@ class RotatePass(Pass):
         self.qk = bool(qk)
         self.drop_key_bias = bool(drop_key_bias)
         self.norm_online = bool(norm_online)
+        self.qk_online = bool(qk_online)
         self.context = context or PipelineContext()
 
     def call(self, model: ir.Model) -> PassResult:
@@ -306,7 +335,14 @@ class RotatePass(Pass):
             raise InputError("pass 'rotate' must run before quantization")
         seed = self.context.seed
         writers = find_writers(model.graph, rms=True)
-        stats: dict = {"residual": "off", "online": [], "norm_online": [], "qk": "off", "key_bias_dropped": 0}
+        stats: dict = {
+            "residual": "off",
+            "online": [],
+            "norm_online": [],
+            "qk": "off",
+            "qk_online": "off",
+            "key_bias_dropped": 0,
+        }
         sites, skipped_sites = find_qk_sites(model) if self.qk or self.drop_key_bias else ([], {})
         if self.qk:
             kinds = [rotate_heads(site, seed + 3) for site in sites]
@@ -344,6 +380,8 @@ class RotatePass(Pass):
         if self.online:
             for writer in writers:
                 stats["online"].append(self._online(model, writer, seed))
+        if self.qk_online:
+            stats["qk_online"] = _rotate_cached_qk(model, seed + 5)
         if self.drop_key_bias:  # last: the residual fold may still add β·W_k into the key bias
             stats["key_bias_dropped"] = sum(drop_key_bias(model, site) for site in sites)
         _drop_unused_initializers(model)
@@ -353,6 +391,7 @@ class RotatePass(Pass):
             or any(isinstance(n, dict) for n in stats["norm_online"])
             or isinstance(stats["qk"], dict)
             or stats["key_bias_dropped"] > 0
+            or (isinstance(stats["qk_online"], dict) and stats["qk_online"]["sites"] > 0)
         )
         return PassResult(model, modified=modified, stats=stats)
 

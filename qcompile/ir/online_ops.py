@@ -92,6 +92,9 @@ def insert_kronecker_rotate(model: ir.Model, x: ir.Value, rotation: Rotation, na
     _ensure_function(model)
     a = _initializer(model, f"{factor_name}_A", rotation.a)
     b = _initializer(model, f"{factor_name}_B", rotation.b)
+    taken = {n.name for n in model.graph}
+    while f"{name}_{KRONECKER_ROTATE}" in taken:  # a second rotation of the same site gets its own names
+        name += "_"
     node = ir.node(KRONECKER_ROTATE, [x, a, b], domain=DOMAIN, name=f"{name}_{KRONECKER_ROTATE}")
     node.outputs[0].name = f"{name}_rotated"
     node.outputs[0].dtype = x.dtype or ir.DataType.FLOAT

@@ -20,6 +20,7 @@ import onnx_ir as ir
 
 from qcompile.errors import PassFailure
 from qcompile.ir import quant_meta
+from qcompile.ir.cache_state import is_state_output
 from qcompile.ir.verifier import VerificationError, verify_model
 from qcompile.pipeline.context import Feeds
 from qcompile.pipeline.numerics import TOLERANCES, max_abs_error, sqnr_db, within_tolerance
@@ -61,8 +62,16 @@ def _layer_names(model: ir.Model, quantized_only: bool) -> list[str]:
     return names
 
 
+def _result_outputs(model: ir.Model) -> list[ir.Value]:
+    """The graph outputs that carry results: all but KV-cache state (`qcompile.ir.cache_state`), whose basis
+    (rotate) or precision (KV quantization) passes may change while the logits keep their meaning."""
+    outputs = [v for v in model.graph.outputs if not is_state_output(v.name)]
+    return outputs or list(model.graph.outputs)
+
+
 class CheckNumerics:
-    """Compare outputs before and after every modifying pass on one batch of calibration feeds."""
+    """Compare the result outputs (`_result_outputs`) before and after every modifying pass on one batch of
+    calibration feeds."""
 
     def __init__(self, feeds: Feeds, threads: int = 2) -> None:
         self.feeds = feeds
@@ -83,7 +92,7 @@ class CheckNumerics:
         layers = _layer_names(model, quantized_only=False) if pass_.numerics is Numerics.LOSSY else []
         if self._reference is None or layers:
             outputs = self._run(model, layers)
-            self._reference = {v.name: outputs[v.name] for v in model.graph.outputs}
+            self._reference = {v.name: outputs[v.name] for v in _result_outputs(model)}
             self._layers_before = {name: outputs[name] for name in layers}
             if self._float is None:
                 self._float = dict(self._reference)
@@ -94,7 +103,7 @@ class CheckNumerics:
         assert self._reference is not None
         layers = [n for n in _layer_names(model, quantized_only=True) if n in self._layers_before]
         outputs = self._run(model, layers if pass_.numerics is Numerics.LOSSY else [])
-        reference, self._reference = self._reference, {v.name: outputs[v.name] for v in model.graph.outputs}
+        reference, self._reference = self._reference, {v.name: outputs[v.name] for v in _result_outputs(model)}
         self._record_float_sqnr(record)
         if set(reference) != set(self._reference):
             if pass_.numerics is not Numerics.LOSSY:

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from qcompile.ir.cache_state import PAST_PREFIX, PRESENT_PREFIX
+
 __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAME",
@@ -42,11 +44,11 @@ OUTPUT_NAME = "logits"
 
 
 def past_name(layer: int, kind: str) -> str:
-    return f"past_key_values.{layer}.{kind}"
+    return f"{PAST_PREFIX}{layer}.{kind}"
 
 
 def present_name(layer: int, kind: str) -> str:
-    return f"present.{layer}.{kind}"
+    return f"{PRESENT_PREFIX}{layer}.{kind}"
 
 
 @dataclasses.dataclass(frozen=True)

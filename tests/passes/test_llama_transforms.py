@@ -113,7 +113,28 @@ def test_after_rotation_no_rms_gain_and_no_mean_removal_is_left(exported):
     assert len(norms) == 5 and all(n.gamma is None for n in norms)  # every γ was folded: weightless x / rms(x)
     assert not any(n.op_type in ("Sub", "Transpose") and n.inputs[0].const_value is not None for n in result.model.graph)
     rotates = [n for n in result.model.graph if n.op_type == KRONECKER_ROTATE and n.domain == DOMAIN]
-    assert len(rotates) == 4  # online Hadamards before o_proj and down_proj only; the embedding is folded
+    # online Hadamards before o_proj and down_proj, and on the cached keys and the queries of each layer;
+    # the embedding is folded
+    assert len(rotates) == 4 + 2 * 2
+    assert result.stats["qk_online"]["sites"] == 2 and result.stats["qk_online"]["head_dim"] == [16]
+
+
+def test_the_cache_holds_the_keys_rotated_per_head(exported):
+    """present.i.key after rotate = present.i.key before · R over the head axis; values are untouched."""
+    model = load(exported["pow2"])
+    ids = _ids()
+    names = ["present.0.key", "present.1.key", "present.0.value"]
+    before = _values(model, names, ids)
+    result = RotatePass(residual=False, online=False).call(model)
+    after = _values(result.model, names, ids)
+    rotate = next(n for n in result.model.graph if n.op_type == KRONECKER_ROTATE and "key" in n.name)
+    a, b = (v.const_value.numpy().astype(np.float64) for v in rotate.inputs[1:3])
+    r = np.kron(a, b)
+    np.testing.assert_allclose(r @ r.T, np.eye(16), atol=1e-6)
+    for name in names[:2]:
+        np.testing.assert_allclose(after[name], before[name] @ r, atol=1e-4 * np.abs(before[name]).max())
+        assert np.abs(after[name] - before[name]).max() > 1e-2 * np.abs(before[name]).max()
+    np.testing.assert_allclose(after["present.0.value"], before["present.0.value"], rtol=1e-6, atol=1e-7)
 
 
 def test_the_embedding_and_the_head_are_rotated_by_one_orthogonal_map(exported):
