@@ -8,6 +8,9 @@ Symmetric per-channel (weights), b bits: ``s_c = max|W_c| / (2^(b−1) − 1)``;
 either as signed codes with zero point 0 (int8 container) or shifted by 2^(b−1) into unsigned codes
 (uint8 container, zero point 2^(b−1)); both dequantize to exactly the same real values.
 
+Asymmetric groups with `search="mse"` shrink the group's range [lo, hi] to r·[lo, hi] with the r of the same grid
+that minimizes the group's squared error (GPTQ's reference quantizer searches the same way).
+
 With `search="mse"` each channel's clipping threshold is T_c = r·max|W_c|, r from the grid 1.00, 0.99, …,
 0.20 (QuaRot's `w_clip` grid), choosing per channel the r with the smallest Σ (W_c − Q(W_c))² (float64).
 At 4 bits clipping the few largest weights of a row buys a finer grid for all the others.
@@ -60,6 +63,26 @@ def _mse_absmax(weight: np.ndarray, reduce_axes: tuple[int, ...], absmax: np.nda
     return best
 
 
+def _mse_range(
+    grouped: np.ndarray, inner: int, lo: np.ndarray, hi: np.ndarray, levels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group range r·[lo, hi] (r from CLIP_RATIOS) minimizing the squared error of the asymmetric grid."""
+    best_lo, best_hi, best_error = lo, hi, None
+    for ratio in CLIP_RATIOS:
+        trial_lo, trial_hi = lo * ratio, hi * ratio
+        scale = np.maximum((trial_hi - trial_lo) / levels, MIN_SCALE)
+        zero = np.clip(np.rint(-trial_lo / scale), 0, levels)
+        s, z = np.expand_dims(scale, inner), np.expand_dims(zero, inner)
+        error = np.sum((grouped - (np.clip(np.rint(grouped / s) + z, 0, levels) - z) * s) ** 2, axis=inner)
+        if best_error is None:
+            best_error = error
+            continue
+        better = error < best_error
+        best_lo, best_hi = np.where(better, trial_lo, best_lo), np.where(better, trial_hi, best_hi)
+        best_error = np.where(better, error, best_error)
+    return best_lo, best_hi
+
+
 def symmetric_per_channel_spec(
     weight: np.ndarray, axis: int | None, bits: int, unsigned_container: bool, search: str = "minmax"
 ) -> QuantSpec:
@@ -96,11 +119,9 @@ def grouped_weight_spec(
 ) -> QuantSpec:
     """Per-group quantizer of `weight`: groups of `group_size` consecutive elements along `axis`, one scale per group and index of the other axes (see above). Symmetric
     specs are stored like the per-channel ones (uint8 with zero point 2^(b−1), or int8 with 0); asymmetric
-    ones are unsigned; `search="mse"` is for symmetric specs only. A ragged last group is allowed."""
+    ones are unsigned; `search="mse"` clips each group's range (both kinds). A ragged last group is allowed."""
     if search not in SEARCHES:
         raise ValueError(f"weight search must be one of {', '.join(SEARCHES)}, got {search}")
-    if search == "mse" and not symmetric:
-        raise ValueError("the MSE clipping search is for symmetric weight quantizers")
     axis = axis % weight.ndim
     length = weight.shape[axis]
     if group_size < 1:
@@ -124,6 +145,8 @@ def grouped_weight_spec(
         levels = 2**bits - 1
         lo = np.minimum(np.min(grouped, axis=inner), 0.0)
         hi = np.maximum(np.max(grouped, axis=inner), 0.0)
+        if search == "mse":
+            lo, hi = _mse_range(grouped, inner, lo, hi, levels)
         scale = np.maximum((hi - lo) / levels, MIN_SCALE)
         zero_point = np.clip(np.rint(-lo / scale), 0, levels).astype(np.int32)
         signed = False

@@ -16,9 +16,9 @@ Options for decoder LLMs (docs/methods/per-token.md):
 * `weight_group=G` (0: per channel): weights get one quantizer per G consecutive input channels (the reduction
   axis K: MatMul B[..., K, N] axis −2, Gemm B axis 1 if transB else 0) per output channel; `weight_symmetric=false`
   makes them asymmetric (unsigned, a zero point per group). When G does not divide K the last group is shorter
-  (576 = 4·128 + 64); a K smaller than G is an InputError naming the node. `mse` only with symmetric groups;
-  `weight_search=gptq` on groups fits each group's grid during the GPTQ sweep (MSE-clipped symmetric, or
-  min/max asymmetric).
+  (576 = 4·128 + 64); a K smaller than G is an InputError naming the node. `mse` clips groups of either kind;
+  `weight_search=gptq` on groups fits each group's grid during the GPTQ sweep, MSE-clipped (`group_clip=false`:
+  min/max).
 * GPTQ (`weight_search=gptq`, gptq_weights.py): `gptq_sequential` (default true) takes each layer's Hessians
   from the outputs of the already rounded layers where the model has a pre-norm residual stream;
   `gptq_act_order` (default true) sweeps inputs by decreasing Hessian diagonal (groups then fit up front).
@@ -106,6 +106,7 @@ class QuantizeUniformPass(Pass):
         gptq_act_order: bool = True,
         keep_head_float: bool = False,
         act_matmuls: bool = True,
+        group_clip: bool = True,
         context: PipelineContext | None = None,
     ) -> None:
         for label, bits in (("weight_bits", weight_bits), ("act_bits", act_bits)):
@@ -125,8 +126,8 @@ class QuantizeUniformPass(Pass):
             raise ValueError(f"weight_group must be 0 (per channel) or a group size >= 1, got {weight_group}")
         self.weight_group = int(weight_group)
         self.weight_symmetric = bool(weight_symmetric)
-        if weight_search == "mse" and not self.weight_symmetric:
-            raise ValueError("weight_search=mse needs weight_symmetric=true")
+        if weight_search == "mse" and not self.weight_symmetric and not self.weight_group:
+            raise ValueError("weight_search=mse with weight_symmetric=false needs weight_group")
         if not self.weight_symmetric and not self.weight_group:
             raise ValueError("weight_symmetric=false is for per-group weights (set weight_group)")
         if act_granularity not in ACT_GRANULARITIES:
@@ -144,15 +145,16 @@ class QuantizeUniformPass(Pass):
         self.gptq_act_order = bool(gptq_act_order)
         self.keep_head_float = bool(keep_head_float)
         self.act_matmuls = bool(act_matmuls)
+        self.group_clip = bool(group_clip)
         if act_granularity != "tensor":  # no calibrated range is read
             self.requires = frozenset()
         self.context = context or PipelineContext()
 
     def _group_search(self) -> str:
-        """The per-group grid search: GPTQ fits MSE-clipped symmetric groups, min/max asymmetric ones."""
+        """The per-group grid search: GPTQ fits MSE-clipped groups (`group_clip=false`: min/max)."""
         if self.weight_search != "gptq":
             return self.weight_search
-        return "mse" if self.weight_symmetric else "minmax"
+        return "mse" if self.group_clip else "minmax"
 
     def _group_fit(self, weight: np.ndarray) -> quant_meta.QuantSpec:
         """One group's spec (weight G×N, reduction axis 0) as `_weight_spec` would fit it."""

@@ -173,6 +173,7 @@ def test_unknown_option_error_lists_the_options_the_pass_takes() -> None:
                 "gptq_act_order",
                 "keep_head_float",
                 "act_matmuls",
+                "group_clip",
             ]
         )
     )
