@@ -6,7 +6,8 @@ is the argmax of the last position's logits (greedy), until `max_new_tokens` or 
 
 `generate(OUTDIR, prompt)` runs the artifact of a qcompile output folder with the tokenizer the run saved next
 to it (`tokenizer.json`, `tokenizer_config.json`; transformers, the `qcompile[llm]` extra, applies the
-tokenizer's chat template unless `chat=False`) and can stream the text as it is produced.
+tokenizer's chat template unless `chat=False`) and can stream the text as it is produced. An artifact with an
+intact-kv prefix (report.json's `intact_kv_prefix`) prepends it itself: a prompt starting with it is fed without.
 `generation_agreement` compares two greedy continuations position by position.
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from qcompile.errors import DataUnavailableError, InputError
 
-__all__ = ["Generation", "generate", "greedy_tokens", "generation_agreement", "load_tokenizer"]
+__all__ = ["Generation", "generate", "greedy_tokens", "generation_agreement", "load_tokenizer", "without_prefix"]
 
 
 @dataclasses.dataclass
@@ -77,6 +78,14 @@ def greedy_tokens(
     return produced
 
 
+def without_prefix(ids: Sequence[int], prefix: Sequence[int] | None) -> list[int]:
+    """`ids` without a leading `prefix` (a model with an intact-kv prefix prepends it itself)."""
+    ids = list(ids)
+    if prefix and ids[: len(prefix)] == list(prefix) and len(ids) > len(prefix):
+        return ids[len(prefix) :]
+    return ids
+
+
 def generation_agreement(reference: Sequence[int], other: Sequence[int]) -> float:
     """Fraction of the reference's positions where `other` has the same token (0 where it is shorter)."""
     if not reference:
@@ -122,14 +131,15 @@ def generate(
     report_path = folder / "report.json"
     if not report_path.is_file():
         raise InputError(f"{folder} is not a qcompile output folder (no report.json)")
-    artifact = folder / json.loads(report_path.read_text()).get("artifact", "model.qdq.onnx")
+    report = json.loads(report_path.read_text())
+    artifact = folder / report.get("artifact", "model.qdq.onnx")
     if not artifact.is_file():
         raise InputError(f"{artifact} is missing")
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     tokenizer = load_tokenizer(folder)
     session = runtime.make_session(str(artifact), threads=threads)
-    ids = prompt_ids(tokenizer, prompt, chat)
+    ids = without_prefix(prompt_ids(tokenizer, prompt, chat), report.get("intact_kv_prefix"))
     shown = ""
     produced: list[int] = []
 

@@ -37,6 +37,7 @@ from qcompile.pipeline.pass_base import Pass
 from qcompile.pipeline.run import plan_passes, run_passes
 from qcompile.report.environment import environment
 from qcompile.report.latency import measure_latency
+from qcompile.passes.transforms.intact_kv import bake_prefix_cache, intact_kv_prefix, prefix_cache
 from qcompile.report.ranges import RecordRanges
 from qcompile.zoo.perplexity import PerplexityTask
 
@@ -148,6 +149,8 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
             context, passes = plan_passes(config.passes, decoder=decoder)
         context.calibration, context.seed = calibration, config.seed  # the passes read these when they run
         context.progress, context.threads = config.progress, config.threads
+        if isinstance(entry, PerplexityTask):
+            context.prompt_prefixes = entry.prompt_prefixes()
         log(f"running passes: {config.passes}")
         ranges = RecordRanges()
         records = run_passes(model, passes, context=context, instruments=[ranges])
@@ -159,6 +162,10 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
             [f"{artifact_name}.data"] if (staging / f"{artifact_name}.data").exists() else []
         )
 
+        prefix = intact_kv_prefix(model)
+        if prefix is not None:  # the float reference reads the same prefix, its KV computed in float as well
+            bake_prefix_cache(float_model, prefix, prefix_cache(float_model, prefix, config.threads))
+            float_session = runtime.make_session(float_model, threads=config.threads)
         sessions = {"ort_fp32": float_session}
         with ort_stage("ONNX Runtime cannot load qcompile's artifact (a qcompile bug)", internal=True):
             sessions["qcompile"] = runtime.make_session(str(artifact), threads=config.threads)
@@ -198,7 +205,7 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         generations, tokenizer_files = [], []
         if isinstance(entry, PerplexityTask):
             log(f"generating {entry.generation_tokens} greedy tokens per prompt with {', '.join(sessions)}")
-            generations = entry.generations(sessions)
+            generations = entry.generations(sessions, prefix)
             tokenizer_files = _save_tokenizer(entry, staging)
 
         feeds = entry.latency_feeds()
@@ -217,6 +224,8 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         latency = measure_latency(runners, rounds=config.latency_rounds)
         report = build_report(config, entry, records, scores, latency, baseline_seconds, calibration)
         report["decoder_llm"] = decoder
+        if prefix is not None:
+            report["intact_kv_prefix"] = prefix
         report["artifact"] = artifact_name
         report["qdq_weights"] = None if integer else ("int8" if int8_weights else "uint8")
         if tvm_report is not None:

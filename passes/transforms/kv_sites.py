@@ -9,7 +9,8 @@ and the attention reads the present keys through shape-only ops (GQA's Unsqueeze
 Transpose to Kᵀ) as the second input of the score MatMul S = Q · Kᵀ, whose first input is the query after
 RoPE (and the 1/√D scale). A `KvSite` holds both Concats, the new k and v, and that score MatMul: where KV
 quantization quantizes (k, v per head and token) and where a per-head rotation of Q and K is exact
-(S = (Q R)(K R)ᵀ for orthogonal R, over the last axis D of both).
+(S = (Q R)(K R)ᵀ for orthogonal R, over the last axis D of both). With an intact-kv prefix baked in, the past
+reaches the cache Concat through the prefix join Concat(Expand(prefix), past).
 """
 
 from __future__ import annotations
@@ -42,15 +43,30 @@ class KvSite:
         return self.value_concat.inputs[1]
 
 
+def _is_prefix_join(node: ir.Node, index: int) -> bool:
+    """Concat(Expand(constant prefix cache), past) along the sequence: an intact-kv prefix in front of the past."""
+    if index != 1 or len(node.inputs) != 2 or node.inputs[0] is None:
+        return False
+    expand = node.inputs[0].producer()
+    return expand is not None and expand.op_type == "Expand" and expand.inputs[0].const_value is not None
+
+
 def _cache_concat(past: ir.Value) -> ir.Node | None:
-    """The Concat(past, new) reading `past`; other readers may only take its shape (the past length)."""
-    uses = [u for u in past.uses() if u.node.op_type != "Shape"]
-    if len(uses) != 1:
-        return None
-    node = uses[0].node
-    if node.op_type != "Concat" or uses[0].idx != 0 or len(node.inputs) != 2 or node.inputs[1] is None:
-        return None
-    return node
+    """The Concat(past, new) reading `past` (through an intact-kv prefix join); other readers may only take its
+    shape (the past length)."""
+    value = past
+    for _ in range(2):
+        uses = [u for u in value.uses() if u.node.op_type != "Shape"]
+        if len(uses) != 1 or uses[0].node.op_type != "Concat":
+            return None
+        node, index = uses[0].node, uses[0].idx
+        if _is_prefix_join(node, index):
+            value = node.outputs[0]
+            continue
+        if index != 0 or len(node.inputs) != 2 or node.inputs[1] is None:
+            return None
+        return node
+    return None
 
 
 def _score_matmul(keys: ir.Value) -> ir.Node | str:

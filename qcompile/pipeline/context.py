@@ -51,3 +51,6 @@ class PipelineContext:
     seed: int = 0
     progress: bool = True
     threads: int = 2
+    # decoder LLMs: named token-id prefixes of the model's tokenizer ("bos", "system": the chat template's
+    # system turn), for passes such as intact-kv; empty where the task has no tokenizer
+    prompt_prefixes: dict[str, list[int]] = dataclasses.field(default_factory=dict)

@@ -183,10 +183,33 @@ class PerplexityTask(ZooModel):
         """Fixed prompts as (text shown in reports, token ids); none by default."""
         return []
 
-    def generations(self, sessions: dict) -> list[dict]:
+    def prompt_prefixes(self) -> dict[str, list[int]]:
+        """Named pivot prefixes for `intact-kv`: "bos" (the tokenizer's BOS id) and "system" (the chat template's
+        default system turn: the ids two one-turn chats share, up to the BOS that opens the user turn)."""
+        tokenizer = self.tokenizer()
+        if tokenizer is None or tokenizer.bos_token_id is None:
+            return {}
+        bos = int(tokenizer.bos_token_id)
+        prefixes = {"bos": [bos]}
+        if getattr(tokenizer, "chat_template", None):
+            from qcompile.generation import prompt_ids
+
+            a, b = prompt_ids(tokenizer, "A", chat=True), prompt_ids(tokenizer, "B", chat=True)
+            common = []
+            for x, y in zip(a, b):
+                if x != y:
+                    break
+                common.append(x)
+            starts = [i for i, token in enumerate(common) if token == bos]
+            if len(starts) >= 2:
+                prefixes["system"] = common[: starts[-1]]
+        return prefixes
+
+    def generations(self, sessions: dict, prefix: list[int] | None = None) -> list[dict]:
         """Greedy continuations of every prompt by every session (the first is the float reference), with each
-        one's positional token agreement with the reference (`qcompile.generation`); [] without a KV cache."""
-        from qcompile.generation import generation_agreement, greedy_tokens
+        one's positional token agreement with the reference (`qcompile.generation`); [] without a KV cache.
+        `prefix`: token ids the sessions prepend themselves (intact-kv), left out of prompts that start with them."""
+        from qcompile.generation import generation_agreement, greedy_tokens, without_prefix
 
         if self.kv_cache() is None:
             return []
@@ -199,6 +222,7 @@ class PerplexityTask(ZooModel):
         reference_label = next(iter(sessions))
         items = []
         for shown, ids in self.generation_prompts():
+            ids = without_prefix(ids, prefix)
             tokens = {label: greedy_tokens(s, ids, self.generation_tokens, eos) for label, s in sessions.items()}
             reference = tokens[reference_label]
             items.append(
