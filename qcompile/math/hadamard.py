@@ -92,15 +92,19 @@ def hadamard_matrix(n: int) -> np.ndarray | None:
     return _hadamard(int(n))
 
 
+MAX_DENSE_FACTOR = 256  # largest order a of the dense factor A (the online op costs n·(a + b) per row)
+
+
 def kronecker_factors(n: int) -> tuple[int, int]:
-    """Split n = a·b, b a power of two, taking the largest b for which hadamard_matrix(a) exists
-    (384 → (12, 32), 64 → (1, 64)); if no such a exists, the largest power of two b (6 → (3, 2))."""
+    """Split n = a·b, b a power of two, taking the largest b for which hadamard_matrix(a) exists and
+    a ≤ MAX_DENSE_FACTOR (384 → (12, 32), 64 → (1, 64)); otherwise the largest power of two b (6 → (3, 2);
+    11008 → (43, 256): the only Hadamard order reached, 5504 = 5503 + 1, would make A a 5504×5504 matrix)."""
     if n < 1:
         raise ValueError(f"kronecker_factors needs n >= 1, got {n}")
     b_max = n & -n
     b = b_max
     while b >= 1:
-        if hadamard_matrix(n // b) is not None:
+        if n // b <= MAX_DENSE_FACTOR and hadamard_matrix(n // b) is not None:
             return n // b, b
         b //= 2
     return n // b_max, b_max

@@ -53,6 +53,9 @@ def test_hadamard_cached():
         (6, (3, 2)),
         (10, (5, 2)),
         (7, (7, 1)),
+        (576, (36, 16)),  # SmolLM2's hidden size: Paley II 36
+        (4864, (76, 64)),  # Qwen2-0.5B's FFN: Paley II 76
+        (11008, (43, 256)),  # Llama-2-7B's FFN: 5504 (Paley I) is reachable but too large a dense factor
     ],
 )
 def test_kronecker_factors(n, split):

