@@ -129,6 +129,11 @@ class PerplexityTask(ZooModel):
         self._kv, self._loaded = kv_cache_of(model), True
         return model
 
+    def set_kv_cache(self, kv: KvCache | None) -> None:
+        """Declare the KV-cache interface of the runners this task will feed, without loading the model (a
+        PyTorch runner takes no past: None)."""
+        self._kv, self._loaded = kv, True
+
     def kv_cache(self) -> KvCache | None:
         """The model's KV-cache interface (None without a cache); loads the model once if needed."""
         if not self._loaded:
