@@ -1,6 +1,7 @@
 """The `qcompile` command.
 
     qcompile MODEL --passes LIST -o OUTDIR [--calib-samples N] [--eval-samples N] [--seed S]
+                               MODEL: an ONNX file, zoo:NAME, or a Hugging Face causal-LM folder / .gguf file
     qcompile MODEL --recipe FILE.toml -o OUTDIR      the pass list from a recipe file
     qcompile passes [--json]   list every pass and recipe
     qcompile report OUTDIR     rebuild OUTDIR/report.html from OUTDIR/report.json
@@ -156,8 +157,10 @@ def _validate(args: argparse.Namespace) -> None:
         raise InputError(f"output {args.output} exists and is not a directory")
     if not args.model.startswith("zoo:"):
         from qcompile.frontends.model_file import regular_file_status
+        from qcompile.zoo.hf_causal_lm import is_hf_source
 
-        regular_file_status(Path(args.model), "an ONNX file")  # a pipe or device would block on reading
+        if not is_hf_source(args.model):  # a Hugging Face folder or .gguf is loaded by transformers
+            regular_file_status(Path(args.model), "an ONNX file")  # a pipe or device would block on reading
     if args.target is not None:
         from qcompile.backends.tvm.target import split_target
 

@@ -67,12 +67,17 @@ class JobConfig:
 
 
 def resolve_model(source: str | zoo.ZooModel, input_shapes: dict[str, tuple[int, ...]] | None = None) -> zoo.ZooModel:
-    """`zoo:NAME` → the zoo entry; a path → the ONNX file on seeded random inputs (symbolic input dims from
-    `input_shapes`); an entry → itself."""
+    """`zoo:NAME` → the zoo entry; a Hugging Face causal-LM folder or `.gguf` → `HfCausalLM` (perplexity on
+    Lee's corpus); a path → the ONNX file on seeded random inputs (symbolic input dims from `input_shapes`);
+    an entry → itself."""
     if isinstance(source, zoo.ZooModel):
         return source
     if source.startswith("zoo:"):
         return zoo.get(source[4:])
+    from qcompile.zoo.hf_causal_lm import HfCausalLM, is_hf_source
+
+    if is_hf_source(source):  # a Hugging Face folder or a .gguf: exported once, scored on Lee's corpus
+        return HfCausalLM(source)
     from qcompile.frontends.onnx import load
     from qcompile.zoo.generic import RandomInputTask
 

@@ -124,3 +124,53 @@ def test_generate_errors_are_one_line(argv: list[str], message: str, capsys) -> 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_hugging_face_folder_is_a_model_scored_on_lee(tmp_path: Path, monkeypatch, capsys) -> None:
+    """MODEL = a transformers folder (config.json, safetensors, tokenizer): exported once with a KV cache,
+    scored by perplexity on Lee's corpus tokenized with its own tokenizer, generation check included."""
+    import shutil
+
+    from qcompile.zoo.data.lee import lee_path
+
+    corpus = lee_path()
+    if not corpus.is_file():
+        pytest.skip(f"Lee corpus not in the cache ({corpus}); `make data` fetches it")
+    cache = tmp_path / "cache"
+    (cache / "data").mkdir(parents=True)
+    shutil.copy(corpus, cache / "data" / corpus.name)
+    monkeypatch.setenv("QCOMPILE_CACHE", str(cache))
+    folder = tmp_path / "tiny-hf"
+    tiny_llama_module(0).save_pretrained(str(folder))
+    _byte_tokenizer(folder)
+    out = tmp_path / "out"
+    args = [str(folder), "--passes", "w8a8", "-o", str(out), "--eval-samples", "2", "--calib-samples", "4", "--quiet",
+            "--no-baselines"]
+    assert main(args) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    assert report["decoder_llm"] is True and report["metric"]["name"] == "perplexity"
+    assert report["all_metrics"]["qcompile"]["tokens"] == 2 * 512
+    assert report["per_pass"][0]["options"]["act_granularity"] == "token"  # w8a8 on a decoder
+    assert len(report["generations"]) == 4 and (out / "tokenizer.json").is_file()
+    assert len(list((cache / "models").iterdir())) == 1  # exported once into the cache
+    assert main(args + ["--force"]) == 0  # the second run reuses the export
+    assert len(list((cache / "models").iterdir())) == 1
+
+
+def test_a_folder_without_config_is_still_refused(tmp_path: Path, capsys) -> None:
+    assert main([str(tmp_path), "--passes", "w8a8", "-o", str(tmp_path / "out")]) == 2
+    assert "is a directory, not an ONNX file" in capsys.readouterr().err
+
+
+def test_a_gguf_file_is_loaded_through_its_folder_and_file_name(tmp_path: Path) -> None:
+    from qcompile.zoo.hf_causal_lm import HfCausalLM, is_hf_source
+
+    gguf = tmp_path / "model.Q8_0.gguf"
+    gguf.write_bytes(b"GGUF")
+    entry = HfCausalLM(gguf)
+    assert is_hf_source(gguf) and entry.name == "hf:model.Q8_0.gguf"
+    assert entry._pretrained_arguments() == (str(tmp_path.resolve()), {"gguf_file": "model.Q8_0.gguf"})
+    key = entry.key()
+    gguf.write_bytes(b"GGUF-changed")
+    assert HfCausalLM(gguf).key() != key  # an edited model is exported again
+    assert not is_hf_source(tmp_path / "model.onnx")
