@@ -32,24 +32,6 @@ class Generation:
     text: str
 
 
-def _kv_layout(session) -> tuple[list[str], list[str], tuple[int, int]]:
-    """(past input names, present output names, (kv_heads, head_dim)) of a session with a KV cache."""
-    inputs = {i.name: i for i in session.get_inputs()}
-    outputs = {o.name for o in session.get_outputs()}
-    pasts, presents, layer = [], [], 0
-    while f"past_key_values.{layer}.key" in inputs:
-        for kind in ("key", "value"):
-            pasts.append(f"past_key_values.{layer}.{kind}")
-            presents.append(f"present.{layer}.{kind}")
-        layer += 1
-    if not pasts or any(p not in outputs for p in presents):
-        raise InputError("the model has no KV cache (past_key_values.*/present.* inputs and outputs): export it with one")
-    shape = inputs[pasts[0]].shape
-    if len(shape) != 4 or not isinstance(shape[1], int) or not isinstance(shape[3], int):
-        raise InputError(f"past_key_values.0.key has shape {shape}, expected [batch, heads, past, head_dim]")
-    return pasts, presents, (shape[1], shape[3])
-
-
 def greedy_tokens(
     session,
     prompt_ids: Sequence[int],
@@ -58,12 +40,15 @@ def greedy_tokens(
     on_token: Callable[[int], None] | None = None,
 ) -> list[int]:
     """The greedy continuation (token ids) of `prompt_ids` by an ONNX Runtime session with a KV cache."""
-    pasts, presents, (heads, head_dim) = _kv_layout(session)
+    from qcompile.zoo.lm_export import kv_cache_of_session
+
+    kv = kv_cache_of_session(session)
+    if kv is None:
+        raise InputError("the model has no KV cache (past_key_values.*/present.* inputs and outputs): export it with one")
     if len(prompt_ids) == 0:
         raise InputError("the prompt has no tokens")
-    feeds = {name: np.zeros((1, heads, 0, head_dim), np.float32) for name in pasts}
-    feeds["input_ids"] = np.asarray([list(prompt_ids)], dtype=np.int64)
-    names = ["logits", *presents]
+    feeds = {**kv.empty(1), "input_ids": np.asarray([list(prompt_ids)], dtype=np.int64)}
+    names = ["logits", *kv.outputs()]
     produced: list[int] = []
     for _ in range(max_new_tokens):
         outputs = dict(zip(names, session.run(names, feeds)))
@@ -73,8 +58,7 @@ def greedy_tokens(
             on_token(token)
         if token in eos_ids:
             break
-        feeds = {past: outputs[present] for past, present in zip(pasts, presents)}
-        feeds["input_ids"] = np.asarray([[token]], dtype=np.int64)
+        feeds = {**kv.feeds_from(outputs), "input_ids": np.asarray([[token]], dtype=np.int64)}
     return produced
 
 

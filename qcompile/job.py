@@ -39,6 +39,7 @@ from qcompile.report.environment import environment
 from qcompile.report.latency import measure_latency
 from qcompile.passes.transforms.intact_kv import bake_prefix_cache, intact_kv_prefix, prefix_cache
 from qcompile.report.ranges import RecordRanges
+from qcompile.zoo.lm_export import complete_prefill_feeds
 from qcompile.zoo.perplexity import PerplexityTask
 
 __all__ = ["JobConfig", "run_job", "resolve_model"]
@@ -124,7 +125,7 @@ def _session_runner(session):
     def run(feeds):
         from qcompile.runtime.sessions import run as ort_run
 
-        return ort_run(session, feeds, [output])[output]
+        return ort_run(session, complete_prefill_feeds(session, feeds), [output])[output]
 
     return run
 
@@ -222,7 +223,10 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
                 "model.int.onnx in ONNX Runtime is a bit-exact reference, not a deployment (no int32 GEMM "
                 "there); tvm_int is its deployment"
             )
-        runners = {label: (lambda s=session: runtime.run(s, feeds)) for label, session in timed.items()}
+        runners = {
+            label: (lambda s=session, f=complete_prefill_feeds(session, feeds): runtime.run(s, f))
+            for label, session in timed.items()
+        }
         if tvm_model is not None:
             prepared = tvm_model.prepare(feeds)
             runners["tvm_int"] = lambda: tvm_model.run_prepared(prepared)

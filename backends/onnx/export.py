@@ -39,16 +39,21 @@ def external_data_path(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.name}.data")
 
 
-def export(model: ir.Model, path: str | os.PathLike, fmt: str = "qdq", int8_weights: bool | None = None) -> Path:
+def export(
+    model: ir.Model, path: str | os.PathLike, fmt: str = "qdq", int8_weights: bool | None = None, kv_storage: bool = True
+) -> Path:
     """Serialize `model` in format `fmt` to `path` atomically; returns the path. `int8_weights` (qdq only):
-    int8 weight codes (True), uint8 (False), or int8 where that is exact and fast on this CPU (None)."""
+    int8 weight codes (True), uint8 (False), or int8 where that is exact and fast on this CPU (None).
+    `kv_storage` (qdq only): a quantized KV cache is stored as codes with scales (`runtime.kv_storage`)."""
     if fmt not in FORMATS:
         raise InputError(f"unknown export format '{fmt}' (choose from {', '.join(FORMATS)})")
     path = Path(path)
     if fmt == "int" and Property.INTEGER_ONLY not in get_properties(model):
         raise InputError("export format 'int' needs a model lowered by the 'intonly' pass")
     if fmt == "qdq":
-        out = to_qdq(model, int8_weights=int8_weights_exact() if int8_weights is None else int8_weights)
+        out = to_qdq(
+            model, int8_weights=int8_weights_exact() if int8_weights is None else int8_weights, kv_storage=kv_storage
+        )
     else:
         out = model
     size = sum(v.const_value.nbytes for v in out.graph.initializers.values() if v.const_value is not None)

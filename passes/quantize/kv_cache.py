@@ -9,9 +9,10 @@ in the graph from the row itself (`QuantSpec.per_token`; asymmetric by default, 
     k̂ = (clamp(round(k / s) + z, 0, 2^b − 1) − z) · s
 
 with r = `clip_ratio`. The cache then holds k̂ and v̂: what the attention reads now and at every later decode
-step. (The artifact stores them as float32 values on the b-bit grid; packing the codes with their scales into
-the cache tensors is not done yet.) Prefill and decode quantize each token once, when it enters the cache,
-so both see the same values. LOSSY; it establishes QUANTIZED.
+step. The exported artifact stores the codes with their scales and zero points as the cache tensors
+(`qcompile.runtime.kv_storage`; internal checks use the fake-quantized form, with the same numerics). Prefill
+and decode quantize each token once, when it enters the cache, so both see the same values. LOSSY; it
+establishes QUANTIZED.
 """
 
 from __future__ import annotations

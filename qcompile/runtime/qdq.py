@@ -62,6 +62,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.ir import clone_model, quant_meta
+from qcompile.runtime.kv_storage import store_quantized_cache
 from qcompile.ir.quant_meta import QuantSpec
 from qcompile.runtime import log_quant
 
@@ -221,10 +222,9 @@ def _reduce(graph: ir.Graph, op: str, x: ir.Value, name: str, opset: int) -> ir.
     return _node(op, [x], name, axes=[-1], keepdims=1)
 
 
-def _quantize_token_activation(graph: ir.Graph, value: ir.Value, spec: QuantSpec, opset: int) -> None:
-    uses = list(value.uses())
-    if not uses:
-        return
+def _token_ops(graph: ir.Graph, value: ir.Value, spec: QuantSpec, opset: int):
+    """The per-token quantizer's nodes (not inserted) and its values: (nodes, codes, scale, zero point (None if
+    symmetric), dequantized)."""
     base = value.name
     nodes: list[ir.Node] = []
 
@@ -253,6 +253,7 @@ def _quantize_token_activation(graph: ir.Graph, value: ir.Value, spec: QuantSpec
         clipped = add("Clip", [rounded, const("qmin", -spec.token_qmax), top], "clipped")
         codes = add("Cast", [clipped], "quantized", ir.DataType.INT8, to=ir.DataType.INT8)
         centered = add("Cast", [codes], "codes_float", to=ir.DataType.FLOAT)
+        zero_point = None
     else:
         zero, levels = const("zero", 0.0), const("levels", 2**spec.bits - 1)
         lo = add("Min", [reduce("ReduceMin", value, "row_min"), zero], "lo")
@@ -270,13 +271,25 @@ def _quantize_token_activation(graph: ir.Graph, value: ir.Value, spec: QuantSpec
     dequantized = add("Mul", [centered, scale], "dequantized")
     dequantized.shape = value.shape
     codes.shape = value.shape
-    for use in uses:
-        use.node.replace_input_with(use.idx, dequantized)
+    return nodes, codes, scale, zero_point, dequantized
+
+
+def _insert_after_producer(graph: ir.Graph, value: ir.Value, nodes: list[ir.Node]) -> None:
     producer = value.producer()
     if producer is not None:
         graph.insert_after(producer, nodes)
     elif len(graph):
         graph.insert_before(graph.node(0), nodes)
+
+
+def _quantize_token_activation(graph: ir.Graph, value: ir.Value, spec: QuantSpec, opset: int) -> None:
+    uses = list(value.uses())
+    if not uses:
+        return
+    nodes, _, _, _, dequantized = _token_ops(graph, value, spec, opset)
+    for use in uses:
+        use.node.replace_input_with(use.idx, dequantized)
+    _insert_after_producer(graph, value, nodes)
 
 
 def _quantize_log_activation(graph: ir.Graph, value: ir.Value, spec: QuantSpec) -> None:
@@ -308,11 +321,15 @@ def _quantize_log_activation(graph: ir.Graph, value: ir.Value, spec: QuantSpec) 
         graph.insert_before(graph.node(0), [q, dq])
 
 
-def to_qdq(model: ir.Model, int8_weights: bool = False, blocked_weights: bool = False) -> ir.Model:
+def to_qdq(
+    model: ir.Model, int8_weights: bool = False, blocked_weights: bool = False, kv_storage: bool = False
+) -> ir.Model:
     """A copy of `model` with every `QuantSpec` written as QDQ nodes (log√2 specs as `log_quant` functions,
     per-token specs as the standard ops above, per-group weights as blocked or standard-op dequantization);
     `int8_weights` writes unsigned weight codes as int8 (exactly the same values, see above);
-    `blocked_weights` writes per-group weights as blocked DequantizeLinear where the opset is 21 or more."""
+    `blocked_weights` writes per-group weights as blocked DequantizeLinear where the opset is 21 or more;
+    `kv_storage` stores a quantized KV cache as codes with their scales (`kv_storage.store_quantized_cache`:
+    the artifact's cache interface changes, so numeric checks use the default)."""
     quantized = quant_meta.quantized_values(model.graph)
     specs = {v.name: quant_meta.get_quant(v) for v in quantized}
     for value in quantized:
@@ -339,7 +356,8 @@ def to_qdq(model: ir.Model, int8_weights: bool = False, blocked_weights: bool = 
                 log_quant.add_log_functions(out)
             _quantize_log_activation(graph, value, spec)
         elif spec.kind == "uniform_token":
-            _quantize_token_activation(graph, value, spec, opset)
+            if not (kv_storage and store_quantized_cache(graph, value, spec, opset, _token_ops)):
+                _quantize_token_activation(graph, value, spec, opset)
         elif value.const_value is not None and name in graph.initializers:
             _quantize_weight(graph, value, spec, int8_weights, opset, blocked_weights)
         else:

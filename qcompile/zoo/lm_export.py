@@ -31,7 +31,10 @@ from qcompile.ir.cache_state import PAST_PREFIX, PRESENT_PREFIX
 __all__ = [
     "INPUT_NAME",
     "OUTPUT_NAME",
+    "CacheEntry",
     "KvCache",
+    "complete_prefill_feeds",
+    "kv_cache_of_session",
     "export_causal_lm",
     "kv_cache_of",
     "past_name",
@@ -52,42 +55,94 @@ def present_name(layer: int, kind: str) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class CacheEntry:
+    """One past input and the present output that feeds it at the next step: [batch, a, past, b] of `dtype`
+    (keys and values: a = kv_heads, b = head_dim; a quantized cache's scales: b = 1)."""
+
+    past: str
+    present: str
+    dtype: str  # a NumPy dtype name
+    a: int
+    b: int
+
+
+@dataclasses.dataclass(frozen=True)
 class KvCache:
-    """The KV-cache interface of an exported decoder: per layer, (kv_heads, head_dim) of its key and value."""
+    """The KV-cache interface of an exported decoder: per layer, (kv_heads, head_dim) of its key and value,
+    and every past input with its present output (float32 keys/values, or codes with their scales when the
+    artifact stores a quantized cache, `qcompile.runtime.kv_storage`)."""
 
     layers: int
     heads: int
     head_dim: int
+    entries: tuple[CacheEntry, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.entries:
+            names = [(past_name(i, k), present_name(i, k)) for i in range(self.layers) for k in ("key", "value")]
+            entries = tuple(CacheEntry(p, q, "float32", self.heads, self.head_dim) for p, q in names)
+            object.__setattr__(self, "entries", entries)
 
     def inputs(self) -> list[str]:
-        return [past_name(i, kind) for i in range(self.layers) for kind in ("key", "value")]
+        return [e.past for e in self.entries]
 
     def outputs(self) -> list[str]:
-        return [present_name(i, kind) for i in range(self.layers) for kind in ("key", "value")]
+        return [e.present for e in self.entries]
 
     def empty(self, batch: int) -> dict[str, np.ndarray]:
         """Feeds of an empty past (prefill) for `batch` sequences."""
-        shape = (batch, self.heads, 0, self.head_dim)
-        return {name: np.zeros(shape, dtype=np.float32) for name in self.inputs()}
+        return {e.past: np.zeros((batch, e.a, 0, e.b), dtype=e.dtype) for e in self.entries}
 
     def feeds_from(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The next step's past feeds from this step's presents."""
-        return {past: outputs[present] for past, present in zip(self.inputs(), self.outputs())}
+        return {e.past: outputs[e.present] for e in self.entries}
+
+
+_NUMPY = {ir.DataType.FLOAT: "float32", ir.DataType.UINT8: "uint8", ir.DataType.INT8: "int8"}
+_ORT = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
+
+
+def _cache(inputs: list[tuple[str, str | None, list]], outputs: set[str]) -> KvCache | None:
+    """The KvCache of (name, numpy dtype, shape) inputs and output names, or None without a usable cache."""
+    entries, layers = [], set()
+    for name, dtype, shape in inputs:
+        if not name.startswith(PAST_PREFIX):
+            continue
+        present = PRESENT_PREFIX + name[len(PAST_PREFIX) :]
+        if dtype is None or present not in outputs or shape is None or len(shape) != 4:
+            return None
+        if not isinstance(shape[1], int) or not isinstance(shape[3], int):
+            return None
+        entries.append(CacheEntry(name, present, dtype, int(shape[1]), int(shape[3])))
+        if name.endswith(".key"):
+            layers.add(name)
+    keys = {e.past: e for e in entries}
+    first = keys.get(past_name(0, "key"))
+    if not entries or first is None:
+        return None
+    return KvCache(len(layers), first.a, first.b, tuple(entries))
 
 
 def kv_cache_of(model: ir.Model) -> KvCache | None:
-    """The KV cache of `model` when its inputs are ``past_key_values.{i}.key/value`` with static heads and
-    head size, else None (a decoder exported without a cache)."""
-    inputs = {v.name: v for v in model.graph.inputs}
-    layers = 0
-    while past_name(layers, "key") in inputs and past_name(layers, "value") in inputs:
-        layers += 1
-    if layers == 0:
-        return None
-    shape = inputs[past_name(0, "key")].shape
-    if shape is None or len(shape) != 4 or not isinstance(shape[1], int) or not isinstance(shape[3], int):
-        return None
-    return KvCache(layers, int(shape[1]), int(shape[3]))
+    """The KV cache of `model` when its inputs are ``past_key_values.*`` with static heads and head size and
+    matching ``present.*`` outputs, else None (a decoder exported without a cache)."""
+    inputs = [(v.name, _NUMPY.get(v.dtype), list(v.shape) if v.shape is not None else None) for v in model.graph.inputs]
+    return _cache(inputs, {v.name for v in model.graph.outputs})
+
+
+def kv_cache_of_session(session) -> KvCache | None:
+    """`kv_cache_of` for an ONNX Runtime session (the artifact as a runtime sees it)."""
+    inputs = [(i.name, _ORT.get(i.type), list(i.shape)) for i in session.get_inputs()]
+    return _cache(inputs, {o.name for o in session.get_outputs()})
+
+
+def complete_prefill_feeds(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`feeds` with every cache input of `session` replaced by an empty past of that session's own types (the
+    artifact's cache may be stored quantized while the task's feeds are float)."""
+    kv = kv_cache_of_session(session)
+    if kv is None or INPUT_NAME not in feeds:
+        return feeds
+    return {**feeds, **kv.empty(len(feeds[INPUT_NAME]))}
 
 
 def prefill_feeds(model: ir.Model, ids: np.ndarray) -> dict[str, np.ndarray]:

@@ -92,3 +92,32 @@ def test_bad_options_are_rejected(options: dict, message: str) -> None:
 
     with pytest.raises(ValueError, match=message):
         KvCacheQuantPass(**options)
+
+
+def test_the_artifact_stores_the_quantized_cache_as_codes_and_scales(tiny_llama_export) -> None:
+    """to_qdq(kv_storage=True) (the exported artifact's form): uint8 codes plus a scale and zero point per head
+    and token in and out; the same logits as the fake-quantized form; decode reads the stored codes."""
+    from qcompile.generation import greedy_tokens
+    from qcompile.zoo.lm_export import kv_cache_of_session
+
+    model = load(tiny_llama_export("pow2"))
+    run_passes(model, "kv-quant:bits=4", calibration=None)
+    stored = runtime.make_session(to_qdq(model, kv_storage=True))
+    simulated = runtime.make_session(to_qdq(model))
+    kv = kv_cache_of_session(stored)
+    types = {e.past: e.dtype for e in kv.entries}
+    assert types["past_key_values.0.key"] == "uint8" and types["past_key_values.1.value"] == "uint8"
+    assert types["past_key_values.0.key_scale"] == "float32" and types["past_key_values.0.value_zero_point"] == "float32"
+    assert len(kv.entries) == 2 * 2 * 3 and kv.layers == 2
+    ids = _ids(10)
+    feeds = {"input_ids": ids, **kv.empty(2)}
+    names = ["logits", *kv.outputs()]
+    first = dict(zip(names, stored.run(names, {**feeds, "input_ids": ids[:, :9]})))
+    assert first["present.0.key"].dtype == np.uint8 and first["present.0.key"].max() <= 15
+    assert first["present.0.key_scale"].shape == (2, 2, 9, 1)
+    reference = runtime.run(simulated, prefill_feeds(model, ids), ["logits"])["logits"]
+    np.testing.assert_allclose(stored.run(["logits"], feeds)[0], reference, rtol=0, atol=1e-5)
+    step = stored.run(["logits"], {"input_ids": ids[:, 9:], **kv.feeds_from(first)})[0]
+    np.testing.assert_allclose(step[:, 0], reference[:, 9], rtol=0, atol=1e-4 * np.abs(reference).max())
+    prompt = ids[0, :6].tolist()
+    assert greedy_tokens(stored, prompt, 8) == greedy_tokens(simulated, prompt, 8)
