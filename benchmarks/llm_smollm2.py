@@ -28,12 +28,12 @@ GPTQ = ["--calib-samples", "128"]
 
 # (label, bit widths for the acceptance target, passes, extra CLI arguments)
 SETTINGS = [
-    ("fp", "fp", "fp", []),
     ("w8a8", "w8a8", "w8a8", []),
     ("rotate+w8a8", "w8a8", "rotate,w8a8", []),
     ("w4a16", "w4a16", "w4a16", []),
     ("w4a16 gptq", "w4a16", "w4a16:weight_search=gptq", GPTQ),
     ("rotate+w4a16 gptq", "w4a16", "rotate,w4a16:weight_search=gptq", GPTQ),
+    ("rotate+w4a16 gptq, Hessians at once", "w4a16", "rotate,w4a16:weight_search=gptq:gptq_sequential=false", GPTQ),
     ("rotate+w4a8 gptq", "w4a8", "rotate,w4a8:weight_search=gptq", GPTQ),
     ("rotate+w4a4 gptq", "w4a4", "rotate,w4a4:weight_search=gptq", GPTQ),
     ("w4a4kv4", "w4a4kv4", "w4a4kv4", []),
@@ -73,7 +73,7 @@ def _row(label: str, bits: str, command: list[str], report: dict, seconds: float
 
 
 def _run(label, bits, passes, extra, out_root: Path, reuse: bool) -> dict:
-    out = out_root / label.replace("+", "_").replace(" ", "_")
+    out = out_root / label.replace("+", "_").replace(",", "").replace(" ", "_")
     command = _command(passes, extra, out)
     report_path = out / "report.json"
     if reuse and report_path.is_file():
