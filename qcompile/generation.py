@@ -44,7 +44,9 @@ def greedy_tokens(
 
     kv = kv_cache_of_session(session)
     if kv is None:
-        raise InputError("the model has no KV cache (past_key_values.*/present.* inputs and outputs): export it with one")
+        raise InputError(
+            "the model has no KV cache (past_key_values.*/present.* inputs and outputs): export it with one"
+        )
     if len(prompt_ids) == 0:
         raise InputError("the prompt has no tokens")
     feeds = {**kv.empty(1), "input_ids": np.asarray([list(prompt_ids)], dtype=np.int64)}

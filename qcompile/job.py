@@ -32,12 +32,12 @@ from qcompile.frontends.model_kind import is_decoder_llm
 from qcompile.ir import clone_model
 from qcompile.ir.properties import Property, get_properties
 from qcompile.output_folder import TOKENIZER_FILES, OutputFolder
+from qcompile.passes.transforms.intact_kv import bake_prefix_cache, intact_kv_prefix, prefix_cache
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.pass_base import Pass
 from qcompile.pipeline.run import plan_passes, run_passes
 from qcompile.report.environment import environment
 from qcompile.report.latency import measure_latency
-from qcompile.passes.transforms.intact_kv import bake_prefix_cache, intact_kv_prefix, prefix_cache
 from qcompile.report.ranges import RecordRanges
 from qcompile.zoo.lm_export import complete_prefill_feeds
 from qcompile.zoo.perplexity import PerplexityTask

@@ -40,7 +40,11 @@ def external_data_path(path: str | os.PathLike) -> Path:
 
 
 def export(
-    model: ir.Model, path: str | os.PathLike, fmt: str = "qdq", int8_weights: bool | None = None, kv_storage: bool = True
+    model: ir.Model,
+    path: str | os.PathLike,
+    fmt: str = "qdq",
+    int8_weights: bool | None = None,
+    kv_storage: bool = True,
 ) -> Path:
     """Serialize `model` in format `fmt` to `path` atomically; returns the path. `int8_weights` (qdq only):
     int8 weight codes (True), uint8 (False), or int8 where that is exact and fast on this CPU (None).

@@ -10,6 +10,7 @@ Not a runnable script; imported by ort_peer.py, llmc_peer.py, quark_peer.py.
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -101,3 +102,52 @@ def record(name: str, data: dict) -> None:
 
 def agreement(top: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean(top == ref))
+
+
+def record_failure(name: str, peer: str, setting: str, error: Exception, start: float) -> None:
+    """Record a peer setting that raised: the row says why."""
+    import traceback
+
+    traceback.print_exc()
+    record(
+        name,
+        {
+            "peer": peer,
+            "setting": setting,
+            "failed": True,
+            "error": f"{type(error).__name__}: {str(error)[:300]}",
+            "seconds_before_failure": time.perf_counter() - start,
+        },
+    )
+
+
+def record_scores(
+    name: str, peer: str, setting: str, scores: tuple, reference: tuple, quantize_seconds: float, **extra
+) -> None:
+    """Record a scored peer setting: `scores` = (perplexity, top-1 tokens, eval seconds) from `score`,
+    `reference` = (FP perplexity, FP top-1 tokens) from `fp_top`."""
+    ppl, top, eval_seconds = scores
+    fp_ppl, fp_tokens = reference
+    record(
+        name,
+        {
+            "peer": peer,
+            "setting": setting,
+            "perplexity": ppl,
+            "fp_perplexity": fp_ppl,
+            "ratio_to_fp": ppl / fp_ppl,
+            "top1_agreement": agreement(top, fp_tokens),
+            "quantize_seconds": quantize_seconds,
+            "eval_seconds": eval_seconds,
+            **extra,
+        },
+    )
+
+
+def peer_arguments() -> argparse.Namespace:
+    """--setting, --threads (2), --calib (CALIB_WINDOWS): the command line every peer script takes."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--setting", required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--calib", type=int, default=CALIB_WINDOWS)
+    return parser.parse_args()

@@ -4,7 +4,9 @@ Measures perplexity on the 16 evaluation windows (8,192 tokens), top-1 agreement
 by the same ORT, and the wall time of the quantization call, for:
 
   fp            the float ONNX model (reference of this runtime)
-  dyn_w8a8      onnxruntime.quantization.quantize_dynamic, weight_type=QInt8, per_channel=True (other args default)
+  dyn_w8a8      onnxruntime.quantization.quantize_dynamic, weight_type=QInt8, per_channel=True (other args default;
+                its default op types include Gather, so the tied embedding/lm_head table becomes per-tensor uint8)
+  dyn_w8a8_matmul  the same with op_types_to_quantize=["MatMul"] (embedding table left float)
   nbits_default MatMulNBitsQuantizer, 4-bit, block_size=128, is_symmetric=False, default algorithm (min/max RTN)
   nbits_rtn     MatMulNBitsQuantizer with RTNWeightOnlyQuantConfig (INC round-to-nearest)
   nbits_hqq     MatMulNBitsQuantizer with HQQWeightOnlyQuantConfig(block_size=128, bits=4)
@@ -23,7 +25,6 @@ Records go to /work/peers/out/ort_<setting>[_acc<L>].json; collect.py gathers th
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,9 @@ class Reader:
     def rewind(self):
         self.i = 0
 
+    def __len__(self):
+        return len(self.calib)
+
     def __iter__(self):
         self.rewind()
         return self
@@ -86,6 +90,9 @@ def quantize(setting: str, out: Path, args) -> dict:
     if setting == "dyn_w8a8":
         quantize_dynamic(src, str(out), weight_type=QuantType.QInt8, per_channel=True)
         return info
+    if setting == "dyn_w8a8_matmul":
+        quantize_dynamic(src, str(out), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+        return info
     acc = args.accuracy_level if args.accuracy_level else None
     if setting == "nbits_default":
         algo = None
@@ -101,7 +108,7 @@ def quantize(setting: str, out: Path, args) -> dict:
         raise SystemExit(f"unknown setting {setting}")
     model = onnx.load(src)  # external data loaded from next to the file
     q = mnq.MatMulNBitsQuantizer(
-        model if setting not in ("nbits_rtn", "nbits_gptq") else src,
+        model,  # ModelProto with its external data loaded (a path makes INC's GPTQ session lose the .data file)
         bits=4,
         block_size=128,
         is_symmetric=False,
@@ -128,8 +135,21 @@ def describe(path: Path) -> dict:
     lm_head = [n.op_type for n in m.graph.node if n.output and n.output[0] == "logits"]
     float_matmuls = ops.get("MatMul", 0)
     return {
-        "op_counts": {k: v for k, v in ops.items() if k in ("MatMul", "MatMulNBits", "MatMulInteger", "DynamicQuantizeLinear",
-                                                          "Gather", "GatherBlockQuantized", "DequantizeLinear", "QuantizeLinear")},
+        "op_counts": {
+            k: v
+            for k, v in ops.items()
+            if k
+            in (
+                "MatMul",
+                "MatMulNBits",
+                "MatMulInteger",
+                "DynamicQuantizeLinear",
+                "Gather",
+                "GatherBlockQuantized",
+                "DequantizeLinear",
+                "QuantizeLinear",
+            )
+        },
         "first_matmulnbits_attrs": attrs,
         "float_matmul_left": float_matmuls,
         "logits_producer": lm_head,
@@ -151,34 +171,44 @@ def main() -> None:
     )
     name = f"ort_{args.setting}" + (f"_acc{args.accuracy_level}" if args.accuracy_level else "")
     if args.setting == "fp":
-        common.record(name, {"peer": f"onnxruntime {ort.__version__}", "setting": "float ONNX", "perplexity": fp_ppl,
-                             "fp_perplexity": fp_ppl, "top1_agreement": 1.0, "artifact": "real (float ONNX, ORT CPU)"})
+        common.record(
+            name,
+            {
+                "peer": f"onnxruntime {ort.__version__}",
+                "setting": "float ONNX",
+                "perplexity": fp_ppl,
+                "fp_perplexity": fp_ppl,
+                "top1_agreement": 1.0,
+                "artifact": "real (float ONNX, ORT CPU)",
+            },
+        )
         return
     out = WORK / f"{name}.onnx"
     start = time.perf_counter()
     try:
         info = quantize(args.setting, out, args)
     except Exception as error:  # noqa: BLE001 - the row says why
-        import traceback
-
-        traceback.print_exc()
-        common.record(name, {"peer": f"onnxruntime {ort.__version__}", "setting": args.setting, "failed": True,
-                             "error": f"{type(error).__name__}: {str(error)[:300]}",
-                             "seconds_before_failure": time.perf_counter() - start})
+        common.record_failure(name, f"onnxruntime {ort.__version__}", args.setting, error, start)
         return
     qtime = time.perf_counter() - start
     desc = describe(out)
     print(desc, flush=True)
-    ppl, top, esecs = common.score(runner(session(out, args.threads)), name)
+    scores = common.score(runner(session(out, args.threads)), name)
     size = out.stat().st_size + sum(p.stat().st_size for p in out.parent.glob(out.name + ".data"))
-    common.record(name, {
-        "peer": f"onnxruntime {ort.__version__}", "setting": args.setting,
-        "accuracy_level": args.accuracy_level or "default (0: fp32 compute)",
-        "perplexity": ppl, "fp_perplexity": fp_ppl, "ratio_to_fp": ppl / fp_ppl,
-        "top1_agreement": common.agreement(top, fp_top), "quantize_seconds": qtime, "eval_seconds": esecs,
-        "artifact": "real (quantized ONNX run by ORT CPU EP)", "model_bytes": size, "threads": args.threads, **info,
+    common.record_scores(
+        name,
+        f"onnxruntime {ort.__version__}",
+        args.setting,
+        scores,
+        (fp_ppl, fp_top),
+        qtime,
+        accuracy_level=args.accuracy_level or "default (0: fp32 compute)",
+        artifact="real (quantized ONNX run by ORT CPU EP)",
+        model_bytes=size,
+        threads=args.threads,
+        **info,
         **desc,
-    })
+    )
 
 
 if __name__ == "__main__":

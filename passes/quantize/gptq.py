@@ -56,7 +56,9 @@ class ColumnGrid:
         return array.reshape((-1,) + (1,) * (np.ndim(like) - 1))  # [N] against [N] or [N, columns]
 
     def codes(self, column: np.ndarray) -> np.ndarray:
-        return np.clip(np.rint(column / self._along(self.scale, column)) + self._along(self.zero, column), self.lo, self.hi)
+        return np.clip(
+            np.rint(column / self._along(self.scale, column)) + self._along(self.zero, column), self.lo, self.hi
+        )
 
     def values(self, codes: np.ndarray) -> np.ndarray:
         return (codes - self._along(self.zero, codes)) * self._along(self.scale, codes)

@@ -194,7 +194,9 @@ def gptq_round_weights(
         if isinstance(left, str):
             hessians_from = f"float model, all linears at once (not layer by layer: {left})"
         else:
-            hessians_from = "layer by layer" + (f" ({len(left)} linears outside the blocks: float model)" if left else "")
+            hessians_from = "layer by layer" + (
+                f" ({len(left)} linears outside the blocks: float model)" if left else ""
+            )
             layouts = left
     if layouts:
         names = sorted({x.name for _, _, x, _ in layouts.values()})

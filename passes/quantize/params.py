@@ -117,9 +117,10 @@ def grouped_weight_spec(
     unsigned_container: bool = True,
     search: str = "minmax",
 ) -> QuantSpec:
-    """Per-group quantizer of `weight`: groups of `group_size` consecutive elements along `axis`, one scale per group and index of the other axes (see above). Symmetric
-    specs are stored like the per-channel ones (uint8 with zero point 2^(b−1), or int8 with 0); asymmetric
-    ones are unsigned; `search="mse"` clips each group's range (both kinds). A ragged last group is allowed."""
+    """Per-group quantizer of `weight`: groups of `group_size` consecutive elements along `axis`, one scale per
+    group and index of the other axes (see above). Symmetric specs are stored like the per-channel ones (uint8
+    with zero point 2^(b−1), or int8 with 0); asymmetric ones are unsigned; `search="mse"` clips each group's
+    range (both kinds). A ragged last group is allowed."""
     if search not in SEARCHES:
         raise ValueError(f"weight search must be one of {', '.join(SEARCHES)}, got {search}")
     axis = axis % weight.ndim

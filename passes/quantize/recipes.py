@@ -66,7 +66,12 @@ register_recipe(
 register_recipe("w4a8", _llm_steps(4, 8), _llm_doc(4, 8))
 register_recipe(
     "w4a16",
-    [("quantize", {"weight_bits": 4, "weight_group": 128, "weight_symmetric": False, "act_granularity": "none", **_LLM})],
+    [
+        (
+            "quantize",
+            {"weight_bits": 4, "weight_group": 128, "weight_symmetric": False, "act_granularity": "none", **_LLM},
+        )
+    ],
     "decoder LLMs, weight-only: 4-bit asymmetric, one scale and zero point per group of 128 input channels "
     "(round to nearest; weight_search=gptq for GPTQ); activations and the LM head stay float",
 )

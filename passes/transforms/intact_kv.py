@@ -151,7 +151,9 @@ class IntactKvPass(Pass):
         if intact_kv_prefix(model) is not None:
             return PassResult(model, modified=False, stats={"reason": "a prefix is already baked in"})
         if any(quant_meta.get_quant(v) is not None for v in quant_meta.quantized_values(model.graph)):
-            raise InputError("pass 'intact-kv' must run before quantization (the prefix's KV comes from the float model)")
+            raise InputError(
+                "pass 'intact-kv' must run before quantization (the prefix's KV comes from the float model)"
+            )
         if not _pasts(model) or not any(v.name == "input_ids" for v in model.graph.inputs):
             raise InputError("pass 'intact-kv' needs a decoder exported with a KV cache (input_ids, past_key_values.*)")
         ids = parse_prefix(self.prefix, self.context.prompt_prefixes)

@@ -58,7 +58,6 @@ from qcompile.passes.transforms.kv_sites import find_kv_sites
 from qcompile.passes.transforms.norm_sites import find_norm_sites, norm_linears
 from qcompile.passes.transforms.qk_rotation import drop_key_bias, rotate_heads
 from qcompile.passes.transforms.repq_layernorm import linear_bias
-from qcompile.passes.transforms.untie import untie_transposed_weights
 from qcompile.passes.transforms.residual_stream import (
     Norm,
     Stream,
@@ -68,6 +67,7 @@ from qcompile.passes.transforms.residual_stream import (
     find_stream,
     find_writers,
 )
+from qcompile.passes.transforms.untie import untie_transposed_weights
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
 from qcompile.pipeline.registry import register_pass

@@ -62,9 +62,9 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.ir import clone_model, quant_meta
-from qcompile.runtime.kv_storage import store_quantized_cache
 from qcompile.ir.quant_meta import QuantSpec
 from qcompile.runtime import log_quant
+from qcompile.runtime.kv_storage import store_quantized_cache
 
 __all__ = ["to_qdq", "int8_weight_codes", "MIN_OPSET", "BLOCKED_OPSET"]
 

@@ -2,9 +2,9 @@
 
 transformers' `LlamaForCausalLM` with 2 layers, hidden 64, 4 query heads and 2 key/value heads (GQA),
 head_dim 16, a 128-wide SwiGLU FFN, RMSNorm, RoPE, tied embeddings and a 256-token vocabulary; weights are
-drawn from ``torch.manual_seed(seed)``, RMSNorm gains γ = exp(0.5·N(0, 1)) per channel (distinct per norm). It is exported
-with a KV cache (`qcompile.zoo.lm_export`: ``input_ids`` and ``past_key_values.*`` → ``logits`` and ``present.*``),
-cached under ``$QCOMPILE_CACHE/models/``.
+drawn from ``torch.manual_seed(seed)``, RMSNorm gains γ = exp(0.5·N(0, 1)) per channel (distinct per norm).
+It is exported with a KV cache (`qcompile.zoo.lm_export`: ``input_ids`` and ``past_key_values.*`` →
+``logits`` and ``present.*``), cached under ``$QCOMPILE_CACHE/models/``.
 
 `TinyLlamaTask` (``zoo:tiny-llama``) scores it by perplexity on seeded uniformly random token windows of 32
 tokens. The absolute perplexity of random weights on random tokens means nothing (about the vocabulary

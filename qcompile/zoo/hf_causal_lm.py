@@ -42,7 +42,9 @@ def _transformers():
     try:
         import transformers
     except ImportError:
-        raise DataUnavailableError("a Hugging Face model as MODEL needs transformers: pip install 'qcompile[llm]'") from None
+        raise DataUnavailableError(
+            "a Hugging Face model as MODEL needs transformers: pip install 'qcompile[llm]'"
+        ) from None
     return transformers
 
 
@@ -82,7 +84,9 @@ class HfCausalLM(PerplexityTask):
             try:
                 self._tokenizer = _transformers().AutoTokenizer.from_pretrained(folder, **extra)
             except (OSError, ValueError) as error:
-                raise InputError(f"{self.source}: cannot load its tokenizer ({type(error).__name__}: {error})") from None
+                raise InputError(
+                    f"{self.source}: cannot load its tokenizer ({type(error).__name__}: {error})"
+                ) from None
         return self._tokenizer
 
     def onnx_path(self) -> Path:
@@ -100,7 +104,9 @@ class HfCausalLM(PerplexityTask):
             try:
                 module = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype="float32", **extra).eval()
             except (OSError, ValueError, KeyError) as error:
-                raise InputError(f"{self.source}: transformers cannot load it ({type(error).__name__}: {error})") from None
+                raise InputError(
+                    f"{self.source}: transformers cannot load it ({type(error).__name__}: {error})"
+                ) from None
             export_causal_lm(module, path, int(module.config.vocab_size))
             print(f"exported in {time.perf_counter() - start:.0f} s")
         return load(path)

@@ -182,9 +182,7 @@ def _wrapper(module, cache: bool):
     return (WithCache if cache else LogitsOnly)(module).eval()
 
 
-def export_causal_lm(
-    module: object, path: Path, vocab_size: int, example_length: int = 16, cache: bool = True
-) -> Path:
+def export_causal_lm(module: object, path: Path, vocab_size: int, example_length: int = 16, cache: bool = True) -> Path:
     """Export a Hugging Face causal LM to ONNX (module docstring); `cache=False` gives the decoder without
     a KV cache (``input_ids`` → ``logits`` only)."""
     import torch
@@ -210,7 +208,9 @@ def export_causal_lm(
             "past_values": [{0: batch, 2: past}] * layers,
         }
         kv = KvCache(layers, kv_heads, head_dim)
-        inputs = [INPUT_NAME] + [past_name(i, "key") for i in range(layers)] + [past_name(i, "value") for i in range(layers)]
+        inputs = (
+            [INPUT_NAME] + [past_name(i, "key") for i in range(layers)] + [past_name(i, "value") for i in range(layers)]
+        )
         outputs = [OUTPUT_NAME] + [present_name(i, "key") for i in range(layers)]
         outputs += [present_name(i, "value") for i in range(layers)]
         assert sorted(inputs[1:]) == sorted(kv.inputs())

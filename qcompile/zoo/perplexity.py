@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -36,7 +35,6 @@ __all__ = [
     "perplexity_from_logits",
     "split_windows",
 ]
-
 
 
 def split_windows(token_ids: Sequence[int] | np.ndarray, window: int) -> np.ndarray:
@@ -235,7 +233,9 @@ class PerplexityTask(ZooModel):
                     "prompt": shown,
                     "outputs": {label: text(t) for label, t in tokens.items()},
                     "agreement": {
-                        label: generation_agreement(reference, t) for label, t in tokens.items() if label != reference_label
+                        label: generation_agreement(reference, t)
+                        for label, t in tokens.items()
+                        if label != reference_label
                     },
                 }
             )

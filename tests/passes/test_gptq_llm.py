@@ -157,7 +157,10 @@ def test_grouped_gptq_exports_its_fitted_groups_and_the_head_stays_float(tiny_ll
     assert len(weights) == 14
     for value in weights:
         spec = quant_meta.get_quant(value)
-        assert spec.group_size == 32 and spec.scale.shape == (value.const_value.shape[0] // 32, value.const_value.shape[1])
+        assert spec.group_size == 32 and spec.scale.shape == (
+            value.const_value.shape[0] // 32,
+            value.const_value.shape[1],
+        )
         array = value.const_value.numpy()
         np.testing.assert_array_equal(spec.fake_quantize(array), array)  # the weight lies on its fitted grid
     ids = np.random.default_rng(9).integers(0, VOCAB, (1, 16)).astype(np.int64)
@@ -176,7 +179,9 @@ def test_a_model_without_a_residual_stream_falls_back_and_says_why() -> None:
     model = ir.serde.deserialize_model(post_ln_proto())
     feeds = {"x": np.random.default_rng(0).normal(size=(4, 8, 32)).astype(np.float32)}
     records = run_passes(model, "calibrate,quantize:weight_search=gptq", calibration=CalibrationData.from_list([feeds]))
-    assert records[-1]["stats"]["gptq"]["hessians"].startswith("float model, all linears at once (not layer by layer: post-LN")
+    assert records[-1]["stats"]["gptq"]["hessians"].startswith(
+        "float model, all linears at once (not layer by layer: post-LN"
+    )
 
 
 def test_a_rotated_llama_still_runs_layer_by_layer(tiny_llama_export) -> None:

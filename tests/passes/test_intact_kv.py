@@ -59,28 +59,41 @@ def test_the_prefix_stays_float_when_the_rest_is_quantized(tiny_llama_export):
     model = load(tiny_llama_export("pow2"))
     ids = _ids()
     calibration = CalibrationData.from_list([prefill_feeds(model, ids)])
-    run_passes(model, "intact-kv:prefix=5+7+9,w4a4kv4", calibration=calibration,
-               context=PipelineContext(calibration=calibration))
+    run_passes(
+        model,
+        "intact-kv:prefix=5+7+9,w4a4kv4",
+        calibration=calibration,
+        context=PipelineContext(calibration=calibration),
+    )
     prefix = next(v for v in model.graph.initializers.values() if v.name == "intact_kv.past_key_values.0.key")
     reference = load(tiny_llama_export("pow2"))
-    float_keys = runtime.run(runtime.make_session(reference), prefill_feeds(reference, np.array([PREFIX])),
-                             ["present.0.key"])["present.0.key"]
+    float_keys = runtime.run(
+        runtime.make_session(reference), prefill_feeds(reference, np.array([PREFIX])), ["present.0.key"]
+    )["present.0.key"]
     np.testing.assert_array_equal(prefix.const_value.numpy(), float_keys)  # lossless: no quantizer on it
-    assert np.all(np.isfinite(runtime.run(runtime.make_session(to_qdq(model)), prefill_feeds(model, ids),
-                                          ["logits"])["logits"]))
+    assert np.all(
+        np.isfinite(runtime.run(runtime.make_session(to_qdq(model)), prefill_feeds(model, ids), ["logits"])["logits"])
+    )
 
 
 @pytest.mark.parametrize(
     "prefix, named, expected",
-    [("bos", {"bos": [1]}, [1]), ("system", {"bos": [1], "system": [1, 4, 2]}, [1, 4, 2]), ("3+4", {}, [3, 4]),
-     ("3 4", {}, [3, 4]), (7, {}, [7])],
+    [
+        ("bos", {"bos": [1]}, [1]),
+        ("system", {"bos": [1], "system": [1, 4, 2]}, [1, 4, 2]),
+        ("3+4", {}, [3, 4]),
+        ("3 4", {}, [3, 4]),
+        (7, {}, [7]),
+    ],
 )
 def test_prefix_names_and_ids(prefix, named, expected):
     assert parse_prefix(prefix, named) == expected
 
 
-@pytest.mark.parametrize("prefix, message", [("bos", "needs the model's tokenizer"), ("x1", "bos, system or token ids"),
-                                             ("-1", "non-negative")])
+@pytest.mark.parametrize(
+    "prefix, message",
+    [("bos", "needs the model's tokenizer"), ("x1", "bos, system or token ids"), ("-1", "non-negative")],
+)
 def test_bad_prefixes_are_input_errors(prefix, message):
     with pytest.raises(InputError, match=message):
         parse_prefix(prefix, {})
@@ -95,8 +108,17 @@ def test_intact_kv_after_quantization_or_without_a_cache_is_refused(tiny_llama_e
 
 def test_the_cli_compares_against_a_float_reference_with_the_same_prefix(tmp_path: Path, isolated_cache: Path):
     out = tmp_path / "out"
-    run = ["zoo:tiny-llama", "--passes", "intact-kv:prefix=5+7+9", "-o", str(out), "--eval-samples", "3", "--quiet",
-           "--no-baselines"]
+    run = [
+        "zoo:tiny-llama",
+        "--passes",
+        "intact-kv:prefix=5+7+9",
+        "-o",
+        str(out),
+        "--eval-samples",
+        "3",
+        "--quiet",
+        "--no-baselines",
+    ]
     assert main(run) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["intact_kv_prefix"] == PREFIX

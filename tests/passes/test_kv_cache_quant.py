@@ -54,7 +54,9 @@ def test_the_cache_holds_keys_and_values_on_per_head_per_token_grids(tiny_llama_
     ids = _ids()
     names = ["present.0.key", "present.0.value", "logits"]
     before = _present(model, ids, names)
-    records = run_passes(model, f"kv-quant:bits={bits}", calibration=CalibrationData.from_list([prefill_feeds(model, ids)]))
+    records = run_passes(
+        model, f"kv-quant:bits={bits}", calibration=CalibrationData.from_list([prefill_feeds(model, ids)])
+    )
     assert records[-1]["stats"]["quantized"] == 4 and records[-1]["stats"]["layers"] == 2
     after = _present(model, ids, names)
     for name in names[:2]:  # layer 0's k and v do not depend on any quantized value
@@ -85,8 +87,10 @@ def test_kv_quant_without_a_cache_is_an_input_error(tmp_path) -> None:
         run_passes(model, "kv-quant", calibration=None)
 
 
-@pytest.mark.parametrize("options, message", [({"bits": 1}, "bits"), ({"clip_ratio": 0}, "clip_ratio"),
-                                              ({"keys": False, "values": False}, "nothing")])
+@pytest.mark.parametrize(
+    "options, message",
+    [({"bits": 1}, "bits"), ({"clip_ratio": 0}, "clip_ratio"), ({"keys": False, "values": False}, "nothing")],
+)
 def test_bad_options_are_rejected(options: dict, message: str) -> None:
     from qcompile.passes.quantize.kv_cache import KvCacheQuantPass
 
@@ -107,7 +111,9 @@ def test_the_artifact_stores_the_quantized_cache_as_codes_and_scales(tiny_llama_
     kv = kv_cache_of_session(stored)
     types = {e.past: e.dtype for e in kv.entries}
     assert types["past_key_values.0.key"] == "uint8" and types["past_key_values.1.value"] == "uint8"
-    assert types["past_key_values.0.key_scale"] == "float32" and types["past_key_values.0.value_zero_point"] == "float32"
+    assert (
+        types["past_key_values.0.key_scale"] == "float32" and types["past_key_values.0.value_zero_point"] == "float32"
+    )
     assert len(kv.entries) == 2 * 2 * 3 and kv.layers == 2
     ids = _ids(10)
     feeds = {"input_ids": ids, **kv.empty(2)}

@@ -78,8 +78,9 @@ def test_untie_gives_the_lm_head_its_own_transposed_table(exported):
     assert len(untied) == 1
     head = next(n for n in model.graph if n.name == untied[0])
     np.testing.assert_array_equal(head.inputs[1].const_value.numpy(), table.T)
-    assert head.inputs[1] is not gather.inputs[0] and not any(n.op_type == "Transpose" for n in model.graph
-                                                                if n.inputs and n.inputs[0] is gather.inputs[0])
+    assert head.inputs[1] is not gather.inputs[0] and not any(
+        n.op_type == "Transpose" for n in model.graph if n.inputs and n.inputs[0] is gather.inputs[0]
+    )
     np.testing.assert_array_equal(_logits(model, ids), before)
 
 
@@ -111,7 +112,9 @@ def test_after_rotation_no_rms_gain_and_no_mean_removal_is_left(exported):
     result = RotatePass().call(model)
     norms = find_norms(result.model.graph, rms=True)
     assert len(norms) == 5 and all(n.gamma is None for n in norms)  # every γ was folded: weightless x / rms(x)
-    assert not any(n.op_type in ("Sub", "Transpose") and n.inputs[0].const_value is not None for n in result.model.graph)
+    assert not any(
+        n.op_type in ("Sub", "Transpose") and n.inputs[0].const_value is not None for n in result.model.graph
+    )
     rotates = [n for n in result.model.graph if n.op_type == KRONECKER_ROTATE and n.domain == DOMAIN]
     # online Hadamards before o_proj and down_proj, and on the cached keys and the queries of each layer;
     # the embedding is folded
@@ -184,7 +187,11 @@ def test_smooth_folds_into_rms_norm_sites_and_keeps_the_logits(exported):
     assert records[-1]["max_rel_err"] <= RTOL
     after = _logits(model, ids)
     assert np.abs(after - before).max() <= RTOL * np.abs(before).max()
-    changed = [n.name for n in find_norms(model.graph, rms=True) if not np.array_equal(n.gamma.const_value.numpy(), gammas[n.name])]
+    changed = [
+        n.name
+        for n in find_norms(model.graph, rms=True)
+        if not np.array_equal(n.gamma.const_value.numpy(), gammas[n.name])
+    ]
     assert len(changed) == 4
 
 

@@ -210,8 +210,10 @@ def test_a_ragged_last_group_quantizes_its_own_channels_and_exports_exactly(symm
     out = _run(qdq, {"x": x}, ("w1_dequantized",))
     np.testing.assert_array_equal(out["w1_dequantized"], expected)
     np.testing.assert_allclose(
-        out["y"], np.maximum(x @ expected, 0) @ quant_meta.get_quant(model.graph.initializers["w2"]).fake_quantize(
-            weights["w2"]), rtol=1e-5, atol=1e-5
+        out["y"],
+        np.maximum(x @ expected, 0) @ quant_meta.get_quant(model.graph.initializers["w2"]).fake_quantize(weights["w2"]),
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 
@@ -228,7 +230,9 @@ def test_mse_clipped_asymmetric_groups_have_no_larger_error_than_min_max() -> No
 
 def test_a_reduction_axis_narrower_than_one_group_is_an_input_error_naming_the_node() -> None:
     model, _ = _chain(k=100)
-    with pytest.raises(InputError, match=r"'w1' of node 'fc1' has 100 input channels, fewer than one group.*weight_group=128"):
+    with pytest.raises(
+        InputError, match=r"'w1' of node 'fc1' has 100 input channels, fewer than one group.*weight_group=128"
+    ):
         qcompile.run_passes(model, "quantize:weight_group=128:act_granularity=none", calibration=None)
 
 

@@ -144,8 +144,19 @@ def test_a_hugging_face_folder_is_a_model_scored_on_lee(tmp_path: Path, monkeypa
     tiny_llama_module(0).save_pretrained(str(folder))
     _byte_tokenizer(folder)
     out = tmp_path / "out"
-    args = [str(folder), "--passes", "w8a8", "-o", str(out), "--eval-samples", "2", "--calib-samples", "4", "--quiet",
-            "--no-baselines"]
+    args = [
+        str(folder),
+        "--passes",
+        "w8a8",
+        "-o",
+        str(out),
+        "--eval-samples",
+        "2",
+        "--calib-samples",
+        "4",
+        "--quiet",
+        "--no-baselines",
+    ]
     assert main(args) == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     assert report["decoder_llm"] is True and report["metric"]["name"] == "perplexity"

@@ -125,8 +125,10 @@ def test_per_token_w8a8_stays_close_on_two_short_windows(tmp_path: Path) -> None
     context, passes = plan_passes("w8a8", decoder=True)
     run_passes(model, passes, context=context, check_numerics=False)
     session = runtime.make_session(to_qdq(model))
-    runners = {name: (lambda s: lambda feeds: s.run(["logits"], feeds)[0])(s) for name, s in
-               (("fp", float_session), ("w8a8", session))}
+    runners = {
+        name: (lambda s: lambda feeds: s.run(["logits"], feeds)[0])(s)
+        for name, s in (("fp", float_session), ("w8a8", session))
+    }
     scores = task.evaluate(runners, samples=2, seed=0, progress=False)
     assert scores["w8a8"]["perplexity"] <= 1.10 * scores["fp"]["perplexity"]
     assert scores["w8a8"]["top1_agreement"] >= 0.8

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from qcompile.zoo.lm_export import kv_cache_of
-import pytest
 
 pytest.importorskip("transformers", reason="zoo:tiny-llama needs the llm extra (pip install 'qcompile[llm]')")
 
@@ -38,8 +38,11 @@ def test_export_is_cached_and_matches_pytorch(cache: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
     model = TinyLlamaTask().load()
     kv = kv_cache_of(model)
-    assert [v.name for v in model.graph.inputs] == ["input_ids", *[f"past_key_values.{i}.key" for i in range(2)],
-                                                   *[f"past_key_values.{i}.value" for i in range(2)]]
+    assert [v.name for v in model.graph.inputs] == [
+        "input_ids",
+        *[f"past_key_values.{i}.key" for i in range(2)],
+        *[f"past_key_values.{i}.value" for i in range(2)],
+    ]
     assert [v.name for v in model.graph.outputs][0] == "logits" and len(model.graph.outputs) == 1 + 4
     ops = {node.op_type for node in model.graph}
     assert {"MatMul", "Softmax"} <= ops
