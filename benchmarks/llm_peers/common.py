@@ -151,3 +151,18 @@ def peer_arguments() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--calib", type=int, default=CALIB_WINDOWS)
     return parser.parse_args()
+
+
+def record_float(name: str, peer: str, setting: str, fp_ppl: float) -> None:
+    """Record the peer's own float reference (its runtime's FP perplexity)."""
+    record(
+        name,
+        {
+            "peer": peer,
+            "setting": setting,
+            "perplexity": fp_ppl,
+            "fp_perplexity": fp_ppl,
+            "top1_agreement": 1.0,
+            "artifact": "float reference",
+        },
+    )

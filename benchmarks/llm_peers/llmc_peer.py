@@ -189,17 +189,7 @@ def main() -> None:
     fp_ppl, fp_top = common.fp_top("llmc", lambda: common.score(runner(model), "torch fp"))
     name = f"llmc_{args.setting}"
     if args.setting == "fp":
-        common.record(
-            name,
-            {
-                "peer": peer,
-                "setting": "float32 PyTorch (transformers)",
-                "perplexity": fp_ppl,
-                "fp_perplexity": fp_ppl,
-                "top1_agreement": 1.0,
-                "artifact": "float reference",
-            },
-        )
+        common.record_float(name, peer, "float32 PyTorch (transformers)", fp_ppl)
         return
     from datasets import Dataset
     from llmcompressor import oneshot

@@ -88,17 +88,7 @@ def main() -> None:
     )
     name = f"quark_{args.setting}"
     if args.setting == "fp":
-        common.record(
-            name,
-            {
-                "peer": peer,
-                "setting": "float ONNX",
-                "perplexity": fp_ppl,
-                "fp_perplexity": fp_ppl,
-                "top1_agreement": 1.0,
-                "artifact": "float reference",
-            },
-        )
+        common.record_float(name, peer, "float ONNX", fp_ppl)
         return
     out = WORK / f"{name}.onnx"
     calib = common.calib_windows(args.calib)
