@@ -110,7 +110,7 @@ def test_rotation_is_exact_and_decode_follows_prefill_on_the_real_model() -> Non
 @pytest.mark.slow
 def test_per_token_w8a8_stays_close_on_two_short_windows(tmp_path: Path) -> None:
     """w8a8 means per-token activations on a decoder: within 10 % of the float perplexity on 2 × 128 tokens
-    (measured on 16 × 512: docs/llm.md), where per-tensor W8A8 doubles it."""
+    (measured on 16 × 512: docs/llm.md)."""
     _available()
     from qcompile import runtime
     from qcompile.frontends.onnx import load
