@@ -158,10 +158,13 @@ class QuantizeUniformPass(Pass):
 
     def _group_fit(self, weight: np.ndarray) -> quant_meta.QuantSpec:
         """One group's spec (weight G×N, reduction axis 0) as `_weight_spec` would fit it."""
+        return self._grouped_spec(weight, 0, weight.shape[0])
+
+    def _grouped_spec(self, weight: np.ndarray, axis: int, group_size: int) -> quant_meta.QuantSpec:
         return grouped_weight_spec(
             weight,
-            axis=0,
-            group_size=weight.shape[0],
+            axis=axis,
+            group_size=group_size,
             bits=self.weight_bits,
             symmetric=self.weight_symmetric,
             unsigned_container=self.weight_dtype == "uint8",
@@ -179,15 +182,7 @@ class QuantizeUniformPass(Pass):
                     f"channels, fewer than one group of weight_group={self.weight_group} "
                     "(choose a smaller group, or 0 for per channel)"
                 )
-            return grouped_weight_spec(
-                array,
-                axis=reduction,
-                group_size=self.weight_group,
-                bits=self.weight_bits,
-                symmetric=self.weight_symmetric,
-                unsigned_container=self.weight_dtype == "uint8",
-                search=self._group_search(),
-            )
+            return self._grouped_spec(array, reduction, self.weight_group)
         search = "mse" if self.weight_search == "gptq" else self.weight_search
         return symmetric_per_channel_spec(
             array, axis=axis, bits=self.weight_bits, unsigned_container=self.weight_dtype == "uint8", search=search

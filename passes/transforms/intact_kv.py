@@ -32,7 +32,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.errors import InputError
-from qcompile.ir import quant_meta
+from qcompile.ir import add_initializer, quant_meta
 from qcompile.ir.cache_state import PAST_PREFIX, PRESENT_PREFIX
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
@@ -73,15 +73,6 @@ def _pasts(model: ir.Model) -> list[ir.Value]:
     return [v for v in model.graph.inputs if (v.name or "").startswith(PAST_PREFIX)]
 
 
-def _constant(model: ir.Model, name: str, array: np.ndarray) -> ir.Value:
-    while name in model.graph.initializers:
-        name += "_"
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-    value.dtype, value.shape = ir.DataType.from_numpy(array.dtype), ir.Shape(array.shape)
-    model.graph.register_initializer(value)
-    return value
-
-
 def _node(nodes: list[ir.Node], op: str, inputs: list[ir.Value], name: str, **attrs) -> ir.Value:
     node = ir.node(op, inputs, attributes=attrs or None, name=name)
     node.outputs[0].name = name
@@ -112,8 +103,8 @@ def bake_prefix_cache(model: ir.Model, ids: list[int], cache: dict[str, np.ndarr
     by_name = {v.name: v for v in model.graph.outputs}
     for past in _pasts(model):
         prefix = cache[past.name].astype(np.float32)
-        constant = _constant(model, f"intact_kv.{past.name}", prefix)
-        tail = _constant(model, f"intact_kv.{past.name}.tail_shape", np.array(prefix.shape[1:], dtype=np.int64))
+        constant = add_initializer(model, f"intact_kv.{past.name}", prefix)
+        tail = add_initializer(model, f"intact_kv.{past.name}.tail_shape", np.array(prefix.shape[1:], dtype=np.int64))
         target = _node(nodes, "Concat", [shape_of_ids, tail], f"intact_kv.{past.name}.shape", axis=0)
         expanded = _node(nodes, "Expand", [constant, target], f"intact_kv.{past.name}.expanded")
         uses = list(past.uses())
@@ -125,9 +116,9 @@ def bake_prefix_cache(model: ir.Model, ids: list[int], cache: dict[str, np.ndarr
         if present is None:
             raise InputError(f"intact-kv: the model has no output {present_name} for its input {past.name}")
         present.name = f"{present_name}.with_prefix"
-        starts = _constant(model, f"intact_kv.{past.name}.starts", np.array([length], dtype=np.int64))
-        ends = _constant(model, f"intact_kv.{past.name}.ends", np.array([np.iinfo(np.int64).max], dtype=np.int64))
-        axes = _constant(model, f"intact_kv.{past.name}.axes", np.array([2], dtype=np.int64))
+        starts = add_initializer(model, f"intact_kv.{past.name}.starts", np.array([length], dtype=np.int64))
+        ends = add_initializer(model, f"intact_kv.{past.name}.ends", np.array([np.iinfo(np.int64).max], dtype=np.int64))
+        axes = add_initializer(model, f"intact_kv.{past.name}.axes", np.array([2], dtype=np.int64))
         cut = ir.node("Slice", [present, starts, ends, axes], name=f"intact_kv.{present_name}.cut")
         cut.outputs[0].name, cut.outputs[0].dtype = present_name, ir.DataType.FLOAT
         model.graph.insert_after(present.producer(), cut)

@@ -176,17 +176,15 @@ def rms_norm_at(mul: ir.Node) -> Norm | None:
     return None
 
 
-def _weightless_rms_norms(graph: ir.Graph, taken: set[int]) -> list[tuple[ir.Node, Norm]]:
-    """RMSNorms without γ (n = x / √(mean(x²) + ε) itself is the output), as `rotate` leaves them."""
-    found = []
-    for node in graph:
-        if id(node) in taken or node.op_type not in ("Mul", "Div"):
-            continue
-        core = _rms_core(node)
-        if core is not None:
-            norm = Norm(node.name, core[0], node.outputs[0], None, None, div=node, rms=True, square=core[1])
-            found.append((node, norm))
-    return found
+def _weightless_rms_norm(node: ir.Node) -> Norm | None:
+    """`node` = x / √(mean(x²) + ε) whose output is not scaled by a γ (as `rotate` leaves RMSNorms), as a Norm."""
+    core = _rms_core(node)
+    if core is None:
+        return None
+    uses = list(node.outputs[0].uses())
+    if len(uses) == 1 and uses[0].node.op_type == "Mul" and rms_norm_at(uses[0].node) is not None:
+        return None  # the γ Mul after it is the norm
+    return Norm(node.name, core[0], node.outputs[0], None, None, div=node, rms=True, square=core[1])
 
 
 def find_norms(graph: ir.Graph, rms: bool = False) -> list[Norm]:
@@ -204,19 +202,10 @@ def find_norms(graph: ir.Graph, rms: bool = False) -> list[Norm]:
             norm = _decomposed(node)
             if norm is not None:
                 norms.append(norm)
-        elif rms and node.op_type == "Mul":
-            norm = rms_norm_at(node)
+        elif rms and node.op_type in ("Mul", "Div"):
+            norm = (rms_norm_at(node) if node.op_type == "Mul" else None) or _weightless_rms_norm(node)
             if norm is not None:
                 norms.append(norm)
-    if rms:
-        taken = {id(n.div) for n in norms if n.rms}
-        weightless = {id(node): norm for node, norm in _weightless_rms_norms(graph, taken)}
-        if weightless:
-            position = {id(node): i for i, node in enumerate(graph)}
-            anchor = {id(n): position[id(n.fused or n.mul or n.div)] for n in norms}
-            everything = [*norms, *weightless.values()]
-            anchor.update({id(n): position[id(n.div)] for n in weightless.values()})
-            norms = sorted(everything, key=lambda n: anchor[id(n)])
     return norms
 
 

@@ -49,7 +49,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.errors import InputError
-from qcompile.ir import quant_meta, replace_const
+from qcompile.ir import add_initializer, quant_meta, replace_const
 from qcompile.ir.online_ops import insert_kronecker_rotate
 from qcompile.ir.properties import Property, get_properties
 from qcompile.math.hadamard import Rotation, online_rotation
@@ -76,12 +76,7 @@ __all__ = ["RotatePass"]
 
 
 def _constant(model: ir.Model, name: str, array: np.ndarray) -> ir.Value:
-    while name in model.graph.initializers:
-        name += "_"
-    value = ir.Value(name=name, const_value=ir.tensor(np.asarray(array, dtype=np.float32), name=name))
-    value.dtype, value.shape = ir.DataType.FLOAT, ir.Shape(np.shape(array))
-    model.graph.register_initializer(value)
-    return value
+    return add_initializer(model, name, np.asarray(array, dtype=np.float32))
 
 
 def _add_node(
@@ -266,15 +261,16 @@ def _rotate_cached_qk(model: ir.Model, seed: int) -> dict | str:
     sites, skipped = find_kv_sites(model)
     if not sites and not skipped:
         return "skipped: no KV-cache inputs (past_key_values.*)"
+    rotations = {d: online_rotation(d, seed, signed=True) for d in {s.head_dim for s in sites}}
     for site in sites:
-        rotation = online_rotation(site.head_dim, seed, signed=True)
+        rotation = rotations[site.head_dim]
         factor = f"rotate_qk_{site.head_dim}"
         key = insert_kronecker_rotate(model, site.new_key, rotation, f"layer{site.layer}_key", factor)
         site.key_concat.replace_input_with(1, key)
         query = insert_kronecker_rotate(model, site.scores.inputs[0], rotation, f"layer{site.layer}_query", factor)
         site.scores.replace_input_with(0, query)
-    kinds = sorted({online_rotation(s.head_dim, seed, signed=True).kind for s in sites})
-    return {"sites": len(sites), "head_dim": sorted({s.head_dim for s in sites}), "rotation": kinds, "skipped": skipped}
+    kinds = sorted({r.kind for r in rotations.values()})
+    return {"sites": len(sites), "head_dim": sorted(rotations), "rotation": kinds, "skipped": skipped}
 
 
 def _drop_unused_initializers(model: ir.Model) -> None:

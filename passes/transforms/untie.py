@@ -9,19 +9,11 @@ the Transpose is removed once nothing reads it). Exact: the head computes the sa
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
+from qcompile.ir import add_initializer
+
 __all__ = ["untie_transposed_weights"]
-
-
-def _new_initializer(model: ir.Model, name: str, array: np.ndarray) -> ir.Value:
-    while name in model.graph.initializers:
-        name += "_"
-    value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
-    value.dtype, value.shape = value.const_value.dtype, ir.Shape(array.shape)
-    model.graph.register_initializer(value)
-    return value
 
 
 def untie_transposed_weights(model: ir.Model) -> list[str]:
@@ -39,7 +31,7 @@ def untie_transposed_weights(model: ir.Model) -> list[str]:
             continue
         if perm is not None and list(perm) != [1, 0]:
             continue
-        weight = _new_initializer(model, f"{table.name}_transposed", table.const_value.numpy().T)
+        weight = add_initializer(model, f"{table.name}_transposed", table.const_value.numpy().T)
         node.replace_input_with(1, weight)
         untied.append(node.name)
         if not transpose.outputs[0].uses():

@@ -32,6 +32,7 @@ __all__ = [
     "model_to_bytes",
     "const_array",
     "replace_const",
+    "add_initializer",
     "producer_op",
 ]
 
@@ -137,6 +138,17 @@ def replace_const(value: Value, array) -> None:
     dtype = value.const_value.numpy().dtype
     value.const_value = ir.tensor(np.asarray(array).astype(dtype), name=value.name)
     value.shape = ir.Shape(np.shape(array))
+
+
+def add_initializer(model: Model, name: str, array: np.ndarray) -> Value:
+    """Register `array` (its dtype kept) as a new initializer named `name`, or `name_`, `name__`… if taken."""
+    while name in model.graph.initializers:
+        name += "_"
+    array = np.ascontiguousarray(array)
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    value.dtype, value.shape = ir.DataType.from_numpy(array.dtype), ir.Shape(array.shape)
+    model.graph.register_initializer(value)
+    return value
 
 
 def producer_op(value: Value) -> str | None:

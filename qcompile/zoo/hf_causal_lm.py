@@ -112,18 +112,12 @@ class HfCausalLM(PerplexityTask):
         return load(path)
 
     def _token_ids(self) -> np.ndarray:
-        from qcompile.zoo.data.lee import joined_text
+        from qcompile.zoo.data.lee import lee_token_ids
 
-        path = cache_dir() / "tokens" / f"hf-{self.key()}_lee.npy"
-        text = joined_text()  # raises DataUnavailableError (naming the fetch command) if the corpus is missing
-        if path.is_file():
-            return np.load(path)
-        ids = np.asarray(self.tokenizer()(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.stem + ".partial.npy")
-        np.save(partial, ids)
-        partial.replace(path)
-        return ids
+        def tokenize(text: str) -> list[int]:
+            return self.tokenizer()(text, add_special_tokens=False)["input_ids"]
+
+        return lee_token_ids(f"hf-{self.key()}", tokenize)
 
     def generation_prompts(self) -> list[tuple[str, list[int]]]:
         from qcompile.generation import prompt_ids

@@ -75,13 +75,7 @@ class KvCache:
     layers: int
     heads: int
     head_dim: int
-    entries: tuple[CacheEntry, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.entries:
-            names = [(past_name(i, k), present_name(i, k)) for i in range(self.layers) for k in ("key", "value")]
-            entries = tuple(CacheEntry(p, q, "float32", self.heads, self.head_dim) for p, q in names)
-            object.__setattr__(self, "entries", entries)
+    entries: tuple[CacheEntry, ...]
 
     def inputs(self) -> list[str]:
         return [e.past for e in self.entries]
@@ -207,13 +201,9 @@ def export_causal_lm(module: object, path: Path, vocab_size: int, example_length
             "past_keys": [{0: batch, 2: past}] * layers,
             "past_values": [{0: batch, 2: past}] * layers,
         }
-        kv = KvCache(layers, kv_heads, head_dim)
-        inputs = (
-            [INPUT_NAME] + [past_name(i, "key") for i in range(layers)] + [past_name(i, "value") for i in range(layers)]
-        )
-        outputs = [OUTPUT_NAME] + [present_name(i, "key") for i in range(layers)]
-        outputs += [present_name(i, "value") for i in range(layers)]
-        assert sorted(inputs[1:]) == sorted(kv.inputs())
+        # flattened as the wrapper's arguments and results are: every layer's key, then every layer's value
+        inputs = [INPUT_NAME] + [past_name(i, kind) for kind in ("key", "value") for i in range(layers)]
+        outputs = [OUTPUT_NAME] + [present_name(i, kind) for kind in ("key", "value") for i in range(layers)]
     else:
         arguments = (example,)
         dynamic_shapes = {"input_ids": {0: batch, 1: sequence}}

