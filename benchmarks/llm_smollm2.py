@@ -56,6 +56,7 @@ def _row(label: str, bits: str, command: list[str], report: dict, seconds: float
     sqnr = [
         p.get("sqnr_db") for p in report["per_pass"] if p.get("numerics") == "LOSSY" and p.get("sqnr_db") is not None
     ]
+    exact = {p["name"]: p.get("max_rel_err") for p in report["per_pass"] if p.get("numerics") == "EXACT_IN_REALS"}
     return {
         "label": label,
         "bits": bits,
@@ -68,6 +69,7 @@ def _row(label: str, bits: str, command: list[str], report: dict, seconds: float
         "generation_agreement": sum(agreement) / len(agreement) if agreement else None,
         "tokens": scores["qcompile"]["tokens"],
         "lossy_sqnr_db": sqnr,
+        "exact_max_rel_err": exact,  # each EXACT_IN_REALS pass's logits error, relative to max |logits|
         "intact_kv_prefix": report.get("intact_kv_prefix"),
         "seconds": seconds,
         "reference": "FP with the same prefix" if report.get("intact_kv_prefix") else "FP",
