@@ -29,7 +29,8 @@ Options for decoder LLMs (docs/methods/per-token.md):
   business, docs/methods/per-token.md).
 * `act_granularity`: `tensor` (the default: static per-tensor asymmetric from the calibrated range), `token`
   (dynamic per-token quantizers, `QuantSpec.per_token`: the scale of every row is computed in the graph,
-  symmetric unless `act_symmetric=false`, range scaled by `act_clip_ratio`; no calibrated range needed) or
+  symmetric unless `act_symmetric=false`, range scaled by `act_clip_ratio`; no calibrated range needed;
+  `act_clip_ratio=search` picks the ratio per site on the calibration data, token_clip_sites.py) or
   `none` (activations stay float: weight-only quantization, e.g. W4A16). With `token` or `none` the pass
   does not require CALIBRATED.
 
@@ -101,7 +102,7 @@ class QuantizeUniformPass(Pass):
         weight_symmetric: bool = True,
         act_granularity: str = "tensor",
         act_symmetric: bool | None = None,
-        act_clip_ratio: float = 1.0,
+        act_clip_ratio: float | str = 1.0,
         gptq_sequential: bool = True,
         gptq_act_order: bool = True,
         keep_head_float: bool = False,
@@ -136,11 +137,12 @@ class QuantizeUniformPass(Pass):
         if act_symmetric is not None and act_granularity != "token":
             raise ValueError("act_symmetric applies to act_granularity=token (per-tensor activations are asymmetric)")
         self.act_symmetric = True if act_symmetric is None else bool(act_symmetric)
-        if not 0 < float(act_clip_ratio) <= 1:
-            raise ValueError(f"act_clip_ratio must be in (0, 1], got {act_clip_ratio}")
-        if float(act_clip_ratio) != 1.0 and act_granularity != "token":
+        self.act_clip_search = act_clip_ratio == "search"
+        if not self.act_clip_search and not (isinstance(act_clip_ratio, (int, float)) and 0 < act_clip_ratio <= 1):
+            raise ValueError(f"act_clip_ratio must be in (0, 1] or 'search', got {act_clip_ratio!r}")
+        if act_clip_ratio != 1.0 and act_granularity != "token":
             raise ValueError("act_clip_ratio applies to act_granularity=token")
-        self.act_clip_ratio = float(act_clip_ratio)
+        self.act_clip_ratio = 1.0 if self.act_clip_search else float(act_clip_ratio)
         self.gptq_sequential = bool(gptq_sequential)
         self.gptq_act_order = bool(gptq_act_order)
         self.keep_head_float = bool(keep_head_float)
@@ -188,10 +190,20 @@ class QuantizeUniformPass(Pass):
             array, axis=axis, bits=self.weight_bits, unsigned_container=self.weight_dtype == "uint8", search=search
         )
 
+    def _search_clip_ratios(self, model: ir.Model, sites: list[ir.Value]) -> dict[str, float]:
+        from qcompile.passes.quantize.token_clip_sites import search_site_clip_ratios
+
+        ratios = search_site_clip_ratios(model, sites, self.op_types, self.act_bits, self.act_symmetric, self.context)
+        for value in sites:
+            spec = quant_meta.QuantSpec.per_token(self.act_bits, self.act_symmetric, ratios[value.name])
+            quant_meta.set_quant(value, spec)
+        return ratios
+
     def call(self, model: ir.Model) -> PassResult:
         weights, activations, kept_float, skipped = 0, 0, 0, {}
         nodes = 0
         weight_sites: list[tuple[ir.Node, int, ir.Value]] = []
+        token_sites: list[ir.Value] = []
         initializers = model.graph.initializers
         outputs = set(model.graph.outputs)
         for node in model.graph:
@@ -227,6 +239,7 @@ class QuantizeUniformPass(Pass):
                 if self.act_granularity == "token":
                     spec = quant_meta.QuantSpec.per_token(self.act_bits, self.act_symmetric, self.act_clip_ratio)
                     quant_meta.set_quant(value, spec)
+                    token_sites.append(value)
                     activations += 1
                     continue
                 tensor_range = quant_meta.get_range(value)
@@ -238,6 +251,8 @@ class QuantizeUniformPass(Pass):
         if nodes == 0:  # (a second run over an already quantized model finds nodes but changes nothing)
             raise InputError(f"pass 'quantize' found no {'/'.join(self.op_types)} node to quantize")
         stats = {"weights": weights, "activations": activations, "kept_float": kept_float, "skipped": skipped}
+        if self.act_clip_search and token_sites:
+            stats["act_clip_ratios"] = self._search_clip_ratios(model, token_sites)
         if self.weight_search == "gptq" and weight_sites:
             if self.context.calibration is None:
                 raise InputError("quantize with weight_search=gptq needs calibration data (none was given)")

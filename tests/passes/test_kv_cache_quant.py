@@ -9,6 +9,7 @@ import pytest
 from qcompile import runtime
 from qcompile.errors import InputError
 from qcompile.frontends.onnx import load
+from qcompile.ir import quant_meta
 from qcompile.passes.transforms.kv_sites import find_kv_sites
 from qcompile.pipeline.context import CalibrationData
 from qcompile.pipeline.run import run_passes
@@ -66,6 +67,30 @@ def test_the_cache_holds_keys_and_values_on_per_head_per_token_grids(tiny_llama_
     assert np.isfinite(records[-1]["sqnr_db"]) and records[-1]["sqnr_db"] < 60
 
 
+def test_searched_clip_ratios_are_per_cache_site_and_match_the_search(tiny_llama_export) -> None:
+    from qcompile.calibration.token_clip import TokenClipSearch
+
+    model = load(tiny_llama_export("pow2"))
+    batches = [prefill_feeds(model, _ids(seed=seed, length=40)) for seed in (1, 2)]
+    names = ["present.0.key", "present.0.value"]
+    before = [_present(model, batch["input_ids"], names) for batch in batches]
+    records = run_passes(model, "kv-quant:bits=4:clip_ratio=search", calibration=CalibrationData.from_list(batches))
+    stats = records[-1]["stats"]
+    assert stats["clip_ratio"] == "search" and len(stats["clip_ratios"]) == 4
+    sites = find_kv_sites(model)[0]
+    for name, value in zip(names, (sites[0].new_key, sites[0].new_value), strict=True):
+        reference = TokenClipSearch(4, False, rows_per_batch=10**6)
+        for present in before:  # layer 0's new keys/values are the present rows of a prefill from an empty past
+            reference.update(present[name])
+        assert stats["clip_ratios"][value.name] == reference.best()
+        assert quant_meta.get_quant(value).clip_ratio == pytest.approx(reference.best())
+
+
+def test_a_kv_clip_search_needs_calibration_data(tiny_llama_export) -> None:
+    with pytest.raises(InputError, match="clip_ratio=search needs calibration"):
+        run_passes(load(tiny_llama_export("pow2")), "kv-quant:bits=4:clip_ratio=search")
+
+
 def test_decode_reads_the_same_quantized_cache_as_prefill(tiny_llama_export) -> None:
     model = load(tiny_llama_export("pow2"))
     run_passes(model, "kv-quant:bits=4", calibration=None)
@@ -89,7 +114,12 @@ def test_kv_quant_without_a_cache_is_an_input_error(tmp_path) -> None:
 
 @pytest.mark.parametrize(
     "options, message",
-    [({"bits": 1}, "bits"), ({"clip_ratio": 0}, "clip_ratio"), ({"keys": False, "values": False}, "nothing")],
+    [
+        ({"bits": 1}, "bits"),
+        ({"clip_ratio": 0}, "clip_ratio"),
+        ({"clip_ratio": "best"}, "search"),
+        ({"keys": False, "values": False}, "nothing"),
+    ],
 )
 def test_bad_options_are_rejected(options: dict, message: str) -> None:
     from qcompile.passes.quantize.kv_cache import KvCacheQuantPass

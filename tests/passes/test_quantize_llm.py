@@ -263,6 +263,57 @@ def test_asymmetric_clipped_per_token_options_reach_the_spec() -> None:
     assert (spec.kind, spec.signed, spec.bits, spec.clip_ratio) == ("uniform_token", False, 6, pytest.approx(0.9))
 
 
+def test_searched_clip_ratios_are_per_site_and_match_the_search() -> None:
+    from qcompile.calibration.token_clip import TokenClipSearch
+    from qcompile.passes.quantize.token_clip_sites import channel_weights
+
+    batches = _batches(count=2)
+    model, weights = _chain()
+    records = qcompile.run_passes(
+        model,
+        "quantize:act_granularity=token:act_bits=4:act_clip_ratio=search",
+        calibration=CalibrationData.from_list(batches),
+    )
+    ratios = records[-1]["stats"]["act_clip_ratios"]
+    assert set(ratios) == {"x", "a"}
+    for node, name in (("fc1", "x"), ("fc2", "a")):
+        assert quant_meta.get_quant(model.graph.node(node).inputs[0]).clip_ratio == pytest.approx(ratios[name])
+    # site x: its channel weights are w1's squared entries summed over outputs; the search sees every row here
+    g = (weights["w1"].astype(np.float64) ** 2).sum(axis=1)
+    np.testing.assert_allclose(channel_weights(model.graph.inputs[0], ("MatMul",)), g, rtol=1e-12)
+    reference = TokenClipSearch(4, True, g, rows_per_batch=10**6)
+    for batch in batches:
+        reference.update(batch["x"])
+    assert ratios["x"] == reference.best()
+
+
+def _heavy_tailed(seed: int, tokens: int = 256) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(seed).standard_t(4, (2, tokens, K)).astype(np.float32)}
+
+
+def test_searched_clip_ratios_beat_no_clipping_on_held_out_heavy_tailed_tokens() -> None:
+    calibration = CalibrationData.from_list([_heavy_tailed(1), _heavy_tailed(2)])
+    searched, weights = _chain()
+    records = qcompile.run_passes(
+        searched, "quantize:act_granularity=token:act_bits=4:act_clip_ratio=search", calibration=calibration
+    )
+    assert records[-1]["stats"]["act_clip_ratios"]["x"] < 1.0
+    unclipped, _ = _chain()
+    qcompile.run_passes(unclipped, "quantize:act_granularity=token:act_bits=4", calibration=calibration)
+    x = _heavy_tailed(9)["x"]
+    y = _float_y(weights, x)
+    searched_db = _sqnr_db(y, _run(to_qdq(searched), {"x": x})["y"])
+    assert searched_db > _sqnr_db(y, _run(to_qdq(unclipped), {"x": x})["y"]) + 0.5
+
+
+def test_a_clip_search_without_calibration_data_or_with_a_bad_word_is_refused() -> None:
+    model, _ = _chain()
+    with pytest.raises(InputError, match="act_clip_ratio=search needs calibration"):
+        qcompile.run_passes(model, "quantize:act_granularity=token:act_clip_ratio=search")
+    with pytest.raises(ValueError, match="'search'"):
+        QuantizeUniformPass(act_granularity="token", act_clip_ratio="best")
+
+
 @pytest.mark.parametrize("recipe", ["w8a8tok", "w4a16"])
 def test_the_llm_recipes_run_without_a_calibrate_step(recipe: str) -> None:
     model, weights = _chain()
