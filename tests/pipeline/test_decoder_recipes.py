@@ -36,7 +36,8 @@ def test_only_w8a8_and_w4a4_have_decoder_steps() -> None:
     assert sorted(decoder_recipes()) == ["w4a4", "w8a8"]
     assert _steps("w6a6", decoder=True) == _steps("w6a6", decoder=False)
     (w4a4,) = _steps("w4a4", decoder=True)
-    assert w4a4[1]["act_bits"] == 4 and w4a4[1]["act_clip_ratio"] == 0.9 and w4a4[1]["weight_search"] == "mse"
+    assert w4a4[1]["act_bits"] == 4 and w4a4[1]["weight_search"] == "mse"
+    assert w4a4[1]["act_symmetric"] is False and w4a4[1]["act_clip_ratio"] == "search"
 
 
 def test_options_valid_only_for_the_decoder_steps_plan_for_a_decoder() -> None:
