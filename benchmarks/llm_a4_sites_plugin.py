@@ -39,19 +39,16 @@ def site_classes(model: ir.Model) -> dict[str, str]:
         spec = quant_meta.get_quant(value) if value is not None else None
         if spec is not None and spec.kind == "uniform_token" and spec.bits == 4:
             values[value.name] = value
-    widths = {name: _linears(v)[0].inputs[1].const_value.shape[0] for name, v in values.items() if _linears(v)}
-    single_widths = sorted({widths[n] for n, v in values.items() if len(_linears(v)) == 1})
+    linears = {name: _linears(value) for name, value in values.items()}
+    single_widths = sorted({users[0].inputs[1].const_value.shape[0] for users in linears.values() if len(users) == 1})
+    by_count = {3: "qkv", 2: "gateup"}
     classes = {}
-    for name, value in values.items():
-        users = len(_linears(value))
-        if users == 3:
-            classes[name] = "qkv"
-        elif users == 2:
-            classes[name] = "gateup"
-        elif users == 1:
-            classes[name] = "down" if widths[name] == single_widths[-1] and len(single_widths) > 1 else "o"
+    for name, users in linears.items():
+        if len(users) == 1:
+            wide = len(single_widths) > 1 and users[0].inputs[1].const_value.shape[0] == single_widths[-1]
+            classes[name] = "down" if wide else "o"
         else:
-            classes[name] = "other"
+            classes[name] = by_count.get(len(users), "other")
     return classes
 
 
