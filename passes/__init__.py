@@ -3,4 +3,4 @@
 from qcompile.passes.analysis import calibrate  # noqa: F401
 from qcompile.passes.lowering import intonly  # noqa: F401
 from qcompile.passes.quantize import kv_cache, log_softmax, recipes, uniform  # noqa: F401
-from qcompile.passes.transforms import intact_kv, noisy_bias, repq_layernorm, rotate, smooth  # noqa: F401
+from qcompile.passes.transforms import flatquant, intact_kv, noisy_bias, repq_layernorm, rotate, smooth  # noqa: F401

@@ -30,7 +30,8 @@ Options for decoder LLMs (docs/methods/per-token.md):
 * `act_granularity`: `tensor` (the default: static per-tensor asymmetric from the calibrated range), `token`
   (dynamic per-token quantizers, `QuantSpec.per_token`: the scale of every row is computed in the graph,
   symmetric unless `act_symmetric=false`, range scaled by `act_clip_ratio`; no calibrated range needed;
-  `act_clip_ratio=search` picks the ratio per site on the calibration data, token_clip_sites.py) or
+  `act_clip_ratio=search` picks the ratio per site on the calibration data, token_clip_sites.py; a value
+  carrying a learned ratio, `quant_meta.set_learned_clip_ratio` (flatquant), keeps that one) or
   `none` (activations stay float: weight-only quantization, e.g. W4A16). With `token` or `none` the pass
   does not require CALIBRATED.
 
@@ -204,6 +205,7 @@ class QuantizeUniformPass(Pass):
         nodes = 0
         weight_sites: list[tuple[ir.Node, int, ir.Value]] = []
         token_sites: list[ir.Value] = []
+        learned_sites: dict[str, float] = {}
         initializers = model.graph.initializers
         outputs = set(model.graph.outputs)
         for node in model.graph:
@@ -237,9 +239,14 @@ class QuantizeUniformPass(Pass):
                     kept_float += 1
                     continue
                 if self.act_granularity == "token":
-                    spec = quant_meta.QuantSpec.per_token(self.act_bits, self.act_symmetric, self.act_clip_ratio)
+                    learned = quant_meta.get_learned_clip_ratio(value)
+                    ratio = self.act_clip_ratio if learned is None else learned
+                    spec = quant_meta.QuantSpec.per_token(self.act_bits, self.act_symmetric, ratio)
                     quant_meta.set_quant(value, spec)
-                    token_sites.append(value)
+                    if learned is None:
+                        token_sites.append(value)
+                    else:
+                        learned_sites[value.name] = learned
                     activations += 1
                     continue
                 tensor_range = quant_meta.get_range(value)
@@ -253,6 +260,8 @@ class QuantizeUniformPass(Pass):
         stats = {"weights": weights, "activations": activations, "kept_float": kept_float, "skipped": skipped}
         if self.act_clip_search and token_sites:
             stats["act_clip_ratios"] = self._search_clip_ratios(model, token_sites)
+        if learned_sites:
+            stats["learned_act_clip_ratios"] = learned_sites
         if self.weight_search == "gptq" and weight_sites:
             if self.context.calibration is None:
                 raise InputError("quantize with weight_search=gptq needs calibration data (none was given)")

@@ -23,7 +23,7 @@ import onnx_ir as ir
 
 from qcompile.passes.transforms.residual_stream import rms_norm_at
 
-__all__ = ["Linear", "NormSite", "find_norm_sites", "norm_linears"]
+__all__ = ["Linear", "NormSite", "find_norm_sites", "linear_reading", "norm_linears"]
 
 
 @dataclasses.dataclass
@@ -111,7 +111,8 @@ def _affine(node: ir.Node, rms: bool) -> tuple[ir.Value, ir.Value | None] | None
     return _decomposed_affine(node)
 
 
-def _linear(use: ir.Usage, channels: int) -> Linear | str:
+def linear_reading(use: ir.Usage, channels: int) -> Linear | str:
+    """The linear that `use` is (its input 0, a constant 2-D weight used once), or why it is not one."""
     node, index = use.node, use.idx
     if node.op_type not in ("MatMul", "Gemm") or index != 0:
         return f"consumer '{node.name}' ({node.op_type}) is not a linear reading the norm as its first input"
@@ -153,7 +154,7 @@ def find_norm_sites(graph: ir.Graph, rms: bool = False) -> tuple[list[NormSite],
             skipped[name] = "the norm output is a graph output or unused"
             continue
         channels = gamma.const_value.shape[0]
-        linears = [_linear(use, channels) for use in uses]
+        linears = [linear_reading(use, channels) for use in uses]
         reasons = [r for r in linears if isinstance(r, str)]
         if reasons:
             skipped[name] = reasons[0]
@@ -165,7 +166,7 @@ def find_norm_sites(graph: ir.Graph, rms: bool = False) -> tuple[list[NormSite],
 def norm_linears(output: ir.Value, channels: int) -> list[Linear] | str:
     """The linears among the consumers of `output` (others, e.g. a residual Add, are ignored), or why none
     can be rewritten: no linear reads it, or one of them has a shared/non-constant/mis-shaped weight."""
-    linears = [_linear(use, channels) for use in output.uses() if use.node.op_type in ("MatMul", "Gemm")]
+    linears = [linear_reading(use, channels) for use in output.uses() if use.node.op_type in ("MatMul", "Gemm")]
     reasons = [r for r in linears if isinstance(r, str)]
     if reasons:
         return reasons[0]

@@ -1,4 +1,5 @@
-"""Online rotations: `qcompile.KroneckerRotate`, a model-local ONNX function with a standard-op body.
+"""Online Kronecker transforms: `qcompile.KroneckerRotate` and `qcompile.KroneckerAffine`, model-local ONNX
+functions with one standard-op body.
 
 For x [..., n] and factors A [a, a], B [b, b] with n = a·b, the function computes y = x · (A ⊗ B) over the
 last axis without forming the n×n matrix:
@@ -8,8 +9,10 @@ last axis without forming the n×n matrix:
 as MatMul(X, B) → Transpose(0, 2, 1) → MatMul(·, A) → Transpose(0, 2, 1) → reshape to x's shape:
 n·(a + b) multiply-adds per row instead of n². With A, B orthonormal Hadamard factors (or a random
 orthogonal A where no Hadamard of order a exists, `qcompile.math.hadamard`) this is QuaRot's online
-Hadamard transform. Body ops (opset 13+): Shape, Constant, Slice, Concat, Reshape, MatMul, Transpose.
-ONNX Runtime inlines the function; `kronecker_rotate` is the NumPy reference.
+Hadamard transform; `KroneckerAffine` is the same body under the name FlatQuant's learned, invertible (not
+orthogonal) factors use, so reports and backends can tell them apart. Body ops (opset 13+): Shape,
+Constant, Slice, Concat, Reshape, MatMul, Transpose. ONNX Runtime inlines the function; `kronecker_rotate` is
+the NumPy reference.
 """
 
 from __future__ import annotations
@@ -19,10 +22,19 @@ import onnx_ir as ir
 
 from qcompile.math.hadamard import Rotation
 
-__all__ = ["DOMAIN", "KRONECKER_ROTATE", "kronecker_rotate", "kronecker_function", "insert_kronecker_rotate"]
+__all__ = [
+    "DOMAIN",
+    "KRONECKER_AFFINE",
+    "KRONECKER_ROTATE",
+    "kronecker_rotate",
+    "kronecker_function",
+    "insert_kronecker",
+    "insert_kronecker_rotate",
+]
 
 DOMAIN = "qcompile"
 KRONECKER_ROTATE = "KroneckerRotate"
+KRONECKER_AFFINE = "KroneckerAffine"
 FUNCTION_OPSET = 13
 
 
@@ -40,8 +52,8 @@ def _node(nodes: list[ir.Node], op: str, inputs: list[ir.Value], name: str, **at
     return node.outputs[0]
 
 
-def kronecker_function(opset: int = FUNCTION_OPSET) -> ir.Function:
-    """The `qcompile.KroneckerRotate(x, A, B) -> y` function definition."""
+def kronecker_function(opset: int = FUNCTION_OPSET, name: str = KRONECKER_ROTATE) -> ir.Function:
+    """The `qcompile.<name>(x, A, B) -> y` function definition (y = x·(A ⊗ B))."""
     x, a, b = ir.Value(name="x"), ir.Value(name="A"), ir.Value(name="B")
     nodes: list[ir.Node] = []
 
@@ -59,13 +71,13 @@ def kronecker_function(opset: int = FUNCTION_OPSET) -> ir.Function:
     left = _node(nodes, "MatMul", [swapped, a], "left")
     back = _node(nodes, "Transpose", [left], "back", perm=[0, 2, 1])
     y = _node(nodes, "Reshape", [back, _node(nodes, "Shape", [x], "x_shape")], "y")
-    graph = ir.Graph([x, a, b], [y], nodes=nodes, opset_imports={"": opset}, name=KRONECKER_ROTATE)
-    return ir.Function(DOMAIN, KRONECKER_ROTATE, graph=graph, attributes=[])
+    graph = ir.Graph([x, a, b], [y], nodes=nodes, opset_imports={"": opset}, name=name)
+    return ir.Function(DOMAIN, name, graph=graph, attributes=[])
 
 
-def _ensure_function(model: ir.Model) -> None:
+def _ensure_function(model: ir.Model, name: str) -> None:
     opset = max(model.opset_imports.get("", FUNCTION_OPSET), FUNCTION_OPSET)
-    function = kronecker_function(opset)
+    function = kronecker_function(opset, name)
     if function.identifier() not in model.functions:
         model.functions[function.identifier()] = function
     model.opset_imports.setdefault(DOMAIN, 1)
@@ -89,14 +101,28 @@ def insert_kronecker_rotate(model: ir.Model, x: ir.Value, rotation: Rotation, na
 
     The factors are initializers named `{factor_name}_A/_B`, shared by every call with the same name.
     """
-    _ensure_function(model)
-    a = _initializer(model, f"{factor_name}_A", rotation.a)
-    b = _initializer(model, f"{factor_name}_B", rotation.b)
+    return insert_kronecker(model, x, rotation.a, rotation.b, name, factor_name, KRONECKER_ROTATE, "rotated")
+
+
+def insert_kronecker(
+    model: ir.Model,
+    x: ir.Value,
+    a: np.ndarray,
+    b: np.ndarray,
+    name: str,
+    factor_name: str,
+    op_type: str = KRONECKER_AFFINE,
+    suffix: str = "transformed",
+) -> ir.Value:
+    """Insert y = <op_type>(x, A, B) = x·(A ⊗ B) after x's producer; returns y (consumers not rewired)."""
+    _ensure_function(model, op_type)
+    a = _initializer(model, f"{factor_name}_A", a)
+    b = _initializer(model, f"{factor_name}_B", b)
     taken = {n.name for n in model.graph}
-    while f"{name}_{KRONECKER_ROTATE}" in taken:  # a second rotation of the same site gets its own names
+    while f"{name}_{op_type}" in taken:  # a second transform of the same site gets its own names
         name += "_"
-    node = ir.node(KRONECKER_ROTATE, [x, a, b], domain=DOMAIN, name=f"{name}_{KRONECKER_ROTATE}")
-    node.outputs[0].name = f"{name}_rotated"
+    node = ir.node(op_type, [x, a, b], domain=DOMAIN, name=f"{name}_{op_type}")
+    node.outputs[0].name = f"{name}_{suffix}"
     node.outputs[0].dtype = x.dtype or ir.DataType.FLOAT
     node.outputs[0].shape = x.shape
     producer = x.producer()

@@ -1,7 +1,6 @@
 """Typed quantization facts attached to IR values.
 
-Two kinds of fact, each a dataclass stored in `Value.meta` under one key and read only through the
-accessors below:
+Three kinds of fact, each stored in `Value.meta` under one key and read only through the accessors below:
 
 * `TensorRange` — what calibration observed for a value: the clipping range [lo, hi] chosen by an
   observer, the raw min/max, and (optionally) the per-channel max|x| along the last axis.
@@ -19,6 +18,10 @@ accessors below:
     2^b − 1)``; the top code 2^b − 1 means exactly 0 (x ≤ 0 maps to it), the others dequantize to
     ``x̂ = Δ · 2^(−q/2)``, computed in the reparameterized form ``Δ · 2^(−ceil(q/2)) · (1 + (√2 − 1)·(q mod 2))``
     (RepQ-ViT §3.3). See `QuantSpec` for the one deviation from RepQ-ViT's reference.
+
+* a **learned clip ratio** (`set_learned_clip_ratio`): the per-token clip ratio a transform pass trained for
+  an activation (FlatQuant's LAC); `quantize` with per-token activations uses it for that value instead of
+  its own ratio or search.
 
   `bits` may be below the container's width (int8/uint8 hold 2..8-bit codes); `qmin`/`qmax` are the b-bit
   limits, not the container's. Rounding is half to even, as ONNX Round/QuantizeLinear do.
@@ -44,6 +47,8 @@ __all__ = [
     "get_quant",
     "set_quant",
     "clear_quant",
+    "get_learned_clip_ratio",
+    "set_learned_clip_ratio",
     "quantized_values",
     "QUANT_KINDS",
     "TOKEN_MIN_SCALE",
@@ -51,6 +56,7 @@ __all__ = [
 
 _RANGE_KEY = "qcompile.range"
 _QUANT_KEY = "qcompile.quant"
+_CLIP_KEY = "qcompile.learned_clip_ratio"
 
 QUANT_KINDS = ("uniform", "log_sqrt2", "uniform_token")
 TOKEN_MIN_SCALE = np.float32(1e-12)  # guards all-zero rows of per-token quantizers: s = max(s, tiny)
@@ -318,6 +324,18 @@ def set_quant(value: Value, spec: QuantSpec) -> None:
 def clear_quant(value: Value) -> None:
     """Remove any quantizer from `value`."""
     value.meta.pop(_QUANT_KEY, None)
+
+
+def get_learned_clip_ratio(value: Value) -> float | None:
+    """The per-token clip ratio a transform pass learned for `value`, or None."""
+    return value.meta.get(_CLIP_KEY)
+
+
+def set_learned_clip_ratio(value: Value, ratio: float) -> None:
+    """Record a learned per-token clip ratio in (0, 1] for `value`."""
+    if not 0 < ratio <= 1:
+        raise ValueError(f"a clip ratio must be in (0, 1], got {ratio}")
+    value.meta[_CLIP_KEY] = float(ratio)
 
 
 def quantized_values(graph: Graph) -> list[Value]:

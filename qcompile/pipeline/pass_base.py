@@ -61,6 +61,9 @@ class Pass(ir.passes.InPlacePass):
     invalidates: ClassVar[frozenset[Property]] = frozenset()
     numerics: ClassVar[Numerics] = Numerics.EXACT
     target_bits_option: ClassVar[str | None] = None
+    # {own option: ("quantize" (the next quantizing step) or a pass name, that step's option)}: options a
+    # step not given them takes from a later step (registry.expand)
+    inherited_options: ClassVar[dict[str, tuple[str, str]]] = {}
 
     @property
     def pass_name(self) -> str:

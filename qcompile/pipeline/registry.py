@@ -8,7 +8,9 @@ Two expansion rules connect transform recipes to the quantization that follows t
 
 * a step whose pass declares `target_bits_option` (e.g. `repq-ln`'s `act_bits`) and was not given it
   inherits the `act_bits` of the next quantizing step (one that establishes QUANTIZED), so
-  `repq,w4a4` tunes RepQ-ViT's search for 4 bits;
+  `repq,w4a4` tunes RepQ-ViT's search for 4 bits; `inherited_options` generalizes this ({own option:
+  ("quantize" or a pass name, its option)}: `flatquant,w4a4kv4` trains for the weight and activation bits,
+  the activation symmetry and the KV bits that follow);
 * a recipe may name a `completes_with` recipe, appended when the whole list has no quantizing step:
   `repq` alone means `repq,w8a8`.
 """
@@ -248,11 +250,29 @@ def _needs_quantized(spec: PassSpec) -> bool:
     return Property.QUANTIZED in _PASSES[spec.name].requires
 
 
-def _act_bits(spec: PassSpec) -> Any:
-    if "act_bits" in spec.options:
-        return spec.options["act_bits"]
-    parameter = inspect.signature(_PASSES[spec.name].__init__).parameters.get("act_bits")
+def _option(spec: PassSpec, name: str) -> Any:
+    """The value of option `name` of a step: given, else the pass's default (None: the pass has none)."""
+    if name in spec.options:
+        return spec.options[name]
+    parameter = inspect.signature(_PASSES[spec.name].__init__).parameters.get(name)
     return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
+def _inherited(out: list[PassSpec], index: int) -> dict[str, Any]:
+    """Options step `index` takes from later steps (`target_bits_option`, `inherited_options`)."""
+    cls = _PASSES[out[index].name]
+    wanted = dict(cls.inherited_options)
+    if cls.target_bits_option is not None:
+        wanted[cls.target_bits_option] = ("quantize", "act_bits")
+    values = {}
+    for own, (source, name) in wanted.items():
+        if own in out[index].options:
+            continue
+        later = [s for s in out[index + 1 :] if (_quantizes(s) if source == "quantize" else s.name == source)]
+        value = _option(later[0], name) if later else None
+        if value is not None:
+            values[own] = value
+    return values
 
 
 def expand(specs: list[PassSpec], decoder: bool = False) -> list[PassSpec]:
@@ -272,12 +292,9 @@ def expand(specs: list[PassSpec], decoder: bool = False) -> list[PassSpec]:
             out[at:at] = more
             at += len(more)
     for index, spec in enumerate(out):
-        option = _PASSES[spec.name].target_bits_option
-        if option is None or option in spec.options:
-            continue
-        later = [_act_bits(s) for s in out[index + 1 :] if _quantizes(s)]
-        if later and later[0] is not None:
-            out[index] = PassSpec(spec.name, {**spec.options, option: later[0]})
+        values = _inherited(out, index)
+        if values:
+            out[index] = PassSpec(spec.name, {**spec.options, **values})
     return out
 
 
