@@ -19,6 +19,10 @@ After a layer is trained it returns to the IR in float64:
   training: weights are rounded by `quantize` afterwards (per-channel MSE clipping or GPTQ), as the paper's
   GPTQ rows do.
 
+Each LAC ratio starts (`lac_init=search`) where `quantize`'s per-token clip search (`token_clip`) puts it for the
+initial transform, not at the paper's sigmoid(4) = 0.982 (`lac_init=paper`): at 4 bits the searched ratios are
+0.7–0.9, and a few hundred steps at the paper's learning rate do not travel that far.
+
 Defaults scaled to two CPU cores (the paper: 128 × 2048 tokens, batch 4, 15 epochs, lr 5e−3 with 10× for the
 clipping parameters, cosine to lr·1e−3): `samples=32` windows of the calibration data, `batch=4`, `epochs=4`.
 `init`: the factors start as randomized Hadamards (`hadamard`, a seeded random orthogonal matrix where no
@@ -28,6 +32,7 @@ The bit widths, the activation symmetry and the KV bits are taken from the steps
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -36,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from qcompile import runtime
+from qcompile.calibration.token_clip import TokenClipSearch
 from qcompile.errors import InputError
 from qcompile.ir import add_initializer, quant_meta, replace_const
 from qcompile.ir.online_ops import insert_kronecker, kronecker_rotate
@@ -54,6 +60,8 @@ __all__ = ["FlatQuantPass"]
 
 INITS = ("hadamard", "identity", "random")
 ACT_CLIPS = ("learned", "none")
+LAC_INITS = ("search", "paper")
+MAX_INITIAL_RATIO = 0.99  # a searched ratio of 1 starts LAC at sigmoid(β) = 0.99 (β finite)
 SMOOTH_ALPHA = 0.3  # c = max|W_j|^(1−α) / max|X_j|^α, the paper's --diag_alpha
 
 
@@ -135,6 +143,7 @@ class FlatQuantPass(Pass):
         lr: float = 5e-3,
         init: str = "hadamard",
         act_clip: str = "learned",
+        lac_init: str = "search",
         context: PipelineContext | None = None,
     ) -> None:
         super().__init__()
@@ -149,12 +158,14 @@ class FlatQuantPass(Pass):
             raise ValueError(f"lr must be positive, got {lr}")
         if init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        if lac_init not in LAC_INITS:
+            raise ValueError(f"lac_init must be one of {', '.join(LAC_INITS)}, got {lac_init!r}")
         if act_clip not in ACT_CLIPS:
             raise ValueError(f"act_clip must be one of {', '.join(ACT_CLIPS)}, got {act_clip!r}")
         self.act_bits, self.weight_bits = int(act_bits), int(weight_bits)
         self.act_symmetric = True if act_symmetric is None else bool(act_symmetric)  # as `quantize` reads None
         self.kv_bits, self.samples, self.batch, self.epochs = int(kv_bits), int(samples), int(batch), int(epochs)
-        self.lr, self.init, self.act_clip = float(lr), init, act_clip
+        self.lr, self.init, self.act_clip, self.lac_init = float(lr), init, act_clip, lac_init
         self.context = context or PipelineContext()
 
     # -- one layer -------------------------------------------------------------------------------------------
@@ -198,6 +209,7 @@ class FlatQuantPass(Pass):
     def _train_layer(self, model, start, end, sites, kv_values, batches, states, targets) -> dict:
         nodes = block_nodes(model, [start], [end])
         inputs = _block_inputs(model, nodes, start)
+        self._functions = model.functions
         probe = TorchEvaluator(nodes, inputs, model.functions)
         absmax = {id(s.x): torch.zeros(s.channels) for s in sites}
 
@@ -216,6 +228,8 @@ class FlatQuantPass(Pass):
             for feed in feeds:
                 probe.run(feed, [end])
         transforms = {id(s.x): self._transform(s, i, absmax[id(s.x)].double().numpy()) for i, s in enumerate(sites)}
+        if self.lac_init == "search":
+            self._search_initial_ratios(nodes, inputs, feeds, end, sites, transforms)
         evaluator = self._evaluator(model, nodes, inputs, transforms, sites, kv_values)
         modules = list(transforms.values())
         clip = [p for m in modules for p in [m.act_beta, *m.weight_betas]]
@@ -241,6 +255,39 @@ class FlatQuantPass(Pass):
             curve.append(total / len(feeds))
         curve.append(self._loss(evaluator, end, feeds, target_tensors))
         return {"transforms": transforms, "curve": curve}
+
+    def _search_initial_ratios(self, nodes, inputs, feeds, end, sites, transforms) -> None:
+        """Start each LAC ratio at the `token_clip` search's choice for the initial transform: rows of x' from
+        the layer's float run, error weighted by diag(W' W'ᵀ) of the transformed weights."""
+        searches = {}
+        for site in sites:
+            transform = transforms[id(site.x)]
+            with torch.no_grad():
+                weight = sum(
+                    (transform.transformed_weight(torch.from_numpy(np.array(lin.array())), lin.in_axis) ** 2)
+                    .sum(dim=1 - lin.in_axis)
+                    .double()
+                    for lin in site.linears
+                )
+            searches[id(site.x)] = TokenClipSearch(
+                self.act_bits, self.act_symmetric, weight.numpy(), seed=self.context.seed
+            )
+
+        def observe(site):
+            def hook(t):
+                searches[id(site.x)].update(transforms[id(site.x)].transform(t).numpy())
+                return t
+
+            return hook
+
+        probe = TorchEvaluator(nodes, inputs, self._functions, value_hooks={id(s.x): observe(s) for s in sites})
+        with torch.no_grad():
+            for feed in feeds:
+                probe.run(feed, [end])
+        for site in sites:
+            ratio = min(searches[id(site.x)].best(), MAX_INITIAL_RATIO)
+            with torch.no_grad():
+                transforms[id(site.x)].act_beta.fill_(math.log(ratio / (1 - ratio)))
 
     @staticmethod
     def _loss(evaluator, end, feeds, targets) -> float:

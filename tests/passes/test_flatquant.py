@@ -205,3 +205,19 @@ def test_errors_are_clear(tiny_llama_export) -> None:
     calibration = CalibrationData.from_list([{"x": np.ones((1, 4), np.float32)}])
     with pytest.raises(InputError, match="residual stream"):
         FlatQuantPass(context=PipelineContext(calibration=calibration))(plain)
+
+
+def test_lac_starts_where_quantizes_clip_search_puts_the_initial_transform(tiny_llama_export) -> None:
+    """epochs=0: each learned ratio is the search's ratio (capped at 0.99) on the transformed activations,
+    the same choice `quantize:act_clip_ratio=search` makes on the folded model with the same rows."""
+    learned_model = load(tiny_llama_export("pow2"))
+    steps = "flatquant:samples=6:batch=2:epochs=0," + TOKEN_W4A4  # (asymmetric A4, inherited)
+    records = run_passes(learned_model, steps, calibration=_calibration(learned_model))
+    learned = {s["site"]: s["act_clip_ratio"] for s in records[0]["stats"]["sites"]}
+    searched_model = load(tiny_llama_export("pow2"))
+    steps = "flatquant:samples=6:batch=2:epochs=0:act_clip=none," + TOKEN_W4A4 + ":act_clip_ratio=search"
+    records = run_passes(searched_model, steps, calibration=_calibration(searched_model))
+    searched = records[1]["stats"]["act_clip_ratios"]
+    assert len(searched) == len(learned) == 8
+    by_site = {name.removesuffix("_flat_transformed"): ratio for name, ratio in searched.items()}
+    assert {site: round(min(by_site[site], 0.99), 4) for site in learned} == learned
