@@ -24,12 +24,12 @@ FLAT = ["--calib-samples", "32"]
 # (label, bit widths, passes, extra CLI arguments)
 SETTINGS = [
     ("rotate+w4a4kv4 rtn", "w4a4kv4", f"rotate,w4a4kv4:{A4}:{KV4}", []),
-    ("rotate+flatquant+w4a4kv4 rtn", "w4a4kv4", f"rotate,flatquant:init=identity,w4a4kv4:{A4}:{KV4}", FLAT),
-    ("rotate+w4a4kv4 gptq", "w4a4kv4", f"rotate,w4a4kv4:weight_search=gptq:{A4}:{KV4}", GPTQ),
+    ("rotate+flatquant+w4a4kv4 rtn", "w4a4kv4", "rotate,flatquant:init=identity,w4a4kv4", FLAT),
+    ("rotate+intact-kv+w4a4kv4 gptq", "w4a4kv4", f"rotate,intact-kv,w4a4kv4:weight_search=gptq:{A4}:{KV4}", GPTQ),
     (
-        "rotate+flatquant+w4a4kv4 gptq",
+        "rotate+intact-kv+flatquant+w4a4kv4 gptq",
         "w4a4kv4",
-        f"rotate,flatquant:init=identity,w4a4kv4:weight_search=gptq:{A4}:{KV4}",
+        f"rotate,intact-kv,flatquant:init=identity,w4a4kv4:weight_search=gptq:{A4}:{KV4}",
         GPTQ,
     ),
     ("rotate+w4a8 rtn", "w4a8", "rotate,w4a8", []),

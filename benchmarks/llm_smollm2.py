@@ -39,6 +39,12 @@ SETTINGS = [
     ("rotate+w4a4 gptq", "w4a4", f"rotate,w4a4:weight_search=gptq:{A4}", GPTQ),
     ("rotate+w4a4kv4 gptq", "w4a4kv4", f"rotate,w4a4kv4:weight_search=gptq:{A4}:{KV4}", GPTQ),
     ("rotate+intact-kv+w4a4kv4 gptq", "w4a4kv4", f"rotate,intact-kv,w4a4kv4:weight_search=gptq:{A4}:{KV4}", GPTQ),
+    (  # with FlatQuant's learned transforms on top of rotate (docs/methods/flatquant.md)
+        "rotate+intact-kv+flatquant+w4a4kv4 gptq",
+        "w4a4kv4",
+        f"rotate,intact-kv,flatquant:init=identity,w4a4kv4:weight_search=gptq:{A4}:{KV4}",
+        GPTQ,
+    ),
 ]
 # IntactKV's gain with round-to-nearest weights, with and without rotation (docs/methods/intact-kv.md)
 for _recipe, _options in (("w4a16", ""), ("w4a4", f":{A4}"), ("w4a4kv4", f":{A4}:{KV4}")):

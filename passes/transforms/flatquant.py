@@ -28,6 +28,7 @@ clipping parameters, cosine to lr·1e−3): `samples=32` windows of the calibrat
 `init`: the factors start as randomized Hadamards (`hadamard`, a seeded random orthogonal matrix where no
 Hadamard of that order exists), `identity` (refining an earlier `rotate`) or `random` (the paper's QR init).
 The bit widths, the activation symmetry and the KV bits are taken from the steps that follow when not given.
+`layers=N` trains only the first N layers (budget experiments; the other sites are reported as skipped).
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ class FlatQuantPass(Pass):
         init: str = "hadamard",
         act_clip: str = "learned",
         lac_init: str = "search",
+        layers: int = 0,
         context: PipelineContext | None = None,
     ) -> None:
         super().__init__()
@@ -152,6 +154,8 @@ class FlatQuantPass(Pass):
                 raise ValueError(f"{name} must be between 2 and 8, got {bits}")
         if kv_bits not in (0, 2, 3, 4, 8):
             raise ValueError(f"kv_bits must be 0 (KV float), 2, 3, 4 or 8, got {kv_bits}")
+        if layers < 0:
+            raise ValueError(f"layers must be >= 0 (0: every layer), got {layers}")
         if samples < 1 or batch < 1 or epochs < 0:
             raise ValueError("samples and batch must be >= 1 and epochs >= 0")
         if not lr > 0:
@@ -166,6 +170,7 @@ class FlatQuantPass(Pass):
         self.act_symmetric = True if act_symmetric is None else bool(act_symmetric)  # as `quantize` reads None
         self.kv_bits, self.samples, self.batch, self.epochs = int(kv_bits), int(samples), int(batch), int(epochs)
         self.lr, self.init, self.act_clip, self.lac_init = float(lr), init, act_clip, lac_init
+        self.layers = int(layers)
         self.context = context or PipelineContext()
 
     # -- one layer -------------------------------------------------------------------------------------------
@@ -337,6 +342,8 @@ class FlatQuantPass(Pass):
             raise InputError("flatquant found no activation read only by linears")
         layers = [blocks[i : i + 2] for i in range(0, len(blocks) - 1, 2)]
         layers = [[b for b in layer if b.end is not None] for layer in layers]
+        if self.layers:
+            layers = layers[: self.layers]
         kv_sites, _ = find_kv_sites(model) if self.kv_bits else ([], {})
         kv_values = [v for s in kv_sites for v in (s.new_key, s.new_value)]
         batches = _windows(self.context, self.samples, self.batch)
