@@ -381,7 +381,7 @@ class FlatQuantPass(Pass):
             torch.set_num_threads(threads)
         for site in sites:
             if id(site.x) not in folded:
-                skipped[site.name] = "not inside a decoder layer of the residual stream"
+                skipped[site.name] = "not in a trained layer (outside the residual stream's layers, or after layers=N)"
         stats = {
             "sites": report,
             "skipped": skipped,

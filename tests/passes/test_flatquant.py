@@ -221,3 +221,14 @@ def test_lac_starts_where_quantizes_clip_search_puts_the_initial_transform(tiny_
     assert len(searched) == len(learned) == 8
     by_site = {name.removesuffix("_flat_transformed"): ratio for name, ratio in searched.items()}
     assert {site: round(min(by_site[site], 0.99), 4) for site in learned} == learned
+
+
+def test_layers_limits_training_to_the_first_layers(tiny_llama_export) -> None:
+    model = load(tiny_llama_export("pow2"))
+    records = run_passes(model, "flatquant:samples=4:batch=2:epochs=1:layers=1", calibration=_calibration(model))
+    stats = records[0]["stats"]
+    assert len(stats["sites"]) == 4 and sum("layer_curve" in s for s in stats["sites"]) == 1
+    assert sum("not in a trained layer" in reason for reason in stats["skipped"].values()) == 4
+    assert sum(n.op_type == KRONECKER_AFFINE for n in model.graph) == 4
+    with pytest.raises(ValueError):
+        FlatQuantPass(layers=-1)
