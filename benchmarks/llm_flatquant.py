@@ -25,6 +25,7 @@ FLAT = ["--calib-samples", "32"]
 SETTINGS = [
     ("rotate+w4a4kv4 rtn", "w4a4kv4", f"rotate,w4a4kv4:{A4}:{KV4}", []),
     ("rotate+flatquant+w4a4kv4 rtn", "w4a4kv4", "rotate,flatquant:init=identity,w4a4kv4", FLAT),
+    ("rotate+flatquant+w4a4kv4 rtn (lr 0.02)", "w4a4kv4", "rotate,flatquant:init=identity:lr=0.02,w4a4kv4", FLAT),
     ("rotate+intact-kv+w4a4kv4 gptq", "w4a4kv4", f"rotate,intact-kv,w4a4kv4:weight_search=gptq:{A4}:{KV4}", GPTQ),
     (
         "rotate+intact-kv+flatquant+w4a4kv4 gptq",
@@ -67,7 +68,7 @@ def _markdown(rows: list[dict]) -> str:
     ]
     by_label = {row["label"]: row for row in rows}
     for row in rows:
-        base = by_label.get(row["label"].replace("flatquant+", ""))
+        base = by_label.get(row["label"].split(" (")[0].replace("flatquant+", ""))  # the same row without it
         closed = ""
         if base is not None and base is not row:
             closed = f"{(base['perplexity'] - row['perplexity']) / (base['perplexity'] - row['fp_perplexity']):.0%}"
