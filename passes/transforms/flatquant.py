@@ -20,8 +20,8 @@ After a layer is trained it returns to the IR in float64:
   GPTQ rows do.
 
 Each LAC ratio starts (`lac_init=search`) where `quantize`'s per-token clip search (`token_clip`) puts it for the
-initial transform, not at the paper's sigmoid(4) = 0.982 (`lac_init=paper`): at 4 bits the searched ratios are
-0.7–0.9, and a few hundred steps at the paper's learning rate do not travel that far.
+initial transform, not at the paper's sigmoid(4) = 0.982 (`lac_init=paper`): with a few dozen steps per layer
+LAC then refines the best fixed ratio instead of having to reach it.
 
 Defaults scaled to two CPU cores (the paper: 128 × 2048 tokens, batch 4, 15 epochs, lr 5e−3 with 10× for the
 clipping parameters, cosine to lr·1e−3): `samples=32` windows of the calibration data, `batch=4`, `epochs=4`.
@@ -42,10 +42,10 @@ import torch
 from tqdm.auto import tqdm
 
 from qcompile import runtime
-from qcompile.calibration.token_clip import TokenClipSearch
+from qcompile.calibration.token_clip import ROWS_PER_BATCH, TokenClipSearch
 from qcompile.errors import InputError
 from qcompile.ir import add_initializer, quant_meta, replace_const
-from qcompile.ir.online_ops import insert_kronecker, kronecker_rotate
+from qcompile.ir.online_ops import insert_after, insert_kronecker, kronecker_rotate
 from qcompile.ir.properties import Property
 from qcompile.ir.torch_eval import TorchEvaluator
 from qcompile.math.hadamard import random_hadamard, random_orthogonal
@@ -110,10 +110,7 @@ def _online_scale(model: ir.Model, x: ir.Value, c: np.ndarray) -> ir.Value:
     mul = ir.node("Mul", [x, scale], name=f"{x.name}_flat_scale")
     out = mul.outputs[0]
     out.name, out.dtype, out.shape = f"{x.name}_scaled", x.dtype, x.shape
-    if x.producer() is not None:
-        model.graph.insert_after(x.producer(), mul)
-    else:
-        model.graph.insert_before(model.graph.node(0), mul)
+    insert_after(model, x.producer(), mul)
     return out
 
 
@@ -211,30 +208,14 @@ class FlatQuantPass(Pass):
             evaluator.value_hooks[id(value)] = lambda t: fake_quant_tokens(t, self.kv_bits, False, 1.0)
         return evaluator
 
-    def _train_layer(self, model, start, end, sites, kv_values, batches, states, targets) -> dict:
-        nodes = block_nodes(model, [start], [end])
+    def _train_layer(self, model, nodes, start, end, sites, kv_values, batches, states, targets) -> dict:
         inputs = _block_inputs(model, nodes, start)
-        self._functions = model.functions
-        probe = TorchEvaluator(nodes, inputs, model.functions)
-        absmax = {id(s.x): torch.zeros(s.channels) for s in sites}
-
-        def record(site):
-            def hook(t):
-                absmax[id(site.x)] = torch.maximum(
-                    absmax[id(site.x)], t.detach().abs().reshape(-1, site.channels).amax(0)
-                )
-                return t
-
-            return hook
-
-        probe.value_hooks = {id(s.x): record(s) for s in sites}
         feeds = [self._torch_feeds(inputs, batch, state) for batch, state in zip(batches, states)]
-        with torch.no_grad():
-            for feed in feeds:
-                probe.run(feed, [end])
-        transforms = {id(s.x): self._transform(s, i, absmax[id(s.x)].double().numpy()) for i, s in enumerate(sites)}
+        absmax, rows = self._observe_sites(model, nodes, inputs, feeds, end, sites)
+        transforms = {id(s.x): self._transform(s, i, absmax[id(s.x)]) for i, s in enumerate(sites)}
         if self.lac_init == "search":
-            self._search_initial_ratios(nodes, inputs, feeds, end, sites, transforms)
+            for site in sites:
+                self._start_at_searched_ratio(site, transforms[id(site.x)], rows[id(site.x)])
         evaluator = self._evaluator(model, nodes, inputs, transforms, sites, kv_values)
         modules = list(transforms.values())
         clip = [p for m in modules for p in [m.act_beta, *m.weight_betas]]
@@ -261,38 +242,46 @@ class FlatQuantPass(Pass):
         curve.append(self._loss(evaluator, end, feeds, target_tensors))
         return {"transforms": transforms, "curve": curve}
 
-    def _search_initial_ratios(self, nodes, inputs, feeds, end, sites, transforms) -> None:
-        """Start each LAC ratio at the `token_clip` search's choice for the initial transform: rows of x' from
-        the layer's float run, error weighted by diag(W' W'ᵀ) of the transformed weights."""
-        searches = {}
-        for site in sites:
-            transform = transforms[id(site.x)]
-            with torch.no_grad():
-                weight = sum(
-                    (transform.transformed_weight(torch.from_numpy(np.array(lin.array())), lin.in_axis) ** 2)
-                    .sum(dim=1 - lin.in_axis)
-                    .double()
-                    for lin in site.linears
-                )
-            searches[id(site.x)] = TokenClipSearch(
-                self.act_bits, self.act_symmetric, weight.numpy(), seed=self.context.seed
-            )
+    def _observe_sites(self, model, nodes, inputs, feeds, end, sites) -> tuple[dict, dict]:
+        """One float run of the layer: per site, max |x_j| over all tokens (for c) and the rows the clip search
+        reads (`ROWS_PER_BATCH` per batch, drawn as `TokenClipSearch` draws them)."""
+        absmax = {id(s.x): np.zeros(s.channels) for s in sites}
+        rows: dict[int, list[np.ndarray]] = {id(s.x): [] for s in sites}
 
         def observe(site):
+            rng = np.random.default_rng(self.context.seed)
+
             def hook(t):
-                searches[id(site.x)].update(transforms[id(site.x)].transform(t).numpy())
+                array = t.detach().reshape(-1, site.channels).numpy()
+                absmax[id(site.x)] = np.maximum(absmax[id(site.x)], np.abs(array).max(axis=0))
+                if len(array) > ROWS_PER_BATCH:
+                    array = array[rng.choice(len(array), ROWS_PER_BATCH, replace=False)]
+                rows[id(site.x)].append(array)
                 return t
 
             return hook
 
-        probe = TorchEvaluator(nodes, inputs, self._functions, value_hooks={id(s.x): observe(s) for s in sites})
+        probe = TorchEvaluator(nodes, inputs, model.functions, value_hooks={id(s.x): observe(s) for s in sites})
         with torch.no_grad():
             for feed in feeds:
                 probe.run(feed, [end])
-        for site in sites:
-            ratio = min(searches[id(site.x)].best(), MAX_INITIAL_RATIO)
-            with torch.no_grad():
-                transforms[id(site.x)].act_beta.fill_(math.log(ratio / (1 - ratio)))
+        return absmax, rows
+
+    def _start_at_searched_ratio(self, site: FlatSite, transform: SiteTransform, rows: list[np.ndarray]) -> None:
+        """LAC starts at the `token_clip` search's choice for the initial transform: the site's observed rows
+        moved by it, the error weighted by diag(W' W'ᵀ) of the transformed weights."""
+        with torch.no_grad():
+            weight = sum(
+                (transform.transformed_weight(torch.from_numpy(np.array(lin.array())), lin.in_axis) ** 2)
+                .sum(dim=1 - lin.in_axis)
+                .double()
+                for lin in site.linears
+            )
+            search = TokenClipSearch(self.act_bits, self.act_symmetric, weight.numpy(), seed=self.context.seed)
+            for array in rows:
+                search.update(transform.transform(torch.from_numpy(array)).numpy())
+            ratio = min(search.best(), MAX_INITIAL_RATIO)
+            transform.act_beta.fill_(math.log(ratio / (1 - ratio)))
 
     @staticmethod
     def _loss(evaluator, end, feeds, targets) -> float:
@@ -368,7 +357,9 @@ class FlatQuantPass(Pass):
                     runtime.run(session, {**f, start.name: s}, [end.name])[end.name] for f, s in zip(batches, states)
                 ]
                 if layer_sites:
-                    trained = self._train_layer(model, start, end, layer_sites, layer_kv, batches, states, targets)
+                    trained = self._train_layer(
+                        model, nodes, start, end, layer_sites, layer_kv, batches, states, targets
+                    )
                     for site in layer_sites:
                         report.append(
                             {"site": site.name, **self._fold(model, site, trained["transforms"][id(site.x)], index)}

@@ -85,11 +85,13 @@ class Factor(nn.Module):
             self.v.weight = torch.eye(size)
         self.sigma = nn.Parameter(torch.ones(size))
 
-    def matrix(self) -> torch.Tensor:
-        return self.u.weight * self.sigma @ self.v.weight.transpose(0, 1)
+    def matrix(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        u, v, sigma = self.u.weight.to(dtype), self.v.weight.to(dtype), self.sigma.to(dtype)
+        return u * sigma @ v.transpose(0, 1)
 
-    def inverse(self) -> torch.Tensor:
-        return self.v.weight / self.sigma @ self.u.weight.transpose(0, 1)
+    def inverse(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        u, v, sigma = self.u.weight.to(dtype), self.v.weight.to(dtype), self.sigma.to(dtype)
+        return v / sigma @ u.transpose(0, 1)
 
 
 class SiteTransform(nn.Module):
@@ -145,16 +147,6 @@ class SiteTransform(nn.Module):
     def factors64(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(P1, P2, P1⁻¹, P2⁻¹, c) in float64, for folding."""
         with torch.no_grad():
-            out = []
-            for factor in (self.left, self.right):
-                u = factor.u.weight.double()
-                v = factor.v.weight.double()
-                sigma = factor.sigma.double()
-                out.append(((u * sigma) @ v.T, (v / sigma) @ u.T))
-            return (
-                out[0][0].numpy(),
-                out[1][0].numpy(),
-                out[0][1].numpy(),
-                out[1][1].numpy(),
-                self.scale.double().numpy(),
-            )
+            left, right, f64 = self.left, self.right, torch.float64
+            matrices = (left.matrix(f64), right.matrix(f64), left.inverse(f64), right.inverse(f64), self.scale.to(f64))
+            return tuple(m.numpy() for m in matrices)

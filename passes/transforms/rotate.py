@@ -50,7 +50,7 @@ import onnx_ir as ir
 
 from qcompile.errors import InputError
 from qcompile.ir import add_initializer, quant_meta, replace_const
-from qcompile.ir.online_ops import insert_kronecker_rotate
+from qcompile.ir.online_ops import insert_after, insert_kronecker_rotate
 from qcompile.ir.properties import Property, get_properties
 from qcompile.math.hadamard import Rotation, online_rotation
 from qcompile.passes.transforms.attention_sites import find_qk_sites
@@ -86,10 +86,7 @@ def _add_node(
     node.outputs[0].name = f"{name}_output"
     node.outputs[0].dtype = like.dtype or ir.DataType.FLOAT
     node.outputs[0].shape = like.shape
-    if after is not None:
-        model.graph.insert_after(after, node)
-    else:
-        model.graph.insert_before(model.graph.node(0), node)
+    insert_after(model, after, node)
     return node.outputs[0]
 
 

@@ -29,9 +29,10 @@ from qcompile.calibration.runner import stream_statistics
 from qcompile.ir.quant_meta import QuantSpec
 from qcompile.pipeline.context import CalibrationData
 
-__all__ = ["CLIP_RATIOS", "TokenClipSearch", "search_token_clip"]
+__all__ = ["CLIP_RATIOS", "ROWS_PER_BATCH", "TokenClipSearch", "search_token_clip"]
 
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5)
+ROWS_PER_BATCH = 256  # rows drawn at random from every batch
 
 
 class TokenClipSearch:
@@ -43,7 +44,7 @@ class TokenClipSearch:
         symmetric: bool,
         channel_weight: np.ndarray | None = None,
         ratios: tuple[float, ...] = CLIP_RATIOS,
-        rows_per_batch: int = 256,
+        rows_per_batch: int = ROWS_PER_BATCH,
         seed: int = 0,
     ) -> None:
         if not ratios or any(not 0 < r <= 1 for r in ratios):

@@ -28,6 +28,7 @@ __all__ = [
     "KRONECKER_ROTATE",
     "kronecker_rotate",
     "kronecker_function",
+    "insert_after",
     "insert_kronecker",
     "insert_kronecker_rotate",
 ]
@@ -125,11 +126,15 @@ def insert_kronecker(
     node.outputs[0].name = f"{name}_{suffix}"
     node.outputs[0].dtype = x.dtype or ir.DataType.FLOAT
     node.outputs[0].shape = x.shape
-    producer = x.producer()
+    insert_after(model, x.producer(), node)
+    return node.outputs[0]
+
+
+def insert_after(model: ir.Model, producer: ir.Node | None, node: ir.Node) -> None:
+    """Put `node` right after `producer`, or first in the graph when its input is a graph input (None)."""
     if producer is not None:
         model.graph.insert_after(producer, node)
     elif len(model.graph):
         model.graph.insert_before(model.graph.node(0), node)
     else:
         model.graph.append(node)
-    return node.outputs[0]
