@@ -23,7 +23,7 @@ from qcompile.zoo.cache import cache_dir
 from qcompile.zoo.lm_export import export_causal_lm
 from qcompile.zoo.perplexity import PerplexityTask
 
-__all__ = ["TinyLlamaTask", "tiny_llama_config", "tiny_llama_module", "tiny_llama_onnx"]
+__all__ = ["TinyLlamaTask", "save_byte_tokenizer", "tiny_llama_config", "tiny_llama_module", "tiny_llama_onnx"]
 
 VOCAB = 256
 SEED = 0
@@ -80,6 +80,18 @@ def tiny_llama_module(seed: int = SEED, **overrides):
             if name.endswith("norm.weight"):
                 parameter.copy_(torch.exp(0.5 * torch.randn_like(parameter)))
     return model.float().eval()
+
+
+def save_byte_tokenizer(folder: Path) -> None:
+    """A 256-token byte-level tokenizer (no merges) saved as transformers saves one, for the tiny Llama."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokenizer = Tokenizer(models.BPE({ch: i for i, ch in enumerate(alphabet)}, []))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer).save_pretrained(str(folder))
 
 
 def tiny_llama_onnx(seed: int = SEED) -> Path:

@@ -5,12 +5,17 @@ equals the module with that matrix applied in a hook; the KV cache of a pruned a
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import onnx_ir as ir
 import pytest
 import torch
 
 from qcompile import runtime
+from qcompile.cli import main
 from qcompile.errors import InputError
 from qcompile.frontends.onnx import load
 from qcompile.math.hadamard import hadamard_matrix
@@ -18,7 +23,7 @@ from qcompile.passes.transforms.linear_patch import LinearPatchPass
 from qcompile.passes.transforms.prune_layers import METADATA_KEY, PruneLayersPass, choose_start
 from qcompile.pipeline.context import CalibrationData, PipelineContext
 from qcompile.pipeline.run import run_passes
-from qcompile.testing.tiny_llama import VOCAB, tiny_llama_module
+from qcompile.testing.tiny_llama import VOCAB, save_byte_tokenizer, tiny_llama_module
 from qcompile.zoo.lm_export import kv_cache_of_session, prefill_feeds
 
 LAYERS = 6
@@ -190,3 +195,32 @@ def test_errors_are_clear(tiny_llama_export) -> None:
     run_passes(quantized, "w8a8", calibration=_calibration(quantized))
     with pytest.raises(InputError, match="before quantization"):
         PruneLayersPass(n=1, context=context)(quantized)
+
+
+def test_the_cli_prunes_patches_quantizes_and_generates(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The whole job on a 6-layer Hugging Face folder: prune-layers, linear-patch and w8a8 in one artifact that
+    is scored, reports its pruned layers and generates through its shorter KV cache."""
+    from qcompile.zoo.data.lee import lee_path
+
+    corpus = lee_path()
+    if not corpus.is_file():
+        pytest.skip(f"Lee corpus not in the cache ({corpus}); `make data` fetches it")
+    cache = tmp_path / "cache"
+    (cache / "data").mkdir(parents=True)
+    shutil.copy(corpus, cache / "data" / corpus.name)
+    monkeypatch.setenv("QCOMPILE_CACHE", str(cache))
+    folder = tmp_path / "tiny-hf"
+    _module().save_pretrained(str(folder))
+    save_byte_tokenizer(folder)
+    out = tmp_path / "out"
+    passes = "prune-layers:n=2,linear-patch,w8a8"
+    argv = [str(folder), "--passes", passes, "-o", str(out), "--eval-samples", "2", "--calib-samples", "4"]
+    assert main([*argv, "--quiet", "--no-baselines"]) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    by_name = {record["name"]: record for record in report["per_pass"]}
+    assert by_name["prune-layers"]["stats"]["windows"] == 4 and len(by_name["prune-layers"]["stats"]["removed"]) == 2
+    assert by_name["linear-patch"]["stats"]["parameters"] == 64 * 64
+    assert len(report["generations"]) == 4 and report["all_metrics"]["qcompile"]["tokens"] == 2 * 512
+    capsys.readouterr()
+    assert main(["generate", str(out), "--prompt", "hello", "--no-chat-template", "--max-new-tokens", "4"]) == 0
+    assert len(capsys.readouterr().out) > 1

@@ -13,7 +13,7 @@ from qcompile import runtime
 from qcompile.cli import main
 from qcompile.frontends.onnx import load
 from qcompile.generation import generation_agreement, greedy_tokens
-from qcompile.testing.tiny_llama import VOCAB, tiny_llama_module
+from qcompile.testing.tiny_llama import VOCAB, save_byte_tokenizer, tiny_llama_module
 from qcompile.zoo.lm_export import kv_cache_of, prefill_feeds
 
 RTOL = 1e-5  # ORT float32 against PyTorch float32 on the same weights, relative to max |logits|
@@ -84,18 +84,6 @@ def test_greedy_generation_stops_at_an_end_token(decoder) -> None:
     assert greedy_tokens(session, prompt, 10, eos_ids=[first[2]]) == first[:3]
 
 
-def _byte_tokenizer(folder: Path) -> None:
-    """A 256-token byte-level tokenizer (no merges) saved as transformers saves one, for the tiny Llama."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tokenizer = Tokenizer(models.BPE({ch: i for i, ch in enumerate(alphabet)}, []))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer).save_pretrained(str(folder))
-
-
 def test_the_cli_generates_with_a_runs_artifact_and_tokenizer(tmp_path: Path, isolated_cache: Path, capsys) -> None:
     out = tmp_path / "out"
     run = ["zoo:tiny-llama", "--passes", "w8a8", "-o", str(out), "--eval-samples", "2", "--quiet", "--no-baselines"]
@@ -106,7 +94,7 @@ def test_the_cli_generates_with_a_runs_artifact_and_tokenizer(tmp_path: Path, is
     capsys.readouterr()
     assert main(["generate", str(out), "--prompt", "ab"]) == 2  # a random-token task saves no tokenizer
     assert "no tokenizer.json" in capsys.readouterr().err
-    _byte_tokenizer(out)
+    save_byte_tokenizer(out)
     assert main(["generate", str(out), "--prompt", "hello", "--no-chat-template", "--max-new-tokens", "5"]) == 0
     printed = capsys.readouterr().out
     assert printed.endswith("\n") and len(printed) > 1
@@ -142,7 +130,7 @@ def test_a_hugging_face_folder_is_a_model_scored_on_lee(tmp_path: Path, monkeypa
     monkeypatch.setenv("QCOMPILE_CACHE", str(cache))
     folder = tmp_path / "tiny-hf"
     tiny_llama_module(0).save_pretrained(str(folder))
-    _byte_tokenizer(folder)
+    save_byte_tokenizer(folder)
     out = tmp_path / "out"
     args = [
         str(folder),
