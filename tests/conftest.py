@@ -60,6 +60,24 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def lee_only_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh QCOMPILE_CACHE holding only Lee's corpus (copied from the real cache; skips without it), so a
+    run exports its model into an empty cache."""
+    import shutil
+
+    from qcompile.zoo.data.lee import lee_path
+
+    corpus = lee_path()
+    if not corpus.is_file():
+        pytest.skip(f"Lee corpus not in the cache ({corpus}); `make data` fetches it")
+    cache = tmp_path / "cache"
+    (cache / "data").mkdir(parents=True)
+    shutil.copy(corpus, cache / "data" / corpus.name)
+    monkeypatch.setenv("QCOMPILE_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
 def clean_registry() -> Iterator[None]:
     """Let a test register passes, recipes or plugins; restore the registry (and sys.modules) afterwards.
 

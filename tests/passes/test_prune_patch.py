@@ -6,7 +6,6 @@ equals the module with that matrix applied in a hook; the KV cache of a pruned a
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -197,18 +196,9 @@ def test_errors_are_clear(tiny_llama_export) -> None:
         PruneLayersPass(n=1, context=context)(quantized)
 
 
-def test_the_cli_prunes_patches_quantizes_and_generates(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_the_cli_prunes_patches_quantizes_and_generates(tmp_path: Path, lee_only_cache: Path, capsys) -> None:
     """The whole job on a 6-layer Hugging Face folder: prune-layers, linear-patch and w8a8 in one artifact that
     is scored, reports its pruned layers and generates through its shorter KV cache."""
-    from qcompile.zoo.data.lee import lee_path
-
-    corpus = lee_path()
-    if not corpus.is_file():
-        pytest.skip(f"Lee corpus not in the cache ({corpus}); `make data` fetches it")
-    cache = tmp_path / "cache"
-    (cache / "data").mkdir(parents=True)
-    shutil.copy(corpus, cache / "data" / corpus.name)
-    monkeypatch.setenv("QCOMPILE_CACHE", str(cache))
     folder = tmp_path / "tiny-hf"
     _module().save_pretrained(str(folder))
     save_byte_tokenizer(folder)

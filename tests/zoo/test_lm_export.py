@@ -114,20 +114,10 @@ def test_generate_errors_are_one_line(argv: list[str], message: str, capsys) -> 
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_a_hugging_face_folder_is_a_model_scored_on_lee(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_a_hugging_face_folder_is_a_model_scored_on_lee(tmp_path: Path, lee_only_cache: Path, capsys) -> None:
     """MODEL = a transformers folder (config.json, safetensors, tokenizer): exported once with a KV cache,
     scored by perplexity on Lee's corpus tokenized with its own tokenizer, generation check included."""
-    import shutil
-
-    from qcompile.zoo.data.lee import lee_path
-
-    corpus = lee_path()
-    if not corpus.is_file():
-        pytest.skip(f"Lee corpus not in the cache ({corpus}); `make data` fetches it")
-    cache = tmp_path / "cache"
-    (cache / "data").mkdir(parents=True)
-    shutil.copy(corpus, cache / "data" / corpus.name)
-    monkeypatch.setenv("QCOMPILE_CACHE", str(cache))
+    cache = lee_only_cache
     folder = tmp_path / "tiny-hf"
     tiny_llama_module(0).save_pretrained(str(folder))
     save_byte_tokenizer(folder)
