@@ -39,6 +39,8 @@ import dataclasses
 import numpy as np
 from onnx_ir import Graph, Value
 
+from qcompile.math.fp_formats import fp_format, fp_round
+
 __all__ = [
     "TensorRange",
     "QuantSpec",
@@ -51,6 +53,7 @@ __all__ = [
     "set_learned_clip_ratio",
     "quantized_values",
     "QUANT_KINDS",
+    "FP_KINDS",
     "TOKEN_MIN_SCALE",
 ]
 
@@ -58,7 +61,8 @@ _RANGE_KEY = "qcompile.range"
 _QUANT_KEY = "qcompile.quant"
 _CLIP_KEY = "qcompile.learned_clip_ratio"
 
-QUANT_KINDS = ("uniform", "log_sqrt2", "uniform_token")
+QUANT_KINDS = ("uniform", "log_sqrt2", "uniform_token", "fp", "fp_token")
+FP_KINDS = ("fp", "fp_token")
 TOKEN_MIN_SCALE = np.float32(1e-12)  # guards all-zero rows of per-token quantizers: s = max(s, tiny)
 
 # −2 / ln 2: −2·log2(r) is computed as ln(r) · (−2 / ln 2), the same two operations (Log, Mul) the ONNX
@@ -117,6 +121,12 @@ class QuantSpec:
         lo = r · min(min x_row, 0),   hi = r · max(max x_row, 0),   s = max((hi − lo) / L, tiny)
         z = clamp(round(−lo / s), 0, L),   q = clamp(round(x / s) + z, 0, L),   x̂ = (q − z) · s
 
+    ``kind="fp"`` / ``kind="fp_token"`` (LLM-FP4's floating-point quantizers, `qcompile.math.fp_formats`):
+    ``fp_format`` names the grid (e2m1, e3m0, e1m2, e4m3, e5m2), ``bits`` is its width, signed, zero points 0.
+    ``x̂ = s · fp_round(x / s)`` with s the scale (per tensor, or per channel along `axis`) for "fp"; for
+    "fp_token" each row's ``s = max(r · max|x_row| / max_value, tiny)``, computed at run time. Float32, op for
+    op what `qcompile.runtime.fp_qdq` writes. There are no integer codes: `quantize`/`dequantize` refuse.
+
     Per-group (``group_size`` G, uniform kind): ``scale``/``zero_point`` have the value's rank, with
     ⌈shape[axis] / G⌉ entries along `axis`; element i along `axis` uses entry i // G (ONNX blocked
     quantization, `DequantizeLinear(..., axis, block_size=G)`). When G does not divide shape[axis] the last
@@ -131,6 +141,7 @@ class QuantSpec:
     kind: str = "uniform"
     group_size: int | None = None
     clip_ratio: float = 1.0
+    fp_format: str | None = None  # "fp"/"fp_token" kinds: the grid's name (qcompile.math.fp_formats)
 
     @classmethod
     def per_token(cls, bits: int, symmetric: bool = True, clip_ratio: float = 1.0) -> QuantSpec:
@@ -144,10 +155,22 @@ class QuantSpec:
             clip_ratio=clip_ratio,
         )
 
+    @classmethod
+    def fp(cls, fmt: str, scale: np.ndarray | float, axis: int | None = None) -> QuantSpec:
+        """A static floating-point quantizer onto grid `fmt` with `scale` (per tensor, or per channel on `axis`)."""
+        scale = np.asarray(scale, dtype=np.float32)
+        return cls(fp_format(fmt).bits, True, scale, np.zeros(scale.shape, np.int32), axis, "fp", fp_format=fmt)
+
+    @classmethod
+    def fp_per_token(cls, fmt: str, clip_ratio: float = 1.0) -> QuantSpec:
+        """A dynamic per-token floating-point quantizer onto grid `fmt`."""
+        bits = fp_format(fmt).bits
+        return cls(bits, True, np.float32(1.0), np.int32(0), kind="fp_token", clip_ratio=clip_ratio, fp_format=fmt)
+
     @property
     def is_dynamic(self) -> bool:
         """True when the scale is computed at run time (per token), not stored in the spec."""
-        return self.kind == "uniform_token"
+        return self.kind in ("uniform_token", "fp_token")
 
     def __post_init__(self) -> None:
         if self.kind not in QUANT_KINDS:
@@ -174,13 +197,19 @@ class QuantSpec:
             raise ValueError(f"scales must be a scalar or a vector, got shape {scale.shape}")
         if self.group_size is None and (self.axis is None) != (scale.ndim == 0):
             raise ValueError("per-tensor specs have scalar scales; per-channel specs need an axis")
-        if self.kind == "uniform_token":
+        if self.kind in FP_KINDS:
+            fmt = fp_format(self.fp_format or "")
+            if self.bits != fmt.bits or not self.signed or np.any(zero_point != 0) or self.group_size is not None:
+                raise ValueError(f"an {self.kind} spec on {fmt.name} has bits {fmt.bits}, signed, zero points 0")
+        elif self.fp_format is not None:
+            raise ValueError("fp_format applies to fp and fp_token specs only")
+        if self.kind in ("uniform_token", "fp_token"):
             if self.axis is not None or scale.shape != () or scale != 1 or zero_point != 0:
-                raise ValueError("a uniform_token spec has no axis and the placeholders scale 1, zero_point 0")
+                raise ValueError(f"a {self.kind} spec has no axis and the placeholders scale 1, zero_point 0")
             if not 0 < float(self.clip_ratio) <= 1:
                 raise ValueError(f"clip_ratio must be in (0, 1], got {self.clip_ratio}")
         elif self.clip_ratio != 1.0:
-            raise ValueError("clip_ratio applies to uniform_token specs only")
+            raise ValueError("clip_ratio applies to uniform_token and fp_token specs only")
         if self.kind == "log_sqrt2":
             if self.signed:
                 raise ValueError("a log_sqrt2 quantizer is unsigned (signed=False)")
@@ -230,6 +259,8 @@ class QuantSpec:
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
         """Integer codes of `x` (int32), computed in float64, round half to even as ONNX does."""
+        if self.kind in FP_KINDS:
+            raise ValueError(f"an {self.kind} spec has no integer codes: use fake_quantize(x)")
         if self.kind == "log_sqrt2":
             return self._log_quantize(x)
         if self.kind == "uniform_token":
@@ -242,6 +273,8 @@ class QuantSpec:
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
         """Real values of integer codes, float32."""
+        if self.kind in FP_KINDS:
+            raise ValueError(f"an {self.kind} spec has no integer codes: use fake_quantize(x)")
         if self.kind == "log_sqrt2":
             return self._log_dequantize(q)
         if self.kind == "uniform_token":
@@ -252,11 +285,25 @@ class QuantSpec:
         return ((q.astype(np.int32) - zero_point) * scale).astype(np.float32)
 
     def fake_quantize(self, x: np.ndarray) -> np.ndarray:
-        """dequantize(quantize(x)) (for uniform_token specs with the row scales of x)."""
+        """dequantize(quantize(x)) (for uniform_token specs with the row scales of x; for fp kinds s·fp_round(x/s))."""
+        if self.kind in FP_KINDS:
+            x = np.asarray(x, dtype=np.float32)
+            scale = self.fp_scale(x)
+            return (fp_round(x / scale, fp_format(self.fp_format)) * scale).astype(np.float32)
         if self.kind == "uniform_token":
             q, scale, zero_point = self._token_quantize(np.asarray(x, dtype=np.float32))
             return ((q.astype(np.float32) - zero_point) * scale).astype(np.float32)
         return self.dequantize(self.quantize(x))
+
+    def fp_scale(self, x: np.ndarray) -> np.ndarray:
+        """The scale an fp spec applies to `x` (float32, broadcastable): the stored one, or per row for fp_token
+        (op for op: Abs, ReduceMax, Mul by r, Div by the format's max, Max with tiny)."""
+        if self.kind == "fp":
+            return self._broadcast(self.scale, np.ndim(x))
+        absmax = np.max(np.abs(np.asarray(x, dtype=np.float32)), axis=-1, keepdims=True)
+        if self.clip_ratio != 1.0:
+            absmax = absmax * np.float32(self.clip_ratio)
+        return np.maximum(absmax / np.float32(fp_format(self.fp_format).max_value), TOKEN_MIN_SCALE)
 
     def token_params(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-row float32 scale and zero point (shape x.shape[:-1] + (1,)) of a uniform_token spec."""

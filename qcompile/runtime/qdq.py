@@ -38,6 +38,10 @@ by default (session config ``session.qdq_matmulnbits_accuracy_level`` = 4) quant
 per block: measured 0.8 % of max|y| off the QDQ arithmetic on a random 256×24 MatMul; levels 0–2 compute in
 float (float32 noise). ONNX Runtime constant-folds the standard-op form into a float weight at load time.
 
+Floating-point specs (``kind="fp"``, ``"fp_token"``, LLM-FP4) are written by `fp_qdq`: weights as uint8 indices
+into the format's value table, activations through the ``qcompile.FpRound_<format>`` function (or float8
+QuantizeLinear/DequantizeLinear from opset 19).
+
 A per-token activation spec (``kind="uniform_token"``) becomes standard ops that compute each row's scale
 from x itself (the last axis reduced, keepdims) and fake-quantize with it, op for op the float32 algebra of
 `QuantSpec` (ReduceMax/ReduceMin take `axes` as an attribute below opset 18, as an input from 18):
@@ -64,6 +68,7 @@ import onnx_ir as ir
 from qcompile.ir import clone_model, quant_meta
 from qcompile.ir.quant_meta import QuantSpec
 from qcompile.runtime import log_quant
+from qcompile.runtime.fp_qdq import quantize_fp_value
 from qcompile.runtime.kv_storage import store_quantized_cache
 
 __all__ = ["to_qdq", "int8_weight_codes", "MIN_OPSET", "BLOCKED_OPSET"]
@@ -333,7 +338,7 @@ def to_qdq(
     quantized = quant_meta.quantized_values(model.graph)
     specs = {v.name: quant_meta.get_quant(v) for v in quantized}
     for value in quantized:
-        if specs[value.name].kind != "uniform" and value.const_value is not None:
+        if specs[value.name].kind not in ("uniform", "fp") and value.const_value is not None:
             raise ValueError(
                 f"'{value.name}' is a constant with a {specs[value.name].kind} spec: only activations may be "
                 f"log√2- or per-token-quantized"
@@ -351,7 +356,9 @@ def to_qdq(
         values.update({v.name: v for v in node.outputs})
     for name, spec in specs.items():
         value = values[name]
-        if spec.kind == "log_sqrt2":
+        if spec.kind in quant_meta.FP_KINDS:
+            quantize_fp_value(out, value, spec, opset)
+        elif spec.kind == "log_sqrt2":
             if value.uses():
                 log_quant.add_log_functions(out)
             _quantize_log_activation(graph, value, spec)
