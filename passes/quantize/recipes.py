@@ -79,3 +79,16 @@ register_recipe(
     "decoder LLMs, weight-only: 4-bit asymmetric, one scale and zero point per group of 128 input channels "
     "(round to nearest; weight_search=gptq for GPTQ); activations and the LM head stay float",
 )
+
+for _bits, _formats in ((4, "E2M1, E3M0 or E1M2"), (8, "E4M3 or E5M2")):
+    register_recipe(
+        f"fp{_bits}",
+        [("fp-quantize", {"bits": _bits})],
+        f"LLM-FP4's floating-point W{_bits}A{_bits}: per site the format ({_formats}), the activation scale "
+        "(per tensor, per-channel pre-shifted exponent biases) and per-channel weight scales searched on calibration "
+        "rows",
+        decoder_steps=[("fp-quantize", {"bits": _bits, "act_granularity": "token"})],
+        decoder_doc=f"decoder LLMs: floating-point W{_bits}A{_bits}, format ({_formats}) and per-channel weight "
+        "scales searched per site, activations dynamic per token (clip ratio searched); the LM head and the attention "
+        "stay float",
+    )

@@ -28,6 +28,8 @@ def _check_quant_spec(value: Value) -> None:
         return
     shape = value.shape
     if shape is None:
+        if value.const_value is None and spec.axis == -1:
+            return  # the last axis: exists at any rank, its length is unknown
         if value.const_value is None:
             raise VerificationError(f"per-channel quantizer on '{value.name}' but its shape is unknown")
         shape = value.const_value.shape
