@@ -20,7 +20,6 @@ from qcompile.passes.quantize.fp_search import channel_shifts, search_site
 from qcompile.pipeline.context import CalibrationData, PipelineContext
 from qcompile.pipeline.run import run_passes
 from qcompile.runtime.qdq import to_qdq
-from qcompile.testing.builders import tiny_encoder
 from qcompile.testing.tiny_llama import VOCAB
 from qcompile.zoo.lm_export import prefill_feeds
 
