@@ -32,8 +32,13 @@ def test_w8a8_is_per_tensor_on_encoders_and_per_token_on_decoders() -> None:
     assert _steps("w8a8tok", decoder=False) == _steps("w8a8", decoder=True)
 
 
-def test_only_w8a8_and_w4a4_have_decoder_steps() -> None:
-    assert sorted(decoder_recipes()) == ["w4a4", "w8a8"]
+def test_only_w8a8_w4a4_and_the_fp_recipes_have_decoder_steps() -> None:
+    assert sorted(decoder_recipes()) == ["fp4", "fp8", "w4a4", "w8a8"]
+    for bits in (4, 8):
+        (encoder,) = _steps(f"fp{bits}", decoder=False)
+        (decoder,) = _steps(f"fp{bits}", decoder=True)
+        assert encoder == ("fp-quantize", {"bits": bits})
+        assert decoder == ("fp-quantize", {"bits": bits, "act_granularity": "token"})
     assert _steps("w6a6", decoder=True) == _steps("w6a6", decoder=False)
     (w4a4,) = _steps("w4a4", decoder=True)
     assert w4a4[1]["act_bits"] == 4 and w4a4[1]["weight_search"] == "mse"
