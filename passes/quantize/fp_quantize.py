@@ -24,7 +24,7 @@ from qcompile.ir import quant_meta
 from qcompile.ir.properties import Property
 from qcompile.math.fp_formats import FORMATS, FORMATS_BY_BITS
 from qcompile.passes.quantize.fp_search import search_site
-from qcompile.pipeline.context import PipelineContext
+from qcompile.pipeline.context import CalibrationData, PipelineContext
 from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
 from qcompile.pipeline.registry import register_pass
 
@@ -133,8 +133,8 @@ class FpQuantizePass(Pass):
         sites, skipped = self._sites(model)
         if not sites:
             raise InputError("fp-quantize found no linear (MatMul/Gemm with a constant weight) to quantize")
-        batches = max(1, -(-min(self.samples, self.context.calibration.samples) // 8))
-        per_batch = max(1, -(-self.rows // batches))
+        batches = max(1, -(-min(self.samples, self.context.calibration.samples) // 8))  # at the job's batch of 8
+        per_batch = max(1, -(-self.rows // batches))  # rows drawn from each batch, so every batch contributes
         data = self.context.calibration
         if data.samples > self.samples:
             data = _first_samples(data, self.samples)
@@ -178,9 +178,8 @@ class FpQuantizePass(Pass):
         return PassResult(model, modified=True, stats=stats)
 
 
-def _first_samples(data, samples: int):
+def _first_samples(data: CalibrationData, samples: int) -> CalibrationData:
     """The first `samples` samples of calibration data (batches cut at the limit)."""
-    from qcompile.pipeline.context import CalibrationData
 
     def batches():
         taken = 0
