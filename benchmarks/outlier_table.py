@@ -29,6 +29,7 @@ from qcompile.runtime import qdq
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("smooth", "repq", "rotate", "noisy")
+QUANTIZERS = ("quantize", "fp-quantize")  # the passes whose SQNR the table reports
 
 
 def pass_lists(bits: list[int], extra: list[str]) -> list[str]:
@@ -76,7 +77,7 @@ def table(model: str, metric: str, rows: list[dict]) -> str:
             for c in row["checks"]
             if c["numerics"] == "EXACT_IN_REALS"
         )
-        sqnr = [c["sqnr_db"] for c in row["checks"] if c["pass"] == "quantize" and "sqnr_db" in c]
+        sqnr = [c["sqnr_db"] for c in row["checks"] if c["pass"] in QUANTIZERS and "sqnr_db" in c]
         lines.append(
             f"| `{row['passes']}` | {row['score']:.2f} | {fp - row['score']:+.2f} | {eq or '-'} "
             f"| {f'{sqnr[-1]:.1f}' if sqnr else '-'} |"
