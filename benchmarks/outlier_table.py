@@ -8,6 +8,7 @@ that fits the linear probe). Writes benchmarks/results/outlier_<model>.json and 
 
     python benchmarks/outlier_table.py [--models dinov2-s,minilm-l6] [--bits 8,6,4]
         [--extra "rotate,log-softmax,w4a4;..."] [--calib-samples 32] [--eval-samples dinov2-s=500,minilm-l6=1000]
+        [--only "w4a4;fp4"] [--tag _fp] [--render: rewrite the .md from the .json]
 """
 
 from __future__ import annotations
@@ -85,6 +86,21 @@ def table(model: str, metric: str, rows: list[dict]) -> str:
     return f"### {model}\n\n" + "\n".join(lines) + "\n"
 
 
+def write_markdown(name: str, result: dict, args: argparse.Namespace) -> str:
+    """benchmarks/results/outlier_<name><tag>.md from the run's `result` (what the .json holds); returns the table."""
+    text = table(name, result["metric"], result["rows"])
+    options = "".join(
+        f" --{flag} {shlex.quote(value)}" for flag, value in (("only", args.only), ("tag", args.tag)) if value
+    )
+    header = (
+        f"Produced by `python benchmarks/outlier_table.py --models {name}{options}` "
+        f"({result['calib_samples']} calibration samples, "
+        f"{result['eval_samples']} evaluation samples, seed {result['seed']}).\n\n"
+    )
+    (RESULTS / f"outlier_{name}{args.tag}.md").write_text(header + text)
+    return text
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="dinov2-s,minilm-l6")
@@ -95,7 +111,13 @@ def main() -> int:
     parser.add_argument("--eval-samples", default="dinov2-s=500,minilm-l6=1000")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="")
+    parser.add_argument("--render", action="store_true", help="rewrite the .md tables from the .json, run nothing")
     args = parser.parse_args()
+    if args.render:
+        for name in args.models.split(","):
+            result = json.loads((RESULTS / f"outlier_{name}{args.tag}.json").read_text())
+            print(write_markdown(name, result, args))
+        return 0
     eval_samples = {k: int(v) for k, v in (item.split("=") for item in args.eval_samples.split(","))}
     extra = [e.strip() for e in args.extra.split(";") if e.strip()]
     lists = (
@@ -133,17 +155,7 @@ def main() -> int:
         }
         stem = f"outlier_{name}{args.tag}"
         (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-        text = table(name, metric, rows)
-        options = "".join(
-            f" --{flag} {shlex.quote(value)}" for flag, value in (("only", args.only), ("tag", args.tag)) if value
-        )
-        header = (
-            f"Produced by `python benchmarks/outlier_table.py --models {name}{options}` "
-            f"({args.calib_samples} calibration samples, "
-            f"{eval_samples[name]} evaluation samples, seed {args.seed}).\n\n"
-        )
-        (RESULTS / f"{stem}.md").write_text(header + text)
-        print(text)
+        print(write_markdown(name, result, args))
     return 0
 
 
