@@ -163,11 +163,10 @@ def quantize_fp_value(model: ir.Model, value: ir.Value, spec: QuantSpec, opset: 
         scale = _const(graph, f"{base}_fp_scale", spec.scale.astype(np.float32))
     else:
         absmax = add("Abs", [value], "abs")
-        axes = _const(graph, f"{base}_axes", np.array([-1], dtype=np.int64))
-        if opset >= 18:
+        if opset >= 18:  # ReduceMax takes its axes as an input from opset 18
+            axes = _const(graph, f"{base}_axes", np.array([-1], dtype=np.int64))
             absmax = add("ReduceMax", [absmax, axes], "absmax", keepdims=1)
         else:
-            graph.initializers.pop(axes.name)
             absmax = add("ReduceMax", [absmax], "absmax", axes=[-1], keepdims=1)
         if spec.clip_ratio != 1.0:
             ratio = _const(graph, f"{base}_clip_ratio", np.array(spec.clip_ratio, dtype=np.float32))

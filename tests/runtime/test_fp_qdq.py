@@ -1,7 +1,7 @@
 """Floating-point quantizers written as ONNX and run by ONNX Runtime equal `QuantSpec.fake_quantize` bit for bit:
 every format, static per tensor / per channel and dynamic per token activations, weights as table codes; at
-opset 18 through the `qcompile.FpRound_*` functions and at opset 19 through float8 QuantizeLinear/
-DequantizeLinear for E4M3FN and E5M2."""
+opsets 14 (ReduceMax axes as an attribute) and 18 through the `qcompile.FpRound_*` functions and at opset 19
+through float8 QuantizeLinear/DequantizeLinear for E4M3FN and E5M2."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _spec_on(model: ir.Model, name: str, spec: QuantSpec) -> None:
     quant_meta.set_quant(value, spec)
 
 
-@pytest.mark.parametrize("opset", [18, 19])
+@pytest.mark.parametrize("opset", [14, 18, 19])
 @pytest.mark.parametrize("name", list(FORMATS))
 def test_activation_quantizers_match_the_spec_bit_for_bit(name: str, opset: int) -> None:
     x = _values(name, (3, 5, 16), seed=1)
