@@ -81,7 +81,8 @@ def _search_format(x, weights, targets, fmt_name, mode, shift, rounds):
     act_spec = _act_spec(x, fmt_name, mode, act_ratio, shifts)
     x_hat = act_spec.fake_quantize(x)
     w_ratios = [np.ones(w.shape[1]) for w in weights]
-    w_hats = [_weight_fq(w, fmt_name, r)[0] for w, r in zip(weights, w_ratios)]
+    quantized = [_weight_fq(w, fmt_name, r) for w, r in zip(weights, w_ratios)]
+    w_hats, specs = [q[0] for q in quantized], [q[1] for q in quantized]
     for _ in range(rounds):
         for index, (w, target) in enumerate(zip(weights, targets)):
             best = np.full(w.shape[1], np.inf)
@@ -90,7 +91,7 @@ def _search_format(x, weights, targets, fmt_name, mode, shift, rounds):
                 error = ((target - x_hat @ candidate) ** 2).sum(axis=0)
                 better = error < best
                 best[better], w_ratios[index][better] = error[better], ratio
-            w_hats[index] = _weight_fq(w, fmt_name, w_ratios[index])[0]
+            w_hats[index], specs[index] = _weight_fq(w, fmt_name, w_ratios[index])
         best_error = np.inf
         for ratio in TOKEN_RATIOS if mode == "token" else ACT_RATIOS:
             candidate = _act_spec(x, fmt_name, mode, ratio, shifts).fake_quantize(x)
@@ -100,7 +101,6 @@ def _search_format(x, weights, targets, fmt_name, mode, shift, rounds):
         act_spec = _act_spec(x, fmt_name, mode, act_ratio, shifts)
         x_hat = act_spec.fake_quantize(x)
     error = sum(float(((t - x_hat @ w_hat) ** 2).sum()) for t, w_hat in zip(targets, w_hats))
-    specs = [_weight_fq(w, fmt_name, r)[1] for w, r in zip(weights, w_ratios)]
     return error, act_spec, specs
 
 

@@ -17,6 +17,8 @@ the NumPy reference.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx_ir as ir
 
@@ -130,11 +132,12 @@ def insert_kronecker(
     return node.outputs[0]
 
 
-def insert_after(model: ir.Model, producer: ir.Node | None, node: ir.Node) -> None:
-    """Put `node` right after `producer`, or first in the graph when its input is a graph input (None)."""
+def insert_after(model: ir.Model, producer: ir.Node | None, node: ir.Node | Sequence[ir.Node]) -> None:
+    """Put `node` (or nodes, in order) right after `producer`, or first in the graph when its input is a graph
+    input (None)."""
     if producer is not None:
         model.graph.insert_after(producer, node)
     elif len(model.graph):
         model.graph.insert_before(model.graph.node(0), node)
     else:
-        model.graph.append(node)
+        model.graph.extend([node] if isinstance(node, ir.Node) else node)

@@ -26,6 +26,7 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
+from qcompile.ir.online_ops import insert_after
 from qcompile.ir.quant_meta import TOKEN_MIN_SCALE, QuantSpec
 from qcompile.math.fp_formats import FpFormat, enumerate_grid, fp_format, fp_round
 
@@ -128,16 +129,6 @@ def _round(model: ir.Model, add, graph: ir.Graph, base: str, y: ir.Value, fmt: F
     return add(round_function_name(fmt), [y], "rounded", domain=DOMAIN)
 
 
-def _insert(graph: ir.Graph, value: ir.Value, nodes: list[ir.Node]) -> None:
-    producer = value.producer()
-    if producer is not None:
-        graph.insert_after(producer, nodes)
-    elif len(graph):
-        graph.insert_before(graph.node(0), nodes)
-    else:
-        graph.extend(nodes)
-
-
 def quantize_fp_value(model: ir.Model, value: ir.Value, spec: QuantSpec, opset: int) -> None:
     """Write `spec` (an fp kind) for `value` into `model`'s graph: every reader then reads x̂."""
     graph, base, fmt = model.graph, value.name, fp_format(spec.fp_format)
@@ -179,4 +170,4 @@ def quantize_fp_value(model: ir.Model, value: ir.Value, spec: QuantSpec, opset: 
     dequantized.shape = value.shape
     for use in uses:
         use.node.replace_input_with(use.idx, dequantized)
-    _insert(graph, value, nodes)
+    insert_after(model, value.producer(), nodes)
