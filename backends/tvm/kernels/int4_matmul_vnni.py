@@ -1,0 +1,244 @@
+"""The LLM's linear layer with 4-bit packed weights on vpdpbusd (`qcompile.intops.int4_matmul`), exact:
+one kernel for decode (M = 1, a GEMV) and prefill (M = tokens), reading two weights per byte.
+
+    out[i, n] = s_a[i] · Σ_g s[g, n] · (Σ_{k∈g} q[k, n]·a[i, k] − z[g, n]·Σ_{k∈g} a[i, k] − z_a[i]·W_g[n])
+
+Why the weights are the *unsigned* operand: vpdpbusd multiplies 4 unsigned bytes by 4 signed bytes and
+adds them to an int32 lane. The 4-bit codes q ∈ [0, 15] are unsigned bytes once their nibble is masked out;
+the int8 activation codes are the signed bytes, used as they are (no shift). The zero points move out of
+the inner loop: −z·Σa (Σa per row and group, `row_group_sums`, computed first in the same kernel) and
+−z_a·W_g (W_g = Σ(q − z), `weight_group_sums`, packed at build time; only when activations have a zero
+point). So the inner loop is load, mask, shift, and two vpdpbusd per 128 weights.
+
+Packing (`pack_weight`): byte [n // lanes, k8, n % lanes, t] holds q[8·k8 + t, n] in its low nibble and
+q[8·k8 + 4 + t, n] in its high nibble, so one vector load (lanes × 4 bytes) gives, masked, the 4 k-values ×
+`lanes` columns of one vpdpbusd against the broadcast a[i, 8·k8 : 8·k8 + 4], and shifted right by 4 those
+of a second one against a[i, 8·k8 + 4 : 8·k8 + 8]. The nibbles are unpacked in registers, never in memory.
+`lanes` is 16 with AVX512-VNNI (zmm) and 8 with AVX-VNNI (ymm).
+
+Schedule (written out in TIR, no tensorize): tasks are (column tile, row tile) pairs, column tile
+outermost so that a thread keeps one weight panel in L1 while its row tiles pass; each task holds
+rows × col_blocks int32 accumulators (reset per group) and as many float32 ones (the group epilogue
+adds s·float(acc) in group order, as the reference does). Rows past M read the last row and are not
+written. K and the group must be multiples of 8; the output is [M, N padded to lanes].
+
+The accumulators are buffers of scope "global" allocated inside the parallel task, which TVM lowers to
+a stack `alloca` when it is smaller than 1024 bytes (so a tile holds fewer than 16 zmm accumulators);
+LLVM then keeps them in registers. With scope "local", or at 1024 bytes, TVM 0.27 allocates them with
+TVMBackendAllocWorkspace, and LLVM must store every vpdpbusd result back to that memory (tests check the
+IR has no workspace allocation).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from qcompile.intops.int4_matmul import check_codes, weight_group_sums
+
+__all__ = ["pack_weight", "int4_matmul_func", "pick_col_blocks", "TILES", "STEP"]
+
+STEP = 8  # k-values one packed vector covers: 4 in the low nibbles, 4 in the high ones
+# (rows, col_blocks) per lane count: decode (one row) and prefill register tiles
+TILES = {16: {"decode": (1, 2), "prefill": (4, 3)}, 8: {"decode": (1, 4), "prefill": (4, 4)}}
+STACK_BYTES = 1024  # TVM puts a constant-size allocation on the stack only below this many bytes
+_LLVM = {16: "llvm.x86.avx512.vpdpbusd.512", 8: "llvm.x86.avx512.vpdpbusd.256"}
+
+
+def pack_weight(q: np.ndarray, lanes: int) -> np.ndarray:
+    """[K, N] codes in [0, 15] → uint8 [ceil(N/lanes), K/8, lanes, 4], two codes a byte (zero-padded columns)."""
+    k, n = q.shape
+    if k % STEP:
+        raise ValueError(f"K = {k} must be a multiple of {STEP} to pack 4-bit weights")
+    if q.size and (q.min() < 0 or q.max() > 15):
+        raise ValueError("4-bit weight codes must lie in [0, 15]")
+    np_ = -(-n // lanes) * lanes
+    padded = np.zeros((k, np_), np.uint8)
+    padded[:, :n] = q
+    halves = padded.reshape(k // STEP, 2, 4, np_ // lanes, lanes)  # k = 8·k8 + 4·half + t
+    packed = halves[:, 0] | (halves[:, 1] << 4)  # [K/8, 4, N/lanes, lanes]
+    return np.ascontiguousarray(packed.transpose(2, 0, 3, 1))
+
+
+def pack_group_params(q: np.ndarray, zero: np.ndarray, scale: np.ndarray, lanes: int, group: int):
+    """(scale float32, zero int32, W_g int32), each [G, N padded to lanes] (padding: scale 0, zero 0)."""
+    check_codes(q, zero, group)
+    np_ = -(-q.shape[1] // lanes) * lanes
+
+    def pad(x, dtype):
+        out = np.zeros((x.shape[0], np_), dtype)
+        out[:, : x.shape[1]] = x
+        return out
+
+    return pad(scale, np.float32), pad(zero, np.int32), pad(weight_group_sums(q, zero, group), np.int32)
+
+
+def pick_col_blocks(columns: int, lanes: int, wanted: int) -> int:
+    """The largest column-block count ≤ `wanted` that divides the padded column tiles."""
+    tiles = -(-columns // lanes)
+    return max(c for c in range(1, wanted + 1) if tiles % c == 0)
+
+
+def int4_matmul_func(
+    m: int,
+    k: int,
+    n: int,
+    group: int,
+    lanes: int,
+    rows: int | None = None,
+    col_blocks: int | None = None,
+    act_zero: bool = False,
+):
+    """PrimFunc main(a int8 [m, k], wp uint8 packed, scale f32 [G, Np], zero i32 [G, Np], [W_g i32 [G, Np],]
+    act_scale f32 [m], [act_zero i32 [m],] out f32 [m, Np]) — bracketed parameters only with `act_zero`."""
+    from tvm.script import tirx as T
+
+    if lanes not in _LLVM:
+        raise ValueError(f"lanes must be 16 (zmm) or 8 (ymm), got {lanes}")
+    if k % STEP or group % STEP or k % group:
+        raise ValueError(f"K = {k} and the group {group} must be multiples of {STEP}, and the group must divide K")
+    kind = "decode" if m == 1 else "prefill"
+    rows = rows or min(TILES[lanes][kind][0], m)
+    col_blocks = pick_col_blocks(n, lanes, col_blocks or TILES[lanes][kind][1])
+    if rows * col_blocks * lanes * 4 >= STACK_BYTES:
+        raise ValueError(
+            f"a {rows} x {col_blocks} tile of {lanes} lanes needs {STACK_BYTES} bytes or more of accumulators"
+        )
+    groups, steps, width = k // group, group // STEP, lanes * 4
+    col_tiles = -(-n // lanes) // col_blocks
+    row_tiles = -(-m // rows)
+    np_ = col_tiles * col_blocks * lanes
+    vpdpbusd = _LLVM[lanes]
+    i32v, f32v, u8v, i8v = f"int32x{lanes}", f"float32x{lanes}", f"uint8x{width}", f"int8x{width}"
+
+    def broadcast4(a, i, kk):
+        """a[i, kk : kk + 4] as one int32, broadcast over the lanes and seen as bytes (vpdpbusd's signed side)."""
+        return T.reinterpret(T.broadcast(T.reinterpret(a.vload([i, kk], "int8x4"), dtype="int32"), lanes), dtype=i8v)
+
+    def row(it, r):
+        """Row r of row tile it; rows past M read the last row (their results are not written)."""
+        return T.min(it * rows + r, m - 1)
+
+    def nibbles(wp, jt, c, k8, high):
+        """The 4-bit codes of one packed vector as bytes: the low nibbles, or the high ones."""
+        packed = wp.vload([jt * col_blocks + c, k8, 0, 0], u8v)
+        return T.reinterpret(
+            packed >> T.broadcast(T.uint8(4), width) if high else packed & T.broadcast(T.uint8(15), width), dtype=i8v
+        )
+
+    def dot(iacc, r, c, codes, a, i, kk):
+        """iacc[r, c] + one vpdpbusd of `codes` against a[i, kk : kk + 4]."""
+        return T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id(vpdpbusd), iacc.vload([r, c, 0], i32v), codes, broadcast4(a, i, kk), dtype=i32v
+        )
+
+    def exact(iacc, zero, wsum, asum, act_zero, r, c, g, i, n0):
+        """Σ_{k∈g} (q − z)·(a − z_a) of the accumulators iacc[r, c] (row i, columns n0 …)."""
+        value = iacc.vload([r, c, 0], i32v) - zero.vload([g, n0], i32v) * T.broadcast(asum[i, g], lanes)
+        if act_zero is not None:
+            value = value - wsum.vload([g, n0], i32v) * T.broadcast(act_zero[i], lanes)
+        return value
+
+    @T.macro
+    def body(a, wp, scale, zero, wsum, act_scale, act_zero, out, asum, task):
+        facc = T.alloc_buffer((rows, col_blocks, lanes), "float32", scope="global")
+        iacc = T.alloc_buffer((rows, col_blocks, lanes), "int32", scope="global")
+        for r in T.unroll(rows):
+            for c in T.unroll(col_blocks):
+                facc[r, c, T.ramp(0, 1, lanes)] = T.broadcast(T.float32(0), lanes)
+        for g in range(groups):
+            for r in T.unroll(rows):
+                for c in T.unroll(col_blocks):
+                    iacc[r, c, T.ramp(0, 1, lanes)] = T.broadcast(0, lanes)
+            for s in range(steps):
+                for c in T.unroll(col_blocks):
+                    for r in T.unroll(rows):
+                        iacc[r, c, T.ramp(0, 1, lanes)] = dot(
+                            iacc,
+                            r,
+                            c,
+                            nibbles(wp, task // row_tiles, c, g * steps + s, False),
+                            a,
+                            row(task % row_tiles, r),
+                            (g * steps + s) * STEP,
+                        )
+                        iacc[r, c, T.ramp(0, 1, lanes)] = dot(
+                            iacc,
+                            r,
+                            c,
+                            nibbles(wp, task // row_tiles, c, g * steps + s, True),
+                            a,
+                            row(task % row_tiles, r),
+                            (g * steps + s) * STEP + 4,
+                        )
+            for r in T.unroll(rows):
+                for c in T.unroll(col_blocks):
+                    facc[r, c, T.ramp(0, 1, lanes)] = facc.vload([r, c, 0], f32v) + scale.vload(
+                        [g, (task // row_tiles * col_blocks + c) * lanes], f32v
+                    ) * T.cast(
+                        exact(
+                            iacc,
+                            zero,
+                            wsum,
+                            asum,
+                            act_zero,
+                            r,
+                            c,
+                            g,
+                            row(task % row_tiles, r),
+                            (task // row_tiles * col_blocks + c) * lanes,
+                        ),
+                        f32v,
+                    )
+        for r in T.unroll(rows):
+            for c in T.unroll(col_blocks):
+                if task % row_tiles * rows + r < m:
+                    out[task % row_tiles * rows + r, T.ramp((task // row_tiles * col_blocks + c) * lanes, 1, lanes)] = (
+                        facc.vload([r, c, 0], f32v) * T.broadcast(act_scale[task % row_tiles * rows + r], lanes)
+                    )
+
+    @T.macro
+    def sums(a, asum):
+        for i in T.parallel(m):
+            for g in range(groups):
+                asum[i, g] = 0
+                for kk in range(group):
+                    asum[i, g] = asum[i, g] + T.cast(a[i, g * group + kk], "int32")
+
+    wp_shape = (np_ // lanes, k // STEP, lanes, 4)
+    if act_zero:
+
+        @T.prim_func(s_tir=True)
+        def func(
+            a: T.Buffer((m, k), "int8"),
+            wp: T.Buffer(wp_shape, "uint8"),
+            scale: T.Buffer((groups, np_), "float32"),
+            zero: T.Buffer((groups, np_), "int32"),
+            wsum: T.Buffer((groups, np_), "int32"),
+            act_scale: T.Buffer((m,), "float32"),
+            act_zero: T.Buffer((m,), "int32"),
+            out: T.Buffer((m, np_), "float32"),
+        ):
+            T.func_attr({"global_symbol": "main", "tir.noalias": True})
+            asum = T.alloc_buffer((m, groups), "int32")
+            sums(a, asum)
+            for task in T.parallel(col_tiles * row_tiles):
+                body(a, wp, scale, zero, wsum, act_scale, act_zero, out, asum, task)
+
+    else:
+
+        @T.prim_func(s_tir=True)
+        def func(
+            a: T.Buffer((m, k), "int8"),
+            wp: T.Buffer(wp_shape, "uint8"),
+            scale: T.Buffer((groups, np_), "float32"),
+            zero: T.Buffer((groups, np_), "int32"),
+            act_scale: T.Buffer((m,), "float32"),
+            out: T.Buffer((m, np_), "float32"),
+        ):
+            T.func_attr({"global_symbol": "main", "tir.noalias": True})
+            asum = T.alloc_buffer((m, groups), "int32")
+            sums(a, asum)
+            for task in T.parallel(col_tiles * row_tiles):
+                body(a, wp, scale, zero, None, act_scale, None, out, asum, task)
+
+    return func

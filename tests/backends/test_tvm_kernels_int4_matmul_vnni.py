@@ -1,0 +1,150 @@
+"""TVM 4-bit-weight matmul on vpdpbusd (`int4_matmul_vnni`): == the NumPy reference
+(`qcompile.intops.int4_matmul`) bit for bit, for decode (one row) and prefill tiles, per-channel and
+grouped weights, weight and activation zero points, extreme codes, ragged rows and columns, both vector
+widths the CPU has; the emitted code uses vpdpbusd on the requested width with the accumulators off the
+heap; packing and refusals."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qcompile.backends.tvm.fence import fence_float_products
+from qcompile.backends.tvm.kernels.int4_matmul_vnni import (
+    STEP,
+    int4_matmul_func,
+    pack_group_params,
+    pack_weight,
+    pick_col_blocks,
+)
+from qcompile.backends.tvm.kernels.int_gemm_vnni import vnni_lanes
+from qcompile.backends.tvm.target import cpu_features, host_target
+from qcompile.intops.int4_matmul import int4_matmul_reference
+
+FEATURES = cpu_features(host_target(1))
+WIDEST = vnni_lanes(FEATURES)
+WIDTHS = [lanes for lanes in (16, 8) if WIDEST is not None and lanes <= WIDEST]
+pytestmark = pytest.mark.skipif(WIDEST is None, reason="vpdpbusd needs AVX512-VNNI or AVX-VNNI")
+REGISTER = {16: "zmm", 8: "ymm"}
+
+
+def _operands(m: int, k: int, n: int, group: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    q = rng.integers(0, 16, (k, n))
+    zero = rng.integers(0, 16, (k // group, n))
+    scale = (rng.random((k // group, n)) * 0.1 + 1e-3).astype(np.float32)
+    a = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    act_scale = (rng.random(m) * 0.05 + 1e-4).astype(np.float32)
+    act_zero = rng.integers(-128, 128, m).astype(np.int32)
+    # the largest |acc| a group can reach: codes 15 against zero 0 and activations −128 against z_a 127
+    q[:, 0], zero[:, 0], a[0], act_zero[0] = 15, 0, -128, 127
+    return a, q, zero, scale, act_scale, act_zero
+
+
+def _build(m, k, n, group, lanes, act_zero, rows=None, col_blocks=None):
+    import tvm
+
+    func = int4_matmul_func(m, k, n, group, lanes, rows=rows, col_blocks=col_blocks, act_zero=act_zero)
+    return tvm.tirx.build(fence_float_products(func), target=host_target(threads=2))
+
+
+def _run(lib, lanes, group, a, q, zero, scale, act_scale, act_zero=None):
+    import tvm
+
+    packed_scale, packed_zero, weight_sums = pack_group_params(q, zero, scale, lanes, group)
+    args = [a, pack_weight(q, lanes), packed_scale, packed_zero]
+    args += [weight_sums, act_scale, act_zero] if act_zero is not None else [act_scale]
+    out = tvm.runtime.tensor(np.zeros((a.shape[0], packed_scale.shape[1]), np.float32))
+    lib["main"](*(tvm.runtime.tensor(np.ascontiguousarray(x)) for x in args), out)
+    return out.numpy()[:, : q.shape[1]]
+
+
+@pytest.mark.parametrize("lanes", WIDTHS)
+@pytest.mark.parametrize(
+    "m, k, n, group",
+    [(1, 576, 1536, 576), (1, 576, 192, 64), (1, 1536, 576, 128), (5, 1536, 40, 128), (13, 64, 24, 32), (9, 8, 8, 8)],
+)
+@pytest.mark.parametrize("with_act_zero", [False, True], ids=["symmetric", "act-zero"])
+def test_matmul_equals_the_reference(m, k, n, group, lanes, with_act_zero) -> None:
+    a, q, zero, scale, act_scale, act_zero = _operands(m, k, n, group)
+    lib = _build(m, k, n, group, lanes, with_act_zero)
+    got = _run(lib, lanes, group, a, q, zero, scale, act_scale, act_zero if with_act_zero else None)
+    want = int4_matmul_reference(a, q, zero, scale, act_scale, act_zero if with_act_zero else None, group)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("lanes", WIDTHS)
+def test_emitted_code_uses_vpdpbusd_with_accumulators_on_the_stack(lanes) -> None:
+    lib = _build(4, 256, 64, 128, lanes, True)
+    asm = lib.inspect_source("asm")
+    assert re.search(rf"vpdpbusd\s[^\n]*%{REGISTER[lanes]}", asm), "no vpdpbusd on the requested vector width"
+    assert "load ptr, ptr @__TVMBackendAllocWorkspace" not in lib.inspect_source("ll"), "accumulators on the heap"
+
+
+@pytest.mark.parametrize("rows, col_blocks", [(1, 1), (2, 3), (6, 2), (3, 4)])
+def test_other_register_tiles_are_exact(rows, col_blocks) -> None:
+    m, k, n, group = 7, 128, 96, 64
+    a, q, zero, scale, act_scale, act_zero = _operands(m, k, n, group, seed=3)
+    lib = _build(m, k, n, group, WIDEST, True, rows=rows, col_blocks=col_blocks)
+    got = _run(lib, WIDEST, group, a, q, zero, scale, act_scale, act_zero)
+    np.testing.assert_array_equal(got, int4_matmul_reference(a, q, zero, scale, act_scale, act_zero, group))
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    m=st.integers(1, 9),
+    steps=st.integers(1, 6),
+    groups=st.integers(1, 3),
+    n=st.integers(1, 40),
+    with_act_zero=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_property_any_shape_and_codes(m, steps, groups, n, with_act_zero, seed) -> None:
+    group = steps * STEP
+    k = group * groups
+    a, q, zero, scale, act_scale, act_zero = _operands(m, k, n, group, seed)
+    lib = _build(m, k, n, group, WIDEST, with_act_zero)
+    got = _run(lib, WIDEST, group, a, q, zero, scale, act_scale, act_zero if with_act_zero else None)
+    want = int4_matmul_reference(a, q, zero, scale, act_scale, act_zero if with_act_zero else None, group)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_pack_weight_layout_and_padding() -> None:
+    q = np.random.default_rng(1).integers(0, 16, (16, 10))
+    wp = pack_weight(q, 8)
+    assert wp.shape == (2, 2, 8, 4) and wp.dtype == np.uint8
+    for k in range(16):
+        for n in range(16):
+            byte = wp[n // 8, k // 8, n % 8, k % 4]
+            nibble = (byte >> 4) if (k // 4) % 2 else (byte & 15)
+            assert nibble == (q[k, n] if n < 10 else 0)
+
+
+def test_group_params_pad_columns_with_zero_scale() -> None:
+    q = np.full((16, 3), 7)
+    scale, zero, sums = pack_group_params(q, np.full((2, 3), 8), np.ones((2, 3), np.float32), 8, 8)
+    assert scale.shape == zero.shape == sums.shape == (2, 8)
+    assert np.all(scale[:, 3:] == 0) and np.all(sums[:, :3] == 8 * (7 - 8))
+
+
+def test_col_blocks_divide_the_column_tiles() -> None:
+    assert pick_col_blocks(576, 16, 4) == 4  # 36 tiles
+    assert pick_col_blocks(40, 16, 2) == 1  # 3 tiles
+    assert pick_col_blocks(1536, 16, 5) == 4  # 96 tiles
+
+
+def test_refusals() -> None:
+    with pytest.raises(ValueError, match="multiple of 8"):
+        pack_weight(np.zeros((12, 4), np.int64), 16)
+    with pytest.raises(ValueError, match=r"\[0, 15\]"):
+        pack_weight(np.full((8, 4), 16), 16)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        int4_matmul_func(1, 64, 16, 12, 16)
+    with pytest.raises(ValueError, match="lanes"):
+        int4_matmul_func(1, 64, 16, 64, 4)
+    with pytest.raises(ValueError, match="1024 bytes"):
+        int4_matmul_func(8, 64, 64, 64, 16, rows=4, col_blocks=4)
