@@ -1,8 +1,8 @@
-"""TVM 4-bit-weight matmul on vpdpbusd (`int4_matmul_vnni`): == the NumPy reference
-(`qcompile.intops.int4_matmul`) bit for bit, for decode (one row) and prefill tiles, per-channel and
-grouped weights, weight and activation zero points, extreme codes, ragged rows and columns, both vector
-widths the CPU has; the emitted code uses vpdpbusd on the requested width with the accumulators off the
-heap; packing and refusals."""
+"""TVM 4-bit-weight matmul (`kernels.int4_matmul`): == the NumPy reference (`qcompile.intops.int4_matmul`) bit
+for bit, for decode (one row) and prefill tiles, per-channel and grouped weights, weight and activation zero
+points, extreme codes (the largest pair sums AVX2's saturating vpmaddubsw meets), ragged rows and columns, in
+every flavour the CPU runs (vpdpbusd on zmm and ymm, vpmaddubsw + vpmaddwd on AVX2); the emitted code uses
+the flavour's instruction with the accumulators off the heap; packing and refusals."""
 
 from __future__ import annotations
 
@@ -14,22 +14,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qcompile.backends.tvm.fence import fence_float_products
-from qcompile.backends.tvm.kernels.int4_matmul_vnni import (
+from qcompile.backends.tvm.kernels.int4_matmul import (
+    FLAVOURS,
     STEP,
+    flavours_for,
     int4_matmul_func,
     pack_group_params,
     pack_weight,
     pick_col_blocks,
 )
-from qcompile.backends.tvm.kernels.int_gemm_vnni import vnni_lanes
 from qcompile.backends.tvm.target import cpu_features, host_target
 from qcompile.intops.int4_matmul import int4_matmul_reference
 
-FEATURES = cpu_features(host_target(1))
-WIDEST = vnni_lanes(FEATURES)
-WIDTHS = [lanes for lanes in (16, 8) if WIDEST is not None and lanes <= WIDEST]
-pytestmark = pytest.mark.skipif(WIDEST is None, reason="vpdpbusd needs AVX512-VNNI or AVX-VNNI")
-REGISTER = {16: "zmm", 8: "ymm"}
+RUNNABLE = flavours_for(cpu_features(host_target(1)))
+pytestmark = pytest.mark.skipif(not RUNNABLE, reason="the 4-bit matmul needs AVX2 at least")
+WIDEST = RUNNABLE[0] if RUNNABLE else "llvm"
+INSTRUCTION = {
+    "avx512vnni": r"vpdpbusd\s[^\n]*%zmm",
+    "avxvnni": r"vpdpbusd\s[^\n]*%ymm",
+    "llvm": r"vpmaddubsw\s[^\n]*%ymm",
+}
 
 
 def _operands(m: int, k: int, n: int, group: int, seed: int = 0):
@@ -45,16 +49,17 @@ def _operands(m: int, k: int, n: int, group: int, seed: int = 0):
     return a, q, zero, scale, act_scale, act_zero
 
 
-def _build(m, k, n, group, lanes, act_zero, rows=None, col_blocks=None):
+def _build(m, k, n, group, flavour, act_zero, rows=None, col_blocks=None):
     import tvm
 
-    func = int4_matmul_func(m, k, n, group, lanes, rows=rows, col_blocks=col_blocks, act_zero=act_zero)
+    func = int4_matmul_func(m, k, n, group, flavour, rows=rows, col_blocks=col_blocks, act_zero=act_zero)
     return tvm.tirx.build(fence_float_products(func), target=host_target(threads=2))
 
 
-def _run(lib, lanes, group, a, q, zero, scale, act_scale, act_zero=None):
+def _run(lib, flavour, group, a, q, zero, scale, act_scale, act_zero=None):
     import tvm
 
+    lanes = FLAVOURS[flavour]
     packed_scale, packed_zero, weight_sums = pack_group_params(q, zero, scale, lanes, group)
     args = [a, pack_weight(q, lanes), packed_scale, packed_zero]
     args += [weight_sums, act_scale, act_zero] if act_zero is not None else [act_scale]
@@ -63,25 +68,24 @@ def _run(lib, lanes, group, a, q, zero, scale, act_scale, act_zero=None):
     return out.numpy()[:, : q.shape[1]]
 
 
-@pytest.mark.parametrize("lanes", WIDTHS)
+@pytest.mark.parametrize("flavour", RUNNABLE)
 @pytest.mark.parametrize(
     "m, k, n, group",
     [(1, 576, 1536, 576), (1, 576, 192, 64), (1, 1536, 576, 128), (5, 1536, 40, 128), (13, 64, 24, 32), (9, 8, 8, 8)],
 )
 @pytest.mark.parametrize("with_act_zero", [False, True], ids=["symmetric", "act-zero"])
-def test_matmul_equals_the_reference(m, k, n, group, lanes, with_act_zero) -> None:
+def test_matmul_equals_the_reference(m, k, n, group, flavour, with_act_zero) -> None:
     a, q, zero, scale, act_scale, act_zero = _operands(m, k, n, group)
-    lib = _build(m, k, n, group, lanes, with_act_zero)
-    got = _run(lib, lanes, group, a, q, zero, scale, act_scale, act_zero if with_act_zero else None)
+    lib = _build(m, k, n, group, flavour, with_act_zero)
+    got = _run(lib, flavour, group, a, q, zero, scale, act_scale, act_zero if with_act_zero else None)
     want = int4_matmul_reference(a, q, zero, scale, act_scale, act_zero if with_act_zero else None, group)
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("lanes", WIDTHS)
-def test_emitted_code_uses_vpdpbusd_with_accumulators_on_the_stack(lanes) -> None:
-    lib = _build(4, 256, 64, 128, lanes, True)
-    asm = lib.inspect_source("asm")
-    assert re.search(rf"vpdpbusd\s[^\n]*%{REGISTER[lanes]}", asm), "no vpdpbusd on the requested vector width"
+@pytest.mark.parametrize("flavour", RUNNABLE)
+def test_emitted_code_uses_the_flavours_instruction_with_accumulators_on_the_stack(flavour) -> None:
+    lib = _build(4, 256, 64, 128, flavour, True)
+    assert re.search(INSTRUCTION[flavour], lib.inspect_source("asm")), f"no {INSTRUCTION[flavour]} in the code"
     assert "load ptr, ptr @__TVMBackendAllocWorkspace" not in lib.inspect_source("ll"), "accumulators on the heap"
 
 
@@ -92,6 +96,19 @@ def test_other_register_tiles_are_exact(rows, col_blocks) -> None:
     lib = _build(m, k, n, group, WIDEST, True, rows=rows, col_blocks=col_blocks)
     got = _run(lib, WIDEST, group, a, q, zero, scale, act_scale, act_zero)
     np.testing.assert_array_equal(got, int4_matmul_reference(a, q, zero, scale, act_scale, act_zero, group))
+
+
+@pytest.mark.skipif("llvm" not in RUNNABLE, reason="needs AVX2")
+def test_avx2_pairs_do_not_saturate_at_the_extremes() -> None:
+    """Every pair of products at its largest magnitude: codes 15 against −128 (2·15·128 = 3840 < 2^15)."""
+    m, k, n, group = 2, 64, 16, 64
+    a = np.full((m, k), -128, np.int8)
+    a[1] = 127
+    q, zero = np.full((k, n), 15), np.zeros((1, n), np.int64)
+    scale, act_scale = np.ones((1, n), np.float32), np.ones(m, np.float32)
+    got = _run(_build(m, k, n, group, "llvm", False), "llvm", group, a, q, zero, scale, act_scale)
+    np.testing.assert_array_equal(got, int4_matmul_reference(a, q, zero, scale, act_scale, None, group))
+    assert got[0, 0] == -128 * 15 * k
 
 
 @settings(max_examples=8, deadline=None)
@@ -143,8 +160,15 @@ def test_refusals() -> None:
     with pytest.raises(ValueError, match=r"\[0, 15\]"):
         pack_weight(np.full((8, 4), 16), 16)
     with pytest.raises(ValueError, match="multiples of 8"):
-        int4_matmul_func(1, 64, 16, 12, 16)
-    with pytest.raises(ValueError, match="lanes"):
-        int4_matmul_func(1, 64, 16, 64, 4)
+        int4_matmul_func(1, 64, 16, 12, "llvm")
+    with pytest.raises(ValueError, match="flavour"):
+        int4_matmul_func(1, 64, 16, 64, "sse2")
     with pytest.raises(ValueError, match="1024 bytes"):
-        int4_matmul_func(8, 64, 64, 64, 16, rows=4, col_blocks=4)
+        int4_matmul_func(8, 64, 64, 64, "avx512vnni", rows=4, col_blocks=4)
+
+
+def test_flavours_from_cpu_features() -> None:
+    assert flavours_for({"avx512vnni", "avx512bw", "avx2"}) == ["avx512vnni", "avxvnni", "llvm"]
+    assert flavours_for({"avxvnni", "avx2"}) == ["avxvnni", "llvm"]
+    assert flavours_for({"avx2"}) == ["llvm"]
+    assert flavours_for({"sse4.2"}) == []

@@ -1,5 +1,5 @@
-"""The LLM's linear layer with 4-bit packed weights on vpdpbusd (`qcompile.intops.int4_matmul`), exact:
-one kernel for decode (M = 1, a GEMV) and prefill (M = tokens), reading two weights per byte.
+"""The LLM's linear layer with 4-bit packed weights (`qcompile.intops.int4_matmul`) on x86, exact: one kernel
+for decode (M = 1, a GEMV) and prefill (M = tokens), reading two weights per byte.
 
     out[i, n] = s_a[i] · Σ_g s[g, n] · (Σ_{k∈g} q[k, n]·a[i, k] − z[g, n]·Σ_{k∈g} a[i, k] − z_a[i]·W_g[n])
 
@@ -14,7 +14,12 @@ Packing (`pack_weight`): byte [n // lanes, k8, n % lanes, t] holds q[8·k8 + t, 
 q[8·k8 + 4 + t, n] in its high nibble, so one vector load (lanes × 4 bytes) gives, masked, the 4 k-values ×
 `lanes` columns of one vpdpbusd against the broadcast a[i, 8·k8 : 8·k8 + 4], and shifted right by 4 those
 of a second one against a[i, 8·k8 + 4 : 8·k8 + 8]. The nibbles are unpacked in registers, never in memory.
-`lanes` is 16 with AVX512-VNNI (zmm) and 8 with AVX-VNNI (ymm).
+Flavours (`FLAVOURS`, named as `artifact.kernel_flavour` names them): `avx512vnni` (zmm, 16 lanes) and
+`avxvnni` (ymm, 8 lanes) use vpdpbusd; `llvm` (AVX2 without VNNI, ymm, 8 lanes) uses vpmaddubsw, which
+sums pairs of u8·s8 products in *saturating* int16, then vpmaddwd by ones into int32 lanes: the same 4-product
+sums as vpdpbusd. It saturates only above 2^15 − 1; a pair here is at most 2·15·128 = 3840 because one
+operand is a 4-bit code (the trap that makes it wrong for full-range 8-bit weights, `int_gemm.py`, does not
+arise).
 
 Schedule (written out in TIR, no tensorize): tasks are (column tile, row tile) pairs, column tile
 outermost so that a thread keeps one weight panel in L1 while its row tiles pass; each task holds
@@ -35,13 +40,31 @@ import numpy as np
 
 from qcompile.intops.int4_matmul import check_codes, weight_group_sums
 
-__all__ = ["pack_weight", "int4_matmul_func", "pick_col_blocks", "TILES", "STEP"]
+__all__ = [
+    "pack_weight",
+    "pack_group_params",
+    "int4_matmul_func",
+    "pick_col_blocks",
+    "flavours_for",
+    "FLAVOURS",
+    "TILES",
+    "STEP",
+]
 
 STEP = 8  # k-values one packed vector covers: 4 in the low nibbles, 4 in the high ones
 # (rows, col_blocks) per lane count: decode (one row) and prefill register tiles
 TILES = {16: {"decode": (1, 2), "prefill": (4, 3)}, 8: {"decode": (1, 4), "prefill": (4, 4)}}
+FLAVOURS = {"avx512vnni": 16, "avxvnni": 8, "llvm": 8}  # flavour → int32 lanes
 STACK_BYTES = 1024  # TVM puts a constant-size allocation on the stack only below this many bytes
-_LLVM = {16: "llvm.x86.avx512.vpdpbusd.512", 8: "llvm.x86.avx512.vpdpbusd.256"}
+_VPDPBUSD = {16: "llvm.x86.avx512.vpdpbusd.512", 8: "llvm.x86.avx512.vpdpbusd.256"}
+
+
+def flavours_for(features) -> list[str]:
+    """The flavours a CPU with these LLVM features runs, widest first (AVX512-VNNI CPUs run all three)."""
+    features = set(features)
+    found = ["avx512vnni"] if {"avx512vnni", "avx512bw"} <= features else []
+    found += ["avxvnni"] if found or "avxvnni" in features else []
+    return found + (["llvm"] if "avx2" in features else [])
 
 
 def pack_weight(q: np.ndarray, lanes: int) -> np.ndarray:
@@ -83,7 +106,7 @@ def int4_matmul_func(
     k: int,
     n: int,
     group: int,
-    lanes: int,
+    flavour: str,
     rows: int | None = None,
     col_blocks: int | None = None,
     act_zero: bool = False,
@@ -92,8 +115,9 @@ def int4_matmul_func(
     act_scale f32 [m], [act_zero i32 [m],] out f32 [m, Np]) — bracketed parameters only with `act_zero`."""
     from tvm.script import tirx as T
 
-    if lanes not in _LLVM:
-        raise ValueError(f"lanes must be 16 (zmm) or 8 (ymm), got {lanes}")
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown 4-bit matmul flavour {flavour!r}; expected one of {sorted(FLAVOURS)}")
+    lanes = FLAVOURS[flavour]
     if k % STEP or group % STEP or k % group:
         raise ValueError(f"K = {k} and the group {group} must be multiples of {STEP}, and the group must divide K")
     kind = "decode" if m == 1 else "prefill"
@@ -107,7 +131,6 @@ def int4_matmul_func(
     col_tiles = -(-n // lanes) // col_blocks
     row_tiles = -(-m // rows)
     np_ = col_tiles * col_blocks * lanes
-    vpdpbusd = _LLVM[lanes]
     i32v, f32v, u8v, i8v = f"int32x{lanes}", f"float32x{lanes}", f"uint8x{width}", f"int8x{width}"
 
     def broadcast4(a, i, kk):
@@ -126,9 +149,21 @@ def int4_matmul_func(
         )
 
     def dot(iacc, r, c, codes, a, i, kk):
-        """iacc[r, c] + one vpdpbusd of `codes` against a[i, kk : kk + 4]."""
-        return T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id(vpdpbusd), iacc.vload([r, c, 0], i32v), codes, broadcast4(a, i, kk), dtype=i32v
+        """iacc[r, c] + the 4-product sums of `codes` against a[i, kk : kk + 4] (vpdpbusd, or its AVX2 pair)."""
+        if flavour != "llvm":
+            return T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(_VPDPBUSD[lanes]),
+                iacc.vload([r, c, 0], i32v),
+                codes,
+                broadcast4(a, i, kk),
+                dtype=i32v,
+            )
+        pairs = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), codes, broadcast4(a, i, kk), dtype="int16x16"
+        )
+        ones = T.broadcast(T.int16(1), 16)
+        return iacc.vload([r, c, 0], i32v) + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, ones, dtype=i32v
         )
 
     def exact(iacc, zero, wsum, asum, act_zero, r, c, g, i, n0):
