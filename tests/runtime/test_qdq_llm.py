@@ -17,7 +17,7 @@ from qcompile import runtime
 from qcompile.ir import quant_meta
 from qcompile.ir.quant_meta import QuantSpec
 from qcompile.ir.verifier import VerificationError, verify_model
-from qcompile.passes.quantize.params import grouped_weight_spec
+from qcompile.passes.quantize.params import grouped_weight_spec, symmetric_per_channel_spec
 from qcompile.runtime.qdq import to_qdq
 
 K, N, G = 256, 24, 128
@@ -216,3 +216,22 @@ def test_a_per_token_spec_on_a_constant_is_rejected() -> None:
     quant_meta.set_quant(model.graph.initializers["w"], QuantSpec.per_token(8))
     with pytest.raises(ValueError, match="per-token"):
         to_qdq(model)
+
+
+@pytest.mark.parametrize("int8_weights", [False, True])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_per_channel_weights_run_as_written_when_onnx_runtime_fuses_them(bits, int8_weights) -> None:
+    """ONNX Runtime's optimizer turns DequantizeLinear(constant) → MatMul into MatMulNBits, whose default accuracy
+    level quantizes the float activations to int8 per block; the sessions qcompile evaluates with compute it in
+    float32, so the optimized run equals the QDQ arithmetic up to float rounding."""
+    rng = np.random.default_rng(11)
+    weight = rng.normal(0, 0.05, (K, N)).astype(np.float32)
+    spec = symmetric_per_channel_spec(weight, axis=1, bits=bits, unsigned_container=True)
+    model = _matmul(weight, 17)
+    quant_meta.set_quant(model.graph.initializers["w"], spec)
+    qdq = to_qdq(model, int8_weights=int8_weights)
+    assert "DequantizeLinear" in [node.op_type for node in qdq.graph]
+    x = rng.normal(0, 1, (10, K)).astype(np.float32)
+    expected = x @ spec.fake_quantize(weight)
+    optimized = _run(qdq, {"x": x}, [], optimize=True)
+    np.testing.assert_allclose(optimized["y"], expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))

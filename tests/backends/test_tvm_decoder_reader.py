@@ -1,0 +1,121 @@
+"""The decoder reader (`backends.tvm.decoder.reader`) and its NumPy reference run: on tiny Llama artifacts of
+every supported form (4- and 8-bit weights, per channel and in groups, symmetric and asymmetric per-token
+activations with a clip ratio, rotate's online and per-head transforms, a KV cache stored as 4-bit codes, an
+intact-kv prefix, FlatQuant's transform chain), the spec read off the graph has the expected structure and
+its reference run gives ONNX Runtime's logits on the artifact, for a prefill and decode steps that feed the
+previous presents back; unsupported forms raise `UnsupportedDecoder` naming what."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from qcompile.backends.tvm.decoder import reference
+from qcompile.backends.tvm.decoder.reader import UnsupportedDecoder, read_decoder
+from qcompile.backends.tvm.decoder.spec import ChannelScale, Kronecker
+from qcompile.cli import main
+from qcompile.runtime.sessions import make_session
+
+FORMS = {
+    "w4a8": "w4a8",
+    "rotate-w4a4kv4": "rotate,w4a4kv4",
+    "intact-kv": "rotate,intact-kv:prefix=1+2,w4a4kv4",
+    "w8a8": "rotate,w8a8",
+    "w4a16-g32": "w4a16:weight_group=32",
+    "flatquant": "rotate,flatquant:init=identity:epochs=1:samples=4,w4a4kv4",
+    "fp4": "fp-quantize:bits=4:samples=2:rounds=1:rows=64",
+}
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory):
+    """`artifact(form)`: the model.qdq.onnx of the tiny Llama compiled with FORMS[form] (built once)."""
+    built: dict[str, Path] = {}
+    cache = tmp_path_factory.mktemp("qcompile-cache")
+
+    def get(form: str) -> Path:
+        if form not in built:
+            out = tmp_path_factory.mktemp(form)
+            args = ["zoo:tiny-llama", "--passes", FORMS[form], "-o", str(out), "--force", "--quiet"]
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv("QCOMPILE_CACHE", str(cache))
+                assert main([*args, "--no-baselines", "--no-html", "--eval-samples", "2"]) == 0
+            built[form] = out / "model.qdq.onnx"
+        return built[form]
+
+    return get
+
+
+def _ort_steps(path: Path, decoder, chunks):
+    """ONNX Runtime's logits for each chunk of token ids, feeding the previous presents back as the past."""
+    session = make_session(str(path))
+    names = [o.name for o in session.get_outputs()]
+    state, logits = None, []
+    for chunk in chunks:
+        feeds = {"input_ids": chunk[None].astype(np.int64)}
+        for meta in session.get_inputs():
+            if meta.name == "input_ids":
+                continue
+            if state is None:
+                dtype = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}[meta.type]
+                last = 1 if meta.name.endswith(("_scale", "_zero_point")) else decoder.head_dim
+                feeds[meta.name] = np.zeros((1, decoder.kv_heads, 0, last), dtype)
+            else:
+                feeds[meta.name] = state[meta.name.replace("past_key_values", "present")]
+        state = dict(zip(names, session.run(None, feeds)))
+        logits.append(state["logits"][0])
+    return logits
+
+
+@pytest.mark.parametrize("form", [f for f in FORMS if f != "fp4"])
+def test_reference_run_of_the_spec_gives_onnx_runtimes_logits(artifact, form) -> None:
+    path = artifact(form)
+    decoder = read_decoder(ir.load(str(path)))
+    ids = np.random.default_rng(0).integers(0, decoder.vocab, 9)
+    chunks = [ids[:6], ids[6:7], ids[7:8], ids[8:9]]
+    cache = reference.Cache.empty(decoder)
+    for chunk, want in zip(chunks, _ort_steps(path, decoder, chunks)):
+        got, cache = reference.step(decoder, chunk, cache)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+        assert np.array_equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_structure_of_each_form(artifact) -> None:
+    plain = read_decoder(ir.load(str(artifact("w4a8"))))
+    block = plain.blocks[0]
+    assert (len(plain.blocks), plain.heads, plain.kv_heads, plain.head_dim) == (2, 4, 2, 16)
+    assert block.qkv.splits == (64, 32, 32) and block.gate_up.splits == (128, 128)
+    assert (block.qkv.bits, block.qkv.group, block.qkv.act.bits, block.qkv.act.symmetric) == (4, 64, 8, True)
+    assert block.qkv.codes.min() >= 0 and block.qkv.codes.max() <= 15 and block.attn_norm is not None
+    assert block.key_quant is None and block.q_transform is None and plain.lm_head.codes is None
+
+    rotated = read_decoder(ir.load(str(artifact("rotate-w4a4kv4")))).blocks[0]
+    assert rotated.attn_norm is None and rotated.qkv.transforms == ()
+    assert [type(t) for t in rotated.o.transforms] == [Kronecker] == [type(t) for t in rotated.down.transforms]
+    assert isinstance(rotated.k_transform, Kronecker) and isinstance(rotated.q_transform, Kronecker)
+    assert rotated.key_quant.bits == 4 and not rotated.key_quant.symmetric
+    assert rotated.qkv.act.bits == 4 and not rotated.qkv.act.symmetric and rotated.qkv.act.clip_ratio < 1
+
+    prefixed = read_decoder(ir.load(str(artifact("intact-kv")))).blocks[1]
+    assert prefixed.prefix_key.shape == prefixed.prefix_value.shape == (2, 2, 16)
+
+    assert read_decoder(ir.load(str(artifact("w8a8")))).blocks[0].down.bits == 8
+    grouped = read_decoder(ir.load(str(artifact("w4a16-g32")))).blocks[0]
+    assert grouped.qkv.group == 32 and grouped.qkv.zero.shape == (2, 128) and grouped.qkv.act is None
+
+    flat = read_decoder(ir.load(str(artifact("flatquant")))).blocks[0]
+    assert [type(t) for t in flat.qkv.transforms] == [ChannelScale, Kronecker]
+    assert [type(t) for t in flat.o.transforms] == [Kronecker, ChannelScale, Kronecker]
+    assert flat.qkv.transforms[1].kind == "KroneckerAffine"
+
+
+def test_unsupported_forms_are_named(artifact) -> None:
+    with pytest.raises(UnsupportedDecoder, match="floating-point quantizers"):
+        read_decoder(ir.load(str(artifact("fp4"))))
+    model = ir.load(str(artifact("w4a8")))
+    model.graph.inputs[:] = [v for v in model.graph.inputs if v.name == "input_ids"]
+    with pytest.raises(UnsupportedDecoder, match="past_key_values"):
+        read_decoder(model)
