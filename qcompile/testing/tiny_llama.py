@@ -33,6 +33,19 @@ EVAL_WINDOWS = 16
 CALIBRATION_WINDOWS = 64
 
 
+# Pass lists that give the tiny Llama every artifact form the TVM decoder reader knows (tests/backends).
+DECODER_FORMS = {
+    "w4a8": "w4a8",
+    "rotate-w4a4kv4": "rotate,w4a4kv4",
+    "intact-kv": "rotate,intact-kv:prefix=1+2,w4a4kv4",
+    "w8a8": "rotate,w8a8",
+    "w4a16-g32": "w4a16:weight_group=32",
+    "w4a8-g32-asym": "rotate,w4a8:weight_group=32:weight_symmetric=false",
+    "flatquant": "rotate,flatquant:init=identity:epochs=1:samples=4,w4a4kv4",
+    "fp4": "fp-quantize:bits=4:samples=2:rounds=1:rows=64",
+}
+
+
 def _transformers():
     try:
         import transformers

@@ -16,37 +16,8 @@ import pytest
 from qcompile.backends.tvm.decoder import reference
 from qcompile.backends.tvm.decoder.reader import UnsupportedDecoder, read_decoder
 from qcompile.backends.tvm.decoder.spec import ChannelScale, Kronecker
-from qcompile.cli import main
 from qcompile.runtime.sessions import make_session
-
-FORMS = {
-    "w4a8": "w4a8",
-    "rotate-w4a4kv4": "rotate,w4a4kv4",
-    "intact-kv": "rotate,intact-kv:prefix=1+2,w4a4kv4",
-    "w8a8": "rotate,w8a8",
-    "w4a16-g32": "w4a16:weight_group=32",
-    "flatquant": "rotate,flatquant:init=identity:epochs=1:samples=4,w4a4kv4",
-    "fp4": "fp-quantize:bits=4:samples=2:rounds=1:rows=64",
-}
-
-
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory):
-    """`artifact(form)`: the model.qdq.onnx of the tiny Llama compiled with FORMS[form] (built once)."""
-    built: dict[str, Path] = {}
-    cache = tmp_path_factory.mktemp("qcompile-cache")
-
-    def get(form: str) -> Path:
-        if form not in built:
-            out = tmp_path_factory.mktemp(form)
-            args = ["zoo:tiny-llama", "--passes", FORMS[form], "-o", str(out), "--force", "--quiet"]
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setenv("QCOMPILE_CACHE", str(cache))
-                assert main([*args, "--no-baselines", "--no-html", "--eval-samples", "2"]) == 0
-            built[form] = out / "model.qdq.onnx"
-        return built[form]
-
-    return get
+from qcompile.testing.tiny_llama import DECODER_FORMS
 
 
 def _ort_steps(path: Path, decoder, chunks):
@@ -70,9 +41,9 @@ def _ort_steps(path: Path, decoder, chunks):
     return logits
 
 
-@pytest.mark.parametrize("form", [f for f in FORMS if f != "fp4"])
-def test_reference_run_of_the_spec_gives_onnx_runtimes_logits(artifact, form) -> None:
-    path = artifact(form)
+@pytest.mark.parametrize("form", [f for f in DECODER_FORMS if f != "fp4"])
+def test_reference_run_of_the_spec_gives_onnx_runtimes_logits(tiny_llama_artifact, form) -> None:
+    path = tiny_llama_artifact(form)
     decoder = read_decoder(ir.load(str(path)))
     ids = np.random.default_rng(0).integers(0, decoder.vocab, 9)
     chunks = [ids[:6], ids[6:7], ids[7:8], ids[8:9]]
@@ -83,8 +54,8 @@ def test_reference_run_of_the_spec_gives_onnx_runtimes_logits(artifact, form) ->
         assert np.array_equal(got.argmax(-1), want.argmax(-1))
 
 
-def test_structure_of_each_form(artifact) -> None:
-    plain = read_decoder(ir.load(str(artifact("w4a8"))))
+def test_structure_of_each_form(tiny_llama_artifact) -> None:
+    plain = read_decoder(ir.load(str(tiny_llama_artifact("w4a8"))))
     block = plain.blocks[0]
     assert (len(plain.blocks), plain.heads, plain.kv_heads, plain.head_dim) == (2, 4, 2, 16)
     assert block.qkv.splits == (64, 32, 32) and block.gate_up.splits == (128, 128)
@@ -92,30 +63,30 @@ def test_structure_of_each_form(artifact) -> None:
     assert block.qkv.codes.min() >= 0 and block.qkv.codes.max() <= 15 and block.attn_norm is not None
     assert block.key_quant is None and block.q_transform is None and plain.lm_head.codes is None
 
-    rotated = read_decoder(ir.load(str(artifact("rotate-w4a4kv4")))).blocks[0]
+    rotated = read_decoder(ir.load(str(tiny_llama_artifact("rotate-w4a4kv4")))).blocks[0]
     assert rotated.attn_norm is None and rotated.qkv.transforms == ()
     assert [type(t) for t in rotated.o.transforms] == [Kronecker] == [type(t) for t in rotated.down.transforms]
     assert isinstance(rotated.k_transform, Kronecker) and isinstance(rotated.q_transform, Kronecker)
     assert rotated.key_quant.bits == 4 and not rotated.key_quant.symmetric
     assert rotated.qkv.act.bits == 4 and not rotated.qkv.act.symmetric and rotated.qkv.act.clip_ratio < 1
 
-    prefixed = read_decoder(ir.load(str(artifact("intact-kv")))).blocks[1]
+    prefixed = read_decoder(ir.load(str(tiny_llama_artifact("intact-kv")))).blocks[1]
     assert prefixed.prefix_key.shape == prefixed.prefix_value.shape == (2, 2, 16)
 
-    assert read_decoder(ir.load(str(artifact("w8a8")))).blocks[0].down.bits == 8
-    grouped = read_decoder(ir.load(str(artifact("w4a16-g32")))).blocks[0]
+    assert read_decoder(ir.load(str(tiny_llama_artifact("w8a8")))).blocks[0].down.bits == 8
+    grouped = read_decoder(ir.load(str(tiny_llama_artifact("w4a16-g32")))).blocks[0]
     assert grouped.qkv.group == 32 and grouped.qkv.zero.shape == (2, 128) and grouped.qkv.act is None
 
-    flat = read_decoder(ir.load(str(artifact("flatquant")))).blocks[0]
+    flat = read_decoder(ir.load(str(tiny_llama_artifact("flatquant")))).blocks[0]
     assert [type(t) for t in flat.qkv.transforms] == [ChannelScale, Kronecker]
     assert [type(t) for t in flat.o.transforms] == [Kronecker, ChannelScale, Kronecker]
     assert flat.qkv.transforms[1].kind == "KroneckerAffine"
 
 
-def test_unsupported_forms_are_named(artifact) -> None:
+def test_unsupported_forms_are_named(tiny_llama_artifact) -> None:
     with pytest.raises(UnsupportedDecoder, match="floating-point quantizers"):
-        read_decoder(ir.load(str(artifact("fp4"))))
-    model = ir.load(str(artifact("w4a8")))
+        read_decoder(ir.load(str(tiny_llama_artifact("fp4"))))
+    model = ir.load(str(tiny_llama_artifact("w4a8")))
     model.graph.inputs[:] = [v for v in model.graph.inputs if v.name == "input_ids"]
     with pytest.raises(UnsupportedDecoder, match="past_key_values"):
         read_decoder(model)

@@ -1,0 +1,62 @@
+"""The TVM decode step (`backends.tvm.decoder.build`): on tiny Llama artifacts, token by token, its logits are
+the NumPy reference's (and so ONNX Runtime's on the artifact: tests/backends/test_tvm_decoder_reader.py) up to
+float rounding, with the KV cache kept in place in float or as 4-bit codes, through rotate's and FlatQuant's
+transforms and grouped asymmetric weights; a full cache and unsupported forms are refused with their reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from qcompile.backends.tvm.decoder import reference
+from qcompile.backends.tvm.decoder.build import DecodeSession, build_decode, cache_layout
+from qcompile.backends.tvm.decoder.reader import UnsupportedDecoder, read_decoder
+from qcompile.backends.tvm.kernels.int4_matmul import flavours_for
+from qcompile.backends.tvm.target import cpu_features, host_target
+
+FLAVOURS = flavours_for(cpu_features(host_target(1)))
+pytestmark = pytest.mark.skipif(not FLAVOURS, reason="the 4-bit matmul needs AVX2 at least")
+
+
+def _session(path, capacity: int = 16) -> DecodeSession:
+    decoder = read_decoder(ir.load(str(path)))
+    return DecodeSession(decoder, build_decode(decoder, capacity, FLAVOURS[0], host_target(2)), capacity)
+
+
+@pytest.mark.parametrize("form", ["w4a8", "rotate-w4a4kv4", "w4a8-g32-asym", "flatquant"])
+def test_decode_steps_equal_the_reference(tiny_llama_artifact, form) -> None:
+    session = _session(tiny_llama_artifact(form))
+    decoder = session.decoder
+    cache = reference.Cache.empty(decoder)
+    for token in np.random.default_rng(1).integers(0, decoder.vocab, 8):
+        got = session.step(int(token))
+        want, cache = reference.step(decoder, np.array([token]), cache)
+        np.testing.assert_allclose(got, want[0], rtol=0, atol=1e-5 * float(np.abs(want).max()))
+        assert got.argmax() == want[0].argmax()
+
+
+def test_the_cache_layout_and_capacity(tiny_llama_artifact) -> None:
+    session = _session(tiny_llama_artifact("rotate-w4a4kv4"), capacity=3)
+    kinds = [dtype for _, dtype in cache_layout(session.decoder, 3)]
+    assert kinds == ["int8", "float32", "float32"] * 4  # 2 layers × keys and values: codes, scales, zero points
+    for token in (1, 2, 3):
+        session.step(token)
+    with pytest.raises(ValueError, match="3 positions"):
+        session.step(4)
+    session.reset()
+    assert session.position == 0 and np.isfinite(session.step(5)).all()
+
+
+@pytest.mark.parametrize(
+    "form, reason",
+    [
+        ("w4a16-g32", "activations float"),
+        ("w8a8", "8-bit weights"),
+        ("intact-kv", "intact-kv prefix before a quantized KV cache"),
+    ],
+)
+def test_unsupported_forms_are_refused(tiny_llama_artifact, form, reason) -> None:
+    decoder = read_decoder(ir.load(str(tiny_llama_artifact(form))))
+    with pytest.raises(UnsupportedDecoder, match=reason):
+        build_decode(decoder, 8, FLAVOURS[0], host_target(2))

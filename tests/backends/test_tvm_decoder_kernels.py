@@ -1,0 +1,126 @@
+"""The decode step's float kernels (`backends.tvm.decoder.kernels`) against the NumPy reference of the decoder
+(`decoder.reference`, itself equal to ONNX Runtime on the artifacts): RMSNorm with and without γ, RoPE at
+several positions, the per-row Kronecker transform, the per-channel scaling, SiLU·up, the float GEMV; the
+cache write (float, and as codes: bit for bit `QuantSpec.per_token`'s codes, scales and zero points) in place
+at the given position; grouped-query decode attention over float and quantized caches, reading only the
+positions up to the current one. Float tolerances are explicit: 2e-6 relative for single sums and products,
+1e-5 for the transcendental functions (TVM's exp/sin/cos are not NumPy's)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qcompile.backends.tvm.decoder import kernels, reference
+from qcompile.backends.tvm.fence import fence_float_products
+from qcompile.backends.tvm.target import host_target
+from qcompile.ir.online_ops import kronecker_rotate
+from qcompile.ir.quant_meta import QuantSpec
+
+RNG = np.random.default_rng(0)
+
+
+def _call(func, *arrays, outputs):
+    """Build `func` for this CPU, run it on `arrays` + zero-filled `outputs` ((shape, dtype) pairs, or arrays used
+    in place); returns the outputs."""
+    import tvm
+
+    lib = tvm.tirx.build(fence_float_products(func), target=host_target(2))
+    outs = [tvm.runtime.tensor(o if isinstance(o, np.ndarray) else np.zeros(o[0], o[1])) for o in outputs]
+    lib["main"](*(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays), *outs)
+    return [o.numpy() for o in outs]
+
+
+def _close(got, want, rtol):
+    np.testing.assert_allclose(got, want, rtol=0, atol=rtol * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize("with_gamma", [True, False])
+def test_rms_norm(with_gamma) -> None:
+    x = (RNG.standard_normal((1, 576)) * 3).astype(np.float32)
+    gamma = RNG.random(576).astype(np.float32) if with_gamma else None
+    args = (x, gamma) if with_gamma else (x,)
+    (got,) = _call(kernels.rms_norm_func(576, 1e-5, with_gamma), *args, outputs=[((1, 576), "float32")])
+    _close(got, reference.rms_norm(x, gamma, 1e-5), 2e-6)
+
+
+@pytest.mark.parametrize("position", [0, 7, 511])
+def test_rope(position) -> None:
+    inv_freq = (1.0 / (10000 ** (np.arange(0, 64, 2) / 64))).astype(np.float32)
+    x = RNG.standard_normal((9, 64)).astype(np.float32)
+    (got,) = _call(
+        kernels.rope_func(9, 64, inv_freq), x, np.array([position], np.int32), outputs=[((9, 64), "float32")]
+    )
+    want = reference.rope(x[:, None, :], np.array([position]), inv_freq)[:, 0, :]
+    _close(got, want, 1e-5)
+
+
+def test_kronecker_and_channel_scale() -> None:
+    x = RNG.standard_normal((3, 48)).astype(np.float32)
+    a, b = RNG.standard_normal((4, 4)).astype(np.float32), RNG.standard_normal((12, 12)).astype(np.float32)
+    (got,) = _call(kernels.kronecker_func(3, 4, 12), x, a, b, outputs=[((3, 48), "float32")])
+    _close(got, kronecker_rotate(x, a, b), 2e-6)
+    c = RNG.random(48).astype(np.float32)
+    (scaled,) = _call(kernels.channel_scale_func(48), x[:1], c, outputs=[((1, 48), "float32")])
+    np.testing.assert_array_equal(scaled, x[:1] * c)
+
+
+def test_silu_mul_and_gemv() -> None:
+    gu = RNG.standard_normal((1, 2 * 96)).astype(np.float32)
+    (got,) = _call(kernels.silu_mul_func(96), gu, outputs=[((1, 96), "float32")])
+    gate, up = gu[:, :96], gu[:, 96:]
+    _close(got, gate * (1 / (1 + np.exp(-gate))) * up, 1e-5)
+    x, w = RNG.standard_normal((1, 64)).astype(np.float32), RNG.standard_normal((64, 200)).astype(np.float32)
+    (y,) = _call(kernels.gemv_func(64, 200), x, kernels.pack_gemv_weight(w), outputs=[((1, 208), "float32")])
+    _close(y[:, :200], x @ w, 2e-6)
+
+
+@pytest.mark.parametrize("bits, symmetric, ratio", [(None, True, 1.0), (4, False, 1.0), (8, True, 0.9), (4, True, 1.0)])
+def test_cache_write_in_place(bits, symmetric, ratio) -> None:
+    kvh, dim, cap, pos = 3, 64, 16, 5
+    new = (RNG.standard_normal((kvh, dim)) * RNG.uniform(0.1, 10, (kvh, 1))).astype(np.float32)
+    func = kernels.cache_write_func(kvh, dim, cap, bits, symmetric, ratio)
+    if bits is None:
+        before = RNG.standard_normal((kvh, cap, dim)).astype(np.float32)
+        (cache,) = _call(func, new, np.array([pos], np.int32), outputs=[before.copy()])
+        np.testing.assert_array_equal(cache[:, pos], new)
+        np.testing.assert_array_equal(np.delete(cache, pos, axis=1), np.delete(before, pos, axis=1))
+        return
+    codes, scale, zero = _call(
+        func,
+        new,
+        np.array([pos], np.int32),
+        outputs=[((kvh, cap, dim), "int8"), ((kvh, cap), "float32"), ((kvh, cap), "float32")],
+    )
+    spec = QuantSpec.per_token(bits, symmetric, ratio)
+    want_scale, want_zero = spec.token_params(new)
+    shift = 0 if symmetric else 128
+    np.testing.assert_array_equal(codes[:, pos].astype(np.int32) + shift, spec.quantize(new))
+    np.testing.assert_array_equal(scale[:, pos], want_scale[:, 0])
+    np.testing.assert_array_equal(zero[:, pos], want_zero[:, 0])
+    assert not codes[:, pos + 1 :].any() and not codes[:, :pos].any()
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_decode_attention_is_grouped_and_causal(quantized) -> None:
+    heads, kvh, dim, cap, pos = 6, 2, 16, 12, 7
+    q = RNG.standard_normal((heads, dim)).astype(np.float32)
+    keys = RNG.standard_normal((kvh, cap, dim)).astype(np.float32)
+    values = RNG.standard_normal((kvh, cap, dim)).astype(np.float32)
+    keys[:, pos + 1 :] = values[:, pos + 1 :] = 1e3  # past the position: must not be read
+    func = kernels.attention_func(heads, kvh, dim, cap, 0.25, quantized, shift=128)
+    if quantized:
+        spec = QuantSpec.per_token(4, False)
+        parts = []
+        for tensor in (keys, values):
+            scale, zero = spec.token_params(tensor)
+            parts += [(spec.quantize(tensor) - 128).astype(np.int8), scale[..., 0], zero[..., 0]]
+        (got,) = _call(func, q, np.array([pos], np.int32), *parts, outputs=[((1, heads * dim), "float32")])
+        keys, values = spec.fake_quantize(keys), spec.fake_quantize(values)
+    else:
+        (got,) = _call(func, q, np.array([pos], np.int32), keys, values, outputs=[((1, heads * dim), "float32")])
+    k, v = np.repeat(keys[:, : pos + 1], heads // kvh, axis=0), np.repeat(values[:, : pos + 1], heads // kvh, axis=0)
+    scores = np.einsum("hd,htd->ht", q, k) * np.float32(0.25)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    _close(got, np.einsum("ht,htd->hd", probs, v).reshape(1, -1), 1e-5)
