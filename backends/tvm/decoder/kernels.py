@@ -8,7 +8,7 @@ PrimFuncs; the 4-bit matmul and the per-token quantizer are `kernels.int4_matmul
     cache_write   cache[:, p] = new (float), or its per-token codes with scale and zero point (a `TokenQuant`
                   of the spec, the arithmetic of `kernels.token_quantize`), in place
     attention     out[h] = Σ_{t ≤ p} softmax_t(s · q[h]·K̂[h // g, t]) · V̂[h // g, t], K̂ = (codes − z)·scale
-                  read in registers (grouped-query: g query heads per KV head)
+                  read in registers (grouped-query: g query heads per KV head); q·K̂ in 16-lane partial sums
     gemv          y = x · W for a float W stored [N/16, K, 16] (the LM head)
     silu_mul      y = gate · 1/(1 + e^(−gate)) · up
 
@@ -99,7 +99,9 @@ def rope_func(heads: int, dim: int, inv_freq: np.ndarray):
 
 
 def kronecker_func(rows: int, a: int, b: int):
-    """main(x f32 [rows, a·b], A f32 [a, a], B f32 [b, b], y f32 [rows, a·b]): y_m = Aᵀ X_m B per row."""
+    """main(x f32 [rows, a·b], A f32 [a, a], B f32 [b, b], y f32 [rows, a·b]): y_m = Aᵀ X_m B per row. Each output
+    element sums in the reference's order (over l, then over k); the loops over its column j are innermost, so
+    LLVM vectorizes across columns without reordering any sum."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
@@ -110,16 +112,20 @@ def kronecker_func(rows: int, a: int, b: int):
         y: T.Buffer((rows, a * b), "float32"),
     ):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        right = T.alloc_buffer((a, b), "float32", scope="global")
-        for m in range(rows):
-            for k, j in T.grid(a, b):
-                right[k, j] = T.float32(0)
+        for m in T.parallel(rows):
+            right = T.alloc_buffer((a * b,), "float32", scope="global")
+            for k in range(a):
+                for j in T.vectorized(b):
+                    right[k * b + j] = T.float32(0)
                 for l in range(b):  # noqa: E741
-                    right[k, j] = right[k, j] + x[m, k * b + l] * fb[l, j]
-            for i, j in T.grid(a, b):
-                y[m, i * b + j] = T.float32(0)
+                    for j in T.vectorized(b):
+                        right[k * b + j] = right[k * b + j] + x[m, k * b + l] * fb[l, j]
+            for i in range(a):
+                for j in T.vectorized(b):
+                    y[m, i * b + j] = T.float32(0)
                 for k in range(a):
-                    y[m, i * b + j] = y[m, i * b + j] + right[k, j] * fa[k, i]
+                    for j in T.vectorized(b):
+                        y[m, i * b + j] = y[m, i * b + j] + right[k * b + j] * fa[k, i]
 
     return func
 
@@ -224,26 +230,33 @@ def attention_func(heads: int, kv_heads: int, dim: int, capacity: int, score_sca
     from tvm.script import tirx as T
 
     group, c = heads // kv_heads, T.float32(float(np.float32(score_scale)))
+    lanes = next(n for n in (16, 8, 4, 2, 1) if dim % n == 0)
 
     @T.macro
     def attend(q, pos, key, value, out, h):
         scores = T.alloc_buffer((capacity,), "float32", scope="global")
+        part = T.alloc_buffer((lanes,), "float32", scope="global")
         peak = T.alloc_buffer((2,), "float32", scope="global")  # max score, then the sum of exponentials
         peak[0] = T.float32(-3.0e38)
         for t in range(pos[0] + 1):
+            for jj in T.vectorized(lanes):
+                part[jj] = T.float32(0)
+            for j0 in range(dim // lanes):
+                for jj in T.vectorized(lanes):
+                    part[jj] = part[jj] + q[h, j0 * lanes + jj] * key(h // group, t, j0 * lanes + jj)
             scores[t] = T.float32(0)
-            for j in range(dim):
-                scores[t] = scores[t] + q[h, j] * key(h // group, t, j)
+            for jj in range(lanes):
+                scores[t] = scores[t] + part[jj]
             scores[t] = scores[t] * c
             peak[0] = T.max(peak[0], scores[t])
         peak[1] = T.float32(0)
         for t in range(pos[0] + 1):
             scores[t] = T.exp(scores[t] - peak[0])
             peak[1] = peak[1] + scores[t]
-        for j in range(dim):
+        for j in T.vectorized(dim):
             out[0, h * dim + j] = T.float32(0)
         for t in range(pos[0] + 1):
-            for j in range(dim):
+            for j in T.vectorized(dim):
                 out[0, h * dim + j] = out[0, h * dim + j] + (scores[t] / peak[1]) * value(h // group, t, j)
 
     if not quantized:
