@@ -36,6 +36,19 @@ def test_decode_steps_equal_the_reference(tiny_llama_artifact, form) -> None:
         assert got.argmax() == want[0].argmax()
 
 
+def test_a_float16_lm_head_gives_the_logits_of_the_rounded_head(tiny_llama_artifact) -> None:
+    decoder = read_decoder(ir.load(str(tiny_llama_artifact("w4a8"))))
+    session = DecodeSession(decoder, build_decode(decoder, 8, FLAVOURS[0], host_target(2), "float16"), 8)
+    rounded = read_decoder(ir.load(str(tiny_llama_artifact("w4a8"))))
+    rounded.lm_head.weight = rounded.lm_head.weight.astype(np.float16).astype(np.float32)
+    cache = reference.Cache.empty(rounded)
+    for token in (3, 1, 4):
+        want, cache = reference.step(rounded, np.array([token]), cache)
+        np.testing.assert_allclose(session.step(token), want[0], rtol=0, atol=1e-5 * float(np.abs(want).max()))
+    with pytest.raises(ValueError, match="float32 or float16"):
+        build_decode(decoder, 8, FLAVOURS[0], host_target(2), "bfloat16")
+
+
 def test_the_cache_layout_and_capacity(tiny_llama_artifact) -> None:
     session = _session(tiny_llama_artifact("rotate-w4a4kv4"), capacity=3)
     kinds = [dtype for _, dtype in cache_layout(session.decoder, 3)]

@@ -73,6 +73,10 @@ def test_silu_mul_and_gemv() -> None:
     x, w = RNG.standard_normal((1, 64)).astype(np.float32), RNG.standard_normal((64, 200)).astype(np.float32)
     (y,) = _call(kernels.gemv_func(64, 200), x, kernels.pack_gemv_weight(w), outputs=[((1, 208), "float32")])
     _close(y[:, :200], x @ w, 2e-6)
+    half = kernels.pack_gemv_weight(w, "float16")
+    assert half.dtype == np.float16
+    (y16,) = _call(kernels.gemv_func(64, 200, dtype="float16"), x, half, outputs=[((1, 208), "float32")])
+    _close(y16[:, :200], x @ w.astype(np.float16).astype(np.float32), 2e-6)  # the rounded weights, summed in float32
 
 
 @pytest.mark.parametrize("bits, symmetric, ratio", [(None, True, 1.0), (4, False, 1.0), (8, True, 0.9), (4, True, 1.0)])

@@ -7,7 +7,8 @@ The cache is one tensor per layer and kind (float [kv_heads, capacity, head_dim]
 points) where the spec quantizes it; `DecodeSession` owns it. Per block the step runs the spec's ops in order
 (`spec` docstring) with one kernel each: `rms_norm`, the transform chain, `token_quantize`, `int4_matmul` (fused
 q/k/v and gate/up), `rope`, the per-head transforms, `cache_write` (in place: `call_tir_inplace`), `attention`,
-`silu_mul`; the LM head is the float `gemv` (or the 4-bit matmul where the spec quantized it). Weights are
+`silu_mul`; the LM head is the float `gemv`, float32 or (opt-in) float16, or the 4-bit matmul where the spec
+quantized it. Weights are
 constants of the library, packed at build time.
 
 Supported: 4-bit weights with per-token integer activations (every linear of the blocks). Float activations
@@ -149,8 +150,10 @@ class _Builder:
         return y if padded == n else self.slice(y, 0, n)
 
 
-def build_decode(decoder: Decoder, capacity: int, flavour: str, target):
-    """The compiled decode step (a Relax VM executable) of `decoder` for a cache of `capacity` positions."""
+def build_decode(decoder: Decoder, capacity: int, flavour: str, target, head_dtype: str = "float32"):
+    """The compiled decode step (a Relax VM executable) of `decoder` for a cache of `capacity` positions.
+    `head_dtype` "float16" stores a float LM head in half precision (half the bytes every step reads; the logits
+    then differ from the artifact's by the weights' rounding: an opt-in, measured in the runtime table)."""
     from tvm import relax
 
     from qcompile.backends.tvm.build import compile_relax
@@ -168,7 +171,7 @@ def build_decode(decoder: Decoder, capacity: int, flavour: str, target):
             for block in decoder.blocks:
                 x, slot = _block(b, decoder, block, x, pos, cache, slot, capacity)
             normed = _norm(b, x, d, decoder.rms_eps, decoder.final_norm)
-            logits = _lm_head(b, normed, decoder)
+            logits = _lm_head(b, normed, decoder, head_dtype)
             out = b.bb.emit_output(logits)
         b.bb.emit_func_output(out)
     return compile_relax(b.bb.get(), target)
@@ -180,14 +183,19 @@ def _norm(b: _Builder, x, d: int, eps: float, gamma):
     return b.call(key, lambda: kernels.rms_norm_func(d, eps, gamma is not None), args, (1, d))
 
 
-def _lm_head(b: _Builder, x, decoder: Decoder):
+def _lm_head(b: _Builder, x, decoder: Decoder, dtype: str):
     head = decoder.lm_head
     if head.codes is not None:
         return b.linear(x, head)
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"the LM head is stored as float32 or float16, not {dtype}")
     k, n = head.weight.shape
-    packed = kernels.pack_gemv_weight(head.weight)
+    packed = kernels.pack_gemv_weight(head.weight, dtype)
     y = b.call(
-        ("gemv", k, n), lambda: kernels.gemv_func(k, n), [x, b.const(packed)], (1, packed.shape[0] * kernels.GEMV_LANES)
+        ("gemv", k, n, dtype),
+        lambda: kernels.gemv_func(k, n, dtype=dtype),
+        [x, b.const(packed)],
+        (1, packed.shape[0] * kernels.GEMV_LANES),
     )
     return y if packed.shape[0] * kernels.GEMV_LANES == n else b.slice(y, 0, n)
 

@@ -9,7 +9,7 @@ PrimFuncs; the 4-bit matmul and the per-token quantizer are `kernels.int4_matmul
                   of the spec, the arithmetic of `kernels.token_quantize`), in place
     attention     out[h] = Σ_{t ≤ p} softmax_t(s · q[h]·K̂[h // g, t]) · V̂[h // g, t], K̂ = (codes − z)·scale
                   read in registers (grouped-query: g query heads per KV head); q·K̂ in 16-lane partial sums
-    gemv          y = x · W for a float W stored [N/16, K, 16] (the LM head)
+    gemv          y = x · W for a float W stored [N/16, K, 16] in float32 or float16 (the LM head)
     silu_mul      y = gate · 1/(1 + e^(−gate)) · up
 
 p (the new token's position) is a one-element int32 tensor, so one compiled step serves every position up to
@@ -297,18 +297,18 @@ def attention_func(heads: int, kv_heads: int, dim: int, capacity: int, score_sca
     return func
 
 
-def pack_gemv_weight(weight: np.ndarray) -> np.ndarray:
-    """[K, N] float → [ceil(N/16), K, 16] (zero-padded columns)."""
+def pack_gemv_weight(weight: np.ndarray, dtype: str = "float32") -> np.ndarray:
+    """[K, N] float → [ceil(N/16), K, 16] of `dtype` (float32, or float16: rounded to nearest), columns zero-padded."""
     k, n = weight.shape
     np_ = -(-n // GEMV_LANES) * GEMV_LANES
-    padded = np.zeros((k, np_), np.float32)
+    padded = np.zeros((k, np_), dtype)
     padded[:, :n] = weight
     return np.ascontiguousarray(padded.reshape(k, np_ // GEMV_LANES, GEMV_LANES).transpose(1, 0, 2))
 
 
-def gemv_func(k: int, n: int, blocks: int = 4):
-    """main(x f32 [1, k], w f32 [N/16, k, 16] (`pack_gemv_weight`), y f32 [1, N padded]): column blocks of
-    16·`blocks` in parallel, 16-lane vector accumulators."""
+def gemv_func(k: int, n: int, blocks: int = 4, dtype: str = "float32"):
+    """main(x f32 [1, k], w [N/16, k, 16] of `dtype` (`pack_gemv_weight`), y f32 [1, N padded]): column blocks of
+    16·`blocks` in parallel, 16-lane vector accumulators; float16 weights are widened to float32 in registers."""
     from tvm.script import tirx as T
 
     tiles = -(-n // GEMV_LANES)
@@ -319,7 +319,7 @@ def gemv_func(k: int, n: int, blocks: int = 4):
     @T.prim_func(s_tir=True)
     def func(
         x: T.Buffer((1, k), "float32"),
-        w: T.Buffer((tiles, k, lanes), "float32"),
+        w: T.Buffer((tiles, k, lanes), dtype),
         y: T.Buffer((1, tiles * lanes), "float32"),
     ):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})

@@ -1,0 +1,149 @@
+"""qcompile's rows of the runtime table: a qcompile SmolLM2-135M artifact (model.qdq.onnx) run by the TVM decode
+step (`qcompile.backends.tvm.decoder`) and, for reference, by ONNX Runtime as written (QDQ, MatMulNBits fusions
+in float32 as qcompile evaluates it), in qcompile's own venv.
+
+Settings (ARTIFACT: the output folder of the `qcompile` command in the setting's docstring line):
+  tvm_w4a8         out/llm/rotate_w4a8_gptq   rotate,w4a8:weight_search=gptq --calib-samples 128
+  tvm_w4a8_f16head the same, the float LM head stored as float16 in the library (an opt-in of the TVM build)
+  ort_w4a8         the same artifact in ONNX Runtime
+
+The TVM library has no prefill function yet: `prefill` feeds the prompt one token at a time through the decode
+step, so its prefill and TTFT figures are those of token-by-token decoding. `truncate(n)` moves the write position
+back (the attention reads positions up to the current one only). The LM head of these artifacts is float32
+(the recipes keep it float) and read in full every step.
+
+Run from /work/main (after `make setup`):
+    .venv/bin/python benchmarks/llm_runtime_peers/qcompile_peer.py --setting tvm_w4a8
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rt_common  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+W4A8 = ROOT / "out/llm/rotate_w4a8_gptq"
+ARTIFACTS = {"tvm_w4a8": W4A8, "tvm_w4a8_f16head": W4A8, "ort_w4a8": W4A8}
+CAPACITY = 1024
+
+
+class TvmBackend:
+    def __init__(self, session) -> None:
+        self.session = session
+
+    def reset(self) -> None:
+        self.session.reset()
+
+    def prefill(self, ids: np.ndarray) -> np.ndarray:
+        for token in ids[:-1]:
+            self.session.step(int(token))
+        return self.session.step(int(ids[-1]))
+
+    def decode(self, token: int) -> np.ndarray:
+        return self.session.step(token)
+
+    def truncate(self, n: int) -> None:
+        self.session.position = n
+
+    def window_logits(self, ids: np.ndarray) -> np.ndarray:
+        self.reset()
+        return np.stack([self.session.step(int(token)) for token in ids])
+
+
+class OrtArtifactBackend:
+    """The QDQ artifact in ONNX Runtime: float KV cache fed back as past_key_values."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.past_names = [i.name for i in session.get_inputs() if i.name != "input_ids"]
+        self.outputs = ["logits"] + [n.replace("past_key_values.", "present.") for n in self.past_names]
+        shape = session.get_inputs()[1].shape
+        self.empty = np.zeros((1, shape[1], 0, shape[3]), dtype=np.float32)
+        self.reset()
+
+    def reset(self) -> None:
+        self.past = {name: self.empty for name in self.past_names}
+
+    def _run(self, ids: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": np.asarray(ids, np.int64)[None], **self.past}
+        logits, *presents = self.session.run(self.outputs, feeds)
+        self.past = dict(zip(self.past_names, presents))
+        return logits[0]
+
+    def prefill(self, ids):
+        return self._run(ids)[-1]
+
+    def decode(self, token):
+        return self._run(np.array([token]))[-1]
+
+    def truncate(self, n):
+        self.past = {k: v[:, :, :n] for k, v in self.past.items()}
+
+    def window_logits(self, ids):
+        self.reset()
+        return self._run(ids)
+
+
+def weight_mb(decoder, head_dtype: str) -> float:
+    """Bytes the decode step reads per token for weights: 4-bit codes (padded to 16 columns), their scales and zero
+    points (and weight sums for asymmetric activations), the LM head; the embedding row gathered is left out."""
+    total = 0
+    for block in decoder.blocks:
+        for layer in (block.qkv, block.o, block.gate_up, block.down):
+            columns = -(-layer.out_features // 16) * 16
+            groups = layer.in_features // layer.group
+            total += layer.in_features * columns // 2 + groups * columns * 4 * (2 if layer.act.symmetric else 3)
+    head = decoder.lm_head.weight
+    return (total + head.size * (2 if head_dtype == "float16" else 4)) / 1e6
+
+
+def _load(setting: str, threads: int):
+    folder = ARTIFACTS[setting]
+    path = folder / "model.qdq.onnx"
+    size = rt_common.size_mb(path)
+    if setting.startswith("ort"):
+        from qcompile.runtime.sessions import make_session
+
+        return OrtArtifactBackend(make_session(str(path), threads=threads)), size, {}
+    from qcompile.backends.tvm import configure_pool
+
+    configure_pool(threads)
+    import onnx_ir as ir
+
+    from qcompile.backends.tvm.decoder.build import DecodeSession, build_decode
+    from qcompile.backends.tvm.decoder.reader import read_decoder
+    from qcompile.backends.tvm.kernels.int4_matmul import flavours_for
+    from qcompile.backends.tvm.target import cpu_features, host_target
+
+    decoder = read_decoder(ir.load(str(path)))
+    target = host_target(threads)
+    start = time.perf_counter()
+    head = "float16" if setting.endswith("f16head") else "float32"
+    executable = build_decode(decoder, CAPACITY, flavours_for(cpu_features(target))[0], target, head)
+    build_seconds = time.perf_counter() - start
+    library = Path(os.environ.get("TMPDIR", "/tmp")) / "qcompile_decode.so"
+    executable.export_library(str(library))
+    extra = {
+        "build_seconds": build_seconds,
+        "library_mb": library.stat().st_size / 1e6,
+        "weights_mb": weight_mb(decoder, head),
+        "notes": f"prefill = token-by-token decode (no prefill function yet); LM head {head}",
+    }
+    return TvmBackend(DecodeSession(decoder, executable, CAPACITY)), size, extra
+
+
+def main() -> None:
+    args = rt_common.arguments(sorted(ARTIFACTS))
+    runtime = "qcompile TVM" if args.setting.startswith("tvm") else "ONNX Runtime (qcompile artifact)"
+    rt_common.run_setting("qcompile", runtime, args.setting, args, lambda: _load(args.setting, args.threads))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Run every runtime peer on SmolLM2-135M one after another (one heavy job at a time), then render the table.
+#
+#   bash benchmarks/llm_runtime_peers/run_all.sh            # full measurement (run it on an otherwise idle machine)
+#   QUICK=1 bash benchmarks/llm_runtime_peers/run_all.sh    # validation: 2 windows, 8 decode steps (not results)
+#
+# From /work/main. Venvs: see README.md. Records: /work/peers/out/runtime_*.json; logs: /work/peers/runtime_logs/.
+# A setting that fails writes a failed record (a process that crashes gets one from this driver) and the
+# driver goes on. collect.py writes
+# benchmarks/results/llm_runtime_smollm2.md (set RESULTS=path to write elsewhere).
+set -u
+cd "$(dirname "$0")/../.."
+here=benchmarks/llm_runtime_peers
+logs=/work/peers/runtime_logs
+mkdir -p "$logs"
+export OMP_NUM_THREADS=2
+args=()
+[ "${QUICK:-0}" = 1 ] && args=(--windows 2 --decode-steps 8 --warmup 1 --repeats 2)
+
+echo "== $(date -u) load: $(cut -d' ' -f1-3 /proc/loadavg); busiest processes:"
+ps -eo pid,pcpu,rss,comm --sort=-pcpu | head -5
+
+run() {  # run VENV SCRIPT SETTING (VENV: a venv under /work/peers, or "qcompile" for this checkout's .venv)
+    local venv=$1 script=$2 setting=$3
+    local log="$logs/run_${script%.py}_${setting}.log"
+    local python=/work/peers/$venv/bin/python
+    [ "$venv" = qcompile ] && python=.venv/bin/python
+    echo "== $(date -u +%H:%M:%S) $script --setting $setting ${args[*]} (log $log)"
+    $python "$here/$script" --setting "$setting" "${args[@]}" >"$log" 2>&1
+    local rc=$?
+    if [ $rc -ne 0 ]; then  # the process died (e.g. a segfault) before writing its record: record that
+        python3 -c 'import json, sys; json.dump({"runtime": sys.argv[1], "setting": sys.argv[2], "failed": True,
+            "error": "process exited with status " + sys.argv[3] + " (log " + sys.argv[4] + ")"}, open(sys.argv[5], "w"))' \
+            "${script%_peer.py}" "$setting" "$rc" "$log" "/work/peers/out/runtime_${script%_peer.py}_${setting}.json"
+    fi
+    grep -E '"(prefill_tok_s_512|decode_tok_s_ctx128|decode_tok_s_ctx512|perplexity|error)"' "$log" | tr -s ' '
+}
+
+/work/peers/venv-ort/bin/python "$here/bandwidth.py" >"$logs/run_bandwidth.log" 2>&1 && head -2 "$logs/run_bandwidth.log"
+[ -f /work/peers/smollm2-hf/config.json ] || /work/peers/venv-torch/bin/python "$here/make_hf_folder.py" >"$logs/make_hf_folder.log" 2>&1
+for setting in q4_1 q8_0 q4_0 q4_k_m f16; do run venv-llamacpp llamacpp_peer.py "$setting"; done
+for setting in fp32 nbits_acc4; do run venv-ort ort_peer.py "$setting"; done
+for setting in fp32 int4; do run venv-ortgenai ortgenai_peer.py "$setting"; done
+run venv-torch torch_peer.py fp32
+for setting in tvm_w4a8 tvm_w4a8_f16head ort_w4a8; do run qcompile qcompile_peer.py "$setting"; done
+/work/peers/venv-ort/bin/python "$here/collect.py" --output "${RESULTS:-benchmarks/results/llm_runtime_smollm2.md}" >/dev/null
+echo "== $(date -u) done"
