@@ -7,9 +7,10 @@ Settings (ARTIFACT: the output folder of the `qcompile` command in the setting's
   tvm_w4a8_f16head the same, the float LM head stored as float16 in the library (an opt-in of the TVM build)
   ort_w4a8         the same artifact in ONNX Runtime
 
-The TVM library has no prefill function yet: `prefill` feeds the prompt one token at a time through the decode
-step, so its prefill and TTFT figures are those of token-by-token decoding. `truncate(n)` moves the write position
-back (the attention reads positions up to the current one only). The LM head of these artifacts is float32
+The TVM library's `prefill` runs the prompt in chunks of CHUNK tokens (the rest through the decode step);
+perplexity windows go through the decode step token by token (the prefill function returns the last token's
+logits only). `truncate(n)` moves the write position back (the attention reads positions up to the current one
+only). The LM head of these artifacts is float32
 (the recipes keep it float) and read in full every step.
 
 Run from /work/main (after `make setup`):
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 W4A8 = ROOT / "out/llm/rotate_w4a8_gptq"
 ARTIFACTS = {"tvm_w4a8": W4A8, "tvm_w4a8_f16head": W4A8, "ort_w4a8": W4A8}
 CAPACITY = 1024
+CHUNK = 128
 
 
 class TvmBackend:
@@ -42,9 +44,7 @@ class TvmBackend:
         self.session.reset()
 
     def prefill(self, ids: np.ndarray) -> np.ndarray:
-        for token in ids[:-1]:
-            self.session.step(int(token))
-        return self.session.step(int(ids[-1]))
+        return self.session.prefill(ids)
 
     def decode(self, token: int) -> np.ndarray:
         return self.session.step(token)
@@ -126,7 +126,7 @@ def _load(setting: str, threads: int):
     target = host_target(threads)
     start = time.perf_counter()
     head = "float16" if setting.endswith("f16head") else "float32"
-    executable = build_decode(decoder, CAPACITY, flavours_for(cpu_features(target))[0], target, head)
+    executable = build_decode(decoder, CAPACITY, flavours_for(cpu_features(target))[0], target, head, CHUNK)
     build_seconds = time.perf_counter() - start
     library = Path(os.environ.get("TMPDIR", "/tmp")) / "qcompile_decode.so"
     executable.export_library(str(library))
@@ -134,9 +134,9 @@ def _load(setting: str, threads: int):
         "build_seconds": build_seconds,
         "library_mb": library.stat().st_size / 1e6,
         "weights_mb": weight_mb(decoder, head),
-        "notes": f"prefill = token-by-token decode (no prefill function yet); LM head {head}",
+        "notes": f"prefill in chunks of {CHUNK}; LM head {head}",
     }
-    return TvmBackend(DecodeSession(decoder, executable, CAPACITY)), size, extra
+    return TvmBackend(DecodeSession(decoder, executable, CAPACITY, CHUNK)), size, extra
 
 
 def main() -> None:

@@ -19,9 +19,10 @@ FLAVOURS = flavours_for(cpu_features(host_target(1)))
 pytestmark = pytest.mark.skipif(not FLAVOURS, reason="the 4-bit matmul needs AVX2 at least")
 
 
-def _session(path, capacity: int = 16) -> DecodeSession:
+def _session(path, capacity: int = 16, chunk: int = 4) -> DecodeSession:
     decoder = read_decoder(ir.load(str(path)))
-    return DecodeSession(decoder, build_decode(decoder, capacity, FLAVOURS[0], host_target(2)), capacity)
+    executable = build_decode(decoder, capacity, FLAVOURS[0], host_target(2), chunk=chunk)
+    return DecodeSession(decoder, executable, capacity, chunk)
 
 
 @pytest.mark.parametrize("form", ["w4a8", "rotate-w4a4kv4", "w4a8-g32-asym", "flatquant"])
@@ -36,9 +37,28 @@ def test_decode_steps_equal_the_reference(tiny_llama_artifact, form) -> None:
         assert got.argmax() == want[0].argmax()
 
 
+@pytest.mark.parametrize("form", ["w4a8", "rotate-w4a4kv4"])
+def test_a_chunked_prefill_gives_the_logits_of_token_by_token_steps(tiny_llama_artifact, form) -> None:
+    """10 tokens = two prefill chunks of 4 (causal within each chunk, reading the cache before it) and two decode
+    steps; then decoding goes on from the prefilled cache."""
+    session = _session(tiny_llama_artifact(form))
+    decoder = session.decoder
+    ids = np.random.default_rng(2).integers(0, decoder.vocab, 12)
+    want, cache = reference.step(decoder, ids[:10], reference.Cache.empty(decoder))
+    got = session.prefill(ids[:10])
+    assert session.position == 10
+    np.testing.assert_allclose(got, want[-1], rtol=0, atol=1e-5 * float(np.abs(want[-1]).max()))
+    for token in ids[10:]:
+        want, cache = reference.step(decoder, np.array([token]), cache)
+        np.testing.assert_allclose(session.step(int(token)), want[0], rtol=0, atol=1e-5 * float(np.abs(want).max()))
+    with pytest.raises(ValueError, match="at least one token"):
+        session.prefill([])
+
+
 def test_a_float16_lm_head_gives_the_logits_of_the_rounded_head(tiny_llama_artifact) -> None:
     decoder = read_decoder(ir.load(str(tiny_llama_artifact("w4a8"))))
-    session = DecodeSession(decoder, build_decode(decoder, 8, FLAVOURS[0], host_target(2), "float16"), 8)
+    executable = build_decode(decoder, 8, FLAVOURS[0], host_target(2), "float16", chunk=None)
+    session = DecodeSession(decoder, executable, 8, chunk=None)
     rounded = read_decoder(ir.load(str(tiny_llama_artifact("w4a8"))))
     rounded.lm_head.weight = rounded.lm_head.weight.astype(np.float16).astype(np.float32)
     cache = reference.Cache.empty(rounded)
@@ -46,17 +66,20 @@ def test_a_float16_lm_head_gives_the_logits_of_the_rounded_head(tiny_llama_artif
         want, cache = reference.step(rounded, np.array([token]), cache)
         np.testing.assert_allclose(session.step(token), want[0], rtol=0, atol=1e-5 * float(np.abs(want).max()))
     with pytest.raises(ValueError, match="float32 or float16"):
-        build_decode(decoder, 8, FLAVOURS[0], host_target(2), "bfloat16")
+        build_decode(decoder, 8, FLAVOURS[0], host_target(2), "bfloat16", chunk=None)
 
 
 def test_the_cache_layout_and_capacity(tiny_llama_artifact) -> None:
-    session = _session(tiny_llama_artifact("rotate-w4a4kv4"), capacity=3)
+    session = _session(tiny_llama_artifact("rotate-w4a4kv4"), capacity=3, chunk=2)
     kinds = [dtype for _, dtype in cache_layout(session.decoder, 3)]
     assert kinds == ["int8", "float32", "float32"] * 4  # 2 layers × keys and values: codes, scales, zero points
     for token in (1, 2, 3):
         session.step(token)
     with pytest.raises(ValueError, match="3 positions"):
         session.step(4)
+    session.reset()
+    with pytest.raises(ValueError, match="3 positions"):
+        session.prefill([1, 2, 3, 4])
     session.reset()
     assert session.position == 0 and np.isfinite(session.step(5)).all()
 
@@ -72,4 +95,4 @@ def test_the_cache_layout_and_capacity(tiny_llama_artifact) -> None:
 def test_unsupported_forms_are_refused(tiny_llama_artifact, form, reason) -> None:
     decoder = read_decoder(ir.load(str(tiny_llama_artifact(form))))
     with pytest.raises(UnsupportedDecoder, match=reason):
-        build_decode(decoder, 8, FLAVOURS[0], host_target(2))
+        build_decode(decoder, 8, FLAVOURS[0], host_target(2), chunk=None)

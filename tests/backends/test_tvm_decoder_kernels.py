@@ -40,18 +40,25 @@ def test_rms_norm(with_gamma) -> None:
     x = (RNG.standard_normal((1, 576)) * 3).astype(np.float32)
     gamma = RNG.random(576).astype(np.float32) if with_gamma else None
     args = (x, gamma) if with_gamma else (x,)
-    (got,) = _call(kernels.rms_norm_func(576, 1e-5, with_gamma), *args, outputs=[((1, 576), "float32")])
+    (got,) = _call(kernels.rms_norm_func(1, 576, 1e-5, with_gamma), *args, outputs=[((1, 576), "float32")])
     _close(got, reference.rms_norm(x, gamma, 1e-5), 2e-6)
+    rows = (RNG.standard_normal((5, 576)) * 3).astype(np.float32)
+    args = (rows, gamma) if with_gamma else (rows,)
+    (got,) = _call(kernels.rms_norm_func(5, 576, 1e-5, with_gamma), *args, outputs=[((5, 576), "float32")])
+    _close(got, reference.rms_norm(rows, gamma, 1e-5), 2e-6)
 
 
-@pytest.mark.parametrize("position", [0, 7, 511])
-def test_rope(position) -> None:
+@pytest.mark.parametrize("position, rows", [(0, 1), (7, 1), (511, 1), (100, 6)])
+def test_rope(position, rows) -> None:
     inv_freq = (1.0 / (10000 ** (np.arange(0, 64, 2) / 64))).astype(np.float32)
-    x = RNG.standard_normal((9, 64)).astype(np.float32)
-    (got,) = _call(
-        kernels.rope_func(9, 64, inv_freq), x, np.array([position], np.int32), outputs=[((9, 64), "float32")]
+    x = RNG.standard_normal((rows, 9, 64)).astype(np.float32)
+    cos, sin = _call(
+        kernels.rope_table_func(rows, 64, inv_freq),
+        np.array([position], np.int32),
+        outputs=[((rows, 32), "float32"), ((rows, 32), "float32")],
     )
-    want = reference.rope(x[:, None, :], np.array([position]), inv_freq)[:, 0, :]
+    (got,) = _call(kernels.rope_func(rows, 9, 64), x, cos, sin, outputs=[((rows, 9, 64), "float32")])
+    want = reference.rope(x.transpose(1, 0, 2), position + np.arange(rows), inv_freq).transpose(1, 0, 2)
     _close(got, want, 1e-5)
 
 
@@ -61,13 +68,30 @@ def test_kronecker_and_channel_scale() -> None:
     (got,) = _call(kernels.kronecker_func(3, 4, 12), x, a, b, outputs=[((3, 48), "float32")])
     _close(got, kronecker_rotate(x, a, b), 2e-6)
     c = RNG.random(48).astype(np.float32)
-    (scaled,) = _call(kernels.channel_scale_func(48), x[:1], c, outputs=[((1, 48), "float32")])
-    np.testing.assert_array_equal(scaled, x[:1] * c)
+    (scaled,) = _call(kernels.channel_scale_func(3, 48), x, c, outputs=[((3, 48), "float32")])
+    np.testing.assert_array_equal(scaled, x * c)
+
+
+def test_fast_exp_is_within_two_ulps_of_numpy() -> None:
+    from tvm.script import tirx as T
+
+    x = np.concatenate([np.linspace(-87, 88, 4001), RNG.standard_normal(999) * 5]).astype(np.float32)
+
+    @T.prim_func(s_tir=True)
+    def func(a: T.Buffer((5000,), "float32"), b: T.Buffer((5000,), "float32")):
+        T.func_attr({"global_symbol": "main", "tir.noalias": True})
+        for i in T.vectorized(5000):
+            b[i] = kernels.fast_exp(a[i])
+
+    (got,) = _call(func, x, outputs=[((5000,), "float32")])
+    np.testing.assert_allclose(got, np.exp(x.astype(np.float64)), rtol=2.4e-7, atol=0)
+    (clamped,) = _call(func, np.full(5000, -200.0, np.float32), outputs=[((5000,), "float32")])
+    assert np.all(clamped <= np.float32(np.exp(-87.0)) * 1.0001)
 
 
 def test_silu_mul_and_gemv() -> None:
-    gu = RNG.standard_normal((1, 2 * 96)).astype(np.float32)
-    (got,) = _call(kernels.silu_mul_func(96), gu, outputs=[((1, 96), "float32")])
+    gu = RNG.standard_normal((2, 2 * 96)).astype(np.float32)
+    (got,) = _call(kernels.silu_mul_func(2, 96), gu, outputs=[((2, 96), "float32")])
     gate, up = gu[:, :96], gu[:, 96:]
     _close(got, gate * (1 / (1 + np.exp(-gate))) * up, 1e-5)
     x, w = RNG.standard_normal((1, 64)).astype(np.float32), RNG.standard_normal((64, 200)).astype(np.float32)
@@ -80,15 +104,19 @@ def test_silu_mul_and_gemv() -> None:
 
 
 @pytest.mark.parametrize("bits, symmetric, ratio", [(None, True, 1.0), (4, False, 1.0), (8, True, 0.9), (4, True, 1.0)])
-def test_cache_write_in_place(bits, symmetric, ratio) -> None:
+@pytest.mark.parametrize("rows", [1, 3])
+def test_cache_write_in_place(bits, symmetric, ratio, rows) -> None:
     kvh, dim, cap, pos = 3, 64, 16, 5
-    new = (RNG.standard_normal((kvh, dim)) * RNG.uniform(0.1, 10, (kvh, 1))).astype(np.float32)
-    func = kernels.cache_write_func(kvh, dim, cap, bits, symmetric, ratio)
+    new = (RNG.standard_normal((rows, kvh, dim)) * RNG.uniform(0.1, 10, (rows, kvh, 1))).astype(np.float32)
+    written = slice(pos, pos + rows)
+    func = kernels.cache_write_func(rows, kvh, dim, cap, bits, symmetric, ratio)
     if bits is None:
         before = RNG.standard_normal((kvh, cap, dim)).astype(np.float32)
         (cache,) = _call(func, new, np.array([pos], np.int32), outputs=[before.copy()])
-        np.testing.assert_array_equal(cache[:, pos], new)
-        np.testing.assert_array_equal(np.delete(cache, pos, axis=1), np.delete(before, pos, axis=1))
+        np.testing.assert_array_equal(cache[:, written], new.transpose(1, 0, 2))
+        kept = np.ones(cap, bool)
+        kept[written] = False
+        np.testing.assert_array_equal(cache[:, kept], before[:, kept])
         return
     codes, scale, zero = _call(
         func,
@@ -97,34 +125,39 @@ def test_cache_write_in_place(bits, symmetric, ratio) -> None:
         outputs=[((kvh, cap, dim), "int8"), ((kvh, cap), "float32"), ((kvh, cap), "float32")],
     )
     spec = QuantSpec.per_token(bits, symmetric, ratio)
-    want_scale, want_zero = spec.token_params(new)
+    heads_first = new.transpose(1, 0, 2)
+    want_scale, want_zero = spec.token_params(heads_first)
     shift = 0 if symmetric else 128
-    np.testing.assert_array_equal(codes[:, pos].astype(np.int32) + shift, spec.quantize(new))
-    np.testing.assert_array_equal(scale[:, pos], want_scale[:, 0])
-    np.testing.assert_array_equal(zero[:, pos], want_zero[:, 0])
-    assert not codes[:, pos + 1 :].any() and not codes[:, :pos].any()
+    np.testing.assert_array_equal(codes[:, written].astype(np.int32) + shift, spec.quantize(heads_first))
+    np.testing.assert_array_equal(scale[:, written], want_scale[..., 0])
+    np.testing.assert_array_equal(zero[:, written], want_zero[..., 0])
+    assert not codes[:, pos + rows :].any() and not codes[:, :pos].any()
 
 
 @pytest.mark.parametrize("quantized", [False, True])
-def test_decode_attention_is_grouped_and_causal(quantized) -> None:
-    heads, kvh, dim, cap, pos = 6, 2, 16, 12, 7
-    q = RNG.standard_normal((heads, dim)).astype(np.float32)
+@pytest.mark.parametrize("rows", [1, 3])
+def test_attention_is_grouped_and_causal(quantized, rows) -> None:
+    heads, kvh, dim, cap, pos = 6, 2, 16, 12, 5
+    q = RNG.standard_normal((rows, heads, dim)).astype(np.float32)
     keys = RNG.standard_normal((kvh, cap, dim)).astype(np.float32)
     values = RNG.standard_normal((kvh, cap, dim)).astype(np.float32)
-    keys[:, pos + 1 :] = values[:, pos + 1 :] = 1e3  # past the position: must not be read
-    func = kernels.attention_func(heads, kvh, dim, cap, 0.25, quantized, shift=128)
+    last = pos + rows - 1
+    keys[:, last + 1 :] = values[:, last + 1 :] = 1e3  # past the last position: must not be read
+    func = kernels.attention_func(rows, heads, kvh, dim, cap, 0.25, quantized, shift=128)
     if quantized:
         spec = QuantSpec.per_token(4, False)
         parts = []
         for tensor in (keys, values):
             scale, zero = spec.token_params(tensor)
             parts += [(spec.quantize(tensor) - 128).astype(np.int8), scale[..., 0], zero[..., 0]]
-        (got,) = _call(func, q, np.array([pos], np.int32), *parts, outputs=[((1, heads * dim), "float32")])
+        (got,) = _call(func, q, np.array([pos], np.int32), *parts, outputs=[((rows, heads * dim), "float32")])
         keys, values = spec.fake_quantize(keys), spec.fake_quantize(values)
     else:
-        (got,) = _call(func, q, np.array([pos], np.int32), keys, values, outputs=[((1, heads * dim), "float32")])
-    k, v = np.repeat(keys[:, : pos + 1], heads // kvh, axis=0), np.repeat(values[:, : pos + 1], heads // kvh, axis=0)
-    scores = np.einsum("hd,htd->ht", q, k) * np.float32(0.25)
-    probs = np.exp(scores - scores.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    _close(got, np.einsum("ht,htd->hd", probs, v).reshape(1, -1), 1e-5)
+        (got,) = _call(func, q, np.array([pos], np.int32), keys, values, outputs=[((rows, heads * dim), "float32")])
+    for i in range(rows):  # row i sees positions 0 … pos + i
+        seen = pos + i + 1
+        k, v = np.repeat(keys[:, :seen], heads // kvh, axis=0), np.repeat(values[:, :seen], heads // kvh, axis=0)
+        scores = np.einsum("hd,htd->ht", q[i], k) * np.float32(0.25)
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        _close(got[i : i + 1], np.einsum("ht,htd->hd", probs, v).reshape(1, -1), 1e-5)

@@ -1,20 +1,23 @@
 """A `spec.Decoder` → a TVM library whose `decode` function takes one token and the cache and returns its logits,
-the cache written in place (a fixed `capacity` of positions), and `DecodeSession`, which runs it token by token.
+and whose `prefill` function does the same for a chunk of tokens, the cache written in place (a fixed
+`capacity` of positions); `DecodeSession` runs them over one sequence.
 
     decode(token i32 [1], pos i32 [1], *cache) → logits f32 [1, vocab]
+    prefill(tokens i32 [chunk], pos i32 [1], *cache) → logits f32 [1, vocab] of the chunk's last token
 
 The cache is one tensor per layer and kind (float [kv_heads, capacity, head_dim]) or three (codes, scales, zero
 points) where the spec quantizes it; `DecodeSession` owns it. Per block the step runs the spec's ops in order
 (`spec` docstring) with one kernel each: `rms_norm`, the transform chain, `token_quantize`, `int4_matmul` (fused
-q/k/v and gate/up), `rope`, the per-head transforms, `cache_write` (in place: `call_tir_inplace`), `attention`,
-`silu_mul`; the LM head is the float `gemv`, float32 or (opt-in) float16, or the 4-bit matmul where the spec
-quantized it. Weights are
-constants of the library, packed at build time.
+q/k/v and gate/up), `rope` (on angles `rope_table` computes once per step), the per-head transforms, `cache_write`
+(in place: `call_tir_inplace`), `attention`, `silu_mul`; the LM head (on the last token only) is the float `gemv`,
+float32 or (opt-in) float16, or the 4-bit matmul where the spec quantized it. Weights are constants of the library,
+packed at build time, one copy shared by both functions.
 
 Supported: 4-bit weights with per-token integer activations (every linear of the blocks). Float activations
 (w4a16) and 8-bit weights need kernels that do not exist yet, and an intact-kv prefix in front of a quantized
-cache needs a float cache that holds quantized values; these raise `UnsupportedDecoder`. A prompt is fed one
-token at a time (no prefill function yet).
+cache needs a float cache that holds quantized values; these raise `UnsupportedDecoder`. A prompt goes through
+`prefill` in whole chunks (rows of every kernel in parallel, causal attention within the chunk), the rest token
+by token.
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ def _with_root_block(func):
 
 
 class _Builder:
-    """Emits the decode step into a Relax BlockBuilder, adding each distinct kernel once."""
+    """Emits step functions into a Relax BlockBuilder, adding each distinct kernel once and each weight constant
+    once (one `relax.Constant` object shared by every function: the library holds the packed weights once)."""
 
     def __init__(self, flavour: str):
         from tvm import relax
@@ -83,6 +87,7 @@ class _Builder:
         self.bb = relax.BlockBuilder()
         self.flavour = flavour
         self.funcs: dict[tuple, object] = {}
+        self.consts: dict[tuple, object] = {}
 
     def kernel(self, key: tuple, make):
         if key not in self.funcs:
@@ -100,11 +105,15 @@ class _Builder:
         out = relax.TensorType(shape, dtype) if isinstance(shape, tuple) else [relax.TensorType(s, d) for s, d in shape]
         return self.bb.emit(relax.call_tir(self.kernel(key, make), args, out))
 
-    def const(self, array: np.ndarray):
-        return self.relax.const(np.ascontiguousarray(array))
+    def const(self, owner, name: str, make):
+        """The constant `make()` of `owner` (a spec object) called `name`, built once."""
+        key = (id(owner), name)
+        if key not in self.consts:
+            self.consts[key] = (self.relax.const(np.ascontiguousarray(make())), owner)  # owner kept alive
+        return self.consts[key][0]
 
-    def slice(self, x, begin: int, end: int):
-        return self.bb.emit(self.relax.op.strided_slice(x, axes=[1], begin=[begin], end=[end]))
+    def slice(self, x, begin: int, end: int, axis: int = 1):
+        return self.bb.emit(self.relax.op.strided_slice(x, axes=[axis], begin=[begin], end=[end]))
 
     def reshape(self, x, shape):
         return self.bb.emit(self.relax.op.reshape(x, shape))
@@ -112,153 +121,171 @@ class _Builder:
     def add(self, a, b):
         return self.bb.emit(self.relax.op.add(a, b))
 
-    def transform(self, x, width: int, step: Kronecker | ChannelScale, rows: int = 1):
+    def transform(self, x, m: int, width: int, step: Kronecker | ChannelScale):
+        """One step of a transform chain on x [m, width] (a Kronecker step per row)."""
         if isinstance(step, ChannelScale):
-            return self.call(
-                ("scale", width), lambda: kernels.channel_scale_func(width), [x, self.const(step.c)], (1, width)
-            )
+            args = [x, self.const(step, "c", lambda: step.c)]
+            return self.call(("scale", m, width), lambda: kernels.channel_scale_func(m, width), args, (m, width))
         a, b = step.a.shape[0], step.b.shape[0]
-        args = [x, self.const(step.a), self.const(step.b)]
-        return self.call(("kron", rows, a, b), lambda: kernels.kronecker_func(rows, a, b), args, (rows, width))
+        args = [x, self.const(step, "a", lambda: step.a), self.const(step, "b", lambda: step.b)]
+        return self.call(("kron", m, a, b), lambda: kernels.kronecker_func(m, a, b), args, (m, width))
 
-    def linear(self, x, layer: Linear):
-        """y [1, out_features] of a 4-bit linear layer on x [1, in_features]."""
+    def linear(self, x, m: int, layer: Linear):
+        """y [m, out_features] of a 4-bit linear layer on x [m, in_features]."""
         k, n = layer.in_features, layer.out_features
         for step in layer.transforms:
-            x = self.transform(x, k, step)
+            x = self.transform(x, m, k, step)
         act = layer.act
         asym = not act.symmetric
-        quant_out = [((1, k), "int8"), ((1,), "float32")] + ([((1,), "int32")] if asym else [])
+        quant_out = [((m, k), "int8"), ((m,), "float32")] + ([((m,), "int32")] if asym else [])
         quantized = self.call(
-            ("tq", k, act.bits, act.symmetric, act.clip_ratio),
-            lambda: token_quantize_func(1, k, act.bits, act.symmetric, act.clip_ratio),
+            ("tq", m, k, act.bits, act.symmetric, act.clip_ratio),
+            lambda: token_quantize_func(m, k, act.bits, act.symmetric, act.clip_ratio),
             [x],
             quant_out,
         )
         lanes = FLAVOURS[self.flavour]
-        scale, zero, sums = pack_group_params(layer.codes, layer.zero, layer.scale, lanes, layer.group)
-        weights = [self.const(pack_weight(layer.codes, lanes)), self.const(scale), self.const(zero)]
+        params = pack_group_params(layer.codes, layer.zero, layer.scale, lanes, layer.group)
+        weights = [self.const(layer, "packed", lambda: pack_weight(layer.codes, lanes))]
+        weights += [self.const(layer, name, lambda i=i: params[i]) for i, name in enumerate(("scale", "zero"))]
         tq = [self.bb.emit(self.relax.TupleGetItem(quantized, i)) for i in range(len(quant_out))]
-        args = [tq[0], *weights] + ([self.const(sums), tq[1], tq[2]] if asym else [tq[1]])
-        padded = scale.shape[1]
+        args = [tq[0], *weights] + ([self.const(layer, "sums", lambda: params[2]), tq[1], tq[2]] if asym else [tq[1]])
+        padded = params[0].shape[1]
         y = self.call(
-            ("mm", k, n, layer.group, asym, self.flavour),
-            lambda: int4_matmul_func(1, k, n, layer.group, self.flavour, act_zero=asym),
+            ("mm", m, k, n, layer.group, asym, self.flavour),
+            lambda: int4_matmul_func(m, k, n, layer.group, self.flavour, act_zero=asym),
             args,
-            (1, padded),
+            (m, padded),
         )
         return y if padded == n else self.slice(y, 0, n)
 
 
-def build_decode(decoder: Decoder, capacity: int, flavour: str, target, head_dtype: str = "float32"):
-    """The compiled decode step (a Relax VM executable) of `decoder` for a cache of `capacity` positions.
+def build_decode(
+    decoder: Decoder, capacity: int, flavour: str, target, head_dtype: str = "float32", chunk: int | None = 64
+):
+    """The compiled steps (a Relax VM executable) of `decoder` for a cache of `capacity` positions: `decode` (one
+    token) and, with a `chunk`, `prefill` (`chunk` tokens, the last one's logits), sharing the packed weights.
     `head_dtype` "float16" stores a float LM head in half precision (half the bytes every step reads; the logits
     then differ from the artifact's by the weights' rounding: an opt-in, measured in the runtime table)."""
-    from tvm import relax
-
     from qcompile.backends.tvm.build import compile_relax
 
     _check(decoder)
+    if head_dtype not in ("float32", "float16"):
+        raise ValueError(f"the LM head is stored as float32 or float16, not {head_dtype}")
     b = _Builder(flavour)
-    d = decoder.hidden
-    token = relax.Var("token", relax.TensorType((1,), "int32"))
-    pos = relax.Var("pos", relax.TensorType((1,), "int32"))
-    cache = [relax.Var(f"cache{i}", relax.TensorType(s, t)) for i, (s, t) in enumerate(cache_layout(decoder, capacity))]
-    with b.bb.function("decode", [token, pos, *cache]):
-        with b.bb.dataflow():
-            x = b.bb.emit(relax.op.take(b.const(decoder.embedding), token, axis=0))
-            slot = 0
-            for block in decoder.blocks:
-                x, slot = _block(b, decoder, block, x, pos, cache, slot, capacity)
-            normed = _norm(b, x, d, decoder.rms_eps, decoder.final_norm)
-            logits = _lm_head(b, normed, decoder, head_dtype)
-            out = b.bb.emit_output(logits)
-        b.bb.emit_func_output(out)
+    _emit_step(b, decoder, "decode", 1, capacity, head_dtype)
+    if chunk:
+        _emit_step(b, decoder, "prefill", chunk, capacity, head_dtype)
     return compile_relax(b.bb.get(), target)
 
 
-def _norm(b: _Builder, x, d: int, eps: float, gamma):
-    key = ("rms", d, float(eps), gamma is not None)
-    args = [x] if gamma is None else [x, b.const(gamma)]
-    return b.call(key, lambda: kernels.rms_norm_func(d, eps, gamma is not None), args, (1, d))
+def _emit_step(b: _Builder, decoder: Decoder, name: str, m: int, capacity: int, head_dtype: str) -> None:
+    """Relax function `name(tokens i32 [m], pos i32 [1], *cache) → logits f32 [1, vocab]` of the last token."""
+    from tvm import relax
+
+    tokens = relax.Var("tokens", relax.TensorType((m,), "int32"))
+    pos = relax.Var("pos", relax.TensorType((1,), "int32"))
+    cache = [relax.Var(f"cache{i}", relax.TensorType(s, t)) for i, (s, t) in enumerate(cache_layout(decoder, capacity))]
+    with b.bb.function(name, [tokens, pos, *cache]):
+        with b.bb.dataflow():
+            x = b.bb.emit(relax.op.take(b.const(decoder, "embedding", lambda: decoder.embedding), tokens, axis=0))
+            half, inv = decoder.head_dim // 2, decoder.rope_inv_freq
+            angles = b.call(
+                ("rope_table", m, decoder.head_dim),
+                lambda: kernels.rope_table_func(m, decoder.head_dim, inv),
+                [pos],
+                [((m, half), "float32"), ((m, half), "float32")],
+            )
+            table = [b.bb.emit(relax.TupleGetItem(angles, i)) for i in range(2)]
+            slot = 0
+            for block in decoder.blocks:
+                x, slot = _block(b, decoder, block, x, m, pos, table, cache, slot, capacity)
+            last = x if m == 1 else b.slice(x, m - 1, m, axis=0)
+            normed = _norm(b, last, 1, decoder.hidden, decoder.rms_eps, decoder.final_norm, decoder)
+            out = b.bb.emit_output(_lm_head(b, normed, decoder, head_dtype))
+        b.bb.emit_func_output(out)
+
+
+def _norm(b: _Builder, x, m: int, d: int, eps: float, gamma, owner):
+    key = ("rms", m, d, float(eps), gamma is not None)
+    args = [x] if gamma is None else [x, b.const(owner, f"gamma{id(gamma)}", lambda: gamma)]
+    return b.call(key, lambda: kernels.rms_norm_func(m, d, eps, gamma is not None), args, (m, d))
 
 
 def _lm_head(b: _Builder, x, decoder: Decoder, dtype: str):
     head = decoder.lm_head
     if head.codes is not None:
-        return b.linear(x, head)
-    if dtype not in ("float32", "float16"):
-        raise ValueError(f"the LM head is stored as float32 or float16, not {dtype}")
+        return b.linear(x, 1, head)
     k, n = head.weight.shape
-    packed = kernels.pack_gemv_weight(head.weight, dtype)
     y = b.call(
         ("gemv", k, n, dtype),
         lambda: kernels.gemv_func(k, n, dtype=dtype),
-        [x, b.const(packed)],
-        (1, packed.shape[0] * kernels.GEMV_LANES),
+        [x, b.const(head, f"packed_{dtype}", lambda: kernels.pack_gemv_weight(head.weight, dtype))],
+        (1, -(-n // kernels.GEMV_LANES) * kernels.GEMV_LANES),
     )
-    return y if packed.shape[0] * kernels.GEMV_LANES == n else b.slice(y, 0, n)
+    return y if n % kernels.GEMV_LANES == 0 else b.slice(y, 0, n)
 
 
-def _cache_write(b: _Builder, new, pos, cache, slot, quant, kvh, dim, capacity):
-    """Write `new` [kvh, dim] into the cache tensors at `slot`, in place; returns (the tensors the attention
+def _cache_write(b: _Builder, new, m, pos, cache, slot, quant, kvh, dim, capacity):
+    """Write `new` [m, kvh, dim] into the cache tensors at `slot`, in place; returns (the tensors the attention
     reads, the next slot)."""
     from tvm import relax
 
     if quant is None:
-        key = ("kvw", kvh, dim, capacity)
-        gv = b.kernel(key, lambda: kernels.cache_write_func(kvh, dim, capacity, None, True, 1.0))
+        key = ("kvw", m, kvh, dim, capacity)
+        gv = b.kernel(key, lambda: kernels.cache_write_func(m, kvh, dim, capacity, None, True, 1.0))
         out = b.bb.emit(relax.call_tir_inplace(gv, [new, pos, cache[slot]], [2], cache[slot].ty))
         return [out], slot + 1
-    key = ("kvq", kvh, dim, capacity, quant.bits, quant.symmetric, quant.clip_ratio)
+    key = ("kvq", m, kvh, dim, capacity, quant.bits, quant.symmetric, quant.clip_ratio)
     gv = b.kernel(
-        key, lambda: kernels.cache_write_func(kvh, dim, capacity, quant.bits, quant.symmetric, quant.clip_ratio)
+        key, lambda: kernels.cache_write_func(m, kvh, dim, capacity, quant.bits, quant.symmetric, quant.clip_ratio)
     )
     tensors = cache[slot : slot + 3]
     out = b.bb.emit(relax.call_tir_inplace(gv, [new, pos, *tensors], [2, 3, 4], [t.ty for t in tensors]))
     return [b.bb.emit(relax.TupleGetItem(out, i)) for i in range(3)], slot + 3
 
 
-def _block(b: _Builder, decoder: Decoder, block, x, pos, cache, slot: int, capacity: int):
+def _block(b: _Builder, decoder: Decoder, block, x, m: int, pos, table, cache, slot: int, capacity: int):
     d, heads, kvh, dim = decoder.hidden, decoder.heads, decoder.kv_heads, decoder.head_dim
-    qkv = b.linear(_norm(b, x, d, decoder.rms_eps, block.attn_norm), block.qkv)
+    qkv = b.linear(_norm(b, x, m, d, decoder.rms_eps, block.attn_norm, block), m, block.qkv)
     dq, dkv = heads * dim, kvh * dim
-    q = b.reshape(b.slice(qkv, 0, dq), (heads, dim))
-    k = b.reshape(b.slice(qkv, dq, dq + dkv), (kvh, dim))
-    v = b.reshape(b.slice(qkv, dq + dkv, dq + 2 * dkv), (kvh, dim))
-    inv = decoder.rope_inv_freq
-    q = b.call(("rope", heads, dim), lambda: kernels.rope_func(heads, dim, inv), [q, pos], (heads, dim))
-    k = b.call(("rope", kvh, dim), lambda: kernels.rope_func(kvh, dim, inv), [k, pos], (kvh, dim))
+    q = b.reshape(b.slice(qkv, 0, dq), (m, heads, dim))
+    k = b.reshape(b.slice(qkv, dq, dq + dkv), (m, kvh, dim))
+    v = b.reshape(b.slice(qkv, dq + dkv, dq + 2 * dkv), (m, kvh, dim))
+    q = b.call(("rope", m, heads, dim), lambda: kernels.rope_func(m, heads, dim), [q, *table], (m, heads, dim))
+    k = b.call(("rope", m, kvh, dim), lambda: kernels.rope_func(m, kvh, dim), [k, *table], (m, kvh, dim))
     if block.q_transform is not None:
-        q = b.transform(q, dim, block.q_transform, rows=heads)
+        q = b.reshape(b.transform(b.reshape(q, (m * heads, dim)), m * heads, dim, block.q_transform), (m, heads, dim))
     if block.k_transform is not None:
-        k = b.transform(k, dim, block.k_transform, rows=kvh)
-    keys, slot = _cache_write(b, k, pos, cache, slot, block.key_quant, kvh, dim, capacity)
-    values, slot = _cache_write(b, v, pos, cache, slot, block.value_quant, kvh, dim, capacity)
+        k = b.reshape(b.transform(b.reshape(k, (m * kvh, dim)), m * kvh, dim, block.k_transform), (m, kvh, dim))
+    keys, slot = _cache_write(b, k, m, pos, cache, slot, block.key_quant, kvh, dim, capacity)
+    values, slot = _cache_write(b, v, m, pos, cache, slot, block.value_quant, kvh, dim, capacity)
     quantized = block.key_quant is not None
     if quantized != (block.value_quant is not None):
         raise UnsupportedDecoder("keys and values must both be quantized, or both float")
     shift = 0 if not quantized or block.key_quant.symmetric else 128
     attended = b.call(
-        ("attn", heads, kvh, dim, capacity, decoder.score_scale, quantized, shift),
-        lambda: kernels.attention_func(heads, kvh, dim, capacity, decoder.score_scale, quantized, shift),
+        ("attn", m, heads, kvh, dim, capacity, decoder.score_scale, quantized, shift),
+        lambda: kernels.attention_func(m, heads, kvh, dim, capacity, decoder.score_scale, quantized, shift),
         [q, pos, *keys, *values],
-        (1, heads * dim),
+        (m, heads * dim),
     )
-    x = b.add(x, b.linear(attended, block.o))
-    gate_up = b.linear(_norm(b, x, d, decoder.rms_eps, block.mlp_norm), block.gate_up)
+    x = b.add(x, b.linear(attended, m, block.o))
+    gate_up = b.linear(_norm(b, x, m, d, decoder.rms_eps, block.mlp_norm, block), m, block.gate_up)
     ffn = block.gate_up.out_features // 2
-    hidden = b.call(("silu", ffn), lambda: kernels.silu_mul_func(ffn), [gate_up], (1, ffn))
-    return b.add(x, b.linear(hidden, block.down)), slot
+    hidden = b.call(("silu", m, ffn), lambda: kernels.silu_mul_func(m, ffn), [gate_up], (m, ffn))
+    return b.add(x, b.linear(hidden, m, block.down)), slot
 
 
 @dataclasses.dataclass
 class DecodeSession:
-    """Runs a built decode step token by token, owning the cache (`capacity` positions)."""
+    """Runs built steps over one sequence, owning the cache (`capacity` positions); `chunk` is the prefill
+    function's token count (None: the library has none)."""
 
     decoder: Decoder
     executable: object
     capacity: int
+    chunk: int | None = 64
 
     def __post_init__(self):
         import tvm
@@ -282,16 +309,31 @@ class DecodeSession:
                 slot += 1 if quant is None else 3
         self.cache = [tvm.runtime.tensor(a) for a in arrays]
 
-    def step(self, token: int) -> np.ndarray:
-        """The logits [vocab] after feeding `token` at the next position."""
+    def _run(self, function: str, tokens: np.ndarray) -> np.ndarray:
         import tvm
 
-        if self.position >= self.capacity:
+        if self.position + len(tokens) > self.capacity:
             raise ValueError(f"the cache holds {self.capacity} positions; reset() or build with a larger capacity")
-        args = [
-            tvm.runtime.tensor(np.array([token], np.int32)),
-            tvm.runtime.tensor(np.array([self.position], np.int32)),
-        ]
-        logits = self.vm["decode"](*args, *self.cache)
-        self.position += 1
+        ids = tvm.runtime.tensor(np.asarray(tokens, np.int32))
+        logits = self.vm[function](ids, tvm.runtime.tensor(np.array([self.position], np.int32)), *self.cache)
+        self.position += len(tokens)
         return logits.numpy()[0]
+
+    def step(self, token: int) -> np.ndarray:
+        """The logits [vocab] after feeding `token` at the next position."""
+        return self._run("decode", np.array([token]))
+
+    def prefill(self, tokens) -> np.ndarray:
+        """Feed `tokens` (whole chunks through `prefill`, the rest one at a time); the last token's logits."""
+        tokens = np.asarray(tokens)
+        if len(tokens) == 0:
+            raise ValueError("prefill needs at least one token")
+        if self.position + len(tokens) > self.capacity:
+            raise ValueError(f"the cache holds {self.capacity} positions; reset() or build with a larger capacity")
+        whole = (len(tokens) // self.chunk) * self.chunk if self.chunk else 0
+        logits = None
+        for start in range(0, whole, self.chunk or 1):
+            logits = self._run("prefill", tokens[start : start + self.chunk])
+        for token in tokens[whole:]:
+            logits = self.step(int(token))
+        return logits

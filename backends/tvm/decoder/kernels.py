@@ -1,20 +1,23 @@
-"""The float kernels of one decode step (one token, a fixed-capacity KV cache written in place), as TIR
-PrimFuncs; the 4-bit matmul and the per-token quantizer are `kernels.int4_matmul` / `kernels.token_quantize`.
+"""The float kernels of one step of m new tokens (m = 1: a decode step; more: a prefill chunk) over a
+fixed-capacity KV cache written in place, as TIR PrimFuncs; the 4-bit matmul and the per-token quantizer are
+`kernels.int4_matmul` / `kernels.token_quantize`. Row i of a step is the token at position p + i.
 
-    rms_norm      y = x · 1/√(Σx²/d + ε) (⊙ γ)                                  x [1, d]
-    rope          y = x·cos(p·f) + rotate_half(x)·sin(p·f), f = [inv_freq, inv_freq]   x [heads, D]
+    rms_norm      y = x · 1/√(Σx²/d + ε) (⊙ γ)                                  x [m, d]
+    rope_table    cos((p + i)·f_j), sin((p + i)·f_j) for the step's rows, once per step
+    rope          y = x·cos + rotate_half(x)·sin (the table's halves repeated)         x [m, heads, D]
     kronecker     y = x · (A ⊗ B) per row                                          x [rows, a·b]
     channel_scale y = x ⊙ c
     cache_write   cache[:, p] = new (float), or its per-token codes with scale and zero point (a `TokenQuant`
                   of the spec, the arithmetic of `kernels.token_quantize`), in place
-    attention     out[h] = Σ_{t ≤ p} softmax_t(s · q[h]·K̂[h // g, t]) · V̂[h // g, t], K̂ = (codes − z)·scale
+    attention     out[i, h] = Σ_{t ≤ p+i} softmax_t(s · q[i, h]·K̂[h // g, t]) · V̂[h // g, t], K̂ = (codes − z)·scale
                   read in registers (grouped-query: g query heads per KV head); q·K̂ in 16-lane partial sums
     gemv          y = x · W for a float W stored [N/16, K, 16] in float32 or float16 (the LM head)
     silu_mul      y = gate · 1/(1 + e^(−gate)) · up
 
-p (the new token's position) is a one-element int32 tensor, so one compiled step serves every position up to
-the cache's capacity. Float results match the NumPy reference (`decoder.reference`) up to float rounding:
-sums are accumulated in another order, and TVM's exp/cos/sin are not NumPy's.
+p (the first new token's position) is a one-element int32 tensor, so one compiled step serves every position up
+to the cache's capacity. Float results match the NumPy reference (`decoder.reference`) up to float rounding:
+sums are accumulated in another order, exp is `fast_exp` (Cephes' polynomial, vectorizable) and cos/sin are
+LLVM's, not NumPy's.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from qcompile.ir.quant_meta import TOKEN_MIN_SCALE
 
 __all__ = [
     "rms_norm_func",
+    "rope_table_func",
     "rope_func",
     "kronecker_func",
     "channel_scale_func",
@@ -37,63 +41,108 @@ __all__ = [
 ]
 
 GEMV_LANES = 16
+# Cephes' expf: exp(x) = 2^n · p(r), n = round(x·log2 e), r = x − n·ln 2 (ln 2 split in two), p of degree 7
+_LN2_HI, _LN2_LO, _LOG2E = 0.693359375, -2.12194440e-4, 1.4426950408889634
+_EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
 
 
-def rms_norm_func(d: int, eps: float, gamma: bool):
-    """main(x f32 [1, d], [gamma f32 [d],] y f32 [1, d])."""
+def fast_exp(x):
+    """e^x of a float32 TIR expression (scalar, or a lane of a vectorized loop) without a libm call, so loops over
+    it vectorize: Cephes' range reduction and polynomial, about 1e-7 relative error; x clamped to [−87, 88]."""
+    from tvm.script import tirx as T
+
+    x = T.max(T.min(x, T.float32(88.0)), T.float32(-87.0))
+    n = T.floor(x * T.float32(_LOG2E) + T.float32(0.5))
+    r = x - n * T.float32(_LN2_HI) - n * T.float32(_LN2_LO)
+    poly = T.float32(_EXP_POLY[0])
+    for coefficient in _EXP_POLY[1:]:
+        poly = poly * r + T.float32(coefficient)
+    poly = poly * (r * r) + r + T.float32(1)
+    return poly * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
+
+
+def rms_norm_func(m: int, d: int, eps: float, gamma: bool):
+    """main(x f32 [m, d], [gamma f32 [d],] y f32 [m, d]): rows in parallel."""
     from tvm.script import tirx as T
 
     eps_, inv_d = T.float32(float(np.float32(eps))), T.float32(float(np.float32(1.0 / d)))
 
     @T.macro
-    def normalize(x, y, total):
+    def normalize(x, i, total):
         total[0] = T.float32(0)
         for k in range(d):
-            total[0] = total[0] + x[0, k] * x[0, k]
+            total[0] = total[0] + x[i, k] * x[i, k]
         total[0] = T.float32(1) / T.sqrt(total[0] * inv_d + eps_)
 
     if gamma:
 
         @T.prim_func(s_tir=True)
-        def func(x: T.Buffer((1, d), "float32"), g: T.Buffer((d,), "float32"), y: T.Buffer((1, d), "float32")):
+        def func(x: T.Buffer((m, d), "float32"), g: T.Buffer((d,), "float32"), y: T.Buffer((m, d), "float32")):
             T.func_attr({"global_symbol": "main", "tir.noalias": True})
-            total = T.alloc_buffer((1,), "float32", scope="global")
-            normalize(x, y, total)
-            for k in T.vectorized(d):
-                y[0, k] = g[k] * (x[0, k] * total[0])
+            for i in T.parallel(m):
+                total = T.alloc_buffer((1,), "float32", scope="global")
+                normalize(x, i, total)
+                for k in T.vectorized(d):
+                    y[i, k] = g[k] * (x[i, k] * total[0])
 
         return func
 
     @T.prim_func(s_tir=True)
-    def func(x: T.Buffer((1, d), "float32"), y: T.Buffer((1, d), "float32")):
+    def func(x: T.Buffer((m, d), "float32"), y: T.Buffer((m, d), "float32")):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        total = T.alloc_buffer((1,), "float32", scope="global")
-        normalize(x, y, total)
-        for k in T.vectorized(d):
-            y[0, k] = x[0, k] * total[0]
+        for i in T.parallel(m):
+            total = T.alloc_buffer((1,), "float32", scope="global")
+            normalize(x, i, total)
+            for k in T.vectorized(d):
+                y[i, k] = x[i, k] * total[0]
 
     return func
 
 
-def rope_func(heads: int, dim: int, inv_freq: np.ndarray):
-    """main(x f32 [heads, dim], pos i32 [1], y f32 [heads, dim]): Llama's rotary embedding at position pos."""
+def rope_table_func(m: int, dim: int, inv_freq: np.ndarray):
+    """main(pos i32 [1], cos f32 [m, dim/2], sin f32 [m, dim/2]): the rotary angles (pos + i)·inv_freq[j] of a
+    step's rows, computed once and read by every layer's `rope`."""
     from tvm.script import tirx as T
 
     half = dim // 2
     freq = [float(f) for f in np.asarray(inv_freq, np.float32)]
 
-    def angle(pos, j):
+    def angle(pos, i, j):
         value = T.float32(freq[0])
-        for i in range(1, half):  # a select chain of the constants (half ≤ 64): no table argument to pass
-            value = T.Select(j == i, T.float32(freq[i]), value)
-        return T.Cast("float32", pos[0]) * value
+        for f in range(1, half):  # a select chain of the constants (half ≤ 64): no table argument to pass
+            value = T.Select(j == f, T.float32(freq[f]), value)
+        return T.Cast("float32", pos[0] + i) * value
 
     @T.prim_func(s_tir=True)
-    def func(x: T.Buffer((heads, dim), "float32"), pos: T.Buffer((1,), "int32"), y: T.Buffer((heads, dim), "float32")):
+    def func(pos: T.Buffer((1,), "int32"), cos: T.Buffer((m, half), "float32"), sin: T.Buffer((m, half), "float32")):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        for h, j in T.grid(heads, half):
-            y[h, j] = x[h, j] * T.cos(angle(pos, j)) - x[h, j + half] * T.sin(angle(pos, j))
-            y[h, j + half] = x[h, j + half] * T.cos(angle(pos, j)) + x[h, j] * T.sin(angle(pos, j))
+        for i, j in T.grid(m, half):
+            cos[i, j] = T.cos(angle(pos, i, j))
+            sin[i, j] = T.sin(angle(pos, i, j))
+
+    return func
+
+
+def rope_func(m: int, heads: int, dim: int):
+    """main(x f32 [m, heads, dim], cos f32 [m, dim/2], sin f32 [m, dim/2], y f32 [m, heads, dim]): Llama's rotary
+    embedding (rotate_half form) with `rope_table`'s angles."""
+    from tvm.script import tirx as T
+
+    half = dim // 2
+
+    @T.prim_func(s_tir=True)
+    def func(
+        x: T.Buffer((m, heads, dim), "float32"),
+        cos: T.Buffer((m, half), "float32"),
+        sin: T.Buffer((m, half), "float32"),
+        y: T.Buffer((m, heads, dim), "float32"),
+    ):
+        T.func_attr({"global_symbol": "main", "tir.noalias": True})
+        for i in T.parallel(m):
+            for h in range(heads):
+                for j in T.vectorized(half):
+                    y[i, h, j] = x[i, h, j] * cos[i, j] - x[i, h, j + half] * sin[i, j]
+                    y[i, h, j + half] = x[i, h, j + half] * cos[i, j] + x[i, h, j] * sin[i, j]
 
     return func
 
@@ -101,7 +150,8 @@ def rope_func(heads: int, dim: int, inv_freq: np.ndarray):
 def kronecker_func(rows: int, a: int, b: int):
     """main(x f32 [rows, a·b], A f32 [a, a], B f32 [b, b], y f32 [rows, a·b]): y_m = Aᵀ X_m B per row. Each output
     element sums in the reference's order (over l, then over k); the loops over its column j are innermost, so
-    LLVM vectorizes across columns without reordering any sum."""
+    LLVM vectorizes across columns without reordering any sum (and B's rows are read in order: B stays in cache,
+    where a register accumulator per column block would stream B's columns once per block)."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
@@ -130,50 +180,55 @@ def kronecker_func(rows: int, a: int, b: int):
     return func
 
 
-def channel_scale_func(d: int):
-    """main(x f32 [1, d], c f32 [d], y f32 [1, d])."""
+def channel_scale_func(m: int, d: int):
+    """main(x f32 [m, d], c f32 [d], y f32 [m, d])."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
-    def func(x: T.Buffer((1, d), "float32"), c: T.Buffer((d,), "float32"), y: T.Buffer((1, d), "float32")):
+    def func(x: T.Buffer((m, d), "float32"), c: T.Buffer((d,), "float32"), y: T.Buffer((m, d), "float32")):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        for k in T.vectorized(d):
-            y[0, k] = x[0, k] * c[k]
+        for i in range(m):
+            for k in T.vectorized(d):
+                y[i, k] = x[i, k] * c[k]
 
     return func
 
 
-def silu_mul_func(d: int):
-    """main(gu f32 [1, 2d] (gate, then up), y f32 [1, d])."""
+def silu_mul_func(m: int, d: int):
+    """main(gu f32 [m, 2d] (gate, then up), y f32 [m, d])."""
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
-    def func(gu: T.Buffer((1, 2 * d), "float32"), y: T.Buffer((1, d), "float32")):
+    def func(gu: T.Buffer((m, 2 * d), "float32"), y: T.Buffer((m, d), "float32")):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        for k in range(d):
-            y[0, k] = gu[0, k] * (T.float32(1) / (T.float32(1) + T.exp(-gu[0, k]))) * gu[0, d + k]
+        for i in T.parallel(m):
+            for k in T.vectorized(d):
+                y[i, k] = gu[i, k] * (T.float32(1) / (T.float32(1) + fast_exp(-gu[i, k]))) * gu[i, d + k]
 
     return func
 
 
-def cache_write_func(kv_heads: int, dim: int, capacity: int, bits: int | None, symmetric: bool, clip_ratio: float):
-    """Float cache (bits None): main(new f32 [kv_heads, dim], pos i32 [1], cache f32 [kv_heads, capacity, dim]).
+def cache_write_func(
+    m: int, kv_heads: int, dim: int, capacity: int, bits: int | None, symmetric: bool, clip_ratio: float
+):
+    """Float cache (bits None): main(new f32 [m, kv_heads, dim], pos i32 [1], cache f32 [kv_heads, capacity, dim]).
     Quantized: main(new, pos, codes i8 [kv_heads, capacity, dim], scale f32 [kv_heads, capacity],
     zero f32 [kv_heads, capacity]); the codes as `QuantSpec.per_token` gives them (unsigned codes of an
-    asymmetric quantizer stored minus 128), zero is the float zero point (0 when symmetric). In place."""
+    asymmetric quantizer stored minus 128), zero is the float zero point (0 when symmetric). Row i goes to
+    position pos + i, in place."""
     from tvm.script import tirx as T
 
     if bits is None:
 
         @T.prim_func(s_tir=True)
         def write(
-            new: T.Buffer((kv_heads, dim), "float32"),
+            new: T.Buffer((m, kv_heads, dim), "float32"),
             pos: T.Buffer((1,), "int32"),
             cache: T.Buffer((kv_heads, capacity, dim), "float32"),
         ):
             T.func_attr({"global_symbol": "main", "tir.noalias": True})
-            for h, j in T.grid(kv_heads, dim):
-                cache[h, pos[0], j] = new[h, j]
+            for i, h, j in T.grid(m, kv_heads, dim):
+                cache[h, pos[0] + i, j] = new[i, h, j]
 
         return write
 
@@ -185,93 +240,122 @@ def cache_write_func(kv_heads: int, dim: int, capacity: int, bits: int | None, s
 
     @T.prim_func(s_tir=True)
     def write(
-        new: T.Buffer((kv_heads, dim), "float32"),
+        new: T.Buffer((m, kv_heads, dim), "float32"),
         pos: T.Buffer((1,), "int32"),
         codes: T.Buffer((kv_heads, capacity, dim), "int8"),
         scale: T.Buffer((kv_heads, capacity), "float32"),
         zero: T.Buffer((kv_heads, capacity), "float32"),
     ):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        bounds = T.alloc_buffer((3,), "float32", scope="global")
-        for h in range(kv_heads):
-            bounds[0] = T.float32(0)
-            bounds[1] = T.float32(0)
-            for j in range(dim):
+        for i in T.parallel(m):
+            bounds = T.alloc_buffer((2,), "float32", scope="global")
+            for h in range(kv_heads):
+                bounds[0] = T.float32(0)
+                bounds[1] = T.float32(0)
+                for j in range(dim):
+                    if symmetric:
+                        bounds[1] = T.max(bounds[1], T.abs(new[i, h, j]))
+                    else:
+                        bounds[0] = T.min(bounds[0], new[i, h, j])
+                        bounds[1] = T.max(bounds[1], new[i, h, j])
                 if symmetric:
-                    bounds[1] = T.max(bounds[1], T.abs(new[h, j]))
-                else:
-                    bounds[0] = T.min(bounds[0], new[h, j])
-                    bounds[1] = T.max(bounds[1], new[h, j])
-            if symmetric:
-                scale[h, pos[0]] = T.max((bounds[1] * ratio) / top, tiny)
-                zero[h, pos[0]] = T.float32(0)
-                for j in range(dim):
-                    codes[h, pos[0], j] = T.Cast("int8", clipped(T.nearbyint(new[h, j] / scale[h, pos[0]]), -top, top))
-            else:
-                scale[h, pos[0]] = T.max((bounds[1] * ratio - bounds[0] * ratio) / top, tiny)
-                zero[h, pos[0]] = clipped(T.nearbyint(-(bounds[0] * ratio) / scale[h, pos[0]]), T.float32(0), top)
-                for j in range(dim):
-                    codes[h, pos[0], j] = T.Cast(
-                        "int8",
-                        T.Cast(
-                            "int32",
-                            clipped(T.nearbyint(new[h, j] / scale[h, pos[0]]) + zero[h, pos[0]], T.float32(0), top),
+                    scale[h, pos[0] + i] = T.max((bounds[1] * ratio) / top, tiny)
+                    zero[h, pos[0] + i] = T.float32(0)
+                    for j in range(dim):
+                        codes[h, pos[0] + i, j] = T.Cast(
+                            "int8", clipped(T.nearbyint(new[i, h, j] / scale[h, pos[0] + i]), -top, top)
                         )
-                        - 128,
+                else:
+                    scale[h, pos[0] + i] = T.max((bounds[1] * ratio - bounds[0] * ratio) / top, tiny)
+                    zero[h, pos[0] + i] = clipped(
+                        T.nearbyint(-(bounds[0] * ratio) / scale[h, pos[0] + i]), T.float32(0), top
                     )
+                    for j in range(dim):
+                        codes[h, pos[0] + i, j] = T.Cast(
+                            "int8",
+                            T.Cast(
+                                "int32",
+                                clipped(
+                                    T.nearbyint(new[i, h, j] / scale[h, pos[0] + i]) + zero[h, pos[0] + i],
+                                    T.float32(0),
+                                    top,
+                                ),
+                            )
+                            - 128,
+                        )
 
     return write
 
 
-def attention_func(heads: int, kv_heads: int, dim: int, capacity: int, score_scale: float, quantized: bool, shift: int):
-    """Float cache: main(q f32 [heads, dim], pos i32 [1], k f32 [kvh, cap, dim], v f32 [kvh, cap, dim],
-    out f32 [1, heads·dim]). Quantized: k and v each as (codes i8, scale f32 [kvh, cap], zero f32 [kvh, cap]),
-    K̂ = (codes + shift − zero)·scale (shift 128 for asymmetric codes stored minus 128). Heads in parallel."""
+def attention_func(
+    m: int, heads: int, kv_heads: int, dim: int, capacity: int, score_scale: float, quantized: bool, shift: int
+):
+    """Float cache: main(q f32 [m, heads, dim], pos i32 [1], k f32 [kvh, cap, dim], v f32 [kvh, cap, dim],
+    out f32 [m, heads·dim]). Quantized: k and v each as (codes i8, scale f32 [kvh, cap], zero f32 [kvh, cap]),
+    K̂ = (codes + shift − zero)·scale (shift 128 for asymmetric codes stored minus 128). Query row i (position
+    pos + i) attends positions 0 … pos + i, so a chunk of m new tokens is causal within itself; (row, head)
+    pairs in parallel."""
     from tvm.script import tirx as T
 
     group, c = heads // kv_heads, T.float32(float(np.float32(score_scale)))
     lanes = next(n for n in (16, 8, 4, 2, 1) if dim % n == 0)
 
     @T.macro
-    def attend(q, pos, key, value, out, h):
+    def fold(part):
+        """part[0] ← the sum of the `lanes` partial sums, halving the vector each time (a tree, not a chain)."""
+        if lanes >= 16:
+            part[T.ramp(0, 1, 8)] = part[T.ramp(0, 1, 8)] + part[T.ramp(8, 1, 8)]
+        if lanes >= 8:
+            part[T.ramp(0, 1, 4)] = part[T.ramp(0, 1, 4)] + part[T.ramp(4, 1, 4)]
+        if lanes >= 4:
+            part[T.ramp(0, 1, 2)] = part[T.ramp(0, 1, 2)] + part[T.ramp(2, 1, 2)]
+        if lanes >= 2:
+            part[0] = part[0] + part[1]
+
+    @T.macro
+    def attend(q, pos, key, value, out, i, h):
         scores = T.alloc_buffer((capacity,), "float32", scope="global")
         part = T.alloc_buffer((lanes,), "float32", scope="global")
         peak = T.alloc_buffer((2,), "float32", scope="global")  # max score, then the sum of exponentials
         peak[0] = T.float32(-3.0e38)
-        for t in range(pos[0] + 1):
+        for t in range(pos[0] + i + 1):
             for jj in T.vectorized(lanes):
                 part[jj] = T.float32(0)
             for j0 in range(dim // lanes):
                 for jj in T.vectorized(lanes):
-                    part[jj] = part[jj] + q[h, j0 * lanes + jj] * key(h // group, t, j0 * lanes + jj)
-            scores[t] = T.float32(0)
-            for jj in range(lanes):
-                scores[t] = scores[t] + part[jj]
-            scores[t] = scores[t] * c
+                    part[jj] = part[jj] + q[i, h, j0 * lanes + jj] * key(h // group, t, j0 * lanes + jj)
+            fold(part)
+            scores[t] = part[0] * c
             peak[0] = T.max(peak[0], scores[t])
+        for t0 in range((pos[0] + i + 1) // 16):
+            for tt in T.vectorized(16):
+                scores[t0 * 16 + tt] = fast_exp(scores[t0 * 16 + tt] - peak[0])
+        for t in range((pos[0] + i + 1) // 16 * 16, pos[0] + i + 1):
+            scores[t] = fast_exp(scores[t] - peak[0])
         peak[1] = T.float32(0)
-        for t in range(pos[0] + 1):
-            scores[t] = T.exp(scores[t] - peak[0])
+        for t in range(pos[0] + i + 1):
             peak[1] = peak[1] + scores[t]
+        for t in range(pos[0] + i + 1):
+            scores[t] = scores[t] / peak[1]
         for j in T.vectorized(dim):
-            out[0, h * dim + j] = T.float32(0)
-        for t in range(pos[0] + 1):
+            out[i, h * dim + j] = T.float32(0)
+        for t in range(pos[0] + i + 1):
             for j in T.vectorized(dim):
-                out[0, h * dim + j] = out[0, h * dim + j] + (scores[t] / peak[1]) * value(h // group, t, j)
+                out[i, h * dim + j] = out[i, h * dim + j] + scores[t] * value(h // group, t, j)
 
     if not quantized:
 
         @T.prim_func(s_tir=True)
         def func(
-            q: T.Buffer((heads, dim), "float32"),
+            q: T.Buffer((m, heads, dim), "float32"),
             pos: T.Buffer((1,), "int32"),
             k: T.Buffer((kv_heads, capacity, dim), "float32"),
             v: T.Buffer((kv_heads, capacity, dim), "float32"),
-            out: T.Buffer((1, heads * dim), "float32"),
+            out: T.Buffer((m, heads * dim), "float32"),
         ):
             T.func_attr({"global_symbol": "main", "tir.noalias": True})
-            for h in T.parallel(heads):
-                attend(q, pos, lambda g, t, j: k[g, t, j], lambda g, t, j: v[g, t, j], out, h)
+            for task in T.parallel(m * heads):
+                attend(q, pos, lambda g, t, j: k[g, t, j], lambda g, t, j: v[g, t, j], out, task // heads, task % heads)
 
         return func
 
@@ -280,7 +364,7 @@ def attention_func(heads: int, kv_heads: int, dim: int, capacity: int, score_sca
 
     @T.prim_func(s_tir=True)
     def func(
-        q: T.Buffer((heads, dim), "float32"),
+        q: T.Buffer((m, heads, dim), "float32"),
         pos: T.Buffer((1,), "int32"),
         kc: T.Buffer((kv_heads, capacity, dim), "int8"),
         ks: T.Buffer((kv_heads, capacity), "float32"),
@@ -288,11 +372,11 @@ def attention_func(heads: int, kv_heads: int, dim: int, capacity: int, score_sca
         vc: T.Buffer((kv_heads, capacity, dim), "int8"),
         vs: T.Buffer((kv_heads, capacity), "float32"),
         vz: T.Buffer((kv_heads, capacity), "float32"),
-        out: T.Buffer((1, heads * dim), "float32"),
+        out: T.Buffer((m, heads * dim), "float32"),
     ):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        for h in T.parallel(heads):
-            attend(q, pos, dequant(kc, ks, kz), dequant(vc, vs, vz), out, h)
+        for task in T.parallel(m * heads):
+            attend(q, pos, dequant(kc, ks, kz), dequant(vc, vs, vz), out, task // heads, task % heads)
 
     return func
 
