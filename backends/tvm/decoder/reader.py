@@ -23,7 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.backends.tvm.decoder.spec import Block, ChannelScale, Decoder, Kronecker, Linear, TokenQuant
-from qcompile.passes.transforms.residual_stream import find_norms
+from qcompile.ir.norms import find_norms
 
 __all__ = ["read_decoder", "UnsupportedDecoder"]
 
