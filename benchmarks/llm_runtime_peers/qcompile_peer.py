@@ -6,6 +6,9 @@ Settings (ARTIFACT: the output folder of the `qcompile` command in the setting's
   tvm_w4a8         out/llm/rotate_w4a8_gptq   rotate,w4a8:weight_search=gptq --calib-samples 128
   tvm_w4a8_f16head the same, the float LM head stored as float16 in the library (an opt-in of the TVM build)
   ort_w4a8         the same artifact in ONNX Runtime
+  tvm_w4a4kv4_f16head, ort_w4a4kv4   out/llm/rotate_w4a4kv4_gptq   rotate,w4a4kv4:weight_search=gptq:
+                   act_symmetric=false:act_clip_ratio=search:clip_ratio=search --calib-samples 128 (the KV cache
+                   stored as 4-bit codes with per-token scales and zero points)
 
 The TVM library's `prefill` runs the prompt in chunks of CHUNK tokens (the rest through the decode step);
 perplexity windows go through the decode step token by token (the prefill function returns the last token's
@@ -31,7 +34,14 @@ import rt_common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 W4A8 = ROOT / "out/llm/rotate_w4a8_gptq"
-ARTIFACTS = {"tvm_w4a8": W4A8, "tvm_w4a8_f16head": W4A8, "ort_w4a8": W4A8}
+W4A4KV4 = ROOT / "out/llm/rotate_w4a4kv4_gptq"
+ARTIFACTS = {
+    "tvm_w4a8": W4A8,
+    "tvm_w4a8_f16head": W4A8,
+    "ort_w4a8": W4A8,
+    "tvm_w4a4kv4_f16head": W4A4KV4,
+    "ort_w4a4kv4": W4A4KV4,
+}
 CAPACITY = 1024
 CHUNK = 128
 
@@ -58,18 +68,21 @@ class TvmBackend:
 
 
 class OrtArtifactBackend:
-    """The QDQ artifact in ONNX Runtime: float KV cache fed back as past_key_values."""
+    """The QDQ artifact in ONNX Runtime: the KV cache (float, or codes with their scales and zero points) fed back as
+    past_key_values."""
+
+    DTYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}
 
     def __init__(self, session) -> None:
         self.session = session
-        self.past_names = [i.name for i in session.get_inputs() if i.name != "input_ids"]
+        inputs = [i for i in session.get_inputs() if i.name != "input_ids"]
+        self.past_names = [i.name for i in inputs]
         self.outputs = ["logits"] + [n.replace("past_key_values.", "present.") for n in self.past_names]
-        shape = session.get_inputs()[1].shape
-        self.empty = np.zeros((1, shape[1], 0, shape[3]), dtype=np.float32)
+        self.empty = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), self.DTYPES[i.type]) for i in inputs}
         self.reset()
 
     def reset(self) -> None:
-        self.past = {name: self.empty for name in self.past_names}
+        self.past = dict(self.empty)
 
     def _run(self, ids: np.ndarray) -> np.ndarray:
         feeds = {"input_ids": np.asarray(ids, np.int64)[None], **self.past}
