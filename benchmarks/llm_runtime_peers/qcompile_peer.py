@@ -9,6 +9,8 @@ Settings (ARTIFACT: the output folder of the `qcompile` command in the setting's
   tvm_w4a4kv4_f16head, ort_w4a4kv4   out/llm/rotate_w4a4kv4_gptq   rotate,w4a4kv4:weight_search=gptq:
                    act_symmetric=false:act_clip_ratio=search:clip_ratio=search --calib-samples 128 (the KV cache
                    stored as 4-bit codes with per-token scales and zero points)
+  tvm_intact_w4a4kv4_f16head, ort_intact_w4a4kv4   out/llm/rotate_intact-kv_w4a4kv4_gptq   the same passes with
+                   intact-kv before w4a4kv4 (the [BOS] prefix's float KV baked in; the cache behind it float)
 
 The TVM library's `prefill` runs the prompt in chunks of CHUNK tokens (the rest through the decode step);
 perplexity windows go through the decode step token by token (the prefill function returns the last token's
@@ -35,12 +37,15 @@ import rt_common  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 W4A8 = ROOT / "out/llm/rotate_w4a8_gptq"
 W4A4KV4 = ROOT / "out/llm/rotate_w4a4kv4_gptq"
+INTACT = ROOT / "out/llm/rotate_intact-kv_w4a4kv4_gptq"
 ARTIFACTS = {
     "tvm_w4a8": W4A8,
     "tvm_w4a8_f16head": W4A8,
     "ort_w4a8": W4A8,
     "tvm_w4a4kv4_f16head": W4A4KV4,
     "ort_w4a4kv4": W4A4KV4,
+    "tvm_intact_w4a4kv4_f16head": INTACT,
+    "ort_intact_w4a4kv4": INTACT,
 }
 CAPACITY = 1024
 CHUNK = 128
@@ -49,9 +54,11 @@ CHUNK = 128
 class TvmBackend:
     def __init__(self, session) -> None:
         self.session = session
+        self.reset()
 
     def reset(self) -> None:
         self.session.reset()
+        self.start = self.session.position  # an intact-kv prefix's positions come first
 
     def prefill(self, ids: np.ndarray) -> np.ndarray:
         return self.session.prefill(ids)
@@ -60,7 +67,7 @@ class TvmBackend:
         return self.session.step(token)
 
     def truncate(self, n: int) -> None:
-        self.session.position = n
+        self.session.position = self.start + n
 
     def window_logits(self, ids: np.ndarray) -> np.ndarray:
         self.reset()

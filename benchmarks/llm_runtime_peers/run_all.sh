@@ -42,6 +42,6 @@ for setting in q4_1 q8_0 q4_0 q4_k_m f16; do run venv-llamacpp llamacpp_peer.py 
 for setting in fp32 nbits_acc4; do run venv-ort ort_peer.py "$setting"; done
 for setting in fp32 int4; do run venv-ortgenai ortgenai_peer.py "$setting"; done
 run venv-torch torch_peer.py fp32
-for setting in tvm_w4a8 tvm_w4a8_f16head ort_w4a8 tvm_w4a4kv4_f16head ort_w4a4kv4; do run qcompile qcompile_peer.py "$setting"; done
+for setting in tvm_w4a8 tvm_w4a8_f16head ort_w4a8 tvm_w4a4kv4_f16head ort_w4a4kv4 tvm_intact_w4a4kv4_f16head ort_intact_w4a4kv4; do run qcompile qcompile_peer.py "$setting"; done
 /work/peers/venv-ort/bin/python "$here/collect.py" --output "${RESULTS:-benchmarks/results/llm_runtime_smollm2.md}" >/dev/null
 echo "== $(date -u) done"

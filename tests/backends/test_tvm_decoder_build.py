@@ -1,7 +1,8 @@
 """The TVM decode step (`backends.tvm.decoder.build`): on tiny Llama artifacts, token by token, its logits are
 the NumPy reference's (and so ONNX Runtime's on the artifact: tests/backends/test_tvm_decoder_reader.py) up to
-float rounding, with the KV cache kept in place in float or as 4-bit codes, through rotate's and FlatQuant's
-transforms and grouped asymmetric weights; a full cache and unsupported forms are refused with their reason."""
+float rounding, with the KV cache kept in place in float or as 4-bit codes (a float cache of quantized values
+behind an intact-kv prefix), through rotate's and FlatQuant's transforms and grouped asymmetric weights; a full
+cache and unsupported forms are refused with their reason."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def _session(path, capacity: int = 16, chunk: int = 4) -> DecodeSession:
     return DecodeSession(decoder, executable, capacity, chunk)
 
 
-@pytest.mark.parametrize("form", ["w4a8", "rotate-w4a4kv4", "w4a8-g32-asym", "flatquant"])
+@pytest.mark.parametrize("form", ["w4a8", "rotate-w4a4kv4", "w4a8-g32-asym", "flatquant", "intact-kv"])
 def test_decode_steps_equal_the_reference(tiny_llama_artifact, form) -> None:
     session = _session(tiny_llama_artifact(form))
     decoder = session.decoder
@@ -69,6 +70,12 @@ def test_a_float16_lm_head_gives_the_logits_of_the_rounded_head(tiny_llama_artif
         build_decode(decoder, 8, FLAVOURS[0], host_target(2), "bfloat16", chunk=None)
 
 
+def test_behind_an_intact_kv_prefix_the_quantized_cache_is_float(tiny_llama_artifact) -> None:
+    session = _session(tiny_llama_artifact("intact-kv"), capacity=8, chunk=2)
+    assert [dtype for _, dtype in cache_layout(session.decoder, 8)] == ["float32"] * 4
+    assert session.position == 2  # the sequence follows the prefix's two positions
+
+
 def test_the_cache_layout_and_capacity(tiny_llama_artifact) -> None:
     session = _session(tiny_llama_artifact("rotate-w4a4kv4"), capacity=3, chunk=2)
     kinds = [dtype for _, dtype in cache_layout(session.decoder, 3)]
@@ -89,7 +96,6 @@ def test_the_cache_layout_and_capacity(tiny_llama_artifact) -> None:
     [
         ("w4a16-g32", "activations float"),
         ("w8a8", "8-bit weights"),
-        ("intact-kv", "intact-kv prefix before a quantized KV cache"),
     ],
 )
 def test_unsupported_forms_are_refused(tiny_llama_artifact, form, reason) -> None:

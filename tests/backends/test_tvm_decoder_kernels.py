@@ -134,6 +134,16 @@ def test_cache_write_in_place(bits, symmetric, ratio, rows) -> None:
     assert not codes[:, pos + rows :].any() and not codes[:, :pos].any()
 
 
+@pytest.mark.parametrize("bits, symmetric, ratio", [(4, False, 0.95), (8, True, 1.0)])
+def test_cache_write_of_dequantized_values_into_a_float_cache(bits, symmetric, ratio) -> None:
+    rows, kvh, dim, cap, pos = 2, 3, 64, 8, 4
+    new = (RNG.standard_normal((rows, kvh, dim)) * 3).astype(np.float32)
+    func = kernels.cache_write_func(rows, kvh, dim, cap, bits, symmetric, ratio, as_codes=False)
+    (cache,) = _call(func, new, np.array([pos], np.int32), outputs=[((kvh, cap, dim), "float32")])
+    want = QuantSpec.per_token(bits, symmetric, ratio).fake_quantize(new.transpose(1, 0, 2))
+    np.testing.assert_array_equal(cache[:, pos : pos + rows], want)
+
+
 @pytest.mark.parametrize("quantized", [False, True])
 @pytest.mark.parametrize("rows", [1, 3])
 def test_attention_is_grouped_and_causal(quantized, rows) -> None:

@@ -14,8 +14,8 @@ float32 or (opt-in) float16, or the 4-bit matmul where the spec quantized it. We
 packed at build time, one copy shared by both functions.
 
 Supported: 4-bit weights with per-token integer activations (every linear of the blocks). Float activations
-(w4a16) and 8-bit weights need kernels that do not exist yet, and an intact-kv prefix in front of a quantized
-cache needs a float cache that holds quantized values; these raise `UnsupportedDecoder`. A prompt goes through
+(w4a16) and 8-bit weights need kernels that do not exist yet; they raise `UnsupportedDecoder`. Behind an intact-kv
+prefix a quantized cache is a float cache of quantized values, as in the artifact. A prompt goes through
 `prefill` in whole chunks (rows of every kernel in parallel, causal attention within the chunk), the rest token
 by token.
 """
@@ -48,8 +48,12 @@ def _check(decoder: Decoder) -> None:
                     f"activations (this layer has {layer.bits}-bit weights, activations "
                     f"{'float' if layer.act is None else f'{layer.act.bits}-bit'})"
                 )
-        if block.prefix_key is not None and block.key_quant is not None:
-            raise UnsupportedDecoder("an intact-kv prefix before a quantized KV cache is not compiled for TVM yet")
+
+
+def _as_codes(block) -> bool:
+    """The block's cache holds codes (with scales and zero points): it is quantized and no intact-kv prefix's
+    float values sit in front of it (the artifact then keeps a float cache of quantized values, and so do we)."""
+    return block.key_quant is not None and block.prefix_key is None
 
 
 def cache_layout(decoder: Decoder, capacity: int) -> list[tuple[tuple[int, ...], str]]:
@@ -57,8 +61,8 @@ def cache_layout(decoder: Decoder, capacity: int) -> list[tuple[tuple[int, ...],
     kvh, dim = decoder.kv_heads, decoder.head_dim
     layout = []
     for block in decoder.blocks:
-        for quant in (block.key_quant, block.value_quant):
-            if quant is None:
+        for _ in range(2):
+            if not _as_codes(block):
                 layout.append(((kvh, capacity, dim), "float32"))
             else:
                 layout += [((kvh, capacity, dim), "int8"), ((kvh, capacity), "float32"), ((kvh, capacity), "float32")]
@@ -226,14 +230,23 @@ def _lm_head(b: _Builder, x, decoder: Decoder, dtype: str):
     return y if n % kernels.GEMV_LANES == 0 else b.slice(y, 0, n)
 
 
-def _cache_write(b: _Builder, new, m, pos, cache, slot, quant, kvh, dim, capacity):
+def _cache_write(b: _Builder, new, m, pos, cache, slot, quant, as_codes, kvh, dim, capacity):
     """Write `new` [m, kvh, dim] into the cache tensors at `slot`, in place; returns (the tensors the attention
     reads, the next slot)."""
     from tvm import relax
 
-    if quant is None:
-        key = ("kvw", m, kvh, dim, capacity)
-        gv = b.kernel(key, lambda: kernels.cache_write_func(m, kvh, dim, capacity, None, True, 1.0))
+    if quant is None or not as_codes:
+        if quant is None:
+            key = ("kvw", m, kvh, dim, capacity)
+            gv = b.kernel(key, lambda: kernels.cache_write_func(m, kvh, dim, capacity, None, True, 1.0))
+        else:
+            key = ("kvf", m, kvh, dim, capacity, quant.bits, quant.symmetric, quant.clip_ratio)
+            gv = b.kernel(
+                key,
+                lambda: kernels.cache_write_func(
+                    m, kvh, dim, capacity, quant.bits, quant.symmetric, quant.clip_ratio, as_codes=False
+                ),
+            )
         out = b.bb.emit(relax.call_tir_inplace(gv, [new, pos, cache[slot]], [2], cache[slot].ty))
         return [out], slot + 1
     key = ("kvq", m, kvh, dim, capacity, quant.bits, quant.symmetric, quant.clip_ratio)
@@ -258,11 +271,11 @@ def _block(b: _Builder, decoder: Decoder, block, x, m: int, pos, table, cache, s
         q = b.reshape(b.transform(b.reshape(q, (m * heads, dim)), m * heads, dim, block.q_transform), (m, heads, dim))
     if block.k_transform is not None:
         k = b.reshape(b.transform(b.reshape(k, (m * kvh, dim)), m * kvh, dim, block.k_transform), (m, kvh, dim))
-    keys, slot = _cache_write(b, k, m, pos, cache, slot, block.key_quant, kvh, dim, capacity)
-    values, slot = _cache_write(b, v, m, pos, cache, slot, block.value_quant, kvh, dim, capacity)
-    quantized = block.key_quant is not None
-    if quantized != (block.value_quant is not None):
+    if (block.key_quant is None) != (block.value_quant is None):
         raise UnsupportedDecoder("keys and values must both be quantized, or both float")
+    quantized = _as_codes(block)
+    keys, slot = _cache_write(b, k, m, pos, cache, slot, block.key_quant, quantized, kvh, dim, capacity)
+    values, slot = _cache_write(b, v, m, pos, cache, slot, block.value_quant, quantized, kvh, dim, capacity)
     shift = 0 if not quantized or block.key_quant.symmetric else 128
     attended = b.call(
         ("attn", m, heads, kvh, dim, capacity, decoder.score_scale, quantized, shift),
@@ -302,11 +315,11 @@ class DecodeSession:
         self.position = 0
         slot = 0
         for block in self.decoder.blocks:
-            for prefix, quant in ((block.prefix_key, block.key_quant), (block.prefix_value, block.value_quant)):
+            for prefix in (block.prefix_key, block.prefix_value):
                 if prefix is not None:
                     arrays[slot][:, : prefix.shape[1]] = prefix
                     self.position = prefix.shape[1]
-                slot += 1 if quant is None else 3
+                slot += 3 if _as_codes(block) else 1
         self.cache = [tvm.runtime.tensor(a) for a in arrays]
 
     def _run(self, function: str, tokens: np.ndarray) -> np.ndarray:

@@ -209,12 +209,21 @@ def silu_mul_func(m: int, d: int):
 
 
 def cache_write_func(
-    m: int, kv_heads: int, dim: int, capacity: int, bits: int | None, symmetric: bool, clip_ratio: float
+    m: int,
+    kv_heads: int,
+    dim: int,
+    capacity: int,
+    bits: int | None,
+    symmetric: bool,
+    clip_ratio: float,
+    as_codes: bool = True,
 ):
     """Float cache (bits None): main(new f32 [m, kv_heads, dim], pos i32 [1], cache f32 [kv_heads, capacity, dim]).
     Quantized: main(new, pos, codes i8 [kv_heads, capacity, dim], scale f32 [kv_heads, capacity],
     zero f32 [kv_heads, capacity]); the codes as `QuantSpec.per_token` gives them (unsigned codes of an
-    asymmetric quantizer stored minus 128), zero is the float zero point (0 when symmetric). Row i goes to
+    asymmetric quantizer stored minus 128), zero is the float zero point (0 when symmetric). With `as_codes` False
+    (a float cache that also holds an intact-kv prefix's float values): main(new, pos, cache f32), the quantized
+    values written dequantized, (q − z)·s, as the artifact's fake quantization computes them. Row i goes to
     position pos + i, in place."""
     from tvm.script import tirx as T
 
@@ -237,6 +246,40 @@ def cache_write_func(
 
     def clipped(value, lo, hi):
         return T.max(T.min(value, hi), lo)
+
+    if not as_codes:
+
+        @T.prim_func(s_tir=True)
+        def write_values(
+            new: T.Buffer((m, kv_heads, dim), "float32"),
+            pos: T.Buffer((1,), "int32"),
+            cache: T.Buffer((kv_heads, capacity, dim), "float32"),
+        ):
+            T.func_attr({"global_symbol": "main", "tir.noalias": True})
+            for i in T.parallel(m):
+                row = T.alloc_buffer((4,), "float32", scope="global")  # lo, hi, scale, zero point
+                for h in range(kv_heads):
+                    row[0] = T.float32(0)
+                    row[1] = T.float32(0)
+                    for j in range(dim):
+                        if symmetric:
+                            row[1] = T.max(row[1], T.abs(new[i, h, j]))
+                        else:
+                            row[0] = T.min(row[0], new[i, h, j])
+                            row[1] = T.max(row[1], new[i, h, j])
+                    if symmetric:
+                        row[2] = T.max((row[1] * ratio) / top, tiny)
+                        for j in range(dim):
+                            cache[h, pos[0] + i, j] = clipped(T.nearbyint(new[i, h, j] / row[2]), -top, top) * row[2]
+                    else:
+                        row[2] = T.max((row[1] * ratio - row[0] * ratio) / top, tiny)
+                        row[3] = clipped(T.nearbyint(-(row[0] * ratio) / row[2]), T.float32(0), top)
+                        for j in range(dim):
+                            cache[h, pos[0] + i, j] = (
+                                clipped(T.nearbyint(new[i, h, j] / row[2]) + row[3], T.float32(0), top) - row[3]
+                            ) * row[2]
+
+        return write_values
 
     @T.prim_func(s_tir=True)
     def write(
