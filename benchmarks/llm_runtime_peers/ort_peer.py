@@ -46,16 +46,22 @@ def build_nbits(out: Path) -> None:
 
 
 class OrtBackend:
+    """A decoder ONNX model with past_key_values inputs; each cache input (float, or a quantized artifact's codes,
+    scales and zero points) starts empty in its own dtype and width."""
+
+    DTYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}
+
     def __init__(self, session) -> None:
         self.session = session
-        self.past_names = [i.name for i in session.get_inputs() if i.name != "input_ids"]
+        inputs = [i for i in session.get_inputs() if i.name != "input_ids"]
+        self.past_names = [i.name for i in inputs]
         self.outputs = ["logits"] + [n.replace("past_key_values.", "present.") for n in self.past_names]
-        shape = session.get_inputs()[1].shape  # [batch, kv_heads, past, head_dim]
-        self.empty = np.zeros((1, shape[1], 0, shape[3]), dtype=np.float32)
+        # [batch, kv_heads, past, head_dim (or 1 for scales)]
+        self.empty = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), self.DTYPES[i.type]) for i in inputs}
         self.past = None
 
     def reset(self) -> None:
-        self.past = {name: self.empty for name in self.past_names}
+        self.past = dict(self.empty)
 
     def _run(self, ids: np.ndarray) -> np.ndarray:
         out = self.session.run(self.outputs, {"input_ids": ids, **self.past})

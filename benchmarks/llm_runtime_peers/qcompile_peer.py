@@ -33,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import rt_common  # noqa: E402
+from ort_peer import OrtBackend  # noqa: E402  (numpy only at import: runs in either venv)
 
 ROOT = Path(__file__).resolve().parents[2]
 W4A8 = ROOT / "out/llm/rotate_w4a8_gptq"
@@ -74,43 +75,6 @@ class TvmBackend:
         return np.stack([self.session.step(int(token)) for token in ids])
 
 
-class OrtArtifactBackend:
-    """The QDQ artifact in ONNX Runtime: the KV cache (float, or codes with their scales and zero points) fed back as
-    past_key_values."""
-
-    DTYPES = {"tensor(float)": np.float32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8}
-
-    def __init__(self, session) -> None:
-        self.session = session
-        inputs = [i for i in session.get_inputs() if i.name != "input_ids"]
-        self.past_names = [i.name for i in inputs]
-        self.outputs = ["logits"] + [n.replace("past_key_values.", "present.") for n in self.past_names]
-        self.empty = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), self.DTYPES[i.type]) for i in inputs}
-        self.reset()
-
-    def reset(self) -> None:
-        self.past = dict(self.empty)
-
-    def _run(self, ids: np.ndarray) -> np.ndarray:
-        feeds = {"input_ids": np.asarray(ids, np.int64)[None], **self.past}
-        logits, *presents = self.session.run(self.outputs, feeds)
-        self.past = dict(zip(self.past_names, presents))
-        return logits[0]
-
-    def prefill(self, ids):
-        return self._run(ids)[-1]
-
-    def decode(self, token):
-        return self._run(np.array([token]))[-1]
-
-    def truncate(self, n):
-        self.past = {k: v[:, :, :n] for k, v in self.past.items()}
-
-    def window_logits(self, ids):
-        self.reset()
-        return self._run(ids)
-
-
 def weight_mb(decoder, head_dtype: str) -> float:
     """Bytes the decode step reads per token for weights: 4-bit codes (padded to 16 columns), their scales and zero
     points (and weight sums for asymmetric activations), the LM head; the embedding row gathered is left out."""
@@ -131,7 +95,7 @@ def _load(setting: str, threads: int):
     if setting.startswith("ort"):
         from qcompile.runtime.sessions import make_session
 
-        return OrtArtifactBackend(make_session(str(path), threads=threads)), size, {}
+        return OrtBackend(make_session(str(path), threads=threads)), size, {}
     from qcompile.backends.tvm import configure_pool
 
     configure_pool(threads)

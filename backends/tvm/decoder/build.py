@@ -116,6 +116,14 @@ class _Builder:
             self.consts[key] = (self.relax.const(np.ascontiguousarray(make())), owner)  # owner kept alive
         return self.consts[key][0]
 
+    def _group_params(self, layer: Linear):
+        """`pack_group_params` of a layer, computed once (every step function reads the same constants)."""
+        key = (id(layer), "group_params")
+        if key not in self.consts:
+            params = pack_group_params(layer.codes, layer.zero, layer.scale, FLAVOURS[self.flavour], layer.group)
+            self.consts[key] = (params, layer)
+        return self.consts[key][0]
+
     def slice(self, x, begin: int, end: int, axis: int = 1):
         return self.bb.emit(self.relax.op.strided_slice(x, axes=[axis], begin=[begin], end=[end]))
 
@@ -149,12 +157,15 @@ class _Builder:
             quant_out,
         )
         lanes = FLAVOURS[self.flavour]
-        params = pack_group_params(layer.codes, layer.zero, layer.scale, lanes, layer.group)
         weights = [self.const(layer, "packed", lambda: pack_weight(layer.codes, lanes))]
-        weights += [self.const(layer, name, lambda i=i: params[i]) for i, name in enumerate(("scale", "zero"))]
+        weights += [
+            self.const(layer, name, lambda i=i: self._group_params(layer)[i])
+            for i, name in enumerate(("scale", "zero"))
+        ]
         tq = [self.bb.emit(self.relax.TupleGetItem(quantized, i)) for i in range(len(quant_out))]
-        args = [tq[0], *weights] + ([self.const(layer, "sums", lambda: params[2]), tq[1], tq[2]] if asym else [tq[1]])
-        padded = params[0].shape[1]
+        sums = [self.const(layer, "sums", lambda: self._group_params(layer)[2])] if asym else []
+        args = [tq[0], *weights, *sums, *tq[1:]]
+        padded = -(-n // lanes) * lanes
         y = self.call(
             ("mm", m, k, n, layer.group, asym, self.flavour),
             lambda: int4_matmul_func(m, k, n, layer.group, self.flavour, act_zero=asym),
