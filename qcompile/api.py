@@ -45,7 +45,7 @@ class Result:
 
     @property
     def library(self) -> Path | None:
-        """The TVM library (`model.so`) when `target` was given and it was built."""
+        """The TVM library (`model.so`; `decoder.so` for a decoder LLM) when `target` was given and it was built."""
         return next((path for path in self.files if path.suffix == ".so"), None)
 
 
@@ -90,6 +90,15 @@ def _task(model, input_shapes, calibration, evaluation):
     return UserDataTask(task, calibration, evaluation), calibration
 
 
+def _is_decoder(task) -> bool:
+    """A decoder LLM (whose --target build is its decode steps, from model.qdq.onnx): a perplexity task, or a model
+    with a language model's signature."""
+    from qcompile.frontends.model_kind import is_decoder_llm
+    from qcompile.zoo.perplexity import PerplexityTask
+
+    return isinstance(task, PerplexityTask) or is_decoder_llm(task.load())
+
+
 def compile(  # noqa: A001 - the verb users expect, as in torch.compile
     model: str | os.PathLike | Any,
     passes: str | Sequence[Any] | None = None,
@@ -109,6 +118,7 @@ def compile(  # noqa: A001 - the verb users expect, as in torch.compile
     progress: bool = False,
     html: bool = True,
     qdq_weights: str = "auto",
+    max_context: int = 2048,
     log=None,
 ) -> Result:
     """Compile `model` with `passes` (the `--passes` syntax, or a list of steps) or a TOML `recipe`, write the
@@ -119,7 +129,8 @@ def compile(  # noqa: A001 - the verb users expect, as in torch.compile
     default: the zoo task's data, or seeded random inputs for a file. `evaluation`: batches on which every
     model is scored by cosine agreement with the float model (default: the task's own metric);
     `eval_samples`: how many of them (default: all of `evaluation`'s, else the task's default, as the CLI).
-    `target`: also build the TVM library (`"llvm"`, `"cuda"`, `"cuda:sm_XX"`; needs `intonly`).
+    `target`: also build the TVM library (`"llvm"`, `"cuda"`, `"cuda:sm_XX"`; needs `intonly`), or for a decoder
+    LLM its decode and prefill steps (`"llvm"`; `max_context`: the positions of their KV cache).
     `qdq_weights`: `"int8"`, `"uint8"` or `"auto"` (the CLI's `--qdq-weights`; docs/qdq-export.md).
     """
     if qdq_weights not in ("auto", "int8", "uint8"):
@@ -130,9 +141,10 @@ def compile(  # noqa: A001 - the verb users expect, as in torch.compile
 
     steps, text = _steps(passes, recipe)
     context, planned, decoder = plan_for_any_model(steps)
-    if target is not None and not any(Property.INTEGER_ONLY in p.establishes for p in planned):
-        raise InputError("target= compiles the integer-only model: add intonly to the passes")
     task, user_calibration = _task(model, input_shapes, calibration, evaluation)
+    integer = any(Property.INTEGER_ONLY in p.establishes for p in planned)
+    if target is not None and not integer and not decoder and not _is_decoder(task):
+        raise InputError("target= compiles the integer-only model: add intonly to the passes")
     if eval_samples is None and evaluation is not None:  # all of the user's evaluation batches
         eval_samples = task.sample_limits()[1]
     output_dir = Path(output_dir)
@@ -154,6 +166,7 @@ def compile(  # noqa: A001 - the verb users expect, as in torch.compile
         command=["qcompile.compile", repr(model if isinstance(model, (str, os.PathLike)) else type(model).__name__)],
         html=html,
         qdq_weights=qdq_weights,
+        max_context=max_context,
     )
     report = run_job(config, log=log or (lambda message: None))
     files = tuple(output_dir / name for name in report["files"])

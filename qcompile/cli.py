@@ -73,7 +73,16 @@ def _parser() -> argparse.ArgumentParser:
         "(exact everywhere), auto (default: int8 where this CPU's kernels are exact)",
     )
     parser.add_argument(
-        "--target", help="also compile the integer model with TVM: llvm (this CPU), cuda or cuda:sm_XX (needs intonly)"
+        "--target",
+        help="also compile with TVM: llvm (this CPU), cuda or cuda:sm_XX; an encoder's integer model (needs intonly), "
+        "or a decoder LLM's 4-bit decode and prefill steps (llvm)",
+    )
+    parser.add_argument(
+        "--max-context",
+        type=int,
+        default=2048,
+        metavar="N",
+        help="positions of a TVM decoder library's KV cache (prompt and generated tokens; default 2048)",
     )
     parser.add_argument(
         "--input-shape",
@@ -174,11 +183,26 @@ def _validate(args: argparse.Namespace) -> None:
         ("--eval-samples", 1 if args.eval_samples is None else args.eval_samples, 1, None),
         ("--threads", args.threads, 1, max(256, os.cpu_count() or 1)),
         ("--seed", args.seed, 0, MAX_SEED),
+        ("--max-context", args.max_context, 1, 2**20),
     ):
         if value < low:
             raise InputError(f"{label} must be at least {low}, got {value}")
         if high is not None and value > high:
             raise InputError(f"{label} must be at most {high}, got {value}")
+
+
+def _may_be_decoder(model: str) -> bool:
+    """Whether MODEL may be a decoder LLM, known before loading it: a zoo decoder, a Hugging Face folder or .gguf,
+    or an ONNX file (the job checks its kind once loaded)."""
+    if model.startswith("zoo:"):
+        from qcompile import zoo
+        from qcompile.zoo.perplexity import PerplexityTask
+
+        try:
+            return isinstance(zoo.get(model[4:]), PerplexityTask)
+        except (InputError, KeyError):
+            return False  # an unknown name is reported by the job
+    return True
 
 
 def _input_shapes(texts: list[str]) -> dict[str, tuple[int, ...]]:
@@ -223,7 +247,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     # (or re-plans them when the model is a decoder LLM: recipes mean other steps there).
     context, passes, decoder = plan_for_any_model(steps)
     check_order(passes, ir.Model(ir.Graph([], [], nodes=[]), ir_version=9))  # a fresh model has no properties
-    if args.target is not None and not any(Property.INTEGER_ONLY in p.establishes for p in passes):
+    integer = any(Property.INTEGER_ONLY in p.establishes for p in passes)
+    if args.target is not None and not integer and not decoder and not _may_be_decoder(args.model):
         raise InputError(
             "--target compiles the integer-only model: add intonly to --passes (e.g. --passes w8a8,intonly)"
         )
@@ -245,6 +270,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         command=["qcompile", *sys.argv[1:]] if argv is None else ["qcompile", *argv],
         html=not args.no_html,
         qdq_weights=args.qdq_weights,
+        max_context=args.max_context,
     )
     report = run_job(
         config, log=(lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))

@@ -6,7 +6,9 @@
 4. Score the float model, qcompile's model and both ONNX Runtime models on the same evaluation samples.
    With `--target llvm`, qcompile's model is scored by the TVM library (bit-exact with model.int.onnx,
    checked on the latency sample) wherever a sample has the shapes it was built for; report.json's
-   `metric_runtime` says which runtime produced each score.
+   `metric_runtime` says which runtime produced each score. For a decoder LLM `--target llvm` compiles
+   model.qdq.onnx's decode and prefill steps into decoder.so, checked against ONNX Runtime, scored and timed
+   next to it (`job_tvm_decoder`).
 5. Time all of them side by side in this process (medians over alternating blocks, `threads` threads).
 6. Write model.qdq.onnx (model.int.onnx after `intonly`), report.json and report.html into the output directory,
    through `OutputFolder`: locked against a concurrent run, staged in a hidden folder and moved into place
@@ -31,6 +33,7 @@ from qcompile.errors import InputError, one_line, ort_stage
 from qcompile.frontends.model_kind import is_decoder_llm
 from qcompile.ir import clone_model
 from qcompile.ir.properties import Property, get_properties
+from qcompile.job_tvm_decoder import DecoderScoring, build_decoder_library, decode_ms
 from qcompile.output_folder import TOKENIZER_FILES, OutputFolder
 from qcompile.passes.transforms.intact_kv import bake_prefix_cache, intact_kv_prefix, prefix_cache
 from qcompile.pipeline.context import PipelineContext
@@ -65,6 +68,7 @@ class JobConfig:
     command: list[str] | None = None  # the argv recorded in the report (default: this process's)
     qdq_weights: str = "auto"  # weight codes of model.qdq.onnx: int8, uint8, or auto (int8 where exact here)
     html: bool = True  # also write report.html
+    max_context: int = 2048  # positions of a decoder library's cache (--target llvm on a decoder LLM)
 
 
 def resolve_model(source: str | zoo.ZooModel, input_shapes: dict[str, tuple[int, ...]] | None = None) -> zoo.ZooModel:
@@ -153,6 +157,15 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
             context, passes = config.planned
         else:  # recipes mean other steps on decoder LLMs (`w8a8` is per-token there)
             context, passes = plan_passes(config.passes, decoder=decoder)
+        if config.target and not decoder and not any(Property.INTEGER_ONLY in p.establishes for p in passes):
+            raise InputError(f"--target {config.target} needs the integer-only model: add intonly to the passes")
+        if config.target and decoder:
+            from qcompile.backends.tvm.target import split_target
+
+            if split_target(config.target)[0] != "llvm":
+                raise InputError(
+                    f"--target {config.target}: a decoder LLM's steps are compiled for CPUs only (--target llvm)"
+                )
         context.calibration, context.seed = calibration, config.seed  # the passes read these when they run
         context.progress, context.threads = config.progress, config.threads
         if isinstance(entry, PerplexityTask):
@@ -175,10 +188,10 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         sessions = {"ort_fp32": float_session}
         with ort_stage("ONNX Runtime cannot load qcompile's artifact (a qcompile bug)", internal=True):
             sessions["qcompile"] = runtime.make_session(str(artifact), threads=config.threads)
-        tvm_model, tvm_report = None, None
-        if config.target:
-            if not integer:
-                raise InputError(f"--target {config.target} needs the integer-only model: add intonly to the passes")
+        tvm_model, tvm_report, library = None, None, None
+        if config.target and decoder:
+            library, tvm_report = _compile_decoder_library(config, entry, artifact, staging, sessions, prefix, log)
+        elif config.target:
             try:
                 tvm_model, tvm_report = _compile_tvm(
                     config, entry.latency_feeds(), artifact, staging, sessions["qcompile"], log
@@ -202,6 +215,8 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
             sessions["ort_int8_dynamic"] = runtime.make_session(dynamic, threads=config.threads)
 
         runners = {label: _session_runner(session) for label, session in sessions.items()}
+        if library is not None:
+            runners["tvm_int"] = DecoderScoring(library)
         scored_by_tvm = None
         if tvm_model is not None:
             scored_by_tvm = TvmScoring(tvm_model, runners["qcompile"])
@@ -211,7 +226,8 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         generations, tokenizer_files = [], []
         if isinstance(entry, PerplexityTask):
             log(f"generating {entry.generation_tokens} greedy tokens per prompt with {', '.join(sessions)}")
-            generations = entry.generations(sessions, prefix)
+            generators = dict(sessions) if library is None else {**sessions, "tvm_int": library.session()}
+            generations = entry.generations(generators, prefix)
             tokenizer_files = _save_tokenizer(entry, staging)
 
         feeds = entry.latency_feeds()
@@ -230,6 +246,10 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         if tvm_model is not None:
             prepared = tvm_model.prepare(feeds)
             runners["tvm_int"] = lambda: tvm_model.run_prepared(prepared)
+        if library is not None:
+            timed_session, window = library.session(), feeds["input_ids"][0]
+            runners["tvm_int"] = lambda: (timed_session.reset(), timed_session.prefill(window))
+            tvm_report["decode_ms"] = _decode_times(sessions, library, window)
         latency = measure_latency(runners, rounds=config.latency_rounds)
         report = build_report(config, entry, records, scores, latency, baseline_seconds, calibration)
         report["decoder_llm"] = decoder
@@ -241,6 +261,10 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
             report["tvm"] = tvm_report
             report["target"] = tvm_report["target"]
         report["metric_runtime"] = metric_runtimes(sessions, tvm_report, scored_by_tvm)
+        if library is not None:
+            report["metric_runtime"]["tvm_int"] = (
+                f"TVM llvm decoder library ({tvm_report['kernels']} kernels), one decode step per token"
+            )
         if not_timed:
             report["latency_not_timed"] = not_timed
         if generations:
@@ -257,6 +281,39 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
             write_html_report(report, staging / "report.html")
         out.commit(report["files"])
         return report
+
+
+def _compile_decoder_library(config: JobConfig, entry, artifact: Path, staging: Path, sessions, prefix, log):
+    """decoder.so of the artifact's steps (`job_tvm_decoder`), loaded and checked against ONNX Runtime; a form the
+    steps do not compile is bad input (its reason in one line), TVM's own failures are qcompile's."""
+    from qcompile.backends.tvm.decoder.reader import UnsupportedDecoder
+
+    window = entry.latency_feeds()["input_ids"][0]
+    capacity = max(config.max_context, len(prefix or ()) + len(window) + entry.generation_tokens + 64)
+    try:
+        return build_decoder_library(
+            config.target, artifact, staging, sessions["qcompile"], window, capacity, config.threads, log
+        )
+    except UnsupportedDecoder as error:
+        raise InputError(f"--target {config.target}: {one_line(error)}") from None
+    except MemoryError:
+        raise
+    except Exception as error:
+        if isinstance(error, RuntimeError) and "backend bug" in str(error):
+            raise
+        raise RuntimeError(
+            f"TVM build for --target {config.target} failed: {type(error).__name__}: {one_line(error)}"
+        ) from error
+
+
+def _decode_times(sessions: dict, library, window) -> dict:
+    """`decode_ms` of the library and of the artifact and the float model in ONNX Runtime, at the window's context."""
+    from qcompile.generation import OrtSteps
+
+    times = {"context": len(window), "tvm_int": decode_ms(library.session(), window)}
+    for label in ("qcompile", "ort_fp32"):
+        times[label] = decode_ms(OrtSteps(sessions[label]), window)
+    return times
 
 
 def _save_tokenizer(entry, staging: Path) -> list[str]:

@@ -101,8 +101,9 @@ def _load(setting: str, threads: int):
     configure_pool(threads)
     import onnx_ir as ir
 
-    from qcompile.backends.tvm.decoder.build import DecodeSession, build_decode
+    from qcompile.backends.tvm.decoder.build import build_decode, cache_spec
     from qcompile.backends.tvm.decoder.reader import read_decoder
+    from qcompile.backends.tvm.decoder.session import DecodeSession
     from qcompile.backends.tvm.kernels.int4_matmul import flavours_for
     from qcompile.backends.tvm.target import cpu_features, host_target
 
@@ -120,7 +121,7 @@ def _load(setting: str, threads: int):
         "weights_mb": weight_mb(decoder, head),
         "notes": f"prefill in chunks of {CHUNK}; LM head {head}",
     }
-    return TvmBackend(DecodeSession(decoder, executable, CAPACITY, CHUNK)), size, extra
+    return TvmBackend(DecodeSession(executable, cache_spec(decoder, CAPACITY), CHUNK)), size, extra
 
 
 def main() -> None:

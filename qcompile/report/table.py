@@ -36,8 +36,9 @@ def _rows(report: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         if label == "qcompile":
             name = "qcompile integer-only (ONNX Runtime)" if report.get("artifact") == "model.int.onnx" else name
         rows.append((name, scores[label][metric], latency.get(label)))
-    if tvm is not None:  # bit-exact with qcompile's ONNX model (checked), so the same score
-        value = scores["qcompile"][metric] if tvm.get("bit_exact_vs_onnx") else None
+    if tvm is not None:  # its own score (a decoder library), else bit-exact with qcompile's ONNX model (checked)
+        value = scores["tvm_int"][metric] if "tvm_int" in scores else None
+        value = scores["qcompile"][metric] if value is None and tvm.get("bit_exact_vs_onnx") else value
         name = f"qcompile TVM {_kind(tvm)} ({tvm['kernels']})"
         rows.insert(1 if scored_by_tvm else len(rows), (name, value, latency.get("tvm_int")))
     return rows

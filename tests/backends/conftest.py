@@ -11,11 +11,17 @@ from qcompile.testing.tiny_llama import DECODER_FORMS
 
 
 @pytest.fixture(scope="session")
-def tiny_llama_artifact(tmp_path_factory: pytest.TempPathFactory):
+def tiny_llama_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A QCOMPILE_CACHE of the backend tests' own: the tiny Llama is exported into it once."""
+    return tmp_path_factory.mktemp("qcompile-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_llama_cache: Path):
     """`tiny_llama_artifact(form)`: the model.qdq.onnx of the seeded tiny Llama compiled with
-    DECODER_FORMS[form] (built once per test session, in a cache of its own)."""
+    DECODER_FORMS[form] (built once per test session, in `tiny_llama_cache`)."""
     built: dict[str, Path] = {}
-    cache = tmp_path_factory.mktemp("qcompile-cache")
+    cache = tiny_llama_cache
 
     def get(form: str) -> Path:
         if form not in built:

@@ -11,8 +11,9 @@ import onnx_ir as ir
 import pytest
 
 from qcompile.backends.tvm.decoder import reference
-from qcompile.backends.tvm.decoder.build import DecodeSession, build_decode, cache_layout
+from qcompile.backends.tvm.decoder.build import build_decode, cache_layout, cache_spec
 from qcompile.backends.tvm.decoder.reader import UnsupportedDecoder, read_decoder
+from qcompile.backends.tvm.decoder.session import DecodeSession
 from qcompile.backends.tvm.kernels.int4_matmul import flavours_for
 from qcompile.backends.tvm.target import cpu_features, host_target
 
@@ -20,16 +21,15 @@ FLAVOURS = flavours_for(cpu_features(host_target(1)))
 pytestmark = pytest.mark.skipif(not FLAVOURS, reason="the 4-bit matmul needs AVX2 at least")
 
 
-def _session(path, capacity: int = 16, chunk: int = 4) -> DecodeSession:
+def _session(path, capacity: int = 16, chunk: int = 4) -> tuple:
     decoder = read_decoder(ir.load(str(path)))
     executable = build_decode(decoder, capacity, FLAVOURS[0], host_target(2), chunk=chunk)
-    return DecodeSession(decoder, executable, capacity, chunk)
+    return decoder, DecodeSession(executable, cache_spec(decoder, capacity), chunk)
 
 
 @pytest.mark.parametrize("form", ["w4a8", "rotate-w4a4kv4", "w4a8-g32-asym", "flatquant", "intact-kv"])
 def test_decode_steps_equal_the_reference(tiny_llama_artifact, form) -> None:
-    session = _session(tiny_llama_artifact(form))
-    decoder = session.decoder
+    decoder, session = _session(tiny_llama_artifact(form))
     cache = reference.Cache.empty(decoder)
     for token in np.random.default_rng(1).integers(0, decoder.vocab, 8):
         got = session.step(int(token))
@@ -42,8 +42,7 @@ def test_decode_steps_equal_the_reference(tiny_llama_artifact, form) -> None:
 def test_a_chunked_prefill_gives_the_logits_of_token_by_token_steps(tiny_llama_artifact, form) -> None:
     """10 tokens = two prefill chunks of 4 (causal within each chunk, reading the cache before it) and two decode
     steps; then decoding goes on from the prefilled cache."""
-    session = _session(tiny_llama_artifact(form))
-    decoder = session.decoder
+    decoder, session = _session(tiny_llama_artifact(form))
     ids = np.random.default_rng(2).integers(0, decoder.vocab, 12)
     want, cache = reference.step(decoder, ids[:10], reference.Cache.empty(decoder))
     got = session.prefill(ids[:10])
@@ -59,7 +58,7 @@ def test_a_chunked_prefill_gives_the_logits_of_token_by_token_steps(tiny_llama_a
 def test_a_float16_lm_head_gives_the_logits_of_the_rounded_head(tiny_llama_artifact) -> None:
     decoder = read_decoder(ir.load(str(tiny_llama_artifact("w4a8"))))
     executable = build_decode(decoder, 8, FLAVOURS[0], host_target(2), "float16", chunk=None)
-    session = DecodeSession(decoder, executable, 8, chunk=None)
+    session = DecodeSession(executable, cache_spec(decoder, 8), chunk=None)
     rounded = read_decoder(ir.load(str(tiny_llama_artifact("w4a8"))))
     rounded.lm_head.weight = rounded.lm_head.weight.astype(np.float16).astype(np.float32)
     cache = reference.Cache.empty(rounded)
@@ -71,14 +70,14 @@ def test_a_float16_lm_head_gives_the_logits_of_the_rounded_head(tiny_llama_artif
 
 
 def test_behind_an_intact_kv_prefix_the_quantized_cache_is_float(tiny_llama_artifact) -> None:
-    session = _session(tiny_llama_artifact("intact-kv"), capacity=8, chunk=2)
-    assert [dtype for _, dtype in cache_layout(session.decoder, 8)] == ["float32"] * 4
+    decoder, session = _session(tiny_llama_artifact("intact-kv"), capacity=8, chunk=2)
+    assert [dtype for _, dtype in cache_layout(decoder, 8)] == ["float32"] * 4
     assert session.position == 2  # the sequence follows the prefix's two positions
 
 
 def test_the_cache_layout_and_capacity(tiny_llama_artifact) -> None:
-    session = _session(tiny_llama_artifact("rotate-w4a4kv4"), capacity=3, chunk=2)
-    kinds = [dtype for _, dtype in cache_layout(session.decoder, 3)]
+    decoder, session = _session(tiny_llama_artifact("rotate-w4a4kv4"), capacity=3, chunk=2)
+    kinds = [dtype for _, dtype in cache_layout(decoder, 3)]
     assert kinds == ["int8", "float32", "float32"] * 4  # 2 layers × keys and values: codes, scales, zero points
     for token in (1, 2, 3):
         session.step(token)

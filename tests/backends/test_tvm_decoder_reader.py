@@ -41,6 +41,12 @@ def _ort_steps(path: Path, decoder, chunks):
     return logits
 
 
+# Two runtimes that sum floats in another order can put a per-token quantizer's input on either side of a rounding
+# boundary: one code moves by a step and the logits by up to about 1e-3 of their range (8-bit codes, measured on a
+# Zen 3 over six seeds: five at 5e-7, one at 1.1e-3). A misread zero point, scale or transform moves them by O(1).
+FLIP_TOLERANCE = 2e-3
+
+
 @pytest.mark.parametrize("form", [f for f in DECODER_FORMS if f != "fp4"])
 def test_reference_run_of_the_spec_gives_onnx_runtimes_logits(tiny_llama_artifact, form) -> None:
     path = tiny_llama_artifact(form)
@@ -50,7 +56,7 @@ def test_reference_run_of_the_spec_gives_onnx_runtimes_logits(tiny_llama_artifac
     cache = reference.Cache.empty(decoder)
     for chunk, want in zip(chunks, _ort_steps(path, decoder, chunks)):
         got, cache = reference.step(decoder, chunk, cache)
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+        np.testing.assert_allclose(got, want, rtol=0, atol=FLIP_TOLERANCE * float(np.abs(want).max()))
         assert np.array_equal(got.argmax(-1), want.argmax(-1))
 
 

@@ -1,12 +1,12 @@
 """A `spec.Decoder` → a TVM library whose `decode` function takes one token and the cache and returns its logits,
 and whose `prefill` function does the same for a chunk of tokens, the cache written in place (a fixed
-`capacity` of positions); `DecodeSession` runs them over one sequence.
+`capacity` of positions); `session.DecodeSession` runs them over one sequence.
 
     decode(token i32 [1], pos i32 [1], *cache) → logits f32 [1, vocab]
     prefill(tokens i32 [chunk], pos i32 [1], *cache) → logits f32 [1, vocab] of the chunk's last token
 
 The cache is one tensor per layer and kind (float [kv_heads, capacity, head_dim]) or three (codes, scales, zero
-points) where the spec quantizes it; `DecodeSession` owns it. Per block the step runs the spec's ops in order
+points) where the spec quantizes it; the session owns it (`cache_spec`). Per block the step runs the spec's ops in order
 (`spec` docstring) with one kernel each: `rms_norm`, the transform chain, `token_quantize`, `int4_matmul` (fused
 q/k/v and gate/up), `rope` (on angles `rope_table` computes once per step), the per-head transforms, `cache_write`
 (in place: `call_tir_inplace`), `attention`, `silu_mul`; the LM head (on the last token only) is the float `gemv`,
@@ -22,17 +22,16 @@ by token.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 
 from qcompile.backends.tvm.decoder import kernels
 from qcompile.backends.tvm.decoder.reader import UnsupportedDecoder
+from qcompile.backends.tvm.decoder.session import CacheSpec
 from qcompile.backends.tvm.decoder.spec import ChannelScale, Decoder, Kronecker, Linear
 from qcompile.backends.tvm.kernels.int4_matmul import FLAVOURS, int4_matmul_func, pack_group_params, pack_weight
 from qcompile.backends.tvm.kernels.token_quantize import token_quantize_func
 
-__all__ = ["build_decode", "DecodeSession", "cache_layout"]
+__all__ = ["build_decode", "cache_layout", "cache_spec"]
 
 SCHEDULED = "tirx.is_scheduled"  # dlight leaves these PrimFuncs alone
 OPAQUE = 8  # relax.OpPatternKind.kOpaque: FuseOps does not merge them with neighbours
@@ -67,6 +66,18 @@ def cache_layout(decoder: Decoder, capacity: int) -> list[tuple[tuple[int, ...],
             else:
                 layout += [((kvh, capacity, dim), "int8"), ((kvh, capacity), "float32"), ((kvh, capacity), "float32")]
     return layout
+
+
+def cache_spec(decoder: Decoder, capacity: int) -> CacheSpec:
+    """The cache a `DecodeSession` of `decoder` owns: `cache_layout`, and the intact-kv prefix's keys and values
+    (float, [kv_heads, P, head_dim]) by the index of the tensor they start."""
+    prefix, slot = {}, 0
+    for block in decoder.blocks:
+        for values in (block.prefix_key, block.prefix_value):
+            if values is not None:
+                prefix[slot] = np.asarray(values, np.float32)
+            slot += 3 if _as_codes(block) else 1
+    return CacheSpec(cache_layout(decoder, capacity), prefix)
 
 
 def _with_root_block(func):
@@ -299,65 +310,3 @@ def _block(b: _Builder, decoder: Decoder, block, x, m: int, pos, table, cache, s
     ffn = block.gate_up.out_features // 2
     hidden = b.call(("silu", m, ffn), lambda: kernels.silu_mul_func(m, ffn), [gate_up], (m, ffn))
     return b.add(x, b.linear(hidden, m, block.down)), slot
-
-
-@dataclasses.dataclass
-class DecodeSession:
-    """Runs built steps over one sequence, owning the cache (`capacity` positions); `chunk` is the prefill
-    function's token count (None: the library has none)."""
-
-    decoder: Decoder
-    executable: object
-    capacity: int
-    chunk: int | None = 64
-
-    def __post_init__(self):
-        import tvm
-        from tvm import relax
-
-        self.vm = relax.VirtualMachine(self.executable, tvm.cpu())
-        self.reset()
-
-    def reset(self) -> None:
-        """An empty cache (or the intact-kv prefix's, whose positions every sequence follows)."""
-        import tvm
-
-        arrays = [np.zeros(shape, dtype) for shape, dtype in cache_layout(self.decoder, self.capacity)]
-        self.position = 0
-        slot = 0
-        for block in self.decoder.blocks:
-            for prefix in (block.prefix_key, block.prefix_value):
-                if prefix is not None:
-                    arrays[slot][:, : prefix.shape[1]] = prefix
-                    self.position = prefix.shape[1]
-                slot += 3 if _as_codes(block) else 1
-        self.cache = [tvm.runtime.tensor(a) for a in arrays]
-
-    def _run(self, function: str, tokens: np.ndarray) -> np.ndarray:
-        import tvm
-
-        if self.position + len(tokens) > self.capacity:
-            raise ValueError(f"the cache holds {self.capacity} positions; reset() or build with a larger capacity")
-        ids = tvm.runtime.tensor(np.asarray(tokens, np.int32))
-        logits = self.vm[function](ids, tvm.runtime.tensor(np.array([self.position], np.int32)), *self.cache)
-        self.position += len(tokens)
-        return logits.numpy()[0]
-
-    def step(self, token: int) -> np.ndarray:
-        """The logits [vocab] after feeding `token` at the next position."""
-        return self._run("decode", np.array([token]))
-
-    def prefill(self, tokens) -> np.ndarray:
-        """Feed `tokens` (whole chunks through `prefill`, the rest one at a time); the last token's logits."""
-        tokens = np.asarray(tokens)
-        if len(tokens) == 0:
-            raise ValueError("prefill needs at least one token")
-        if self.position + len(tokens) > self.capacity:
-            raise ValueError(f"the cache holds {self.capacity} positions; reset() or build with a larger capacity")
-        whole = (len(tokens) // self.chunk) * self.chunk if self.chunk else 0
-        logits = None
-        for start in range(0, whole, self.chunk or 1):
-            logits = self._run("prefill", tokens[start : start + self.chunk])
-        for token in tokens[whole:]:
-            logits = self.step(int(token))
-        return logits

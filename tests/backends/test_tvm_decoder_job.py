@@ -1,0 +1,101 @@
+"""`qcompile zoo:tiny-llama --passes ... --target llvm`: the job compiles the decoder's steps into decoder.so, checks
+them against ONNX Runtime on the artifact, scores, generates and times with them next to it; generation picks the
+library where the folder has one; GPU targets and forms the steps do not compile are refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from qcompile.backends.tvm.kernels.int4_matmul import flavours_for
+from qcompile.backends.tvm.target import cpu_features, host_target
+from qcompile.cli import main
+from qcompile.errors import InputError
+from qcompile.generation import OrtSteps, greedy_tokens, open_steps
+from qcompile.testing.tiny_llama import DECODER_FORMS
+
+FLIP_TOLERANCE = 2e-3  # a per-token code on the other side of a rounding boundary (test_tvm_decoder_reader.py)
+
+pytest.importorskip("transformers", reason="zoo:tiny-llama needs the llm extra (pip install 'qcompile[llm]')")
+pytestmark = pytest.mark.skipif(
+    not flavours_for(cpu_features(host_target(1))), reason="the 4-bit matmul needs AVX2 at least"
+)
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, tiny_llama_cache):
+    """One run of the intact-kv W4A4KV4 form (quantized cache, a float prefix in front) with --target llvm."""
+    out = tmp_path_factory.mktemp("job") / "out"
+    cache = tiny_llama_cache
+    args = ["zoo:tiny-llama", "--passes", DECODER_FORMS["intact-kv"], "--target", "llvm", "-o", str(out)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QCOMPILE_CACHE", str(cache))
+        assert main([*args, "--eval-samples", "2", "--no-baselines", "--no-html", "--quiet"]) == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_the_library_files_are_written_and_listed(job) -> None:
+    out, report = job
+    for name in ("decoder.so", "decoder.tvm.json", "decoder.prefix.npz"):
+        assert (out / name).is_file() and name in report["files"]
+    tvm = report["tvm"]
+    assert report["target"] == tvm["target"] and tvm["library_bytes"] == (out / "decoder.so").stat().st_size
+    assert tvm["capacity"] >= 2048 and tvm["chunk"] == 31  # the latency window (32 tokens) less one
+
+
+def test_the_library_agrees_with_onnx_runtime_on_the_artifact(job) -> None:
+    """The in-job check (prefill and greedy steps), the perplexity it scores and its generations."""
+    _, report = job
+    check = report["tvm"]["check"]
+    assert check["argmax_agreement"] == 1.0 and 0 <= check["max_rel_diff"] <= FLIP_TOLERANCE
+    ours, ort = report["all_metrics"]["tvm_int"], report["all_metrics"]["qcompile"]
+    assert ours["perplexity"] == pytest.approx(ort["perplexity"], rel=FLIP_TOLERANCE)
+    assert report["metric_runtime"]["tvm_int"].startswith("TVM llvm decoder library")
+    assert report["generations"]
+    for item in report["generations"]:
+        assert item["outputs"]["tvm_int"] == item["outputs"]["qcompile"]
+
+
+def test_the_library_is_timed_next_to_onnx_runtime(job) -> None:
+    _, report = job
+    assert report["latency_ms"]["tvm_int"] > 0
+    times = report["tvm"]["decode_ms"]
+    assert times["context"] == 32 and all(times[label] > 0 for label in ("tvm_int", "qcompile", "ort_fp32"))
+
+
+def test_generation_runs_the_library_where_the_folder_has_one(job) -> None:
+    out, report = job
+    steps, used = open_steps(out, out / "model.qdq.onnx")
+    assert used.startswith("TVM library decoder.so")
+    ort, used_ort = open_steps(out, out / "model.qdq.onnx", runtime="ort")
+    assert isinstance(ort, OrtSteps) and used_ort.startswith("ONNX Runtime")
+    prompt = np.random.default_rng(5).integers(0, 64, 6).tolist()
+    assert greedy_tokens(steps, prompt, 8) == greedy_tokens(ort, prompt, 8)
+    with pytest.raises(InputError, match="runtime must be one of"):
+        open_steps(out, out / "model.qdq.onnx", runtime="llvm")
+
+
+def test_generation_with_runtime_tvm_needs_a_library(tmp_path) -> None:
+    with pytest.raises(InputError, match="holds no TVM decoder library: compile the model with --target llvm"):
+        open_steps(tmp_path, tmp_path / "model.qdq.onnx", runtime="tvm")
+
+
+@pytest.mark.parametrize(
+    "passes, target, message",
+    [
+        ("w4a8", "cuda", "compiled for CPUs only (--target llvm)"),
+        (DECODER_FORMS["w4a16-g32"], "llvm", "activations float"),
+    ],
+)
+def test_targets_and_forms_the_steps_do_not_compile_are_refused(
+    tmp_path, capsys, monkeypatch, tiny_llama_cache, passes, target, message
+) -> None:
+    monkeypatch.setenv("QCOMPILE_CACHE", str(tiny_llama_cache))
+    out = tmp_path / "out"
+    args = ["zoo:tiny-llama", "--passes", passes, "--target", target, "-o", str(out), "--eval-samples", "1"]
+    assert main([*args, "--no-baselines", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists() or not any(out.iterdir())
