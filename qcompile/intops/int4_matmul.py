@@ -16,6 +16,9 @@ The kernels split the integer sum so that the 4-bit codes are multiplied as they
     acc = Σ q·a − z·Σ_{k∈g} a − z_a·Σ_{k∈g} (q − z)          (`row_group_sums`, `weight_group_sums`)
 
 |acc| ≤ group · 15 · 255, far inside int32 for any group a layer has.
+
+8-bit weights are the same layer with codes q ∈ [0, 255] (`bits=8`; a signed code w ∈ [−128, 127] is q = w + 128
+with z + 128): |acc| ≤ group · 255 · 255, inside int32 for groups up to 33,000 rows.
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ import numpy as np
 __all__ = ["int4_matmul_reference", "row_group_sums", "weight_group_sums", "check_codes"]
 
 
-def check_codes(q: np.ndarray, zero: np.ndarray, group: int) -> None:
-    """ValueError unless q [K, N] holds 4-bit codes, K is a multiple of `group` and zero is [K/group, N]."""
+def check_codes(q: np.ndarray, zero: np.ndarray, group: int, bits: int = 4) -> None:
+    """ValueError unless q [K, N] holds `bits`-bit codes, K is a multiple of `group` and zero is [K/group, N]."""
     k, n = q.shape
+    if bits not in (4, 8):
+        raise ValueError(f"weight codes have 4 or 8 bits, not {bits}")
     if group <= 0 or k % group:
         raise ValueError(f"K = {k} is not a multiple of the group size {group}")
-    if q.size and (q.min() < 0 or q.max() > 15):
-        raise ValueError("4-bit weight codes must lie in [0, 15]")
+    if q.size and (q.min() < 0 or q.max() > 2**bits - 1):
+        raise ValueError(f"{bits}-bit weight codes must lie in [0, {2**bits - 1}]")
     if zero.shape != (k // group, n):
         raise ValueError(f"zero points must be [K/group, N] = {(k // group, n)}, got {zero.shape}")
 
@@ -58,12 +63,13 @@ def int4_matmul_reference(
     act_scale: np.ndarray,
     act_zero: np.ndarray | None = None,
     group: int | None = None,
+    bits: int = 4,
 ) -> np.ndarray:
-    """out [M, N] float32 of the module docstring. a int8 [M, K]; q [K, N] codes; zero int [G, N]; scale
-    float32 [G, N]; act_scale float32 [M]; act_zero int [M] or None (0); group K/G (default: K/len(zero))."""
+    """out [M, N] float32 of the module docstring. a int8 [M, K]; q [K, N] codes of `bits` bits; zero int [G, N];
+    scale float32 [G, N]; act_scale float32 [M]; act_zero int [M] or None (0); group K/G (default: K/len(zero))."""
     k, n = q.shape
     group = group or k // zero.shape[0]
-    check_codes(q, zero, group)
+    check_codes(q, zero, group, bits)
     centred = a.astype(np.int64) - (0 if act_zero is None else np.asarray(act_zero, np.int64)[:, None])
     weights = q.astype(np.int64).reshape(k // group, group, n) - zero.astype(np.int64)[:, None, :]
     out = np.zeros((a.shape[0], n), np.float32)

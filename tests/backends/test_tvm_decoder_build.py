@@ -1,8 +1,8 @@
 """The TVM decode step (`backends.tvm.decoder.build`): on tiny Llama artifacts, token by token, its logits are
 the NumPy reference's (and so ONNX Runtime's on the artifact: tests/backends/test_tvm_decoder_reader.py) up to
-float rounding, with the KV cache kept in place in float or as 4-bit codes (a float cache of quantized values
-behind an intact-kv prefix), through rotate's and FlatQuant's transforms and grouped asymmetric weights; a full
-cache and unsupported forms are refused with their reason."""
+float rounding, with 4- and 8-bit weights, the KV cache kept in place in float or as 4-bit codes (a float cache
+of quantized values behind an intact-kv prefix), through rotate's and FlatQuant's transforms and grouped
+asymmetric weights; a full cache and unsupported forms are refused with their reason."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _session(path, capacity: int = 16, chunk: int = 4) -> tuple:
     return decoder, DecodeSession(executable, cache_spec(decoder, capacity), chunk)
 
 
-@pytest.mark.parametrize("form", ["w4a8", "rotate-w4a4kv4", "w4a8-g32-asym", "flatquant", "intact-kv"])
+@pytest.mark.parametrize("form", ["w4a8", "rotate-w4a4kv4", "w4a8-g32-asym", "flatquant", "intact-kv", "w8a8"])
 def test_decode_steps_equal_the_reference(tiny_llama_artifact, form) -> None:
     decoder, session = _session(tiny_llama_artifact(form))
     cache = reference.Cache.empty(decoder)
@@ -90,13 +90,7 @@ def test_the_cache_layout_and_capacity(tiny_llama_artifact) -> None:
     assert session.position == 0 and np.isfinite(session.step(5)).all()
 
 
-@pytest.mark.parametrize(
-    "form, reason",
-    [
-        ("w4a16-g32", "activations float"),
-        ("w8a8", "8-bit weights"),
-    ],
-)
+@pytest.mark.parametrize("form, reason", [("w4a16-g32", "activations float")])
 def test_unsupported_forms_are_refused(tiny_llama_artifact, form, reason) -> None:
     decoder = read_decoder(ir.load(str(tiny_llama_artifact(form))))
     with pytest.raises(UnsupportedDecoder, match=reason):

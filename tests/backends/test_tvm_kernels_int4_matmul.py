@@ -1,8 +1,9 @@
 """TVM 4-bit-weight matmul (`kernels.int4_matmul`): == the NumPy reference (`qcompile.intops.int4_matmul`) bit
 for bit, for decode (one row) and prefill tiles, per-channel and grouped weights, weight and activation zero
 points, extreme codes (the largest pair sums AVX2's saturating vpmaddubsw meets), ragged rows and columns, in
-every flavour the CPU runs (vpdpbusd on zmm and ymm, vpmaddubsw + vpmaddwd on AVX2); the emitted code uses
-the flavour's instruction with the accumulators off the heap; packing and refusals."""
+every flavour the CPU runs (vpdpbusd on zmm and ymm, vpmaddubsw + vpmaddwd on AVX2), and the same for 8-bit
+weight codes (on AVX2 split into nibbles in registers); the emitted code uses the flavour's instruction with the
+accumulators off the heap; packing and refusals."""
 
 from __future__ import annotations
 
@@ -36,32 +37,33 @@ INSTRUCTION = {
 }
 
 
-def _operands(m: int, k: int, n: int, group: int, seed: int = 0):
+def _operands(m: int, k: int, n: int, group: int, seed: int = 0, bits: int = 4):
     rng = np.random.default_rng(seed)
-    q = rng.integers(0, 16, (k, n))
-    zero = rng.integers(0, 16, (k // group, n))
+    top = 2**bits - 1
+    q = rng.integers(0, top + 1, (k, n))
+    zero = rng.integers(0, top + 1, (k // group, n))
     scale = (rng.random((k // group, n)) * 0.1 + 1e-3).astype(np.float32)
     a = rng.integers(-128, 128, (m, k)).astype(np.int8)
     act_scale = (rng.random(m) * 0.05 + 1e-4).astype(np.float32)
     act_zero = rng.integers(-128, 128, m).astype(np.int32)
-    # the largest |acc| a group can reach: codes 15 against zero 0 and activations −128 against z_a 127
-    q[:, 0], zero[:, 0], a[0], act_zero[0] = 15, 0, -128, 127
+    # the largest |acc| a group can reach: the top code against zero 0 and activations −128 against z_a 127
+    q[:, 0], zero[:, 0], a[0], act_zero[0] = top, 0, -128, 127
     return a, q, zero, scale, act_scale, act_zero
 
 
-def _build(m, k, n, group, flavour, act_zero, rows=None, col_blocks=None):
+def _build(m, k, n, group, flavour, act_zero, rows=None, col_blocks=None, bits=4):
     import tvm
 
-    func = int4_matmul_func(m, k, n, group, flavour, rows=rows, col_blocks=col_blocks, act_zero=act_zero)
+    func = int4_matmul_func(m, k, n, group, flavour, rows=rows, col_blocks=col_blocks, act_zero=act_zero, bits=bits)
     return tvm.tirx.build(fence_float_products(func), target=host_target(threads=2))
 
 
-def _run(lib, flavour, group, a, q, zero, scale, act_scale, act_zero=None):
+def _run(lib, flavour, group, a, q, zero, scale, act_scale, act_zero=None, bits=4):
     import tvm
 
     lanes = FLAVOURS[flavour]
-    packed_scale, packed_zero, weight_sums = pack_group_params(q, zero, scale, lanes, group)
-    args = [a, pack_weight(q, lanes), packed_scale, packed_zero]
+    packed_scale, packed_zero, weight_sums = pack_group_params(q, zero, scale, lanes, group, bits)
+    args = [a, pack_weight(q, lanes, bits), packed_scale, packed_zero]
     args += [weight_sums, act_scale, act_zero] if act_zero is not None else [act_scale]
     out = tvm.runtime.tensor(np.zeros((a.shape[0], packed_scale.shape[1]), np.float32))
     lib["main"](*(tvm.runtime.tensor(np.ascontiguousarray(x)) for x in args), out)
@@ -80,6 +82,39 @@ def test_matmul_equals_the_reference(m, k, n, group, flavour, with_act_zero) -> 
     got = _run(lib, flavour, group, a, q, zero, scale, act_scale, act_zero if with_act_zero else None)
     want = int4_matmul_reference(a, q, zero, scale, act_scale, act_zero if with_act_zero else None, group)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("flavour", RUNNABLE)
+@pytest.mark.parametrize("m, k, n, group", [(1, 576, 1536, 576), (5, 1536, 40, 1536), (3, 12, 20, 4), (9, 64, 24, 32)])
+@pytest.mark.parametrize("with_act_zero", [False, True], ids=["symmetric", "act-zero"])
+def test_8bit_weights_equal_the_reference(m, k, n, group, flavour, with_act_zero) -> None:
+    a, q, zero, scale, act_scale, act_zero = _operands(m, k, n, group, seed=4, bits=8)
+    act_zero = act_zero if with_act_zero else None
+    got = _run(
+        _build(m, k, n, group, flavour, with_act_zero, bits=8),
+        flavour,
+        group,
+        a,
+        q,
+        zero,
+        scale,
+        act_scale,
+        act_zero,
+        bits=8,
+    )
+    np.testing.assert_array_equal(got, int4_matmul_reference(a, q, zero, scale, act_scale, act_zero, group, bits=8))
+
+
+@pytest.mark.skipif("llvm" not in RUNNABLE, reason="needs AVX2")
+def test_avx2_8bit_codes_do_not_saturate() -> None:
+    """Codes 255 against −128 everywhere: one vpmaddubsw pair would be 2·255·128 = 65,280 > 2^15 − 1."""
+    m, k, n, group = 2, 64, 16, 64
+    a = np.full((m, k), -128, np.int8)
+    a[1] = 127
+    q, zero = np.full((k, n), 255), np.zeros((1, n), np.int64)
+    scale, act_scale = np.ones((1, n), np.float32), np.ones(m, np.float32)
+    got = _run(_build(m, k, n, group, "llvm", False, bits=8), "llvm", group, a, q, zero, scale, act_scale, bits=8)
+    assert got[0, 0] == -128 * 255 * k and got[1, 0] == 127 * 255 * k
 
 
 @pytest.mark.parametrize("flavour", RUNNABLE)
@@ -141,6 +176,15 @@ def test_pack_weight_layout_and_padding() -> None:
             assert nibble == (q[k, n] if n < 10 else 0)
 
 
+def test_pack_8bit_weight_layout() -> None:
+    q = np.random.default_rng(2).integers(0, 256, (8, 10))
+    wp = pack_weight(q, 8, bits=8)
+    assert wp.shape == (2, 2, 8, 4) and wp.dtype == np.uint8
+    for k in range(8):
+        for n in range(16):
+            assert wp[n // 8, k // 4, n % 8, k % 4] == (q[k, n] if n < 10 else 0)
+
+
 def test_group_params_pad_columns_with_zero_scale() -> None:
     q = np.full((16, 3), 7)
     scale, zero, sums = pack_group_params(q, np.full((2, 3), 8), np.ones((2, 3), np.float32), 8, 8)
@@ -163,6 +207,12 @@ def test_refusals() -> None:
         int4_matmul_func(1, 64, 16, 12, "llvm")
     with pytest.raises(ValueError, match="flavour"):
         int4_matmul_func(1, 64, 16, 64, "sse2")
+    with pytest.raises(ValueError, match=r"\[0, 255\]"):
+        pack_weight(np.full((8, 4), 256), 16, bits=8)
+    with pytest.raises(ValueError, match="multiple of 4 to pack 8-bit"):
+        pack_weight(np.zeros((6, 4), np.int64), 16, bits=8)
+    with pytest.raises(ValueError, match="4 or 8 bits"):
+        int4_matmul_func(1, 64, 16, 64, "llvm", bits=2)
     with pytest.raises(ValueError, match="1024 bytes"):
         int4_matmul_func(8, 64, 64, 64, "avx512vnni", rows=4, col_blocks=4)
 

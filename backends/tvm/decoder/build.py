@@ -10,11 +10,12 @@ points) where the spec quantizes it; the session owns it (`cache_spec`). Per blo
 (`spec` docstring) with one kernel each: `rms_norm`, the transform chain, `token_quantize`, `int4_matmul` (fused
 q/k/v and gate/up), `rope` (on angles `rope_table` computes once per step), the per-head transforms, `cache_write`
 (in place: `call_tir_inplace`), `attention`, `silu_mul`; the LM head (on the last token only) is the float `gemv`,
-float32 or (opt-in) float16, or the 4-bit matmul where the spec quantized it. Weights are constants of the library,
+float32 or (opt-in) float16, or the integer matmul where the spec quantized it. Weights are constants of the library,
 packed at build time, one copy shared by both functions.
 
-Supported: 4-bit weights with per-token integer activations (every linear of the blocks). Float activations
-(w4a16) and 8-bit weights need kernels that do not exist yet; they raise `UnsupportedDecoder`. Behind an intact-kv
+Supported: 4- and 8-bit weights with per-token integer activations (every linear of the blocks; 8-bit codes
+through the same matmul kernel, one a byte). Float activations (w4a16) need kernels that do not exist yet; they
+raise `UnsupportedDecoder`. Behind an intact-kv
 prefix a quantized cache is a float cache of quantized values, as in the artifact. A prompt goes through
 `prefill` in whole chunks (rows of every kernel in parallel, causal attention within the chunk), the rest token
 by token.
@@ -41,12 +42,20 @@ def _check(decoder: Decoder) -> None:
     for index, block in enumerate(decoder.blocks):
         for name in ("qkv", "o", "gate_up", "down"):
             layer: Linear = getattr(block, name)
-            if layer.codes is None or layer.bits != 4 or layer.act is None:
+            if layer.codes is None or layer.bits not in (4, 8) or layer.act is None:
                 raise UnsupportedDecoder(
-                    f"block {index} {name}: the TVM decoder compiles 4-bit weights with per-token integer "
+                    f"block {index} {name}: the TVM decoder compiles 4- and 8-bit weights with per-token integer "
                     f"activations (this layer has {layer.bits}-bit weights, activations "
                     f"{'float' if layer.act is None else f'{layer.act.bits}-bit'})"
                 )
+
+
+def unsigned_codes(layer: Linear) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, zero points) of a layer with codes in [0, 2^bits − 1], the kernels' unsigned operand: signed 8-bit
+    codes w (int8 weights) become w + 128 with z + 128, the same w − z."""
+    if layer.codes.min(initial=0) >= 0:
+        return layer.codes, layer.zero
+    return layer.codes + 2 ** (layer.bits - 1), layer.zero + 2 ** (layer.bits - 1)
 
 
 def _as_codes(block) -> bool:
@@ -131,7 +140,8 @@ class _Builder:
         """`pack_group_params` of a layer, computed once (every step function reads the same constants)."""
         key = (id(layer), "group_params")
         if key not in self.consts:
-            params = pack_group_params(layer.codes, layer.zero, layer.scale, FLAVOURS[self.flavour], layer.group)
+            codes, zero = unsigned_codes(layer)
+            params = pack_group_params(codes, zero, layer.scale, FLAVOURS[self.flavour], layer.group, layer.bits)
             self.consts[key] = (params, layer)
         return self.consts[key][0]
 
@@ -154,7 +164,7 @@ class _Builder:
         return self.call(("kron", m, a, b), lambda: kernels.kronecker_func(m, a, b), args, (m, width))
 
     def linear(self, x, m: int, layer: Linear):
-        """y [m, out_features] of a 4-bit linear layer on x [m, in_features]."""
+        """y [m, out_features] of a 4- or 8-bit linear layer on x [m, in_features]."""
         k, n = layer.in_features, layer.out_features
         for step in layer.transforms:
             x = self.transform(x, m, k, step)
@@ -168,7 +178,7 @@ class _Builder:
             quant_out,
         )
         lanes = FLAVOURS[self.flavour]
-        weights = [self.const(layer, "packed", lambda: pack_weight(layer.codes, lanes))]
+        weights = [self.const(layer, "packed", lambda: pack_weight(unsigned_codes(layer)[0], lanes, layer.bits))]
         weights += [
             self.const(layer, name, lambda i=i: self._group_params(layer)[i])
             for i, name in enumerate(("scale", "zero"))
@@ -178,8 +188,8 @@ class _Builder:
         args = [tq[0], *weights, *sums, *tq[1:]]
         padded = -(-n // lanes) * lanes
         y = self.call(
-            ("mm", m, k, n, layer.group, asym, self.flavour),
-            lambda: int4_matmul_func(m, k, n, layer.group, self.flavour, act_zero=asym),
+            ("mm", m, k, n, layer.group, asym, self.flavour, layer.bits),
+            lambda: int4_matmul_func(m, k, n, layer.group, self.flavour, act_zero=asym, bits=layer.bits),
             args,
             (m, padded),
         )

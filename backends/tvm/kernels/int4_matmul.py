@@ -21,6 +21,12 @@ sums as vpdpbusd. It saturates only above 2^15 − 1; a pair here is at most 2·
 operand is a 4-bit code (the trap that makes it wrong for full-range 8-bit weights, `int_gemm.py`, does not
 arise).
 
+8-bit weights (`bits=8`, codes q ∈ [0, 255]) go through the same kernel: byte [n // lanes, k4, n % lanes, t] holds
+q[4·k4 + t, n], one vector load is one vpdpbusd's operand as it is (exact: 4·255·128 fits an int32 lane). On AVX2
+a pair of u8·s8 products reaches 2·255·128 > 2^15 − 1, so the byte is split into its nibbles in registers,
+q = 16·hi + lo, and each goes through vpmaddubsw (pairs ≤ 3840) and vpmaddwd, by ones for lo and by sixteens for
+hi: the same int32 sums, exact, at twice the multiply work of a 4-bit weight.
+
 Schedule (written out in TIR, no tensorize): tasks are (column tile, row tile) pairs, column tile
 outermost so that a thread keeps one weight panel in L1 while its row tiles pass; each task holds
 rows × col_blocks int32 accumulators (reset per group) and as many float32 ones (the group epilogue
@@ -51,7 +57,8 @@ __all__ = [
     "STEP",
 ]
 
-STEP = 8  # k-values one packed vector covers: 4 in the low nibbles, 4 in the high ones
+STEP = 8  # k-values one packed vector of 4-bit codes covers: 4 in the low nibbles, 4 in the high ones
+STEPS = {4: STEP, 8: 4}  # … by weight bits (one 8-bit code a byte)
 # (rows, col_blocks) per lane count: decode (one row) and prefill register tiles
 TILES = {16: {"decode": (1, 2), "prefill": (4, 3)}, 8: {"decode": (1, 4), "prefill": (4, 4)}}
 FLAVOURS = {"avx512vnni": 16, "avxvnni": 8, "llvm": 8}  # flavour → int32 lanes
@@ -67,24 +74,30 @@ def flavours_for(features) -> list[str]:
     return found + (["llvm"] if "avx2" in features else [])
 
 
-def pack_weight(q: np.ndarray, lanes: int) -> np.ndarray:
-    """[K, N] codes in [0, 15] → uint8 [ceil(N/lanes), K/8, lanes, 4], two codes a byte (zero-padded columns)."""
+def pack_weight(q: np.ndarray, lanes: int, bits: int = 4) -> np.ndarray:
+    """[K, N] codes in [0, 15] → uint8 [ceil(N/lanes), K/8, lanes, 4], two codes a byte (zero-padded columns);
+    8-bit codes in [0, 255] → uint8 [ceil(N/lanes), K/4, lanes, 4], one a byte."""
     k, n = q.shape
-    if k % STEP:
-        raise ValueError(f"K = {k} must be a multiple of {STEP} to pack 4-bit weights")
-    if q.size and (q.min() < 0 or q.max() > 15):
-        raise ValueError("4-bit weight codes must lie in [0, 15]")
+    step = STEPS.get(bits)
+    if step is None:
+        raise ValueError(f"weight codes have 4 or 8 bits, not {bits}")
+    if k % step:
+        raise ValueError(f"K = {k} must be a multiple of {step} to pack {bits}-bit weights")
+    if q.size and (q.min() < 0 or q.max() > 2**bits - 1):
+        raise ValueError(f"{bits}-bit weight codes must lie in [0, {2**bits - 1}]")
     np_ = -(-n // lanes) * lanes
     padded = np.zeros((k, np_), np.uint8)
     padded[:, :n] = q
+    if bits == 8:
+        return np.ascontiguousarray(padded.reshape(k // 4, 4, np_ // lanes, lanes).transpose(2, 0, 3, 1))
     halves = padded.reshape(k // STEP, 2, 4, np_ // lanes, lanes)  # k = 8·k8 + 4·half + t
     packed = halves[:, 0] | (halves[:, 1] << 4)  # [K/8, 4, N/lanes, lanes]
     return np.ascontiguousarray(packed.transpose(2, 0, 3, 1))
 
 
-def pack_group_params(q: np.ndarray, zero: np.ndarray, scale: np.ndarray, lanes: int, group: int):
+def pack_group_params(q: np.ndarray, zero: np.ndarray, scale: np.ndarray, lanes: int, group: int, bits: int = 4):
     """(scale float32, zero int32, W_g int32), each [G, N padded to lanes] (padding: scale 0, zero 0)."""
-    check_codes(q, zero, group)
+    check_codes(q, zero, group, bits)
     np_ = -(-q.shape[1] // lanes) * lanes
 
     def pad(x, dtype):
@@ -110,16 +123,20 @@ def int4_matmul_func(
     rows: int | None = None,
     col_blocks: int | None = None,
     act_zero: bool = False,
+    bits: int = 4,
 ):
     """PrimFunc main(a int8 [m, k], wp uint8 packed, scale f32 [G, Np], zero i32 [G, Np], [W_g i32 [G, Np],]
-    act_scale f32 [m], [act_zero i32 [m],] out f32 [m, Np]) — bracketed parameters only with `act_zero`."""
+    act_scale f32 [m], [act_zero i32 [m],] out f32 [m, Np]) — bracketed parameters only with `act_zero`; `wp` holds
+    `bits`-bit codes (4 or 8) as `pack_weight` packs them."""
     from tvm.script import tirx as T
 
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown 4-bit matmul flavour {flavour!r}; expected one of {sorted(FLAVOURS)}")
-    lanes = FLAVOURS[flavour]
-    if k % STEP or group % STEP or k % group:
-        raise ValueError(f"K = {k} and the group {group} must be multiples of {STEP}, and the group must divide K")
+    if bits not in STEPS:
+        raise ValueError(f"weight codes have 4 or 8 bits, not {bits}")
+    lanes, step = FLAVOURS[flavour], STEPS[bits]
+    if k % step or group % step or k % group:
+        raise ValueError(f"K = {k} and the group {group} must be multiples of {step}, and the group must divide K")
     kind = "decode" if m == 1 else "prefill"
     rows = rows or min(TILES[lanes][kind][0], m)
     col_blocks = pick_col_blocks(n, lanes, col_blocks or TILES[lanes][kind][1])
@@ -127,7 +144,7 @@ def int4_matmul_func(
         raise ValueError(
             f"a {rows} x {col_blocks} tile of {lanes} lanes needs {STACK_BYTES} bytes or more of accumulators"
         )
-    groups, steps, width = k // group, group // STEP, lanes * 4
+    groups, steps, width = k // group, group // step, lanes * 4
     col_tiles = -(-n // lanes) // col_blocks
     row_tiles = -(-m // rows)
     np_ = col_tiles * col_blocks * lanes
@@ -148,6 +165,28 @@ def int4_matmul_func(
             packed >> T.broadcast(T.uint8(4), width) if high else packed & T.broadcast(T.uint8(15), width), dtype=i8v
         )
 
+    def bytes_at(wp, jt, c, k4):
+        """The 8-bit codes of one packed vector, as bytes."""
+        return T.reinterpret(wp.vload([jt * col_blocks + c, k4, 0, 0], u8v), dtype=i8v)
+
+    def pair_sums(codes, a, i, kk, weight):
+        """`weight` · the 4-product sums of 4-bit `codes` against a[i, kk : kk + 4] (AVX2: vpmaddubsw, vpmaddwd)."""
+        pairs = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), codes, broadcast4(a, i, kk), dtype="int16x16"
+        )
+        return T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(weight), 16), dtype=i32v
+        )
+
+    def dot8(iacc, r, c, wp, jt, k4, a, i):
+        """iacc[r, c] + the 4-product sums of the 8-bit codes of vector k4 against a[i, 4·k4 : 4·k4 + 4]."""
+        if flavour != "llvm":
+            return dot(iacc, r, c, bytes_at(wp, jt, c, k4), a, i, k4 * 4)
+        packed = wp.vload([jt * col_blocks + c, k4, 0, 0], u8v)
+        low = T.reinterpret(packed & T.broadcast(T.uint8(15), width), dtype=i8v)
+        high = T.reinterpret(packed >> T.broadcast(T.uint8(4), width), dtype=i8v)
+        return iacc.vload([r, c, 0], i32v) + pair_sums(low, a, i, k4 * 4, 1) + pair_sums(high, a, i, k4 * 4, 16)
+
     def dot(iacc, r, c, codes, a, i, kk):
         """iacc[r, c] + the 4-product sums of `codes` against a[i, kk : kk + 4] (vpdpbusd, or its AVX2 pair)."""
         if flavour != "llvm":
@@ -158,13 +197,7 @@ def int4_matmul_func(
                 broadcast4(a, i, kk),
                 dtype=i32v,
             )
-        pairs = T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), codes, broadcast4(a, i, kk), dtype="int16x16"
-        )
-        ones = T.broadcast(T.int16(1), 16)
-        return iacc.vload([r, c, 0], i32v) + T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, ones, dtype=i32v
-        )
+        return iacc.vload([r, c, 0], i32v) + pair_sums(codes, a, i, kk, 1)
 
     def exact(iacc, zero, wsum, asum, act_zero, r, c, g, i, n0):
         """Σ_{k∈g} (q − z)·(a − z_a) of the accumulators iacc[r, c] (row i, columns n0 …)."""
@@ -172,6 +205,41 @@ def int4_matmul_func(
         if act_zero is not None:
             value = value - wsum.vload([g, n0], i32v) * T.broadcast(act_zero[i], lanes)
         return value
+
+    @T.macro
+    def step4(iacc, wp, a, g, s, task):
+        """One packed vector of 4-bit codes into every accumulator: the low nibbles, then the high ones."""
+        for c in T.unroll(col_blocks):
+            for r in T.unroll(rows):
+                iacc[r, c, T.ramp(0, 1, lanes)] = dot(
+                    iacc,
+                    r,
+                    c,
+                    nibbles(wp, task // row_tiles, c, g * steps + s, False),
+                    a,
+                    row(task % row_tiles, r),
+                    (g * steps + s) * STEP,
+                )
+                iacc[r, c, T.ramp(0, 1, lanes)] = dot(
+                    iacc,
+                    r,
+                    c,
+                    nibbles(wp, task // row_tiles, c, g * steps + s, True),
+                    a,
+                    row(task % row_tiles, r),
+                    (g * steps + s) * STEP + 4,
+                )
+
+    @T.macro
+    def step8(iacc, wp, a, g, s, task):
+        """One packed vector of 8-bit codes into every accumulator."""
+        for c in T.unroll(col_blocks):
+            for r in T.unroll(rows):
+                iacc[r, c, T.ramp(0, 1, lanes)] = dot8(
+                    iacc, r, c, wp, task // row_tiles, g * steps + s, a, row(task % row_tiles, r)
+                )
+
+    accumulate = step4 if bits == 4 else step8
 
     @T.macro
     def body(a, wp, scale, zero, wsum, act_scale, act_zero, out, asum, task):
@@ -185,26 +253,7 @@ def int4_matmul_func(
                 for c in T.unroll(col_blocks):
                     iacc[r, c, T.ramp(0, 1, lanes)] = T.broadcast(0, lanes)
             for s in range(steps):
-                for c in T.unroll(col_blocks):
-                    for r in T.unroll(rows):
-                        iacc[r, c, T.ramp(0, 1, lanes)] = dot(
-                            iacc,
-                            r,
-                            c,
-                            nibbles(wp, task // row_tiles, c, g * steps + s, False),
-                            a,
-                            row(task % row_tiles, r),
-                            (g * steps + s) * STEP,
-                        )
-                        iacc[r, c, T.ramp(0, 1, lanes)] = dot(
-                            iacc,
-                            r,
-                            c,
-                            nibbles(wp, task // row_tiles, c, g * steps + s, True),
-                            a,
-                            row(task % row_tiles, r),
-                            (g * steps + s) * STEP + 4,
-                        )
+                accumulate(iacc, wp, a, g, s, task)
             for r in T.unroll(rows):
                 for c in T.unroll(col_blocks):
                     facc[r, c, T.ramp(0, 1, lanes)] = facc.vload([r, c, 0], f32v) + scale.vload(
@@ -239,7 +288,7 @@ def int4_matmul_func(
                 for kk in range(group):
                     asum[i, g] = asum[i, g] + T.cast(a[i, g * group + kk], "int32")
 
-    wp_shape = (np_ // lanes, k // STEP, lanes, 4)
+    wp_shape = (np_ // lanes, k // step, lanes, 4)
     if act_zero:
 
         @T.prim_func(s_tir=True)
