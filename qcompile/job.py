@@ -166,6 +166,11 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
                 raise InputError(
                     f"--target {config.target}: a decoder LLM's steps are compiled for CPUs only (--target llvm)"
                 )
+            if not isinstance(entry, PerplexityTask):
+                raise InputError(
+                    "--target llvm on a decoder LLM scores and checks its library on text: give the model as a "
+                    "Hugging Face folder, a .gguf or zoo:NAME (a decoder ONNX file runs on random inputs)"
+                )
         context.calibration, context.seed = calibration, config.seed  # the passes read these when they run
         context.progress, context.threads = config.progress, config.threads
         if isinstance(entry, PerplexityTask):

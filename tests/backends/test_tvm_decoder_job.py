@@ -99,3 +99,15 @@ def test_targets_and_forms_the_steps_do_not_compile_are_refused(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_decoder_onnx_file_is_refused_with_what_to_give(tmp_path, capsys, tiny_llama_export) -> None:
+    """A decoder given as an ONNX file runs on random inputs: its library could not be scored or checked on text."""
+    out = tmp_path / "out"
+    args = [tiny_llama_export("pow2"), "--passes", "w4a8", "--target", "llvm", "-o", str(out), "--no-baselines"]
+    args += ["--input-shape", "input_ids=1x16"]
+    for layer in range(2):
+        args += [f"--input-shape=past_key_values.{layer}.{kind}=1x2x4x16" for kind in ("key", "value")]
+    assert main([*args, "--quiet", "--eval-samples", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "give the model as a Hugging Face folder, a .gguf or zoo:NAME" in err and len(err.splitlines()) == 1
