@@ -5,9 +5,14 @@ The check runs one prompt through both (whole `prefill` chunks and decode steps 
 the artifact) and then `CHECK_STEPS` greedy decode steps, both fed ONNX Runtime's argmax tokens, and compares the
 logits of every call. They are not bit-identical: the library's float parts (RMSNorm, the online transforms,
 softmax) sum in another order than ONNX Runtime's, so a per-token quantizer's input can land on the other side of a
-rounding boundary. The integer kernels themselves are tested bit-exactly against their NumPy references
-(tests/backends). The check fails the job (a backend bug) when the logits differ by more than `LOGIT_TOLERANCE` of
-their range, and reports the largest difference and the argmax agreement.
+rounding boundary, and on a real model such moves add up: on SmolLM2's `rotate,w4a8` artifact the library's logits
+differ from ONNX Runtime's by 2.3 % (relative RMS, 4 % at the largest logit), and the NumPy reference run of the
+same spec (`backends.tvm.decoder.reference`, the graph's arithmetic in another order again) differs from ONNX
+Runtime's by 2.6 %. The integer kernels themselves are tested bit-exactly against their NumPy references
+(tests/backends). The check fails the job (a backend bug: a misread scale, zero point or transform moves the logits
+by about their own size) when the relative RMS difference of any call exceeds `RMS_TOLERANCE`, and reports it with
+the largest difference, the KL divergence of the library's next-token distribution from ONNX Runtime's, and the
+argmax agreement.
 
 The library then scores the evaluation windows itself (label `tvm_int`: one decode step per token from an empty
 cache, so the numbers are the deployed step's), next to the artifact in ONNX Runtime (`qcompile`). Its latency row
@@ -23,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["build_decoder_library", "DecoderScoring", "decode_ms", "LOGIT_TOLERANCE", "CHECK_STEPS"]
+__all__ = ["build_decoder_library", "check_against_onnx", "DecoderScoring", "decode_ms", "RMS_TOLERANCE", "CHECK_STEPS"]
 
-LOGIT_TOLERANCE = 2e-2  # of max |logit| of ONNX Runtime's call (measured in docs/tvm-backend.md)
+RMS_TOLERANCE = 0.1  # ‖library − ONNX Runtime‖ / ‖ONNX Runtime‖ of one call's logits (module docstring)
 CHECK_STEPS = 4
 DECODE_REPEATS = 16
 
@@ -50,10 +55,10 @@ def build_decoder_library(target: str, artifact: Path, staging: Path, ort_sessio
         "bit_exact_vs_onnx": False,
         "check": check_against_onnx(library.session(), ort_session, ids[: chunk + min(3, len(ids) - chunk)]),
     }
-    if report["check"]["max_rel_diff"] > LOGIT_TOLERANCE:
+    if report["check"]["rel_rms_diff"] > RMS_TOLERANCE:
         raise RuntimeError(
-            f"the TVM decoder library's logits differ from ONNX Runtime's by {report['check']['max_rel_diff']:.3g} "
-            f"of their range (tolerance {LOGIT_TOLERANCE}; a backend bug)"
+            f"the TVM decoder library's logits differ from ONNX Runtime's by {report['check']['rel_rms_diff']:.3g} "
+            f"(relative RMS; tolerance {RMS_TOLERANCE}): a backend bug"
         )
     return library, report
 
@@ -68,13 +73,21 @@ def check_against_onnx(session, ort_session, prompt) -> dict:
     for _ in range(CHECK_STEPS):
         token = int(np.argmax(pairs[-1][1]))
         pairs.append((session.step(token), ort.step(token)))
-    diffs = [float(np.max(np.abs(got - want)) / np.max(np.abs(want))) for got, want in pairs]
     return {
         "calls": len(pairs),
         "prompt_tokens": len(prompt),
-        "max_rel_diff": max(diffs),
+        "rel_rms_diff": max(float(np.linalg.norm(got - want) / np.linalg.norm(want)) for got, want in pairs),
+        "max_rel_diff": max(float(np.max(np.abs(got - want)) / np.max(np.abs(want))) for got, want in pairs),
+        "kl_divergence": max(_kl(want, got) for got, want in pairs),
         "argmax_agreement": sum(int(np.argmax(got) == np.argmax(want)) for got, want in pairs) / len(pairs),
     }
+
+
+def _kl(reference: np.ndarray, other: np.ndarray) -> float:
+    """KL(softmax(reference) ‖ softmax(other)) in nats, in float64."""
+    log_p, log_q = (x.astype(np.float64) - x.max() for x in (reference, other))
+    log_p, log_q = log_p - np.log(np.exp(log_p).sum()), log_q - np.log(np.exp(log_q).sum())
+    return float(np.sum(np.exp(log_p) * (log_p - log_q)))
 
 
 class DecoderScoring:

@@ -20,6 +20,7 @@ only). The LM head of these artifacts is float32
 
 Run from /work/main (after `make setup`):
     .venv/bin/python benchmarks/llm_runtime_peers/qcompile_peer.py --setting tvm_w4a8
+QCOMPILE_PEER_ARTIFACT=FOLDER runs a setting on another artifact folder (named in the record's notes).
 """
 
 from __future__ import annotations
@@ -89,13 +90,13 @@ def weight_mb(decoder, head_dtype: str) -> float:
 
 
 def _load(setting: str, threads: int):
-    folder = ARTIFACTS[setting]
+    folder = Path(os.environ.get("QCOMPILE_PEER_ARTIFACT", ARTIFACTS[setting]))
     path = folder / "model.qdq.onnx"
     size = rt_common.size_mb(path)
     if setting.startswith("ort"):
         from qcompile.runtime.sessions import make_session
 
-        return OrtBackend(make_session(str(path), threads=threads)), size, {}
+        return OrtBackend(make_session(str(path), threads=threads)), size, {"notes": f"artifact {folder}"}
     from qcompile.backends.tvm import configure_pool
 
     configure_pool(threads)
@@ -119,7 +120,7 @@ def _load(setting: str, threads: int):
         "build_seconds": build_seconds,
         "library_mb": library.stat().st_size / 1e6,
         "weights_mb": weight_mb(decoder, head),
-        "notes": f"prefill in chunks of {CHUNK}; LM head {head}",
+        "notes": f"prefill in chunks of {CHUNK}; LM head {head}; artifact {folder}",
     }
     return TvmBackend(DecodeSession(executable, cache_spec(decoder, CAPACITY), CHUNK)), size, extra
 

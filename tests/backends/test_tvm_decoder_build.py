@@ -27,7 +27,9 @@ def _session(path, capacity: int = 16, chunk: int = 4) -> tuple:
     return decoder, DecodeSession(executable, cache_spec(decoder, capacity), chunk)
 
 
-@pytest.mark.parametrize("form", ["w4a8", "rotate-w4a4kv4", "w4a8-g32-asym", "flatquant", "intact-kv", "w8a8"])
+@pytest.mark.parametrize(
+    "form", ["w4a8", "rotate-w4a4kv4", "w4a8-g32-asym", "flatquant", "intact-kv", "w8a8", "w4a16-g32"]
+)
 def test_decode_steps_equal_the_reference(tiny_llama_artifact, form) -> None:
     decoder, session = _session(tiny_llama_artifact(form))
     cache = reference.Cache.empty(decoder)
@@ -90,8 +92,8 @@ def test_the_cache_layout_and_capacity(tiny_llama_artifact) -> None:
     assert session.position == 0 and np.isfinite(session.step(5)).all()
 
 
-@pytest.mark.parametrize("form, reason", [("w4a16-g32", "activations float")])
-def test_unsupported_forms_are_refused(tiny_llama_artifact, form, reason) -> None:
-    decoder = read_decoder(ir.load(str(tiny_llama_artifact(form))))
-    with pytest.raises(UnsupportedDecoder, match=reason):
+def test_eight_bit_weights_with_float_activations_are_refused(tiny_llama_artifact) -> None:
+    decoder = read_decoder(ir.load(str(tiny_llama_artifact("w8a8"))))
+    decoder.blocks[1].down.act = None
+    with pytest.raises(UnsupportedDecoder, match="block 1 down: .* 8-bit weights, activations float"):
         build_decode(decoder, 8, FLAVOURS[0], host_target(2), chunk=None)

@@ -86,7 +86,7 @@ def test_generation_with_runtime_tvm_needs_a_library(tmp_path) -> None:
     "passes, target, message",
     [
         ("w4a8", "cuda", "compiled for CPUs only (--target llvm)"),
-        (DECODER_FORMS["w4a16-g32"], "llvm", "activations float"),
+        ("w4a16:weight_bits=8:weight_group=32", "llvm", "8-bit weights, activations float"),
     ],
 )
 def test_targets_and_forms_the_steps_do_not_compile_are_refused(

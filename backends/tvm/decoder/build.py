@@ -14,8 +14,9 @@ float32 or (opt-in) float16, or the integer matmul where the spec quantized it. 
 packed at build time, one copy shared by both functions.
 
 Supported: 4- and 8-bit weights with per-token integer activations (every linear of the blocks; 8-bit codes
-through the same matmul kernel, one a byte). Float activations (w4a16) need kernels that do not exist yet; they
-raise `UnsupportedDecoder`. Behind an intact-kv
+through the same matmul kernel, one a byte), and 4-bit weights with float activations (w4a16: the same packed
+codes, converted to float in registers, `int4_float_matmul`). 8-bit weights with float activations raise
+`UnsupportedDecoder`. Behind an intact-kv
 prefix a quantized cache is a float cache of quantized values, as in the artifact. A prompt goes through
 `prefill` in whole chunks (rows of every kernel in parallel, causal attention within the chunk), the rest token
 by token.
@@ -29,6 +30,7 @@ from qcompile.backends.tvm.decoder import kernels
 from qcompile.backends.tvm.decoder.reader import UnsupportedDecoder
 from qcompile.backends.tvm.decoder.session import CacheSpec
 from qcompile.backends.tvm.decoder.spec import ChannelScale, Decoder, Kronecker, Linear
+from qcompile.backends.tvm.kernels.int4_float_matmul import int4_float_matmul_func, pack_float_group_params
 from qcompile.backends.tvm.kernels.int4_matmul import FLAVOURS, int4_matmul_func, pack_group_params, pack_weight
 from qcompile.backends.tvm.kernels.token_quantize import token_quantize_func
 
@@ -42,11 +44,11 @@ def _check(decoder: Decoder) -> None:
     for index, block in enumerate(decoder.blocks):
         for name in ("qkv", "o", "gate_up", "down"):
             layer: Linear = getattr(block, name)
-            if layer.codes is None or layer.bits not in (4, 8) or layer.act is None:
+            if layer.codes is None or layer.bits not in (4, 8) or (layer.act is None and layer.bits != 4):
                 raise UnsupportedDecoder(
                     f"block {index} {name}: the TVM decoder compiles 4- and 8-bit weights with per-token integer "
-                    f"activations (this layer has {layer.bits}-bit weights, activations "
-                    f"{'float' if layer.act is None else f'{layer.act.bits}-bit'})"
+                    f"activations, or 4-bit weights with float ones (this layer has {layer.bits}-bit weights, "
+                    f"activations {'float' if layer.act is None else f'{layer.act.bits}-bit'})"
                 )
 
 
@@ -145,6 +147,27 @@ class _Builder:
             self.consts[key] = (params, layer)
         return self.consts[key][0]
 
+    def float_linear(self, x, m: int, layer: Linear):
+        """y [m, out_features] of a 4-bit linear layer on float x [m, in_features] (w4a16)."""
+        k, n, lanes = layer.in_features, layer.out_features, FLAVOURS[self.flavour]
+        params = self.consts.setdefault(
+            (id(layer), "float_params"), (pack_float_group_params(layer.zero, layer.scale, lanes), layer)
+        )[0]
+        args = [
+            x,
+            self.const(layer, "packed", lambda: pack_weight(unsigned_codes(layer)[0], lanes, layer.bits)),
+            self.const(layer, "float_scale", lambda: params[0]),
+            self.const(layer, "float_zero", lambda: params[1]),
+        ]
+        padded = -(-n // lanes) * lanes
+        y = self.call(
+            ("fmm", m, k, n, layer.group, self.flavour),
+            lambda: int4_float_matmul_func(m, k, n, layer.group, self.flavour),
+            args,
+            (m, padded),
+        )
+        return y if padded == n else self.slice(y, 0, n)
+
     def slice(self, x, begin: int, end: int, axis: int = 1):
         return self.bb.emit(self.relax.op.strided_slice(x, axes=[axis], begin=[begin], end=[end]))
 
@@ -168,6 +191,8 @@ class _Builder:
         k, n = layer.in_features, layer.out_features
         for step in layer.transforms:
             x = self.transform(x, m, k, step)
+        if layer.act is None:
+            return self.float_linear(x, m, layer)
         act = layer.act
         asym = not act.symmetric
         quant_out = [((m, k), "int8"), ((m,), "float32")] + ([((m,), "int32")] if asym else [])
