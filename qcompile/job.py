@@ -226,12 +226,12 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         if tvm_model is not None:
             scored_by_tvm = TvmScoring(tvm_model, runners["qcompile"])
             runners["qcompile"] = scored_by_tvm
-        log(f"evaluating {', '.join(sessions)} on {config.eval_samples} samples")
+        log(f"evaluating {', '.join(runners)} on {config.eval_samples} samples")
         scores = entry.evaluate(runners, config.eval_samples, config.seed, progress=config.progress)
         generations, tokenizer_files = [], []
         if isinstance(entry, PerplexityTask):
-            log(f"generating {entry.generation_tokens} greedy tokens per prompt with {', '.join(sessions)}")
             generators = dict(sessions) if library is None else {**sessions, "tvm_int": library.session()}
+            log(f"generating {entry.generation_tokens} greedy tokens per prompt with {', '.join(generators)}")
             generations = entry.generations(generators, prefix)
             tokenizer_files = _save_tokenizer(entry, staging)
 

@@ -1,18 +1,18 @@
 """The job's TVM step for decoder LLMs (`--target llvm`): compile model.qdq.onnx's decode and prefill steps into
 decoder.so, check the library against ONNX Runtime on the artifact, score it, time its decode step.
 
-The check runs one prompt through both (whole `prefill` chunks and decode steps of the library; one prefill call of
-the artifact) and then `CHECK_STEPS` greedy decode steps, both fed ONNX Runtime's argmax tokens, and compares the
-logits of every call. They are not bit-identical: the library's float parts (RMSNorm, the online transforms,
-softmax) sum in another order than ONNX Runtime's, so a per-token quantizer's input can land on the other side of a
-rounding boundary, and on a real model such moves add up: on SmolLM2's `rotate,w4a8` artifact the library's logits
-differ from ONNX Runtime's by 2.3 % (relative RMS, 4 % at the largest logit), and the NumPy reference run of the
-same spec (`backends.tvm.decoder.reference`, the graph's arithmetic in another order again) differs from ONNX
-Runtime's by 2.6 %. The integer kernels themselves are tested bit-exactly against their NumPy references
-(tests/backends). The check fails the job (a backend bug: a misread scale, zero point or transform moves the logits
-by about their own size) when the relative RMS difference of any call exceeds `RMS_TOLERANCE`, and reports it with
-the largest difference, the KL divergence of the library's next-token distribution from ONNX Runtime's, and the
-argmax agreement.
+The check runs one prompt through the library (whole `prefill` chunks and decode steps), the artifact in ONNX Runtime
+(one prefill call) and the NumPy reference run of the spec read off the artifact (`backends.tvm.decoder.reference`:
+the graph's arithmetic, in its own float order), then `CHECK_STEPS` greedy decode steps fed ONNX Runtime's argmax
+tokens, and compares the logits of every call with ONNX Runtime's. They are not bit-identical: the float parts
+(RMSNorm, the online transforms, softmax) sum in another order in each, so a per-token quantizer's input can land
+on the other side of a rounding boundary, and on a real model such moves add up (SmolLM2 `rotate,w4a8` RTN, a
+131-token prompt: the library 6.8 % from ONNX Runtime in relative RMS; on a 67-token prompt 2.3 %, the reference
+2.6 %). So the reference sets the scale: the job fails (a backend bug: a misread scale, zero point or transform
+moves the logits by about their own size) when a call of the library is farther from ONNX Runtime than twice the
+reference's distance plus `RMS_FLOOR`. The integer kernels themselves are tested bit-exactly against their NumPy
+references (tests/backends). `tvm.check` reports both distances, the largest difference over max |logit|, the KL
+divergence of the library's next-token distribution from ONNX Runtime's, and the argmax agreement.
 
 The library then scores the evaluation windows itself (label `tvm_int`: one decode step per token from an empty
 cache, so the numbers are the deployed step's), next to the artifact in ONNX Runtime (`qcompile`). Its latency row
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["build_decoder_library", "check_against_onnx", "DecoderScoring", "decode_ms", "RMS_TOLERANCE", "CHECK_STEPS"]
+__all__ = ["build_decoder_library", "check_against_onnx", "DecoderScoring", "decode_ms", "RMS_FLOOR", "CHECK_STEPS"]
 
-RMS_TOLERANCE = 0.1  # ‖library − ONNX Runtime‖ / ‖ONNX Runtime‖ of one call's logits (module docstring)
+RMS_FLOOR = 0.01  # added to twice the reference's relative RMS distance from ONNX Runtime (module docstring)
 CHECK_STEPS = 4
 DECODE_REPEATS = 16
 
@@ -40,6 +40,7 @@ def build_decoder_library(target: str, artifact: Path, staging: Path, ort_sessio
     docstring). Returns (the loaded library, the report's `tvm` entry)."""
     from qcompile.backends.tvm import pool_threads
     from qcompile.backends.tvm.decoder import artifact as library_files
+    from qcompile.backends.tvm.decoder.reference import ReferenceSession
 
     chunk = min(library_files.DEFAULT_CHUNK, max(1, len(ids) - 1))
     log(f"compiling the decoder's steps with TVM for {target} ({capacity} cache positions, prefill chunks of {chunk})")
@@ -53,34 +54,44 @@ def build_decoder_library(target: str, artifact: Path, staging: Path, ort_sessio
         "files": [path.name for path in files],
         "threads": pool_threads(),
         "bit_exact_vs_onnx": False,
-        "check": check_against_onnx(library.session(), ort_session, ids[: chunk + min(3, len(ids) - chunk)]),
     }
-    if report["check"]["rel_rms_diff"] > RMS_TOLERANCE:
+    prompt = ids[: chunk + min(3, len(ids) - chunk)]
+    report["check"] = check_against_onnx(library.session(), ort_session, prompt, ReferenceSession(compiled.decoder))
+    if not report["check"]["within_reference"]:
         raise RuntimeError(
             f"the TVM decoder library's logits differ from ONNX Runtime's by {report['check']['rel_rms_diff']:.3g} "
-            f"(relative RMS; tolerance {RMS_TOLERANCE}): a backend bug"
+            f"(relative RMS), the NumPy reference's by {report['check']['reference_rel_rms_diff']:.3g}: a backend bug"
         )
     return library, report
 
 
-def check_against_onnx(session, ort_session, prompt) -> dict:
-    """Logits of `prompt` and of `CHECK_STEPS` greedy tokens (ONNX Runtime's) from the library's session and the
-    artifact in ONNX Runtime: the largest difference relative to max |logit|, and where the argmaxes agree."""
+def check_against_onnx(session, ort_session, prompt, reference) -> dict:
+    """Logits of `prompt` and of `CHECK_STEPS` greedy tokens (ONNX Runtime's) from the library's session, the artifact
+    in ONNX Runtime and the NumPy `reference` session: the distances of the first and the last from ONNX Runtime's
+    (module docstring), and where the argmaxes agree."""
     from qcompile.generation import OrtSteps
 
     ort = OrtSteps(ort_session)
-    pairs = [(session.prefill(prompt), ort.prefill(list(prompt)))]
+    calls = [(session.prefill(prompt), ort.prefill(list(prompt)), reference.prefill(prompt))]
     for _ in range(CHECK_STEPS):
-        token = int(np.argmax(pairs[-1][1]))
-        pairs.append((session.step(token), ort.step(token)))
+        token = int(np.argmax(calls[-1][1]))
+        calls.append((session.step(token), ort.step(token), reference.step(token)))
+    distances = [(_rms(got, want), _rms(exact, want)) for got, want, exact in calls]
+    pairs = [(got, want) for got, want, _ in calls]
     return {
         "calls": len(pairs),
         "prompt_tokens": len(prompt),
-        "rel_rms_diff": max(float(np.linalg.norm(got - want) / np.linalg.norm(want)) for got, want in pairs),
+        "within_reference": all(ours <= 2 * theirs + RMS_FLOOR for ours, theirs in distances),
+        "rel_rms_diff": max(ours for ours, _ in distances),
+        "reference_rel_rms_diff": max(theirs for _, theirs in distances),
         "max_rel_diff": max(float(np.max(np.abs(got - want)) / np.max(np.abs(want))) for got, want in pairs),
         "kl_divergence": max(_kl(want, got) for got, want in pairs),
         "argmax_agreement": sum(int(np.argmax(got) == np.argmax(want)) for got, want in pairs) / len(pairs),
     }
+
+
+def _rms(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
 def _kl(reference: np.ndarray, other: np.ndarray) -> float:

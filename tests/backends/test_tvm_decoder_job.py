@@ -49,7 +49,9 @@ def test_the_library_agrees_with_onnx_runtime_on_the_artifact(job) -> None:
     """The in-job check (prefill and greedy steps), the perplexity it scores and its generations."""
     _, report = job
     check = report["tvm"]["check"]
-    assert check["argmax_agreement"] == 1.0 and 0 <= check["max_rel_diff"] <= FLIP_TOLERANCE
+    assert check["within_reference"] and check["argmax_agreement"] == 1.0
+    assert 0 <= check["rel_rms_diff"] <= FLIP_TOLERANCE and 0 <= check["max_rel_diff"] <= FLIP_TOLERANCE
+    assert 0 <= check["reference_rel_rms_diff"] <= FLIP_TOLERANCE and check["kl_divergence"] < 1e-5
     ours, ort = report["all_metrics"]["tvm_int"], report["all_metrics"]["qcompile"]
     assert ours["perplexity"] == pytest.approx(ort["perplexity"], rel=FLIP_TOLERANCE)
     assert report["metric_runtime"]["tvm_int"].startswith("TVM llvm decoder library")

@@ -40,8 +40,7 @@ def test_smollm2_w4a8_library_is_as_close_to_onnx_runtime_as_the_exact_reference
     from qcompile.backends.tvm.decoder import artifact, reference
     from qcompile.backends.tvm.decoder.reader import read_decoder
     from qcompile.frontends.onnx import load
-    from qcompile.generation import OrtSteps
-    from qcompile.job_tvm_decoder import DecoderScoring
+    from qcompile.job_tvm_decoder import DecoderScoring, check_against_onnx
     from qcompile.pipeline.run import plan_passes, run_passes
     from qcompile.zoo import smollm2
     from qcompile.zoo.lm_export import complete_prefill_feeds, kv_cache_of
@@ -61,9 +60,8 @@ def test_smollm2_w4a8_library_is_as_close_to_onnx_runtime_as_the_exact_reference
         return np.stack([reference.step(decoder, ids, reference.Cache.empty(decoder))[0] for ids in feeds["input_ids"]])
 
     window = task.windows().evaluation[0][:67]
-    ours, ort = library.session().prefill(window), OrtSteps(ort_session).prefill(list(window))
-    exact = reference_logits({"input_ids": window[None]})[0, -1]
-    assert np.linalg.norm(ours - ort) <= 2 * np.linalg.norm(exact - ort) + 1e-4 * np.linalg.norm(ort)
+    check = check_against_onnx(library.session(), ort_session, window, reference.ReferenceSession(decoder))
+    assert check["within_reference"] and check["calls"] == 5
     runners = {
         "ort": lambda feeds: runtime.run(ort_session, complete_prefill_feeds(ort_session, feeds))["logits"],
         "tvm": DecoderScoring(library),

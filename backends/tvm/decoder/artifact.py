@@ -48,6 +48,7 @@ class CompiledDecoder:
     metadata: dict
     cache: CacheSpec
     seconds: float
+    decoder: object = None  # the `spec.Decoder` read off the artifact
 
 
 def compile_decoder(
@@ -101,7 +102,7 @@ def compile_decoder(
         "prefix_slots": sorted(cache.prefix),
         "prefix_positions": cache.prefix_positions,
     }
-    return CompiledDecoder(executable, metadata, cache, time.perf_counter() - start)
+    return CompiledDecoder(executable, metadata, cache, time.perf_counter() - start, decoder)
 
 
 def save(compiled: CompiledDecoder, directory: Path) -> list[Path]:

@@ -108,3 +108,22 @@ def step(decoder: Decoder, ids: np.ndarray, cache: Cache) -> tuple[np.ndarray, C
         x = x + linear(gate * (np.float32(1) / (np.float32(1) + np.exp(-gate))) * up, block.down)
     logits = linear(rms_norm(x, decoder.final_norm, decoder.rms_eps), decoder.lm_head)
     return logits, Cache(keys, values)
+
+
+class ReferenceSession:
+    """`reset()`, `prefill(ids)` and `step(token)` (the last position's logits) over `step`, as a library session
+    runs them: the NumPy reference next to the library and ONNX Runtime."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        self.decoder = decoder
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = Cache.empty(self.decoder)
+
+    def prefill(self, ids) -> np.ndarray:
+        logits, self.cache = step(self.decoder, np.asarray(ids), self.cache)
+        return logits[-1]
+
+    def step(self, token: int) -> np.ndarray:
+        return self.prefill([token])
