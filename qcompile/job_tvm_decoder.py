@@ -7,9 +7,10 @@ the graph's arithmetic, in its own float order), then `CHECK_STEPS` greedy decod
 tokens, and compares the logits of every call with ONNX Runtime's. They are not bit-identical: the float parts
 (RMSNorm, the online transforms, softmax) sum in another order in each, so a per-token quantizer's input can land
 on the other side of a rounding boundary, and on a real model such moves add up (SmolLM2 `rotate,w4a8` RTN, the
-131-token prompt: the library 6.8 % from ONNX Runtime in relative RMS, the reference 9.7 %). So the reference sets the scale: the job fails (a backend bug: a misread scale, zero point or transform
-moves the logits by about their own size) when a call of the library is farther from ONNX Runtime than twice the
-reference's distance plus `RMS_FLOOR`. The integer kernels themselves are tested bit-exactly against their NumPy
+131-token prompt: the library 6.8 % from ONNX Runtime in relative RMS, the reference 9.7 %). So the reference sets
+the scale: the job fails (a backend bug: a misread scale, zero point or transform moves the logits by about their
+own size) when a call of the library is farther from ONNX Runtime than twice the reference's distance plus
+`RMS_FLOOR`. The integer kernels themselves are tested bit-exactly against their NumPy
 references (tests/backends). `tvm.check` reports both distances, the largest difference over max |logit|, the KL
 divergence of the library's next-token distribution from ONNX Runtime's, and the argmax agreement.
 

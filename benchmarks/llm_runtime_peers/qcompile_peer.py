@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import rt_common  # noqa: E402
+import rt_common  # noqa: E402  (puts benchmarks/llm_peers first on sys.path: it has an ort_peer.py of its own)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's ort_peer.py, not llm_peers'
 from ort_peer import OrtBackend  # noqa: E402  (numpy only at import: runs in either venv)
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,6 +3,8 @@
 #
 #   bash benchmarks/llm_runtime_peers/run_all.sh            # full measurement (run it on an otherwise idle machine)
 #   QUICK=1 bash benchmarks/llm_runtime_peers/run_all.sh    # validation: 2 windows, 8 decode steps (not results)
+#   PEERS="llamacpp ort qcompile" LLAMACPP_SETTINGS="q4_1 q4_0" QCOMPILE_SETTINGS="tvm_w4a8 ort_w4a8" \
+#     QCOMPILE_PEER_ARTIFACT=out/llm/tvm_rotate_w4a8 RESULTS=benchmarks/results/x.md bash ...   # a subset
 #
 # From /work/main. Venvs: see README.md. Records: /work/peers/out/runtime_*.json; logs: /work/peers/runtime_logs/.
 # A setting that fails writes a failed record (a process that crashes gets one from this driver) and the
@@ -36,12 +38,18 @@ run() {  # run VENV SCRIPT SETTING (VENV: a venv under /work/peers, or "qcompile
     grep -E '"(prefill_tok_s_512|decode_tok_s_ctx128|decode_tok_s_ctx512|perplexity|error)"' "$log" | tr -s ' '
 }
 
+wanted() { [[ " ${PEERS:-llamacpp ort ortgenai torch qcompile} " == *" $1 "* ]]; }  # PEERS="llamacpp ort": a subset
+
 /work/peers/venv-ort/bin/python "$here/bandwidth.py" >"$logs/run_bandwidth.log" 2>&1 && head -2 "$logs/run_bandwidth.log"
-[ -f /work/peers/smollm2-hf/config.json ] || /work/peers/venv-torch/bin/python "$here/make_hf_folder.py" >"$logs/make_hf_folder.log" 2>&1
-for setting in q4_1 q8_0 q4_0 q4_k_m f16; do run venv-llamacpp llamacpp_peer.py "$setting"; done
-for setting in fp32 nbits_acc4; do run venv-ort ort_peer.py "$setting"; done
-for setting in fp32 int4; do run venv-ortgenai ortgenai_peer.py "$setting"; done
-run venv-torch torch_peer.py fp32
-for setting in tvm_w4a8 tvm_w4a8_f16head ort_w4a8 tvm_w4a4kv4_f16head ort_w4a4kv4 tvm_intact_w4a4kv4_f16head ort_intact_w4a4kv4; do run qcompile qcompile_peer.py "$setting"; done
+if wanted ortgenai && [ ! -f /work/peers/smollm2-hf/config.json ]; then
+    /work/peers/venv-torch/bin/python "$here/make_hf_folder.py" >"$logs/make_hf_folder.log" 2>&1
+fi
+if wanted llamacpp; then for setting in ${LLAMACPP_SETTINGS:-q4_1 q8_0 q4_0 q4_k_m f16}; do run venv-llamacpp llamacpp_peer.py "$setting"; done; fi
+if wanted ort; then for setting in fp32 nbits_acc4; do run venv-ort ort_peer.py "$setting"; done; fi
+if wanted ortgenai; then for setting in fp32 int4; do run venv-ortgenai ortgenai_peer.py "$setting"; done; fi
+if wanted torch; then run venv-torch torch_peer.py fp32; fi
+# QCOMPILE_SETTINGS (with QCOMPILE_PEER_ARTIFACT=FOLDER) runs qcompile's settings on another artifact folder
+qsettings="tvm_w4a8 tvm_w4a8_f16head ort_w4a8 tvm_w4a4kv4_f16head ort_w4a4kv4 tvm_intact_w4a4kv4_f16head ort_intact_w4a4kv4"
+if wanted qcompile; then for setting in ${QCOMPILE_SETTINGS:-$qsettings}; do run qcompile qcompile_peer.py "$setting"; done; fi
 /work/peers/venv-ort/bin/python "$here/collect.py" --output "${RESULTS:-benchmarks/results/llm_runtime_smollm2.md}" >/dev/null
 echo "== $(date -u) done"

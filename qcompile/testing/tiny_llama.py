@@ -40,6 +40,7 @@ DECODER_FORMS = {
     "intact-kv": "rotate,intact-kv:prefix=1+2,w4a4kv4",
     "w8a8": "rotate,w8a8",
     "w4a16-g32": "w4a16:weight_group=32",
+    "w4a16-g48": "w4a16:weight_group=48",  # groups that divide neither 64 nor 128: the last one padded, then cut
     "w4a8-g32-asym": "rotate,w4a8:weight_group=32:weight_symmetric=false",
     "flatquant": "rotate,flatquant:init=identity:epochs=1:samples=4,w4a4kv4",
     "fp4": "fp-quantize:bits=4:samples=2:rounds=1:rows=64",

@@ -28,7 +28,7 @@ def _session(path, capacity: int = 16, chunk: int = 4) -> tuple:
 
 
 @pytest.mark.parametrize(
-    "form", ["w4a8", "rotate-w4a4kv4", "w4a8-g32-asym", "flatquant", "intact-kv", "w8a8", "w4a16-g32"]
+    "form", ["w4a8", "rotate-w4a4kv4", "w4a8-g32-asym", "flatquant", "intact-kv", "w8a8", "w4a16-g32", "w4a16-g48"]
 )
 def test_decode_steps_equal_the_reference(tiny_llama_artifact, form) -> None:
     decoder, session = _session(tiny_llama_artifact(form))

@@ -82,6 +82,13 @@ def test_structure_of_each_form(tiny_llama_artifact) -> None:
     assert read_decoder(ir.load(str(tiny_llama_artifact("w8a8")))).blocks[0].down.bits == 8
     grouped = read_decoder(ir.load(str(tiny_llama_artifact("w4a16-g32")))).blocks[0]
     assert grouped.qkv.group == 32 and grouped.qkv.zero.shape == (2, 128) and grouped.qkv.act is None
+    # groups of 48 over K = 64 (and 128): the padded last group is cut; groups of gcd(K, 48) = 16 with repeated
+    # scales give the same weight (zero points are re-centred per group of 16, as for every 4-bit weight)
+    cut = read_decoder(ir.load(str(tiny_llama_artifact("w4a16-g48")))).blocks[0]
+    assert (cut.qkv.in_features, cut.qkv.group, cut.qkv.zero.shape) == (64, 16, (4, 128))
+    assert (cut.down.in_features, cut.down.group) == (128, 16)
+    np.testing.assert_array_equal(cut.qkv.scale[0], cut.qkv.scale[2])  # rows 0..47 share a group's scales
+    assert not np.array_equal(cut.qkv.scale[2], cut.qkv.scale[3])
 
     flat = read_decoder(ir.load(str(tiny_llama_artifact("flatquant")))).blocks[0]
     assert [type(t) for t in flat.qkv.transforms] == [ChannelScale, Kronecker]

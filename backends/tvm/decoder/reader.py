@@ -17,6 +17,7 @@ What is recognised (anything else raises `UnsupportedDecoder` naming it):
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -152,10 +153,24 @@ def _four_bit(codes: np.ndarray, zero: np.ndarray, group: int) -> tuple[np.ndarr
     return (centred + z[:, None, :]).reshape(k, n), z.astype(np.int32)
 
 
+def _padding_cut(value: ir.Value) -> tuple[ir.Value, int | None]:
+    """(the value under a Slice that keeps the first K rows of a grouped weight whose last group was padded, K), or
+    (value, None) without one."""
+    cut = _producer(value, "Slice")
+    if cut is None or len(cut.inputs) < 4:
+        return value, None
+    starts, ends, axes = (_const(cut.inputs[i]) for i in (1, 2, 3))
+    if starts is None or ends is None or axes is None or list(starts) != [0] or list(axes) != [0]:
+        return value, None
+    return cut.inputs[0], int(ends[0])
+
+
 def _is_weight(value: ir.Value) -> bool:
-    """A constant, a transposed or dequantized constant, or the grouped dequantization of constant codes."""
+    """A constant, a transposed or dequantized constant, or the grouped dequantization of constant codes (its padded
+    last group cut off by a Slice)."""
     if _const(value) is not None:
         return True
+    value = _padding_cut(value)[0]
     node = _producer(value, "Transpose", "DequantizeLinear")
     if node is not None:
         return _const(node.inputs[0]) is not None
@@ -182,7 +197,8 @@ def _weight(value: ir.Value) -> dict:
             raise UnsupportedDecoder(f"{value.name}: a DequantizeLinear that is not per output channel")
         k = codes.shape[0]
         return _with_codes(codes, zero.reshape(1, -1), scale.reshape(1, -1), k)
-    reshape = _producer(value, "Reshape")
+    grouped, rows = _padding_cut(value)
+    reshape = _producer(grouped, "Reshape")
     mul = _producer(reshape.inputs[0], "Mul") if reshape is not None else None
     sub = _producer(mul.inputs[0], "Sub") if mul is not None else None
     cast = _producer(sub.inputs[0], "Cast") if sub is not None else None
@@ -190,7 +206,13 @@ def _weight(value: ir.Value) -> dict:
         raise UnsupportedDecoder(f"{value.name}: a weight that is neither a constant nor a dequantized one")
     codes3, zero3, scale3 = _const(cast.inputs[0]), _const(sub.inputs[1]), _const(mul.inputs[1])
     groups, group, n = codes3.shape
-    return _with_codes(codes3.reshape(groups * group, n), zero3.reshape(groups, n), scale3.reshape(groups, n), group)
+    codes, zero, scale = codes3.reshape(groups * group, n), zero3.reshape(groups, n), scale3.reshape(groups, n)
+    if rows is not None and rows < groups * group:  # the last group padded: groups of gcd(K, group) rows, the same W
+        sub_group = math.gcd(rows, group)
+        repeat = group // sub_group
+        zero, scale = (np.repeat(x, repeat, axis=0)[: rows // sub_group] for x in (zero, scale))
+        codes, group = codes[:rows], sub_group
+    return _with_codes(codes, zero, scale, group)
 
 
 def _with_codes(codes: np.ndarray, zero: np.ndarray, scale: np.ndarray, group: int) -> dict:
