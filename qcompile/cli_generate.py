@@ -4,9 +4,9 @@
                              [--no-chat-template] [--threads 2] [--runtime auto|tvm|ort]
 
 OUTDIR is the output folder of a decoder-LLM run (zoo:smollm2-135m, …): its KV-cache artifact and the
-tokenizer saved next to it (`qcompile.generation`), run by the folder's TVM decoder library (decoder.so, written by
-`--target llvm`) where it has one built for this CPU, else by ONNX Runtime; stderr names which. The text is printed
-as it is produced.
+tokenizer saved next to it (`qcompile.folder_generation`), run by the folder's TVM decoder library (decoder.so,
+written by `--target llvm`) where it has one built for this CPU, else by ONNX Runtime; stderr names which. The text
+is printed as it is produced.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def run_generate(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.threads < 1:
         raise InputError(f"--threads must be at least 1, got {args.threads}")
-    from qcompile.generation import generate
+    from qcompile.folder_generation import generate
 
     def stream(piece: str) -> None:
         sys.stdout.write(piece)

@@ -2,8 +2,9 @@
 `qcompile.backends`, and backends/ takes nothing from passes/.
 
 Core executes models only through `qcompile.runtime`. The application layer composes core and backends
-and may import both: the CLI (`qcompile/cli.py`), the job it runs (`qcompile/job.py`), and the test
-helpers (`qcompile/testing/`, which hold reference cases for backend kernels).
+and may import both: the CLI (`qcompile/cli.py`), the job it runs (`qcompile/job.py`, and its TVM step for
+decoders, `qcompile/job_tvm_decoder.py`), generation with a run's folder (`qcompile/folder_generation.py`), and the
+test helpers (`qcompile/testing/`, which hold reference cases for backend kernels).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-APPLICATION = {ROOT / "qcompile" / "cli.py", ROOT / "qcompile" / "job.py"}
+APPLICATION = {ROOT / "qcompile" / name for name in ("cli.py", "job.py", "job_tvm_decoder.py", "folder_generation.py")}
 
 
 def _imported_modules(path: Path) -> set[str]:

@@ -13,7 +13,8 @@ from qcompile.backends.tvm.kernels.int4_matmul import flavours_for
 from qcompile.backends.tvm.target import cpu_features, host_target
 from qcompile.cli import main
 from qcompile.errors import InputError
-from qcompile.generation import OrtSteps, greedy_tokens, open_steps
+from qcompile.folder_generation import open_steps
+from qcompile.generation import OrtSteps, greedy_tokens
 from qcompile.testing.tiny_llama import DECODER_FORMS
 
 FLIP_TOLERANCE = 2e-3  # a per-token code on the other side of a rounding boundary (test_tvm_decoder_reader.py)
