@@ -150,9 +150,10 @@ class _Builder:
     def float_linear(self, x, m: int, layer: Linear):
         """y [m, out_features] of a 4-bit linear layer on float x [m, in_features] (w4a16)."""
         k, n, lanes = layer.in_features, layer.out_features, FLAVOURS[self.flavour]
-        params = self.consts.setdefault(
-            (id(layer), "float_params"), (pack_float_group_params(layer.zero, layer.scale, lanes), layer)
-        )[0]
+        key = (id(layer), "float_params")
+        if key not in self.consts:  # once for both step functions
+            self.consts[key] = (pack_float_group_params(layer.zero, layer.scale, lanes), layer)
+        params = self.consts[key][0]
         args = [
             x,
             self.const(layer, "packed", lambda: pack_weight(unsigned_codes(layer)[0], lanes, layer.bits)),

@@ -9,9 +9,9 @@ column lane, one int32 whose byte t carries q[8·k8 + t] in its low nibble and q
 nibble of k-value j is (v >> (8·(j mod 4) + 4·(j div 4))) & 15 in every lane at once, converted to float32 in
 registers and multiplied by the broadcast x[i, 8·k8 + j]: four vector operations per `lanes` products, the codes
 never unpacked in memory. The product and its sum are one fused multiply-add (`llvm.fma`, which the pipeline's
-`fence` leaves alone: this float kernel has no ONNX Runtime rounding to match; 1.8× the prefill rate of a
-multiply and an add on Zen 3). Zero points leave the inner loop (−z·Σx per group, Σx per row and group computed first);
-the group's sum enters the float accumulator scaled once per group, in group order.
+`fence` leaves alone: this float kernel has no ONNX Runtime rounding to match). Zero points leave the inner loop
+(−z·Σx per group, Σx per row and group computed first); the group's sum enters the float accumulator scaled once per
+group, in group order.
 """
 
 from __future__ import annotations
