@@ -119,6 +119,7 @@ def compile(  # noqa: A001 - the verb users expect, as in torch.compile
     html: bool = True,
     qdq_weights: str = "auto",
     max_context: int = 2048,
+    lm_head: str = "float32",
     log=None,
 ) -> Result:
     """Compile `model` with `passes` (the `--passes` syntax, or a list of steps) or a TOML `recipe`, write the
@@ -130,11 +131,14 @@ def compile(  # noqa: A001 - the verb users expect, as in torch.compile
     model is scored by cosine agreement with the float model (default: the task's own metric);
     `eval_samples`: how many of them (default: all of `evaluation`'s, else the task's default, as the CLI).
     `target`: also build the TVM library (`"llvm"`, `"cuda"`, `"cuda:sm_XX"`; needs `intonly`), or for a decoder
-    LLM its decode and prefill steps (`"llvm"`; `max_context`: the positions of their KV cache).
+    LLM its decode and prefill steps (`"llvm"`; `max_context`: the positions of their KV cache; `lm_head`: how
+    they store a float LM head, `"float32"`, `"float16"` or `"int8"`, the CLI's `--lm-head`).
     `qdq_weights`: `"int8"`, `"uint8"` or `"auto"` (the CLI's `--qdq-weights`; docs/qdq-export.md).
     """
     if qdq_weights not in ("auto", "int8", "uint8"):
         raise InputError(f"qdq_weights must be auto, int8 or uint8, got {qdq_weights!r}")
+    if lm_head not in ("float32", "float16", "int8"):
+        raise InputError(f"lm_head must be float32, float16 or int8, got {lm_head!r}")
     from qcompile.ir.properties import Property
     from qcompile.job import JobConfig, run_job
     from qcompile.pipeline.run import plan_for_any_model
@@ -167,6 +171,7 @@ def compile(  # noqa: A001 - the verb users expect, as in torch.compile
         html=html,
         qdq_weights=qdq_weights,
         max_context=max_context,
+        lm_head=lm_head,
     )
     report = run_job(config, log=log or (lambda message: None))
     files = tuple(output_dir / name for name in report["files"])

@@ -85,6 +85,13 @@ def _parser() -> argparse.ArgumentParser:
         help="positions of a TVM decoder library's KV cache (prompt and generated tokens; default 2048)",
     )
     parser.add_argument(
+        "--lm-head",
+        choices=("float32", "float16", "int8"),
+        default="float32",
+        help="how a TVM decoder library stores a float LM head: float32 (default: the artifact's logits), float16, "
+        "or int8 codes with a scale per vocabulary entry (a quarter of the bytes each decode step reads)",
+    )
+    parser.add_argument(
         "--input-shape",
         action="append",
         default=[],
@@ -170,6 +177,10 @@ def _validate(args: argparse.Namespace) -> None:
 
         if not is_hf_source(args.model):  # a Hugging Face folder or .gguf is loaded by transformers
             regular_file_status(Path(args.model), "an ONNX file")  # a pipe or device would block on reading
+    if args.lm_head != "float32" and args.target is None:
+        raise InputError(
+            f"--lm-head {args.lm_head} sets how a TVM decoder library stores the LM head: add --target llvm"
+        )
     if args.target is not None:
         from qcompile.backends.tvm.target import split_target
 
@@ -271,6 +282,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         html=not args.no_html,
         qdq_weights=args.qdq_weights,
         max_context=args.max_context,
+        lm_head=args.lm_head,
     )
     report = run_job(
         config, log=(lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr))

@@ -69,6 +69,7 @@ class JobConfig:
     qdq_weights: str = "auto"  # weight codes of model.qdq.onnx: int8, uint8, or auto (int8 where exact here)
     html: bool = True  # also write report.html
     max_context: int = 2048  # positions of a decoder library's cache (--target llvm on a decoder LLM)
+    lm_head: str = "float32"  # how a decoder library stores a float LM head: float32, float16 or int8 (--lm-head)
 
 
 def resolve_model(source: str | zoo.ZooModel, input_shapes: dict[str, tuple[int, ...]] | None = None) -> zoo.ZooModel:
@@ -297,7 +298,15 @@ def _compile_decoder_library(config: JobConfig, entry, artifact: Path, staging: 
     capacity = max(config.max_context, len(prefix or ()) + len(window) + entry.generation_tokens + 64)
     try:
         return build_decoder_library(
-            config.target, artifact, staging, sessions["qcompile"], window, capacity, config.threads, log
+            config.target,
+            artifact,
+            staging,
+            sessions["qcompile"],
+            window,
+            capacity,
+            config.threads,
+            log,
+            config.lm_head,
         )
     except UnsupportedDecoder as error:
         raise InputError(f"--target {config.target}: {one_line(error)}") from None

@@ -35,16 +35,20 @@ CHECK_STEPS = 4
 DECODE_REPEATS = 16
 
 
-def build_decoder_library(target: str, artifact: Path, staging: Path, ort_session, ids, capacity: int, threads, log):
-    """Compile and save the library into `staging`, load it and check it against `ort_session` on `ids` (module
-    docstring). Returns (the loaded library, the report's `tvm` entry)."""
+def build_decoder_library(
+    target: str, artifact: Path, staging: Path, ort_session, ids, capacity: int, threads, log, head_dtype="float32"
+):
+    """Compile and save the library into `staging` (a float LM head stored as `head_dtype`), load it and check it
+    against `ort_session` on `ids` (module docstring; the reference then rounds the head as the library stores it).
+    Returns (the loaded library, the report's `tvm` entry)."""
     from qcompile.backends.tvm import pool_threads
     from qcompile.backends.tvm.decoder import artifact as library_files
+    from qcompile.backends.tvm.decoder.build import stored_head
     from qcompile.backends.tvm.decoder.reference import ReferenceSession
 
     chunk = min(library_files.DEFAULT_CHUNK, max(1, len(ids) - 1))
     log(f"compiling the decoder's steps with TVM for {target} ({capacity} cache positions, prefill chunks of {chunk})")
-    compiled = library_files.compile_decoder(artifact, target, capacity, chunk, threads=threads)
+    compiled = library_files.compile_decoder(artifact, target, capacity, chunk, head_dtype, threads=threads)
     files = library_files.save(compiled, staging)
     library = library_files.load(staging)
     report = {
@@ -56,7 +60,8 @@ def build_decoder_library(target: str, artifact: Path, staging: Path, ort_sessio
         "bit_exact_vs_onnx": False,
     }
     prompt = ids[: chunk + min(3, len(ids) - chunk)]
-    report["check"] = check_against_onnx(library.session(), ort_session, prompt, ReferenceSession(compiled.decoder))
+    reference = ReferenceSession(stored_head(compiled.decoder, compiled.metadata["head_dtype"]))
+    report["check"] = check_against_onnx(library.session(), ort_session, prompt, reference)
     if not report["check"]["within_reference"]:
         raise RuntimeError(
             f"the TVM decoder library's logits differ from ONNX Runtime's by {report['check']['rel_rms_diff']:.3g} "

@@ -5,6 +5,7 @@ in float32 as qcompile evaluates it), in qcompile's own venv.
 Settings (ARTIFACT: the output folder of the `qcompile` command in the setting's docstring line):
   tvm_w4a8         out/llm/rotate_w4a8_gptq   rotate,w4a8:weight_search=gptq --calib-samples 128
   tvm_w4a8_f16head the same, the float LM head stored as float16 in the library (an opt-in of the TVM build)
+  tvm_w4a8_i8head  the same, the LM head stored as int8 codes with a scale per vocabulary entry (another opt-in)
   ort_w4a8         the same artifact in ONNX Runtime
   tvm_w4a4kv4_f16head, ort_w4a4kv4   out/llm/rotate_w4a4kv4_gptq   rotate,w4a4kv4:weight_search=gptq:
                    act_symmetric=false:act_clip_ratio=search:clip_ratio=search --calib-samples 128 (the KV cache
@@ -45,12 +46,14 @@ INTACT = ROOT / "out/llm/rotate_intact-kv_w4a4kv4_gptq"
 ARTIFACTS = {
     "tvm_w4a8": W4A8,
     "tvm_w4a8_f16head": W4A8,
+    "tvm_w4a8_i8head": W4A8,
     "ort_w4a8": W4A8,
     "tvm_w4a4kv4_f16head": W4A4KV4,
     "ort_w4a4kv4": W4A4KV4,
     "tvm_intact_w4a4kv4_f16head": INTACT,
     "ort_intact_w4a4kv4": INTACT,
 }
+HEADS = {"f16head": "float16", "i8head": "int8"}  # a setting's suffix → how the library stores the LM head
 CAPACITY = 1024
 CHUNK = 128
 
@@ -88,7 +91,8 @@ def weight_mb(decoder, head_dtype: str) -> float:
             groups = layer.in_features // layer.group
             total += layer.in_features * columns // 2 + groups * columns * 4 * (2 if layer.act.symmetric else 3)
     head = decoder.lm_head.weight
-    return (total + head.size * (2 if head_dtype == "float16" else 4)) / 1e6
+    head_bytes = {"float16": 2 * head.size, "int8": head.size + 4 * head.shape[1]}.get(head_dtype, 4 * head.size)
+    return (total + head_bytes) / 1e6
 
 
 def _load(setting: str, threads: int):
@@ -113,7 +117,7 @@ def _load(setting: str, threads: int):
     decoder = read_decoder(ir.load(str(path)))
     target = host_target(threads)
     start = time.perf_counter()
-    head = "float16" if setting.endswith("f16head") else "float32"
+    head = HEADS.get(setting.rsplit("_", 1)[-1], "float32")
     executable = build_decode(decoder, CAPACITY, flavours_for(cpu_features(target))[0], target, head, CHUNK)
     build_seconds = time.perf_counter() - start
     library = Path(os.environ.get("TMPDIR", "/tmp")) / "qcompile_decode.so"

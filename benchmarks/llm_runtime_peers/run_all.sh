@@ -49,7 +49,7 @@ if wanted ort; then for setting in fp32 nbits_acc4; do run venv-ort ort_peer.py 
 if wanted ortgenai; then for setting in fp32 int4; do run venv-ortgenai ortgenai_peer.py "$setting"; done; fi
 if wanted torch; then run venv-torch torch_peer.py fp32; fi
 # QCOMPILE_SETTINGS (with QCOMPILE_PEER_ARTIFACT=FOLDER) runs qcompile's settings on another artifact folder
-qsettings="tvm_w4a8 tvm_w4a8_f16head ort_w4a8 tvm_w4a4kv4_f16head ort_w4a4kv4 tvm_intact_w4a4kv4_f16head ort_intact_w4a4kv4"
+qsettings="tvm_w4a8 tvm_w4a8_f16head tvm_w4a8_i8head ort_w4a8 tvm_w4a4kv4_f16head ort_w4a4kv4 tvm_intact_w4a4kv4_f16head ort_intact_w4a4kv4"
 if wanted qcompile; then for setting in ${QCOMPILE_SETTINGS:-$qsettings}; do run qcompile qcompile_peer.py "$setting"; done; fi
 /work/peers/venv-ort/bin/python "$here/collect.py" --output "${RESULTS:-benchmarks/results/llm_runtime_smollm2.md}" >/dev/null
 echo "== $(date -u) done"

@@ -10,8 +10,8 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from qcompile.backends.tvm.decoder import reference
-from qcompile.backends.tvm.decoder.build import build_decode, cache_layout, cache_spec
+from qcompile.backends.tvm.decoder import kernels, reference
+from qcompile.backends.tvm.decoder.build import build_decode, cache_layout, cache_spec, stored_head
 from qcompile.backends.tvm.decoder.reader import UnsupportedDecoder, read_decoder
 from qcompile.backends.tvm.decoder.session import DecodeSession
 from qcompile.backends.tvm.kernels.int4_matmul import flavours_for
@@ -57,17 +57,24 @@ def test_a_chunked_prefill_gives_the_logits_of_token_by_token_steps(tiny_llama_a
         session.prefill([])
 
 
-def test_a_float16_lm_head_gives_the_logits_of_the_rounded_head(tiny_llama_artifact) -> None:
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_a_stored_lm_head_gives_the_logits_of_the_rounded_head(tiny_llama_artifact, dtype) -> None:
     decoder = read_decoder(ir.load(str(tiny_llama_artifact("w4a8"))))
-    executable = build_decode(decoder, 8, FLAVOURS[0], host_target(2), "float16", chunk=None)
+    executable = build_decode(decoder, 8, FLAVOURS[0], host_target(2), dtype, chunk=None)
     session = DecodeSession(executable, cache_spec(decoder, 8), chunk=None)
-    rounded = read_decoder(ir.load(str(tiny_llama_artifact("w4a8"))))
-    rounded.lm_head.weight = rounded.lm_head.weight.astype(np.float16).astype(np.float32)
+    rounded = stored_head(decoder, dtype)
+    if dtype == "float16":
+        np.testing.assert_array_equal(rounded.lm_head.weight, decoder.lm_head.weight.astype(np.float16))
+    else:
+        codes, scale = kernels.quantize_gemv_weight(decoder.lm_head.weight)
+        np.testing.assert_array_equal(rounded.lm_head.weight, codes * scale[: codes.shape[1]])
+    assert not np.array_equal(rounded.lm_head.weight, decoder.lm_head.weight)  # the rounding changes the head
+    assert stored_head(decoder, "float32") is decoder
     cache = reference.Cache.empty(rounded)
     for token in (3, 1, 4):
         want, cache = reference.step(rounded, np.array([token]), cache)
         np.testing.assert_allclose(session.step(token), want[0], rtol=0, atol=1e-5 * float(np.abs(want).max()))
-    with pytest.raises(ValueError, match="float32 or float16"):
+    with pytest.raises(ValueError, match="float32, float16 or int8"):
         build_decode(decoder, 8, FLAVOURS[0], host_target(2), "bfloat16", chunk=None)
 
 

@@ -114,3 +114,28 @@ def test_a_decoder_onnx_file_is_refused_with_what_to_give(tmp_path, capsys, tiny
     assert main([*args, "--quiet", "--eval-samples", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "give the model as a Hugging Face folder, a .gguf or zoo:NAME" in err and len(err.splitlines()) == 1
+
+
+def test_an_int8_lm_head_is_checked_against_the_reference_of_the_rounded_head(tmp_path, tiny_llama_artifact) -> None:
+    """`--lm-head int8`: the library stores the head as codes; the check's reference rounds it the same way, so the
+    library stays within its bound while both move away from ONNX Runtime's float head."""
+    from qcompile.job_tvm_decoder import build_decoder_library
+    from qcompile.runtime.sessions import make_session
+
+    artifact = tiny_llama_artifact("w4a8")
+    ids = np.random.default_rng(2).integers(0, 64, 12)
+    library, report = build_decoder_library(
+        "llvm", artifact, tmp_path, make_session(str(artifact), threads=2), ids, 64, 2, lambda _: None, "int8"
+    )
+    assert report["head_dtype"] == "int8" and json.loads((tmp_path / "decoder.tvm.json").read_text())["head_dtype"]
+    check = report["check"]
+    assert check["within_reference"] and check["reference_rel_rms_diff"] > 0  # the rounded head moves the logits
+    assert check["rel_rms_diff"] <= 2 * check["reference_rel_rms_diff"] + 1e-3  # … and the library as much (no slack)
+
+
+def test_lm_head_without_a_target_is_refused(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    assert main(["zoo:tiny-llama", "--passes", "w4a8", "--lm-head", "int8", "-o", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--lm-head int8 sets how a TVM decoder library stores the LM head: add --target llvm" in err
+    assert len(err.splitlines()) == 1 and not out.exists()

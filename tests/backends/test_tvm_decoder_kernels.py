@@ -62,11 +62,17 @@ def test_rope(position, rows) -> None:
     _close(got, want, 1e-5)
 
 
-def test_kronecker_and_channel_scale() -> None:
+@pytest.mark.parametrize("rows, a, b", [(3, 4, 12), (1, 12, 128), (9, 1, 64), (2, 36, 16), (1, 3, 6)])
+def test_kronecker(rows, a, b) -> None:
+    """Blocks of 64 columns (b = 128: two per row), one row (a decode step), a = 1 (a per-head transform), odd b."""
+    x = RNG.standard_normal((rows, a * b)).astype(np.float32)
+    fa, fb = RNG.standard_normal((a, a)).astype(np.float32), RNG.standard_normal((b, b)).astype(np.float32)
+    (got,) = _call(kernels.kronecker_func(rows, a, b), x, fa, fb, outputs=[((rows, a * b), "float32")])
+    _close(got, kronecker_rotate(x, fa, fb), 2e-6)
+
+
+def test_channel_scale() -> None:
     x = RNG.standard_normal((3, 48)).astype(np.float32)
-    a, b = RNG.standard_normal((4, 4)).astype(np.float32), RNG.standard_normal((12, 12)).astype(np.float32)
-    (got,) = _call(kernels.kronecker_func(3, 4, 12), x, a, b, outputs=[((3, 48), "float32")])
-    _close(got, kronecker_rotate(x, a, b), 2e-6)
     c = RNG.random(48).astype(np.float32)
     (scaled,) = _call(kernels.channel_scale_func(3, 48), x, c, outputs=[((3, 48), "float32")])
     np.testing.assert_array_equal(scaled, x * c)
@@ -101,6 +107,23 @@ def test_silu_mul_and_gemv() -> None:
     assert half.dtype == np.float16
     (y16,) = _call(kernels.gemv_func(64, 200, dtype="float16"), x, half, outputs=[((1, 208), "float32")])
     _close(y16[:, :200], x @ w.astype(np.float16).astype(np.float32), 2e-6)  # the rounded weights, summed in float32
+    codes, scale = kernels.quantize_gemv_weight(w)
+    int8 = kernels.pack_gemv_weight(codes, "int8")
+    (y8,) = _call(kernels.gemv_func(64, 200, dtype="int8"), x, int8, scale, outputs=[((1, 208), "float32")])
+    _close(y8[:, :200], x @ (codes * scale[:200]), 2e-6)  # the codes' sums in float32, each scaled once
+    assert not np.any(y8[:, 200:])  # padded columns: zero codes, zero scale
+
+
+def test_int8_gemv_codes_reproduce_the_weight_within_half_a_step() -> None:
+    w = RNG.standard_normal((64, 40)).astype(np.float32) * RNG.uniform(0.01, 10, 40).astype(np.float32)
+    w[:, 3] = 0  # an all-zero column gets scale 1 and zero codes
+    codes, scale = kernels.quantize_gemv_weight(w)
+    assert codes.dtype == np.int8 and scale.shape == (48,) and np.abs(codes).max() == 127
+    np.testing.assert_array_equal(np.abs(codes).max(axis=0)[[0, 1, 39]], 127)  # each column's peak is ±127
+    assert scale[3] == 1 and not codes[:, 3].any()
+    assert np.all(np.abs(codes * scale[:40] - w) <= scale[:40] / 2 * (1 + 1e-6))
+    with pytest.raises(ValueError, match="float32, float16 or int8"):
+        kernels.gemv_func(64, 40, dtype="bfloat16")
 
 
 @pytest.mark.parametrize("bits, symmetric, ratio", [(None, True, 1.0), (4, False, 1.0), (8, True, 0.9), (4, True, 1.0)])

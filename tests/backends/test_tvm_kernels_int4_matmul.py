@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from qcompile.backends.tvm.fence import fence_float_products
 from qcompile.backends.tvm.kernels.int4_matmul import (
     FLAVOURS,
+    SHORT_STEPS,
     STEP,
     flavours_for,
     int4_matmul_func,
@@ -122,6 +123,14 @@ def test_emitted_code_uses_the_flavours_instruction_with_accumulators_on_the_sta
     lib = _build(4, 256, 64, 128, flavour, True)
     assert re.search(INSTRUCTION[flavour], lib.inspect_source("asm")), f"no {INSTRUCTION[flavour]} in the code"
     assert "load ptr, ptr @__TVMBackendAllocWorkspace" not in lib.inspect_source("ll"), "accumulators on the heap"
+
+
+@pytest.mark.skipif("llvm" not in RUNNABLE, reason="needs AVX2")
+def test_avx2_sums_pairs_in_int16_before_widening() -> None:
+    """Four packed vectors (8 vpmaddubsw) per vpmaddwd: the int16 sums of `SHORT_STEPS` vectors, added with vpaddw."""
+    asm = _build(1, 256, 32, 256, "llvm", False).inspect_source("asm")
+    madd, widen = len(re.findall(r"\bvpmaddubsw\b", asm)), len(re.findall(r"\bvpmaddwd\b", asm))
+    assert re.search(r"\bvpaddw\b", asm) and madd >= 2 * SHORT_STEPS * widen > 0
 
 
 @pytest.mark.parametrize("rows, col_blocks", [(1, 1), (2, 3), (6, 2), (3, 4)])

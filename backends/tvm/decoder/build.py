@@ -10,7 +10,8 @@ points) where the spec quantizes it; the session owns it (`cache_spec`). Per blo
 (`spec` docstring) with one kernel each: `rms_norm`, the transform chain, `token_quantize`, `int4_matmul` (fused
 q/k/v and gate/up), `rope` (on angles `rope_table` computes once per step), the per-head transforms, `cache_write`
 (in place: `call_tir_inplace`), `attention`, `silu_mul`; the LM head (on the last token only) is the float `gemv`,
-float32 or (opt-in) float16, or the integer matmul where the spec quantized it. Weights are constants of the library,
+float32 or (opt-in) float16 or int8 codes with a scale per vocabulary entry, or the integer matmul where the spec
+quantized it. Weights are constants of the library,
 packed at build time, one copy shared by both functions.
 
 Supported: 4- and 8-bit weights with per-token integer activations (every linear of the blocks; 8-bit codes
@@ -24,6 +25,8 @@ by token.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from qcompile.backends.tvm.decoder import kernels
@@ -34,10 +37,11 @@ from qcompile.backends.tvm.kernels.int4_float_matmul import int4_float_matmul_fu
 from qcompile.backends.tvm.kernels.int4_matmul import FLAVOURS, int4_matmul_func, pack_group_params, pack_weight
 from qcompile.backends.tvm.kernels.token_quantize import token_quantize_func
 
-__all__ = ["build_decode", "cache_layout", "cache_spec"]
+__all__ = ["build_decode", "cache_layout", "cache_spec", "stored_head", "HEAD_DTYPES"]
 
 SCHEDULED = "tirx.is_scheduled"  # dlight leaves these PrimFuncs alone
 OPAQUE = 8  # relax.OpPatternKind.kOpaque: FuseOps does not merge them with neighbours
+HEAD_DTYPES = ("float32", "float16", "int8")  # how a float LM head can be stored
 
 
 def _check(decoder: Decoder) -> None:
@@ -89,6 +93,20 @@ def cache_spec(decoder: Decoder, capacity: int) -> CacheSpec:
                 prefix[slot] = np.asarray(values, np.float32)
             slot += 3 if _as_codes(block) else 1
     return CacheSpec(cache_layout(decoder, capacity), prefix)
+
+
+def stored_head(decoder: Decoder, head_dtype: str) -> Decoder:
+    """`decoder` with its float LM head rounded as a library built with `head_dtype` stores it (float16, or the int8
+    codes times their scales), for a reference of the library's logits; itself for float32 or a quantized head."""
+    head = decoder.lm_head
+    if head.codes is not None or head_dtype == "float32":
+        return decoder
+    if head_dtype == "float16":
+        weight = head.weight.astype(np.float16).astype(np.float32)
+    else:
+        codes, scale = kernels.quantize_gemv_weight(head.weight)
+        weight = codes * scale[: head.weight.shape[1]]
+    return dataclasses.replace(decoder, lm_head=dataclasses.replace(head, weight=weight))
 
 
 def _with_root_block(func):
@@ -227,13 +245,15 @@ def build_decode(
 ):
     """The compiled steps (a Relax VM executable) of `decoder` for a cache of `capacity` positions: `decode` (one
     token) and, with a `chunk`, `prefill` (`chunk` tokens, the last one's logits), sharing the packed weights.
-    `head_dtype` "float16" stores a float LM head in half precision (half the bytes every step reads; the logits
-    then differ from the artifact's by the weights' rounding: an opt-in, measured in the runtime table)."""
+    `head_dtype` "float16" stores a float LM head in half precision, "int8" as symmetric codes with a scale per
+    vocabulary entry (`kernels.quantize_gemv_weight`): a half or a quarter of the bytes every step reads, the logits
+    then differing from the artifact's by the weights' rounding (opt-ins; their perplexity is measured in the
+    runtime table)."""
     from qcompile.backends.tvm.build import compile_relax
 
     _check(decoder)
-    if head_dtype not in ("float32", "float16"):
-        raise ValueError(f"the LM head is stored as float32 or float16, not {head_dtype}")
+    if head_dtype not in HEAD_DTYPES:
+        raise ValueError(f"the LM head is stored as float32, float16 or int8, not {head_dtype}")
     b = _Builder(flavour)
     _emit_step(b, decoder, "decode", 1, capacity, head_dtype)
     if chunk:
@@ -279,10 +299,18 @@ def _lm_head(b: _Builder, x, decoder: Decoder, dtype: str):
     if head.codes is not None:
         return b.linear(x, 1, head)
     k, n = head.weight.shape
+    if dtype == "int8":
+        codes, scale = kernels.quantize_gemv_weight(head.weight)
+        weights = [
+            b.const(head, "packed_int8", lambda: kernels.pack_gemv_weight(codes, "int8")),
+            b.const(head, "scale_int8", lambda: scale),
+        ]
+    else:
+        weights = [b.const(head, f"packed_{dtype}", lambda: kernels.pack_gemv_weight(head.weight, dtype))]
     y = b.call(
         ("gemv", k, n, dtype),
         lambda: kernels.gemv_func(k, n, dtype=dtype),
-        [x, b.const(head, f"packed_{dtype}", lambda: kernels.pack_gemv_weight(head.weight, dtype))],
+        [x, *weights],
         (1, -(-n // kernels.GEMV_LANES) * kernels.GEMV_LANES),
     )
     return y if n % kernels.GEMV_LANES == 0 else b.slice(y, 0, n)

@@ -11,7 +11,8 @@ fixed-capacity KV cache written in place, as TIR PrimFuncs; the 4-bit matmul and
                   of the spec, the arithmetic of `kernels.token_quantize`), in place
     attention     out[i, h] = Σ_{t ≤ p+i} softmax_t(s · q[i, h]·K̂[h // g, t]) · V̂[h // g, t], K̂ = (codes − z)·scale
                   read in registers (grouped-query: g query heads per KV head); q·K̂ in 16-lane partial sums
-    gemv          y = x · W for a float W stored [N/16, K, 16] in float32 or float16 (the LM head)
+    gemv          y = x · W for a float W stored [N/16, K, 16] in float32 or float16 (the LM head), or
+                  y[n] = s[n] · Σ_k x[k]·q[k, n] for int8 codes q with a scale per column (the LM head in int8)
     silu_mul      y = gate · 1/(1 + e^(−gate)) · up
 
 p (the first new token's position) is a one-element int32 tensor, so one compiled step serves every position up
@@ -36,6 +37,7 @@ __all__ = [
     "attention_func",
     "gemv_func",
     "pack_gemv_weight",
+    "quantize_gemv_weight",
     "silu_mul_func",
     "GEMV_LANES",
 ]
@@ -147,12 +149,64 @@ def rope_func(m: int, heads: int, dim: int):
     return func
 
 
+def _block_width(b: int, lanes: int = 8, most: int = 64) -> tuple[int, int]:
+    """(vector lanes, columns per register block) for rows of b columns: the widest lanes ≤ `lanes` dividing b, and
+    the largest multiple of them ≤ `most` dividing b (a block's accumulators stay in registers)."""
+    lanes = next(n for n in (lanes, 4, 2, 1) if b % n == 0)
+    return lanes, max(w for w in range(lanes, min(b, most) + 1, lanes) if b % w == 0)
+
+
 def kronecker_func(rows: int, a: int, b: int):
-    """main(x f32 [rows, a·b], A f32 [a, a], B f32 [b, b], y f32 [rows, a·b]): y_m = Aᵀ X_m B per row. Each output
-    element sums in the reference's order (over l, then over k); the loops over its column j are innermost, so
-    LLVM vectorizes across columns without reordering any sum (and B's rows are read in order: B stays in cache,
-    where a register accumulator per column block would stream B's columns once per block)."""
+    """main(x f32 [rows, a·b], A f32 [a, a], B f32 [b, b], y f32 [rows, a·b]): y_m = Aᵀ X_m B per row, in two
+    stages: R = X_m B (R[k, j] = Σ_l X[k, l]·B[l, j], over l in order), then y[i, j] = Σ_k R[k, j]·A[k, i] (over k in
+    order), each element summed in the reference's order. Each stage's tasks are (row, k or i, block of ≤ 64
+    columns) triples, in parallel, so one row (a decode step) spreads over the threads; a block's sums stay in
+    vector registers while the loop over l (or k) streams B's (or R's) rows. With a = 1 (a per-head transform)
+    the second stage is y = R·A[0, 0] (the sum of one product, as exact as the reference's), the first stage's
+    epilogue: one parallel loop."""
     from tvm.script import tirx as T
+
+    lanes, width = _block_width(b)
+    blocks, vectors = b // width, width // lanes
+    f32v = f"float32x{lanes}"
+
+    def at(task, v):
+        """(row, the flat index of lane 0 of vector v) of a stage's task: row, k (or i), column block."""
+        return task // (a * blocks), task // blocks % a * b + task % blocks * width + v * lanes
+
+    @T.macro
+    def right_side(x, fb, out, fa, task):
+        """out's block of task = X_m[k] · B (times A[0, 0] when a = 1: `fa` not None)."""
+        acc = T.alloc_buffer((vectors, lanes), "float32", scope="global")
+        for v in T.unroll(vectors):
+            acc[v, T.ramp(0, 1, lanes)] = T.broadcast(T.float32(0), lanes)
+        for l in range(b):  # noqa: E741
+            for v in T.unroll(vectors):
+                acc[v, T.ramp(0, 1, lanes)] = acc.vload([v, 0], f32v) + T.broadcast(
+                    x[task // (a * blocks), task // blocks % a * b + l], lanes
+                ) * fb.vload([l, task % blocks * width + v * lanes], f32v)
+        for v in T.unroll(vectors):
+            if fa is None:
+                out[at(task, v)[0], T.ramp(at(task, v)[1], 1, lanes)] = acc.vload([v, 0], f32v)
+            else:
+                out[at(task, v)[0], T.ramp(at(task, v)[1], 1, lanes)] = acc.vload([v, 0], f32v) * T.broadcast(
+                    fa[0, 0], lanes
+                )
+
+    if a == 1:
+
+        @T.prim_func(s_tir=True)
+        def single(
+            x: T.Buffer((rows, b), "float32"),
+            fa: T.Buffer((1, 1), "float32"),
+            fb: T.Buffer((b, b), "float32"),
+            y: T.Buffer((rows, b), "float32"),
+        ):
+            T.func_attr({"global_symbol": "main", "tir.noalias": True})
+            for task in T.parallel(rows * blocks):
+                right_side(x, fb, y, fa, task)
+
+        return single
 
     @T.prim_func(s_tir=True)
     def func(
@@ -162,20 +216,20 @@ def kronecker_func(rows: int, a: int, b: int):
         y: T.Buffer((rows, a * b), "float32"),
     ):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        for m in T.parallel(rows):
-            right = T.alloc_buffer((a * b,), "float32", scope="global")
+        right = T.alloc_buffer((rows, a * b), "float32")
+        for task in T.parallel(rows * a * blocks):
+            right_side(x, fb, right, None, task)
+        for task in T.parallel(rows * a * blocks):
+            acc = T.alloc_buffer((vectors, lanes), "float32", scope="global")
+            for v in T.unroll(vectors):
+                acc[v, T.ramp(0, 1, lanes)] = T.broadcast(T.float32(0), lanes)
             for k in range(a):
-                for j in T.vectorized(b):
-                    right[k * b + j] = T.float32(0)
-                for l in range(b):  # noqa: E741
-                    for j in T.vectorized(b):
-                        right[k * b + j] = right[k * b + j] + x[m, k * b + l] * fb[l, j]
-            for i in range(a):
-                for j in T.vectorized(b):
-                    y[m, i * b + j] = T.float32(0)
-                for k in range(a):
-                    for j in T.vectorized(b):
-                        y[m, i * b + j] = y[m, i * b + j] + right[k * b + j] * fa[k, i]
+                for v in T.unroll(vectors):
+                    acc[v, T.ramp(0, 1, lanes)] = acc.vload([v, 0], f32v) + right.vload(
+                        [task // (a * blocks), k * b + task % blocks * width + v * lanes], f32v
+                    ) * T.broadcast(fa[k, task // blocks % a], lanes)
+            for v in T.unroll(vectors):
+                y[at(task, v)[0], T.ramp(at(task, v)[1], 1, lanes)] = acc.vload([v, 0], f32v)
 
     return func
 
@@ -425,7 +479,8 @@ def attention_func(
 
 
 def pack_gemv_weight(weight: np.ndarray, dtype: str = "float32") -> np.ndarray:
-    """[K, N] float → [ceil(N/16), K, 16] of `dtype` (float32, or float16: rounded to nearest), columns zero-padded."""
+    """[K, N] → [ceil(N/16), K, 16] of `dtype` (float32; float16: rounded to nearest; int8: codes as they are),
+    columns zero-padded."""
     k, n = weight.shape
     np_ = -(-n // GEMV_LANES) * GEMV_LANES
     padded = np.zeros((k, np_), dtype)
@@ -433,15 +488,67 @@ def pack_gemv_weight(weight: np.ndarray, dtype: str = "float32") -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(k, np_ // GEMV_LANES, GEMV_LANES).transpose(1, 0, 2))
 
 
+def quantize_gemv_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 codes of a float [K, N] weight with one scale per column (over K):
+    s[n] = max_k |W[k, n]| / 127 (1 for an all-zero column), q = rint(W / s) ∈ [−127, 127]. Returns (q int8
+    [K, N], s float32 [N padded to 16 lanes, padding 0]); W ≈ q · s."""
+    weight = np.asarray(weight, np.float32)
+    peak = np.abs(weight).max(axis=0)
+    scale = np.where(peak > 0, peak / np.float32(127), np.float32(1)).astype(np.float32)
+    codes = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
+    padded = np.zeros(-(-weight.shape[1] // GEMV_LANES) * GEMV_LANES, np.float32)
+    padded[: weight.shape[1]] = scale
+    return codes, padded
+
+
 def gemv_func(k: int, n: int, blocks: int = 4, dtype: str = "float32"):
-    """main(x f32 [1, k], w [N/16, k, 16] of `dtype` (`pack_gemv_weight`), y f32 [1, N padded]): column blocks of
-    16·`blocks` in parallel, 16-lane vector accumulators; float16 weights are widened to float32 in registers."""
+    """main(x f32 [1, k], w [N/16, k, 16] of `dtype` (`pack_gemv_weight`), [scale f32 [N padded],] y f32 [1, N
+    padded]): column blocks of 16·`blocks` in parallel, 16-lane vector accumulators; float16 weights and int8 codes
+    are widened to float32 in registers; int8 codes (`quantize_gemv_weight`) take the scale argument, applied
+    once to each column's sum."""
     from tvm.script import tirx as T
 
+    if dtype not in ("float32", "float16", "int8"):
+        raise ValueError(f"the GEMV weight is float32, float16 or int8, not {dtype}")
     tiles = -(-n // GEMV_LANES)
     while tiles % blocks:
         blocks -= 1
     lanes = GEMV_LANES
+    f32v = f"float32x{lanes}"
+
+    @T.macro
+    def columns(x, w, scale, y, task):
+        """y's columns of `task` (its `blocks` column tiles): the sums over k, times the scales when given."""
+        acc = T.alloc_buffer((blocks, lanes), "float32", scope="global")
+        for b in T.unroll(blocks):
+            acc[b, T.ramp(0, 1, lanes)] = T.broadcast(T.float32(0), lanes)
+        for kk in range(k):
+            for b in T.unroll(blocks):
+                acc[b, T.ramp(0, 1, lanes)] = acc[b, T.ramp(0, 1, lanes)] + T.broadcast(x[0, kk], lanes) * T.Cast(
+                    f32v, w[task * blocks + b, kk, T.ramp(0, 1, lanes)]
+                )
+        for b in T.unroll(blocks):
+            if scale is None:
+                y[0, T.ramp((task * blocks + b) * lanes, 1, lanes)] = acc[b, T.ramp(0, 1, lanes)]
+            else:
+                y[0, T.ramp((task * blocks + b) * lanes, 1, lanes)] = (
+                    acc[b, T.ramp(0, 1, lanes)] * scale[T.ramp((task * blocks + b) * lanes, 1, lanes)]
+                )
+
+    if dtype == "int8":
+
+        @T.prim_func(s_tir=True)
+        def scaled(
+            x: T.Buffer((1, k), "float32"),
+            w: T.Buffer((tiles, k, lanes), dtype),
+            scale: T.Buffer((tiles * lanes,), "float32"),
+            y: T.Buffer((1, tiles * lanes), "float32"),
+        ):
+            T.func_attr({"global_symbol": "main", "tir.noalias": True})
+            for task in T.parallel(tiles // blocks):
+                columns(x, w, scale, y, task)
+
+        return scaled
 
     @T.prim_func(s_tir=True)
     def func(
@@ -451,16 +558,6 @@ def gemv_func(k: int, n: int, blocks: int = 4, dtype: str = "float32"):
     ):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
         for task in T.parallel(tiles // blocks):
-            acc = T.alloc_buffer((blocks, lanes), "float32", scope="global")
-            for b in T.unroll(blocks):
-                acc[b, T.ramp(0, 1, lanes)] = T.broadcast(T.float32(0), lanes)
-            for kk in range(k):
-                for b in T.unroll(blocks):
-                    acc[b, T.ramp(0, 1, lanes)] = (
-                        acc[b, T.ramp(0, 1, lanes)]
-                        + T.broadcast(x[0, kk], lanes) * w[task * blocks + b, kk, T.ramp(0, 1, lanes)]
-                    )
-            for b in T.unroll(blocks):
-                y[0, T.ramp((task * blocks + b) * lanes, 1, lanes)] = acc[b, T.ramp(0, 1, lanes)]
+            columns(x, w, None, y, task)
 
     return func

@@ -19,7 +19,10 @@ Flavours (`FLAVOURS`, named as `artifact.kernel_flavour` names them): `avx512vnn
 sums pairs of u8·s8 products in *saturating* int16, then vpmaddwd by ones into int32 lanes: the same 4-product
 sums as vpdpbusd. It saturates only above 2^15 − 1; a pair here is at most 2·15·128 = 3840 because one
 operand is a 4-bit code (the trap that makes it wrong for full-range 8-bit weights, `int_gemm.py`, does not
-arise).
+arise). So up to 8 of those pair sums add in int16 without overflow (8·3840 = 30,720 ≤ 2^15 − 1): the AVX2 flavour
+sums the vpmaddubsw results of up to `SHORT_STEPS` packed vectors (2 per vector: its low and high nibbles) with
+vpaddw in int16 accumulators, and widens them with one vpmaddwd per accumulator after that, a quarter of the
+vpmaddwd of widening every pair sum; the int32 sums are the same, exactly.
 
 8-bit weights (`bits=8`, codes q ∈ [0, 255]) go through the same kernel: byte [n // lanes, k4, n % lanes, t] holds
 q[4·k4 + t, n], one vector load is one vpdpbusd's operand as it is (exact: 4·255·128 fits an int32 lane). On AVX2
@@ -59,9 +62,15 @@ __all__ = [
 
 STEP = 8  # k-values one packed vector of 4-bit codes covers: 4 in the low nibbles, 4 in the high ones
 STEPS = {4: STEP, 8: 4}  # … by weight bits (one 8-bit code a byte)
-# (rows, col_blocks) per lane count: decode (one row) and prefill register tiles
-TILES = {16: {"decode": (1, 2), "prefill": (4, 3)}, 8: {"decode": (1, 4), "prefill": (4, 4)}}
+# (rows, col_blocks) per flavour: decode (one row) and prefill register tiles. AVX2's prefill tile is 2 × 4: its
+# int16 and int32 accumulators (2 · 8 ymm) leave registers for the codes and broadcasts (4 × 4 would spill them)
+TILES = {
+    "avx512vnni": {"decode": (1, 2), "prefill": (4, 3)},
+    "avxvnni": {"decode": (1, 4), "prefill": (4, 4)},
+    "llvm": {"decode": (1, 4), "prefill": (2, 4)},
+}
 FLAVOURS = {"avx512vnni": 16, "avxvnni": 8, "llvm": 8}  # flavour → int32 lanes
+SHORT_STEPS = 4  # AVX2, 4-bit codes: packed vectors (2 vpmaddubsw each) summed in int16 before widening; ≤ 4
 STACK_BYTES = 1024  # TVM puts a constant-size allocation on the stack only below this many bytes
 _VPDPBUSD = {16: "llvm.x86.avx512.vpdpbusd.512", 8: "llvm.x86.avx512.vpdpbusd.256"}
 
@@ -138,8 +147,8 @@ def int4_matmul_func(
     if k % step or group % step or k % group:
         raise ValueError(f"K = {k} and the group {group} must be multiples of {step}, and the group must divide K")
     kind = "decode" if m == 1 else "prefill"
-    rows = rows or min(TILES[lanes][kind][0], m)
-    col_blocks = pick_col_blocks(n, lanes, col_blocks or TILES[lanes][kind][1])
+    rows = rows or min(TILES[flavour][kind][0], m)
+    col_blocks = pick_col_blocks(n, lanes, col_blocks or TILES[flavour][kind][1])
     if rows * col_blocks * lanes * 4 >= STACK_BYTES:
         raise ValueError(
             f"a {rows} x {col_blocks} tile of {lanes} lanes needs {STACK_BYTES} bytes or more of accumulators"
@@ -169,14 +178,21 @@ def int4_matmul_func(
         """The 8-bit codes of one packed vector, as bytes."""
         return T.reinterpret(wp.vload([jt * col_blocks + c, k4, 0, 0], u8v), dtype=i8v)
 
-    def pair_sums(codes, a, i, kk, weight):
-        """`weight` · the 4-product sums of 4-bit `codes` against a[i, kk : kk + 4] (AVX2: vpmaddubsw, vpmaddwd)."""
-        pairs = T.call_llvm_pure_intrin(
+    def pairs(codes, a, i, kk):
+        """The int16 pair sums of products of `codes` (u8) and a[i, kk : kk + 4] (s8): vpmaddubsw."""
+        return T.call_llvm_pure_intrin(
             T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), codes, broadcast4(a, i, kk), dtype="int16x16"
         )
+
+    def widen(sums, weight):
+        """`weight` · adjacent int16 sums added into int32 lanes: vpmaddwd."""
         return T.call_llvm_pure_intrin(
-            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), pairs, T.broadcast(T.int16(weight), 16), dtype=i32v
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), sums, T.broadcast(T.int16(weight), 16), dtype=i32v
         )
+
+    def pair_sums(codes, a, i, kk, weight):
+        """`weight` · the 4-product sums of 4-bit `codes` against a[i, kk : kk + 4] (AVX2: vpmaddubsw, vpmaddwd)."""
+        return widen(pairs(codes, a, i, kk), weight)
 
     def dot8(iacc, r, c, wp, jt, k4, a, i):
         """iacc[r, c] + the 4-product sums of the 8-bit codes of vector k4 against a[i, 4·k4 : 4·k4 + 4]."""
@@ -239,6 +255,39 @@ def int4_matmul_func(
                     iacc, r, c, wp, task // row_tiles, g * steps + s, a, row(task % row_tiles, r)
                 )
 
+    # AVX2 with 4-bit codes: int16 sums of `fold` packed vectors (a divisor of the group's steps) before widening
+    fold = max(f for f in range(1, SHORT_STEPS + 1) if steps % f == 0) if flavour == "llvm" and bits == 4 else 1
+
+    @T.macro
+    def short_steps(iacc, sacc, wp, a, g, s0, task):
+        """`fold` packed vectors of 4-bit codes summed in the int16 accumulators `sacc`, then widened into iacc."""
+        for r in T.unroll(rows):
+            for c in T.unroll(col_blocks):
+                sacc[r, c, T.ramp(0, 1, 16)] = T.broadcast(T.int16(0), 16)
+        for s1 in T.unroll(fold):
+            for c in T.unroll(col_blocks):
+                for r in T.unroll(rows):
+                    sacc[r, c, T.ramp(0, 1, 16)] = (
+                        sacc.vload([r, c, 0], "int16x16")
+                        + pairs(
+                            nibbles(wp, task // row_tiles, c, g * steps + s0 * fold + s1, False),
+                            a,
+                            row(task % row_tiles, r),
+                            (g * steps + s0 * fold + s1) * STEP,
+                        )
+                        + pairs(
+                            nibbles(wp, task // row_tiles, c, g * steps + s0 * fold + s1, True),
+                            a,
+                            row(task % row_tiles, r),
+                            (g * steps + s0 * fold + s1) * STEP + 4,
+                        )
+                    )
+        for r in T.unroll(rows):
+            for c in T.unroll(col_blocks):
+                iacc[r, c, T.ramp(0, 1, lanes)] = iacc.vload([r, c, 0], i32v) + widen(
+                    sacc.vload([r, c, 0], "int16x16"), 1
+                )
+
     accumulate = step4 if bits == 4 else step8
 
     @T.macro
@@ -252,8 +301,13 @@ def int4_matmul_func(
             for r in T.unroll(rows):
                 for c in T.unroll(col_blocks):
                     iacc[r, c, T.ramp(0, 1, lanes)] = T.broadcast(0, lanes)
-            for s in range(steps):
-                accumulate(iacc, wp, a, g, s, task)
+            if fold > 1:
+                sacc = T.alloc_buffer((rows, col_blocks, 16), "int16", scope="global")
+                for s0 in range(steps // fold):
+                    short_steps(iacc, sacc, wp, a, g, s0, task)
+            else:
+                for s in range(steps):
+                    accumulate(iacc, wp, a, g, s, task)
             for r in T.unroll(rows):
                 for c in T.unroll(col_blocks):
                     facc[r, c, T.ramp(0, 1, lanes)] = facc.vload([r, c, 0], f32v) + scale.vload(
