@@ -160,6 +160,11 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
             context, passes = plan_passes(config.passes, decoder=decoder)
         if config.target and not decoder and not any(Property.INTEGER_ONLY in p.establishes for p in passes):
             raise InputError(f"--target {config.target} needs the integer-only model: add intonly to the passes")
+        if config.lm_head != "float32" and not decoder:
+            raise InputError(
+                f"--lm-head {config.lm_head} sets how a decoder LLM's TVM library stores its LM head; this "
+                "model is not a decoder LLM"
+            )
         if config.target and decoder:
             from qcompile.backends.tvm.target import split_target
 

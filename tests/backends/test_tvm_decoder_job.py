@@ -139,3 +139,12 @@ def test_lm_head_without_a_target_is_refused(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert "--lm-head int8 sets how a TVM decoder library stores the LM head: add --target llvm" in err
     assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_lm_head_on_an_encoder_is_refused(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["zoo:tiny", "--passes", "repq,intonly", "--target", "llvm", "--lm-head", "float16", "-o", str(out)]
+    assert main([*args, "--quiet", "--no-baselines", "--eval-samples", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--lm-head float16 sets how a decoder LLM's TVM library stores its LM head" in err
+    assert len(err.splitlines()) == 1 and (not out.exists() or not any(out.iterdir()))
