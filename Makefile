@@ -67,11 +67,15 @@ wheel-check: setup
 $(CHROMIUM):
 	-$(SUDO) apt-get install -y -qq chromium > /dev/null || echo "chromium not installed: the browser test will be skipped"
 
+# The suite in TEST_WORKERS processes (pytest-xdist), a test file per worker at a time: module fixtures are
+# built once, and the robustness corpus (one session fixture in one file) runs once.
+TEST_WORKERS ?= 2
+
 test: setup lint wheel-check | $(CHROMIUM)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 bench: setup
 	$(PY) benchmarks/run_zoo.py

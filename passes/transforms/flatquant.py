@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
-import torch
 from tqdm.auto import tqdm
 
 from qcompile import runtime
@@ -47,15 +47,19 @@ from qcompile.errors import InputError
 from qcompile.ir import add_initializer, quant_meta, replace_const
 from qcompile.ir.online_ops import insert_after, insert_kronecker, kronecker_rotate
 from qcompile.ir.properties import Property
-from qcompile.ir.torch_eval import TorchEvaluator
 from qcompile.math.hadamard import random_hadamard, random_orthogonal
 from qcompile.passes.quantize.gptq_blocks import block_model, block_nodes, stream_blocks
 from qcompile.passes.transforms.flatquant_sites import FlatSite, find_flat_sites, kronecker_split
-from qcompile.passes.transforms.flatquant_train import SiteTransform, fake_quant_tokens
 from qcompile.passes.transforms.kv_sites import find_kv_sites
 from qcompile.pipeline.context import PipelineContext
 from qcompile.pipeline.pass_base import Numerics, Pass, PassResult
 from qcompile.pipeline.registry import register_pass
+
+if TYPE_CHECKING:  # torch loads when the pass runs: the CLI and the other passes start without it
+    import torch
+
+    from qcompile.ir.torch_eval import TorchEvaluator
+    from qcompile.passes.transforms.flatquant_train import SiteTransform
 
 __all__ = ["FlatQuantPass"]
 
@@ -173,6 +177,8 @@ class FlatQuantPass(Pass):
     # -- one layer -------------------------------------------------------------------------------------------
 
     def _transform(self, site: FlatSite, index: int, act_absmax: np.ndarray) -> SiteTransform:
+        from qcompile.passes.transforms.flatquant_train import SiteTransform
+
         n1, n2 = kronecker_split(site.channels)
         seed = self.context.seed + 2 * index
         weight_absmax = np.max([linear.rows_absmax() for linear in site.linears], axis=0)
@@ -193,6 +199,9 @@ class FlatQuantPass(Pass):
     def _evaluator(
         self, model, nodes, inputs, transforms: dict[int, SiteTransform], sites, kv_values
     ) -> TorchEvaluator:
+        from qcompile.ir.torch_eval import TorchEvaluator
+        from qcompile.passes.transforms.flatquant_train import fake_quant_tokens
+
         evaluator = TorchEvaluator(nodes, inputs, model.functions)
         for site in sites:
             transform = transforms[id(site.x)]
@@ -209,6 +218,8 @@ class FlatQuantPass(Pass):
         return evaluator
 
     def _train_layer(self, model, nodes, start, end, sites, kv_values, batches, states, targets) -> dict:
+        import torch
+
         inputs = _block_inputs(model, nodes, start)
         feeds = [self._torch_feeds(inputs, batch, state) for batch, state in zip(batches, states)]
         absmax, rows = self._observe_sites(model, nodes, inputs, feeds, end, sites)
@@ -245,6 +256,10 @@ class FlatQuantPass(Pass):
     def _observe_sites(self, model, nodes, inputs, feeds, end, sites) -> tuple[dict, dict]:
         """One float run of the layer: per site, max |x_j| over all tokens (for c) and the rows the clip search
         reads (`ROWS_PER_BATCH` per batch, drawn as `TokenClipSearch` draws them)."""
+        import torch
+
+        from qcompile.ir.torch_eval import TorchEvaluator
+
         absmax = {id(s.x): np.zeros(s.channels) for s in sites}
         rows: dict[int, list[np.ndarray]] = {id(s.x): [] for s in sites}
 
@@ -270,6 +285,8 @@ class FlatQuantPass(Pass):
     def _start_at_searched_ratio(self, site: FlatSite, transform: SiteTransform, rows: list[np.ndarray]) -> None:
         """LAC starts at the `token_clip` search's choice for the initial transform: the site's observed rows
         moved by it, the error weighted by diag(W' W'ᵀ) of the transformed weights."""
+        import torch
+
         with torch.no_grad():
             weight = sum(
                 (transform.transformed_weight(torch.from_numpy(np.array(lin.array())), lin.in_axis) ** 2)
@@ -285,6 +302,8 @@ class FlatQuantPass(Pass):
 
     @staticmethod
     def _loss(evaluator, end, feeds, targets) -> float:
+        import torch
+
         with torch.no_grad():
             return float(
                 np.mean([float(torch.mean((evaluator.run(f, [end])[0] - t) ** 2)) for f, t in zip(feeds, targets)])
@@ -292,6 +311,8 @@ class FlatQuantPass(Pass):
 
     @staticmethod
     def _torch_feeds(inputs, batch, state) -> list[torch.Tensor]:
+        import torch
+
         return [torch.from_numpy(np.asarray(state if i == 0 else batch[v.name])) for i, v in enumerate(inputs)]
 
     # -- folding -------------------------------------------------------------------------------------------
@@ -323,6 +344,8 @@ class FlatQuantPass(Pass):
     # -- the pass ------------------------------------------------------------------------------------------
 
     def call(self, model: ir.Model) -> PassResult:
+        import torch
+
         sites, skipped = find_flat_sites(model.graph)
         blocks = stream_blocks(model)
         if isinstance(blocks, str):
