@@ -118,14 +118,21 @@ def _tvm_run(shapes, flavour: str, group: int | None, threads: int, rng) -> tupl
     from tvm import relax
 
     from qcompile.backends.tvm.fence import fence_float_products
-    from qcompile.backends.tvm.kernels.int4_matmul import FLAVOURS, int4_matmul_func, pack_group_params, pack_weight
+    from qcompile.backends.tvm.kernels.int4_matmul import (
+        FLAVOURS,
+        PANEL,
+        int4_matmul_func,
+        pack_group_params,
+        pack_weight,
+        padded_columns,
+    )
     from qcompile.backends.tvm.target import host_target
 
-    lanes = FLAVOURS[flavour]
+    lanes, panel = FLAVOURS[flavour], PANEL[flavour]
     bb = relax.BlockBuilder()
     funcs = {}
     for k, n in sorted(set(shapes)):
-        func = fence_float_products(int4_matmul_func(1, k, n, group or k, flavour))
+        func = fence_float_products(int4_matmul_func(1, k, n, group or k, flavour, panel=panel))
         funcs[(k, n)] = bb.add_func(func.with_attr("global_symbol", f"mm_{k}_{n}"), f"mm_{k}_{n}")
     params, arrays, nbytes = [], [], 0
     inputs = {k: relax.Var(f"a{k}", relax.TensorType((1, k), "int8")) for k in {k for k, _ in shapes}}
@@ -134,9 +141,9 @@ def _tvm_run(shapes, flavour: str, group: int | None, threads: int, rng) -> tupl
         groups = k // (group or k)
         q = rng.integers(0, 16, (k, n))
         packed_scale, packed_zero, _ = pack_group_params(
-            q, rng.integers(0, 16, (groups, n)), rng.random((groups, n), np.float32), lanes, group or k
+            q, rng.integers(0, 16, (groups, n)), rng.random((groups, n), np.float32), lanes, group or k, panel=panel
         )
-        for name, array in (("wp", pack_weight(q, lanes)), ("scale", packed_scale), ("zero", packed_zero)):
+        for name, array in (("wp", pack_weight(q, lanes, panel=panel)), ("scale", packed_scale), ("zero", packed_zero)):
             params.append(relax.Var(f"{name}{i}", relax.TensorType(array.shape, str(array.dtype))))
             arrays.append(array)
             nbytes += array.nbytes
@@ -144,7 +151,7 @@ def _tvm_run(shapes, flavour: str, group: int | None, threads: int, rng) -> tupl
         with bb.dataflow():
             outs = []
             for i, (k, n) in enumerate(shapes):
-                width = -(-n // lanes) * lanes
+                width = padded_columns(n, lanes, panel)
                 call = relax.call_tir(
                     funcs[(k, n)],
                     [inputs[k], *params[3 * i : 3 * i + 3], scale_in],

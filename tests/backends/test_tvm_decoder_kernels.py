@@ -62,12 +62,17 @@ def test_rope(position, rows) -> None:
     _close(got, want, 1e-5)
 
 
-@pytest.mark.parametrize("rows, a, b", [(3, 4, 12), (1, 12, 128), (9, 1, 64), (2, 36, 16), (1, 3, 6)])
+@pytest.mark.parametrize(
+    "rows, a, b", [(3, 4, 12), (1, 12, 128), (9, 1, 64), (16, 1, 64), (2, 36, 16), (1, 3, 6), (64, 4, 16)]
+)
 def test_kronecker(rows, a, b) -> None:
-    """Blocks of 64 columns (b = 128: two per row), one row (a decode step), a = 1 (a per-head transform), odd b."""
+    """Blocks of 64 columns (b = 128: two per row), one row (a decode step), a = 1 (a per-head transform), odd b;
+    serial below `PARALLEL_MACS` multiply-adds, parallel from there ((1, 12, 128), (16, 1, 64), (64, 4, 16))."""
     x = RNG.standard_normal((rows, a * b)).astype(np.float32)
     fa, fb = RNG.standard_normal((a, a)).astype(np.float32), RNG.standard_normal((b, b)).astype(np.float32)
-    (got,) = _call(kernels.kronecker_func(rows, a, b), x, fa, fb, outputs=[((rows, a * b), "float32")])
+    func = kernels.kronecker_func(rows, a, b)
+    assert ("T.parallel(" in func.script()) == (rows * a * b * (a + b) >= kernels.PARALLEL_MACS)
+    (got,) = _call(func, x, fa, fb, outputs=[((rows, a * b), "float32")])
     _close(got, kronecker_rotate(x, fa, fb), 2e-6)
 
 
@@ -101,15 +106,17 @@ def test_silu_mul_and_gemv() -> None:
     gate, up = gu[:, :96], gu[:, 96:]
     _close(got, gate * (1 / (1 + np.exp(-gate))) * up, 1e-5)
     x, w = RNG.standard_normal((1, 64)).astype(np.float32), RNG.standard_normal((64, 200)).astype(np.float32)
-    (y,) = _call(kernels.gemv_func(64, 200), x, kernels.pack_gemv_weight(w), outputs=[((1, 208), "float32")])
+    (y,) = _call(kernels.gemv_func(64, 200), x, kernels.pack_gemv_weight(w), outputs=[((1, 256), "float32")])
     _close(y[:, :200], x @ w, 2e-6)
     half = kernels.pack_gemv_weight(w, "float16")
-    assert half.dtype == np.float16
-    (y16,) = _call(kernels.gemv_func(64, 200, dtype="float16"), x, half, outputs=[((1, 208), "float32")])
+    assert half.dtype == np.float16 and half.shape == (4, 64, 4, 16)  # 200 columns padded to 4 panels of 4 × 16
+    assert half[0, 5, 2, 3] == np.float16(w[5, 35]) and half[3, 7, 0, 7] == np.float16(w[7, 199])
+    assert not half[3, :, 0, 8:].any() and not half[3, :, 1:].any()
+    (y16,) = _call(kernels.gemv_func(64, 200, dtype="float16"), x, half, outputs=[((1, 256), "float32")])
     _close(y16[:, :200], x @ w.astype(np.float16).astype(np.float32), 2e-6)  # the rounded weights, summed in float32
     codes, scale = kernels.quantize_gemv_weight(w)
     int8 = kernels.pack_gemv_weight(codes, "int8")
-    (y8,) = _call(kernels.gemv_func(64, 200, dtype="int8"), x, int8, scale, outputs=[((1, 208), "float32")])
+    (y8,) = _call(kernels.gemv_func(64, 200, dtype="int8"), x, int8, scale, outputs=[((1, 256), "float32")])
     _close(y8[:, :200], x @ (codes * scale[:200]), 2e-6)  # the codes' sums in float32, each scaled once
     assert not np.any(y8[:, 200:])  # padded columns: zero codes, zero scale
 
@@ -118,7 +125,7 @@ def test_int8_gemv_codes_reproduce_the_weight_within_half_a_step() -> None:
     w = RNG.standard_normal((64, 40)).astype(np.float32) * RNG.uniform(0.01, 10, 40).astype(np.float32)
     w[:, 3] = 0  # an all-zero column gets scale 1 and zero codes
     codes, scale = kernels.quantize_gemv_weight(w)
-    assert codes.dtype == np.int8 and scale.shape == (48,) and np.abs(codes).max() == 127
+    assert codes.dtype == np.int8 and scale.shape == (64,) and np.abs(codes).max() == 127
     np.testing.assert_array_equal(np.abs(codes).max(axis=0)[[0, 1, 39]], 127)  # each column's peak is ±127
     assert scale[3] == 1 and not codes[:, 3].any()
     assert np.all(np.abs(codes * scale[:40] - w) <= scale[:40] / 2 * (1 + 1e-6))

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not RUNNABLE, reason="the 4-bit matmul needs AVX
 TOLERANCE = 2e-6  # of max |y|: float32 sums of up to 1,536 products in another order
 
 
-def _run(m, k, n, group, flavour, seed=0):
+def _run(m, k, n, group, flavour, seed=0, panel=1):
     import tvm
 
     rng = np.random.default_rng(seed)
@@ -27,10 +27,11 @@ def _run(m, k, n, group, flavour, seed=0):
     scale = (rng.random((k // group, n)) * 0.1 + 1e-3).astype(np.float32)
     x = rng.standard_normal((m, k)).astype(np.float32)
     lanes = FLAVOURS[flavour]
-    lib = tvm.tirx.build(fence_float_products(int4_float_matmul_func(m, k, n, group, flavour)), target=host_target(2))
-    packed_scale, packed_zero = pack_float_group_params(zero, scale, lanes)
+    func = int4_float_matmul_func(m, k, n, group, flavour, panel=panel)
+    lib = tvm.tirx.build(fence_float_products(func), target=host_target(2))
+    packed_scale, packed_zero = pack_float_group_params(zero, scale, lanes, panel)
     out = tvm.runtime.tensor(np.zeros((m, packed_scale.shape[1]), np.float32))
-    args = [x, pack_weight(q, lanes), packed_scale, packed_zero]
+    args = [x, pack_weight(q, lanes, panel=panel), packed_scale, packed_zero]
     lib["main"](*(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args), out)
     rows = np.arange(k) // group
     w = (q - zero[rows]).astype(np.float64) * scale[rows].astype(np.float64)
@@ -43,6 +44,13 @@ def _run(m, k, n, group, flavour, seed=0):
 )
 def test_equals_the_dequantized_product(m, k, n, group, flavour) -> None:
     got, want = _run(m, k, n, group, flavour)
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE * np.abs(want).max())
+
+
+@pytest.mark.parametrize("flavour", RUNNABLE)
+@pytest.mark.parametrize("m, k, n, group, panel", [(1, 576, 960, 576, 4), (5, 64, 40, 32, 2), (3, 64, 48, 64, 3)])
+def test_panels_equal_the_dequantized_product(m, k, n, group, panel, flavour) -> None:
+    got, want = _run(m, k, n, group, flavour, seed=1, panel=panel)
     np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE * np.abs(want).max())
 
 

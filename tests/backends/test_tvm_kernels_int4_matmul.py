@@ -17,12 +17,14 @@ from hypothesis import strategies as st
 from qcompile.backends.tvm.fence import fence_float_products
 from qcompile.backends.tvm.kernels.int4_matmul import (
     FLAVOURS,
+    PANEL,
     SHORT_STEPS,
     STEP,
     flavours_for,
     int4_matmul_func,
     pack_group_params,
     pack_weight,
+    padded_columns,
     pick_col_blocks,
 )
 from qcompile.backends.tvm.target import cpu_features, host_target
@@ -52,19 +54,21 @@ def _operands(m: int, k: int, n: int, group: int, seed: int = 0, bits: int = 4):
     return a, q, zero, scale, act_scale, act_zero
 
 
-def _build(m, k, n, group, flavour, act_zero, rows=None, col_blocks=None, bits=4):
+def _build(m, k, n, group, flavour, act_zero, rows=None, col_blocks=None, bits=4, panel=1):
     import tvm
 
-    func = int4_matmul_func(m, k, n, group, flavour, rows=rows, col_blocks=col_blocks, act_zero=act_zero, bits=bits)
+    func = int4_matmul_func(
+        m, k, n, group, flavour, rows=rows, col_blocks=col_blocks, act_zero=act_zero, bits=bits, panel=panel
+    )
     return tvm.tirx.build(fence_float_products(func), target=host_target(threads=2))
 
 
-def _run(lib, flavour, group, a, q, zero, scale, act_scale, act_zero=None, bits=4):
+def _run(lib, flavour, group, a, q, zero, scale, act_scale, act_zero=None, bits=4, panel=1):
     import tvm
 
     lanes = FLAVOURS[flavour]
-    packed_scale, packed_zero, weight_sums = pack_group_params(q, zero, scale, lanes, group, bits)
-    args = [a, pack_weight(q, lanes, bits), packed_scale, packed_zero]
+    packed_scale, packed_zero, weight_sums = pack_group_params(q, zero, scale, lanes, group, bits, panel)
+    args = [a, pack_weight(q, lanes, bits, panel), packed_scale, packed_zero]
     args += [weight_sums, act_scale, act_zero] if act_zero is not None else [act_scale]
     out = tvm.runtime.tensor(np.zeros((a.shape[0], packed_scale.shape[1]), np.float32))
     lib["main"](*(tvm.runtime.tensor(np.ascontiguousarray(x)) for x in args), out)
@@ -83,6 +87,24 @@ def test_matmul_equals_the_reference(m, k, n, group, flavour, with_act_zero) -> 
     got = _run(lib, flavour, group, a, q, zero, scale, act_scale, act_zero if with_act_zero else None)
     want = int4_matmul_reference(a, q, zero, scale, act_scale, act_zero if with_act_zero else None, group)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("flavour", RUNNABLE)
+@pytest.mark.parametrize(
+    "m, k, n, group, panel, col_blocks",
+    [
+        (1, 576, 960, 576, PANEL["llvm"], None),  # a decode task reads whole panels
+        (1, 64, 40, 32, 4, None),  # N padded to a whole panel
+        (6, 128, 96, 64, 2, 3),  # prefill tiles of 3 column blocks across panels of 2
+        (1, 64, 48, 64, 3, 1),  # one column block a task: a third of a panel
+    ],
+)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_panels_equal_the_reference(m, k, n, group, panel, col_blocks, bits, flavour) -> None:
+    a, q, zero, scale, act_scale, act_zero = _operands(m, k, n, group, seed=6, bits=bits)
+    lib = _build(m, k, n, group, flavour, True, col_blocks=col_blocks, bits=bits, panel=panel)
+    got = _run(lib, flavour, group, a, q, zero, scale, act_scale, act_zero, bits=bits, panel=panel)
+    np.testing.assert_array_equal(got, int4_matmul_reference(a, q, zero, scale, act_scale, act_zero, group, bits=bits))
 
 
 @pytest.mark.parametrize("flavour", RUNNABLE)
@@ -177,21 +199,32 @@ def test_property_any_shape_and_codes(m, steps, groups, n, with_act_zero, seed) 
 def test_pack_weight_layout_and_padding() -> None:
     q = np.random.default_rng(1).integers(0, 16, (16, 10))
     wp = pack_weight(q, 8)
-    assert wp.shape == (2, 2, 8, 4) and wp.dtype == np.uint8
+    assert wp.shape == (2, 2, 1, 8, 4) and wp.dtype == np.uint8
     for k in range(16):
         for n in range(16):
-            byte = wp[n // 8, k // 8, n % 8, k % 4]
+            byte = wp[n // 8, k // 8, 0, n % 8, k % 4]
             nibble = (byte >> 4) if (k // 4) % 2 else (byte & 15)
             assert nibble == (q[k, n] if n < 10 else 0)
 
 
+def test_panels_put_their_column_tiles_side_by_side() -> None:
+    q = np.random.default_rng(3).integers(0, 16, (16, 20))
+    wp = pack_weight(q, 4, panel=3)  # 5 column tiles of 4, padded to 2 panels of 3 tiles
+    assert wp.shape == (2, 2, 3, 4, 4) and padded_columns(20, 4, 3) == 24
+    for k in range(16):
+        for n in range(24):
+            byte = wp[n // 12, k // 8, n // 4 % 3, n % 4, k % 4]
+            nibble = (byte >> 4) if (k // 4) % 2 else (byte & 15)
+            assert nibble == (q[k, n] if n < 20 else 0)
+
+
 def test_pack_8bit_weight_layout() -> None:
     q = np.random.default_rng(2).integers(0, 256, (8, 10))
-    wp = pack_weight(q, 8, bits=8)
-    assert wp.shape == (2, 2, 8, 4) and wp.dtype == np.uint8
+    wp = pack_weight(q, 8, bits=8, panel=2)
+    assert wp.shape == (1, 2, 2, 8, 4) and wp.dtype == np.uint8
     for k in range(8):
         for n in range(16):
-            assert wp[n // 8, k // 4, n % 8, k % 4] == (q[k, n] if n < 10 else 0)
+            assert wp[0, k // 4, n // 8, n % 8, k % 4] == (q[k, n] if n < 10 else 0)
 
 
 def test_group_params_pad_columns_with_zero_scale() -> None:

@@ -26,6 +26,7 @@ by token.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -34,7 +35,14 @@ from qcompile.backends.tvm.decoder.reader import UnsupportedDecoder
 from qcompile.backends.tvm.decoder.session import CacheSpec
 from qcompile.backends.tvm.decoder.spec import ChannelScale, Decoder, Kronecker, Linear
 from qcompile.backends.tvm.kernels.int4_float_matmul import int4_float_matmul_func, pack_float_group_params
-from qcompile.backends.tvm.kernels.int4_matmul import FLAVOURS, int4_matmul_func, pack_group_params, pack_weight
+from qcompile.backends.tvm.kernels.int4_matmul import (
+    FLAVOURS,
+    PANEL,
+    int4_matmul_func,
+    pack_group_params,
+    pack_weight,
+    padded_columns,
+)
 from qcompile.backends.tvm.kernels.token_quantize import token_quantize_func
 
 __all__ = ["build_decode", "cache_layout", "cache_spec", "stored_head", "HEAD_DTYPES"]
@@ -130,6 +138,7 @@ class _Builder:
         self.relax = relax
         self.bb = relax.BlockBuilder()
         self.flavour = flavour
+        self.panel = PANEL[flavour]
         self.funcs: dict[tuple, object] = {}
         self.consts: dict[tuple, object] = {}
 
@@ -156,32 +165,46 @@ class _Builder:
             self.consts[key] = (self.relax.const(np.ascontiguousarray(make())), owner)  # owner kept alive
         return self.consts[key][0]
 
+    def shared(self, array: np.ndarray):
+        """One constant per distinct content (the transforms every layer repeats stay in cache between layers)."""
+        array = np.ascontiguousarray(array)
+        key = ("content", array.dtype.str, array.shape, hashlib.sha1(array.tobytes()).hexdigest())
+        if key not in self.consts:
+            self.consts[key] = (self.relax.const(array), None)
+        return self.consts[key][0]
+
     def _group_params(self, layer: Linear):
         """`pack_group_params` of a layer, computed once (every step function reads the same constants)."""
         key = (id(layer), "group_params")
         if key not in self.consts:
             codes, zero = unsigned_codes(layer)
-            params = pack_group_params(codes, zero, layer.scale, FLAVOURS[self.flavour], layer.group, layer.bits)
+            lanes = FLAVOURS[self.flavour]
+            params = pack_group_params(codes, zero, layer.scale, lanes, layer.group, layer.bits, self.panel)
             self.consts[key] = (params, layer)
         return self.consts[key][0]
+
+    def _packed(self, layer: Linear):
+        """The layer's codes packed in panels (`pack_weight`), one constant for every step function."""
+        lanes = FLAVOURS[self.flavour]
+        return self.const(layer, "packed", lambda: pack_weight(unsigned_codes(layer)[0], lanes, layer.bits, self.panel))
 
     def float_linear(self, x, m: int, layer: Linear):
         """y [m, out_features] of a 4-bit linear layer on float x [m, in_features] (w4a16)."""
         k, n, lanes = layer.in_features, layer.out_features, FLAVOURS[self.flavour]
         key = (id(layer), "float_params")
         if key not in self.consts:  # once for both step functions
-            self.consts[key] = (pack_float_group_params(layer.zero, layer.scale, lanes), layer)
+            self.consts[key] = (pack_float_group_params(layer.zero, layer.scale, lanes, self.panel), layer)
         params = self.consts[key][0]
         args = [
             x,
-            self.const(layer, "packed", lambda: pack_weight(unsigned_codes(layer)[0], lanes, layer.bits)),
+            self._packed(layer),
             self.const(layer, "float_scale", lambda: params[0]),
             self.const(layer, "float_zero", lambda: params[1]),
         ]
-        padded = -(-n // lanes) * lanes
+        padded = padded_columns(n, lanes, self.panel)
         y = self.call(
             ("fmm", m, k, n, layer.group, self.flavour),
-            lambda: int4_float_matmul_func(m, k, n, layer.group, self.flavour),
+            lambda: int4_float_matmul_func(m, k, n, layer.group, self.flavour, panel=self.panel),
             args,
             (m, padded),
         )
@@ -199,10 +222,10 @@ class _Builder:
     def transform(self, x, m: int, width: int, step: Kronecker | ChannelScale):
         """One step of a transform chain on x [m, width] (a Kronecker step per row)."""
         if isinstance(step, ChannelScale):
-            args = [x, self.const(step, "c", lambda: step.c)]
+            args = [x, self.shared(step.c)]
             return self.call(("scale", m, width), lambda: kernels.channel_scale_func(m, width), args, (m, width))
         a, b = step.a.shape[0], step.b.shape[0]
-        args = [x, self.const(step, "a", lambda: step.a), self.const(step, "b", lambda: step.b)]
+        args = [x, self.shared(step.a), self.shared(step.b)]
         return self.call(("kron", m, a, b), lambda: kernels.kronecker_func(m, a, b), args, (m, width))
 
     def linear(self, x, m: int, layer: Linear):
@@ -222,7 +245,7 @@ class _Builder:
             quant_out,
         )
         lanes = FLAVOURS[self.flavour]
-        weights = [self.const(layer, "packed", lambda: pack_weight(unsigned_codes(layer)[0], lanes, layer.bits))]
+        weights = [self._packed(layer)]
         weights += [
             self.const(layer, name, lambda i=i: self._group_params(layer)[i])
             for i, name in enumerate(("scale", "zero"))
@@ -230,10 +253,12 @@ class _Builder:
         tq = [self.bb.emit(self.relax.TupleGetItem(quantized, i)) for i in range(len(quant_out))]
         sums = [self.const(layer, "sums", lambda: self._group_params(layer)[2])] if asym else []
         args = [tq[0], *weights, *sums, *tq[1:]]
-        padded = -(-n // lanes) * lanes
+        padded = padded_columns(n, lanes, self.panel)
         y = self.call(
             ("mm", m, k, n, layer.group, asym, self.flavour, layer.bits),
-            lambda: int4_matmul_func(m, k, n, layer.group, self.flavour, act_zero=asym, bits=layer.bits),
+            lambda: int4_matmul_func(
+                m, k, n, layer.group, self.flavour, act_zero=asym, bits=layer.bits, panel=self.panel
+            ),
             args,
             (m, padded),
         )
@@ -311,9 +336,9 @@ def _lm_head(b: _Builder, x, decoder: Decoder, dtype: str):
         ("gemv", k, n, dtype),
         lambda: kernels.gemv_func(k, n, dtype=dtype),
         [x, *weights],
-        (1, -(-n // kernels.GEMV_LANES) * kernels.GEMV_LANES),
+        (1, kernels.gemv_columns(n)),
     )
-    return y if n % kernels.GEMV_LANES == 0 else b.slice(y, 0, n)
+    return y if n == kernels.gemv_columns(n) else b.slice(y, 0, n)
 
 
 def _cache_write(b: _Builder, new, m, pos, cache, slot, quant, as_codes, kvh, dim, capacity):

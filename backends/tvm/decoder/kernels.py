@@ -11,7 +11,7 @@ fixed-capacity KV cache written in place, as TIR PrimFuncs; the 4-bit matmul and
                   of the spec, the arithmetic of `kernels.token_quantize`), in place
     attention     out[i, h] = Σ_{t ≤ p+i} softmax_t(s · q[i, h]·K̂[h // g, t]) · V̂[h // g, t], K̂ = (codes − z)·scale
                   read in registers (grouped-query: g query heads per KV head); q·K̂ in 16-lane partial sums
-    gemv          y = x · W for a float W stored [N/16, K, 16] in float32 or float16 (the LM head), or
+    gemv          y = x · W for a float W stored [N/64, K, 4, 16] in float32 or float16 (the LM head), or
                   y[n] = s[n] · Σ_k x[k]·q[k, n] for int8 codes q with a scale per column (the LM head in int8)
     silu_mul      y = gate · 1/(1 + e^(−gate)) · up
 
@@ -40,9 +40,14 @@ __all__ = [
     "quantize_gemv_weight",
     "silu_mul_func",
     "GEMV_LANES",
+    "gemv_columns",
 ]
 
 GEMV_LANES = 16
+GEMV_BLOCKS = 4  # column tiles per GEMV task, packed side by side (`pack_gemv_weight`)
+# a Kronecker transform of fewer multiply-adds runs on the calling thread: a parallel loop costs about 3 µs to
+# launch, about what 2 µs of this work takes one core (a per-head 64 × 64 transform of 9 heads is 37 K)
+PARALLEL_MACS = 65536
 # Cephes' expf: exp(x) = 2^n · p(r), n = round(x·log2 e), r = x − n·ln 2 (ln 2 split in two), p of degree 7
 _LN2_HI, _LN2_LO, _LOG2E = 0.693359375, -2.12194440e-4, 1.4426950408889634
 _EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
@@ -169,6 +174,7 @@ def kronecker_func(rows: int, a: int, b: int):
     lanes, width = _block_width(b)
     blocks, vectors = b // width, width // lanes
     f32v = f"float32x{lanes}"
+    tasks = T.parallel if rows * a * b * (a + b) >= PARALLEL_MACS else T.serial
 
     def at(task, v):
         """(row, the flat index of lane 0 of vector v) of a stage's task: row, k (or i), column block."""
@@ -203,7 +209,7 @@ def kronecker_func(rows: int, a: int, b: int):
             y: T.Buffer((rows, b), "float32"),
         ):
             T.func_attr({"global_symbol": "main", "tir.noalias": True})
-            for task in T.parallel(rows * blocks):
+            for task in tasks(rows * blocks):
                 right_side(x, fb, y, fa, task)
 
         return single
@@ -217,9 +223,9 @@ def kronecker_func(rows: int, a: int, b: int):
     ):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
         right = T.alloc_buffer((rows, a * b), "float32")
-        for task in T.parallel(rows * a * blocks):
+        for task in tasks(rows * a * blocks):
             right_side(x, fb, right, None, task)
-        for task in T.parallel(rows * a * blocks):
+        for task in tasks(rows * a * blocks):
             acc = T.alloc_buffer((vectors, lanes), "float32", scope="global")
             for v in T.unroll(vectors):
                 acc[v, T.ramp(0, 1, lanes)] = T.broadcast(T.float32(0), lanes)
@@ -249,15 +255,23 @@ def channel_scale_func(m: int, d: int):
 
 
 def silu_mul_func(m: int, d: int):
-    """main(gu f32 [m, 2d] (gate, then up), y f32 [m, d])."""
+    """main(gu f32 [m, 2d] (gate, then up), y f32 [m, d]): 8-lane vectors (one loop vectorized over all d lanes
+    makes LLVM split a 1536-lane vector of `fast_exp`'s steps, 8× slower)."""
     from tvm.script import tirx as T
+
+    lanes = next(n for n in (8, 4, 2, 1) if d % n == 0)
 
     @T.prim_func(s_tir=True)
     def func(gu: T.Buffer((m, 2 * d), "float32"), y: T.Buffer((m, d), "float32")):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
         for i in T.parallel(m):
-            for k in T.vectorized(d):
-                y[i, k] = gu[i, k] * (T.float32(1) / (T.float32(1) + fast_exp(-gu[i, k]))) * gu[i, d + k]
+            for k0 in range(d // lanes):
+                for k1 in T.vectorized(lanes):
+                    y[i, k0 * lanes + k1] = (
+                        gu[i, k0 * lanes + k1]
+                        * (T.float32(1) / (T.float32(1) + fast_exp(-gu[i, k0 * lanes + k1])))
+                        * gu[i, d + k0 * lanes + k1]
+                    )
 
     return func
 
@@ -478,54 +492,59 @@ def attention_func(
     return func
 
 
+def gemv_columns(n: int) -> int:
+    """N rounded up to whole column panels of `GEMV_BLOCKS` × `GEMV_LANES`."""
+    return -(-n // (GEMV_LANES * GEMV_BLOCKS)) * GEMV_LANES * GEMV_BLOCKS
+
+
 def pack_gemv_weight(weight: np.ndarray, dtype: str = "float32") -> np.ndarray:
-    """[K, N] → [ceil(N/16), K, 16] of `dtype` (float32; float16: rounded to nearest; int8: codes as they are),
-    columns zero-padded."""
+    """[K, N] → [Np/64, K, 4, 16] of `dtype` (float32; float16: rounded to nearest; int8: codes as they are),
+    Np = `gemv_columns`, columns zero-padded: a panel's 4 column tiles side by side at every k, so each task of
+    `gemv_func` reads one contiguous range."""
     k, n = weight.shape
-    np_ = -(-n // GEMV_LANES) * GEMV_LANES
+    np_ = gemv_columns(n)
     padded = np.zeros((k, np_), dtype)
     padded[:, :n] = weight
-    return np.ascontiguousarray(padded.reshape(k, np_ // GEMV_LANES, GEMV_LANES).transpose(1, 0, 2))
+    panels = np_ // (GEMV_LANES * GEMV_BLOCKS)
+    return np.ascontiguousarray(padded.reshape(k, panels, GEMV_BLOCKS, GEMV_LANES).transpose(1, 0, 2, 3))
 
 
 def quantize_gemv_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 codes of a float [K, N] weight with one scale per column (over K):
     s[n] = max_k |W[k, n]| / 127 (1 for an all-zero column), q = rint(W / s) ∈ [−127, 127]. Returns (q int8
-    [K, N], s float32 [N padded to 16 lanes, padding 0]); W ≈ q · s."""
+    [K, N], s float32 [`gemv_columns`(N)], padding 0); W ≈ q · s."""
     weight = np.asarray(weight, np.float32)
     peak = np.abs(weight).max(axis=0)
     scale = np.where(peak > 0, peak / np.float32(127), np.float32(1)).astype(np.float32)
     codes = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
-    padded = np.zeros(-(-weight.shape[1] // GEMV_LANES) * GEMV_LANES, np.float32)
+    padded = np.zeros(gemv_columns(weight.shape[1]), np.float32)
     padded[: weight.shape[1]] = scale
     return codes, padded
 
 
-def gemv_func(k: int, n: int, blocks: int = 4, dtype: str = "float32"):
-    """main(x f32 [1, k], w [N/16, k, 16] of `dtype` (`pack_gemv_weight`), [scale f32 [N padded],] y f32 [1, N
-    padded]): column blocks of 16·`blocks` in parallel, 16-lane vector accumulators; float16 weights and int8 codes
-    are widened to float32 in registers; int8 codes (`quantize_gemv_weight`) take the scale argument, applied
+def gemv_func(k: int, n: int, dtype: str = "float32"):
+    """main(x f32 [1, k], w [Np/64, k, 4, 16] of `dtype` (`pack_gemv_weight`), [scale f32 [Np],] y f32 [1, Np]),
+    Np = `gemv_columns`: panels of 4 column tiles in parallel, 16-lane vector accumulators; float16 weights and int8
+    codes are widened to float32 in registers; int8 codes (`quantize_gemv_weight`) take the scale argument, applied
     once to each column's sum."""
     from tvm.script import tirx as T
 
     if dtype not in ("float32", "float16", "int8"):
         raise ValueError(f"the GEMV weight is float32, float16 or int8, not {dtype}")
-    tiles = -(-n // GEMV_LANES)
-    while tiles % blocks:
-        blocks -= 1
-    lanes = GEMV_LANES
+    lanes, blocks = GEMV_LANES, GEMV_BLOCKS
+    panels = gemv_columns(n) // (lanes * blocks)
     f32v = f"float32x{lanes}"
 
     @T.macro
     def columns(x, w, scale, y, task):
-        """y's columns of `task` (its `blocks` column tiles): the sums over k, times the scales when given."""
+        """y's columns of `task` (its panel's column tiles): the sums over k, times the scales when given."""
         acc = T.alloc_buffer((blocks, lanes), "float32", scope="global")
         for b in T.unroll(blocks):
             acc[b, T.ramp(0, 1, lanes)] = T.broadcast(T.float32(0), lanes)
         for kk in range(k):
             for b in T.unroll(blocks):
                 acc[b, T.ramp(0, 1, lanes)] = acc[b, T.ramp(0, 1, lanes)] + T.broadcast(x[0, kk], lanes) * T.Cast(
-                    f32v, w[task * blocks + b, kk, T.ramp(0, 1, lanes)]
+                    f32v, w[task, kk, b, T.ramp(0, 1, lanes)]
                 )
         for b in T.unroll(blocks):
             if scale is None:
@@ -540,12 +559,12 @@ def gemv_func(k: int, n: int, blocks: int = 4, dtype: str = "float32"):
         @T.prim_func(s_tir=True)
         def scaled(
             x: T.Buffer((1, k), "float32"),
-            w: T.Buffer((tiles, k, lanes), dtype),
-            scale: T.Buffer((tiles * lanes,), "float32"),
-            y: T.Buffer((1, tiles * lanes), "float32"),
+            w: T.Buffer((panels, k, blocks, lanes), dtype),
+            scale: T.Buffer((panels * blocks * lanes,), "float32"),
+            y: T.Buffer((1, panels * blocks * lanes), "float32"),
         ):
             T.func_attr({"global_symbol": "main", "tir.noalias": True})
-            for task in T.parallel(tiles // blocks):
+            for task in T.parallel(panels):
                 columns(x, w, scale, y, task)
 
         return scaled
@@ -553,11 +572,11 @@ def gemv_func(k: int, n: int, blocks: int = 4, dtype: str = "float32"):
     @T.prim_func(s_tir=True)
     def func(
         x: T.Buffer((1, k), "float32"),
-        w: T.Buffer((tiles, k, lanes), dtype),
-        y: T.Buffer((1, tiles * lanes), "float32"),
+        w: T.Buffer((panels, k, blocks, lanes), dtype),
+        y: T.Buffer((1, panels * blocks * lanes), "float32"),
     ):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        for task in T.parallel(tiles // blocks):
+        for task in T.parallel(panels):
             columns(x, w, None, y, task)
 
     return func

@@ -18,25 +18,33 @@ from __future__ import annotations
 
 import numpy as np
 
-from qcompile.backends.tvm.kernels.int4_matmul import FLAVOURS, STACK_BYTES, STEP, pick_col_blocks
+from qcompile.backends.tvm.kernels.int4_matmul import FLAVOURS, STACK_BYTES, STEP, padded_columns, pick_col_blocks
 
 __all__ = ["int4_float_matmul_func", "pack_float_group_params", "TILES"]
 
 TILES = {16: {"decode": (1, 4), "prefill": (4, 2)}, 8: {"decode": (1, 4), "prefill": (4, 2)}}  # (rows, col_blocks)
 
 
-def pack_float_group_params(zero: np.ndarray, scale: np.ndarray, lanes: int):
-    """(scale float32, zero float32), each [G, N padded to lanes] (padding 0)."""
-    np_ = -(-zero.shape[1] // lanes) * lanes
+def pack_float_group_params(zero: np.ndarray, scale: np.ndarray, lanes: int, panel: int = 1):
+    """(scale float32, zero float32), each [G, `padded_columns`] (padding 0)."""
+    np_ = padded_columns(zero.shape[1], lanes, panel)
     out = np.zeros((2, zero.shape[0], np_), np.float32)
     out[0, :, : zero.shape[1]], out[1, :, : zero.shape[1]] = scale, zero
     return out[0], out[1]
 
 
 def int4_float_matmul_func(
-    m: int, k: int, n: int, group: int, flavour: str, rows: int | None = None, col_blocks: int | None = None
+    m: int,
+    k: int,
+    n: int,
+    group: int,
+    flavour: str,
+    rows: int | None = None,
+    col_blocks: int | None = None,
+    panel: int = 1,
 ):
-    """PrimFunc main(x f32 [m, k], wp uint8 packed, scale f32 [G, Np], zero f32 [G, Np], out f32 [m, Np])."""
+    """PrimFunc main(x f32 [m, k], wp uint8 packed (panels of `panel` column tiles), scale f32 [G, Np], zero f32
+    [G, Np], out f32 [m, Np]), Np = `padded_columns`."""
     from tvm.script import tirx as T
 
     if flavour not in FLAVOURS:
@@ -46,12 +54,12 @@ def int4_float_matmul_func(
     lanes = FLAVOURS[flavour]
     kind = "decode" if m == 1 else "prefill"
     rows = rows or min(TILES[lanes][kind][0], m)
-    col_blocks = pick_col_blocks(n, lanes, col_blocks or TILES[lanes][kind][1])
+    np_ = padded_columns(n, lanes, panel)
+    col_blocks = pick_col_blocks(np_, lanes, col_blocks or TILES[lanes][kind][1])
     if rows * col_blocks * lanes * 4 >= STACK_BYTES:
         raise ValueError(f"a {rows} x {col_blocks} tile of {lanes} lanes needs {STACK_BYTES} bytes or more")
     groups, steps = k // group, group // STEP
-    col_tiles, row_tiles = -(-n // lanes) // col_blocks, -(-m // rows)
-    np_ = col_tiles * col_blocks * lanes
+    col_tiles, row_tiles = np_ // lanes // col_blocks, -(-m // rows)
     i32v, f32v, u8v = f"int32x{lanes}", f"float32x{lanes}", f"uint8x{lanes * 4}"
 
     def row(it, r):
@@ -59,14 +67,15 @@ def int4_float_matmul_func(
 
     def code(wp, jt, c, k8, j):
         """The 4-bit codes of k-value 8·k8 + j of `lanes` columns, as float32."""
-        packed = T.reinterpret(wp.vload([jt * col_blocks + c, k8, 0, 0], u8v), dtype=i32v)
+        tile = jt * col_blocks + c
+        packed = T.reinterpret(wp.vload([tile // panel, k8, tile % panel, 0, 0], u8v), dtype=i32v)
         shift = T.broadcast(8 * (j % 4) + 4 * (j // 4), lanes)
         return T.Cast(f32v, (packed >> shift) & T.broadcast(15, lanes))
 
     @T.prim_func(s_tir=True)
     def func(
         x: T.Buffer((m, k), "float32"),
-        wp: T.Buffer((np_ // lanes, k // STEP, lanes, 4), "uint8"),
+        wp: T.Buffer((np_ // lanes // panel, k // STEP, panel, lanes, 4), "uint8"),
         scale: T.Buffer((groups, np_), "float32"),
         zero: T.Buffer((groups, np_), "float32"),
         out: T.Buffer((m, np_), "float32"),

@@ -2,7 +2,8 @@
 
 Every producer block is inlined into the last one (`dlight.try_inline`), whose loops are fused into one
 and split as [chunks ∥ cores] × [vector lanes]: the outer part parallel over the cores, the inner one
-vectorized (32 bytes of the output's dtype, 8 lanes at least). Rules that do not match return None, so
+vectorized (32 bytes of the output's dtype, 8 lanes at least); an output under `SERIAL_BYTES` is only
+vectorized, on the calling thread. Rules that do not match return None, so
 `ApplyDefaultSchedule` tries the next one; nothing here changes what a kernel computes.
 """
 
@@ -14,6 +15,9 @@ from tvm.s_tir.dlight import ScheduleRule
 __all__ = ["Elementwise"]
 
 VECTOR_BYTES = 32
+# outputs smaller than this stay on the calling thread (vectorized): waking the pool takes about 3 µs on the
+# CPUs measured, more than a vector loop writes 16 KB in (a decode step's residual adds and slices are 2 KB)
+SERIAL_BYTES = 16384
 
 
 class Elementwise(ScheduleRule):
@@ -38,6 +42,10 @@ class Elementwise(ScheduleRule):
         extent = int(sch.get(fused).extent)
         dtype_bytes = np.dtype(str(sch.get(block).writes[0].source.dtype)).itemsize
         lanes = max(8, VECTOR_BYTES // dtype_bytes)
+        if extent * dtype_bytes < SERIAL_BYTES:  # a parallel launch costs more than the loop
+            if extent >= lanes and extent % lanes == 0:
+                sch.vectorize(sch.split(fused, [None, lanes])[1])
+            return sch
         if extent >= 4 * lanes and extent % lanes == 0:
             outer, inner = sch.split(fused, [None, lanes])
             sch.parallel(outer)
