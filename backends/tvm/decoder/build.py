@@ -31,6 +31,7 @@ import hashlib
 import numpy as np
 
 from qcompile.backends.tvm.decoder import kernels
+from qcompile.backends.tvm.decoder.fused import fused_quantize_func
 from qcompile.backends.tvm.decoder.reader import UnsupportedDecoder
 from qcompile.backends.tvm.decoder.session import CacheSpec
 from qcompile.backends.tvm.decoder.spec import ChannelScale, Decoder, Kronecker, Linear
@@ -228,31 +229,65 @@ class _Builder:
         args = [x, self.shared(step.a), self.shared(step.b)]
         return self.call(("kron", m, a, b), lambda: kernels.kronecker_func(m, a, b), args, (m, width))
 
-    def linear(self, x, m: int, layer: Linear):
-        """y [m, out_features] of a 4- or 8-bit linear layer on x [m, in_features]."""
+    def prologue(self, x, m: int, k: int, prologue: Prologue | None):
+        """x with `prologue` applied by its own kernel (RMSNorm, or SiLU·up of x's halves); x itself for None."""
+        if prologue is None:
+            return x
+        if prologue.kind == "rms":
+            return _norm(self, x, m, k, prologue.eps, prologue.gamma, prologue.owner)
+        return self.call(("silu", m, k), lambda: kernels.silu_mul_func(m, k), [x], (m, k))
+
+    def quantized_input(self, x, m: int, layer: Linear, prologue: Prologue | None):
+        """The per-token codes, scales [and zero points] of the layer's input: one `fused` kernel for its prologue,
+        its transform (none, or one Kronecker step) and its quantizer where it has one, else a kernel a step."""
+        k, act = layer.in_features, layer.act
+        steps = layer.transforms
+        outputs = [((m, k), "int8"), ((m,), "float32"), ((m,), "int32")]
+        if (prologue is not None or steps) and len(steps) <= 1 and all(isinstance(t, Kronecker) for t in steps):
+            kron = (steps[0].a.shape[0], steps[0].b.shape[0]) if steps else None
+            kind = prologue.kind if prologue is not None else "none"
+            eps = prologue.eps if prologue is not None else 0.0
+            gamma = prologue.gamma if prologue is not None else None
+            one = np.ones((1, 1), np.float32)  # in place of the γ or factors the kernel does not read
+            g = self.shared(one[0]) if gamma is None else self.const(prologue.owner, f"gamma{id(gamma)}", lambda: gamma)
+            args = [x, g, *([self.shared(steps[0].a), self.shared(steps[0].b)] if steps else [self.shared(one)] * 2)]
+            key = ("fq", m, k, kind, float(eps), gamma is not None, kron, act.bits, act.symmetric, act.clip_ratio)
+            make = lambda: fused_quantize_func(  # noqa: E731
+                m, k, kind, kron, act.bits, act.symmetric, act.clip_ratio, eps, gamma is not None
+            )
+            quantized = self.call(key, make, args, outputs)
+        else:
+            x = self.prologue(x, m, k, prologue)
+            for step in steps:
+                x = self.transform(x, m, k, step)
+            outputs = outputs[: 2 if act.symmetric else 3]
+            quantized = self.call(
+                ("tq", m, k, act.bits, act.symmetric, act.clip_ratio),
+                lambda: token_quantize_func(m, k, act.bits, act.symmetric, act.clip_ratio),
+                [x],
+                outputs,
+            )
+        count = 2 if act.symmetric else 3
+        return [self.bb.emit(self.relax.TupleGetItem(quantized, i)) for i in range(count)]
+
+    def linear(self, x, m: int, layer: Linear, prologue: Prologue | None = None):
+        """y [m, out_features] of a 4- or 8-bit linear layer on `prologue`(x) [m, in_features]."""
         k, n = layer.in_features, layer.out_features
-        for step in layer.transforms:
-            x = self.transform(x, m, k, step)
         if layer.act is None:
+            x = self.prologue(x, m, k, prologue)
+            for step in layer.transforms:
+                x = self.transform(x, m, k, step)
             return self.float_linear(x, m, layer)
-        act = layer.act
-        asym = not act.symmetric
-        quant_out = [((m, k), "int8"), ((m,), "float32")] + ([((m,), "int32")] if asym else [])
-        quantized = self.call(
-            ("tq", m, k, act.bits, act.symmetric, act.clip_ratio),
-            lambda: token_quantize_func(m, k, act.bits, act.symmetric, act.clip_ratio),
-            [x],
-            quant_out,
-        )
-        lanes = FLAVOURS[self.flavour]
+        asym = not layer.act.symmetric
+        tq = self.quantized_input(x, m, layer, prologue)
         weights = [self._packed(layer)]
         weights += [
             self.const(layer, name, lambda i=i: self._group_params(layer)[i])
             for i, name in enumerate(("scale", "zero"))
         ]
-        tq = [self.bb.emit(self.relax.TupleGetItem(quantized, i)) for i in range(len(quant_out))]
         sums = [self.const(layer, "sums", lambda: self._group_params(layer)[2])] if asym else []
         args = [tq[0], *weights, *sums, *tq[1:]]
+        lanes = FLAVOURS[self.flavour]
         padded = padded_columns(n, lanes, self.panel)
         y = self.call(
             ("mm", m, k, n, layer.group, asym, self.flavour, layer.bits),
@@ -263,6 +298,17 @@ class _Builder:
             (m, padded),
         )
         return y if padded == n else self.slice(y, 0, n)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prologue:
+    """The float step in front of a linear layer that its quantizer takes in (`fused`): the block's RMSNorm ("rms":
+    ε, γ or None, the spec object that owns γ) or SwiGLU's SiLU·up ("silu": the input holds gate, then up)."""
+
+    kind: str
+    eps: float = 0.0
+    gamma: np.ndarray | None = None
+    owner: object = None
 
 
 def build_decode(
@@ -370,8 +416,8 @@ def _cache_write(b: _Builder, new, m, pos, cache, slot, quant, as_codes, kvh, di
 
 
 def _block(b: _Builder, decoder: Decoder, block, x, m: int, pos, table, cache, slot: int, capacity: int):
-    d, heads, kvh, dim = decoder.hidden, decoder.heads, decoder.kv_heads, decoder.head_dim
-    qkv = b.linear(_norm(b, x, m, d, decoder.rms_eps, block.attn_norm, block), m, block.qkv)
+    heads, kvh, dim = decoder.heads, decoder.kv_heads, decoder.head_dim
+    qkv = b.linear(x, m, block.qkv, Prologue("rms", decoder.rms_eps, block.attn_norm, block))
     dq, dkv = heads * dim, kvh * dim
     q = b.reshape(b.slice(qkv, 0, dq), (m, heads, dim))
     k = b.reshape(b.slice(qkv, dq, dq + dkv), (m, kvh, dim))
@@ -395,7 +441,5 @@ def _block(b: _Builder, decoder: Decoder, block, x, m: int, pos, table, cache, s
         (m, heads * dim),
     )
     x = b.add(x, b.linear(attended, m, block.o))
-    gate_up = b.linear(_norm(b, x, m, d, decoder.rms_eps, block.mlp_norm, block), m, block.gate_up)
-    ffn = block.gate_up.out_features // 2
-    hidden = b.call(("silu", m, ffn), lambda: kernels.silu_mul_func(m, ffn), [gate_up], (m, ffn))
-    return b.add(x, b.linear(hidden, m, block.down)), slot
+    gate_up = b.linear(x, m, block.gate_up, Prologue("rms", decoder.rms_eps, block.mlp_norm, block))
+    return b.add(x, b.linear(gate_up, m, block.down, Prologue("silu"))), slot

@@ -29,9 +29,12 @@ from qcompile.ir.quant_meta import TOKEN_MIN_SCALE
 
 __all__ = [
     "rms_norm_func",
+    "rms_row_macro",
+    "silu_row_macro",
     "rope_table_func",
     "rope_func",
     "kronecker_func",
+    "kronecker_macro",
     "channel_scale_func",
     "cache_write_func",
     "attention_func",
@@ -68,40 +71,50 @@ def fast_exp(x):
     return poly * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
 
 
-def rms_norm_func(m: int, d: int, eps: float, gamma: bool):
-    """main(x f32 [m, d], [gamma f32 [d],] y f32 [m, d]): rows in parallel."""
+def rms_row_macro(d: int, eps: float, gamma: bool):
+    """A TVMScript macro `rms_row(x, g, y, i)`: y[i] = x[i] · 1/√(Σ x[i]²/d + ε) (⊙ g when `gamma`; g is not read
+    otherwise) for float32 buffers of rows of d."""
     from tvm.script import tirx as T
 
     eps_, inv_d = T.float32(float(np.float32(eps))), T.float32(float(np.float32(1.0 / d)))
 
     @T.macro
-    def normalize(x, i, total):
+    def rms_row(x, g, y, i):
+        total = T.alloc_buffer((1,), "float32", scope="global")
         total[0] = T.float32(0)
         for k in range(d):
             total[0] = total[0] + x[i, k] * x[i, k]
         total[0] = T.float32(1) / T.sqrt(total[0] * inv_d + eps_)
+        for k in T.vectorized(d):
+            if gamma:
+                y[i, k] = g[k] * (x[i, k] * total[0])
+            else:
+                y[i, k] = x[i, k] * total[0]
+
+    return rms_row
+
+
+def rms_norm_func(m: int, d: int, eps: float, gamma: bool):
+    """main(x f32 [m, d], [gamma f32 [d],] y f32 [m, d]): rows in parallel (one row: on the calling thread)."""
+    from tvm.script import tirx as T
+
+    rms_row, rows = rms_row_macro(d, eps, gamma), T.parallel if m > 1 else T.serial
 
     if gamma:
 
         @T.prim_func(s_tir=True)
         def func(x: T.Buffer((m, d), "float32"), g: T.Buffer((d,), "float32"), y: T.Buffer((m, d), "float32")):
             T.func_attr({"global_symbol": "main", "tir.noalias": True})
-            for i in T.parallel(m):
-                total = T.alloc_buffer((1,), "float32", scope="global")
-                normalize(x, i, total)
-                for k in T.vectorized(d):
-                    y[i, k] = g[k] * (x[i, k] * total[0])
+            for i in rows(m):
+                rms_row(x, g, y, i)
 
         return func
 
     @T.prim_func(s_tir=True)
     def func(x: T.Buffer((m, d), "float32"), y: T.Buffer((m, d), "float32")):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        for i in T.parallel(m):
-            total = T.alloc_buffer((1,), "float32", scope="global")
-            normalize(x, i, total)
-            for k in T.vectorized(d):
-                y[i, k] = x[i, k] * total[0]
+        for i in rows(m):
+            rms_row(x, None, y, i)
 
     return func
 
@@ -161,14 +174,10 @@ def _block_width(b: int, lanes: int = 8, most: int = 64) -> tuple[int, int]:
     return lanes, max(w for w in range(lanes, min(b, most) + 1, lanes) if b % w == 0)
 
 
-def kronecker_func(rows: int, a: int, b: int):
-    """main(x f32 [rows, a·b], A f32 [a, a], B f32 [b, b], y f32 [rows, a·b]): y_m = Aᵀ X_m B per row, in two
-    stages: R = X_m B (R[k, j] = Σ_l X[k, l]·B[l, j], over l in order), then y[i, j] = Σ_k R[k, j]·A[k, i] (over k in
-    order), each element summed in the reference's order. Each stage's tasks are (row, k or i, block of ≤ 64
-    columns) triples, in parallel, so one row (a decode step) spreads over the threads; a block's sums stay in
-    vector registers while the loop over l (or k) streams B's (or R's) rows. With a = 1 (a per-head transform)
-    the second stage is y = R·A[0, 0] (the sum of one product, as exact as the reference's), the first stage's
-    epilogue: one parallel loop."""
+def kronecker_macro(rows: int, a: int, b: int):
+    """A TVMScript macro `kronecker(x, fa, fb, y)`: y_m = Aᵀ X_m B for every row of x [rows, a·b] (any float32
+    buffers), as `kronecker_func` computes it; a kernel that makes its rows first (SiLU·up) or quantizes them after
+    calls it between the two."""
     from tvm.script import tirx as T
 
     lanes, width = _block_width(b)
@@ -201,27 +210,15 @@ def kronecker_func(rows: int, a: int, b: int):
 
     if a == 1:
 
-        @T.prim_func(s_tir=True)
-        def single(
-            x: T.Buffer((rows, b), "float32"),
-            fa: T.Buffer((1, 1), "float32"),
-            fb: T.Buffer((b, b), "float32"),
-            y: T.Buffer((rows, b), "float32"),
-        ):
-            T.func_attr({"global_symbol": "main", "tir.noalias": True})
+        @T.macro
+        def single(x, fa, fb, y):
             for task in tasks(rows * blocks):
                 right_side(x, fb, y, fa, task)
 
         return single
 
-    @T.prim_func(s_tir=True)
-    def func(
-        x: T.Buffer((rows, a * b), "float32"),
-        fa: T.Buffer((a, a), "float32"),
-        fb: T.Buffer((b, b), "float32"),
-        y: T.Buffer((rows, a * b), "float32"),
-    ):
-        T.func_attr({"global_symbol": "main", "tir.noalias": True})
+    @T.macro
+    def kronecker(x, fa, fb, y):
         right = T.alloc_buffer((rows, a * b), "float32")
         for task in tasks(rows * a * blocks):
             right_side(x, fb, right, None, task)
@@ -236,6 +233,31 @@ def kronecker_func(rows: int, a: int, b: int):
                     ) * T.broadcast(fa[k, task // blocks % a], lanes)
             for v in T.unroll(vectors):
                 y[at(task, v)[0], T.ramp(at(task, v)[1], 1, lanes)] = acc.vload([v, 0], f32v)
+
+    return kronecker
+
+
+def kronecker_func(rows: int, a: int, b: int):
+    """main(x f32 [rows, a·b], A f32 [a, a], B f32 [b, b], y f32 [rows, a·b]): y_m = Aᵀ X_m B per row, in two
+    stages: R = X_m B (R[k, j] = Σ_l X[k, l]·B[l, j], over l in order), then y[i, j] = Σ_k R[k, j]·A[k, i] (over k in
+    order), each element summed in the reference's order. Each stage's tasks are (row, k or i, block of ≤ 64
+    columns) triples, in parallel (below `PARALLEL_MACS` on the calling thread), so one row (a decode step) spreads
+    over the threads; a block's sums stay in vector registers while the loop over l (or k) streams B's (or R's)
+    rows. With a = 1 (a per-head transform) the second stage is y = R·A[0, 0] (the sum of one product, as exact as
+    the reference's), the first stage's epilogue: one loop."""
+    from tvm.script import tirx as T
+
+    kronecker = kronecker_macro(rows, a, b)
+
+    @T.prim_func(s_tir=True)
+    def func(
+        x: T.Buffer((rows, a * b), "float32"),
+        fa: T.Buffer((a, a), "float32"),
+        fb: T.Buffer((b, b), "float32"),
+        y: T.Buffer((rows, a * b), "float32"),
+    ):
+        T.func_attr({"global_symbol": "main", "tir.noalias": True})
+        kronecker(x, fa, fb, y)
 
     return func
 
@@ -254,24 +276,38 @@ def channel_scale_func(m: int, d: int):
     return func
 
 
-def silu_mul_func(m: int, d: int):
-    """main(gu f32 [m, 2d] (gate, then up), y f32 [m, d]): 8-lane vectors (one loop vectorized over all d lanes
-    makes LLVM split a 1536-lane vector of `fast_exp`'s steps, 8× slower)."""
+def silu_row_macro(d: int):
+    """A TVMScript macro `silu_row(gu, y, i)`: y[i] = g · 1/(1 + e^(−g)) · u for the halves (g, u) of gu[i] (2d), in
+    8-lane vectors (one loop vectorized over all d lanes makes LLVM split a 1536-lane vector of `fast_exp`'s steps,
+    8× slower)."""
     from tvm.script import tirx as T
 
     lanes = next(n for n in (8, 4, 2, 1) if d % n == 0)
 
+    @T.macro
+    def silu_row(gu, y, i):
+        for k0 in range(d // lanes):
+            for k1 in T.vectorized(lanes):
+                y[i, k0 * lanes + k1] = (
+                    gu[i, k0 * lanes + k1]
+                    * (T.float32(1) / (T.float32(1) + fast_exp(-gu[i, k0 * lanes + k1])))
+                    * gu[i, d + k0 * lanes + k1]
+                )
+
+    return silu_row
+
+
+def silu_mul_func(m: int, d: int):
+    """main(gu f32 [m, 2d] (gate, then up), y f32 [m, d]): `silu_row_macro` per row, rows in parallel."""
+    from tvm.script import tirx as T
+
+    silu_row, rows = silu_row_macro(d), T.parallel if m > 1 else T.serial
+
     @T.prim_func(s_tir=True)
     def func(gu: T.Buffer((m, 2 * d), "float32"), y: T.Buffer((m, d), "float32")):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        for i in T.parallel(m):
-            for k0 in range(d // lanes):
-                for k1 in T.vectorized(lanes):
-                    y[i, k0 * lanes + k1] = (
-                        gu[i, k0 * lanes + k1]
-                        * (T.float32(1) / (T.float32(1) + fast_exp(-gu[i, k0 * lanes + k1])))
-                        * gu[i, d + k0 * lanes + k1]
-                    )
+        for i in rows(m):
+            silu_row(gu, y, i)
 
     return func
 

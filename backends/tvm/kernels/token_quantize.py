@@ -24,15 +24,16 @@ import numpy as np
 
 from qcompile.ir.quant_meta import TOKEN_MIN_SCALE
 
-__all__ = ["token_quantize_func", "SHIFT"]
+__all__ = ["token_quantize_func", "quantize_row_macro", "SHIFT"]
 
 SHIFT = 128  # asymmetric uint8 codes and zero points are passed as int8 / int32 minus this
 
 
-def token_quantize_func(m: int, k: int, bits: int, symmetric: bool, clip_ratio: float = 1.0, vector: int = 16):
-    """PrimFunc main(x float32 [m, k], codes int8 [m, k], scale float32 [m][, zero int32 [m]]): rows in
-    parallel, each row's reduction then its codes in `vector`-wide loops (a serial tail when k is not a
-    multiple)."""
+def quantize_row_macro(k: int, bits: int, symmetric: bool, clip_ratio: float = 1.0, vector: int = 16):
+    """A TVMScript macro `quantize_row(x, i, codes, scale, zero)`: row i of x [·, k] (any float32 buffer) → its codes
+    (int8), scale and, when asymmetric, zero point (int32; for a symmetric quantizer `zero` is written 0 when it
+    is a buffer, or skipped when it is None); the reduction serial, the codes in `vector`-wide loops (a serial tail
+    when k is not a multiple). Kernels that make the row first (a norm, a transform) end with it."""
     from tvm.script import tirx as T
 
     if not 2 <= bits <= 8:
@@ -60,16 +61,50 @@ def token_quantize_func(m: int, k: int, bits: int, symmetric: bool, clip_ratio: 
 
     if symmetric:
 
+        @T.macro
+        def quantize_row(x, i, codes, scale, zero):
+            absmax = T.alloc_buffer((1,), "float32", scope="global")
+            absmax[0] = T.float32(0)
+            for j in range(k):
+                absmax[0] = T.max(absmax[0], T.abs(x[i, j]))
+            scale[i] = T.max((absmax[0] * ratio) / top, tiny)
+            if zero is not None:
+                zero[i] = 0
+            row_codes(x, codes, i, scale[i], T.float32(0))
+
+        return quantize_row
+
+    @T.macro
+    def quantize_row(x, i, codes, scale, zero):
+        bounds = T.alloc_buffer((3,), "float32", scope="global")  # lo, hi, zero point
+        bounds[0] = T.float32(0)
+        bounds[1] = T.float32(0)
+        for j in range(k):
+            bounds[0] = T.min(bounds[0], x[i, j])
+            bounds[1] = T.max(bounds[1], x[i, j])
+        scale[i] = T.max((bounds[1] * ratio - bounds[0] * ratio) / top, tiny)
+        bounds[2] = clipped(T.nearbyint(-(bounds[0] * ratio) / scale[i]), T.float32(0), top)
+        zero[i] = T.Cast("int32", bounds[2]) - SHIFT
+        row_codes(x, codes, i, scale[i], bounds[2])
+
+    return quantize_row
+
+
+def token_quantize_func(m: int, k: int, bits: int, symmetric: bool, clip_ratio: float = 1.0, vector: int = 16):
+    """PrimFunc main(x float32 [m, k], codes int8 [m, k], scale float32 [m][, zero int32 [m]]): rows in
+    parallel (one row: on the calling thread), each `quantize_row_macro`."""
+    from tvm.script import tirx as T
+
+    quantize_row = quantize_row_macro(k, bits, symmetric, clip_ratio, vector)
+    rows = T.parallel if m > 1 else T.serial
+
+    if symmetric:
+
         @T.prim_func(s_tir=True)
         def func(x: T.Buffer((m, k), "float32"), codes: T.Buffer((m, k), "int8"), scale: T.Buffer((m,), "float32")):
             T.func_attr({"global_symbol": "main", "tir.noalias": True})
-            for i in T.parallel(m):
-                absmax = T.alloc_buffer((1,), "float32", scope="global")
-                absmax[0] = T.float32(0)
-                for j in range(k):
-                    absmax[0] = T.max(absmax[0], T.abs(x[i, j]))
-                scale[i] = T.max((absmax[0] * ratio) / top, tiny)
-                row_codes(x, codes, i, scale[i], T.float32(0))
+            for i in rows(m):
+                quantize_row(x, i, codes, scale, None)
 
         return func
 
@@ -81,16 +116,7 @@ def token_quantize_func(m: int, k: int, bits: int, symmetric: bool, clip_ratio: 
         zero: T.Buffer((m,), "int32"),
     ):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        for i in T.parallel(m):
-            bounds = T.alloc_buffer((3,), "float32", scope="global")  # lo, hi, zero point
-            bounds[0] = T.float32(0)
-            bounds[1] = T.float32(0)
-            for j in range(k):
-                bounds[0] = T.min(bounds[0], x[i, j])
-                bounds[1] = T.max(bounds[1], x[i, j])
-            scale[i] = T.max((bounds[1] * ratio - bounds[0] * ratio) / top, tiny)
-            bounds[2] = clipped(T.nearbyint(-(bounds[0] * ratio) / scale[i]), T.float32(0), top)
-            zero[i] = T.Cast("int32", bounds[2]) - SHIFT
-            row_codes(x, codes, i, scale[i], bounds[2])
+        for i in rows(m):
+            quantize_row(x, i, codes, scale, zero)
 
     return func
