@@ -40,6 +40,28 @@ def test_decode_steps_equal_the_reference(tiny_llama_artifact, form) -> None:
         assert got.argmax() == want[0].argmax()
 
 
+@pytest.mark.parametrize("form", ["rotate-w4a4kv4", "w4a8", "flatquant", "w4a16-g32"])
+def test_each_quantizer_takes_in_the_norm_silu_and_transform_before_it(tiny_llama_artifact, form) -> None:
+    """The step's kernels: with rotate (one Kronecker step per transformed input) or none, every integer linear's
+    input comes out of a fused quantizer: no RMSNorm kernel but the final one, no SiLU, no Kronecker transform of
+    a linear's input, and a bare quantizer only on an input with no float step in front (w4a8's o). FlatQuant's
+    chains (a channel scaling and one or two Kronecker steps) keep a kernel per step; w4a16 (float activations)
+    has no quantizer to fuse into."""
+    from qcompile.backends.tvm.decoder.build import _Builder, _emit_step
+
+    decoder = read_decoder(ir.load(str(tiny_llama_artifact(form))))
+    builder = _Builder(FLAVOURS[0])
+    _emit_step(builder, decoder, "decode", 1, 8, "float32")
+    keys = list(builder.funcs)
+    kinds = [key[0] for key in keys]
+    if form in ("flatquant", "w4a16-g32"):
+        assert "fq" not in kinds and "silu" in kinds
+        return
+    assert "fq" in kinds and "silu" not in kinds and kinds.count("rms") == 1  # the final norm
+    assert ("tq" in kinds) == (form == "w4a8")  # without rotate the o projection's input has no float step to fuse
+    assert not any(key[0] == "kron" and key[2] > 1 for key in keys)  # only the per-head transforms (a = 1) remain
+
+
 @pytest.mark.parametrize("form", ["w4a8", "rotate-w4a4kv4"])
 def test_a_chunked_prefill_gives_the_logits_of_token_by_token_steps(tiny_llama_artifact, form) -> None:
     """10 tokens = two prefill chunks of 4 (causal within each chunk, reading the cache before it) and two decode
