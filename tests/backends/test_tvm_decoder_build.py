@@ -14,6 +14,7 @@ from qcompile.backends.tvm.decoder import kernels, reference
 from qcompile.backends.tvm.decoder.build import build_decode, cache_layout, cache_spec, stored_head
 from qcompile.backends.tvm.decoder.reader import UnsupportedDecoder, read_decoder
 from qcompile.backends.tvm.decoder.session import DecodeSession
+from qcompile.backends.tvm.decoder.spec import Kronecker
 from qcompile.backends.tvm.kernels.int4_matmul import flavours_for
 from qcompile.backends.tvm.target import cpu_features, host_target
 
@@ -44,7 +45,8 @@ def test_decode_steps_equal_the_reference(tiny_llama_artifact, form) -> None:
 def test_each_quantizer_takes_in_the_norm_silu_and_transform_before_it(tiny_llama_artifact, form) -> None:
     """The step's kernels: with rotate (one Kronecker step per transformed input) or none, every integer linear's
     input comes out of a fused quantizer: no RMSNorm kernel but the final one, no SiLU, no Kronecker transform of
-    a linear's input, and a bare quantizer only on an input with no float step in front (w4a8's o). FlatQuant's
+    a linear's input, and a bare quantizer only on an input with no float step in front (w4a8's o); RoPE and a
+    per-head q/k transform run as one kernel. FlatQuant's
     chains (a channel scaling and one or two Kronecker steps) keep a kernel per step; w4a16 (float activations)
     has no quantizer to fuse into."""
     from qcompile.backends.tvm.decoder.build import _Builder, _emit_step
@@ -59,7 +61,9 @@ def test_each_quantizer_takes_in_the_norm_silu_and_transform_before_it(tiny_llam
         return
     assert "fq" in kinds and "silu" not in kinds and kinds.count("rms") == 1  # the final norm
     assert ("tq" in kinds) == (form == "w4a8")  # without rotate the o projection's input has no float step to fuse
-    assert not any(key[0] == "kron" and key[2] > 1 for key in keys)  # only the per-head transforms (a = 1) remain
+    assert "kron" not in kinds  # the per-head q/k transforms run with RoPE (rope_kron), the others with a quantizer
+    transformed = any(isinstance(t, Kronecker) for blk in decoder.blocks for t in (blk.q_transform, blk.k_transform))
+    assert ("rope_kron" in kinds) == transformed and ("rope" in kinds) == (form == "w4a8")
 
 
 @pytest.mark.parametrize("form", ["w4a8", "rotate-w4a4kv4"])

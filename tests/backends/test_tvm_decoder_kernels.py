@@ -62,6 +62,21 @@ def test_rope(position, rows) -> None:
     _close(got, want, 1e-5)
 
 
+@pytest.mark.parametrize("rows, heads, a, b", [(1, 9, 1, 64), (3, 3, 1, 64), (2, 4, 4, 16)])
+def test_rope_then_the_per_head_transform_in_one_kernel(rows, heads, a, b) -> None:
+    """`rope_kronecker_func` == `rope_func` and then `kronecker_func` over the heads' rows, bit for bit."""
+    x = RNG.standard_normal((rows, heads, 64)).astype(np.float32)
+    cos, sin = (RNG.standard_normal((rows, 32)).astype(np.float32) for _ in range(2))
+    fa, fb = RNG.standard_normal((a, a)).astype(np.float32), RNG.standard_normal((b, b)).astype(np.float32)
+    (roped,) = _call(kernels.rope_func(rows, heads, 64), x, cos, sin, outputs=[((rows, heads, 64), "float32")])
+    flat = ((rows * heads, 64), "float32")
+    (want,) = _call(kernels.kronecker_func(rows * heads, a, b), roped.reshape(rows * heads, 64), fa, fb, outputs=[flat])
+    (got,) = _call(kernels.rope_kronecker_func(rows, heads, 64, a, b), x, cos, sin, fa, fb, outputs=[flat])
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="heads of 64"):
+        kernels.rope_kronecker_func(rows, heads, 64, 2, 16)
+
+
 @pytest.mark.parametrize(
     "rows, a, b", [(3, 4, 12), (1, 12, 128), (9, 1, 64), (16, 1, 64), (2, 36, 16), (1, 3, 6), (64, 4, 16)]
 )

@@ -415,6 +415,23 @@ def _cache_write(b: _Builder, new, m, pos, cache, slot, quant, as_codes, kvh, di
     return [b.bb.emit(relax.TupleGetItem(out, i)) for i in range(3)], slot + 3
 
 
+def _rope(b: _Builder, x, m: int, heads: int, dim: int, table, transform):
+    """RoPE of x [m, heads, dim], then the per-head transform: one kernel for a Kronecker step, else a kernel each."""
+    if isinstance(transform, Kronecker):
+        a, n = transform.a.shape[0], transform.b.shape[0]
+        y = b.call(
+            ("rope_kron", m, heads, dim, a, n),
+            lambda: kernels.rope_kronecker_func(m, heads, dim, a, n),
+            [x, *table, b.shared(transform.a), b.shared(transform.b)],
+            (m * heads, dim),
+        )
+        return b.reshape(y, (m, heads, dim))
+    x = b.call(("rope", m, heads, dim), lambda: kernels.rope_func(m, heads, dim), [x, *table], (m, heads, dim))
+    if transform is None:
+        return x
+    return b.reshape(b.transform(b.reshape(x, (m * heads, dim)), m * heads, dim, transform), (m, heads, dim))
+
+
 def _block(b: _Builder, decoder: Decoder, block, x, m: int, pos, table, cache, slot: int, capacity: int):
     heads, kvh, dim = decoder.heads, decoder.kv_heads, decoder.head_dim
     qkv = b.linear(x, m, block.qkv, Prologue("rms", decoder.rms_eps, block.attn_norm, block))
@@ -422,12 +439,8 @@ def _block(b: _Builder, decoder: Decoder, block, x, m: int, pos, table, cache, s
     q = b.reshape(b.slice(qkv, 0, dq), (m, heads, dim))
     k = b.reshape(b.slice(qkv, dq, dq + dkv), (m, kvh, dim))
     v = b.reshape(b.slice(qkv, dq + dkv, dq + 2 * dkv), (m, kvh, dim))
-    q = b.call(("rope", m, heads, dim), lambda: kernels.rope_func(m, heads, dim), [q, *table], (m, heads, dim))
-    k = b.call(("rope", m, kvh, dim), lambda: kernels.rope_func(m, kvh, dim), [k, *table], (m, kvh, dim))
-    if block.q_transform is not None:
-        q = b.reshape(b.transform(b.reshape(q, (m * heads, dim)), m * heads, dim, block.q_transform), (m, heads, dim))
-    if block.k_transform is not None:
-        k = b.reshape(b.transform(b.reshape(k, (m * kvh, dim)), m * kvh, dim, block.k_transform), (m, kvh, dim))
+    q = _rope(b, q, m, heads, dim, table, block.q_transform)
+    k = _rope(b, k, m, kvh, dim, table, block.k_transform)
     if (block.key_quant is None) != (block.value_quant is None):
         raise UnsupportedDecoder("keys and values must both be quantized, or both float")
     quantized = _as_codes(block)

@@ -33,6 +33,7 @@ __all__ = [
     "silu_row_macro",
     "rope_table_func",
     "rope_func",
+    "rope_kronecker_func",
     "kronecker_func",
     "kronecker_macro",
     "channel_scale_func",
@@ -143,12 +144,29 @@ def rope_table_func(m: int, dim: int, inv_freq: np.ndarray):
     return func
 
 
+def rope_rows_macro(heads: int, dim: int):
+    """A TVMScript macro `rope_rows(x, cos, sin, y, i)`: the rotary embedding of row i's heads, y[i, h] from
+    x[i, h] (both [·, heads, dim]) with `rope_table`'s angles of row i."""
+    from tvm.script import tirx as T
+
+    half = dim // 2
+
+    @T.macro
+    def rope_rows(x, cos, sin, y, i):
+        for h in range(heads):
+            for j in T.vectorized(half):
+                y[i, h, j] = x[i, h, j] * cos[i, j] - x[i, h, j + half] * sin[i, j]
+                y[i, h, j + half] = x[i, h, j + half] * cos[i, j] + x[i, h, j] * sin[i, j]
+
+    return rope_rows
+
+
 def rope_func(m: int, heads: int, dim: int):
     """main(x f32 [m, heads, dim], cos f32 [m, dim/2], sin f32 [m, dim/2], y f32 [m, heads, dim]): Llama's rotary
     embedding (rotate_half form) with `rope_table`'s angles."""
     from tvm.script import tirx as T
 
-    half = dim // 2
+    half, rope_rows = dim // 2, rope_rows_macro(heads, dim)
 
     @T.prim_func(s_tir=True)
     def func(
@@ -159,10 +177,37 @@ def rope_func(m: int, heads: int, dim: int):
     ):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
         for i in T.parallel(m):
-            for h in range(heads):
-                for j in T.vectorized(half):
-                    y[i, h, j] = x[i, h, j] * cos[i, j] - x[i, h, j + half] * sin[i, j]
-                    y[i, h, j + half] = x[i, h, j + half] * cos[i, j] + x[i, h, j] * sin[i, j]
+            rope_rows(x, cos, sin, y, i)
+
+    return func
+
+
+def rope_kronecker_func(m: int, heads: int, dim: int, a: int, b: int):
+    """main(x f32 [m, heads, dim], cos, sin, A f32 [a, a], B f32 [b, b], y f32 [m·heads, dim]): `rope_func` and then
+    the per-head Kronecker transform of its rows (`kronecker_macro` over m·heads rows of a·b = dim) in one kernel,
+    the roped rows in a scratch buffer: the values of the two kernels, bit for bit."""
+    from tvm.script import tirx as T
+
+    if a * b != dim:
+        raise ValueError(f"a Kronecker step of {a} x {b} does not transform heads of {dim}")
+    half, rope_rows, kronecker = dim // 2, rope_rows_macro(heads, dim), kronecker_macro(m * heads, a, b)
+    rows = T.parallel if m > 1 else T.serial
+
+    @T.prim_func(s_tir=True)
+    def func(
+        x: T.Buffer((m, heads, dim), "float32"),
+        cos: T.Buffer((m, half), "float32"),
+        sin: T.Buffer((m, half), "float32"),
+        fa: T.Buffer((a, a), "float32"),
+        fb: T.Buffer((b, b), "float32"),
+        y: T.Buffer((m * heads, dim), "float32"),
+    ):
+        T.func_attr({"global_symbol": "main", "tir.noalias": True})
+        roped = T.alloc_buffer((m * heads, dim), "float32")
+        by_head = T.decl_buffer((m, heads, dim), "float32", data=roped.data)
+        for i in rows(m):
+            rope_rows(x, cos, sin, by_head, i)
+        kronecker(roped, fa, fb, y)
 
     return func
 
