@@ -229,55 +229,47 @@ class _Builder:
         args = [x, self.shared(step.a), self.shared(step.b)]
         return self.call(("kron", m, a, b), lambda: kernels.kronecker_func(m, a, b), args, (m, width))
 
-    def prologue(self, x, m: int, k: int, prologue: Prologue | None):
-        """x with `prologue` applied by its own kernel (RMSNorm, or SiLU·up of x's halves); x itself for None."""
-        if prologue is None:
-            return x
-        if prologue.kind == "rms":
-            return _norm(self, x, m, k, prologue.eps, prologue.gamma, prologue.owner)
-        return self.call(("silu", m, k), lambda: kernels.silu_mul_func(m, k), [x], (m, k))
+    def unfused(self, x, m: int, k: int, prologue: Prologue | None, steps):
+        """`prologue`(x) and then the transform steps, a kernel each (RMSNorm, or SiLU·up of x's halves)."""
+        if prologue is not None and prologue.kind == "rms":
+            x = _norm(self, x, m, k, prologue.eps, prologue.gamma, prologue.owner)
+        elif prologue is not None:
+            x = self.call(("silu", m, k), lambda: kernels.silu_mul_func(m, k), [x], (m, k))
+        for step in steps:
+            x = self.transform(x, m, k, step)
+        return x
 
     def quantized_input(self, x, m: int, layer: Linear, prologue: Prologue | None):
         """The per-token codes, scales [and zero points] of the layer's input: one `fused` kernel for its prologue,
         its transform (none, or one Kronecker step) and its quantizer where it has one, else a kernel a step."""
-        k, act = layer.in_features, layer.act
-        steps = layer.transforms
+        k, act, steps = layer.in_features, layer.act, layer.transforms
+        count = 2 if act.symmetric else 3
         outputs = [((m, k), "int8"), ((m,), "float32"), ((m,), "int32")]
         if (prologue is not None or steps) and len(steps) <= 1 and all(isinstance(t, Kronecker) for t in steps):
+            p = prologue or Prologue("none")
             kron = (steps[0].a.shape[0], steps[0].b.shape[0]) if steps else None
-            kind = prologue.kind if prologue is not None else "none"
-            eps = prologue.eps if prologue is not None else 0.0
-            gamma = prologue.gamma if prologue is not None else None
             one = np.ones((1, 1), np.float32)  # in place of the γ or factors the kernel does not read
-            g = self.shared(one[0]) if gamma is None else self.const(prologue.owner, f"gamma{id(gamma)}", lambda: gamma)
+            g = self.shared(one[0]) if p.gamma is None else self.const(p.owner, f"gamma{id(p.gamma)}", lambda: p.gamma)
             args = [x, g, *([self.shared(steps[0].a), self.shared(steps[0].b)] if steps else [self.shared(one)] * 2)]
-            key = ("fq", m, k, kind, float(eps), gamma is not None, kron, act.bits, act.symmetric, act.clip_ratio)
+            key = ("fq", m, k, p.kind, float(p.eps), p.gamma is not None, kron, act.bits, act.symmetric, act.clip_ratio)
             make = lambda: fused_quantize_func(  # noqa: E731
-                m, k, kind, kron, act.bits, act.symmetric, act.clip_ratio, eps, gamma is not None
+                m, k, p.kind, kron, act.bits, act.symmetric, act.clip_ratio, p.eps, p.gamma is not None
             )
             quantized = self.call(key, make, args, outputs)
         else:
-            x = self.prologue(x, m, k, prologue)
-            for step in steps:
-                x = self.transform(x, m, k, step)
-            outputs = outputs[: 2 if act.symmetric else 3]
             quantized = self.call(
                 ("tq", m, k, act.bits, act.symmetric, act.clip_ratio),
                 lambda: token_quantize_func(m, k, act.bits, act.symmetric, act.clip_ratio),
-                [x],
-                outputs,
+                [self.unfused(x, m, k, prologue, steps)],
+                outputs[:count],
             )
-        count = 2 if act.symmetric else 3
         return [self.bb.emit(self.relax.TupleGetItem(quantized, i)) for i in range(count)]
 
     def linear(self, x, m: int, layer: Linear, prologue: Prologue | None = None):
         """y [m, out_features] of a 4- or 8-bit linear layer on `prologue`(x) [m, in_features]."""
         k, n = layer.in_features, layer.out_features
         if layer.act is None:
-            x = self.prologue(x, m, k, prologue)
-            for step in layer.transforms:
-                x = self.transform(x, m, k, step)
-            return self.float_linear(x, m, layer)
+            return self.float_linear(self.unfused(x, m, k, prologue, layer.transforms), m, layer)
         asym = not layer.act.symmetric
         tq = self.quantized_input(x, m, layer, prologue)
         weights = [self._packed(layer)]
@@ -303,7 +295,8 @@ class _Builder:
 @dataclasses.dataclass(frozen=True)
 class Prologue:
     """The float step in front of a linear layer that its quantizer takes in (`fused`): the block's RMSNorm ("rms":
-    ε, γ or None, the spec object that owns γ) or SwiGLU's SiLU·up ("silu": the input holds gate, then up)."""
+    ε, γ or None, the spec object that owns γ) or SwiGLU's SiLU·up ("silu": the input holds gate, then up);
+    "none" for the fused kernel's signature when only a transform is fused."""
 
     kind: str
     eps: float = 0.0

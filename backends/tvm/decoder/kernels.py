@@ -49,8 +49,8 @@ __all__ = [
 
 GEMV_LANES = 16
 GEMV_BLOCKS = 4  # column tiles per GEMV task, packed side by side (`pack_gemv_weight`)
-# a Kronecker transform of fewer multiply-adds runs on the calling thread: a parallel loop costs about 3 µs to
-# launch, about what 2 µs of this work takes one core (a per-head 64 × 64 transform of 9 heads is 37 K)
+# a Kronecker transform of fewer multiply-adds runs on the calling thread: launching a parallel loop costs about
+# as much as this work takes one core (a per-head 64 × 64 transform of 9 heads is 37 K)
 PARALLEL_MACS = 65536
 # Cephes' expf: exp(x) = 2^n · p(r), n = round(x·log2 e), r = x − n·ln 2 (ln 2 split in two), p of degree 7
 _LN2_HI, _LN2_LO, _LOG2E = 0.693359375, -2.12194440e-4, 1.4426950408889634
@@ -324,7 +324,7 @@ def channel_scale_func(m: int, d: int):
 def silu_row_macro(d: int):
     """A TVMScript macro `silu_row(gu, y, i)`: y[i] = g · 1/(1 + e^(−g)) · u for the halves (g, u) of gu[i] (2d), in
     8-lane vectors (one loop vectorized over all d lanes makes LLVM split a 1536-lane vector of `fast_exp`'s steps,
-    8× slower)."""
+    several times slower)."""
     from tvm.script import tirx as T
 
     lanes = next(n for n in (8, 4, 2, 1) if d % n == 0)

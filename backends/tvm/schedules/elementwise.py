@@ -15,8 +15,8 @@ from tvm.s_tir.dlight import ScheduleRule
 __all__ = ["Elementwise"]
 
 VECTOR_BYTES = 32
-# outputs smaller than this stay on the calling thread (vectorized): waking the pool takes about 3 µs on the
-# CPUs measured, more than a vector loop writes 16 KB in (a decode step's residual adds and slices are 2 KB)
+# outputs smaller than this stay on the calling thread (vectorized): waking the pool for them costs more than the
+# loop (a decode step's residual adds and slices are 2 KB)
 SERIAL_BYTES = 16384
 
 
