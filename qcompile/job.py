@@ -165,18 +165,11 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
                 f"--lm-head {config.lm_head} sets how a decoder LLM's TVM library stores its LM head; this "
                 "model is not a decoder LLM"
             )
-        if config.target and decoder:
-            from qcompile.backends.tvm.target import split_target
-
-            if split_target(config.target)[0] != "llvm":
-                raise InputError(
-                    f"--target {config.target}: a decoder LLM's steps are compiled for CPUs only (--target llvm)"
-                )
-            if not isinstance(entry, PerplexityTask):
-                raise InputError(
-                    "--target llvm on a decoder LLM scores and checks its library on text: give the model as a "
-                    "Hugging Face folder, a .gguf or zoo:NAME (a decoder ONNX file runs on random inputs)"
-                )
+        if config.target and decoder and not isinstance(entry, PerplexityTask):
+            raise InputError(
+                f"--target {config.target} on a decoder LLM scores and checks its library on text: give the model as "
+                "a Hugging Face folder, a .gguf or zoo:NAME (a decoder ONNX file runs on random inputs)"
+            )
         context.calibration, context.seed = calibration, config.seed  # the passes read these when they run
         context.progress, context.threads = config.progress, config.threads
         if isinstance(entry, PerplexityTask):
@@ -274,7 +267,8 @@ def run_job(config: JobConfig, log=print) -> dict[str, Any]:
         report["metric_runtime"] = metric_runtimes(sessions, tvm_report, scored_by_tvm)
         if library is not None:
             report["metric_runtime"]["tvm_int"] = (
-                f"TVM llvm decoder library ({tvm_report['kernels']} kernels), one decode step per token"
+                f"TVM {library.metadata['kind']} decoder library ({tvm_report['kernels']} kernels), one decode step "
+                "per token"
             )
         if not_timed:
             report["latency_not_timed"] = not_timed

@@ -40,7 +40,8 @@ def build_decoder_library(
 ):
     """Compile and save the library into `staging` (a float LM head stored as `head_dtype`), load it and check it
     against `ort_session` on `ids` (module docstring; the reference then rounds the head as the library stores it).
-    Returns (the loaded library, the report's `tvm` entry)."""
+    Returns (the loaded library, the report's `tvm` entry); a CUDA library where no GPU is: (None, the entry with
+    `not_run`)."""
     from qcompile.backends.tvm import pool_threads
     from qcompile.backends.tvm.decoder import artifact as library_files
     from qcompile.backends.tvm.decoder.build import stored_head
@@ -50,7 +51,6 @@ def build_decoder_library(
     log(f"compiling the decoder's steps with TVM for {target} ({capacity} cache positions, prefill chunks of {chunk})")
     compiled = library_files.compile_decoder(artifact, target, capacity, chunk, head_dtype, threads=threads)
     files = library_files.save(compiled, staging)
-    library = library_files.load(staging)
     report = {
         **{key: compiled.metadata[key] for key in ("target", "cpu", "kernels", "capacity", "chunk", "head_dtype")},
         "build_seconds": compiled.seconds,
@@ -59,6 +59,10 @@ def build_decoder_library(
         "threads": pool_threads(),
         "bit_exact_vs_onnx": False,
     }
+    if compiled.metadata["kind"] == "cuda" and not _has_gpu():
+        report["not_run"] = "a CUDA library is built here but runs only on a GPU machine: not checked, scored or timed"
+        return None, report
+    library = library_files.load(staging)
     prompt = ids[: chunk + min(3, len(ids) - chunk)]
     reference = ReferenceSession(stored_head(compiled.decoder, compiled.metadata["head_dtype"]))
     report["check"] = check_against_onnx(library.session(), ort_session, prompt, reference)
@@ -68,6 +72,12 @@ def build_decoder_library(
             f"(relative RMS), the NumPy reference's by {report['check']['reference_rel_rms_diff']:.3g}: a backend bug"
         )
     return library, report
+
+
+def _has_gpu() -> bool:
+    import tvm
+
+    return bool(tvm.cuda(0).exist)
 
 
 def check_against_onnx(session, ort_session, prompt, reference) -> dict:

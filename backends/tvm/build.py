@@ -5,7 +5,7 @@
                                       qcompile function, the GEMM pre-scheduled with its epilogue
                    ─ pipeline ─────→ legalize, FoldConstant, FuseOps/FuseTIR (casts and requantizes fuse
                                       with their neighbours), dlight schedules for the rest, float
-                                      products fenced against FMA contraction (CPU), VM lowering
+                                      products fenced against FMA contraction, VM lowering
 
 The schedule step applies, per unscheduled PrimFunc, the first rule that matches: our `Elementwise`
 rule, our `FloatMatmul` (float models only), dlight's CPU `Reduction` rule (row-wise softmax and
@@ -49,8 +49,9 @@ def _stages(target):
 
 def relax_pipeline(target, exact_float: bool = True):
     """The backend's Relax pipeline: TVM's CPU/CUDA pipeline with the schedule step after fusion.
-    exact_float: on CPUs, float products are fenced (`fence.FenceFloatProducts`) so a·b + c rounds twice,
-    as ONNX Runtime does; False lets LLVM contract them into FMAs (float models: nothing to match)."""
+    exact_float: float products are fenced (`fence.FenceFloatProducts`: LLVM's fence on CPUs, `__fmul_rn` on CUDA)
+    so a·b + c rounds twice, as ONNX Runtime does; False lets the compiler contract them into FMAs (float models:
+    nothing to match)."""
     import tvm
 
     from qcompile.backends.tvm.fence import FenceFloatProducts
@@ -64,7 +65,7 @@ def relax_pipeline(target, exact_float: bool = True):
                 stages.library_dispatch_passes(target)
                 + stages.legalize_passes(target)
                 + [_schedule_pass(target)]
-                + ([FenceFloatProducts()] if exact_float and target.kind.name == "llvm" else [])
+                + ([FenceFloatProducts(target.kind.name)] if exact_float else [])
                 + stages.dataflow_lower_passes(target)
                 + stages.finalize_passes(target)
             )

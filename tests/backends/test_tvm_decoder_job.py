@@ -1,6 +1,7 @@
 """`qcompile zoo:tiny-llama --passes ... --target llvm`: the job compiles the decoder's steps into decoder.so, checks
 them against ONNX Runtime on the artifact, scores, generates and times with them next to it; generation picks the
-library where the folder has one; GPU targets and forms the steps do not compile are refused in one line."""
+library where the folder has one; a CUDA target builds the library and says it was not run (no GPU here); GPUs
+and forms the steps do not compile are refused in one line."""
 
 from __future__ import annotations
 
@@ -88,7 +89,7 @@ def test_generation_with_runtime_tvm_needs_a_library(tmp_path) -> None:
 @pytest.mark.parametrize(
     "passes, target, message",
     [
-        ("w4a8", "cuda", "compiled for CPUs only (--target llvm)"),
+        ("w4a8", "cuda:sm_60", "__dp4a, which needs sm_61 or later"),
         ("w4a16:weight_bits=8:weight_group=32", "llvm", "8-bit weights, activations float"),
     ],
 )
@@ -102,6 +103,24 @@ def test_targets_and_forms_the_steps_do_not_compile_are_refused(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_cuda_target_builds_the_library_and_says_it_did_not_run_it(tmp_path, monkeypatch, tiny_llama_cache) -> None:
+    import tvm
+
+    if tvm.cuda(0).exist:
+        pytest.skip("a GPU is here: the job checks, scores and times the library on it")
+    monkeypatch.setenv("QCOMPILE_CACHE", str(tiny_llama_cache))
+    out = tmp_path / "out"
+    args = ["zoo:tiny-llama", "--passes", "w4a8", "--target", "cuda:sm_80", "-o", str(out), "--eval-samples", "1"]
+    assert main([*args, "--no-baselines", "--no-html", "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    for name in ("decoder.so", "decoder.tvm.json"):
+        assert (out / name).is_file() and name in report["files"]
+    tvm_report = report["tvm"]
+    assert tvm_report["kernels"] == "cuda" and "GPU machine" in tvm_report["not_run"] and "check" not in tvm_report
+    assert "tvm_int" not in report["all_metrics"] and "decode_ms" not in tvm_report
+    assert json.loads((out / "decoder.tvm.json").read_text())["arch"] == "sm_80"
 
 
 def test_a_decoder_onnx_file_is_refused_with_what_to_give(tmp_path, capsys, tiny_llama_export) -> None:

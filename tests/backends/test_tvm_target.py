@@ -80,6 +80,27 @@ def test_fence_leaves_integer_products_alone() -> None:
     assert FENCE not in fence_float_products(func).script()
 
 
+def test_cuda_products_are_rounded_on_their_own() -> None:
+    """On CUDA a·b − c becomes __fmul_rn(a, b) − c (NVCC would contract it into an FMA); integer products and
+    half-precision ones are left alone."""
+    from tvm import te
+
+    from qcompile.backends.tvm.fence import round_float_products
+
+    x = te.placeholder((64,), "float32", name="x")
+    c = te.placeholder((64,), "float32", name="c")
+    n = te.placeholder((64,), "int32", name="n")
+    h = te.placeholder((64,), "float16", name="h")
+    outputs = [
+        te.compute((64,), lambda i: x[i] * x[i] - c[i], name="y"),
+        te.compute((64,), lambda i: n[i] * 3 + 1, name="z"),
+        te.compute((64,), lambda i: h[i] * h[i], name="w"),
+    ]
+    script = round_float_products(te.create_prim_func([x, c, n, h, *outputs])).script()
+    assert script.count("__fmul_rn") == 1 and "__dmul_rn" not in script
+    assert "n[v_i] * 3" in script and "h[v_i] * h[v_i]" in script
+
+
 def test_tvm_thread_pool_leaves_the_process_affinity_alone() -> None:
     """A pinned pool would squeeze ONNX Runtime's threads, created later in the process, onto one core."""
     import os

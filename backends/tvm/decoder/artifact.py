@@ -1,12 +1,14 @@
 """The decoder library as a file: compile a QDQ decoder artifact's steps, save them, load them, open sessions.
 
     out/decoder.so          the Relax VM executable: `decode` and `prefill`, the packed weights once, as constants
-    out/decoder.tvm.json    {"format", "target", "cpu", "kernels", "capacity", "chunk", "head_dtype", "cache": [...],
-                             "prefix_slots", "vocab", ...}
+    out/decoder.tvm.json    {"format", "target", "kind", "arch", "cpu", "kernels", "capacity", "chunk", "head_dtype",
+                             "cache": [...], "prefix_slots", "vocab", ...}
     out/decoder.prefix.npz  the intact-kv prefix's float keys and values (only for an artifact with one)
 
 Like the encoders' library (`backends.tvm.artifact`) it is built for the CPU that built it, and `load` refuses
-another CPU (the kernels use the instructions `kernels` names). Loading needs TVM and NumPy, not the ONNX file.
+another CPU (the kernels use the instructions `kernels` names). With `target="cuda"` (or "cuda:sm_XX") the steps'
+kernels are CUDA's (`gpu_kernels`, `gpu_attention`, `gpu_matmul`; the host code is still this CPU's), the cache and
+the weights live on the GPU, and `load` needs a CUDA device. Loading needs TVM and NumPy, not the ONNX file.
 """
 
 from __future__ import annotations
@@ -60,25 +62,25 @@ def compile_decoder(
     threads: int | None = None,
 ) -> CompiledDecoder:
     """Read a QDQ decoder artifact (a path or an onnx_ir.Model) and compile its steps for `target` ("llvm": this
-    CPU). Raises `UnsupportedDecoder` with the reason for a form, target or CPU the steps are not built for."""
+    CPU; "cuda" / "cuda:sm_XX": an NVIDIA GPU, `__dp4a` needs sm_61 or later). Raises `UnsupportedDecoder` with the
+    reason for a form, target or CPU the steps are not built for."""
     import onnx_ir as ir
     from tvm.target import codegen
 
-    from qcompile.backends.tvm.decoder.build import build_decode, cache_spec
+    from qcompile.backends.tvm.decoder.build import GPU_FLAVOUR, build_decode, cache_spec
     from qcompile.backends.tvm.decoder.reader import read_decoder
     from qcompile.backends.tvm.kernels.int4_matmul import flavours_for
     from qcompile.backends.tvm.target import cpu_features, parse_target, split_target
 
-    if split_target(target)[0] != "llvm":
-        raise UnsupportedDecoder(
-            f"the decoder steps are built for CPUs only (--target llvm); their kernels have no GPU schedule ({target})"
-        )
+    kind, arch = split_target(target)
+    if kind == "cuda" and arch is not None and int(arch[3:]) < 61:
+        raise UnsupportedDecoder(f"the decoder's CUDA matmuls use __dp4a, which needs sm_61 or later ({target})")
     if capacity < 1 or (chunk is not None and not 1 <= chunk <= capacity):
         raise ValueError(f"capacity must be at least 1 and chunk in 1..capacity, got {capacity} and {chunk}")
     start = time.perf_counter()
     decoder = read_decoder(ir.load(str(model)) if isinstance(model, (str, Path)) else model)
     tvm_target = parse_target(target, threads)
-    flavours = flavours_for(cpu_features(tvm_target))
+    flavours = [GPU_FLAVOUR] if kind == "cuda" else flavours_for(cpu_features(tvm_target))
     if not flavours:
         raise UnsupportedDecoder("the decoder's 4-bit matmul needs an x86 CPU with AVX2 at least")
     executable = build_decode(decoder, capacity, flavours[0], tvm_target, head_dtype, chunk)
@@ -86,7 +88,8 @@ def compile_decoder(
     metadata = {
         "format": FORMAT,
         "target": str(tvm_target),
-        "kind": "llvm",
+        "kind": kind,
+        "arch": arch,
         "kernels": flavours[0],
         "cpu": str(codegen.llvm_get_system_cpu()),
         "capacity": capacity,
@@ -138,6 +141,13 @@ class DecoderLibrary:
         cpu = str(codegen.llvm_get_system_cpu())
         if self.metadata["cpu"] != cpu:
             raise RuntimeError(f"{directory / LIBRARY} was built for CPU {self.metadata['cpu']}; this CPU is {cpu}")
+        self.device = tvm.cpu()
+        if self.metadata.get("kind") == "cuda":
+            if not tvm.cuda(0).exist:
+                raise RuntimeError(
+                    f"{directory / LIBRARY} is built for a CUDA GPU ({self.metadata['arch']}): none here"
+                )
+            self.device = tvm.cuda(0)
         prefix = {}
         if self.metadata["prefix_slots"]:
             with np.load(directory / PREFIX) as stored:
@@ -147,7 +157,7 @@ class DecoderLibrary:
         self.module = tvm.runtime.load_module(str(directory / LIBRARY))
 
     def session(self) -> DecodeSession:
-        return DecodeSession(self.module, self.cache, self.metadata["chunk"])
+        return DecodeSession(self.module, self.cache, self.metadata["chunk"], self.device)
 
 
 def load(directory: str | Path) -> DecoderLibrary:

@@ -26,7 +26,9 @@ by token.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -46,11 +48,57 @@ from qcompile.backends.tvm.kernels.int4_matmul import (
 )
 from qcompile.backends.tvm.kernels.token_quantize import token_quantize_func
 
-__all__ = ["build_decode", "cache_layout", "cache_spec", "stored_head", "HEAD_DTYPES"]
+__all__ = ["build_decode", "cache_layout", "cache_spec", "stored_head", "kernel_set", "HEAD_DTYPES", "GPU_FLAVOUR"]
 
 SCHEDULED = "tirx.is_scheduled"  # dlight leaves these PrimFuncs alone
 OPAQUE = 8  # relax.OpPatternKind.kOpaque: FuseOps does not merge them with neighbours
 HEAD_DTYPES = ("float32", "float16", "int8")  # how a float LM head can be stored
+GPU_FLAVOUR = "cuda"  # the kernels' flavour on a CUDA target (`gpu_kernels`, `gpu_attention`, `gpu_matmul`)
+
+
+def kernel_set(flavour: str, bind: bool = True) -> SimpleNamespace:
+    """The step's kernel constructors for a flavour: x86 (`kernels`, `int4_matmul`, …) or CUDA's (`gpu_kernels`,
+    `gpu_attention`, `gpu_matmul`), with the same signatures and arithmetic. bind=False: CUDA's kernels with their
+    thread loops serial, to build and run on a CPU (tests)."""
+    if flavour != GPU_FLAVOUR:
+        return SimpleNamespace(
+            rms_norm=kernels.rms_norm_func,
+            token_quantize=token_quantize_func,
+            silu_mul=kernels.silu_mul_func,
+            channel_scale=kernels.channel_scale_func,
+            kronecker=kernels.kronecker_func,
+            rope_table=kernels.rope_table_func,
+            rope=kernels.rope_func,
+            rope_kronecker=kernels.rope_kronecker_func,
+            cache_write=kernels.cache_write_func,
+            attention=kernels.attention_func,
+            gemv=kernels.gemv_func,
+            pack_gemv_weight=kernels.pack_gemv_weight,
+            int4_matmul=int4_matmul_func,
+            int4_float_matmul=int4_float_matmul_func,
+        )
+    from qcompile.backends.tvm.decoder import gpu_attention, gpu_kernels
+    from qcompile.backends.tvm.kernels import gpu_matmul
+
+    def bound(make):
+        return functools.partial(make, bind=bind)
+
+    return SimpleNamespace(
+        rms_norm=bound(gpu_kernels.rms_norm_func),
+        token_quantize=bound(gpu_kernels.token_quantize_func),
+        silu_mul=bound(gpu_kernels.silu_mul_func),
+        channel_scale=bound(gpu_kernels.channel_scale_func),
+        kronecker=bound(gpu_kernels.kronecker_func),
+        rope_table=bound(gpu_kernels.rope_table_func),
+        rope=bound(gpu_kernels.rope_func),
+        rope_kronecker=bound(gpu_kernels.rope_kronecker_func),
+        cache_write=bound(gpu_attention.cache_write_func),
+        attention=bound(gpu_attention.attention_func),
+        gemv=bound(gpu_matmul.gemv_func),
+        pack_gemv_weight=gpu_matmul.pack_gemv_weight,
+        int4_matmul=bound(gpu_matmul.int4_matmul_func),
+        int4_float_matmul=bound(gpu_matmul.int4_float_matmul_func),
+    )
 
 
 def _check(decoder: Decoder) -> None:
@@ -133,13 +181,18 @@ class _Builder:
     """Emits step functions into a Relax BlockBuilder, adding each distinct kernel once and each weight constant
     once (one `relax.Constant` object shared by every function: the library holds the packed weights once)."""
 
-    def __init__(self, flavour: str):
+    def __init__(self, flavour: str, bind: bool = True):
         from tvm import relax
 
         self.relax = relax
         self.bb = relax.BlockBuilder()
-        self.flavour = flavour
-        self.panel = PANEL[flavour]
+        self.flavour, self.gpu, self.k = flavour, flavour == GPU_FLAVOUR, kernel_set(flavour, bind)
+        if self.gpu:
+            from qcompile.backends.tvm.kernels.gpu_matmul import COLUMNS
+
+            self.lanes, self.panel = COLUMNS, 1  # N padded to whole thread blocks of columns; no panels
+        else:
+            self.lanes, self.panel = FLAVOURS[flavour], PANEL[flavour]
         self.funcs: dict[tuple, object] = {}
         self.consts: dict[tuple, object] = {}
 
@@ -179,19 +232,24 @@ class _Builder:
         key = (id(layer), "group_params")
         if key not in self.consts:
             codes, zero = unsigned_codes(layer)
-            lanes = FLAVOURS[self.flavour]
-            params = pack_group_params(codes, zero, layer.scale, lanes, layer.group, layer.bits, self.panel)
+            params = pack_group_params(codes, zero, layer.scale, self.lanes, layer.group, layer.bits, self.panel)
             self.consts[key] = (params, layer)
         return self.consts[key][0]
 
     def _packed(self, layer: Linear):
-        """The layer's codes packed in panels (`pack_weight`), one constant for every step function."""
-        lanes = FLAVOURS[self.flavour]
-        return self.const(layer, "packed", lambda: pack_weight(unsigned_codes(layer)[0], lanes, layer.bits, self.panel))
+        """The layer's codes packed in panels (`pack_weight`; on a GPU in words, `gpu_matmul.pack_weight`), one
+        constant for every step function."""
+        if self.gpu:
+            from qcompile.backends.tvm.kernels import gpu_matmul
+
+            return self.const(layer, "packed", lambda: gpu_matmul.pack_weight(unsigned_codes(layer)[0], layer.bits))
+        return self.const(
+            layer, "packed", lambda: pack_weight(unsigned_codes(layer)[0], self.lanes, layer.bits, self.panel)
+        )
 
     def float_linear(self, x, m: int, layer: Linear):
         """y [m, out_features] of a 4-bit linear layer on float x [m, in_features] (w4a16)."""
-        k, n, lanes = layer.in_features, layer.out_features, FLAVOURS[self.flavour]
+        k, n, lanes = layer.in_features, layer.out_features, self.lanes
         key = (id(layer), "float_params")
         if key not in self.consts:  # once for both step functions
             self.consts[key] = (pack_float_group_params(layer.zero, layer.scale, lanes, self.panel), layer)
@@ -205,7 +263,7 @@ class _Builder:
         padded = padded_columns(n, lanes, self.panel)
         y = self.call(
             ("fmm", m, k, n, layer.group, self.flavour),
-            lambda: int4_float_matmul_func(m, k, n, layer.group, self.flavour, panel=self.panel),
+            lambda: self.k.int4_float_matmul(m, k, n, layer.group, self.flavour, panel=self.panel),
             args,
             (m, padded),
         )
@@ -224,28 +282,30 @@ class _Builder:
         """One step of a transform chain on x [m, width] (a Kronecker step per row)."""
         if isinstance(step, ChannelScale):
             args = [x, self.shared(step.c)]
-            return self.call(("scale", m, width), lambda: kernels.channel_scale_func(m, width), args, (m, width))
+            return self.call(("scale", m, width), lambda: self.k.channel_scale(m, width), args, (m, width))
         a, b = step.a.shape[0], step.b.shape[0]
         args = [x, self.shared(step.a), self.shared(step.b)]
-        return self.call(("kron", m, a, b), lambda: kernels.kronecker_func(m, a, b), args, (m, width))
+        return self.call(("kron", m, a, b), lambda: self.k.kronecker(m, a, b), args, (m, width))
 
     def unfused(self, x, m: int, k: int, prologue: Prologue | None, steps):
         """`prologue`(x) and then the transform steps, a kernel each (RMSNorm, or SiLU·up of x's halves)."""
         if prologue is not None and prologue.kind == "rms":
             x = _norm(self, x, m, k, prologue.eps, prologue.gamma, prologue.owner)
         elif prologue is not None:
-            x = self.call(("silu", m, k), lambda: kernels.silu_mul_func(m, k), [x], (m, k))
+            x = self.call(("silu", m, k), lambda: self.k.silu_mul(m, k), [x], (m, k))
         for step in steps:
             x = self.transform(x, m, k, step)
         return x
 
     def quantized_input(self, x, m: int, layer: Linear, prologue: Prologue | None):
         """The per-token codes, scales [and zero points] of the layer's input: one `fused` kernel for its prologue,
-        its transform (none, or one Kronecker step) and its quantizer where it has one, else a kernel a step."""
+        its transform (none, or one Kronecker step) and its quantizer where it has one (on a CPU), else a kernel a
+        step."""
         k, act, steps = layer.in_features, layer.act, layer.transforms
         count = 2 if act.symmetric else 3
         outputs = [((m, k), "int8"), ((m,), "float32"), ((m,), "int32")]
-        if (prologue is not None or steps) and len(steps) <= 1 and all(isinstance(t, Kronecker) for t in steps):
+        fusable = (prologue is not None or steps) and len(steps) <= 1 and all(isinstance(t, Kronecker) for t in steps)
+        if fusable and not self.gpu:
             p = prologue or Prologue("none")
             kron = (steps[0].a.shape[0], steps[0].b.shape[0]) if steps else None
             one = np.ones((1, 1), np.float32)  # in place of the γ or factors the kernel does not read
@@ -259,7 +319,7 @@ class _Builder:
         else:
             quantized = self.call(
                 ("tq", m, k, act.bits, act.symmetric, act.clip_ratio),
-                lambda: token_quantize_func(m, k, act.bits, act.symmetric, act.clip_ratio),
+                lambda: self.k.token_quantize(m, k, act.bits, act.symmetric, act.clip_ratio),
                 [self.unfused(x, m, k, prologue, steps)],
                 outputs[:count],
             )
@@ -279,11 +339,10 @@ class _Builder:
         ]
         sums = [self.const(layer, "sums", lambda: self._group_params(layer)[2])] if asym else []
         args = [tq[0], *weights, *sums, *tq[1:]]
-        lanes = FLAVOURS[self.flavour]
-        padded = padded_columns(n, lanes, self.panel)
+        padded = padded_columns(n, self.lanes, self.panel)
         y = self.call(
             ("mm", m, k, n, layer.group, asym, self.flavour, layer.bits),
-            lambda: int4_matmul_func(
+            lambda: self.k.int4_matmul(
                 m, k, n, layer.group, self.flavour, act_zero=asym, bits=layer.bits, panel=self.panel
             ),
             args,
@@ -305,20 +364,27 @@ class Prologue:
 
 
 def build_decode(
-    decoder: Decoder, capacity: int, flavour: str, target, head_dtype: str = "float32", chunk: int | None = 64
+    decoder: Decoder,
+    capacity: int,
+    flavour: str,
+    target,
+    head_dtype: str = "float32",
+    chunk: int | None = 64,
+    bind: bool = True,
 ):
     """The compiled steps (a Relax VM executable) of `decoder` for a cache of `capacity` positions: `decode` (one
     token) and, with a `chunk`, `prefill` (`chunk` tokens, the last one's logits), sharing the packed weights.
     `head_dtype` "float16" stores a float LM head in half precision, "int8" as symmetric codes with a scale per
     vocabulary entry (`kernels.quantize_gemv_weight`): a half or a quarter of the bytes every step reads, the logits
     then differing from the artifact's by the weights' rounding (opt-ins; their perplexity is measured in the
-    runtime table)."""
+    runtime table). flavour `GPU_FLAVOUR` with bind=False and a CPU target: the CUDA step with serial thread loops,
+    on the CPU (its tests)."""
     from qcompile.backends.tvm.build import compile_relax
 
     _check(decoder)
     if head_dtype not in HEAD_DTYPES:
         raise ValueError(f"the LM head is stored as float32, float16 or int8, not {head_dtype}")
-    b = _Builder(flavour)
+    b = _Builder(flavour, bind)
     _emit_step(b, decoder, "decode", 1, capacity, head_dtype)
     if chunk:
         _emit_step(b, decoder, "prefill", chunk, capacity, head_dtype)
@@ -338,7 +404,7 @@ def _emit_step(b: _Builder, decoder: Decoder, name: str, m: int, capacity: int, 
             half, inv = decoder.head_dim // 2, decoder.rope_inv_freq
             angles = b.call(
                 ("rope_table", m, decoder.head_dim),
-                lambda: kernels.rope_table_func(m, decoder.head_dim, inv),
+                lambda: b.k.rope_table(m, decoder.head_dim, inv),
                 [pos],
                 [((m, half), "float32"), ((m, half), "float32")],
             )
@@ -355,7 +421,7 @@ def _emit_step(b: _Builder, decoder: Decoder, name: str, m: int, capacity: int, 
 def _norm(b: _Builder, x, m: int, d: int, eps: float, gamma, owner):
     key = ("rms", m, d, float(eps), gamma is not None)
     args = [x] if gamma is None else [x, b.const(owner, f"gamma{id(gamma)}", lambda: gamma)]
-    return b.call(key, lambda: kernels.rms_norm_func(m, d, eps, gamma is not None), args, (m, d))
+    return b.call(key, lambda: b.k.rms_norm(m, d, eps, gamma is not None), args, (m, d))
 
 
 def _lm_head(b: _Builder, x, decoder: Decoder, dtype: str):
@@ -366,14 +432,14 @@ def _lm_head(b: _Builder, x, decoder: Decoder, dtype: str):
     if dtype == "int8":
         codes, scale = kernels.quantize_gemv_weight(head.weight)
         weights = [
-            b.const(head, "packed_int8", lambda: kernels.pack_gemv_weight(codes, "int8")),
+            b.const(head, "packed_int8", lambda: b.k.pack_gemv_weight(codes, "int8")),
             b.const(head, "scale_int8", lambda: scale),
         ]
     else:
-        weights = [b.const(head, f"packed_{dtype}", lambda: kernels.pack_gemv_weight(head.weight, dtype))]
+        weights = [b.const(head, f"packed_{dtype}", lambda: b.k.pack_gemv_weight(head.weight, dtype))]
     y = b.call(
         ("gemv", k, n, dtype),
-        lambda: kernels.gemv_func(k, n, dtype=dtype),
+        lambda: b.k.gemv(k, n, dtype=dtype),
         [x, *weights],
         (1, kernels.gemv_columns(n)),
     )
@@ -388,21 +454,19 @@ def _cache_write(b: _Builder, new, m, pos, cache, slot, quant, as_codes, kvh, di
     if quant is None or not as_codes:
         if quant is None:
             key = ("kvw", m, kvh, dim, capacity)
-            gv = b.kernel(key, lambda: kernels.cache_write_func(m, kvh, dim, capacity, None, True, 1.0))
+            gv = b.kernel(key, lambda: b.k.cache_write(m, kvh, dim, capacity, None, True, 1.0))
         else:
             key = ("kvf", m, kvh, dim, capacity, quant.bits, quant.symmetric, quant.clip_ratio)
             gv = b.kernel(
                 key,
-                lambda: kernels.cache_write_func(
+                lambda: b.k.cache_write(
                     m, kvh, dim, capacity, quant.bits, quant.symmetric, quant.clip_ratio, as_codes=False
                 ),
             )
         out = b.bb.emit(relax.call_tir_inplace(gv, [new, pos, cache[slot]], [2], cache[slot].ty))
         return [out], slot + 1
     key = ("kvq", m, kvh, dim, capacity, quant.bits, quant.symmetric, quant.clip_ratio)
-    gv = b.kernel(
-        key, lambda: kernels.cache_write_func(m, kvh, dim, capacity, quant.bits, quant.symmetric, quant.clip_ratio)
-    )
+    gv = b.kernel(key, lambda: b.k.cache_write(m, kvh, dim, capacity, quant.bits, quant.symmetric, quant.clip_ratio))
     tensors = cache[slot : slot + 3]
     out = b.bb.emit(relax.call_tir_inplace(gv, [new, pos, *tensors], [2, 3, 4], [t.ty for t in tensors]))
     return [b.bb.emit(relax.TupleGetItem(out, i)) for i in range(3)], slot + 3
@@ -414,12 +478,12 @@ def _rope(b: _Builder, x, m: int, heads: int, dim: int, table, transform):
         a, n = transform.a.shape[0], transform.b.shape[0]
         y = b.call(
             ("rope_kron", m, heads, dim, a, n),
-            lambda: kernels.rope_kronecker_func(m, heads, dim, a, n),
+            lambda: b.k.rope_kronecker(m, heads, dim, a, n),
             [x, *table, b.shared(transform.a), b.shared(transform.b)],
             (m * heads, dim),
         )
         return b.reshape(y, (m, heads, dim))
-    x = b.call(("rope", m, heads, dim), lambda: kernels.rope_func(m, heads, dim), [x, *table], (m, heads, dim))
+    x = b.call(("rope", m, heads, dim), lambda: b.k.rope(m, heads, dim), [x, *table], (m, heads, dim))
     if transform is None:
         return x
     return b.reshape(b.transform(b.reshape(x, (m * heads, dim)), m * heads, dim, transform), (m, heads, dim))
@@ -442,7 +506,7 @@ def _block(b: _Builder, decoder: Decoder, block, x, m: int, pos, table, cache, s
     shift = 0 if not quantized or block.key_quant.symmetric else 128
     attended = b.call(
         ("attn", m, heads, kvh, dim, capacity, decoder.score_scale, quantized, shift),
-        lambda: kernels.attention_func(m, heads, kvh, dim, capacity, decoder.score_scale, quantized, shift),
+        lambda: b.k.attention(m, heads, kvh, dim, capacity, decoder.score_scale, quantized, shift),
         [q, pos, *keys, *values],
         (m, heads * dim),
     )

@@ -32,6 +32,7 @@ __all__ = [
     "rms_row_macro",
     "silu_row_macro",
     "rope_table_func",
+    "rope_angle",
     "rope_func",
     "rope_kronecker_func",
     "kronecker_func",
@@ -120,6 +121,17 @@ def rms_norm_func(m: int, d: int, eps: float, gamma: bool):
     return func
 
 
+def rope_angle(freq: list[float], pos, i, j):
+    """(pos[0] + i)·freq[j] as a TIR expression: a select chain of the constants (half a head ≤ 64 of them), so a
+    kernel needs no table argument."""
+    from tvm.script import tirx as T
+
+    value = T.float32(freq[0])
+    for f in range(1, len(freq)):
+        value = T.Select(j == f, T.float32(freq[f]), value)
+    return T.Cast("float32", pos[0] + i) * value
+
+
 def rope_table_func(m: int, dim: int, inv_freq: np.ndarray):
     """main(pos i32 [1], cos f32 [m, dim/2], sin f32 [m, dim/2]): the rotary angles (pos + i)·inv_freq[j] of a
     step's rows, computed once and read by every layer's `rope`."""
@@ -128,18 +140,12 @@ def rope_table_func(m: int, dim: int, inv_freq: np.ndarray):
     half = dim // 2
     freq = [float(f) for f in np.asarray(inv_freq, np.float32)]
 
-    def angle(pos, i, j):
-        value = T.float32(freq[0])
-        for f in range(1, half):  # a select chain of the constants (half ≤ 64): no table argument to pass
-            value = T.Select(j == f, T.float32(freq[f]), value)
-        return T.Cast("float32", pos[0] + i) * value
-
     @T.prim_func(s_tir=True)
     def func(pos: T.Buffer((1,), "int32"), cos: T.Buffer((m, half), "float32"), sin: T.Buffer((m, half), "float32")):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
         for i, j in T.grid(m, half):
-            cos[i, j] = T.cos(angle(pos, i, j))
-            sin[i, j] = T.sin(angle(pos, i, j))
+            cos[i, j] = T.cos(rope_angle(freq, pos, i, j))
+            sin[i, j] = T.sin(rope_angle(freq, pos, i, j))
 
     return func
 
