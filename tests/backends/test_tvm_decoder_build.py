@@ -46,7 +46,8 @@ def test_each_quantizer_takes_in_the_norm_silu_and_transform_before_it(tiny_llam
     """The step's kernels: with rotate (one Kronecker step per transformed input) or none, every integer linear's
     input comes out of a fused quantizer: no RMSNorm kernel but the final one, no SiLU, no Kronecker transform of
     a linear's input, and a bare quantizer only on an input with no float step in front (w4a8's o); RoPE and a
-    per-head q/k transform run as one kernel. FlatQuant's
+    per-head q/k transform run as one kernel, and without such transforms RoPE runs in the kernel that splits the
+    q/k/v matmul's output. FlatQuant's
     chains (a channel scaling and one or two Kronecker steps) keep a kernel per step; w4a16 (float activations)
     has no quantizer to fuse into."""
     from qcompile.backends.tvm.decoder.build import _Builder, _emit_step
@@ -63,7 +64,8 @@ def test_each_quantizer_takes_in_the_norm_silu_and_transform_before_it(tiny_llam
     assert ("tq" in kinds) == (form == "w4a8")  # without rotate the o projection's input has no float step to fuse
     assert "kron" not in kinds  # the per-head q/k transforms run with RoPE (rope_kron), the others with a quantizer
     transformed = any(isinstance(t, Kronecker) for blk in decoder.blocks for t in (blk.q_transform, blk.k_transform))
-    assert ("rope_kron" in kinds) == transformed and ("rope" in kinds) == (form == "w4a8")
+    assert ("rope_kron" in kinds) == transformed and "rope" not in kinds  # without them: qkv_rope
+    assert ("qkv_rope" in kinds) == (not transformed)
 
 
 @pytest.mark.parametrize("form", ["w4a8", "rotate-w4a4kv4"])

@@ -62,6 +62,23 @@ def test_rope(position, rows) -> None:
     _close(got, want, 1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 4])
+def test_qkv_split_with_rope_in_one_kernel(rows) -> None:
+    """`qkv_rope_func` == the three slices of the q/k/v output and `rope_func` on q and k, bit for bit."""
+    heads, kvh, dim = 9, 3, 64
+    qkv = RNG.standard_normal((rows, (heads + 2 * kvh) * dim)).astype(np.float32)
+    cos, sin = (RNG.standard_normal((rows, dim // 2)).astype(np.float32) for _ in range(2))
+    q = qkv[:, : heads * dim].reshape(rows, heads, dim)
+    k = qkv[:, heads * dim : (heads + kvh) * dim].reshape(rows, kvh, dim)
+    (want_q,) = _call(kernels.rope_func(rows, heads, dim), q, cos, sin, outputs=[((rows, heads, dim), "float32")])
+    (want_k,) = _call(kernels.rope_func(rows, kvh, dim), k, cos, sin, outputs=[((rows, kvh, dim), "float32")])
+    shapes = [((rows, heads, dim), "float32"), ((rows, kvh, dim), "float32"), ((rows, kvh, dim), "float32")]
+    got_q, got_k, got_v = _call(kernels.qkv_rope_func(rows, heads, kvh, dim), qkv, cos, sin, outputs=shapes)
+    np.testing.assert_array_equal(got_q, want_q)
+    np.testing.assert_array_equal(got_k, want_k)
+    np.testing.assert_array_equal(got_v, qkv[:, (heads + kvh) * dim :].reshape(rows, kvh, dim))
+
+
 @pytest.mark.parametrize("rows, heads, a, b", [(1, 9, 1, 64), (3, 3, 1, 64), (2, 4, 4, 16)])
 def test_rope_then_the_per_head_transform_in_one_kernel(rows, heads, a, b) -> None:
     """`rope_kronecker_func` == `rope_func` and then `kronecker_func` over the heads' rows, bit for bit."""

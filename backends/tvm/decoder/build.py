@@ -8,7 +8,8 @@ and whose `prefill` function does the same for a chunk of tokens, the cache writ
 The cache is one tensor per layer and kind (float [kv_heads, capacity, head_dim]) or three (codes, scales, zero
 points) where the spec quantizes it; the session owns it (`cache_spec`). Per block the step runs the spec's ops in order
 (`spec` docstring) with one kernel each: `rms_norm`, the transform chain, `token_quantize`, `int4_matmul` (fused
-q/k/v and gate/up), `rope` (on angles `rope_table` computes once per step), the per-head transforms, `cache_write`
+q/k/v and gate/up), `rope` (on angles `rope_table` computes once per step; with the q/k/v split in one kernel,
+`qkv_rope`, or with the per-head transforms, `rope_kronecker`), the per-head transforms, `cache_write`
 (in place: `call_tir_inplace`), `attention`, `silu_mul`; the LM head (on the last token only) is the float `gemv`,
 float32 or (opt-in) float16 or int8 codes with a scale per vocabulary entry, or the integer matmul where the spec
 quantized it. Weights are constants of the library,
@@ -490,14 +491,27 @@ def _rope(b: _Builder, x, m: int, heads: int, dim: int, table, transform):
 
 
 def _block(b: _Builder, decoder: Decoder, block, x, m: int, pos, table, cache, slot: int, capacity: int):
+    """One block of the step. q, k and v come out of the q/k/v matmul's output roped by one kernel (`qkv_rope`, on a
+    CPU) where the block has no per-head transforms, else by slices and `_rope`."""
+    from tvm import relax
+
     heads, kvh, dim = decoder.heads, decoder.kv_heads, decoder.head_dim
     qkv = b.linear(x, m, block.qkv, Prologue("rms", decoder.rms_eps, block.attn_norm, block))
     dq, dkv = heads * dim, kvh * dim
-    q = b.reshape(b.slice(qkv, 0, dq), (m, heads, dim))
-    k = b.reshape(b.slice(qkv, dq, dq + dkv), (m, kvh, dim))
-    v = b.reshape(b.slice(qkv, dq + dkv, dq + 2 * dkv), (m, kvh, dim))
-    q = _rope(b, q, m, heads, dim, table, block.q_transform)
-    k = _rope(b, k, m, kvh, dim, table, block.k_transform)
+    if block.q_transform is None and block.k_transform is None and not b.gpu:
+        split = b.call(
+            ("qkv_rope", m, heads, kvh, dim),
+            lambda: kernels.qkv_rope_func(m, heads, kvh, dim),
+            [qkv, *table],
+            [((m, heads, dim), "float32"), ((m, kvh, dim), "float32"), ((m, kvh, dim), "float32")],
+        )
+        q, k, v = (b.bb.emit(relax.TupleGetItem(split, i)) for i in range(3))
+    else:
+        q = b.reshape(b.slice(qkv, 0, dq), (m, heads, dim))
+        k = b.reshape(b.slice(qkv, dq, dq + dkv), (m, kvh, dim))
+        v = b.reshape(b.slice(qkv, dq + dkv, dq + 2 * dkv), (m, kvh, dim))
+        q = _rope(b, q, m, heads, dim, table, block.q_transform)
+        k = _rope(b, k, m, kvh, dim, table, block.k_transform)
     if (block.key_quant is None) != (block.value_quant is None):
         raise UnsupportedDecoder("keys and values must both be quantized, or both float")
     quantized = _as_codes(block)

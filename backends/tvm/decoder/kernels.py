@@ -5,6 +5,7 @@ fixed-capacity KV cache written in place, as TIR PrimFuncs; the 4-bit matmul and
     rms_norm      y = x · 1/√(Σx²/d + ε) (⊙ γ)                                  x [m, d]
     rope_table    cos((p + i)·f_j), sin((p + i)·f_j) for the step's rows, once per step
     rope          y = x·cos + rotate_half(x)·sin (the table's halves repeated)         x [m, heads, D]
+    qkv_rope      q, k, v of the q/k/v matmul's output, q and k roped as they are read
     kronecker     y = x · (A ⊗ B) per row                                          x [rows, a·b]
     channel_scale y = x ⊙ c
     cache_write   cache[:, p] = new (float), or its per-token codes with scale and zero point (a `TokenQuant`
@@ -35,6 +36,7 @@ __all__ = [
     "rope_angle",
     "rope_func",
     "rope_kronecker_func",
+    "qkv_rope_func",
     "kronecker_func",
     "kronecker_macro",
     "channel_scale_func",
@@ -150,21 +152,56 @@ def rope_table_func(m: int, dim: int, inv_freq: np.ndarray):
     return func
 
 
-def rope_rows_macro(heads: int, dim: int):
+def rope_rows_macro(heads: int, dim: int, offset: int | None = None):
     """A TVMScript macro `rope_rows(x, cos, sin, y, i)`: the rotary embedding of row i's heads, y[i, h] from
-    x[i, h] (both [·, heads, dim]) with `rope_table`'s angles of row i."""
+    x[i, h] (both [·, heads, dim]) with `rope_table`'s angles of row i. With an `offset`, x is a matrix [·, width]
+    whose row holds the heads from column `offset` on (the q or k part of the fused q/k/v matmul's output)."""
     from tvm.script import tirx as T
 
     half = dim // 2
+
+    def at(x, i, h, j):
+        return x[i, h, j] if offset is None else x[i, offset + h * dim + j]
 
     @T.macro
     def rope_rows(x, cos, sin, y, i):
         for h in range(heads):
             for j in T.vectorized(half):
-                y[i, h, j] = x[i, h, j] * cos[i, j] - x[i, h, j + half] * sin[i, j]
-                y[i, h, j + half] = x[i, h, j + half] * cos[i, j] + x[i, h, j] * sin[i, j]
+                y[i, h, j] = at(x, i, h, j) * cos[i, j] - at(x, i, h, j + half) * sin[i, j]
+                y[i, h, j + half] = at(x, i, h, j + half) * cos[i, j] + at(x, i, h, j) * sin[i, j]
 
     return rope_rows
+
+
+def qkv_rope_func(m: int, heads: int, kv_heads: int, dim: int):
+    """main(qkv f32 [m, (heads + 2·kv_heads)·dim], cos f32 [m, dim/2], sin f32 [m, dim/2], q f32 [m, heads, dim],
+    k f32 [m, kv_heads, dim], v f32 [m, kv_heads, dim]): the fused q/k/v matmul's output split into q, k and v, RoPE
+    on q and k as it is read (`rope_rows_macro`: `rope_func`'s values bit for bit), rows in parallel; one kernel
+    for the three slices and the two RoPE calls of a block without per-head transforms."""
+    from tvm.script import tirx as T
+
+    half, dq, dkv = dim // 2, heads * dim, kv_heads * dim
+    rope_q, rope_k = rope_rows_macro(heads, dim, offset=0), rope_rows_macro(kv_heads, dim, offset=dq)
+    rows = T.parallel if m > 1 else T.serial
+
+    @T.prim_func(s_tir=True)
+    def func(
+        qkv: T.Buffer((m, dq + 2 * dkv), "float32"),
+        cos: T.Buffer((m, half), "float32"),
+        sin: T.Buffer((m, half), "float32"),
+        q: T.Buffer((m, heads, dim), "float32"),
+        k: T.Buffer((m, kv_heads, dim), "float32"),
+        v: T.Buffer((m, kv_heads, dim), "float32"),
+    ):
+        T.func_attr({"global_symbol": "main", "tir.noalias": True})
+        for i in rows(m):
+            rope_q(qkv, cos, sin, q, i)
+            rope_k(qkv, cos, sin, k, i)
+            for h in range(kv_heads):
+                for j in T.vectorized(dim):
+                    v[i, h, j] = qkv[i, dq + dkv + h * dim + j]
+
+    return func
 
 
 def rope_func(m: int, heads: int, dim: int):
