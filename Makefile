@@ -72,7 +72,7 @@ $(CHROMIUM):
 TEST_WORKERS ?= 2
 
 test: setup lint wheel-check | $(CHROMIUM)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-fast: setup
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
