@@ -24,7 +24,9 @@ optional: weights_mb (float: weight bytes held and read per decoded token, where
   command, runtime_version, peak_rss_mb_with_eval, failed (bool) + error (str): a failed record is shown with
   its error.
 
-The bandwidth record (bandwidth.py, runtime_bandwidth_numpy.json) is shown above the table.
+The bandwidth record (bandwidth.py, runtime_bandwidth_numpy.json) is shown above the table. Records of several
+rounds of one setting (run_all.sh ROUNDS: runtime_<peer>_<setting>.r<N>.json) make one row: the median of the
+rounds' timings (TIMINGS), the rest from the round that scored the perplexity, the rounds' decode rates in its notes.
 
 Run (any Python 3.11), from /work/main:
   python3 benchmarks/llm_runtime_peers/collect.py [--output PATH] [--records FOLDER]
@@ -34,12 +36,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
 OUT = Path("/work/peers/out")
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "llm_runtime_smollm2.md"
 ORDER = ["llama.cpp", "ONNX Runtime", "ONNX Runtime GenAI", "PyTorch eager (transformers)"]
+TIMINGS = ("prefill_tok_s_512", "ttft_ms_512", "decode_tok_s_ctx128", "decode_tok_s_ctx512")
 COLUMNS = (
     "| runtime | setting | threads | prefill tok/s (512) | TTFT ms (512) | decode tok/s (ctx 128) |"
     " decode tok/s (ctx 512) | peak RSS MB | artifact MB | weight GB/s at ctx 128 | perplexity | notes |"
@@ -63,9 +67,33 @@ def load(folder: Path) -> tuple[dict | None, list[dict]]:
             bandwidth = rec
         else:
             rows.append(rec)
+    rows = merge_rounds(rows)
     rank = {name: i for i, name in enumerate(ORDER)}
     rows.sort(key=lambda r: (rank.get(r.get("runtime"), len(ORDER)), str(r.get("runtime")), str(r.get("setting"))))
     return bandwidth, rows
+
+
+def merge_rounds(records: list[dict]) -> list[dict]:
+    """One record per (runtime, setting): a setting measured in several rounds gets the median of their timings
+    (the other fields from its round with a perplexity, else its first), `rounds` and `round_decode` (the rounds'
+    decode tok/s at ctx 128 and 512, in round order)."""
+    groups: dict[tuple, list[dict]] = {}
+    for rec in sorted(records, key=lambda r: r["record"]):
+        groups.setdefault((rec.get("runtime"), rec.get("setting")), []).append(rec)
+    merged = []
+    for group in groups.values():
+        done = [r for r in group if not r.get("failed")]
+        if len(group) == 1 or not done:
+            merged.append(group[0])
+            continue
+        base = dict(next((r for r in done if r.get("perplexity") is not None), done[0]))
+        for key in TIMINGS:
+            values = [r[key] for r in done if r.get(key) is not None]
+            base[key] = statistics.median(values) if values else None
+        base["rounds"] = len(done)
+        base["round_decode"] = [[r.get("decode_tok_s_ctx128"), r.get("decode_tok_s_ctx512")] for r in done]
+        merged.append(base)
+    return merged
 
 
 def row(rec: dict) -> str:
@@ -81,6 +109,9 @@ def row(rec: dict) -> str:
     if rec.get("eval_windows") not in (None, 16):
         ppl += f" ({rec['eval_windows']} windows)"
     notes = str(rec.get("notes", "")).replace("|", "/")
+    if rec.get("rounds"):
+        decode = ", ".join(f"{fmt(a)} / {fmt(b)}" for a, b in rec["round_decode"])
+        notes = f"median of {rec['rounds']} rounds (decode ctx 128 / 512 per round: {decode}); " + notes
     return (
         head + f" {fmt(rec.get('prefill_tok_s_512'))} | {fmt(rec.get('ttft_ms_512'))} |"
         f" {fmt(rec.get('decode_tok_s_ctx128'))} | {fmt(rec.get('decode_tok_s_ctx512'))} |"
@@ -102,6 +133,14 @@ def render(bandwidth: dict | None, rows: list[dict], folder: Path = OUT) -> str:
         " decode: median time of one step with exactly 128 / 512 tokens in the KV cache (cache cut back after each"
         " step); peak RSS: ru_maxrss of the measuring process after the timings, one process per row;"
         " perplexity: 16 x 512 Lee evaluation windows (8,192 tokens), llm_peers/common.py nll_sum.",
+        *(
+            [
+                "- Rounds: every setting measured once per round, the rounds one after another; a row with several is"
+                " the median of its rounds' timings (this VM's speed drifts by up to 30 % over minutes)."
+            ]
+            if any(r.get("rounds") for r in rows)
+            else []
+        ),
         "- Weight GB/s at ctx 128: weights_mb (else artifact_mb) x decode tok/s at ctx 128, the weight bytes streamed"
         " per second if each is read once per token (an upper estimate: an embedding table is only gathered); compare"
         " with the read bandwidth below.",

@@ -94,6 +94,7 @@ def arguments(settings: list[str]) -> argparse.Namespace:
     ap.add_argument("--decode-steps", type=int, default=FULL["decode_steps"], help="timed decode steps per context")
     ap.add_argument("--warmup", type=int, default=FULL["warmup"], help="untimed calls before each timing")
     ap.add_argument("--repeats", type=int, default=FULL["repeats"], help="timed prefill / TTFT runs")
+    ap.add_argument("--no-eval", action="store_true", help="timings only, no perplexity (run_all.sh's later rounds)")
     return ap.parse_args()
 
 
@@ -180,7 +181,8 @@ def command_line() -> str:
 
 
 def is_validation(args) -> bool:
-    return any(getattr(args, k) < v for k, v in FULL.items())
+    checked = [k for k in FULL if not (k == "windows" and getattr(args, "no_eval", False))]
+    return any(getattr(args, k) < FULL[k] for k in checked)
 
 
 def write_record(peer: str, setting: str, data: dict) -> Path:
@@ -221,8 +223,9 @@ def run_setting(peer: str, runtime: str, setting: str, args, load, notes: str = 
             record |= time_decode(backend, ctx, args)
         record["peak_rss_mb"] = peak_rss_mb()
         record["loadavg_after_timings"] = os.getloadavg()
-        record |= perplexity(backend, args.windows)
-        record["peak_rss_mb_with_eval"] = peak_rss_mb()
+        if not args.no_eval:
+            record |= perplexity(backend, args.windows)
+            record["peak_rss_mb_with_eval"] = peak_rss_mb()
     except Exception as error:  # noqa: BLE001 - the record says why
         import traceback
 
