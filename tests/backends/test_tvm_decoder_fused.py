@@ -79,3 +79,54 @@ def test_refusals() -> None:
         fused_quantize_func(1, 64, "none", None, 8, True)
     with pytest.raises(ValueError, match="does not transform rows of 64"):
         fused_quantize_func(1, 64, "rms", (4, 8), 8, True)
+
+
+def _signed_hadamard(n: int, rng) -> np.ndarray:
+    from scipy.linalg import hadamard
+
+    signs = np.where(rng.random(n) < 0.5, -1.0, 1.0) / np.sqrt(n)
+    return (signs[:, None] * hadamard(n)).astype(np.float32)
+
+
+def test_signed_hadamard_is_recognized_exactly() -> None:
+    rng = np.random.default_rng(0)
+    b = _signed_hadamard(128, rng)
+    np.testing.assert_array_equal(kernels.signed_hadamard(b), b[:, 0])
+    assert kernels.signed_hadamard(b[::-1].copy()) is None  # rows of H in another order: not Sylvester's
+    nudged = b.copy()
+    nudged[3, 7] = np.nextafter(nudged[3, 7], np.float32(0))
+    assert kernels.signed_hadamard(nudged) is None
+    assert kernels.signed_hadamard(_signed_hadamard(4, rng)) is None  # below one 8-column vector
+    assert kernels.signed_hadamard(rng.standard_normal((12, 12)).astype(np.float32)) is None
+
+
+@pytest.mark.parametrize("m, a, b", [(1, 12, 128), (3, 12, 128), (1, 36, 16), (2, 1, 64), (1, 3, 8)])
+def test_the_fast_hadamard_transform_sums_the_dense_products_in_another_order(m, a, b) -> None:
+    """The fast form of a signed Hadamard B is within float32 rounding of the exact Aᵀ X B (as close as the dense
+    kernel), and the codes quantized from it are the dense form's but where a value sits on a rounding boundary."""
+    rng = np.random.default_rng(a * b + m)
+    fa = rng.standard_normal((a, a)).astype(np.float32)
+    fb = _signed_hadamard(b, rng)
+    x = (rng.standard_normal((m, a * b)) * 3).astype(np.float32)
+    table = kernels.hadamard_table(kernels.signed_hadamard(fb))
+    (fast,) = _call(kernels.kronecker_func(m, a, b, hadamard=True), x, fa, table, outputs=[((m, a * b), "float32")])
+    (dense,) = _call(kernels.kronecker_func(m, a, b), x, fa, fb, outputs=[((m, a * b), "float32")])
+    exact = np.einsum("ki,mkl,lj->mij", fa.astype(np.float64), x.reshape(m, a, b), fb.astype(np.float64))
+    exact = exact.reshape(m, a * b)
+    bound = 4e-7 * np.sqrt(a * b) * float(np.abs(exact).max())
+    assert np.abs(fast - exact).max() <= bound
+    assert np.abs(dense - exact).max() <= bound
+    outputs = [((m, a * b), "int8"), ((m,), "float32"), ((m,), "int32")]
+    one = np.ones(1, np.float32)
+    got = _call(
+        fused_quantize_func(m, a * b, "none", (a, b), 8, True, hadamard=True), x, one, fa, table, outputs=outputs
+    )
+    want = _call(fused_quantize_func(m, a * b, "none", (a, b), 8, True), x, one, fa, fb, outputs=outputs)
+    assert np.abs(got[0].astype(int) - want[0]).max() <= 1
+    assert (got[0] != want[0]).mean() <= 0.01
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+
+
+def test_the_fast_hadamard_transform_needs_a_power_of_two_of_eight_or_more() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        kernels.kronecker_func(1, 3, 12, hadamard=True)

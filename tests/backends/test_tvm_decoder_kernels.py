@@ -233,3 +233,32 @@ def test_attention_is_grouped_and_causal(quantized, rows) -> None:
         probs = np.exp(scores - scores.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
         _close(got[i : i + 1], np.einsum("ht,htd->hd", probs, v).reshape(1, -1), 1e-5)
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+@pytest.mark.parametrize("pos", [0, 2, 37, 63])
+def test_decode_attention_in_runs_of_positions(quantized, pos) -> None:
+    """One row's attention splits each KV head's positions into `ATTENTION_PARTS` runs (some empty when there are
+    fewer positions than runs) and merges their softmax sums: the one-pass result within float rounding."""
+    heads, kvh, dim, cap = 9, 3, 64, 64
+    q = RNG.standard_normal((1, heads, dim)).astype(np.float32)
+    keys = (RNG.standard_normal((kvh, cap, dim)) * 2).astype(np.float32)
+    values = RNG.standard_normal((kvh, cap, dim)).astype(np.float32)
+    keys[:, pos + 1 :] = values[:, pos + 1 :] = 1e3  # past the position: must not be read
+    func = kernels.attention_func(1, heads, kvh, dim, cap, 0.125, quantized, shift=0)
+    if quantized:
+        spec = QuantSpec.per_token(8, True)
+        parts = []
+        for tensor in (keys, values):
+            scale, _ = spec.token_params(tensor)
+            parts += [spec.quantize(tensor).astype(np.int8), scale[..., 0], np.zeros((kvh, cap), np.float32)]
+        (got,) = _call(func, q, np.array([pos], np.int32), *parts, outputs=[((1, heads * dim), "float32")])
+        keys, values = spec.fake_quantize(keys), spec.fake_quantize(values)
+    else:
+        (got,) = _call(func, q, np.array([pos], np.int32), keys, values, outputs=[((1, heads * dim), "float32")])
+    k = np.repeat(keys[:, : pos + 1], heads // kvh, axis=0).astype(np.float64)
+    v = np.repeat(values[:, : pos + 1], heads // kvh, axis=0).astype(np.float64)
+    scores = np.einsum("hd,htd->ht", q[0], k) * 0.125
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    _close(got, np.einsum("ht,htd->hd", probs, v).reshape(1, -1), 2e-6)

@@ -311,10 +311,14 @@ class _Builder:
             kron = (steps[0].a.shape[0], steps[0].b.shape[0]) if steps else None
             one = np.ones((1, 1), np.float32)  # in place of the γ or factors the kernel does not read
             g = self.shared(one[0]) if p.gamma is None else self.const(p.owner, f"gamma{id(p.gamma)}", lambda: p.gamma)
-            args = [x, g, *([self.shared(steps[0].a), self.shared(steps[0].b)] if steps else [self.shared(one)] * 2)]
+            signs = kernels.signed_hadamard(steps[0].b) if steps else None
+            right = self.shared(steps[0].b if signs is None else kernels.hadamard_table(signs)) if steps else None
+            args = [x, g, *([self.shared(steps[0].a), right] if steps else [self.shared(one)] * 2)]
+            hadamard = signs is not None
             key = ("fq", m, k, p.kind, float(p.eps), p.gamma is not None, kron, act.bits, act.symmetric, act.clip_ratio)
+            key += ("fwht",) if hadamard else ()
             make = lambda: fused_quantize_func(  # noqa: E731
-                m, k, p.kind, kron, act.bits, act.symmetric, act.clip_ratio, p.eps, p.gamma is not None
+                m, k, p.kind, kron, act.bits, act.symmetric, act.clip_ratio, p.eps, p.gamma is not None, hadamard
             )
             quantized = self.call(key, make, args, outputs)
         else:

@@ -14,8 +14,8 @@ where the rows live (scratch buffers of this kernel, not tensors of the step), n
 of two or three, and no step tensor for r or y; a one-row call keeps its prologue and quantizer on the calling thread
 (the transform runs its tasks in parallel when it is large enough, `kernels.PARALLEL_MACS`).
 
-    main(x f32 [m, k or 2k], gamma f32 [k or 1], A f32 [a, a], B f32 [b, b], codes i8 [m, k], scale f32 [m],
-         zero i32 [m])
+    main(x f32 [m, k or 2k], gamma f32 [k or 1], A f32 [a, a], B f32 [b, b] (a signed Hadamard B: its signs and
+         H₈, [b + 64]), codes i8 [m, k], scale f32 [m], zero i32 [m])
 
 gamma, A and B are read only when the prologue has a γ and when there is a transform: the step passes a shared
 one-element (or 1 × 1) constant in their place otherwise, so one signature serves every form.
@@ -41,9 +41,11 @@ def fused_quantize_func(
     clip_ratio: float = 1.0,
     eps: float = 1e-6,
     gamma: bool = False,
+    hadamard: bool = False,
 ):
     """The kernel of the module docstring for m rows of k, `prologue` in PROLOGUES (`eps`, `gamma`: the RMSNorm's),
-    `kron` = (a, b) with a·b = k or None."""
+    `kron` = (a, b) with a·b = k or None; `hadamard`: B is a signed Hadamard matrix, passed as
+    `kernels.hadamard_table` [b + 64] (the fast transform of `kernels.kronecker_macro`)."""
     from tvm.script import tirx as T
 
     if prologue not in PROLOGUES:
@@ -58,7 +60,7 @@ def fused_quantize_func(
     quantize_row = quantize_row_macro(k, bits, symmetric, clip_ratio)
     rms_row = rms_row_macro(k, eps, gamma)
     silu_row = silu_row_macro(k)
-    kronecker = kronecker_macro(m, a, b) if kron is not None else None
+    kronecker = kronecker_macro(m, a, b, hadamard) if kron is not None else None
 
     @T.macro
     def prologue_row(x, g, r, i):
@@ -102,7 +104,7 @@ def fused_quantize_func(
         x: T.Buffer((m, width), "float32"),
         g: T.Buffer((k if gamma else 1,), "float32"),
         fa: T.Buffer((a, a), "float32"),
-        fb: T.Buffer((b, b), "float32"),
+        fb: T.Buffer((b + 64,) if hadamard else (b, b), "float32"),
         codes: T.Buffer((m, k), "int8"),
         scale: T.Buffer((m,), "float32"),
         zero: T.Buffer((m,), "int32"),

@@ -39,6 +39,8 @@ __all__ = [
     "qkv_rope_func",
     "kronecker_func",
     "kronecker_macro",
+    "signed_hadamard",
+    "hadamard_table",
     "channel_scale_func",
     "cache_write_func",
     "attention_func",
@@ -55,6 +57,9 @@ GEMV_BLOCKS = 4  # column tiles per GEMV task, packed side by side (`pack_gemv_w
 # a Kronecker transform of fewer multiply-adds runs on the calling thread: launching a parallel loop costs about
 # as much as this work takes one core (a per-head 64 × 64 transform of 9 heads is 37 K)
 PARALLEL_MACS = 65536
+# a decode step's attention splits each KV head's positions into this many runs (tasks in parallel: 3 KV heads give
+# 12, even on 2 or 4 threads), `split_attention_macro`
+ATTENTION_PARTS = 4
 # Cephes' expf: exp(x) = 2^n · p(r), n = round(x·log2 e), r = x − n·ln 2 (ln 2 split in two), p of degree 7
 _LN2_HI, _LN2_LO, _LOG2E = 0.693359375, -2.12194440e-4, 1.4426950408889634
 _EXP_POLY = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1)
@@ -262,16 +267,93 @@ def _block_width(b: int, lanes: int = 8, most: int = 64) -> tuple[int, int]:
     return lanes, max(w for w in range(lanes, min(b, most) + 1, lanes) if b % w == 0)
 
 
-def kronecker_macro(rows: int, a: int, b: int):
+def signed_hadamard(b: np.ndarray) -> np.ndarray | None:
+    """s when B = diag(s)·H for the Sylvester Hadamard matrix H (entries ±1) of B's power-of-two size ≥ 8, exactly in
+    float32 (a randomized Hadamard rotation: s = ±1/√b); else None. Then X·B = (X ⊙ s)·H: `hadamard_table`."""
+    b = np.asarray(b, np.float32)
+    n = b.shape[0]
+    if n < 8 or n & (n - 1) or b.shape != (n, n):
+        return None
+    signs = b[:, 0].copy()
+    return signs if np.array_equal(b, signs[:, None] * _sylvester(n)) else None
+
+
+def _sylvester(n: int) -> np.ndarray:
+    """The n × n Sylvester Hadamard matrix, H[l, j] = (−1)^popcount(l & j), float32."""
+    index = np.arange(n)
+    parity = np.vectorize(lambda v: bin(v).count("1") & 1)(index[:, None] & index[None, :])
+    return (1 - 2 * parity).astype(np.float32)
+
+
+def hadamard_table(signs: np.ndarray) -> np.ndarray:
+    """The `fb` argument of a `kronecker_macro(..., hadamard=True)`: the signs s [b], then H₈ row by row [64]."""
+    return np.concatenate([np.asarray(signs, np.float32), _sylvester(8).reshape(-1)])
+
+
+def kronecker_macro(rows: int, a: int, b: int, hadamard: bool = False):
     """A TVMScript macro `kronecker(x, fa, fb, y)`: y_m = Aᵀ X_m B for every row of x [rows, a·b] (any float32
     buffers), as `kronecker_func` computes it; a kernel that makes its rows first (SiLU·up) or quantizes them after
-    calls it between the two."""
+    calls it between the two.
+
+    hadamard=True (B = diag(s)·H, `signed_hadamard`; fb is `hadamard_table`(s) [b + 64]): X_m B by the fast
+    Walsh–Hadamard transform, on the calling thread: each product x·s is the dense form's x·B[l, j] (B[l, j] = ±s_l
+    exactly), the first three butterfly stages as one H₈ product per 8 columns (±1 weights: exact), then the
+    stages of 8 … b/2 columns as vector butterflies (u + v, u − v): b·log₂b additions for a row of b instead of b²
+    products and sums; only the order of the sums differs from the dense form."""
     from tvm.script import tirx as T
 
     lanes, width = _block_width(b)
     blocks, vectors = b // width, width // lanes
     f32v = f"float32x{lanes}"
     tasks = T.parallel if rows * a * b * (a + b) >= PARALLEL_MACS else T.serial
+    if hadamard:
+        if b < 8 or b & (b - 1):
+            raise ValueError(f"the fast Hadamard transform takes a power of two of at least 8 columns, not {b}")
+        tasks = T.parallel if rows * a * b * a >= PARALLEL_MACS else T.serial  # the left side's products alone
+        rows_of = T.parallel if rows > 1 else T.serial
+
+        @T.macro
+        def butterflies(x, fs, out, row, k):
+            """out[row, k·b : (k + 1)·b] = (x[row, k·b : (k + 1)·b] ⊙ s) · H."""
+            acc = T.alloc_buffer((2, 8), "float32", scope="global")
+            for c in range(b // 8):
+                acc[0, T.ramp(0, 1, 8)] = T.broadcast(T.float32(0), 8)
+                for l in T.unroll(8):  # noqa: E741
+                    acc[0, T.ramp(0, 1, 8)] = acc.vload([0, 0], "float32x8") + T.broadcast(
+                        x[row, k * b + c * 8 + l] * fs[c * 8 + l], 8
+                    ) * fs.vload([b + l * 8], "float32x8")
+                out[row, T.ramp(k * b + c * 8, 1, 8)] = acc.vload([0, 0], "float32x8")
+            for stage in range(3, b.bit_length() - 1):
+                for pair in range(b // 16):  # 8-column vectors u (at p) and v (at p + h), h = 2^stage
+                    acc[0, T.ramp(0, 1, 8)] = out.vload(
+                        [row, k * b + pair // (1 << (stage - 3)) * (2 << stage) + pair % (1 << (stage - 3)) * 8],
+                        "float32x8",
+                    )
+                    acc[1, T.ramp(0, 1, 8)] = out.vload(
+                        [
+                            row,
+                            k * b
+                            + pair // (1 << (stage - 3)) * (2 << stage)
+                            + pair % (1 << (stage - 3)) * 8
+                            + (1 << stage),
+                        ],
+                        "float32x8",
+                    )
+                    out[
+                        row,
+                        T.ramp(k * b + pair // (1 << (stage - 3)) * (2 << stage) + pair % (1 << (stage - 3)) * 8, 1, 8),
+                    ] = acc.vload([0, 0], "float32x8") + acc.vload([1, 0], "float32x8")
+                    out[
+                        row,
+                        T.ramp(
+                            k * b
+                            + pair // (1 << (stage - 3)) * (2 << stage)
+                            + pair % (1 << (stage - 3)) * 8
+                            + (1 << stage),
+                            1,
+                            8,
+                        ),
+                    ] = acc.vload([0, 0], "float32x8") - acc.vload([1, 0], "float32x8")
 
     def at(task, v):
         """(row, the flat index of lane 0 of vector v) of a stage's task: row, k (or i), column block."""
@@ -296,7 +378,7 @@ def kronecker_macro(rows: int, a: int, b: int):
                     fa[0, 0], lanes
                 )
 
-    if a == 1:
+    if a == 1 and not hadamard:
 
         @T.macro
         def single(x, fa, fb, y):
@@ -306,10 +388,19 @@ def kronecker_macro(rows: int, a: int, b: int):
         return single
 
     @T.macro
+    def right_stage(x, fb, right):
+        if hadamard:
+            for row in rows_of(rows):
+                for k in range(a):
+                    butterflies(x, fb, right, row, k)
+        else:
+            for task in tasks(rows * a * blocks):
+                right_side(x, fb, right, None, task)
+
+    @T.macro
     def kronecker(x, fa, fb, y):
         right = T.alloc_buffer((rows, a * b), "float32")
-        for task in tasks(rows * a * blocks):
-            right_side(x, fb, right, None, task)
+        right_stage(x, fb, right)
         for task in tasks(rows * a * blocks):
             acc = T.alloc_buffer((vectors, lanes), "float32", scope="global")
             for v in T.unroll(vectors):
@@ -325,23 +416,24 @@ def kronecker_macro(rows: int, a: int, b: int):
     return kronecker
 
 
-def kronecker_func(rows: int, a: int, b: int):
+def kronecker_func(rows: int, a: int, b: int, hadamard: bool = False):
     """main(x f32 [rows, a·b], A f32 [a, a], B f32 [b, b], y f32 [rows, a·b]): y_m = Aᵀ X_m B per row, in two
     stages: R = X_m B (R[k, j] = Σ_l X[k, l]·B[l, j], over l in order), then y[i, j] = Σ_k R[k, j]·A[k, i] (over k in
     order), each element summed in the reference's order. Each stage's tasks are (row, k or i, block of ≤ 64
     columns) triples, in parallel (below `PARALLEL_MACS` on the calling thread), so one row (a decode step) spreads
     over the threads; a block's sums stay in vector registers while the loop over l (or k) streams B's (or R's)
     rows. With a = 1 (a per-head transform) the second stage is y = R·A[0, 0] (the sum of one product, as exact as
-    the reference's), the first stage's epilogue: one loop."""
+    the reference's), the first stage's epilogue: one loop. hadamard=True: B = diag(s)·H given as
+    `hadamard_table`(s) [b + 64], the first stage by the fast transform (`kronecker_macro`)."""
     from tvm.script import tirx as T
 
-    kronecker = kronecker_macro(rows, a, b)
+    kronecker = kronecker_macro(rows, a, b, hadamard)
 
     @T.prim_func(s_tir=True)
     def func(
         x: T.Buffer((rows, a * b), "float32"),
         fa: T.Buffer((a, a), "float32"),
-        fb: T.Buffer((b, b), "float32"),
+        fb: T.Buffer((b + 64,) if hadamard else (b, b), "float32"),
         y: T.Buffer((rows, a * b), "float32"),
     ):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
@@ -529,23 +621,12 @@ def attention_func(
     out f32 [m, heads·dim]). Quantized: k and v each as (codes i8, scale f32 [kvh, cap], zero f32 [kvh, cap]),
     K̂ = (codes + shift − zero)·scale (shift 128 for asymmetric codes stored minus 128). Query row i (position
     pos + i) attends positions 0 … pos + i, so a chunk of m new tokens is causal within itself; (row, head)
-    pairs in parallel."""
+    pairs in parallel. One row (a decode step) is `split_attention`: the KV heads' positions in parts, in parallel."""
     from tvm.script import tirx as T
 
     group, c = heads // kv_heads, T.float32(float(np.float32(score_scale)))
     lanes = next(n for n in (16, 8, 4, 2, 1) if dim % n == 0)
-
-    @T.macro
-    def fold(part):
-        """part[0] ← the sum of the `lanes` partial sums, halving the vector each time (a tree, not a chain)."""
-        if lanes >= 16:
-            part[T.ramp(0, 1, 8)] = part[T.ramp(0, 1, 8)] + part[T.ramp(8, 1, 8)]
-        if lanes >= 8:
-            part[T.ramp(0, 1, 4)] = part[T.ramp(0, 1, 4)] + part[T.ramp(4, 1, 4)]
-        if lanes >= 4:
-            part[T.ramp(0, 1, 2)] = part[T.ramp(0, 1, 2)] + part[T.ramp(2, 1, 2)]
-        if lanes >= 2:
-            part[0] = part[0] + part[1]
+    fold = _fold_macro(lanes)
 
     @T.macro
     def attend(q, pos, key, value, out, i, h):
@@ -578,6 +659,20 @@ def attention_func(
             for j in T.vectorized(dim):
                 out[i, h * dim + j] = out[i, h * dim + j] + scores[t] * value(h // group, t, j)
 
+    if m == 1:
+        split = split_attention_macro(heads, kv_heads, dim, capacity, score_scale)
+
+        @T.macro
+        def rows(q, pos, key, value, out):
+            split(q, pos, key, value, out)
+
+    else:
+
+        @T.macro
+        def rows(q, pos, key, value, out):
+            for task in T.parallel(m * heads):
+                attend(q, pos, key, value, out, task // heads, task % heads)
+
     if not quantized:
 
         @T.prim_func(s_tir=True)
@@ -589,8 +684,7 @@ def attention_func(
             out: T.Buffer((m, heads * dim), "float32"),
         ):
             T.func_attr({"global_symbol": "main", "tir.noalias": True})
-            for task in T.parallel(m * heads):
-                attend(q, pos, lambda g, t, j: k[g, t, j], lambda g, t, j: v[g, t, j], out, task // heads, task % heads)
+            rows(q, pos, lambda g, t, j: k[g, t, j], lambda g, t, j: v[g, t, j], out)
 
         return func
 
@@ -610,10 +704,105 @@ def attention_func(
         out: T.Buffer((m, heads * dim), "float32"),
     ):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        for task in T.parallel(m * heads):
-            attend(q, pos, dequant(kc, ks, kz), dequant(vc, vs, vz), out, task // heads, task % heads)
+        rows(q, pos, dequant(kc, ks, kz), dequant(vc, vs, vz), out)
 
     return func
+
+
+def _fold_macro(lanes: int):
+    """A macro `fold(part)`: part[0] ← the sum of the `lanes` partial sums, halving the vector each time (a tree)."""
+    from tvm.script import tirx as T
+
+    @T.macro
+    def fold(part):
+        if lanes >= 16:
+            part[T.ramp(0, 1, 8)] = part[T.ramp(0, 1, 8)] + part[T.ramp(8, 1, 8)]
+        if lanes >= 8:
+            part[T.ramp(0, 1, 4)] = part[T.ramp(0, 1, 4)] + part[T.ramp(4, 1, 4)]
+        if lanes >= 4:
+            part[T.ramp(0, 1, 2)] = part[T.ramp(0, 1, 2)] + part[T.ramp(2, 1, 2)]
+        if lanes >= 2:
+            part[0] = part[0] + part[1]
+
+    return fold
+
+
+def split_attention_macro(heads: int, kv_heads: int, dim: int, capacity: int, score_scale: float):
+    """A macro `split(q, pos, key, value, out)`: one query row's grouped-query attention over positions 0 … pos
+    (key/value(g, t, j): the cache's K̂ and V̂), split into ATTENTION_PARTS runs of positions per KV head, the
+    (KV head, run) tasks in parallel, each reading its keys and values once for the group's query heads:
+
+        per task, per head h:  m = max_t s_t,  l = Σ_t e^(s_t − m),  o = Σ_t e^(s_t − m)·V̂_t    (s_t = c·q_h·K̂_t)
+        then per head:         M = max m,  out = Σ_runs e^(m − M)·o / Σ_runs e^(m − M)·l
+
+    the same softmax-weighted sum as one pass over the positions, in another float order (an empty run has
+    m = −3e38, l = 0, o = 0: its weight underflows and its terms are zero)."""
+    from tvm.script import tirx as T
+
+    group, parts, c = heads // kv_heads, ATTENTION_PARTS, T.float32(float(np.float32(score_scale)))
+    lanes = next(n for n in (16, 8, 4, 2, 1) if dim % n == 0)
+    run = -(-capacity // parts)
+    fold = _fold_macro(lanes)
+
+    @T.macro
+    def split(q, pos, key, value, out):
+        top = T.alloc_buffer((kv_heads * parts, group), "float32")  # per task and head: m
+        total = T.alloc_buffer((kv_heads * parts, group), "float32")  # l
+        partial = T.alloc_buffer((kv_heads * parts, group, dim), "float32")  # o
+        for task in T.parallel(kv_heads * parts):
+            scores = T.alloc_buffer((group, run), "float32", scope="global")
+            part = T.alloc_buffer((lanes,), "float32", scope="global")
+            g = task // parts
+            length = T.max(T.min(pos[0] + 1 - task % parts * ((pos[0] + parts) // parts), (pos[0] + parts) // parts), 0)
+            begin = task % parts * ((pos[0] + parts) // parts)
+            for h in range(group):
+                top[task, h] = T.float32(-3.0e38)
+                total[task, h] = T.float32(0)
+                for j in T.vectorized(dim):
+                    partial[task, h, j] = T.float32(0)
+            for t in range(length):
+                for h in range(group):
+                    for jj in T.vectorized(lanes):
+                        part[jj] = T.float32(0)
+                    for j0 in range(dim // lanes):
+                        for jj in T.vectorized(lanes):
+                            part[jj] = part[jj] + q[0, g * group + h, j0 * lanes + jj] * key(
+                                g, begin + t, j0 * lanes + jj
+                            )
+                    fold(part)
+                    scores[h, t] = part[0] * c
+                    top[task, h] = T.max(top[task, h], scores[h, t])
+            for h in range(group):
+                for t0 in range(length // 16):
+                    for tt in T.vectorized(16):
+                        scores[h, t0 * 16 + tt] = fast_exp(scores[h, t0 * 16 + tt] - top[task, h])
+                for t in range(length // 16 * 16, length):
+                    scores[h, t] = fast_exp(scores[h, t] - top[task, h])
+                for t in range(length):
+                    total[task, h] = total[task, h] + scores[h, t]
+                for t in range(length):
+                    for j in T.vectorized(dim):
+                        partial[task, h, j] = partial[task, h, j] + scores[h, t] * value(g, begin + t, j)
+        for hq in range(heads):
+            weights = T.alloc_buffer((parts + 2,), "float32", scope="global")  # the runs' weights, M, the sum
+            weights[parts] = T.float32(-3.0e38)
+            for r in range(parts):
+                weights[parts] = T.max(weights[parts], top[hq // group * parts + r, hq % group])
+            weights[parts + 1] = T.float32(0)
+            for r in range(parts):
+                weights[r] = fast_exp(top[hq // group * parts + r, hq % group] - weights[parts])
+                weights[parts + 1] = weights[parts + 1] + weights[r] * total[hq // group * parts + r, hq % group]
+            for j in T.vectorized(dim):
+                out[0, hq * dim + j] = T.float32(0)
+            for r in range(parts):
+                for j in T.vectorized(dim):
+                    out[0, hq * dim + j] = (
+                        out[0, hq * dim + j] + weights[r] * partial[hq // group * parts + r, hq % group, j]
+                    )
+            for j in T.vectorized(dim):
+                out[0, hq * dim + j] = out[0, hq * dim + j] / weights[parts + 1]
+
+    return split
 
 
 def gemv_columns(n: int) -> int:
