@@ -659,17 +659,17 @@ def attention_func(
             for j in T.vectorized(dim):
                 out[i, h * dim + j] = out[i, h * dim + j] + scores[t] * value(h // group, t, j)
 
-    if m == 1:
+    if m == 1 and dim % 8 == 0:
         split = split_attention_macro(heads, kv_heads, dim, capacity, score_scale)
 
         @T.macro
-        def rows(q, pos, key, value, out):
-            split(q, pos, key, value, out)
+        def rows(q, pos, key, value, out, key8):
+            split(q, pos, key8, value, out)
 
     else:
 
         @T.macro
-        def rows(q, pos, key, value, out):
+        def rows(q, pos, key, value, out, key8):
             for task in T.parallel(m * heads):
                 attend(q, pos, key, value, out, task // heads, task % heads)
 
@@ -684,12 +684,29 @@ def attention_func(
             out: T.Buffer((m, heads * dim), "float32"),
         ):
             T.func_attr({"global_symbol": "main", "tir.noalias": True})
-            rows(q, pos, lambda g, t, j: k[g, t, j], lambda g, t, j: v[g, t, j], out)
+            rows(
+                q,
+                pos,
+                lambda g, t, j: k[g, t, j],
+                lambda g, t, j: v[g, t, j],
+                out,
+                lambda g, t, j0: k[g, t, T.ramp(j0 * 8, 1, 8)],
+            )
 
         return func
 
     def dequant(codes, scale, zero):
         return lambda g, t, j: (T.Cast("float32", T.Cast("int32", codes[g, t, j]) + shift) - zero[g, t]) * scale[g, t]
+
+    def dequant8(codes, scale, zero):
+        """K̂[g, t, 8·j0 : 8·j0 + 8] as float32x8, each lane as `dequant` computes it."""
+        return lambda g, t, j0: (
+            (
+                T.Cast("float32x8", T.Cast("int32x8", codes[g, t, T.ramp(j0 * 8, 1, 8)]) + T.broadcast(shift, 8))
+                - T.broadcast(zero[g, t], 8)
+            )
+            * T.broadcast(scale[g, t], 8)
+        )
 
     @T.prim_func(s_tir=True)
     def func(
@@ -704,7 +721,7 @@ def attention_func(
         out: T.Buffer((m, heads * dim), "float32"),
     ):
         T.func_attr({"global_symbol": "main", "tir.noalias": True})
-        rows(q, pos, dequant(kc, ks, kz), dequant(vc, vs, vz), out)
+        rows(q, pos, dequant(kc, ks, kz), dequant(vc, vs, vz), out, dequant8(kc, ks, kz))
 
     return func
 
@@ -729,20 +746,36 @@ def _fold_macro(lanes: int):
 
 def split_attention_macro(heads: int, kv_heads: int, dim: int, capacity: int, score_scale: float):
     """A macro `split(q, pos, key, value, out)`: one query row's grouped-query attention over positions 0 … pos
-    (key/value(g, t, j): the cache's K̂ and V̂), split into ATTENTION_PARTS runs of positions per KV head, the
-    (KV head, run) tasks in parallel, each reading its keys and values once for the group's query heads:
+    (key(g, t, j0): the cache's K̂[g, t, 8·j0 : 8·j0 + 8] as one float32x8; value(g, t, j): V̂), split into
+    ATTENTION_PARTS runs of positions per KV head, the (KV head, run) tasks in parallel, each reading its keys and
+    values once for the group's query heads:
 
         per task, per head h:  m = max_t s_t,  l = Σ_t e^(s_t − m),  o = Σ_t e^(s_t − m)·V̂_t    (s_t = c·q_h·K̂_t)
         then per head:         M = max m,  out = Σ_runs e^(m − M)·o / Σ_runs e^(m − M)·l
 
     the same softmax-weighted sum as one pass over the positions, in another float order (an empty run has
-    m = −3e38, l = 0, o = 0: its weight underflows and its terms are zero)."""
+    m = −3e38, l = 0, o = 0: its weight underflows and its terms are zero). A score is its dim/8 vector products
+    summed as a tree and folded 8 → 4 → 2 → 1 lanes in registers (dim a multiple of 8)."""
     from tvm.script import tirx as T
 
+    if dim % 8:
+        raise ValueError(f"one row's attention takes heads of a multiple of 8 elements, not {dim}")
     group, parts, c = heads // kv_heads, ATTENTION_PARTS, T.float32(float(np.float32(score_scale)))
-    lanes = next(n for n in (16, 8, 4, 2, 1) if dim % n == 0)
     run = -(-capacity // parts)
-    fold = _fold_macro(lanes)
+
+    def score(q, key, g, h, t):
+        """c · q[0, g·group + h] · K̂[g, t] as one float32 expression: products of 8 lanes, summed pairwise, folded."""
+        terms = [q[0, g * group + h, T.ramp(j0 * 8, 1, 8)] * key(g, t, j0) for j0 in range(dim // 8)]
+        while len(terms) > 1:
+            terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+        return terms[0]
+
+    def fold(v, lanes):
+        """The sum of a float32 vector's lanes, halving it each time."""
+        while lanes > 1:
+            lanes //= 2
+            v = T.Shuffle([v], list(range(lanes))) + T.Shuffle([v], list(range(lanes, 2 * lanes)))
+        return v
 
     @T.macro
     def split(q, pos, key, value, out):
@@ -751,35 +784,27 @@ def split_attention_macro(heads: int, kv_heads: int, dim: int, capacity: int, sc
         partial = T.alloc_buffer((kv_heads * parts, group, dim), "float32")  # o
         for task in T.parallel(kv_heads * parts):
             scores = T.alloc_buffer((group, run), "float32", scope="global")
-            part = T.alloc_buffer((lanes,), "float32", scope="global")
             g = task // parts
-            length = T.max(T.min(pos[0] + 1 - task % parts * ((pos[0] + parts) // parts), (pos[0] + parts) // parts), 0)
             begin = task % parts * ((pos[0] + parts) // parts)
+            length = T.max(T.min(pos[0] + 1 - begin, (pos[0] + parts) // parts), 0)
+            for t in range(length):
+                for h in T.unroll(group):
+                    products = score(q, key, g, h, begin + t)
+                    scores[h, t] = fold(products, 8) * c
             for h in range(group):
                 top[task, h] = T.float32(-3.0e38)
-                total[task, h] = T.float32(0)
-                for j in T.vectorized(dim):
-                    partial[task, h, j] = T.float32(0)
-            for t in range(length):
-                for h in range(group):
-                    for jj in T.vectorized(lanes):
-                        part[jj] = T.float32(0)
-                    for j0 in range(dim // lanes):
-                        for jj in T.vectorized(lanes):
-                            part[jj] = part[jj] + q[0, g * group + h, j0 * lanes + jj] * key(
-                                g, begin + t, j0 * lanes + jj
-                            )
-                    fold(part)
-                    scores[h, t] = part[0] * c
+                for t in range(length):
                     top[task, h] = T.max(top[task, h], scores[h, t])
-            for h in range(group):
                 for t0 in range(length // 16):
                     for tt in T.vectorized(16):
                         scores[h, t0 * 16 + tt] = fast_exp(scores[h, t0 * 16 + tt] - top[task, h])
                 for t in range(length // 16 * 16, length):
                     scores[h, t] = fast_exp(scores[h, t] - top[task, h])
+                total[task, h] = T.float32(0)
                 for t in range(length):
                     total[task, h] = total[task, h] + scores[h, t]
+                for j in T.vectorized(dim):
+                    partial[task, h, j] = T.float32(0)
                 for t in range(length):
                     for j in T.vectorized(dim):
                         partial[task, h, j] = partial[task, h, j] + scores[h, t] * value(g, begin + t, j)
