@@ -279,10 +279,10 @@ def signed_hadamard(b: np.ndarray) -> np.ndarray | None:
 
 
 def _sylvester(n: int) -> np.ndarray:
-    """The n × n Sylvester Hadamard matrix, H[l, j] = (−1)^popcount(l & j), float32."""
-    index = np.arange(n)
-    parity = np.vectorize(lambda v: bin(v).count("1") & 1)(index[:, None] & index[None, :])
-    return (1 - 2 * parity).astype(np.float32)
+    """The n × n Sylvester Hadamard matrix (entries ±1), float32."""
+    from scipy.linalg import hadamard
+
+    return hadamard(n).astype(np.float32)
 
 
 def hadamard_table(signs: np.ndarray) -> np.ndarray:
@@ -312,6 +312,11 @@ def kronecker_macro(rows: int, a: int, b: int, hadamard: bool = False):
         tasks = T.parallel if rows * a * b * a >= PARALLEL_MACS else T.serial  # the left side's products alone
         rows_of = T.parallel if rows > 1 else T.serial
 
+        def low(k, stage, pair):
+            """The first column of butterfly `pair`'s vector u in stage `stage` (h = 2^stage) of factor row k."""
+            per_block = 1 << (stage - 3)  # vectors in half a block of 2h columns
+            return k * b + pair // per_block * (2 << stage) + pair % per_block * 8
+
         @T.macro
         def butterflies(x, fs, out, row, k):
             """out[row, k·b : (k + 1)·b] = (x[row, k·b : (k + 1)·b] ⊙ s) · H."""
@@ -325,35 +330,14 @@ def kronecker_macro(rows: int, a: int, b: int, hadamard: bool = False):
                 out[row, T.ramp(k * b + c * 8, 1, 8)] = acc.vload([0, 0], "float32x8")
             for stage in range(3, b.bit_length() - 1):
                 for pair in range(b // 16):  # 8-column vectors u (at p) and v (at p + h), h = 2^stage
-                    acc[0, T.ramp(0, 1, 8)] = out.vload(
-                        [row, k * b + pair // (1 << (stage - 3)) * (2 << stage) + pair % (1 << (stage - 3)) * 8],
-                        "float32x8",
+                    acc[0, T.ramp(0, 1, 8)] = out.vload([row, low(k, stage, pair)], "float32x8")
+                    acc[1, T.ramp(0, 1, 8)] = out.vload([row, low(k, stage, pair) + (1 << stage)], "float32x8")
+                    out[row, T.ramp(low(k, stage, pair), 1, 8)] = acc.vload([0, 0], "float32x8") + acc.vload(
+                        [1, 0], "float32x8"
                     )
-                    acc[1, T.ramp(0, 1, 8)] = out.vload(
-                        [
-                            row,
-                            k * b
-                            + pair // (1 << (stage - 3)) * (2 << stage)
-                            + pair % (1 << (stage - 3)) * 8
-                            + (1 << stage),
-                        ],
-                        "float32x8",
-                    )
-                    out[
-                        row,
-                        T.ramp(k * b + pair // (1 << (stage - 3)) * (2 << stage) + pair % (1 << (stage - 3)) * 8, 1, 8),
-                    ] = acc.vload([0, 0], "float32x8") + acc.vload([1, 0], "float32x8")
-                    out[
-                        row,
-                        T.ramp(
-                            k * b
-                            + pair // (1 << (stage - 3)) * (2 << stage)
-                            + pair % (1 << (stage - 3)) * 8
-                            + (1 << stage),
-                            1,
-                            8,
-                        ),
-                    ] = acc.vload([0, 0], "float32x8") - acc.vload([1, 0], "float32x8")
+                    out[row, T.ramp(low(k, stage, pair) + (1 << stage), 1, 8)] = acc.vload(
+                        [0, 0], "float32x8"
+                    ) - acc.vload([1, 0], "float32x8")
 
     def at(task, v):
         """(row, the flat index of lane 0 of vector v) of a stage's task: row, k (or i), column block."""
@@ -626,7 +610,18 @@ def attention_func(
 
     group, c = heads // kv_heads, T.float32(float(np.float32(score_scale)))
     lanes = next(n for n in (16, 8, 4, 2, 1) if dim % n == 0)
-    fold = _fold_macro(lanes)
+
+    @T.macro
+    def fold(part):
+        """part[0] ← the sum of the `lanes` partial sums, halving the vector each time (a tree, not a chain)."""
+        if lanes >= 16:
+            part[T.ramp(0, 1, 8)] = part[T.ramp(0, 1, 8)] + part[T.ramp(8, 1, 8)]
+        if lanes >= 8:
+            part[T.ramp(0, 1, 4)] = part[T.ramp(0, 1, 4)] + part[T.ramp(4, 1, 4)]
+        if lanes >= 4:
+            part[T.ramp(0, 1, 2)] = part[T.ramp(0, 1, 2)] + part[T.ramp(2, 1, 2)]
+        if lanes >= 2:
+            part[0] = part[0] + part[1]
 
     @T.macro
     def attend(q, pos, key, value, out, i, h):
@@ -726,24 +721,6 @@ def attention_func(
     return func
 
 
-def _fold_macro(lanes: int):
-    """A macro `fold(part)`: part[0] ← the sum of the `lanes` partial sums, halving the vector each time (a tree)."""
-    from tvm.script import tirx as T
-
-    @T.macro
-    def fold(part):
-        if lanes >= 16:
-            part[T.ramp(0, 1, 8)] = part[T.ramp(0, 1, 8)] + part[T.ramp(8, 1, 8)]
-        if lanes >= 8:
-            part[T.ramp(0, 1, 4)] = part[T.ramp(0, 1, 4)] + part[T.ramp(4, 1, 4)]
-        if lanes >= 4:
-            part[T.ramp(0, 1, 2)] = part[T.ramp(0, 1, 2)] + part[T.ramp(2, 1, 2)]
-        if lanes >= 2:
-            part[0] = part[0] + part[1]
-
-    return fold
-
-
 def split_attention_macro(heads: int, kv_heads: int, dim: int, capacity: int, score_scale: float):
     """A macro `split(q, pos, key, value, out)`: one query row's grouped-query attention over positions 0 … pos
     (key(g, t, j0): the cache's K̂[g, t, 8·j0 : 8·j0 + 8] as one float32x8; value(g, t, j): V̂), split into
@@ -785,8 +762,9 @@ def split_attention_macro(heads: int, kv_heads: int, dim: int, capacity: int, sc
         for task in T.parallel(kv_heads * parts):
             scores = T.alloc_buffer((group, run), "float32", scope="global")
             g = task // parts
-            begin = task % parts * ((pos[0] + parts) // parts)
-            length = T.max(T.min(pos[0] + 1 - begin, (pos[0] + parts) // parts), 0)
+            chunk = (pos[0] + parts) // parts  # ⌈(pos + 1) / parts⌉ positions a run
+            begin = task % parts * chunk
+            length = T.max(T.min(pos[0] + 1 - begin, chunk), 0)
             for t in range(length):
                 for h in T.unroll(group):
                     products = score(q, key, g, h, begin + t)
